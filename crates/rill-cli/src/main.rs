@@ -1,0 +1,52 @@
+//! The `rill` command: parses arguments, calls the libraries, prints.
+
+mod output;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// rill: dataflows of node processes, on one machine or a fleet.
+#[derive(Parser)]
+#[command(name = "rill", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Build and run a dataflow on this machine until every node ends (Ctrl-C stops it).
+    Run(run::RunArgs),
+    /// Validate dataflow files; prints every problem with file:line:column.
+    Check {
+        /// Dataflow files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// One JSON object per file on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a dataflow as a Mermaid flowchart.
+    Graph {
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Commands::Run(args) => run::run(args),
+        Commands::Check { files, json } => Ok(output::check(&files, json)),
+        Commands::Graph { file } => output::graph(&file),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

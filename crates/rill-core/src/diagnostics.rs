@@ -1,0 +1,118 @@
+//! Validation errors with file positions, and the collector that gathers them.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::yaml::Pos;
+
+/// Every problem found in a dataflow file, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+/// One problem, located in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The file the problem is in.
+    pub file: PathBuf,
+    /// 1-based line; 0 when unknown.
+    pub line: usize,
+    /// 1-based column; 0 when unknown.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it, when we can tell.
+    pub hint: Option<String>,
+}
+
+impl Diagnostic {
+    pub(crate) fn at(file: &Path, pos: Pos, message: String, hint: Option<String>) -> Self {
+        Diagnostic {
+            file: file.to_path_buf(),
+            line: pos.line,
+            column: pos.column,
+            message,
+            hint,
+        }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A position of 0 means "unknown" (e.g. the file could not be read): don't print 0:0.
+        if self.line == 0 {
+            write!(f, "{}: error: {}", self.file.display(), self.message)?;
+        } else {
+            let file = self.file.display();
+            write!(
+                f,
+                "{file}:{}:{}: error: {}",
+                self.line, self.column, self.message
+            )?;
+        }
+        if let Some(hint) = &self.hint {
+            write!(f, "\n    hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for diagnostic in &self.0 {
+            writeln!(f, "{diagnostic}")?;
+        }
+        write!(f, "{} error(s) found", self.0.len())
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+/// A problem found by a helper that does not know where its input sits in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Problem {
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Problem {
+    pub fn new(message: impl Into<String>, hint: impl Into<Option<String>>) -> Self {
+        Problem {
+            message: message.into(),
+            hint: hint.into(),
+        }
+    }
+}
+
+/// Gathers diagnostics for one file so that all of them can be reported at once.
+pub(crate) struct Collector {
+    file: PathBuf,
+    found: Vec<Diagnostic>,
+}
+
+impl Collector {
+    pub fn new(file: &Path) -> Self {
+        Collector {
+            file: file.to_path_buf(),
+            found: Vec::new(),
+        }
+    }
+
+    pub fn error(&mut self, pos: Pos, message: impl Into<String>, hint: impl Into<Option<String>>) {
+        self.found
+            .push(Diagnostic::at(&self.file, pos, message.into(), hint.into()));
+    }
+
+    pub fn problem(&mut self, pos: Pos, problem: Problem) {
+        self.error(pos, problem.message, problem.hint);
+    }
+
+    /// `Ok(value)` if nothing was reported, otherwise every diagnostic in file order.
+    pub fn finish<T>(mut self, value: T) -> Result<T, Diagnostics> {
+        if self.found.is_empty() {
+            return Ok(value);
+        }
+        // Stable sort: problems at the same position keep the order they were found in.
+        self.found.sort_by_key(|d| (d.line, d.column));
+        Err(Diagnostics(self.found))
+    }
+}

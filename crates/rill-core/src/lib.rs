@@ -1,0 +1,27 @@
+//! Dataflow descriptors (`dataflow.yml`): types, parsing, validation.
+//!
+//! Pure: no I/O besides [`Dataflow::load`] reading one file, no networking, no printing.
+//! Validation reports every problem at once, each with its file position.
+
+mod args;
+mod diagnostics;
+mod duration;
+mod ids;
+mod mermaid;
+mod model;
+mod parse;
+mod read;
+mod source;
+mod suggest;
+mod timer;
+mod validate;
+mod yaml;
+
+#[cfg(test)]
+mod tests;
+
+pub use diagnostics::{Diagnostic, Diagnostics};
+pub use model::{
+    DEFAULT_QUEUE_SIZE, DEFAULT_RESTART_DELAY, Dataflow, Deploy, Distribute, InputSource,
+    InputSpec, NodeSpec, RestartPolicy, RestartSpec,
+};

@@ -1,0 +1,141 @@
+//! The validated dataflow descriptor that the rest of rill works with.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::{serde_millis, serde_nanos};
+
+/// Queue length of an input when `queue_size` is not given.
+pub const DEFAULT_QUEUE_SIZE: usize = 10;
+
+/// Pause before a node is restarted when `restart_delay` is not given.
+pub const DEFAULT_RESTART_DELAY: Duration = Duration::from_millis(500);
+
+/// A validated dataflow: every reference between nodes resolves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dataflow {
+    /// The nodes in file order.
+    pub nodes: Vec<NodeSpec>,
+}
+
+/// One node of a dataflow: what to run, what it consumes and produces, where it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    /// Unique id within the dataflow.
+    pub id: String,
+    /// Executable: relative to the dataflow file's directory, absolute, or a bare command name.
+    pub path: String,
+    /// Command-line arguments.
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Shell command run before the node starts.
+    pub build: Option<String>,
+    /// Input id -> where its messages come from.
+    pub inputs: BTreeMap<String, InputSpec>,
+    /// Output ids this node may send on.
+    pub outputs: Vec<String>,
+    /// What to do when the node exits.
+    pub restart: RestartSpec,
+    /// Placement and binary distribution.
+    pub deploy: Deploy,
+}
+
+/// One input of a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputSpec {
+    /// Where messages come from.
+    pub source: InputSource,
+    /// Messages kept before the oldest is dropped; at least 1.
+    pub queue_size: usize,
+}
+
+/// The origin of an input's messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputSource {
+    /// An output of a node (`node-id/output-id`).
+    Node {
+        /// Id of the sending node.
+        node: String,
+        /// Id of the output on that node.
+        output: String,
+    },
+    /// A built-in timer (`rill/timer/...`).
+    Timer {
+        /// Time between ticks. Stored in nanoseconds because `hz` timers are not whole milliseconds.
+        #[serde(rename = "interval_ns", with = "serde_nanos")]
+        interval: Duration,
+    },
+}
+
+/// Restart behaviour of a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartSpec {
+    /// When to restart.
+    pub policy: RestartPolicy,
+    /// Give up after this many restarts; `None` means no limit.
+    pub max_restarts: Option<u32>,
+    /// Pause before each restart.
+    #[serde(rename = "restart_delay_ms", with = "serde_millis")]
+    pub restart_delay: Duration,
+}
+
+impl Default for RestartSpec {
+    fn default() -> Self {
+        RestartSpec {
+            policy: RestartPolicy::default(),
+            max_restarts: None,
+            restart_delay: DEFAULT_RESTART_DELAY,
+        }
+    }
+}
+
+/// When a node that exited is started again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Never restart.
+    #[default]
+    Never,
+    /// Restart only after a non-zero exit or a signal.
+    OnFailure,
+    /// Restart after every exit.
+    Always,
+}
+
+/// Where a node runs and how its binary gets there.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deploy {
+    /// Machine id from `cluster.yml`; takes priority over `labels`.
+    pub machine: Option<String>,
+    /// Labels the chosen daemon must all have.
+    pub labels: BTreeMap<String, String>,
+    /// How the node's binary reaches that machine.
+    pub distribute: Distribute,
+    /// Working directory on the target machine.
+    pub working_dir: Option<PathBuf>,
+}
+
+/// How a node's binary is delivered to a remote daemon.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Distribute {
+    /// The daemon builds or finds the binary itself.
+    #[default]
+    Local,
+    /// The CLI copies the binary over SSH before start.
+    Scp,
+    /// The daemon downloads the binary from the coordinator.
+    Http,
+}
+
+impl Dataflow {
+    /// The node with this id, if any.
+    pub fn node(&self, id: &str) -> Option<&NodeSpec> {
+        self.nodes.iter().find(|node| node.id == id)
+    }
+}

@@ -1,0 +1,91 @@
+//! Checks across nodes: unique ids, and inputs that point at existing nodes and outputs.
+
+use std::collections::BTreeMap;
+
+use crate::diagnostics::Collector;
+use crate::model::InputSource;
+use crate::parse::ParsedNode;
+use crate::suggest;
+use crate::yaml::Pos;
+
+/// Reports duplicate node ids and inputs whose node or output does not exist.
+pub(crate) fn graph(report: &mut Collector, nodes: &[ParsedNode]) {
+    let by_id = unique_ids(report, nodes);
+    for node in nodes {
+        for (input, spec) in &node.spec.inputs {
+            let InputSource::Node {
+                node: target,
+                output,
+            } = &spec.source
+            else {
+                continue;
+            };
+            let pos = node.source_pos.get(input).copied().unwrap_or(Pos::UNKNOWN);
+            let name = input_name(node, input);
+            match by_id.get(target.as_str()) {
+                None => report.error_hint(pos, format!("input `{name}` refers to node `{target}`, which does not exist"), missing_node_hint(target, &by_id)),
+                Some(source)
+                    if source.outputs_complete && !source.spec.outputs.contains(output) =>
+                {
+                    report.error_hint(pos, format!(
+                            "input `{name}` refers to output `{output}` of node `{target}`, which does not exist"
+                        ), missing_output_hint(output, source));
+                }
+                // Referring to itself is fine: a node may feed back into itself.
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// The first node of each id; later ones are reported as duplicates.
+fn unique_ids<'a>(
+    report: &mut Collector,
+    nodes: &'a [ParsedNode],
+) -> BTreeMap<&'a str, &'a ParsedNode> {
+    let mut by_id: BTreeMap<&str, &ParsedNode> = BTreeMap::new();
+    for node in nodes {
+        let Some(pos) = node.id_pos else { continue };
+        match by_id.get(node.spec.id.as_str()) {
+            Some(first) => {
+                let first_line = first.id_pos.map_or(0, |pos| pos.line);
+                let hint = format!("the first node with this id is at line {first_line}");
+                report.error(pos, format!("duplicate node id `{}`", node.spec.id), hint);
+            }
+            None => {
+                by_id.insert(&node.spec.id, node);
+            }
+        }
+    }
+    by_id
+}
+
+/// `node/input` for messages, or just the input when the node has no id.
+fn input_name(node: &ParsedNode, input: &str) -> String {
+    if node.id_pos.is_some() {
+        format!("{}/{input}", node.spec.id)
+    } else {
+        input.to_owned()
+    }
+}
+
+fn missing_node_hint(target: &str, by_id: &BTreeMap<&str, &ParsedNode>) -> String {
+    let existing = by_id.keys().copied().collect::<Vec<_>>().join(", ");
+    match suggest::closest(target, by_id.keys().copied()) {
+        Some(close) => format!("did you mean `{close}`? existing nodes: {existing}"),
+        None => format!("existing nodes: {existing}"),
+    }
+}
+
+fn missing_output_hint(output: &str, source: &ParsedNode) -> String {
+    let outputs = &source.spec.outputs;
+    let id = &source.spec.id;
+    if outputs.is_empty() {
+        return format!("node `{id}` declares no outputs; add `{output}` to its `outputs`");
+    }
+    let listed = outputs.join(", ");
+    match suggest::closest(output, outputs.iter().map(String::as_str)) {
+        Some(close) => format!("did you mean `{close}`? node `{id}` has outputs: {listed}"),
+        None => format!("node `{id}` has outputs: {listed}"),
+    }
+}

@@ -1,0 +1,13 @@
+//! The daemon: spawns and supervises node processes and routes their
+//! messages over the local data plane. `rill run` uses [`Runtime`] directly;
+//! the networked daemon (later) drives the same parts.
+
+pub mod router;
+pub mod routes;
+pub mod run;
+pub mod shm_table;
+pub mod spawn;
+pub mod supervisor;
+
+pub use run::{Report, Reporter, RunError, RunOptions, RunReport, Runtime, StopHandle, Stream};
+pub use supervisor::{ExitStatus, NodeSummary, Notice, Outcome, Sig};

@@ -1,0 +1,468 @@
+//! The local data plane: one thread with one epoll set over every node's
+//! socket. It routes messages between nodes, ticks timers, applies the
+//! per-input queue bound when a node does not drain its socket, and keeps the
+//! shared-memory book. It never blocks on a node: sends are non-blocking and
+//! what does not fit waits in that node's bounded queue.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rill_proto::{BoundedQueue, DaemonMsg, Metadata, NodeMsg, Payload, Pushed, transport};
+use rustix::event::epoll;
+use rustix::io::Errno;
+
+use crate::routes::Routes;
+use crate::shm_table::{Instance, ShmAction, ShmTable};
+
+/// Epoll key of the wake-up eventfd (instances start at 1).
+const WAKE: u64 = 0;
+
+/// Instructions from the supervisor.
+#[derive(Debug)]
+pub enum Command {
+    /// A node process started with this end of its socket pair.
+    Attach { node: String, instance: Instance, socket: OwnedFd },
+    /// `node` finished for good: its receivers get `InputClosed`.
+    CloseOutputs { node: String },
+    /// Send `Stop` to one node, or to all.
+    Stop { node: Option<String> },
+    /// End the router thread.
+    Shutdown,
+}
+
+/// Figures the router reports when it ends.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RouterStats {
+    pub routed: u64,
+    pub dropped: u64,
+    pub regions_left: usize,
+}
+
+/// Handle to the router thread.
+pub struct RouterHandle {
+    tx: Sender<Command>,
+    wake: Arc<OwnedFd>,
+    thread: Option<JoinHandle<RouterStats>>,
+}
+
+impl RouterHandle {
+    /// Starts the router thread for `routes`.
+    pub fn start(routes: Routes) -> std::io::Result<Self> {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        let wake = Arc::new(rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )?);
+        epoll::add(&epoll, &*wake, epoll::EventData::new_u64(WAKE), epoll::EventFlags::IN)?;
+        let (tx, rx) = channel();
+        let now = Instant::now();
+        let timers = routes
+            .timers
+            .iter()
+            .map(|(interval, targets)| Timer { interval: *interval, next: now + *interval, targets: targets.clone() })
+            .collect();
+        let router = Router {
+            epoll,
+            wake: wake.clone(),
+            rx,
+            routes,
+            conns: HashMap::new(),
+            by_node: HashMap::new(),
+            finished: HashSet::new(),
+            shm: ShmTable::default(),
+            timers,
+            stats: RouterStats::default(),
+        };
+        let thread = std::thread::Builder::new().name("rill-router".into()).spawn(move || router.run())?;
+        Ok(Self { tx, wake, thread: Some(thread) })
+    }
+
+    /// Queues a command and wakes the router.
+    pub fn send(&self, command: Command) {
+        if self.tx.send(command).is_ok() {
+            let _ = rustix::io::write(&*self.wake, &1u64.to_ne_bytes());
+        }
+    }
+
+    /// Stops the thread and returns its figures.
+    pub fn shutdown(mut self) -> RouterStats {
+        self.send(Command::Shutdown);
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default()
+    }
+}
+
+impl Drop for RouterHandle {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.send(Command::Shutdown);
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Timer {
+    interval: Duration,
+    next: Instant,
+    targets: Vec<(String, String)>,
+}
+
+/// One connected node process.
+struct Conn {
+    node: String,
+    fd: OwnedFd,
+    /// Messages the socket had no room for; bounded per input.
+    backlog: BoundedQueue<String, DaemonMsg>,
+    want_write: bool,
+}
+
+struct Router {
+    epoll: OwnedFd,
+    wake: Arc<OwnedFd>,
+    rx: Receiver<Command>,
+    routes: Routes,
+    conns: HashMap<Instance, Conn>,
+    by_node: HashMap<String, Instance>,
+    /// Nodes that finished for good (their outputs are closed).
+    finished: HashSet<String>,
+    shm: ShmTable,
+    timers: Vec<Timer>,
+    stats: RouterStats,
+}
+
+enum Flow {
+    Continue,
+    Shutdown,
+}
+
+impl Router {
+    fn run(mut self) -> RouterStats {
+        let mut events = Vec::with_capacity(64);
+        let mut buf = vec![0u8; rill_proto::MAX_PACKET];
+        loop {
+            let timeout = self.timers.iter().map(|t| t.next).min().map(|next| {
+                let d = next.saturating_duration_since(Instant::now());
+                rustix::time::Timespec { tv_sec: d.as_secs() as i64, tv_nsec: i64::from(d.subsec_nanos()) }
+            });
+            events.clear();
+            match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), timeout.as_ref()) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(e) => {
+                    eprintln!("rill: router epoll failed: {e}");
+                    break;
+                }
+            }
+            for event in events.iter().copied() {
+                let (key, flags) = (event.data.u64(), event.flags);
+                if key == WAKE {
+                    let mut b = [0u8; 8];
+                    let _ = rustix::io::read(&*self.wake, &mut b);
+                    if let Flow::Shutdown = self.commands(&mut buf) {
+                        return self.finish();
+                    }
+                    continue;
+                }
+                if flags.contains(epoll::EventFlags::OUT) {
+                    self.flush(key);
+                }
+                if flags.intersects(epoll::EventFlags::IN | epoll::EventFlags::HUP | epoll::EventFlags::ERR) {
+                    self.read_all(key, &mut buf);
+                }
+            }
+            self.fire_timers();
+        }
+        self.finish()
+    }
+
+    fn finish(mut self) -> RouterStats {
+        let instances: Vec<Instance> = self.conns.keys().copied().collect();
+        for instance in instances {
+            self.disconnect(instance);
+        }
+        self.stats.regions_left = self.shm.region_count();
+        self.stats
+    }
+
+    fn commands(&mut self, buf: &mut [u8]) -> Flow {
+        while let Ok(command) = self.rx.try_recv() {
+            match command {
+                Command::Attach { node, instance, socket } => self.attach(node, instance, socket),
+                Command::CloseOutputs { node } => {
+                    // Everything the node sent before it exited is still in
+                    // its socket: route that first, then close.
+                    if let Some(instance) = self.by_node.get(&node).copied() {
+                        self.read_all(instance, buf);
+                    }
+                    let targets: Vec<_> = self.routes.fed_by(&node).cloned().collect();
+                    for (receiver, input) in targets {
+                        self.send_to_node(&receiver, None, DaemonMsg::InputClosed { input });
+                    }
+                    self.finished.insert(node);
+                }
+                Command::Stop { node: Some(node) } => self.send_to_node(&node, None, DaemonMsg::Stop),
+                Command::Stop { node: None } => {
+                    let nodes: Vec<String> = self.by_node.keys().cloned().collect();
+                    for node in nodes {
+                        self.send_to_node(&node, None, DaemonMsg::Stop);
+                    }
+                }
+                Command::Shutdown => return Flow::Shutdown,
+            }
+        }
+        Flow::Continue
+    }
+
+    fn attach(&mut self, node: String, instance: Instance, socket: OwnedFd) {
+        if let Err(e) = epoll::add(&self.epoll, &socket, epoll::EventData::new_u64(instance), epoll::EventFlags::IN) {
+            eprintln!("rill: cannot watch node {node}: {e}");
+            return;
+        }
+        if let Some(old) = self.by_node.insert(node.clone(), instance) {
+            self.disconnect(old);
+            self.by_node.insert(node.clone(), instance);
+        }
+        self.conns.insert(instance, Conn { node: node.clone(), fd: socket, backlog: BoundedQueue::default(), want_write: false });
+        // A restarted node learns at once which producers are already gone.
+        let closed: Vec<String> = self
+            .routes
+            .upstream
+            .get(&node)
+            .into_iter()
+            .flatten()
+            .filter(|(source, _)| self.finished.contains(source))
+            .map(|(_, input)| input.clone())
+            .collect();
+        for input in closed {
+            self.enqueue(instance, None, DaemonMsg::InputClosed { input });
+        }
+    }
+
+    fn disconnect(&mut self, instance: Instance) {
+        let Some(mut conn) = self.conns.remove(&instance) else { return };
+        let _ = epoll::delete(&self.epoll, &conn.fd);
+        if self.by_node.get(&conn.node) == Some(&instance) {
+            self.by_node.remove(&conn.node);
+        }
+        let mut actions = Vec::new();
+        for msg in conn.backlog.drain() {
+            if let DaemonMsg::Input { payload: Payload::Shared { .. }, token, .. } = msg {
+                actions.extend(self.shm.release(token));
+            }
+        }
+        actions.extend(self.shm.node_gone(instance));
+        self.apply(actions);
+    }
+
+    fn read_all(&mut self, instance: Instance, buf: &mut [u8]) {
+        loop {
+            let Some(conn) = self.conns.get(&instance) else { return };
+            match transport::recv_packet(conn.fd.as_fd(), buf, true) {
+                Ok((0, _)) => return self.disconnect(instance),
+                Ok((n, mut fds)) => match NodeMsg::decode(&buf[..n]) {
+                    Ok(msg) => self.handle(instance, msg, fds.pop()),
+                    Err(e) => eprintln!("rill: dropping undecodable message from node {}: {e}", conn.node),
+                },
+                Err(Errno::WOULDBLOCK) => return,
+                Err(_) => return self.disconnect(instance),
+            }
+        }
+    }
+
+    fn handle(&mut self, instance: Instance, msg: NodeMsg, fd: Option<OwnedFd>) {
+        match msg {
+            NodeMsg::Send { output, metadata, payload, .. } => self.route(instance, output, metadata, payload, fd),
+            NodeMsg::Release { token } => {
+                let actions = self.shm.release(token);
+                self.apply(actions);
+            }
+            NodeMsg::RegionDropped { region } => {
+                let actions = self.shm.owner_dropped(instance, region);
+                self.apply(actions);
+            }
+        }
+    }
+
+    fn route(&mut self, instance: Instance, output: String, metadata: Metadata, payload: Payload, fd: Option<OwnedFd>) {
+        let Some(conn) = self.conns.get(&instance) else { return };
+        let key = (conn.node.clone(), output);
+        let targets: Vec<(Instance, String)> = self
+            .routes
+            .by_output
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .filter_map(|(node, input)| self.by_node.get(node).map(|i| (*i, input.clone())))
+            .collect();
+        match payload {
+            Payload::Inline(bytes) => {
+                for (receiver, input) in targets {
+                    let msg = DaemonMsg::Input {
+                        input: input.clone(),
+                        metadata,
+                        payload: Payload::Inline(bytes.clone()),
+                        token: 0,
+                        new_region: false,
+                    };
+                    self.stats.routed += 1;
+                    self.enqueue(receiver, Some(input), msg);
+                }
+            }
+            Payload::Shared { region, len, region_len } => {
+                let Some(shm_key) = self.shm.key_for(instance, region, fd) else {
+                    eprintln!("rill: node {} sent unknown shared region {region}", key.0);
+                    return;
+                };
+                if targets.is_empty() {
+                    let actions = self.shm.unused(shm_key);
+                    return self.apply(actions);
+                }
+                for (receiver, input) in targets {
+                    let Some(token) = self.shm.deliver(shm_key, receiver) else { continue };
+                    let msg = DaemonMsg::Input {
+                        input: input.clone(),
+                        metadata,
+                        payload: Payload::Shared { region: shm_key, len, region_len },
+                        token,
+                        new_region: false,
+                    };
+                    self.stats.routed += 1;
+                    self.enqueue(receiver, Some(input), msg);
+                }
+            }
+        }
+    }
+
+    fn send_to_node(&mut self, node: &str, input: Option<String>, msg: DaemonMsg) {
+        if let Some(instance) = self.by_node.get(node).copied() {
+            self.enqueue(instance, input, msg);
+        }
+    }
+
+    /// Sends now if the socket has room and nothing waits before it;
+    /// otherwise queues (dropping the input's oldest when full).
+    fn enqueue(&mut self, instance: Instance, input: Option<String>, msg: DaemonMsg) {
+        let Some(conn) = self.conns.get_mut(&instance) else {
+            return self.discard(msg);
+        };
+        let msg = if conn.backlog.is_empty() {
+            match write_msg(conn, &mut self.shm, instance, msg) {
+                Ok(()) => return,
+                Err((Errno::WOULDBLOCK, msg)) => msg,
+                Err((_, msg)) => return self.discard(msg),
+            }
+        } else {
+            msg
+        };
+        let capacity = input
+            .as_ref()
+            .and_then(|i| self.routes.queue_size.get(&(conn.node.clone(), i.clone())))
+            .copied()
+            .unwrap_or(1);
+        let key = if msg.is_droppable() { input } else { None };
+        let pushed = conn.backlog.push(key, capacity, msg);
+        if !conn.want_write {
+            conn.want_write = true;
+            let _ = epoll::modify(
+                &self.epoll,
+                &conn.fd,
+                epoll::EventData::new_u64(instance),
+                epoll::EventFlags::IN | epoll::EventFlags::OUT,
+            );
+        }
+        if let Pushed::DroppedOldest(old) = pushed {
+            self.stats.dropped += 1;
+            self.discard(old);
+        }
+    }
+
+    /// A message that will never be sent: release what it holds.
+    fn discard(&mut self, msg: DaemonMsg) {
+        if let DaemonMsg::Input { payload: Payload::Shared { .. }, token, .. } = msg {
+            let actions = self.shm.release(token);
+            self.apply(actions);
+        }
+    }
+
+    fn flush(&mut self, instance: Instance) {
+        loop {
+            let Some(conn) = self.conns.get_mut(&instance) else { return };
+            let Some((key, msg)) = conn.backlog.pop() else {
+                conn.want_write = false;
+                let _ = epoll::modify(&self.epoll, &conn.fd, epoll::EventData::new_u64(instance), epoll::EventFlags::IN);
+                return;
+            };
+            match write_msg(conn, &mut self.shm, instance, msg) {
+                Ok(()) => {}
+                Err((Errno::WOULDBLOCK, msg)) => {
+                    conn.backlog.push_front(key, msg);
+                    return;
+                }
+                Err((_, msg)) => self.discard(msg),
+            }
+        }
+    }
+
+    fn apply(&mut self, actions: Vec<ShmAction>) {
+        for action in actions {
+            match action {
+                ShmAction::Reclaim { owner, region } => self.enqueue(owner, None, DaemonMsg::Reclaim { region }),
+                ShmAction::Unmap { receiver, key } => self.enqueue(receiver, None, DaemonMsg::Unmap { region: key }),
+            }
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        for timer in &mut self.timers {
+            if timer.next <= now {
+                due.extend(timer.targets.iter().cloned());
+                // Skip missed ticks instead of bursting to catch up.
+                while timer.next <= now {
+                    timer.next += timer.interval;
+                }
+            }
+        }
+        if due.is_empty() {
+            return;
+        }
+        let metadata = Metadata { timestamp_ns: now_ns() };
+        for (node, input) in due {
+            let msg = DaemonMsg::Input { input: input.clone(), metadata, payload: Payload::Inline(Vec::new()), token: 0, new_region: false };
+            self.send_to_node(&node, Some(input), msg);
+        }
+    }
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// Encodes and sends one message without blocking; gives it back on failure.
+fn write_msg(conn: &mut Conn, shm: &mut ShmTable, instance: Instance, mut msg: DaemonMsg) -> Result<(), (Errno, DaemonMsg)> {
+    let first_use = match &mut msg {
+        DaemonMsg::Input { payload: Payload::Shared { region, .. }, new_region, .. } => {
+            let fd = shm.first_use_fd(*region, instance).map(|fd| (*region, fd));
+            *new_region = fd.is_some();
+            fd
+        }
+        _ => None,
+    };
+    let mut bytes = Vec::with_capacity(64);
+    msg.encode(&mut bytes);
+    let fds = first_use.as_ref().map(|(_, fd)| std::slice::from_ref(fd)).unwrap_or(&[]);
+    let result = transport::send_packet(conn.fd.as_fd(), &bytes, fds, true);
+    let first_use = first_use.map(|(key, _)| key);
+    match result {
+        Ok(()) => {
+            if let Some(key) = first_use {
+                shm.mark_mapped(key, instance);
+            }
+            Ok(())
+        }
+        Err(e) => Err((e, msg)),
+    }
+}

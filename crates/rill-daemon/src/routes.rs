@@ -1,0 +1,52 @@
+//! Who receives what: the routing table built once from a dataflow.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rill_core::{Dataflow, InputSource};
+
+/// An input of a node: `(node id, input id)`.
+pub type InputRef = (String, String);
+
+/// The routing table of one dataflow.
+#[derive(Debug, Default, Clone)]
+pub struct Routes {
+    /// `(node, output)` -> the inputs it feeds.
+    pub by_output: HashMap<(String, String), Vec<InputRef>>,
+    /// Timer interval -> the inputs it ticks.
+    pub timers: Vec<(Duration, Vec<InputRef>)>,
+    /// Queue bound of every input.
+    pub queue_size: HashMap<InputRef, usize>,
+    /// Inputs of each node fed by another node (these can close).
+    pub upstream: HashMap<String, Vec<(String, String)>>,
+}
+
+impl Routes {
+    pub fn new(dataflow: &Dataflow) -> Self {
+        let mut routes = Routes::default();
+        for node in &dataflow.nodes {
+            for (input_id, input) in &node.inputs {
+                let target = (node.id.clone(), input_id.clone());
+                routes.queue_size.insert(target.clone(), input.queue_size);
+                match &input.source {
+                    InputSource::Node { node: source, output } => {
+                        routes.by_output.entry((source.clone(), output.clone())).or_default().push(target);
+                        routes.upstream.entry(node.id.clone()).or_default().push((source.clone(), input_id.clone()));
+                    }
+                    InputSource::Timer { interval } => {
+                        match routes.timers.iter_mut().find(|(i, _)| i == interval) {
+                            Some((_, targets)) => targets.push(target),
+                            None => routes.timers.push((*interval, vec![target])),
+                        }
+                    }
+                }
+            }
+        }
+        routes
+    }
+
+    /// Inputs fed by any output of `node`.
+    pub fn fed_by<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a InputRef> + 'a {
+        self.by_output.iter().filter(move |((source, _), _)| source == node).flat_map(|(_, targets)| targets)
+    }
+}

@@ -1,0 +1,346 @@
+//! `rill run`: one dataflow on this machine. The runner owns the router
+//! thread and the [`Supervisor`], feeds the supervisor with process exits,
+//! stop requests and the clock, and carries out its actions.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rill_core::Dataflow;
+
+use crate::router::{Command, RouterHandle, RouterStats};
+use crate::routes::Routes;
+use crate::shm_table::Instance;
+use crate::spawn::{resolve_program, spawn_node};
+use crate::supervisor::{Action, ExitStatus, NodeSummary, Notice, Sig, Supervisor};
+
+/// Lines of a node's stderr kept for the failure summary.
+const STDERR_TAIL: usize = 10;
+
+/// Tunables of a local run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// From `Stop` to SIGTERM.
+    pub grace: Duration,
+    /// From SIGTERM to SIGKILL.
+    pub term_grace: Duration,
+    /// Skip the nodes' `build` commands.
+    pub skip_build: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self { grace: Duration::from_secs(2), term_grace: Duration::from_secs(2), skip_build: false }
+    }
+}
+
+/// Which output stream a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// What the runner tells its caller as it goes (the CLI prints these).
+#[derive(Debug)]
+pub enum Report<'a> {
+    /// A line a node (or its build command) printed.
+    Log { node: &'a str, stream: Stream, line: &'a str },
+    Building { node: &'a str, command: &'a str },
+    Spawned { node: &'a str, pid: u32 },
+    Notice(&'a Notice),
+    /// The stop sequence began.
+    Stopping,
+}
+
+/// Receives [`Report`]s; called from several threads.
+pub type Reporter = Arc<dyn Fn(Report<'_>) + Send + Sync>;
+
+/// Why a run could not happen at all.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("build of node `{node}` failed: `{command}` exited with {status}")]
+    Build { node: String, command: String, status: ExitStatus },
+    #[error("could not run the build command of node `{node}`: {source}")]
+    BuildSpawn { node: String, source: std::io::Error },
+    #[error("could not start the data plane: {0}")]
+    Router(std::io::Error),
+}
+
+/// How the run went.
+#[derive(Debug)]
+pub struct RunReport {
+    pub nodes: Vec<NodeSummary>,
+    /// Last stderr lines of every node that printed any.
+    pub stderr_tails: HashMap<String, Vec<String>>,
+    pub router: RouterStats,
+    /// The run ended because a stop was requested.
+    pub stopped: bool,
+}
+
+impl RunReport {
+    pub fn success(&self) -> bool {
+        self.nodes.iter().all(|n| !n.outcome.is_failure())
+    }
+}
+
+enum RunEvent {
+    Exited { node: String, instance: Instance, status: ExitStatus },
+    Stop,
+    Kill,
+}
+
+/// Asks a running [`Runtime`] to stop (first call) or to kill (`kill`).
+#[derive(Clone)]
+pub struct StopHandle(Sender<RunEvent>);
+
+impl StopHandle {
+    /// Begin the stop sequence; a second call escalates to SIGKILL.
+    pub fn stop(&self) {
+        let _ = self.0.send(RunEvent::Stop);
+    }
+    /// SIGKILL every node now.
+    pub fn kill(&self) {
+        let _ = self.0.send(RunEvent::Kill);
+    }
+}
+
+type Tails = Arc<Mutex<HashMap<String, VecDeque<String>>>>;
+
+/// One dataflow running on this machine.
+pub struct Runtime {
+    dataflow: Dataflow,
+    base_dir: PathBuf,
+    options: RunOptions,
+    reporter: Reporter,
+    tx: Sender<RunEvent>,
+    rx: Receiver<RunEvent>,
+    tails: Tails,
+    log_threads: Vec<JoinHandle<()>>,
+    next_instance: Instance,
+}
+
+impl Runtime {
+    /// `base_dir` is the dataflow file's directory: relative paths and
+    /// build commands are taken from there, and nodes run in it.
+    pub fn new(dataflow: Dataflow, base_dir: PathBuf, options: RunOptions, reporter: Reporter) -> Self {
+        let (tx, rx) = channel();
+        Self {
+            dataflow,
+            base_dir,
+            options,
+            reporter,
+            tx,
+            rx,
+            tails: Arc::default(),
+            log_threads: Vec::new(),
+            next_instance: 0,
+        }
+    }
+
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(self.tx.clone())
+    }
+
+    /// Builds, runs until every node has ended, and reports.
+    pub fn run(mut self) -> Result<RunReport, RunError> {
+        if !self.options.skip_build {
+            self.build()?;
+        }
+        let router = RouterHandle::start(Routes::new(&self.dataflow)).map_err(RunError::Router)?;
+        let mut supervisor = Supervisor::new(&self.dataflow, self.options.grace, self.options.term_grace);
+        let mut pending: VecDeque<Action> = supervisor.start().into();
+        let mut stopped = false;
+        loop {
+            while let Some(action) = pending.pop_front() {
+                pending.extend(self.execute(action, &mut supervisor, &router));
+            }
+            if supervisor.all_finished() {
+                break;
+            }
+            let wait = supervisor
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()))
+                .unwrap_or(Duration::from_secs(3600));
+            let now = || Instant::now();
+            match self.rx.recv_timeout(wait) {
+                Ok(RunEvent::Exited { node, instance, status }) => {
+                    pending.extend(supervisor.exited(&node, instance, status, now()));
+                }
+                Ok(RunEvent::Stop) if !supervisor.is_stopping() => {
+                    stopped = true;
+                    (self.reporter)(Report::Stopping);
+                    pending.extend(supervisor.stop_all(now()));
+                }
+                Ok(RunEvent::Stop | RunEvent::Kill) => {
+                    stopped = true;
+                    pending.extend(supervisor.kill_all(now()));
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+            }
+            pending.extend(supervisor.tick(now()));
+        }
+        let router_stats = router.shutdown();
+        self.join_log_threads();
+        let stderr_tails = self
+            .tails
+            .lock()
+            .map(|t| t.iter().map(|(k, v)| (k.clone(), v.iter().cloned().collect())).collect())
+            .unwrap_or_default();
+        Ok(RunReport { nodes: supervisor.summary(), stderr_tails, router: router_stats, stopped })
+    }
+
+    fn execute(&mut self, action: Action, supervisor: &mut Supervisor, router: &RouterHandle) -> Vec<Action> {
+        match action {
+            Action::Spawn { node } => self.spawn(&node, supervisor, router),
+            Action::SendStop { node } => {
+                router.send(Command::Stop { node: Some(node) });
+                Vec::new()
+            }
+            Action::Signal { pid, signal, .. } => {
+                let signal = match signal {
+                    Sig::Term => rustix::process::Signal::TERM,
+                    Sig::Kill => rustix::process::Signal::KILL,
+                };
+                if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                    // The whole group: a node's own children go too.
+                    let _ = rustix::process::kill_process_group(pid, signal);
+                }
+                Vec::new()
+            }
+            Action::CloseOutputs { node } => {
+                router.send(Command::CloseOutputs { node });
+                Vec::new()
+            }
+            Action::Notice(notice) => {
+                (self.reporter)(Report::Notice(&notice));
+                Vec::new()
+            }
+        }
+    }
+
+    fn spawn(&mut self, node_id: &str, supervisor: &mut Supervisor, router: &RouterHandle) -> Vec<Action> {
+        let Some(node) = self.dataflow.node(node_id).cloned() else { return Vec::new() };
+        let program = match resolve_program(&node.path, &self.base_dir) {
+            Ok(program) => program,
+            Err(e) => return supervisor.spawn_failed(node_id, e),
+        };
+        let mut spawned = match spawn_node(&node, &program, &self.base_dir) {
+            Ok(spawned) => spawned,
+            Err(e) => return supervisor.spawn_failed(node_id, format!("{}: {e}", program.display())),
+        };
+        self.next_instance += 1;
+        let instance = self.next_instance;
+        let pid = spawned.child.id();
+        router.send(Command::Attach { node: node.id.clone(), instance, socket: spawned.socket });
+        (self.reporter)(Report::Spawned { node: node_id, pid });
+        if let Some(out) = spawned.child.stdout.take() {
+            self.pipe_lines(node_id, Stream::Stdout, out);
+        }
+        if let Some(err) = spawned.child.stderr.take() {
+            self.pipe_lines(node_id, Stream::Stderr, err);
+        }
+        let tx = self.tx.clone();
+        let node_name = node_id.to_owned();
+        let mut child = spawned.child;
+        let waiter = std::thread::Builder::new().name(format!("wait-{node_id}")).spawn(move || {
+            let status = match child.wait() {
+                Ok(status) => status.into(),
+                Err(_) => ExitStatus::Code(-1),
+            };
+            let _ = tx.send(RunEvent::Exited { node: node_name, instance, status });
+        });
+        if let Err(e) = waiter {
+            eprintln!("rill: cannot watch node {node_id}: {e}");
+        }
+        supervisor.spawned(node_id, instance, pid, Instant::now())
+    }
+
+    fn pipe_lines(&mut self, node: &str, stream: Stream, pipe: impl Read + Send + 'static) {
+        let reporter = self.reporter.clone();
+        let tails = (stream == Stream::Stderr).then(|| self.tails.clone());
+        let node = node.to_owned();
+        let handle = std::thread::Builder::new().name(format!("log-{node}")).spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                reporter(Report::Log { node: &node, stream, line: &line });
+                if let Some(tails) = &tails {
+                    if let Ok(mut tails) = tails.lock() {
+                        let tail = tails.entry(node.clone()).or_default();
+                        if tail.len() == STDERR_TAIL {
+                            tail.pop_front();
+                        }
+                        tail.push_back(line);
+                    }
+                }
+            }
+        });
+        if let Ok(handle) = handle {
+            self.log_threads.push(handle);
+        }
+    }
+
+    /// Waits (briefly) for the last node output to be printed; a node's
+    /// leftover grandchild may hold a pipe open, so never forever.
+    fn join_log_threads(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < deadline && self.log_threads.iter().any(|t| !t.is_finished()) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for thread in self.log_threads.drain(..).filter(|t| t.is_finished()) {
+            let _ = thread.join();
+        }
+    }
+
+    /// Runs every distinct `build` command once, in file order.
+    fn build(&mut self) -> Result<(), RunError> {
+        let mut done: Vec<String> = Vec::new();
+        let builds: Vec<(String, String)> =
+            self.dataflow.nodes.iter().filter_map(|n| n.build.clone().map(|b| (n.id.clone(), b))).collect();
+        for (node, command) in builds {
+            if done.contains(&command) {
+                continue;
+            }
+            (self.reporter)(Report::Building { node: &node, command: &command });
+            let status = run_build(&command, &self.base_dir, &node, &self.reporter)
+                .map_err(|source| RunError::BuildSpawn { node: node.clone(), source })?;
+            if !status.success() {
+                return Err(RunError::Build { node, command, status });
+            }
+            done.push(command);
+        }
+        Ok(())
+    }
+}
+
+fn run_build(command: &str, dir: &Path, node: &str, reporter: &Reporter) -> std::io::Result<ExitStatus> {
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take();
+    let err_reporter = reporter.clone();
+    let err_node = node.to_owned();
+    let err_thread = std::thread::spawn(move || {
+        if let Some(stderr) = stderr {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                err_reporter(Report::Log { node: &err_node, stream: Stream::Stderr, line: &line });
+            }
+        }
+    });
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            reporter(Report::Log { node, stream: Stream::Stdout, line: &line });
+        }
+    }
+    let _ = err_thread.join();
+    Ok(child.wait()?.into())
+}

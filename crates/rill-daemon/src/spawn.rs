@@ -1,0 +1,88 @@
+//! Starting one node process: its program, arguments, environment, working
+//! directory, its end of the daemon socket as fd 3, its own process group
+//! (so a terminal's Ctrl-C reaches only `rill`, which then stops nodes in
+//! order) and death with its parent.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use rill_core::NodeSpec;
+use rill_proto::{env, transport};
+
+/// The fd number a node finds its daemon socket at.
+const NODE_FD: i32 = 3;
+
+/// A started node process and the daemon's end of its socket.
+pub struct SpawnedNode {
+    pub child: Child,
+    pub socket: OwnedFd,
+}
+
+/// Finds the executable for `path`: relative paths are taken from the
+/// dataflow's directory, bare names from `PATH`.
+pub fn resolve_program(path: &str, base_dir: &Path) -> Result<PathBuf, String> {
+    if !path.contains('/') {
+        let search = std::env::var_os("PATH").unwrap_or_default();
+        return std::env::split_paths(&search)
+            .map(|dir| dir.join(path))
+            .find(|candidate| is_executable(candidate))
+            .ok_or_else(|| format!("`{path}` is not a command on PATH"));
+    }
+    let program = base_dir.join(path);
+    if !program.exists() {
+        return Err(format!("executable {} does not exist (is `path` right, did the `build` step make it?)", program.display()));
+    }
+    if !is_executable(&program) {
+        return Err(format!("{} is not an executable file", program.display()));
+    }
+    Ok(program)
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+}
+
+/// Starts `node` from `program` in `working_dir`.
+pub fn spawn_node(node: &NodeSpec, program: &Path, working_dir: &Path) -> std::io::Result<SpawnedNode> {
+    let (daemon_end, node_end) = transport::socket_pair()?;
+    let inputs: Vec<String> = node.inputs.iter().map(|(id, input)| format!("{id}:{}", input.queue_size)).collect();
+    let mut command = Command::new(program);
+    command
+        .args(&node.args)
+        .current_dir(working_dir)
+        .envs(&node.env)
+        .env(env::FD, NODE_FD.to_string())
+        .env(env::NODE_ID, &node.id)
+        .env(env::INPUTS, inputs.join(","))
+        .env(env::OUTPUTS, node.outputs.join(","))
+        .env(env::PROTOCOL, rill_proto::LOCAL_PROTOCOL_VERSION.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let raw = node_end.as_raw_fd();
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if raw == NODE_FD {
+                // dup2 onto itself keeps close-on-exec: clear it instead.
+                if libc::fcntl(raw, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(raw, NODE_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // A node must not outlive the daemon that routes its data.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    drop(node_end);
+    Ok(SpawnedNode { child, socket: daemon_end })
+}
