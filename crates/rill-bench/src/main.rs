@@ -1,1 +1,129 @@
-fn main() {}
+//! `rill-bench latency`: a two-node dataflow through the real daemon, and a
+//! raw Unix-socket ping-pong of the same size in the same run as baseline.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use rill_bench::percentile;
+use rill_core::Dataflow;
+use rill_daemon::{Report, RunOptions, Runtime, Stream};
+
+#[derive(Parser)]
+#[command(name = "rill-bench", about = "rill benchmarks; figures are printed next to a baseline measured in the same run")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One-way latency and throughput node -> daemon -> node, per payload size.
+    Latency {
+        /// Finish in well under 30 s (fewer iterations).
+        #[arg(long)]
+        quick: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Payload sizes in bytes.
+        #[arg(long, value_delimiter = ',', default_value = "8,4096,65536,1048576,4194304")]
+        sizes: Vec<usize>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Latency { quick, json, sizes } => latency(quick, json, &sizes),
+    }
+}
+
+fn latency(quick: bool, json: bool, sizes: &[usize]) -> anyhow::Result<()> {
+    let (hot, paced, bursts) = if quick { (1000, 150, 20) } else { (10_000, 1000, 200) };
+    let results = run_dataflow(sizes, hot, paced, bursts)?;
+    if !json {
+        println!("{:>9} {:>9} {:>9} {:>12} {:>12} {:>11} {:>13} {:>7}", "size", "p50_us", "p99_us", "paced_p50", "paced_p99", "msgs/s", "baseline_p50", "ratio");
+    }
+    for (size, mut result) in sizes.iter().zip(results) {
+        let baseline = socket_baseline(*size, if *size >= 1 << 20 { hot / 5 } else { hot })?;
+        result["baseline_p50_us"] = serde_json::json!((baseline * 10.0).round() / 10.0);
+        if json {
+            println!("{result}");
+        } else {
+            let f = |k: &str| result[k].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "{:>9} {:>9.1} {:>9.1} {:>12.1} {:>12.1} {:>11.0} {:>13.1} {:>6.2}x",
+                size, f("p50_us"), f("p99_us"), f("paced_p50_us"), f("paced_p99_us"), f("msgs_per_s"), baseline, f("p50_us") / baseline
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs ping -> pong through the real daemon and collects the ping's results.
+fn run_dataflow(sizes: &[usize], hot: usize, paced: usize, bursts: usize) -> anyhow::Result<Vec<serde_json::Value>> {
+    let bin_dir: PathBuf = std::env::current_exe()?.parent().context("no exe dir")?.to_path_buf();
+    let sizes_arg = sizes.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    let yaml = format!(
+        "nodes:\n  - id: ping\n    path: {ping}\n    args: [\"{sizes_arg}\", \"{hot}\", \"{paced}\", \"{bursts}\"]\n    inputs:\n      pong: pong/pong\n    outputs: [ping]\n  - id: pong\n    path: {pong}\n    inputs:\n      ping: {{ source: ping/ping, queue_size: 1000 }}\n    outputs: [pong]\n",
+        ping = bin_dir.join("rill-bench-ping").display(),
+        pong = bin_dir.join("rill-bench-pong").display(),
+    );
+    let dataflow = Dataflow::parse(&yaml, "bench.yml".as_ref()).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let collected = lines.clone();
+    let reporter = Arc::new(move |report: Report<'_>| match report {
+        Report::Log { stream: Stream::Stdout, line, .. } => {
+            if let Some(json) = line.strip_prefix("RESULT ") {
+                if let Ok(mut lines) = collected.lock() {
+                    lines.push(json.to_owned());
+                }
+            }
+        }
+        Report::Log { node, line, .. } => eprintln!("[{node}] {line}"),
+        _ => {}
+    });
+    let runtime = Runtime::new(dataflow, bin_dir, RunOptions { skip_build: true, ..Default::default() }, reporter);
+    let report = runtime.run()?;
+    if !report.success() {
+        bail!("benchmark dataflow failed: {:?}", report.nodes);
+    }
+    let lines = lines.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+    if lines.len() != sizes.len() {
+        bail!("expected {} results, got {}", sizes.len(), lines.len());
+    }
+    lines.iter().map(|l| serde_json::from_str(l).context("bad RESULT line")).collect()
+}
+
+/// p50 one-way latency (round trip / 2) of a raw Unix stream socket
+/// ping-pong between two threads, `size` bytes each way.
+fn socket_baseline(size: usize, iters: usize) -> anyhow::Result<f64> {
+    let (mut a, mut b) = UnixStream::pair()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut buf = vec![0u8; size];
+        loop {
+            if b.read_exact(&mut buf).is_err() {
+                return Ok(());
+            }
+            b.write_all(&buf)?;
+        }
+    });
+    let payload = vec![1u8; size];
+    let mut back = vec![0u8; size];
+    let mut samples = Vec::with_capacity(iters);
+    for i in 0..iters + iters / 10 {
+        let start = Instant::now();
+        a.write_all(&payload)?;
+        a.read_exact(&mut back)?;
+        if i >= iters / 10 {
+            samples.push(start.elapsed().as_secs_f64() * 1e6 / 2.0);
+        }
+    }
+    drop(a);
+    let _ = echo.join();
+    Ok(percentile(&mut samples, 50.0))
+}

@@ -97,13 +97,21 @@ impl Collector {
         }
     }
 
-    pub fn error(&mut self, pos: Pos, message: impl Into<String>, hint: impl Into<Option<String>>) {
-        self.found
-            .push(Diagnostic::at(&self.file, pos, message.into(), hint.into()));
+    pub fn error(&mut self, pos: Pos, message: impl Into<String>) {
+        self.push(pos, message.into(), None);
+    }
+
+    pub fn error_hint(&mut self, pos: Pos, message: impl Into<String>, hint: impl Into<String>) {
+        self.push(pos, message.into(), Some(hint.into()));
     }
 
     pub fn problem(&mut self, pos: Pos, problem: Problem) {
-        self.error(pos, problem.message, problem.hint);
+        self.push(pos, problem.message, problem.hint);
+    }
+
+    fn push(&mut self, pos: Pos, message: String, hint: Option<String>) {
+        self.found
+            .push(Diagnostic::at(&self.file, pos, message, hint));
     }
 
     /// `Ok(value)` if nothing was reported, otherwise every diagnostic in file order.

@@ -2,7 +2,7 @@
 //!
 //! Each reader returns `None` after reporting, so callers carry on and find further problems.
 
-use crate::diagnostics::Collector;
+use crate::diagnostics::{Collector, Problem};
 use crate::suggest;
 use crate::yaml::{Node, Pos, Value};
 
@@ -52,7 +52,7 @@ impl<'s> Reader<'s> {
             };
             if let Some(first) = kept.iter().find(|entry| entry.name == name) {
                 let hint = format!("first set at line {}", first.key.pos.line);
-                self.report.error(
+                self.report.error_hint(
                     key.pos,
                     format!("duplicate {what} `{name}` in {owner}"),
                     hint,
@@ -82,7 +82,7 @@ impl<'s> Reader<'s> {
                 Some(close) => format!("did you mean `{close}`? {valid}"),
                 None => valid,
             };
-            self.report.error(
+            self.report.error_hint(
                 entry.key.pos,
                 format!("unknown field `{}` in {owner}", entry.name),
                 hint,
@@ -148,17 +148,30 @@ impl<'s> Reader<'s> {
 
     /// Reports that `node` is not what `what` needs.
     pub fn wrong_type<T>(&mut self, node: &Node, what: &str, expected: &str) -> Option<T> {
-        let found = match node.value {
-            // A negative or huge number is the right type but the wrong value: show it.
-            Value::Int(value) => format!("`{value}`"),
+        let found = match (&node.value, node.scalar_text(self.source)) {
+            // A number may be the right type but the wrong value (`-1`, `1.5`): show it.
+            (Value::Int(_) | Value::Float(_), Some(text)) => format!("`{text}`"),
             _ => node.kind().to_owned(),
         };
-        self.report.error(node.pos, format!("{what} must be {expected}, found {found}"));
+        self.report.error(
+            node.pos,
+            format!("{what} must be {expected}, found {found}"),
+        );
         None
     }
 
     /// Reports a problem at `pos`.
-    pub fn error(&mut self, pos: Pos, message: impl Into<String>, hint: impl Into<Option<String>>) {
-        self.report.error(pos, message, hint);
+    pub fn error(&mut self, pos: Pos, message: impl Into<String>) {
+        self.report.error(pos, message);
+    }
+
+    /// Reports a problem found by a position-unaware helper at `pos`.
+    pub fn problem(&mut self, pos: Pos, problem: Problem) {
+        self.report.problem(pos, problem);
+    }
+
+    /// Reports a problem at `pos`, with a hint on how to fix it.
+    pub fn error_hint(&mut self, pos: Pos, message: impl Into<String>, hint: impl Into<String>) {
+        self.report.error_hint(pos, message, hint);
     }
 }

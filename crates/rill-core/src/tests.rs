@@ -975,3 +975,38 @@ fn serde_json_round_trip() {
     let back: Dataflow = serde_json::from_str(&json).unwrap();
     assert_eq!(back, dataflow);
 }
+
+#[test]
+fn edge_cases_get_clear_messages() {
+    let (line, _, message, _) = single_error("nodes:\n  - id: a\n    path: ./a\n---\nnodes: []\n");
+    // The parser reports where the second document's content starts.
+    assert_eq!(line, 5);
+    assert_eq!(
+        message,
+        "invalid YAML: the file holds several YAML documents (`---`); a dataflow is a single document"
+    );
+    let found = errors("nodes:\n  - id: \"\"\n    path: ./a\n    max_restarts: 1.5\n");
+    let messages: Vec<_> = found
+        .iter()
+        .map(|(line, _, message, _)| (*line, message.as_str()))
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            (2, "node id is empty"),
+            (
+                4,
+                "`max_restarts` of the node at line 2 must be a non-negative whole number, found `1.5`"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn non_finite_floats_are_text() {
+    let dataflow = parse_ok("nodes:\n  - id: a\n    path: ./a\n    env:\n      LIMIT: .inf\n");
+    assert_eq!(dataflow.nodes[0].env, map(&[("LIMIT", ".inf")]));
+    let (_, _, message, _) =
+        single_error("nodes:\n  - id: a\n    path: ./a\n    restart_delay: .inf\n");
+    assert_eq!(message, "invalid restart_delay `.inf`");
+}

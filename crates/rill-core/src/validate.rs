@@ -13,28 +13,39 @@ pub(crate) fn graph(report: &mut Collector, nodes: &[ParsedNode]) {
     let by_id = unique_ids(report, nodes);
     for node in nodes {
         for (input, spec) in &node.spec.inputs {
-            let InputSource::Node {
+            if let InputSource::Node {
                 node: target,
                 output,
             } = &spec.source
-            else {
-                continue;
-            };
-            let pos = node.source_pos.get(input).copied().unwrap_or(Pos::UNKNOWN);
-            let name = input_name(node, input);
-            match by_id.get(target.as_str()) {
-                None => report.error_hint(pos, format!("input `{name}` refers to node `{target}`, which does not exist"), missing_node_hint(target, &by_id)),
-                Some(source)
-                    if source.outputs_complete && !source.spec.outputs.contains(output) =>
-                {
-                    report.error_hint(pos, format!(
-                            "input `{name}` refers to output `{output}` of node `{target}`, which does not exist"
-                        ), missing_output_hint(output, source));
-                }
-                // Referring to itself is fine: a node may feed back into itself.
-                Some(_) => {}
+            {
+                let pos = node.source_pos.get(input).copied().unwrap_or(Pos::UNKNOWN);
+                let name = input_name(node, input);
+                check_reference(report, &by_id, pos, &name, target, output);
             }
         }
+    }
+}
+
+/// Reports an input `name` whose `target/output` does not exist. A node may name itself.
+fn check_reference(
+    report: &mut Collector,
+    by_id: &BTreeMap<&str, &ParsedNode>,
+    pos: Pos,
+    name: &str,
+    target: &str,
+    output: &str,
+) {
+    let Some(source) = by_id.get(target) else {
+        let message = format!("input `{name}` refers to node `{target}`, which does not exist");
+        report.error_hint(pos, message, missing_node_hint(target, by_id));
+        return;
+    };
+    // Broken `outputs` were reported already; checking against them would only add noise.
+    if source.outputs_complete && !source.spec.outputs.iter().any(|o| o == output) {
+        let message = format!(
+            "input `{name}` refers to output `{output}` of node `{target}`, which does not exist"
+        );
+        report.error_hint(pos, message, missing_output_hint(output, source));
     }
 }
 
@@ -50,7 +61,7 @@ fn unique_ids<'a>(
             Some(first) => {
                 let first_line = first.id_pos.map_or(0, |pos| pos.line);
                 let hint = format!("the first node with this id is at line {first_line}");
-                report.error(pos, format!("duplicate node id `{}`", node.spec.id), hint);
+                report.error_hint(pos, format!("duplicate node id `{}`", node.spec.id), hint);
             }
             None => {
                 by_id.insert(&node.spec.id, node);
@@ -70,6 +81,9 @@ fn input_name(node: &ParsedNode, input: &str) -> String {
 }
 
 fn missing_node_hint(target: &str, by_id: &BTreeMap<&str, &ParsedNode>) -> String {
+    if by_id.is_empty() {
+        return "no node in this dataflow has an id".to_owned();
+    }
     let existing = by_id.keys().copied().collect::<Vec<_>>().join(", ");
     match suggest::closest(target, by_id.keys().copied()) {
         Some(close) => format!("did you mean `{close}`? existing nodes: {existing}"),

@@ -7,7 +7,9 @@ use std::fmt;
 use std::ops::Range;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_saphyr::{DefaultMessageFormatter, DuplicateKeyPolicy, MessageFormatter, Spanned};
+use serde_saphyr::{
+    DefaultMessageFormatter, DuplicateKeyPolicy, MessageFormatter, NonFiniteFloatPolicy, Spanned,
+};
 
 /// A 1-based position in the source text; orders by line, then column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -57,16 +59,24 @@ pub(crate) fn parse(text: &str) -> Result<Node, SyntaxError> {
         strict_booleans: true,
         // Duplicate keys reach our visitor so they are reported along with everything else.
         duplicate_keys: DuplicateKeyPolicy::PassThrough,
+        // `.inf` / `.nan` arrive as text: fine as an env value, rejected where a number is needed.
+        non_finite_float_policy: NonFiniteFloatPolicy::AsString,
     };
     serde_saphyr::from_str_with_options::<Node>(text, options).map_err(|error| {
         let pos = error.location().map_or(Pos::UNKNOWN, |loc| Pos {
             line: usize::try_from(loc.line()).unwrap_or(0),
             column: usize::try_from(loc.column()).unwrap_or(0),
         });
-        // The bare message: our own diagnostics print the position and no source snippet.
-        let message = DefaultMessageFormatter
-            .format_message(error.without_snippet())
-            .into_owned();
+        let error = error.without_snippet();
+        let message = match error {
+            // The library's own hint here names its API, which means nothing to our users.
+            serde_saphyr::Error::MultipleDocuments { .. } => {
+                "the file holds several YAML documents (`---`); a dataflow is a single document"
+                    .to_owned()
+            }
+            // The bare message: our diagnostics print the position and no source snippet.
+            _ => DefaultMessageFormatter.format_message(error).into_owned(),
+        };
         SyntaxError { pos, message }
     })
 }

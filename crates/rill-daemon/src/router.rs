@@ -20,6 +20,10 @@ use crate::shm_table::{Instance, ShmAction, ShmTable};
 
 /// Epoll key of the wake-up eventfd (instances start at 1).
 const WAKE: u64 = 0;
+/// After routing a message the router polls without sleeping this long:
+/// a reply that comes back within it is routed without a wake-up, which on
+/// virtual machines costs tens of microseconds. Idle routers sleep.
+const SPIN: Duration = Duration::from_micros(50);
 
 /// Instructions from the supervisor.
 #[derive(Debug)]
@@ -73,6 +77,7 @@ impl RouterHandle {
             conns: HashMap::new(),
             by_node: HashMap::new(),
             finished: HashSet::new(),
+            pending: HashMap::new(),
             shm: ShmTable::default(),
             timers,
             stats: RouterStats::default(),
@@ -128,6 +133,9 @@ struct Router {
     by_node: HashMap<String, Instance>,
     /// Nodes that finished for good (their outputs are closed).
     finished: HashSet<String>,
+    /// Messages for nodes not attached yet (starting or restarting): a
+    /// producer that starts first loses nothing.
+    pending: HashMap<String, BoundedQueue<String, DaemonMsg>>,
     shm: ShmTable,
     timers: Vec<Timer>,
     stats: RouterStats,
@@ -142,11 +150,17 @@ impl Router {
     fn run(mut self) -> RouterStats {
         let mut events = Vec::with_capacity(64);
         let mut buf = vec![0u8; rill_proto::MAX_PACKET];
+        let mut last_routed = Instant::now() - SPIN;
         loop {
-            let timeout = self.timers.iter().map(|t| t.next).min().map(|next| {
-                let d = next.saturating_duration_since(Instant::now());
-                rustix::time::Timespec { tv_sec: d.as_secs() as i64, tv_nsec: i64::from(d.subsec_nanos()) }
-            });
+            let timeout = if last_routed.elapsed() < SPIN {
+                Some(rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 })
+            } else {
+                self.timers.iter().map(|t| t.next).min().map(|next| {
+                    let d = next.saturating_duration_since(Instant::now());
+                    rustix::time::Timespec { tv_sec: d.as_secs() as i64, tv_nsec: i64::from(d.subsec_nanos()) }
+                })
+            };
+            let routed_before = self.stats.routed;
             events.clear();
             match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), timeout.as_ref()) {
                 Ok(_) | Err(Errno::INTR) => {}
@@ -173,6 +187,9 @@ impl Router {
                 }
             }
             self.fire_timers();
+            if self.stats.routed != routed_before {
+                last_routed = Instant::now();
+            }
         }
         self.finish()
     }
@@ -200,6 +217,13 @@ impl Router {
                     for (receiver, input) in targets {
                         self.send_to_node(&receiver, None, DaemonMsg::InputClosed { input });
                     }
+                    // It will not attach again: what waited for it is void.
+                    if let Some(mut queue) = self.pending.remove(&node) {
+                        let msgs: Vec<DaemonMsg> = queue.drain().collect();
+                        for msg in msgs {
+                            self.discard(msg);
+                        }
+                    }
                     self.finished.insert(node);
                 }
                 Command::Stop { node: Some(node) } => self.send_to_node(&node, None, DaemonMsg::Stop),
@@ -225,6 +249,18 @@ impl Router {
             self.by_node.insert(node.clone(), instance);
         }
         self.conns.insert(instance, Conn { node: node.clone(), fd: socket, backlog: BoundedQueue::default(), want_write: false });
+        if let Some(mut queue) = self.pending.remove(&node) {
+            while let Some((input, msg)) = queue.pop() {
+                // Closed inputs are re-announced below, once.
+                if let DaemonMsg::InputClosed { .. } = msg {
+                    continue;
+                }
+                if let DaemonMsg::Input { payload: Payload::Shared { .. }, token, .. } = &msg {
+                    self.shm.reassign(*token, instance);
+                }
+                self.enqueue(instance, input, msg);
+            }
+        }
         // A restarted node learns at once which producers are already gone.
         let closed: Vec<String> = self
             .routes
@@ -288,26 +324,14 @@ impl Router {
     fn route(&mut self, instance: Instance, output: String, metadata: Metadata, payload: Payload, fd: Option<OwnedFd>) {
         let Some(conn) = self.conns.get(&instance) else { return };
         let key = (conn.node.clone(), output);
-        let targets: Vec<(Instance, String)> = self
-            .routes
-            .by_output
-            .get(&key)
-            .into_iter()
-            .flatten()
-            .filter_map(|(node, input)| self.by_node.get(node).map(|i| (*i, input.clone())))
-            .collect();
+        let targets: Vec<(String, String)> = self.routes.by_output.get(&key).cloned().unwrap_or_default();
         match payload {
             Payload::Inline(bytes) => {
                 for (receiver, input) in targets {
-                    let msg = DaemonMsg::Input {
-                        input: input.clone(),
-                        metadata,
-                        payload: Payload::Inline(bytes.clone()),
-                        token: 0,
-                        new_region: false,
-                    };
+                    let payload = Payload::Inline(bytes.clone());
+                    let msg = DaemonMsg::Input { input: input.clone(), metadata, payload, token: 0, new_region: false };
                     self.stats.routed += 1;
-                    self.enqueue(receiver, Some(input), msg);
+                    self.send_to_node(&receiver, Some(input), msg);
                 }
             }
             Payload::Shared { region, len, region_len } => {
@@ -315,30 +339,48 @@ impl Router {
                     eprintln!("rill: node {} sent unknown shared region {region}", key.0);
                     return;
                 };
-                if targets.is_empty() {
-                    let actions = self.shm.unused(shm_key);
-                    return self.apply(actions);
-                }
+                let mut delivered = false;
                 for (receiver, input) in targets {
-                    let Some(token) = self.shm.deliver(shm_key, receiver) else { continue };
-                    let msg = DaemonMsg::Input {
-                        input: input.clone(),
-                        metadata,
-                        payload: Payload::Shared { region: shm_key, len, region_len },
-                        token,
-                        new_region: false,
-                    };
+                    if self.finished.contains(&receiver) {
+                        continue;
+                    }
+                    // 0 = not attached yet; reassigned when it attaches.
+                    let receiver_instance = self.by_node.get(&receiver).copied().unwrap_or(0);
+                    let Some(token) = self.shm.deliver(shm_key, receiver_instance) else { continue };
+                    delivered = true;
+                    let payload = Payload::Shared { region: shm_key, len, region_len };
+                    let msg = DaemonMsg::Input { input: input.clone(), metadata, payload, token, new_region: false };
                     self.stats.routed += 1;
-                    self.enqueue(receiver, Some(input), msg);
+                    self.send_to_node(&receiver, Some(input), msg);
+                }
+                if !delivered {
+                    let actions = self.shm.unused(shm_key);
+                    self.apply(actions);
                 }
             }
         }
     }
 
+    /// Delivers to `node`'s current process, or keeps the message until it
+    /// attaches; a finished node gets nothing.
     fn send_to_node(&mut self, node: &str, input: Option<String>, msg: DaemonMsg) {
         if let Some(instance) = self.by_node.get(node).copied() {
-            self.enqueue(instance, input, msg);
+            return self.enqueue(instance, input, msg);
         }
+        if self.finished.contains(node) || matches!(msg, DaemonMsg::Stop) {
+            return self.discard(msg);
+        }
+        let capacity = self.capacity(node, input.as_ref());
+        let key = if msg.is_droppable() { input } else { None };
+        let queue = self.pending.entry(node.to_owned()).or_default();
+        if let Pushed::DroppedOldest(old) = queue.push(key, capacity, msg) {
+            self.stats.dropped += 1;
+            self.discard(old);
+        }
+    }
+
+    fn capacity(&self, node: &str, input: Option<&String>) -> usize {
+        input.and_then(|i| self.routes.queue_size.get(&(node.to_owned(), i.clone()))).copied().unwrap_or(1)
     }
 
     /// Sends now if the socket has room and nothing waits before it;

@@ -68,6 +68,14 @@ impl ShmTable {
         Some(self.next_token)
     }
 
+    /// Delivery `token` now belongs to process `receiver` (it was queued
+    /// for a node that had not attached yet).
+    pub fn reassign(&mut self, token: u64, receiver: Instance) {
+        if let Some((_, r)) = self.tokens.get_mut(&token) {
+            *r = receiver;
+        }
+    }
+
     /// The fd to attach when `receiver` has not mapped `key` yet.
     pub fn first_use_fd(&self, key: u64, receiver: Instance) -> Option<BorrowedFd<'_>> {
         let entry = self.entries.get(&key)?;

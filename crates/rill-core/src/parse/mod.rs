@@ -1,0 +1,275 @@
+//! From text to a validated [`Dataflow`]: YAML tree, then per-node conversion, then graph checks.
+
+mod deploy;
+mod inputs;
+mod restart;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::diagnostics::{Collector, Diagnostic, Diagnostics};
+use crate::ids::{self, ID_HINT, RESERVED};
+use crate::model::{Dataflow, NodeSpec};
+use crate::read::{Fields, Reader};
+use crate::yaml::{self, Node, Pos, Value};
+use crate::{args, validate};
+
+const TOP_FIELDS: &[&str] = &["nodes"];
+const NODE_FIELDS: &[&str] = &[
+    "id",
+    "name",
+    "description",
+    "path",
+    "args",
+    "env",
+    "build",
+    "inputs",
+    "outputs",
+    "restart_policy",
+    "max_restarts",
+    "restart_delay",
+    "deploy",
+    "_unstable_deploy",
+];
+
+impl Dataflow {
+    /// Parse + validate; `file` is only used in messages.
+    pub fn parse(text: &str, file: &Path) -> Result<Dataflow, Diagnostics> {
+        let root = yaml::parse(text).map_err(|error| {
+            let message = format!("invalid YAML: {}", error.message);
+            Diagnostics(vec![Diagnostic::at(file, error.pos, message, None)])
+        })?;
+        let mut reader = Reader {
+            source: text,
+            report: Collector::new(file),
+        };
+        let nodes = dataflow(&mut reader, &root);
+        validate::graph(&mut reader.report, &nodes);
+        let nodes = nodes.into_iter().map(|node| node.spec).collect();
+        reader.report.finish(Dataflow { nodes })
+    }
+
+    /// Read the file then parse; an I/O error becomes a single Diagnostic naming the file.
+    pub fn load(path: &Path) -> Result<Dataflow, Diagnostics> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Dataflow::parse(&text, path),
+            Err(error) => {
+                let message = format!("cannot read dataflow file `{}`: {error}", path.display());
+                Err(Diagnostics(vec![Diagnostic::at(
+                    path,
+                    Pos::UNKNOWN,
+                    message,
+                    None,
+                )]))
+            }
+        }
+    }
+}
+
+/// A node converted from YAML, with the positions the graph checks need.
+pub(crate) struct ParsedNode {
+    /// The node; fields with errors keep their defaults (the caller discards it then).
+    pub spec: NodeSpec,
+    /// Where the id is written; `None` when the node has no id.
+    pub id_pos: Option<Pos>,
+    /// False when `outputs` had errors, so references to it are not checked against it.
+    pub outputs_complete: bool,
+    /// Input id -> position of its source text.
+    pub source_pos: BTreeMap<String, Pos>,
+}
+
+fn dataflow(r: &mut Reader, root: &Node) -> Vec<ParsedNode> {
+    let entries = match &root.value {
+        Value::Map(entries) => entries,
+        Value::Null => {
+            let hint = "a dataflow needs a `nodes:` list";
+            r.error_hint(root.pos, "the dataflow file is empty", hint);
+            return Vec::new();
+        }
+        _ => {
+            return r
+                .wrong_type(root, "the dataflow", "a mapping with a `nodes` list")
+                .unwrap_or_default();
+        }
+    };
+    let fields = r.fields(entries, TOP_FIELDS, "the dataflow");
+    let Some(nodes) = fields.entry("nodes") else {
+        r.error_hint(
+            root.pos,
+            "missing field `nodes`",
+            "a dataflow needs a `nodes:` list",
+        );
+        return Vec::new();
+    };
+    let Some(items) = r.list(nodes.value, "`nodes`") else {
+        return Vec::new();
+    };
+    if items.is_empty() {
+        r.error_hint(nodes.key.pos, "`nodes` is empty", "add at least one node");
+    }
+    items.iter().filter_map(|item| node(r, item)).collect()
+}
+
+fn node(r: &mut Reader, item: &Node) -> Option<ParsedNode> {
+    let Value::Map(entries) = &item.value else {
+        return r.wrong_type(item, "each entry of `nodes`", "a mapping");
+    };
+    let label = node_label(r, entries, item.pos);
+    let fields = r.fields(entries, NODE_FIELDS, &label);
+    let id = node_id(r, &fields, item.pos);
+    let (outputs, outputs_complete) = outputs(r, &fields, &label);
+    let (inputs, source_pos) = inputs::inputs(r, &fields, &label);
+    let spec = NodeSpec {
+        id: id.as_ref().map(|(id, _)| id.clone()).unwrap_or_default(),
+        path: path(r, &fields, &label, item.pos).unwrap_or_default(),
+        args: node_args(r, &fields, &label),
+        env: env(r, &fields, &label),
+        build: fields
+            .get("build")
+            .and_then(|node| r.optional_text(node, &format!("`build` of {label}"))),
+        inputs,
+        outputs,
+        restart: restart::restart(r, &fields, &label),
+        deploy: deploy::deploy(r, &fields, &label),
+    };
+    Some(ParsedNode {
+        spec,
+        id_pos: id.map(|(_, pos)| pos),
+        outputs_complete,
+        source_pos,
+    })
+}
+
+/// How messages name a node: by id when it has a usable one, by position otherwise.
+fn node_label(r: &Reader, entries: &[(Node, Node)], pos: Pos) -> String {
+    let id = entries
+        .iter()
+        .find(|(key, _)| matches!(&key.value, Value::Str(name) if name == "id"))
+        .and_then(|(_, value)| value.scalar_text(r.source))
+        .filter(|id| !id.is_empty());
+    match id {
+        Some(id) => format!("node `{id}`"),
+        None => format!("the node at line {}", pos.line),
+    }
+}
+
+/// The id and where it is written. Bad ids are reported but still returned, so that
+/// references to them don't cause a second, misleading error.
+fn node_id(r: &mut Reader, fields: &Fields, node_pos: Pos) -> Option<(String, Pos)> {
+    let Some(value) = fields.get("id") else {
+        r.error_hint(
+            node_pos,
+            "node is missing the required field `id`",
+            "add `id: <unique-name>`",
+        );
+        return None;
+    };
+    let id = r.text(value, "`id`")?;
+    if id.is_empty() {
+        r.error_hint(value.pos, "node id is empty", "add `id: <unique-name>`");
+        return None;
+    }
+    if !ids::is_valid(&id) {
+        r.error_hint(value.pos, format!("invalid node id `{id}`"), ID_HINT);
+    } else if RESERVED.contains(&id.as_str()) {
+        let hint = "`rill/...` and `dora/...` name built-in sources; choose another id";
+        r.error_hint(value.pos, format!("node id `{id}` is reserved"), hint);
+    }
+    Some((id, value.pos))
+}
+
+fn path(r: &mut Reader, fields: &Fields, label: &str, node_pos: Pos) -> Option<String> {
+    let Some(value) = fields.get("path") else {
+        let hint = "set `path` to the executable to run, e.g. `path: ./target/debug/my-node`";
+        r.error_hint(
+            node_pos,
+            format!("{label} is missing the required field `path`"),
+            hint,
+        );
+        return None;
+    };
+    let path = r.text(value, &format!("`path` of {label}"))?;
+    if path.trim().is_empty() {
+        r.error(value.pos, format!("`path` of {label} is empty"));
+        return None;
+    }
+    Some(path)
+}
+
+fn node_args(r: &mut Reader, fields: &Fields, label: &str) -> Vec<String> {
+    let Some(value) = fields.get("args") else {
+        return Vec::new();
+    };
+    let what = format!("`args` of {label}");
+    match &value.value {
+        Value::Null => Vec::new(),
+        Value::Seq(items) => items
+            .iter()
+            .filter_map(|item| r.text(item, &format!("each of {what}")))
+            .collect(),
+        Value::Map(_) => r
+            .wrong_type(value, &what, "a string or a list of strings")
+            .unwrap_or_default(),
+        _ => {
+            let text = r.text(value, &what).unwrap_or_default();
+            args::split(&text).unwrap_or_else(|problem| {
+                r.problem(value.pos, problem);
+                Vec::new()
+            })
+        }
+    }
+}
+
+fn env(r: &mut Reader, fields: &Fields, label: &str) -> BTreeMap<String, String> {
+    let Some(value) = fields.get("env") else {
+        return BTreeMap::new();
+    };
+    let Some(entries) = r.map(value, &format!("`env` of {label}")) else {
+        return BTreeMap::new();
+    };
+    let mut env = BTreeMap::new();
+    for entry in r.entries(entries, "env variable", label) {
+        let what = format!("env variable `{}` of {label}", entry.name);
+        if let Some(text) = r.scalar(entry.value, &what) {
+            env.insert(entry.name, text);
+        }
+    }
+    env
+}
+
+fn outputs(r: &mut Reader, fields: &Fields, label: &str) -> (Vec<String>, bool) {
+    let Some(value) = fields.get("outputs") else {
+        return (Vec::new(), true);
+    };
+    let Some(items) = r.list(value, &format!("`outputs` of {label}")) else {
+        return (Vec::new(), false);
+    };
+    let mut outputs: Vec<String> = Vec::new();
+    let mut first_line: BTreeMap<String, usize> = BTreeMap::new();
+    let mut complete = true;
+    for item in items {
+        let Some(output) = r.text(item, &format!("each of `outputs` of {label}")) else {
+            complete = false;
+            continue;
+        };
+        if !ids::is_valid(&output) {
+            r.error_hint(
+                item.pos,
+                format!("invalid output id `{output}` in {label}"),
+                ID_HINT,
+            );
+            complete = false;
+        } else if let Some(line) = first_line.get(&output) {
+            let hint = format!("first listed at line {line}");
+            r.error_hint(
+                item.pos,
+                format!("duplicate output `{output}` in {label}"),
+                hint,
+            );
+        } else {
+            first_line.insert(output.clone(), item.pos.line);
+            outputs.push(output);
+        }
+    }
+    (outputs, complete)
+}
