@@ -293,6 +293,7 @@ impl Router {
     }
 
     fn read_all(&mut self, instance: Instance, buf: &mut [u8]) {
+        let mut reset_seen = false;
         loop {
             let Some(conn) = self.conns.get(&instance) else { return };
             match transport::recv_packet(conn.fd.as_fd(), buf, true) {
@@ -302,7 +303,14 @@ impl Router {
                     Err(e) => eprintln!("rill: dropping undecodable message from node {}: {e}", conn.node),
                 },
                 Err(Errno::WOULDBLOCK) => return,
-                Err(_) => return self.disconnect(instance),
+                // A node that exits with unread messages (e.g. Reclaims)
+                // makes the kernel report ECONNRESET once, ahead of the
+                // packets it did send: read on, they still count.
+                Err(Errno::CONNRESET) if !reset_seen => reset_seen = true,
+                Err(e) => {
+                    eprintln!("rill: lost the connection to node {}: {e}", conn.node);
+                    return self.disconnect(instance);
+                }
             }
         }
     }
@@ -404,7 +412,12 @@ impl Router {
             .copied()
             .unwrap_or(1);
         let key = if msg.is_droppable() { input } else { None };
-        let pushed = conn.backlog.push(key, capacity, msg);
+        let pushed = if let DaemonMsg::Stop = msg {
+            conn.backlog.push_urgent(msg);
+            Pushed::Kept
+        } else {
+            conn.backlog.push(key, capacity, msg)
+        };
         if !conn.want_write {
             conn.want_write = true;
             let _ = epoll::modify(

@@ -371,7 +371,8 @@ impl Node {
                 self.queue.push(None, 0, Event::InputClosed { id: input });
             }
             DaemonMsg::Stop => {
-                self.queue.push(None, 0, Event::Stop);
+                // Stop is not kept waiting behind a deep input queue.
+                self.queue.push_urgent(Event::Stop);
             }
             DaemonMsg::Reclaim { region } => {
                 let destroyed = lock(&self.pool).give_back(region);
@@ -411,7 +412,7 @@ impl Node {
                 let new_region = lock(&self.pool).announce(id);
                 let payload = Payload::Shared { region: id, len: len as u64, region_len: region.len() as u64 };
                 let msg = NodeMsg::Send { output: output.to_owned(), metadata, payload, new_region };
-                let fds = if new_region { vec![region.fd()] } else { vec![] };
+                let fds: Vec<_> = if new_region { region.fd().into_iter().collect() } else { Vec::new() };
                 if let Err(e) = self.conn.send(&msg, &fds) {
                     lock(&self.pool).give_back(id);
                     return Err(e.into());

@@ -7,10 +7,11 @@ use std::ptr::NonNull;
 
 use rustix::mm::{MapFlags, ProtFlags};
 
-/// A mapped memfd region.
+/// A mapped memfd region. The creator keeps the fd (the daemon gets it
+/// once); a receiver closes it right after mapping, the mapping suffices.
 #[derive(Debug)]
 pub(crate) struct Region {
-    fd: OwnedFd,
+    fd: Option<OwnedFd>,
     ptr: NonNull<u8>,
     len: usize,
 }
@@ -25,23 +26,26 @@ impl Region {
     pub(crate) fn create(len: usize) -> std::io::Result<Self> {
         let fd = rustix::fs::memfd_create("rill-shm", rustix::fs::MemfdFlags::CLOEXEC)?;
         rustix::fs::ftruncate(&fd, len as u64)?;
-        Self::map(fd, len, ProtFlags::READ | ProtFlags::WRITE)
+        let mut region = Self::map(&fd, len, ProtFlags::READ | ProtFlags::WRITE)?;
+        region.fd = Some(fd);
+        Ok(region)
     }
 
     /// Maps a region received from the daemon, read-only.
     pub(crate) fn open(fd: OwnedFd, len: usize) -> std::io::Result<Self> {
-        Self::map(fd, len, ProtFlags::READ)
+        Self::map(&fd, len, ProtFlags::READ)
     }
 
-    fn map(fd: OwnedFd, len: usize, prot: ProtFlags) -> std::io::Result<Self> {
+    fn map(fd: &OwnedFd, len: usize, prot: ProtFlags) -> std::io::Result<Self> {
         // SAFETY: a fresh shared mapping of a memfd we hold; unmapped in Drop.
         let ptr = unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, &fd, 0)? };
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(std::io::ErrorKind::OutOfMemory)?;
-        Ok(Self { fd, ptr, len })
+        Ok(Self { fd: None, ptr, len })
     }
 
-    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// The memfd, for regions this node created.
+    pub(crate) fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.fd.as_ref().map(AsFd::as_fd)
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -47,6 +47,11 @@ impl<K: PartialEq, T> BoundedQueue<K, T> {
         }
     }
 
+    /// Puts an urgent item (Stop) ahead of everything queued.
+    pub fn push_urgent(&mut self, item: T) {
+        self.items.push_front((None, item));
+    }
+
     /// Puts an item back at the front (it was taken but could not be sent).
     pub fn push_front(&mut self, key: Option<K>, item: T) {
         self.items.push_front((key, item));

@@ -22,13 +22,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for _ in 0..hot_iters {
             hot.push(ping(&mut node, size, 0)?);
         }
-        eprintln!("hot done {size}");
         let mut paced = Vec::with_capacity(paced_iters);
         for _ in 0..paced_iters {
             std::thread::sleep(Duration::from_millis(5));
             paced.push(ping(&mut node, size, 0)?);
         }
-        eprintln!("paced done {size}");
         let start = Instant::now();
         let mut sent = 0u64;
         for _ in 0..bursts {

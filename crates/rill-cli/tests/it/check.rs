@@ -1,0 +1,52 @@
+use crate::support::rill;
+
+#[test]
+fn check_reports_every_mistake_with_its_line_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yml");
+    std::fs::write(
+        &file,
+        "nodes:\n  - id: source\n    path: ./source\n    outputs: [out]\n    colour: red\n  - id: sink\n    path: ./sink\n    inputs:\n      a: source/missing\n      b: rill/timer/weeks/3\n",
+    )
+    .unwrap();
+    let out = rill().arg("check").arg(&file).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let name = file.display().to_string();
+    for line in [5, 9, 10] {
+        assert!(stderr.contains(&format!("{name}:{line}:")), "no error for line {line}:\n{stderr}");
+    }
+    assert!(stderr.contains("colour"), "{stderr}");
+    assert!(stderr.contains("missing"), "{stderr}");
+    assert!(stderr.contains("3 error(s) found"), "{stderr}");
+}
+
+#[test]
+fn check_json_lists_errors_and_bundled_examples_pass() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/pipeline/dataflow.yml");
+    let out = rill().args(["check", "--json", root]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(value["ok"], true);
+    assert_eq!(value["nodes"], 3);
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yml");
+    std::fs::write(&bad, "nodes:\n  - id: a\n    path: ./a\n    inputs:\n      x: nope/out\n").unwrap();
+    let out = rill().args(["check", "--json"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(value["ok"], false);
+    assert_eq!(value["errors"][0]["line"], 5);
+}
+
+#[test]
+fn graph_prints_mermaid_edges() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/pipeline/dataflow.yml");
+    let out = rill().args(["graph", root]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(stdout.starts_with("flowchart"), "{stdout}");
+    assert!(stdout.contains("number->number"), "{stdout}");
+    assert!(stdout.contains("squared->value"), "{stdout}");
+}

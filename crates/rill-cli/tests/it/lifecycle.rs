@@ -1,0 +1,106 @@
+use std::time::Duration;
+
+use crate::check;
+use crate::support::{Flow, alive, spawned_pids};
+
+const IGNORE_EVERYTHING: &str = "  - id: stubborn\n    path: /bin/sh\n    args: ['-c', \"trap '' TERM INT; echo ready; while true; do sleep 0.05; done\"]\n";
+
+#[test]
+fn ctrl_c_sends_stop_then_sigterm_then_sigkill_to_a_node_that_ignores_them() {
+    let flow = Flow::new(&format!("nodes:\n  - id: polite\n    path: {{node}}\n    args: [wait-stop]\n{IGNORE_EVERYTHING}"));
+    let mut running = flow.spawn(&["--grace", "0.5"]);
+    running.wait_for("both nodes running", Duration::from_secs(20), |out| {
+        out.contains("[polite] waiting") && out.contains("[stubborn] ready")
+    });
+    running.signal(libc::SIGINT);
+    let run = running.wait(Duration::from_secs(20));
+    check!(run, run.stdout.contains("[polite] got stop"), "polite node saw Stop");
+    check!(run, run.stderr.contains("node `stubborn` is still running after the grace period; sending SIGTERM"), "SIGTERM step");
+    check!(run, run.stderr.contains("node `stubborn` is still running after the grace period; sending SIGKILL"), "SIGKILL step");
+    check!(run, run.stderr.contains("node `stubborn`: killed with SIGKILL"), "summary names the killed node");
+    check!(run, !run.stderr.contains("node `polite`:"), "polite node is not a failure");
+    check!(run, run.code == Some(1), "a node had to be killed: exit code 1");
+}
+
+#[test]
+fn ctrl_c_stops_cleanly_and_leaves_no_process_even_after_a_node_was_killed() {
+    let flow = Flow::new(
+        "nodes:\n  - id: source\n    path: {node}\n    args: [flood, '65536']\n    outputs: [out]\n  - id: sink\n    path: {node}\n    args: [print]\n    inputs:\n      in: source/out\n  - id: victim\n    path: {node}\n    args: [print]\n    inputs:\n      in: source/out\n",
+    );
+    let shm_before = std::fs::read_dir("/dev/shm").map(|d| d.count()).unwrap_or(0);
+    let mut running = flow.spawn(&["--json"]);
+    running.wait_for("traffic", Duration::from_secs(20), |out| out.contains("sent 10000"));
+    let pids = spawned_pids(&running.stdout());
+    check!(running, pids.len() == 3, "three nodes spawned: {pids:?}");
+    let victim = pids.iter().find(|(n, _)| n == "victim").map(|(_, p)| *p).unwrap_or(0);
+    // SAFETY: kill(2) on a node process we started.
+    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    running.wait_for("traffic after the kill", Duration::from_secs(20), |out| out.contains("sent 30000"));
+    running.signal(libc::SIGINT);
+    let run = running.wait(Duration::from_secs(20));
+    check!(run, run.stdout.contains("flood stopped after"), "source saw Stop");
+    let summary: serde_json::Value =
+        serde_json::from_str(run.stdout.lines().last().unwrap_or("")).unwrap_or_default();
+    check!(run, summary["event"] == "summary", "summary is the last line");
+    let failed: Vec<&str> = summary["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["failed"] == true)
+        .filter_map(|n| n["node"].as_str())
+        .collect();
+    check!(run, failed == ["victim"], "only the killed node failed: {failed:?}");
+    for (node, pid) in &pids {
+        check!(run, !alive(*pid), "node {node} (pid {pid}) still alive");
+    }
+    let shm_after = std::fs::read_dir("/dev/shm").map(|d| d.count()).unwrap_or(0);
+    check!(run, shm_after <= shm_before, "/dev/shm grew from {shm_before} to {shm_after}");
+}
+
+#[test]
+fn on_failure_restarts_until_the_node_succeeds() {
+    let flow = Flow::new(
+        "nodes:\n  - id: flaky\n    path: {node}\n    args: [fail-until, count.txt, '3']\n    restart_policy: on-failure\n    max_restarts: 5\n    restart_delay: 10ms\n",
+    );
+    let run = flow.run(&[], Duration::from_secs(20));
+    check!(run, run.code == Some(0), "third run succeeds");
+    check!(run, run.node_lines("flaky") == ["run 1", "run 2", "run 3"], "ran three times");
+    check!(run, run.stderr.contains("node `flaky` ended with exit code 1; restart 2"), "restart notice");
+    let count = std::fs::read_to_string(flow.dir.path().join("count.txt")).unwrap_or_default();
+    check!(run, count == "3", "ran in the dataflow's directory (count {count:?})");
+}
+
+#[test]
+fn max_restarts_bounds_restarts_and_the_summary_names_the_node() {
+    let flow = Flow::new(
+        "nodes:\n  - id: hopeless\n    path: {node}\n    args: [fail-until, count.txt, '100']\n    restart_policy: on-failure\n    max_restarts: 2\n    restart_delay: 10ms\n",
+    );
+    let run = flow.run(&[], Duration::from_secs(20));
+    check!(run, run.code == Some(1), "fails");
+    check!(run, run.node_lines("hopeless").len() == 3, "one run plus two restarts");
+    check!(run, run.stderr.contains("node `hopeless`: failed with exit code 1 (after 2 restarts)"), "summary");
+    check!(run, run.stderr.contains("failing on run 3"), "last stderr lines are shown");
+}
+
+#[test]
+fn always_restarts_even_clean_exits_and_never_does_not_restart() {
+    let flow = Flow::new(
+        "nodes:\n  - id: looping\n    path: {node}\n    args: [fail-until, loop.txt, '0']\n    restart_policy: always\n    max_restarts: 2\n    restart_delay: 10ms\n  - id: once\n    path: {node}\n    args: [crash, '3']\n    restart_policy: never\n",
+    );
+    let run = flow.run(&[], Duration::from_secs(20));
+    check!(run, run.node_lines("looping").len() == 3, "always: ran 1 + 2 times");
+    check!(run, run.code == Some(1), "the crashing node fails the run");
+    check!(run, run.stderr.contains("dataflow failed: 1 of 2 nodes failed"), "summary header");
+    check!(run, run.stderr.contains("node `once`: failed with exit code 3"), "summary names the node and status");
+    check!(run, run.stderr.contains("something went badly wrong"), "its stderr is shown");
+    check!(run, !run.stderr.contains("node `once` ended"), "never: no restart");
+}
+
+#[test]
+fn missing_executable_is_reported_with_its_path() {
+    let flow = Flow::new("nodes:\n  - id: ghost\n    path: ./not-built-yet\n");
+    let run = flow.run(&[], Duration::from_secs(20));
+    check!(run, run.code == Some(1), "fails");
+    check!(run, run.stderr.contains("node `ghost`: could not start: executable"), "names the node");
+    check!(run, run.stderr.contains("not-built-yet does not exist"), "names the path");
+}

@@ -1,0 +1,183 @@
+//! Helpers: write a dataflow into a temp dir, run `rill`, and on any failed
+//! assertion print everything rill and the nodes printed.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Directory of the workspace's built binaries (target/debug).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe path");
+    // target/debug/deps/it-xxxx -> target/debug
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+/// Path of the multi-mode test node.
+pub fn test_node() -> String {
+    bin_dir().join("rill-test-node").display().to_string()
+}
+
+pub fn rill() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rill"))
+}
+
+/// A dataflow file in its own temp dir.
+pub struct Flow {
+    pub dir: tempfile::TempDir,
+    pub file: PathBuf,
+}
+
+impl Flow {
+    /// `{node}` in `yaml` becomes the test node's path.
+    pub fn new(yaml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("dataflow.yml");
+        std::fs::write(&file, yaml.replace("{node}", &test_node())).expect("write dataflow");
+        Self { dir, file }
+    }
+
+    /// Runs `rill run` to completion (bounded by `limit`).
+    pub fn run(&self, extra: &[&str], limit: Duration) -> Finished {
+        let mut running = self.spawn(extra);
+        running.wait(limit)
+    }
+
+    pub fn spawn(&self, extra: &[&str]) -> Running {
+        let mut cmd = rill();
+        cmd.arg("run").arg(&self.file).args(extra);
+        Running::start(cmd)
+    }
+}
+
+/// A `rill` process whose output is collected as it comes.
+pub struct Running {
+    pub child: Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    started: Instant,
+}
+
+fn collect(pipe: impl std::io::Read + Send + 'static, into: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut text = into.lock().unwrap_or_else(|e| e.into_inner());
+            text.push_str(&line);
+            text.push('\n');
+        }
+    });
+}
+
+impl Running {
+    pub fn start(mut cmd: Command) -> Self {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn rill");
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        collect(child.stdout.take().expect("stdout"), stdout.clone());
+        collect(child.stderr.take().expect("stderr"), stderr.clone());
+        Self { child, stdout, stderr, started: Instant::now() }
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits until `pred(stdout)` holds, at most `limit`; panics with the logs otherwise.
+    pub fn wait_for(&self, what: &str, limit: Duration, pred: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if pred(&self.stdout()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{what} did not happen within {limit:?}\n{}", self.logs());
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    pub fn logs(&self) -> String {
+        format!("--- rill stdout ---\n{}--- rill stderr ---\n{}", self.stdout(), self.stderr())
+    }
+
+    /// Waits for exit (killing it after `limit`, which fails the test).
+    pub fn wait(&mut self, limit: Duration) -> Finished {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Let the reader threads catch the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return Finished { code: status.code(), stdout: self.stdout(), stderr: self.stderr(), elapsed: self.started.elapsed() };
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("rill did not exit within {limit:?}\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A finished `rill` run.
+pub struct Finished {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Finished {
+    pub fn logs(&self) -> String {
+        format!("exit code {:?} after {:?}\n--- rill stdout ---\n{}--- rill stderr ---\n{}", self.code, self.elapsed, self.stdout, self.stderr)
+    }
+
+    /// Lines a node printed to stdout, without the `[node] ` prefix.
+    pub fn node_lines(&self, node: &str) -> Vec<String> {
+        let prefix = format!("[{node}] ");
+        self.stdout.lines().filter_map(|l| l.strip_prefix(&prefix)).map(str::to_owned).collect()
+    }
+}
+
+/// Asserts with the full logs in the failure message.
+#[macro_export]
+macro_rules! check {
+    ($run:expr, $cond:expr, $($msg:tt)+) => {
+        assert!($cond, "{}\n{}", format!($($msg)+), $run.logs());
+    };
+}
+
+/// True while a process with this pid exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Pids of the nodes from `rill run --json` output.
+pub fn spawned_pids(json_stdout: &str) -> Vec<(String, u32)> {
+    json_stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "spawned")
+        .filter_map(|v| Some((v["node"].as_str()?.to_owned(), v["pid"].as_u64()? as u32)))
+        .collect()
+}

@@ -1,0 +1,126 @@
+//! One node binary with the behaviours the integration tests and the leak
+//! test need; the mode is the first argument:
+//!   print [N]          print every event; exit after N inputs (default: never)
+//!   slow MS            print every input's sequence number, sleeping MS after each
+//!   burst N SIZE       send N messages of SIZE bytes (sequence number first), then exit
+//!   flood SIZE         send SIZE-byte messages until Stop; print `sent K` every 10,000
+//!   wait-stop          wait for Stop, print `got stop`, exit 0
+//!   crash CODE         print a line to stderr and exit with CODE
+//!   fail-until FILE N  count runs in FILE; exit 1 until the Nth run, then 0
+use std::time::Duration;
+
+use rill_node::{Event, Node};
+
+type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn arg(args: &[String], i: usize) -> Result<&str> {
+    args.get(i).map(String::as_str).ok_or_else(|| format!("missing argument {i}").into())
+}
+
+fn seq_of(data: &[u8]) -> u64 {
+    data.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0)
+}
+
+fn main() -> Result {
+    let args: Vec<String> = std::env::args().collect();
+    match arg(&args, 1)? {
+        "print" => print(args.get(2).and_then(|n| n.parse().ok())),
+        "slow" => slow(arg(&args, 2)?.parse()?),
+        "burst" => burst(arg(&args, 2)?.parse()?, arg(&args, 3)?.parse()?),
+        "flood" => flood(arg(&args, 2)?.parse()?),
+        "wait-stop" => wait_stop(),
+        "crash" => {
+            eprintln!("something went badly wrong");
+            std::process::exit(arg(&args, 2)?.parse()?)
+        }
+        "fail-until" => fail_until(arg(&args, 2)?, arg(&args, 3)?.parse()?),
+        other => Err(format!("unknown mode {other}").into()),
+    }
+}
+
+fn print(limit: Option<usize>) -> Result {
+    let mut node = Node::from_env()?;
+    let mut inputs = 0;
+    while let Some(event) = node.next_event() {
+        match event {
+            Event::Input { id, data, .. } => {
+                inputs += 1;
+                println!("input {id} len={} seq={} shared={}", data.len(), seq_of(&data), data.is_shared());
+                if limit == Some(inputs) {
+                    break;
+                }
+            }
+            Event::InputClosed { id } => println!("closed {id}"),
+            Event::Stop => println!("stop"),
+        }
+    }
+    println!("done after {inputs} inputs");
+    Ok(())
+}
+
+fn slow(ms: u64) -> Result {
+    let mut node = Node::from_env()?;
+    while let Some(event) = node.next_event() {
+        if let Event::Input { data, .. } = event {
+            println!("seq {}", seq_of(&data));
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+    }
+    Ok(())
+}
+
+fn send_seq(node: &Node, seq: u64, size: usize) -> Result {
+    let mut sample = node.allocate(size.max(8))?;
+    sample[..8].copy_from_slice(&seq.to_le_bytes());
+    node.send_sample("out", sample)?;
+    Ok(())
+}
+
+fn burst(n: u64, size: usize) -> Result {
+    let node = Node::from_env()?;
+    for seq in 0..n {
+        send_seq(&node, seq, size)?;
+    }
+    println!("sent {n}");
+    Ok(())
+}
+
+fn flood(size: usize) -> Result {
+    let mut node = Node::from_env()?;
+    let mut seq = 0u64;
+    loop {
+        match node.recv_timeout(Duration::ZERO) {
+            Ok(Event::Stop) | Err(rill_node::RecvError::Finished) => break,
+            _ => {}
+        }
+        send_seq(&node, seq, size)?;
+        seq += 1;
+        if seq % 10_000 == 0 {
+            println!("sent {seq}");
+        }
+    }
+    println!("flood stopped after {seq}");
+    Ok(())
+}
+
+fn wait_stop() -> Result {
+    let mut node = Node::from_env()?;
+    println!("waiting");
+    while let Some(event) = node.next_event() {
+        if let Event::Stop = event {
+            println!("got stop");
+        }
+    }
+    Ok(())
+}
+
+fn fail_until(file: &str, n: u32) -> Result {
+    let runs: u32 = std::fs::read_to_string(file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0) + 1;
+    std::fs::write(file, runs.to_string())?;
+    println!("run {runs}");
+    if runs < n {
+        eprintln!("failing on run {runs}");
+        std::process::exit(1);
+    }
+    Ok(())
+}

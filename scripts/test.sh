@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The whole test suite: unit tests, end-to-end tests of `rill run` with real
+# node processes, and the 100,000-message leak test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo test --workspace --locked "$@"
