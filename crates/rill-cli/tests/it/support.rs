@@ -16,7 +16,9 @@ pub fn bin_dir() -> PathBuf {
 
 /// Path of the multi-mode test node.
 pub fn test_node() -> String {
-    bin_dir().join("rill-test-node").display().to_string()
+    let path = bin_dir().join("rill-test-node");
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace` first (scripts/test.sh does)", path.display());
+    path.display().to_string()
 }
 
 pub fn rill() -> Command {
