@@ -4,7 +4,7 @@
 //! shared-memory book. It never blocks on a node: sends are non-blocking and
 //! what does not fit waits in that node's bounded queue.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -17,6 +17,11 @@ use rustix::io::Errno;
 
 use crate::routes::Routes;
 use crate::shm_table::{Instance, ShmAction, ShmTable};
+
+/// Inputs the router writes to a node's socket before the node acknowledges
+/// them. Beyond it, inputs wait in the router's drop-oldest queue: the
+/// per-input bound holds, and shared regions in flight stay bounded.
+pub const INPUT_WINDOW: u32 = rill_proto::INPUT_WINDOW;
 
 /// Epoll key of the wake-up eventfd (instances start at 1).
 const WAKE: u64 = 0;
@@ -119,9 +124,20 @@ struct Timer {
 struct Conn {
     node: String,
     fd: OwnedFd,
-    /// Messages the socket had no room for; bounded per input.
-    backlog: BoundedQueue<String, DaemonMsg>,
+    /// Stop, Reclaim, Unmap: never dropped, not limited by the window.
+    control: VecDeque<DaemonMsg>,
+    /// Inputs (bounded per input, oldest dropped) and InputClosed, in order.
+    inputs: BoundedQueue<String, DaemonMsg>,
+    /// Inputs written to the socket that the node has not acknowledged.
+    in_flight: u32,
+    /// EPOLLOUT is armed (the socket was full).
     want_write: bool,
+}
+
+impl Conn {
+    fn new(node: String, fd: OwnedFd) -> Self {
+        Self { node, fd, control: VecDeque::new(), inputs: BoundedQueue::default(), in_flight: 0, want_write: false }
+    }
 }
 
 struct Router {
@@ -248,7 +264,7 @@ impl Router {
             self.disconnect(old);
             self.by_node.insert(node.clone(), instance);
         }
-        self.conns.insert(instance, Conn { node: node.clone(), fd: socket, backlog: BoundedQueue::default(), want_write: false });
+        self.conns.insert(instance, Conn::new(node.clone(), socket));
         if let Some(mut queue) = self.pending.remove(&node) {
             while let Some((input, msg)) = queue.pop() {
                 // Closed inputs are re-announced below, once.
@@ -283,7 +299,7 @@ impl Router {
             self.by_node.remove(&conn.node);
         }
         let mut actions = Vec::new();
-        for msg in conn.backlog.drain() {
+        for msg in conn.inputs.drain() {
             if let DaemonMsg::Input { payload: Payload::Shared { .. }, token, .. } = msg {
                 actions.extend(self.shm.release(token));
             }
@@ -321,6 +337,12 @@ impl Router {
             NodeMsg::Release { token } => {
                 let actions = self.shm.release(token);
                 self.apply(actions);
+            }
+            NodeMsg::Ack { count } => {
+                if let Some(conn) = self.conns.get_mut(&instance) {
+                    conn.in_flight = conn.in_flight.saturating_sub(count);
+                }
+                self.flush(instance);
             }
             NodeMsg::RegionDropped { region } => {
                 let actions = self.shm.owner_dropped(instance, region);
@@ -391,46 +413,31 @@ impl Router {
         input.and_then(|i| self.routes.queue_size.get(&(node.to_owned(), i.clone()))).copied().unwrap_or(1)
     }
 
-    /// Sends now if the socket has room and nothing waits before it;
-    /// otherwise queues (dropping the input's oldest when full).
+    /// Queues `msg` for the node and sends what the socket and the window
+    /// allow. A full input queue drops its oldest message.
     fn enqueue(&mut self, instance: Instance, input: Option<String>, msg: DaemonMsg) {
-        let Some(conn) = self.conns.get_mut(&instance) else {
-            return self.discard(msg);
+        let capacity = match self.conns.get(&instance) {
+            Some(conn) => self.capacity(&conn.node, input.as_ref()),
+            None => return self.discard(msg),
         };
-        let msg = if conn.backlog.is_empty() {
-            match write_msg(conn, &mut self.shm, instance, msg) {
-                Ok(()) => return,
-                Err((Errno::WOULDBLOCK, msg)) => msg,
-                Err((_, msg)) => return self.discard(msg),
+        let Some(conn) = self.conns.get_mut(&instance) else { return };
+        let pushed = match msg {
+            DaemonMsg::Stop => {
+                conn.control.push_front(msg);
+                Pushed::Kept
             }
-        } else {
-            msg
+            DaemonMsg::Reclaim { .. } | DaemonMsg::Unmap { .. } => {
+                conn.control.push_back(msg);
+                Pushed::Kept
+            }
+            DaemonMsg::Input { .. } => conn.inputs.push(input, capacity, msg),
+            DaemonMsg::InputClosed { .. } => conn.inputs.push(None, capacity, msg),
         };
-        let capacity = input
-            .as_ref()
-            .and_then(|i| self.routes.queue_size.get(&(conn.node.clone(), i.clone())))
-            .copied()
-            .unwrap_or(1);
-        let key = if msg.is_droppable() { input } else { None };
-        let pushed = if let DaemonMsg::Stop = msg {
-            conn.backlog.push_urgent(msg);
-            Pushed::Kept
-        } else {
-            conn.backlog.push(key, capacity, msg)
-        };
-        if !conn.want_write {
-            conn.want_write = true;
-            let _ = epoll::modify(
-                &self.epoll,
-                &conn.fd,
-                epoll::EventData::new_u64(instance),
-                epoll::EventFlags::IN | epoll::EventFlags::OUT,
-            );
-        }
         if let Pushed::DroppedOldest(old) = pushed {
             self.stats.dropped += 1;
             self.discard(old);
         }
+        self.flush(instance);
     }
 
     /// A message that will never be sent: release what it holds.
@@ -441,23 +448,51 @@ impl Router {
         }
     }
 
+    /// Writes queued messages until the socket is full (then waits for
+    /// EPOLLOUT) or the input window is (then waits for an `Ack`).
     fn flush(&mut self, instance: Instance) {
         loop {
             let Some(conn) = self.conns.get_mut(&instance) else { return };
-            let Some((key, msg)) = conn.backlog.pop() else {
-                conn.want_write = false;
-                let _ = epoll::modify(&self.epoll, &conn.fd, epoll::EventData::new_u64(instance), epoll::EventFlags::IN);
-                return;
+            let (from_control, key, msg) = if let Some(msg) = conn.control.pop_front() {
+                (true, None, msg)
+            } else {
+                let window_full = conn.in_flight >= INPUT_WINDOW;
+                match conn.inputs.peek() {
+                    Some(DaemonMsg::Input { .. }) if window_full => return self.want_write(instance, false),
+                    Some(_) => {}
+                    None => return self.want_write(instance, false),
+                }
+                let Some((key, msg)) = conn.inputs.pop() else { return };
+                (false, key, msg)
             };
+            let is_input = matches!(msg, DaemonMsg::Input { .. });
             match write_msg(conn, &mut self.shm, instance, msg) {
-                Ok(()) => {}
+                Ok(()) => conn.in_flight += u32::from(is_input),
                 Err((Errno::WOULDBLOCK, msg)) => {
-                    conn.backlog.push_front(key, msg);
-                    return;
+                    if from_control {
+                        conn.control.push_front(msg);
+                    } else {
+                        conn.inputs.push_front(key, msg);
+                    }
+                    return self.want_write(instance, true);
                 }
                 Err((_, msg)) => self.discard(msg),
             }
         }
+    }
+
+    /// Arms or disarms EPOLLOUT for the node's socket.
+    fn want_write(&mut self, instance: Instance, want: bool) {
+        let Some(conn) = self.conns.get_mut(&instance) else { return };
+        if conn.want_write == want {
+            return;
+        }
+        conn.want_write = want;
+        let mut flags = epoll::EventFlags::IN;
+        if want {
+            flags |= epoll::EventFlags::OUT;
+        }
+        let _ = epoll::modify(&self.epoll, &conn.fd, epoll::EventData::new_u64(instance), flags);
     }
 
     fn apply(&mut self, actions: Vec<ShmAction>) {

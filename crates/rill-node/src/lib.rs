@@ -46,6 +46,8 @@ pub enum NodeError {
     ProtocolMismatch { daemon: u16, node: u16 },
     #[error("`{0}` is not an output of this node (declare it under `outputs:`)")]
     UnknownOutput(String),
+    #[error("{MAX_BUSY_REGIONS} shared-memory messages are still held by receivers after {} s: a receiver keeps `Data` alive, or is stuck", SHM_WAIT.as_secs())]
+    SharedMemoryExhausted,
     #[error("connection to the daemon failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -75,6 +77,13 @@ pub enum RecvError {
     /// The event stream has ended (stopped, all inputs closed, or the daemon left).
     Finished,
 }
+
+/// Shared regions a sender may have in flight; past it, `allocate` waits
+/// for receivers to finish with one (backpressure instead of unbounded
+/// memory).
+pub const MAX_BUSY_REGIONS: usize = 128;
+/// How long `allocate` waits for a region to come back.
+const SHM_WAIT: Duration = Duration::from_secs(10);
 
 /// Queue bound for an input the daemon did not describe.
 const DEFAULT_QUEUE_SIZE: usize = 10;
@@ -208,6 +217,8 @@ pub struct Node {
     recv_buf: Vec<u8>,
     stopped: bool,
     daemon_gone: bool,
+    /// Inputs taken off the socket and not yet acknowledged to the daemon.
+    unacked: u32,
 }
 
 fn env_var(name: &'static str) -> Result<String, NodeError> {
@@ -258,6 +269,7 @@ impl Node {
             recv_buf: vec![0; rill_proto::MAX_PACKET],
             stopped: false,
             daemon_gone: false,
+            unacked: 0,
         })
     }
 
@@ -312,8 +324,17 @@ impl Node {
         self.stopped || self.daemon_gone || (!self.inputs.is_empty() && self.open_inputs.is_empty())
     }
 
-    /// Reads every packet that is waiting, without blocking.
+    /// Reads every packet that is waiting, without blocking, and tells the
+    /// daemon (in batches) how many inputs it took, which opens its window.
     fn pump(&mut self) {
+        self.drain_socket();
+        if self.unacked >= rill_proto::ACK_EVERY {
+            let _ = self.conn.send(&NodeMsg::Ack { count: self.unacked }, &[]);
+            self.unacked = 0;
+        }
+    }
+
+    fn drain_socket(&mut self) {
         while !self.daemon_gone {
             let (n, mut fds) = match transport::recv_packet(self.conn.fd.as_fd(), &mut self.recv_buf, true) {
                 Err(Errno::WOULDBLOCK) => return,
@@ -338,6 +359,7 @@ impl Node {
     fn handle(&mut self, msg: DaemonMsg, fd: Option<OwnedFd>) {
         match msg {
             DaemonMsg::Input { input, metadata, payload, token, new_region } => {
+                self.unacked += 1;
                 let data = match payload {
                     Payload::Inline(bytes) => Data { inner: DataInner::Inline(bytes) },
                     Payload::Shared { region, len, region_len } => {
@@ -388,15 +410,38 @@ impl Node {
 
     /// A buffer of `len` bytes to fill and send with [`Node::send_sample`].
     /// At or above [`SHM_THRESHOLD`] it is shared memory: nothing is copied
-    /// on the way to the receivers.
-    pub fn allocate(&self, len: usize) -> Result<Sample, NodeError> {
+    /// on the way to the receivers. With [`MAX_BUSY_REGIONS`] in flight it
+    /// first waits for receivers to finish with one.
+    pub fn allocate(&mut self, len: usize) -> Result<Sample, NodeError> {
         let inner = if len < SHM_THRESHOLD {
             SampleInner::Inline(vec![0; len])
         } else {
+            self.wait_for_free_region()?;
             let (id, region) = lock(&self.pool).take(len)?;
             SampleInner::Shared { id, region, len }
         };
         Ok(Sample { inner, pool: self.pool.clone() })
+    }
+
+    fn wait_for_free_region(&mut self) -> Result<(), NodeError> {
+        let deadline = Instant::now() + SHM_WAIT;
+        loop {
+            if lock(&self.pool).busy() < MAX_BUSY_REGIONS {
+                return Ok(());
+            }
+            // Reclaims arrive on the socket; events that come along are queued.
+            self.pump();
+            if lock(&self.pool).busy() < MAX_BUSY_REGIONS {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.daemon_gone {
+                return Err(NodeError::SharedMemoryExhausted);
+            }
+            if transport::wait_readable(self.conn.fd.as_fd(), Some(left)).is_err() {
+                self.daemon_gone = true;
+            }
+        }
     }
 
     /// Publishes a filled sample on `output`.
@@ -425,7 +470,7 @@ impl Node {
 
     /// Publishes `data` on `output`, copying it once (into the message, or
     /// into shared memory when large). Use [`Node::allocate`] to avoid the copy.
-    pub fn send_output(&self, output: &str, data: &[u8]) -> Result<(), NodeError> {
+    pub fn send_output(&mut self, output: &str, data: &[u8]) -> Result<(), NodeError> {
         self.check_output(output)?;
         let mut sample = self.allocate(data.len())?;
         sample.copy_from_slice(data);

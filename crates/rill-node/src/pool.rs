@@ -72,6 +72,11 @@ impl Pool {
         entry.announced.then_some(id)
     }
 
+    /// Regions lent out or in flight (not free).
+    pub(crate) fn busy(&self) -> usize {
+        self.regions.len() - self.free.values().map(Vec::len).sum::<usize>()
+    }
+
     #[cfg(test)]
     pub(crate) fn region_count(&self) -> usize {
         self.regions.len()
@@ -95,6 +100,7 @@ mod tests {
         let (c, _) = pool.take(70_000).unwrap();
         assert_ne!(b, c);
         assert_eq!(pool.region_count(), 2);
+        assert_eq!(pool.busy(), 2);
     }
 
     #[test]

@@ -18,6 +18,10 @@ pub use queue::{BoundedQueue, Pushed};
 pub const SHM_THRESHOLD: usize = 4096;
 /// Largest packet either side sends; inline payloads are far below it.
 pub const MAX_PACKET: usize = 64 * 1024;
+/// Inputs the daemon writes to a node before the node acknowledges them.
+pub const INPUT_WINDOW: u32 = 32;
+/// A node acknowledges inputs in batches of this many (must be below the window).
+pub const ACK_EVERY: u32 = INPUT_WINDOW / 2;
 /// Protocol version of the local plane, checked at node start.
 pub const LOCAL_PROTOCOL_VERSION: u16 = 1;
 
@@ -62,6 +66,8 @@ pub enum NodeMsg {
     Release { token: u64 },
     /// The sender destroyed one of its regions (it was idle).
     RegionDropped { region: u64 },
+    /// The node took `count` more inputs off its socket.
+    Ack { count: u32 },
 }
 
 /// Daemon -> node.
@@ -90,6 +96,7 @@ impl DaemonMsg {
 const TAG_SEND: u8 = 1;
 const TAG_RELEASE: u8 = 2;
 const TAG_REGION_DROPPED: u8 = 3;
+const TAG_ACK: u8 = 4;
 const TAG_INPUT: u8 = 11;
 const TAG_INPUT_CLOSED: u8 = 12;
 const TAG_STOP: u8 = 13;
@@ -141,6 +148,10 @@ impl NodeMsg {
                 w.u8(TAG_REGION_DROPPED);
                 w.u64(*region);
             }
+            NodeMsg::Ack { count } => {
+                w.u8(TAG_ACK);
+                w.u64(u64::from(*count));
+            }
         }
     }
 
@@ -157,6 +168,7 @@ impl NodeMsg {
             }
             TAG_RELEASE => NodeMsg::Release { token: r.u64()? },
             TAG_REGION_DROPPED => NodeMsg::RegionDropped { region: r.u64()? },
+            TAG_ACK => NodeMsg::Ack { count: u32::try_from(r.u64()?).unwrap_or(u32::MAX) },
             other => return Err(DecodeError::UnknownTag(other)),
         };
         r.finish()?;
@@ -249,6 +261,7 @@ mod tests {
         });
         node_roundtrip(NodeMsg::Release { token: 9 });
         node_roundtrip(NodeMsg::RegionDropped { region: 3 });
+        node_roundtrip(NodeMsg::Ack { count: 16 });
         daemon_roundtrip(DaemonMsg::Input {
             input: "in".into(),
             metadata,

@@ -57,6 +57,11 @@ impl<K: PartialEq, T> BoundedQueue<K, T> {
         self.items.push_front((key, item));
     }
 
+    /// The oldest item, without taking it.
+    pub fn peek(&self) -> Option<&T> {
+        self.items.front().map(|(_, t)| t)
+    }
+
     /// Takes the oldest item.
     pub fn pop(&mut self) -> Option<(Option<K>, T)> {
         self.items.pop_front()

@@ -32,7 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for _ in 0..bursts {
             for i in 0..100u64 {
                 let flag = if i == 99 { REPLY_BIT } else { 0 };
-                send(&node, size, i | flag)?;
+                send(&mut node, size, i | flag)?;
                 sent += 1;
             }
             wait_pong(&mut node)?;
@@ -50,7 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn send(node: &Node, size: usize, header: u64) -> Result<(), Box<dyn std::error::Error>> {
+fn send(node: &mut Node, size: usize, header: u64) -> Result<(), Box<dyn std::error::Error>> {
     let mut sample = node.allocate(size.max(8))?;
     sample[..8].copy_from_slice(&header.to_le_bytes());
     node.send_sample("ping", sample)?;

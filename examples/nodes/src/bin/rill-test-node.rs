@@ -69,7 +69,7 @@ fn slow(ms: u64) -> Result {
     Ok(())
 }
 
-fn send_seq(node: &Node, seq: u64, size: usize) -> Result {
+fn send_seq(node: &mut Node, seq: u64, size: usize) -> Result {
     let mut sample = node.allocate(size.max(8))?;
     sample[..8].copy_from_slice(&seq.to_le_bytes());
     node.send_sample("out", sample)?;
@@ -77,9 +77,9 @@ fn send_seq(node: &Node, seq: u64, size: usize) -> Result {
 }
 
 fn burst(n: u64, size: usize) -> Result {
-    let node = Node::from_env()?;
+    let mut node = Node::from_env()?;
     for seq in 0..n {
-        send_seq(&node, seq, size)?;
+        send_seq(&mut node, seq, size)?;
     }
     println!("sent {n}");
     Ok(())
@@ -93,7 +93,7 @@ fn flood(size: usize) -> Result {
             Ok(Event::Stop) | Err(rill_node::RecvError::Finished) => break,
             _ => {}
         }
-        send_seq(&node, seq, size)?;
+        send_seq(&mut node, seq, size)?;
         seq += 1;
         if seq % 10_000 == 0 {
             println!("sent {seq}");
