@@ -34,11 +34,21 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "8,4096,65536,1048576,4194304")]
         sizes: Vec<usize>,
     },
+    /// (internal) echo SIZE-byte messages on stdin back to it, for the
+    /// two-process baseline.
+    #[command(hide = true)]
+    EchoServer { size: usize },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Latency { quick, json, sizes } => latency(quick, json, &sizes),
+        Command::EchoServer { size } => {
+            // SAFETY: fd 0 is the socket the parent gave us.
+            let stream = unsafe { <UnixStream as std::os::fd::FromRawFd>::from_raw_fd(0) };
+            echo(stream, size);
+            Ok(())
+        }
     }
 }
 
@@ -46,18 +56,21 @@ fn latency(quick: bool, json: bool, sizes: &[usize]) -> anyhow::Result<()> {
     let (hot, paced, bursts) = if quick { (1000, 150, 20) } else { (10_000, 1000, 200) };
     let results = run_dataflow(sizes, hot, paced, bursts)?;
     if !json {
-        println!("{:>9} {:>9} {:>9} {:>12} {:>12} {:>11} {:>13} {:>7}", "size", "p50_us", "p99_us", "paced_p50", "paced_p99", "msgs/s", "baseline_p50", "ratio");
+        println!("{:>9} {:>9} {:>9} {:>12} {:>12} {:>11} {:>13} {:>7} {:>12}", "size", "p50_us", "p99_us", "paced_p50", "paced_p99", "msgs/s", "baseline_p50", "ratio", "proc_base");
     }
     for (size, mut result) in sizes.iter().zip(results) {
-        let baseline = socket_baseline(*size, if *size >= 1 << 20 { hot / 5 } else { hot })?;
+        let iters = if *size >= 1 << 20 { hot / 5 } else { hot };
+        let baseline = socket_baseline(*size, iters)?;
+        let process_baseline = process_baseline(*size, iters)?;
         result["baseline_p50_us"] = serde_json::json!((baseline * 10.0).round() / 10.0);
+        result["process_baseline_p50_us"] = serde_json::json!((process_baseline * 10.0).round() / 10.0);
         if json {
             println!("{result}");
         } else {
             let f = |k: &str| result[k].as_f64().unwrap_or(f64::NAN);
             println!(
-                "{:>9} {:>9.1} {:>9.1} {:>12.1} {:>12.1} {:>11.0} {:>13.1} {:>6.2}x",
-                size, f("p50_us"), f("p99_us"), f("paced_p50_us"), f("paced_p99_us"), f("msgs_per_s"), baseline, f("p50_us") / baseline
+                "{:>9} {:>9.1} {:>9.1} {:>12.1} {:>12.1} {:>11.0} {:>13.1} {:>6.2}x {:>12.1}",
+                size, f("p50_us"), f("p99_us"), f("paced_p50_us"), f("paced_p99_us"), f("msgs_per_s"), baseline, f("p50_us") / baseline, process_baseline
             );
         }
     }
@@ -102,16 +115,37 @@ fn run_dataflow(sizes: &[usize], hot: usize, paced: usize, bursts: usize) -> any
 /// p50 one-way latency (round trip / 2) of a raw Unix stream socket
 /// ping-pong between two threads, `size` bytes each way.
 fn socket_baseline(size: usize, iters: usize) -> anyhow::Result<f64> {
-    let (mut a, mut b) = UnixStream::pair()?;
-    let echo = std::thread::spawn(move || -> std::io::Result<()> {
-        let mut buf = vec![0u8; size];
-        loop {
-            if b.read_exact(&mut buf).is_err() {
-                return Ok(());
-            }
-            b.write_all(&buf)?;
+    let (a, b) = UnixStream::pair()?;
+    let echo = std::thread::spawn(move || echo(b, size));
+    let p50 = ping_pong(a, size, iters)?;
+    let _ = echo.join();
+    Ok(p50)
+}
+
+/// The same ping-pong with the echo side in another process: what one
+/// process wake-up costs here, the floor of any multi-process data path.
+fn process_baseline(size: usize, iters: usize) -> anyhow::Result<f64> {
+    let (a, b) = UnixStream::pair()?;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(["echo-server", &size.to_string()])
+        .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(b)))
+        .spawn()?;
+    let p50 = ping_pong(a, size, iters);
+    let _ = child.wait();
+    p50
+}
+
+fn echo(mut stream: UnixStream, size: usize) {
+    let mut buf = vec![0u8; size];
+    while stream.read_exact(&mut buf).is_ok() {
+        if stream.write_all(&buf).is_err() {
+            return;
         }
-    });
+    }
+}
+
+/// p50 of round trip / 2 over `iters` round trips (after a warm-up).
+fn ping_pong(mut a: UnixStream, size: usize, iters: usize) -> anyhow::Result<f64> {
     let payload = vec![1u8; size];
     let mut back = vec![0u8; size];
     let mut samples = Vec::with_capacity(iters);
@@ -123,7 +157,5 @@ fn socket_baseline(size: usize, iters: usize) -> anyhow::Result<f64> {
             samples.push(start.elapsed().as_secs_f64() * 1e6 / 2.0);
         }
     }
-    drop(a);
-    let _ = echo.join();
     Ok(percentile(&mut samples, 50.0))
 }

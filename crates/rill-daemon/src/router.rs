@@ -30,6 +30,11 @@ const WAKE: u64 = 0;
 /// virtual machines costs tens of microseconds. Idle routers sleep.
 const SPIN: Duration = Duration::from_micros(50);
 
+/// `RILL_ROUTER_SPIN_US` trades CPU for latency (0 = never spin).
+fn spin() -> Duration {
+    std::env::var("RILL_ROUTER_SPIN_US").ok().and_then(|v| v.parse().ok()).map(Duration::from_micros).unwrap_or(SPIN)
+}
+
 /// Instructions from the supervisor.
 #[derive(Debug)]
 pub enum Command {
@@ -166,9 +171,10 @@ impl Router {
     fn run(mut self) -> RouterStats {
         let mut events = Vec::with_capacity(64);
         let mut buf = vec![0u8; rill_proto::MAX_PACKET];
-        let mut last_routed = Instant::now() - SPIN;
+        let spin = spin();
+        let mut last_routed = Instant::now() - spin;
         loop {
-            let timeout = if last_routed.elapsed() < SPIN {
+            let timeout = if last_routed.elapsed() < spin {
                 Some(rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 })
             } else {
                 self.timers.iter().map(|t| t.next).min().map(|next| {
