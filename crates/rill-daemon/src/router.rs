@@ -89,6 +89,7 @@ impl RouterHandle {
             finished: HashSet::new(),
             pending: HashMap::new(),
             shm: ShmTable::default(),
+            packet: Vec::with_capacity(BATCH_BYTES + 8 * 1024),
             timers,
             stats: RouterStats::default(),
         };
@@ -158,6 +159,8 @@ struct Router {
     /// producer that starts first loses nothing.
     pending: HashMap<String, BoundedQueue<String, DaemonMsg>>,
     shm: ShmTable,
+    /// Reused buffer for outgoing packets.
+    packet: Vec<u8>,
     timers: Vec<Timer>,
     stats: RouterStats,
 }
@@ -454,37 +457,42 @@ impl Router {
         }
     }
 
-    /// Writes queued messages until the socket is full (then waits for
-    /// EPOLLOUT) or the input window is (then waits for an `Ack`).
+    /// Writes queued messages, many per packet, until the socket is full
+    /// (then waits for EPOLLOUT) or the input window is (then waits for an
+    /// `Ack`).
     fn flush(&mut self, instance: Instance) {
+        let mut buf = std::mem::take(&mut self.packet);
         loop {
-            let Some(conn) = self.conns.get_mut(&instance) else { return };
-            let (from_control, key, msg) = if let Some(msg) = conn.control.pop_front() {
-                (true, None, msg)
-            } else {
-                let window_full = conn.in_flight >= INPUT_WINDOW;
-                match conn.inputs.peek() {
-                    Some(DaemonMsg::Input { .. }) if window_full => return self.want_write(instance, false),
-                    Some(_) => {}
-                    None => return self.want_write(instance, false),
+            let Some(conn) = self.conns.get_mut(&instance) else { break };
+            let taken = take_batch(conn);
+            if taken.is_empty() {
+                self.want_write(instance, false);
+                break;
+            }
+            match write_batch(conn, &mut self.shm, instance, &taken, &mut buf) {
+                Ok(()) => {
+                    let inputs = taken.iter().filter(|t| matches!(t.msg, DaemonMsg::Input { .. })).count();
+                    conn.in_flight += inputs as u32;
                 }
-                let Some((key, msg)) = conn.inputs.pop() else { return };
-                (false, key, msg)
-            };
-            let is_input = matches!(msg, DaemonMsg::Input { .. });
-            match write_msg(conn, &mut self.shm, instance, msg) {
-                Ok(()) => conn.in_flight += u32::from(is_input),
-                Err((Errno::WOULDBLOCK, msg)) => {
-                    if from_control {
-                        conn.control.push_front(msg);
-                    } else {
-                        conn.inputs.push_front(key, msg);
+                Err(Errno::WOULDBLOCK) => {
+                    for t in taken.into_iter().rev() {
+                        if t.control {
+                            conn.control.push_front(t.msg);
+                        } else {
+                            conn.inputs.push_front(t.key, t.msg);
+                        }
                     }
-                    return self.want_write(instance, true);
+                    self.want_write(instance, true);
+                    break;
                 }
-                Err((_, msg)) => self.discard(msg),
+                Err(_) => {
+                    for t in taken {
+                        self.discard(t.msg);
+                    }
+                }
             }
         }
+        self.packet = buf;
     }
 
     /// Arms or disarms EPOLLOUT for the node's socket.
@@ -537,28 +545,79 @@ fn now_ns() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
-/// Encodes and sends one message without blocking; gives it back on failure.
-fn write_msg(conn: &mut Conn, shm: &mut ShmTable, instance: Instance, mut msg: DaemonMsg) -> Result<(), (Errno, DaemonMsg)> {
-    let first_use = match &mut msg {
-        DaemonMsg::Input { payload: Payload::Shared { region, .. }, new_region, .. } => {
-            let fd = shm.first_use_fd(*region, instance).map(|fd| (*region, fd));
-            *new_region = fd.is_some();
-            fd
+/// Most messages in one packet.
+const MAX_BATCH: usize = 64;
+/// Stop adding to a packet past this many bytes (one inline message is below 4.2 KiB).
+const BATCH_BYTES: usize = 32 * 1024;
+
+/// A message taken off a node's queues for the next packet.
+struct Taken {
+    control: bool,
+    key: Option<String>,
+    msg: DaemonMsg,
+}
+
+/// Takes what the next packet may carry: control messages first, then
+/// inputs while the window allows.
+fn take_batch(conn: &mut Conn) -> Vec<Taken> {
+    let mut taken = Vec::new();
+    let mut inputs = 0u32;
+    let mut new_regions = 0usize;
+    let mut bytes = 0usize;
+    while taken.len() < MAX_BATCH && bytes < BATCH_BYTES {
+        if let Some(msg) = conn.control.pop_front() {
+            taken.push(Taken { control: true, key: None, msg });
+            continue;
         }
-        _ => None,
-    };
-    let mut bytes = Vec::with_capacity(64);
-    msg.encode(&mut bytes);
-    let fds = first_use.as_ref().map(|(_, fd)| std::slice::from_ref(fd)).unwrap_or(&[]);
-    let result = transport::send_packet(conn.fd.as_fd(), &bytes, fds, true);
-    let first_use = first_use.map(|(key, _)| key);
-    match result {
-        Ok(()) => {
-            if let Some(key) = first_use {
-                shm.mark_mapped(key, instance);
+        match conn.inputs.peek() {
+            Some(DaemonMsg::Input { .. }) if conn.in_flight + inputs >= INPUT_WINDOW => break,
+            // Every shared input may need its region's fd.
+            Some(DaemonMsg::Input { payload: Payload::Shared { .. }, .. }) if new_regions == transport::MAX_FDS => break,
+            Some(_) => {}
+            None => break,
+        }
+        let Some((key, msg)) = conn.inputs.pop() else { break };
+        if let DaemonMsg::Input { payload, input, .. } = &msg {
+            inputs += 1;
+            // Generous estimate of the encoded size.
+            bytes += 64 + input.len() + if let Payload::Inline(b) = payload { b.len() } else { 0 };
+            if let Payload::Shared { .. } = payload {
+                new_regions += 1;
             }
-            Ok(())
         }
-        Err(e) => Err((e, msg)),
+        taken.push(Taken { control: false, key, msg });
     }
+    taken
+}
+
+/// Encodes `taken` as one packet (a batch if more than one) with the fds of
+/// regions the node has not mapped yet, and sends it without blocking.
+fn write_batch(conn: &Conn, shm: &mut ShmTable, instance: Instance, taken: &[Taken], buf: &mut Vec<u8>) -> Result<(), Errno> {
+    let mut first_use: Vec<u64> = Vec::new();
+    let mut msgs: Vec<DaemonMsg> = Vec::with_capacity(taken.len());
+    for t in taken {
+        let mut msg = t.msg.clone();
+        if let DaemonMsg::Input { payload: Payload::Shared { region, .. }, new_region, .. } = &mut msg {
+            *new_region = !first_use.contains(region) && shm.first_use_fd(*region, instance).is_some();
+            if *new_region {
+                first_use.push(*region);
+            }
+        }
+        msgs.push(msg);
+    }
+    buf.clear();
+    if let [msg] = &msgs[..] {
+        msg.encode(buf);
+    } else {
+        let mut batch = rill_proto::Batch::new(buf);
+        for msg in &msgs {
+            batch.push(msg);
+        }
+    }
+    let fds: Vec<_> = first_use.iter().filter_map(|key| shm.first_use_fd(*key, instance)).collect();
+    transport::send_packet(conn.fd.as_fd(), buf, &fds, true)?;
+    for key in first_use {
+        shm.mark_mapped(key, instance);
+    }
+    Ok(())
 }

@@ -336,7 +336,7 @@ impl Node {
 
     fn drain_socket(&mut self) {
         while !self.daemon_gone {
-            let (n, mut fds) = match transport::recv_packet(self.conn.fd.as_fd(), &mut self.recv_buf, true) {
+            let (n, fds) = match transport::recv_packet(self.conn.fd.as_fd(), &mut self.recv_buf, true) {
                 Err(Errno::WOULDBLOCK) => return,
                 Ok((n, fds)) if n > 0 => (n, fds),
                 // 0 bytes: the daemon closed the connection.
@@ -345,14 +345,19 @@ impl Node {
                     return;
                 }
             };
-            let msg = match DaemonMsg::decode(&self.recv_buf[..n]) {
-                Ok(msg) => msg,
-                Err(e) => {
-                    eprintln!("rill-node: dropping undecodable message from the daemon: {e}");
-                    continue;
-                }
-            };
-            self.handle(msg, fds.pop());
+            // Each message that introduces a region takes the next fd.
+            let mut fds = fds.into_iter();
+            let mut msgs = Vec::new();
+            if let Err(e) = rill_proto::for_each_daemon_msg(&self.recv_buf[..n], |msg| msgs.push(msg)) {
+                eprintln!("rill-node: dropping undecodable message from the daemon: {e}");
+            }
+            for msg in msgs {
+                let fd = match &msg {
+                    DaemonMsg::Input { new_region: true, .. } => fds.next(),
+                    _ => None,
+                };
+                self.handle(msg, fd);
+            }
         }
     }
 

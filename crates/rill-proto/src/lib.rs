@@ -102,6 +102,7 @@ const TAG_INPUT_CLOSED: u8 = 12;
 const TAG_STOP: u8 = 13;
 const TAG_RECLAIM: u8 = 14;
 const TAG_UNMAP: u8 = 15;
+const TAG_BATCH: u8 = 20;
 const PAYLOAD_INLINE: u8 = 0;
 const PAYLOAD_SHARED: u8 = 1;
 
@@ -174,6 +175,60 @@ impl NodeMsg {
         r.finish()?;
         Ok(msg)
     }
+}
+
+/// Several daemon messages in one packet: a tag, then each message as a
+/// `u32` length and its encoding. Under load the daemon sends batches, so a
+/// node takes many messages per system call.
+pub struct Batch<'a> {
+    out: &'a mut Vec<u8>,
+    count: usize,
+}
+
+impl<'a> Batch<'a> {
+    /// Starts a batch in the empty buffer `out`.
+    pub fn new(out: &'a mut Vec<u8>) -> Self {
+        out.clear();
+        out.push(TAG_BATCH);
+        Self { out, count: 0 }
+    }
+
+    pub fn push(&mut self, msg: &DaemonMsg) {
+        let start = self.out.len();
+        self.out.extend_from_slice(&[0; 4]);
+        msg.encode(self.out);
+        let len = (self.out.len() - start - 4) as u32;
+        self.out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        self.count += 1;
+    }
+
+    /// Bytes so far.
+    pub fn len(&self) -> usize {
+        self.out.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+/// Calls `each` with every message of a packet (one, or a batch's).
+pub fn for_each_daemon_msg(packet: &[u8], mut each: impl FnMut(DaemonMsg)) -> Result<(), DecodeError> {
+    if packet.first() != Some(&TAG_BATCH) {
+        each(DaemonMsg::decode(packet)?);
+        return Ok(());
+    }
+    let mut rest = &packet[1..];
+    while !rest.is_empty() {
+        if rest.len() < 4 {
+            return Err(DecodeError::Truncated);
+        }
+        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let body = rest.get(4..4 + len).ok_or(DecodeError::Truncated)?;
+        each(DaemonMsg::decode(body)?);
+        rest = &rest[4 + len..];
+    }
+    Ok(())
 }
 
 impl DaemonMsg {
@@ -273,6 +328,25 @@ mod tests {
         daemon_roundtrip(DaemonMsg::Stop);
         daemon_roundtrip(DaemonMsg::Reclaim { region: 1 });
         daemon_roundtrip(DaemonMsg::Unmap { region: 1 });
+    }
+
+    #[test]
+    fn batches_carry_messages_in_order() {
+        let msgs = vec![DaemonMsg::Stop, DaemonMsg::Reclaim { region: 4 }, DaemonMsg::InputClosed { input: "x".into() }];
+        let mut buf = Vec::new();
+        let mut batch = Batch::new(&mut buf);
+        for m in &msgs {
+            batch.push(m);
+        }
+        let mut seen = Vec::new();
+        for_each_daemon_msg(&buf, |m| seen.push(m)).unwrap();
+        assert_eq!(seen, msgs);
+        let mut single = Vec::new();
+        DaemonMsg::Stop.encode(&mut single);
+        let mut seen = Vec::new();
+        for_each_daemon_msg(&single, |m| seen.push(m)).unwrap();
+        assert_eq!(seen, vec![DaemonMsg::Stop]);
+        assert_eq!(for_each_daemon_msg(&buf[..buf.len() - 1], |_| {}), Err(DecodeError::Truncated));
     }
 
     #[test]

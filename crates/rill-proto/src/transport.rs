@@ -10,8 +10,8 @@ use rustix::net::{
     SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
 
-/// Most descriptors one packet carries (one region per message).
-const MAX_FDS: usize = 4;
+/// Most descriptors one packet carries (a batch may introduce several regions).
+pub const MAX_FDS: usize = 16;
 
 /// A connected pair of packet sockets (close-on-exec), for daemon and node.
 pub fn socket_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
