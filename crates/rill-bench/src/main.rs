@@ -91,11 +91,10 @@ fn run_dataflow(sizes: &[usize], hot: usize, paced: usize, bursts: usize) -> any
     let collected = lines.clone();
     let reporter = Arc::new(move |report: Report<'_>| match report {
         Report::Log { stream: Stream::Stdout, line, .. } => {
-            if let Some(json) = line.strip_prefix("RESULT ") {
-                if let Ok(mut lines) = collected.lock() {
+            if let Some(json) = line.strip_prefix("RESULT ")
+                && let Ok(mut lines) = collected.lock() {
                     lines.push(json.to_owned());
                 }
-            }
         }
         Report::Log { node, line, .. } => eprintln!("[{node}] {line}"),
         _ => {}

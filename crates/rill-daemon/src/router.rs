@@ -462,8 +462,7 @@ impl Router {
     /// `Ack`).
     fn flush(&mut self, instance: Instance) {
         let mut buf = std::mem::take(&mut self.packet);
-        loop {
-            let Some(conn) = self.conns.get_mut(&instance) else { break };
+        while let Some(conn) = self.conns.get_mut(&instance) {
             let taken = take_batch(conn);
             if taken.is_empty() {
                 self.want_write(instance, false);

@@ -268,15 +268,14 @@ impl Runtime {
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
                 reporter(Report::Log { node: &node, stream, line: &line });
-                if let Some(tails) = &tails {
-                    if let Ok(mut tails) = tails.lock() {
+                if let Some(tails) = &tails
+                    && let Ok(mut tails) = tails.lock() {
                         let tail = tails.entry(node.clone()).or_default();
                         if tail.len() == STDERR_TAIL {
                             tail.pop_front();
                         }
                         tail.push_back(line);
                     }
-                }
             }
         });
         if let Ok(handle) = handle {

@@ -282,12 +282,11 @@ impl Supervisor {
         let mut actions = self.stop_all(now);
         actions.retain(|a| !matches!(a, Action::SendStop { .. }));
         for (node, n) in &mut self.nodes {
-            if let NodeState::Stopping { instance, pid, phase, .. } = n.state {
-                if phase != StopPhase::Killed {
+            if let NodeState::Stopping { instance, pid, phase, .. } = n.state
+                && phase != StopPhase::Killed {
                     n.state = NodeState::Stopping { instance, pid, phase: StopPhase::Killed, deadline: now + KILL_WAIT };
                     actions.push(Action::Signal { node: node.clone(), pid, signal: Sig::Kill });
                 }
-            }
         }
         actions
     }

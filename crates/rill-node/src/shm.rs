@@ -38,7 +38,7 @@ impl Region {
 
     fn map(fd: &OwnedFd, len: usize, prot: ProtFlags) -> std::io::Result<Self> {
         // SAFETY: a fresh shared mapping of a memfd we hold; unmapped in Drop.
-        let ptr = unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, &fd, 0)? };
+        let ptr = unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0)? };
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(std::io::ErrorKind::OutOfMemory)?;
         Ok(Self { fd: None, ptr, len })
     }

@@ -95,7 +95,7 @@ fn flood(size: usize) -> Result {
         }
         send_seq(&mut node, seq, size)?;
         seq += 1;
-        if seq % 10_000 == 0 {
+        if seq.is_multiple_of(10_000) {
             println!("sent {seq}");
         }
     }
