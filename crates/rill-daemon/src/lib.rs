@@ -5,7 +5,6 @@
 pub mod router;
 pub mod routes;
 pub mod run;
-pub mod shm_table;
 pub mod spawn;
 pub mod supervisor;
 

@@ -1,44 +1,35 @@
-//! The local data plane: one thread with one epoll set over every node's
-//! socket. It routes messages between nodes, ticks timers, applies the
-//! per-input queue bound when a node does not drain its socket, and keeps the
-//! shared-memory book. It never blocks on a node: sends are non-blocking and
+//! The daemon's side of the local planes: one thread with one epoll set
+//! over every node's control socket. It wires nodes to each other (creates
+//! one socket pair per producer/consumer pair and hands each end over, also
+//! again when a node restarts), ticks timers, and delivers `InputClosed` and
+//! `Stop`. Data does not pass through it: producers write straight to their
+//! consumers, one hop. It never blocks on a node: sends are non-blocking and
 //! what does not fit waits in that node's bounded queue.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rill_proto::{BoundedQueue, DaemonMsg, Metadata, NodeMsg, Payload, Pushed, transport};
+use rill_proto::{BoundedQueue, DaemonMsg, Direction, Metadata, Pushed, Route, transport};
 use rustix::event::epoll;
 use rustix::io::Errno;
 
 use crate::routes::Routes;
-use crate::shm_table::{Instance, ShmAction, ShmTable};
 
-/// Inputs the router writes to a node's socket before the node acknowledges
-/// them. Beyond it, inputs wait in the router's drop-oldest queue: the
-/// per-input bound holds, and shared regions in flight stay bounded.
-pub const INPUT_WINDOW: u32 = rill_proto::INPUT_WINDOW;
+/// A running node process, unique for the daemon's lifetime (a restarted
+/// node gets a new one).
+pub type Instance = u64;
 
 /// Epoll key of the wake-up eventfd (instances start at 1).
 const WAKE: u64 = 0;
-/// After routing a message the router polls without sleeping this long:
-/// a reply that comes back within it is routed without a wake-up, which on
-/// virtual machines costs tens of microseconds. Idle routers sleep.
-const SPIN: Duration = Duration::from_micros(50);
-
-/// `RILL_ROUTER_SPIN_US` trades CPU for latency (0 = never spin).
-fn spin() -> Duration {
-    std::env::var("RILL_ROUTER_SPIN_US").ok().and_then(|v| v.parse().ok()).map(Duration::from_micros).unwrap_or(SPIN)
-}
 
 /// Instructions from the supervisor.
 #[derive(Debug)]
 pub enum Command {
-    /// A node process started with this end of its socket pair.
+    /// A node process started with this end of its control socket pair.
     Attach { node: String, instance: Instance, socket: OwnedFd },
     /// `node` finished for good: its receivers get `InputClosed`.
     CloseOutputs { node: String },
@@ -51,9 +42,12 @@ pub enum Command {
 /// Figures the router reports when it ends.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RouterStats {
-    pub routed: u64,
+    /// Timer ticks delivered.
+    pub ticks: u64,
+    /// Timer ticks dropped because a node's queue was full.
     pub dropped: u64,
-    pub regions_left: usize,
+    /// Data connections set up.
+    pub edges: u64,
 }
 
 /// Handle to the router thread.
@@ -83,13 +77,12 @@ impl RouterHandle {
             epoll,
             wake: wake.clone(),
             rx,
+            edge_routes: routes.edges(),
             routes,
             conns: HashMap::new(),
             by_node: HashMap::new(),
             finished: HashSet::new(),
-            pending: HashMap::new(),
-            shm: ShmTable::default(),
-            packet: Vec::with_capacity(BATCH_BYTES + 8 * 1024),
+            stored_ends: HashMap::new(),
             timers,
             stats: RouterStats::default(),
         };
@@ -126,24 +119,19 @@ struct Timer {
     targets: Vec<(String, String)>,
 }
 
+/// A control message and the fd it carries, if any.
+struct Outgoing {
+    msg: DaemonMsg,
+    fd: Option<OwnedFd>,
+}
+
 /// One connected node process.
 struct Conn {
     node: String,
     fd: OwnedFd,
-    /// Stop, Reclaim, Unmap: never dropped, not limited by the window.
-    control: VecDeque<DaemonMsg>,
-    /// Inputs (bounded per input, oldest dropped) and InputClosed, in order.
-    inputs: BoundedQueue<String, DaemonMsg>,
-    /// Inputs written to the socket that the node has not acknowledged.
-    in_flight: u32,
-    /// EPOLLOUT is armed (the socket was full).
+    /// Messages the socket had no room for; ticks are bounded per input.
+    backlog: BoundedQueue<String, Outgoing>,
     want_write: bool,
-}
-
-impl Conn {
-    fn new(node: String, fd: OwnedFd) -> Self {
-        Self { node, fd, control: VecDeque::new(), inputs: BoundedQueue::default(), in_flight: 0, want_write: false }
-    }
 }
 
 struct Router {
@@ -151,16 +139,15 @@ struct Router {
     wake: Arc<OwnedFd>,
     rx: Receiver<Command>,
     routes: Routes,
+    /// `(producer, consumer)` -> what their edge carries.
+    edge_routes: BTreeMap<(String, String), Vec<Route>>,
     conns: HashMap<Instance, Conn>,
     by_node: HashMap<String, Instance>,
     /// Nodes that finished for good (their outputs are closed).
     finished: HashSet<String>,
-    /// Messages for nodes not attached yet (starting or restarting): a
-    /// producer that starts first loses nothing.
-    pending: HashMap<String, BoundedQueue<String, DaemonMsg>>,
-    shm: ShmTable,
-    /// Reused buffer for outgoing packets.
-    packet: Vec<u8>,
+    /// Edge ends made for nodes that were not running yet:
+    /// `(producer, consumer, holder)` -> the holder's end.
+    stored_ends: HashMap<(String, String, String), OwnedFd>,
     timers: Vec<Timer>,
     stats: RouterStats,
 }
@@ -174,18 +161,11 @@ impl Router {
     fn run(mut self) -> RouterStats {
         let mut events = Vec::with_capacity(64);
         let mut buf = vec![0u8; rill_proto::MAX_PACKET];
-        let spin = spin();
-        let mut last_routed = Instant::now() - spin;
         loop {
-            let timeout = if last_routed.elapsed() < spin {
-                Some(rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 })
-            } else {
-                self.timers.iter().map(|t| t.next).min().map(|next| {
-                    let d = next.saturating_duration_since(Instant::now());
-                    rustix::time::Timespec { tv_sec: d.as_secs() as i64, tv_nsec: i64::from(d.subsec_nanos()) }
-                })
-            };
-            let routed_before = self.stats.routed;
+            let timeout = self.timers.iter().map(|t| t.next).min().map(|next| {
+                let d = next.saturating_duration_since(Instant::now());
+                rustix::time::Timespec { tv_sec: d.as_secs() as i64, tv_nsec: i64::from(d.subsec_nanos()) }
+            });
             events.clear();
             match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), timeout.as_ref()) {
                 Ok(_) | Err(Errno::INTR) => {}
@@ -199,8 +179,8 @@ impl Router {
                 if key == WAKE {
                     let mut b = [0u8; 8];
                     let _ = rustix::io::read(&*self.wake, &mut b);
-                    if let Flow::Shutdown = self.commands(&mut buf) {
-                        return self.finish();
+                    if let Flow::Shutdown = self.commands() {
+                        return self.stats;
                     }
                     continue;
                 }
@@ -208,54 +188,32 @@ impl Router {
                     self.flush(key);
                 }
                 if flags.intersects(epoll::EventFlags::IN | epoll::EventFlags::HUP | epoll::EventFlags::ERR) {
-                    self.read_all(key, &mut buf);
+                    self.read(key, &mut buf);
                 }
             }
             self.fire_timers();
-            if self.stats.routed != routed_before {
-                last_routed = Instant::now();
-            }
         }
-        self.finish()
-    }
-
-    fn finish(mut self) -> RouterStats {
-        let instances: Vec<Instance> = self.conns.keys().copied().collect();
-        for instance in instances {
-            self.disconnect(instance);
-        }
-        self.stats.regions_left = self.shm.region_count();
         self.stats
     }
 
-    fn commands(&mut self, buf: &mut [u8]) -> Flow {
+    fn commands(&mut self) -> Flow {
         while let Ok(command) = self.rx.try_recv() {
             match command {
                 Command::Attach { node, instance, socket } => self.attach(node, instance, socket),
                 Command::CloseOutputs { node } => {
-                    // Everything the node sent before it exited is still in
-                    // its socket: route that first, then close.
-                    if let Some(instance) = self.by_node.get(&node).copied() {
-                        self.read_all(instance, buf);
-                    }
                     let targets: Vec<_> = self.routes.fed_by(&node).cloned().collect();
                     for (receiver, input) in targets {
-                        self.send_to_node(&receiver, None, DaemonMsg::InputClosed { input });
+                        self.send_to_node(&receiver, None, DaemonMsg::InputClosed { input }, None);
                     }
-                    // It will not attach again: what waited for it is void.
-                    if let Some(mut queue) = self.pending.remove(&node) {
-                        let msgs: Vec<DaemonMsg> = queue.drain().collect();
-                        for msg in msgs {
-                            self.discard(msg);
-                        }
-                    }
+                    // Ends kept for it will never be picked up.
+                    self.stored_ends.retain(|(_, _, holder), _| holder != &node);
                     self.finished.insert(node);
                 }
-                Command::Stop { node: Some(node) } => self.send_to_node(&node, None, DaemonMsg::Stop),
+                Command::Stop { node: Some(node) } => self.send_to_node(&node, None, DaemonMsg::Stop, None),
                 Command::Stop { node: None } => {
                     let nodes: Vec<String> = self.by_node.keys().cloned().collect();
                     for node in nodes {
-                        self.send_to_node(&node, None, DaemonMsg::Stop);
+                        self.send_to_node(&node, None, DaemonMsg::Stop, None);
                     }
                 }
                 Command::Shutdown => return Flow::Shutdown,
@@ -264,6 +222,8 @@ impl Router {
         Flow::Continue
     }
 
+    /// Registers the node's control socket, wires its edges, tells it which
+    /// inputs are closed already, and lets it start.
     fn attach(&mut self, node: String, instance: Instance, socket: OwnedFd) {
         if let Err(e) = epoll::add(&self.epoll, &socket, epoll::EventData::new_u64(instance), epoll::EventFlags::IN) {
             eprintln!("rill: cannot watch node {node}: {e}");
@@ -273,20 +233,16 @@ impl Router {
             self.disconnect(old);
             self.by_node.insert(node.clone(), instance);
         }
-        self.conns.insert(instance, Conn::new(node.clone(), socket));
-        if let Some(mut queue) = self.pending.remove(&node) {
-            while let Some((input, msg)) = queue.pop() {
-                // Closed inputs are re-announced below, once.
-                if let DaemonMsg::InputClosed { .. } = msg {
-                    continue;
-                }
-                if let DaemonMsg::Input { payload: Payload::Shared { .. }, token, .. } = &msg {
-                    self.shm.reassign(*token, instance);
-                }
-                self.enqueue(instance, input, msg);
-            }
+        self.conns.insert(instance, Conn { node: node.clone(), fd: socket, backlog: BoundedQueue::default(), want_write: false });
+        let edges: Vec<((String, String), Vec<Route>)> = self
+            .edge_routes
+            .iter()
+            .filter(|((p, c), _)| *p == node || *c == node)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for ((producer, consumer), routes) in edges {
+            self.wire(&node, &producer, &consumer, &routes);
         }
-        // A restarted node learns at once which producers are already gone.
         let closed: Vec<String> = self
             .routes
             .upstream
@@ -297,201 +253,117 @@ impl Router {
             .map(|(_, input)| input.clone())
             .collect();
         for input in closed {
-            self.enqueue(instance, None, DaemonMsg::InputClosed { input });
+            self.send_to_node(&node, None, DaemonMsg::InputClosed { input }, None);
+        }
+        self.send_to_node(&node, None, DaemonMsg::Start, None);
+    }
+
+    /// Gives `node` its end of the producer->consumer edge: one kept for it,
+    /// or a new pair whose other end goes to the peer now (running) or later.
+    fn wire(&mut self, node: &str, producer: &str, consumer: &str, routes: &[Route]) {
+        let edge_msg = |holder: &str| {
+            let (direction, peer) = if holder == producer { (Direction::Out, consumer) } else { (Direction::In, producer) };
+            DaemonMsg::Edge { direction, peer: peer.to_owned(), routes: routes.to_vec() }
+        };
+        let key = (producer.to_owned(), consumer.to_owned(), node.to_owned());
+        if producer != consumer {
+            if let Some(end) = self.stored_ends.remove(&key) {
+                self.send_to_node(node, None, edge_msg(node), Some(end));
+                return;
+            }
+        }
+        let (producer_end, consumer_end) = match transport::socket_pair() {
+            Ok(pair) => pair,
+            Err(e) => {
+                eprintln!("rill: cannot connect {producer} to {consumer}: {e}");
+                return;
+            }
+        };
+        self.stats.edges += 1;
+        let peer = if node == producer { consumer } else { producer };
+        let (mine, theirs) = if node == producer { (producer_end, consumer_end) } else { (consumer_end, producer_end) };
+        self.send_to_node(node, None, edge_msg(node), Some(mine));
+        if peer == node {
+            // A node that feeds itself holds both ends.
+            let msg = DaemonMsg::Edge { direction: Direction::In, peer: node.to_owned(), routes: routes.to_vec() };
+            self.send_to_node(node, None, msg, Some(theirs));
+        } else if self.by_node.contains_key(peer) {
+            self.send_to_node(peer, None, edge_msg(peer), Some(theirs));
+        } else if !self.finished.contains(peer) {
+            self.stored_ends.insert((producer.to_owned(), consumer.to_owned(), peer.to_owned()), theirs);
         }
     }
 
     fn disconnect(&mut self, instance: Instance) {
-        let Some(mut conn) = self.conns.remove(&instance) else { return };
+        let Some(conn) = self.conns.remove(&instance) else { return };
         let _ = epoll::delete(&self.epoll, &conn.fd);
         if self.by_node.get(&conn.node) == Some(&instance) {
             self.by_node.remove(&conn.node);
         }
-        let mut actions = Vec::new();
-        for msg in conn.inputs.drain() {
-            if let DaemonMsg::Input { payload: Payload::Shared { .. }, token, .. } = msg {
-                actions.extend(self.shm.release(token));
-            }
-        }
-        actions.extend(self.shm.node_gone(instance));
-        self.apply(actions);
     }
 
-    fn read_all(&mut self, instance: Instance, buf: &mut [u8]) {
-        let mut reset_seen = false;
+    /// Nodes send nothing on the control socket; reading notices the end.
+    fn read(&mut self, instance: Instance, buf: &mut [u8]) {
         loop {
             let Some(conn) = self.conns.get(&instance) else { return };
             match transport::recv_packet(conn.fd.as_fd(), buf, true) {
                 Ok((0, _)) => return self.disconnect(instance),
-                Ok((n, mut fds)) => match NodeMsg::decode(&buf[..n]) {
-                    Ok(msg) => self.handle(instance, msg, fds.pop()),
-                    Err(e) => eprintln!("rill: dropping undecodable message from node {}: {e}", conn.node),
-                },
+                Ok(_) => {}
                 Err(Errno::WOULDBLOCK) => return,
-                // A node that exits with unread messages (e.g. Reclaims)
-                // makes the kernel report ECONNRESET once, ahead of the
-                // packets it did send: read on, they still count.
-                Err(Errno::CONNRESET) if !reset_seen => reset_seen = true,
+                Err(Errno::CONNRESET) => return self.disconnect(instance),
                 Err(e) => {
-                    eprintln!("rill: lost the connection to node {}: {e}", conn.node);
+                    eprintln!("rill: lost the control connection to node {}: {e}", conn.node);
                     return self.disconnect(instance);
                 }
             }
         }
     }
 
-    fn handle(&mut self, instance: Instance, msg: NodeMsg, fd: Option<OwnedFd>) {
-        match msg {
-            NodeMsg::Send { output, metadata, payload, .. } => self.route(instance, output, metadata, payload, fd),
-            NodeMsg::Release { token } => {
-                let actions = self.shm.release(token);
-                self.apply(actions);
-            }
-            NodeMsg::Ack { count } => {
-                if let Some(conn) = self.conns.get_mut(&instance) {
-                    conn.in_flight = conn.in_flight.saturating_sub(count);
-                }
-                self.flush(instance);
-            }
-            NodeMsg::RegionDropped { region } => {
-                let actions = self.shm.owner_dropped(instance, region);
-                self.apply(actions);
-            }
-        }
-    }
-
-    fn route(&mut self, instance: Instance, output: String, metadata: Metadata, payload: Payload, fd: Option<OwnedFd>) {
-        let Some(conn) = self.conns.get(&instance) else { return };
-        let key = (conn.node.clone(), output);
-        let targets: Vec<(String, String)> = self.routes.by_output.get(&key).cloned().unwrap_or_default();
-        match payload {
-            Payload::Inline(bytes) => {
-                for (receiver, input) in targets {
-                    let payload = Payload::Inline(bytes.clone());
-                    let msg = DaemonMsg::Input { input: input.clone(), metadata, payload, token: 0, new_region: false };
-                    self.stats.routed += 1;
-                    self.send_to_node(&receiver, Some(input), msg);
-                }
-            }
-            Payload::Shared { region, len, region_len } => {
-                let Some(shm_key) = self.shm.key_for(instance, region, fd) else {
-                    eprintln!("rill: node {} sent unknown shared region {region}", key.0);
-                    return;
-                };
-                let mut delivered = false;
-                for (receiver, input) in targets {
-                    if self.finished.contains(&receiver) {
-                        continue;
-                    }
-                    // 0 = not attached yet; reassigned when it attaches.
-                    let receiver_instance = self.by_node.get(&receiver).copied().unwrap_or(0);
-                    let Some(token) = self.shm.deliver(shm_key, receiver_instance) else { continue };
-                    delivered = true;
-                    let payload = Payload::Shared { region: shm_key, len, region_len };
-                    let msg = DaemonMsg::Input { input: input.clone(), metadata, payload, token, new_region: false };
-                    self.stats.routed += 1;
-                    self.send_to_node(&receiver, Some(input), msg);
-                }
-                if !delivered {
-                    let actions = self.shm.unused(shm_key);
-                    self.apply(actions);
-                }
-            }
-        }
-    }
-
-    /// Delivers to `node`'s current process, or keeps the message until it
-    /// attaches; a finished node gets nothing.
-    fn send_to_node(&mut self, node: &str, input: Option<String>, msg: DaemonMsg) {
-        if let Some(instance) = self.by_node.get(node).copied() {
-            return self.enqueue(instance, input, msg);
-        }
-        if self.finished.contains(node) || matches!(msg, DaemonMsg::Stop) {
-            return self.discard(msg);
-        }
-        let capacity = self.capacity(node, input.as_ref());
-        let key = if msg.is_droppable() { input } else { None };
-        let queue = self.pending.entry(node.to_owned()).or_default();
-        if let Pushed::DroppedOldest(old) = queue.push(key, capacity, msg) {
-            self.stats.dropped += 1;
-            self.discard(old);
-        }
-    }
-
-    fn capacity(&self, node: &str, input: Option<&String>) -> usize {
-        input.and_then(|i| self.routes.queue_size.get(&(node.to_owned(), i.clone()))).copied().unwrap_or(1)
-    }
-
-    /// Queues `msg` for the node and sends what the socket and the window
-    /// allow. A full input queue drops its oldest message.
-    fn enqueue(&mut self, instance: Instance, input: Option<String>, msg: DaemonMsg) {
-        let capacity = match self.conns.get(&instance) {
-            Some(conn) => self.capacity(&conn.node, input.as_ref()),
-            None => return self.discard(msg),
-        };
+    /// Sends now if the socket has room and nothing waits before it,
+    /// otherwise queues (a tick of a full input drops that input's oldest).
+    fn send_to_node(&mut self, node: &str, input: Option<String>, msg: DaemonMsg, fd: Option<OwnedFd>) {
+        let Some(instance) = self.by_node.get(node).copied() else { return };
         let Some(conn) = self.conns.get_mut(&instance) else { return };
-        let pushed = match msg {
-            DaemonMsg::Stop => {
-                conn.control.push_front(msg);
-                Pushed::Kept
+        let out = Outgoing { msg, fd };
+        let out = if conn.backlog.is_empty() {
+            match write(conn, out) {
+                Ok(()) => return,
+                Err((Errno::WOULDBLOCK, out)) => out,
+                Err(_) => return,
             }
-            DaemonMsg::Reclaim { .. } | DaemonMsg::Unmap { .. } => {
-                conn.control.push_back(msg);
-                Pushed::Kept
-            }
-            DaemonMsg::Input { .. } => conn.inputs.push(input, capacity, msg),
-            DaemonMsg::InputClosed { .. } => conn.inputs.push(None, capacity, msg),
+        } else {
+            out
         };
-        if let Pushed::DroppedOldest(old) = pushed {
+        let capacity = input.as_ref().and_then(|i| self.routes.queue_size.get(&(node.to_owned(), i.clone()))).copied();
+        let pushed = match out.msg {
+            DaemonMsg::Stop => {
+                conn.backlog.push_urgent(out);
+                Pushed::Kept
+            }
+            DaemonMsg::Tick { .. } => conn.backlog.push(input, capacity.unwrap_or(1), out),
+            _ => conn.backlog.push(None, 0, out),
+        };
+        if let Pushed::DroppedOldest(_) = pushed {
             self.stats.dropped += 1;
-            self.discard(old);
         }
-        self.flush(instance);
+        self.want_write(instance, true);
     }
 
-    /// A message that will never be sent: release what it holds.
-    fn discard(&mut self, msg: DaemonMsg) {
-        if let DaemonMsg::Input { payload: Payload::Shared { .. }, token, .. } = msg {
-            let actions = self.shm.release(token);
-            self.apply(actions);
-        }
-    }
-
-    /// Writes queued messages, many per packet, until the socket is full
-    /// (then waits for EPOLLOUT) or the input window is (then waits for an
-    /// `Ack`).
     fn flush(&mut self, instance: Instance) {
-        let mut buf = std::mem::take(&mut self.packet);
-        while let Some(conn) = self.conns.get_mut(&instance) {
-            let taken = take_batch(conn);
-            if taken.is_empty() {
-                self.want_write(instance, false);
-                break;
-            }
-            match write_batch(conn, &mut self.shm, instance, &taken, &mut buf) {
-                Ok(()) => {
-                    let inputs = taken.iter().filter(|t| matches!(t.msg, DaemonMsg::Input { .. })).count();
-                    conn.in_flight += inputs as u32;
+        loop {
+            let Some(conn) = self.conns.get_mut(&instance) else { return };
+            let Some((key, out)) = conn.backlog.pop() else {
+                return self.want_write(instance, false);
+            };
+            match write(conn, out) {
+                Ok(()) => {}
+                Err((Errno::WOULDBLOCK, out)) => {
+                    conn.backlog.push_front(key, out);
+                    return;
                 }
-                Err(Errno::WOULDBLOCK) => {
-                    for t in taken.into_iter().rev() {
-                        if t.control {
-                            conn.control.push_front(t.msg);
-                        } else {
-                            conn.inputs.push_front(t.key, t.msg);
-                        }
-                    }
-                    self.want_write(instance, true);
-                    break;
-                }
-                Err(_) => {
-                    for t in taken {
-                        self.discard(t.msg);
-                    }
-                }
+                Err(_) => {}
             }
         }
-        self.packet = buf;
     }
 
     /// Arms or disarms EPOLLOUT for the node's socket.
@@ -506,15 +378,6 @@ impl Router {
             flags |= epoll::EventFlags::OUT;
         }
         let _ = epoll::modify(&self.epoll, &conn.fd, epoll::EventData::new_u64(instance), flags);
-    }
-
-    fn apply(&mut self, actions: Vec<ShmAction>) {
-        for action in actions {
-            match action {
-                ShmAction::Reclaim { owner, region } => self.enqueue(owner, None, DaemonMsg::Reclaim { region }),
-                ShmAction::Unmap { receiver, key } => self.enqueue(receiver, None, DaemonMsg::Unmap { region: key }),
-            }
-        }
     }
 
     fn fire_timers(&mut self) {
@@ -534,8 +397,8 @@ impl Router {
         }
         let metadata = Metadata { timestamp_ns: now_ns() };
         for (node, input) in due {
-            let msg = DaemonMsg::Input { input: input.clone(), metadata, payload: Payload::Inline(Vec::new()), token: 0, new_region: false };
-            self.send_to_node(&node, Some(input), msg);
+            self.stats.ticks += 1;
+            self.send_to_node(&node, Some(input.clone()), DaemonMsg::Tick { input, metadata }, None);
         }
     }
 }
@@ -544,79 +407,13 @@ fn now_ns() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
-/// Most messages in one packet.
-const MAX_BATCH: usize = 64;
-/// Stop adding to a packet past this many bytes (one inline message is below 4.2 KiB).
-const BATCH_BYTES: usize = 32 * 1024;
-
-/// A message taken off a node's queues for the next packet.
-struct Taken {
-    control: bool,
-    key: Option<String>,
-    msg: DaemonMsg,
-}
-
-/// Takes what the next packet may carry: control messages first, then
-/// inputs while the window allows.
-fn take_batch(conn: &mut Conn) -> Vec<Taken> {
-    let mut taken = Vec::new();
-    let mut inputs = 0u32;
-    let mut new_regions = 0usize;
-    let mut bytes = 0usize;
-    while taken.len() < MAX_BATCH && bytes < BATCH_BYTES {
-        if let Some(msg) = conn.control.pop_front() {
-            taken.push(Taken { control: true, key: None, msg });
-            continue;
-        }
-        match conn.inputs.peek() {
-            Some(DaemonMsg::Input { .. }) if conn.in_flight + inputs >= INPUT_WINDOW => break,
-            // Every shared input may need its region's fd.
-            Some(DaemonMsg::Input { payload: Payload::Shared { .. }, .. }) if new_regions == transport::MAX_FDS => break,
-            Some(_) => {}
-            None => break,
-        }
-        let Some((key, msg)) = conn.inputs.pop() else { break };
-        if let DaemonMsg::Input { payload, input, .. } = &msg {
-            inputs += 1;
-            // Generous estimate of the encoded size.
-            bytes += 64 + input.len() + if let Payload::Inline(b) = payload { b.len() } else { 0 };
-            if let Payload::Shared { .. } = payload {
-                new_regions += 1;
-            }
-        }
-        taken.push(Taken { control: false, key, msg });
-    }
-    taken
-}
-
-/// Encodes `taken` as one packet (a batch if more than one) with the fds of
-/// regions the node has not mapped yet, and sends it without blocking.
-fn write_batch(conn: &Conn, shm: &mut ShmTable, instance: Instance, taken: &[Taken], buf: &mut Vec<u8>) -> Result<(), Errno> {
-    let mut first_use: Vec<u64> = Vec::new();
-    let mut msgs: Vec<DaemonMsg> = Vec::with_capacity(taken.len());
-    for t in taken {
-        let mut msg = t.msg.clone();
-        if let DaemonMsg::Input { payload: Payload::Shared { region, .. }, new_region, .. } = &mut msg {
-            *new_region = !first_use.contains(region) && shm.first_use_fd(*region, instance).is_some();
-            if *new_region {
-                first_use.push(*region);
-            }
-        }
-        msgs.push(msg);
-    }
-    buf.clear();
-    if let [msg] = &msgs[..] {
-        msg.encode(buf);
-    } else {
-        let mut batch = rill_proto::Batch::new(buf);
-        for msg in &msgs {
-            batch.push(msg);
-        }
-    }
-    let fds: Vec<_> = first_use.iter().filter_map(|key| shm.first_use_fd(*key, instance)).collect();
-    transport::send_packet(conn.fd.as_fd(), buf, &fds, true)?;
-    for key in first_use {
-        shm.mark_mapped(key, instance);
-    }
-    Ok(())
+/// Encodes and sends one message without blocking; gives it back on failure.
+fn write(conn: &Conn, out: Outgoing) -> Result<(), (Errno, Outgoing)> {
+    let mut bytes = Vec::with_capacity(64);
+    out.msg.encode(&mut bytes);
+    let result = match &out.fd {
+        Some(fd) => transport::send_packet(conn.fd.as_fd(), &bytes, &[fd.as_fd()], true),
+        None => transport::send_packet(conn.fd.as_fd(), &bytes, &[], true),
+    };
+    result.map_err(|e| (e, out))
 }

@@ -45,6 +45,25 @@ impl Routes {
         routes
     }
 
+    /// Every pair of nodes that exchange data, with what the edge carries.
+    pub fn edges(&self) -> std::collections::BTreeMap<(String, String), Vec<rill_proto::Route>> {
+        let mut edges: std::collections::BTreeMap<(String, String), Vec<rill_proto::Route>> = Default::default();
+        for ((producer, output), targets) in &self.by_output {
+            for (consumer, input) in targets {
+                let queue_size = self.queue_size.get(&(consumer.clone(), input.clone())).copied().unwrap_or(10);
+                edges.entry((producer.clone(), consumer.clone())).or_default().push(rill_proto::Route {
+                    output: output.clone(),
+                    input: input.clone(),
+                    queue_size: u32::try_from(queue_size).unwrap_or(u32::MAX),
+                });
+            }
+        }
+        for routes in edges.values_mut() {
+            routes.sort_by(|a, b| (&a.output, &a.input).cmp(&(&b.output, &b.input)));
+        }
+        edges
+    }
+
     /// Inputs fed by any output of `node`.
     pub fn fed_by<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a InputRef> + 'a {
         self.by_output.iter().filter(move |((source, _), _)| source == node).flat_map(|(_, targets)| targets)

@@ -14,7 +14,7 @@ use rill_core::Dataflow;
 
 use crate::router::{Command, RouterHandle, RouterStats};
 use crate::routes::Routes;
-use crate::shm_table::Instance;
+use crate::router::Instance;
 use crate::spawn::{resolve_program, spawn_node};
 use crate::supervisor::{Action, ExitStatus, NodeSummary, Notice, Sig, Supervisor};
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rill_core::{Dataflow, RestartPolicy, RestartSpec};
 
-use crate::shm_table::Instance;
+use crate::router::Instance;
 
 /// Longest wait between restarts, whatever the backoff says.
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);

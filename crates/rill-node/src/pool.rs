@@ -21,8 +21,8 @@ pub(crate) struct Pool {
 #[derive(Debug)]
 struct PoolEntry {
     region: Arc<Region>,
-    /// The daemon has the fd already.
-    announced: bool,
+    /// Deliveries not yet released by their receivers.
+    refs: u32,
 }
 
 /// Size class: the next power of two, at least one page.
@@ -41,34 +41,49 @@ impl Pool {
         let region = Arc::new(Region::create(class)?);
         self.next_id += 1;
         let id = self.next_id;
-        self.regions.insert(id, PoolEntry { region: region.clone(), announced: false });
+        self.regions.insert(id, PoolEntry { region: region.clone(), refs: 0 });
         Ok((id, region))
     }
 
-    /// Marks `id` as known to the daemon; true if this is the first time
-    /// (then its fd must go along).
-    pub(crate) fn announce(&mut self, id: u64) -> bool {
+    /// The region `id`, if it exists.
+    pub(crate) fn region(&self, id: u64) -> Option<&Arc<Region>> {
+        self.regions.get(&id).map(|e| &e.region)
+    }
+
+    /// A sent region now has `refs` deliveries out; with none it is free
+    /// at once. Returns a destroyed region id (see [`Pool::give_back`]).
+    pub(crate) fn sent(&mut self, id: u64, refs: u32) -> Option<u64> {
         match self.regions.get_mut(&id) {
-            Some(entry) if !entry.announced => {
-                entry.announced = true;
-                true
+            Some(entry) if refs > 0 => {
+                entry.refs = refs;
+                None
             }
-            _ => false,
+            Some(_) => self.give_back(id),
+            None => None,
         }
     }
 
+    /// `count` deliveries of `id` are done; the last one frees it.
+    pub(crate) fn release(&mut self, id: u64, count: u32) -> Option<u64> {
+        let entry = self.regions.get_mut(&id)?;
+        entry.refs = entry.refs.saturating_sub(count);
+        if entry.refs == 0 { self.give_back(id) } else { None }
+    }
+
     /// Region `id` is free again. Returns the id if it was destroyed instead
-    /// (too many free of its class) and the daemon must be told.
+    /// (too many free of its class): receivers must drop their mappings.
     pub(crate) fn give_back(&mut self, id: u64) -> Option<u64> {
         let entry = self.regions.get(&id)?;
         let class = entry.region.len();
         let free = self.free.entry(class).or_default();
+        if free.contains(&id) {
+            return None;
+        }
         if free.len() < FREE_PER_CLASS {
             free.push(id);
             return None;
         }
-        let entry = self.regions.remove(&id)?;
-        entry.announced.then_some(id)
+        self.regions.remove(&id).map(|_| id)
     }
 
     /// Regions lent out or in flight (not free).
@@ -91,9 +106,12 @@ mod tests {
         let mut pool = Pool::default();
         let (a, region) = pool.take(5000).unwrap();
         assert_eq!(region.len(), 8192);
-        assert!(pool.announce(a));
-        assert!(!pool.announce(a));
-        assert_eq!(pool.give_back(a), None);
+        assert_eq!(pool.sent(a, 2), None);
+        assert_eq!(pool.busy(), 1);
+        assert_eq!(pool.release(a, 1), None);
+        assert_eq!(pool.busy(), 1, "one receiver still reads it");
+        assert_eq!(pool.release(a, 1), None);
+        assert_eq!(pool.busy(), 0);
         let (b, _) = pool.take(8000).unwrap();
         assert_eq!(a, b, "a free region of the same class is reused");
         let (c, _) = pool.take(70_000).unwrap();
@@ -106,9 +124,6 @@ mod tests {
     fn surplus_free_regions_are_destroyed() {
         let mut pool = Pool::default();
         let ids: Vec<u64> = (0..FREE_PER_CLASS + 2).map(|_| pool.take(4096).unwrap().0).collect();
-        for id in &ids {
-            pool.announce(*id);
-        }
         let destroyed: Vec<u64> = ids.iter().filter_map(|id| pool.give_back(*id)).collect();
         assert_eq!(destroyed.len(), 2);
         assert_eq!(pool.region_count(), FREE_PER_CLASS);

@@ -1,11 +1,18 @@
-//! Wire messages of the local data plane (node <-> daemon) and the bounded
-//! event queue both ends use.
+//! Wire messages of the local planes and the bounded event queue both ends
+//! use.
 //!
-//! One message travels as one `SOCK_SEQPACKET` packet, so there is no length
-//! framing: the packet boundary is the frame. Shared-memory file descriptors
-//! ride along as `SCM_RIGHTS` ancillary data of the packet that first names
-//! the region. The encoding is hand-written (little endian, `u16`-prefixed
-//! strings) because this is the hot path and the shapes are tiny.
+//! Two kinds of connections, each a `SOCK_SEQPACKET` socket pair (one
+//! message per packet, so the packet boundary is the frame):
+//! - **control**, daemon <-> node (the node's fd 3): timer ticks,
+//!   `InputClosed`, `Stop`, and the data connections (edges) themselves,
+//!   passed as fds with [`DaemonMsg::Edge`];
+//! - **edges**, producer <-> consumer, one per pair of nodes that exchange
+//!   data: [`EdgeMsg::Data`] one way, [`EdgeMsg::Release`] back. The daemon
+//!   wires them and is not on the data path, so a message costs one hop.
+//!
+//! Shared-memory fds ride as `SCM_RIGHTS` with the first message that names
+//! a region on an edge. The encoding is hand-written (little endian,
+//! `u16`-prefixed strings): this is the hot path and the shapes are tiny.
 
 mod codec;
 mod queue;
@@ -18,16 +25,12 @@ pub use queue::{BoundedQueue, Pushed};
 pub const SHM_THRESHOLD: usize = 4096;
 /// Largest packet either side sends; inline payloads are far below it.
 pub const MAX_PACKET: usize = 64 * 1024;
-/// Inputs the daemon writes to a node before the node acknowledges them.
-pub const INPUT_WINDOW: u32 = 32;
-/// A node acknowledges inputs in batches of this many (must be below the window).
-pub const ACK_EVERY: u32 = INPUT_WINDOW / 2;
-/// Protocol version of the local plane, checked at node start.
-pub const LOCAL_PROTOCOL_VERSION: u16 = 1;
+/// Protocol version of the local planes, checked at node start.
+pub const LOCAL_PROTOCOL_VERSION: u16 = 2;
 
 /// Environment variables the daemon sets for every node process.
 pub mod env {
-    /// File descriptor number of the node's connection to the daemon.
+    /// File descriptor number of the node's control connection.
     pub const FD: &str = "RILL_NODE_FD";
     /// The node's id.
     pub const NODE_ID: &str = "RILL_NODE_ID";
@@ -51,58 +54,64 @@ pub struct Metadata {
 pub enum Payload {
     /// Copied into the message (small payloads).
     Inline(Vec<u8>),
-    /// A slice of a shared-memory region; `len` bytes from offset 0.
+    /// The first `len` bytes of the producer's shared region `region`.
     Shared { region: u64, len: u64, region_len: u64 },
 }
 
-/// Node -> daemon.
+/// One route an edge carries: the producer's `output` feeds the consumer's
+/// `input`, whose queue keeps `queue_size` messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NodeMsg {
-    /// Publish `payload` on `output`. For `Payload::Shared`, `region` is the
-    /// sender's own region id; the packet carries the region's fd when
-    /// `new_region` is set.
-    Send { output: String, metadata: Metadata, payload: Payload, new_region: bool },
-    /// The receiver is done with the shared message `token`.
-    Release { token: u64 },
-    /// The sender destroyed one of its regions (it was idle).
-    RegionDropped { region: u64 },
-    /// The node took `count` more inputs off its socket.
-    Ack { count: u32 },
+pub struct Route {
+    pub output: String,
+    pub input: String,
+    pub queue_size: u32,
 }
 
-/// Daemon -> node.
+/// Which end of an edge a node gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// This node produces into the edge.
+    Out,
+    /// This node consumes from the edge.
+    In,
+}
+
+/// Daemon -> node, on the control connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DaemonMsg {
-    /// An input arrived. For `Payload::Shared`, `region` is the daemon-wide
-    /// region key; the packet carries its fd when the node has not seen it.
-    Input { input: String, metadata: Metadata, payload: Payload, token: u64, new_region: bool },
+    /// A data connection with `peer` (its fd rides along), replacing any
+    /// earlier one with the same peer and direction.
+    Edge { direction: Direction, peer: String, routes: Vec<Route> },
+    /// Every edge of the start is delivered: the node may begin.
+    Start,
+    /// A timer input ticked.
+    Tick { input: String, metadata: Metadata },
     /// The producer of `input` is gone for good.
     InputClosed { input: String },
     /// Stop now: finish up and exit.
     Stop,
-    /// All receivers are done with the sender's region: it may be reused.
-    Reclaim { region: u64 },
-    /// Forget the mapping of region key `region`.
+}
+
+/// On an edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EdgeMsg {
+    /// Producer -> consumer: a message for `input`. `new_region`: this
+    /// packet carries the region's fd (first use on this edge).
+    Data { input: String, metadata: Metadata, payload: Payload, new_region: bool },
+    /// Producer -> consumer: region destroyed, drop its mapping.
     Unmap { region: u64 },
+    /// Consumer -> producer: `count` deliveries of `region` are done with.
+    Release { region: u64, count: u32 },
 }
 
-impl DaemonMsg {
-    /// Control messages are never dropped by a full queue.
-    pub fn is_droppable(&self) -> bool {
-        matches!(self, DaemonMsg::Input { .. })
-    }
-}
-
-const TAG_SEND: u8 = 1;
-const TAG_RELEASE: u8 = 2;
-const TAG_REGION_DROPPED: u8 = 3;
-const TAG_ACK: u8 = 4;
-const TAG_INPUT: u8 = 11;
-const TAG_INPUT_CLOSED: u8 = 12;
-const TAG_STOP: u8 = 13;
-const TAG_RECLAIM: u8 = 14;
-const TAG_UNMAP: u8 = 15;
-const TAG_BATCH: u8 = 20;
+const TAG_EDGE: u8 = 10;
+const TAG_START: u8 = 11;
+const TAG_TICK: u8 = 12;
+const TAG_INPUT_CLOSED: u8 = 13;
+const TAG_STOP: u8 = 14;
+const TAG_DATA: u8 = 20;
+const TAG_UNMAP: u8 = 21;
+const TAG_RELEASE: u8 = 22;
 const PAYLOAD_INLINE: u8 = 0;
 const PAYLOAD_SHARED: u8 = 1;
 
@@ -129,28 +138,90 @@ fn get_payload(r: &mut Reader<'_>) -> Result<Payload, DecodeError> {
     }
 }
 
-impl NodeMsg {
+impl DaemonMsg {
     /// Appends the encoding to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         let mut w = Writer::new(out);
         match self {
-            NodeMsg::Send { output, metadata, payload, new_region } => {
-                w.u8(TAG_SEND);
-                w.str(output);
+            DaemonMsg::Edge { direction, peer, routes } => {
+                w.u8(TAG_EDGE);
+                w.u8(match direction {
+                    Direction::Out => 0,
+                    Direction::In => 1,
+                });
+                w.str(peer);
+                w.u64(routes.len() as u64);
+                for route in routes {
+                    w.str(&route.output);
+                    w.str(&route.input);
+                    w.u64(u64::from(route.queue_size));
+                }
+            }
+            DaemonMsg::Start => w.u8(TAG_START),
+            DaemonMsg::Tick { input, metadata } => {
+                w.u8(TAG_TICK);
+                w.str(input);
+                w.u64(metadata.timestamp_ns);
+            }
+            DaemonMsg::InputClosed { input } => {
+                w.u8(TAG_INPUT_CLOSED);
+                w.str(input);
+            }
+            DaemonMsg::Stop => w.u8(TAG_STOP),
+        }
+    }
+
+    /// Decodes one packet.
+    pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(buf);
+        let msg = match r.u8()? {
+            TAG_EDGE => {
+                let direction = match r.u8()? {
+                    0 => Direction::Out,
+                    1 => Direction::In,
+                    other => return Err(DecodeError::UnknownTag(other)),
+                };
+                let peer = r.str()?.to_owned();
+                let count = r.u64()?;
+                let mut routes = Vec::new();
+                for _ in 0..count.min(u64::from(u16::MAX)) {
+                    let output = r.str()?.to_owned();
+                    let input = r.str()?.to_owned();
+                    let queue_size = u32::try_from(r.u64()?).unwrap_or(u32::MAX);
+                    routes.push(Route { output, input, queue_size });
+                }
+                DaemonMsg::Edge { direction, peer, routes }
+            }
+            TAG_START => DaemonMsg::Start,
+            TAG_TICK => DaemonMsg::Tick { input: r.str()?.to_owned(), metadata: Metadata { timestamp_ns: r.u64()? } },
+            TAG_INPUT_CLOSED => DaemonMsg::InputClosed { input: r.str()?.to_owned() },
+            TAG_STOP => DaemonMsg::Stop,
+            other => return Err(DecodeError::UnknownTag(other)),
+        };
+        r.finish()?;
+        Ok(msg)
+    }
+}
+
+impl EdgeMsg {
+    /// Appends the encoding to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut w = Writer::new(out);
+        match self {
+            EdgeMsg::Data { input, metadata, payload, new_region } => {
+                w.u8(TAG_DATA);
+                w.str(input);
                 w.u64(metadata.timestamp_ns);
                 w.u8(u8::from(*new_region));
                 put_payload(&mut w, payload);
             }
-            NodeMsg::Release { token } => {
-                w.u8(TAG_RELEASE);
-                w.u64(*token);
-            }
-            NodeMsg::RegionDropped { region } => {
-                w.u8(TAG_REGION_DROPPED);
+            EdgeMsg::Unmap { region } => {
+                w.u8(TAG_UNMAP);
                 w.u64(*region);
             }
-            NodeMsg::Ack { count } => {
-                w.u8(TAG_ACK);
+            EdgeMsg::Release { region, count } => {
+                w.u8(TAG_RELEASE);
+                w.u64(*region);
                 w.u64(u64::from(*count));
             }
         }
@@ -160,122 +231,15 @@ impl NodeMsg {
     pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(buf);
         let msg = match r.u8()? {
-            TAG_SEND => {
-                let output = r.str()?.to_owned();
-                let metadata = Metadata { timestamp_ns: r.u64()? };
-                let new_region = r.u8()? != 0;
-                let payload = get_payload(&mut r)?;
-                NodeMsg::Send { output, metadata, payload, new_region }
-            }
-            TAG_RELEASE => NodeMsg::Release { token: r.u64()? },
-            TAG_REGION_DROPPED => NodeMsg::RegionDropped { region: r.u64()? },
-            TAG_ACK => NodeMsg::Ack { count: u32::try_from(r.u64()?).unwrap_or(u32::MAX) },
-            other => return Err(DecodeError::UnknownTag(other)),
-        };
-        r.finish()?;
-        Ok(msg)
-    }
-}
-
-/// Several daemon messages in one packet: a tag, then each message as a
-/// `u32` length and its encoding. Under load the daemon sends batches, so a
-/// node takes many messages per system call.
-pub struct Batch<'a> {
-    out: &'a mut Vec<u8>,
-    count: usize,
-}
-
-impl<'a> Batch<'a> {
-    /// Starts a batch in the empty buffer `out`.
-    pub fn new(out: &'a mut Vec<u8>) -> Self {
-        out.clear();
-        out.push(TAG_BATCH);
-        Self { out, count: 0 }
-    }
-
-    pub fn push(&mut self, msg: &DaemonMsg) {
-        let start = self.out.len();
-        self.out.extend_from_slice(&[0; 4]);
-        msg.encode(self.out);
-        let len = (self.out.len() - start - 4) as u32;
-        self.out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-        self.count += 1;
-    }
-
-    /// Bytes so far.
-    pub fn len(&self) -> usize {
-        self.out.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-}
-
-/// Calls `each` with every message of a packet (one, or a batch's).
-pub fn for_each_daemon_msg(packet: &[u8], mut each: impl FnMut(DaemonMsg)) -> Result<(), DecodeError> {
-    if packet.first() != Some(&TAG_BATCH) {
-        each(DaemonMsg::decode(packet)?);
-        return Ok(());
-    }
-    let mut rest = &packet[1..];
-    while !rest.is_empty() {
-        if rest.len() < 4 {
-            return Err(DecodeError::Truncated);
-        }
-        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        let body = rest.get(4..4 + len).ok_or(DecodeError::Truncated)?;
-        each(DaemonMsg::decode(body)?);
-        rest = &rest[4 + len..];
-    }
-    Ok(())
-}
-
-impl DaemonMsg {
-    /// Appends the encoding to `out`.
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        let mut w = Writer::new(out);
-        match self {
-            DaemonMsg::Input { input, metadata, payload, token, new_region } => {
-                w.u8(TAG_INPUT);
-                w.str(input);
-                w.u64(metadata.timestamp_ns);
-                w.u64(*token);
-                w.u8(u8::from(*new_region));
-                put_payload(&mut w, payload);
-            }
-            DaemonMsg::InputClosed { input } => {
-                w.u8(TAG_INPUT_CLOSED);
-                w.str(input);
-            }
-            DaemonMsg::Stop => w.u8(TAG_STOP),
-            DaemonMsg::Reclaim { region } => {
-                w.u8(TAG_RECLAIM);
-                w.u64(*region);
-            }
-            DaemonMsg::Unmap { region } => {
-                w.u8(TAG_UNMAP);
-                w.u64(*region);
-            }
-        }
-    }
-
-    /// Decodes one packet.
-    pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(buf);
-        let msg = match r.u8()? {
-            TAG_INPUT => {
+            TAG_DATA => {
                 let input = r.str()?.to_owned();
                 let metadata = Metadata { timestamp_ns: r.u64()? };
-                let token = r.u64()?;
                 let new_region = r.u8()? != 0;
                 let payload = get_payload(&mut r)?;
-                DaemonMsg::Input { input, metadata, payload, token, new_region }
+                EdgeMsg::Data { input, metadata, payload, new_region }
             }
-            TAG_INPUT_CLOSED => DaemonMsg::InputClosed { input: r.str()?.to_owned() },
-            TAG_STOP => DaemonMsg::Stop,
-            TAG_RECLAIM => DaemonMsg::Reclaim { region: r.u64()? },
-            TAG_UNMAP => DaemonMsg::Unmap { region: r.u64()? },
+            TAG_UNMAP => EdgeMsg::Unmap { region: r.u64()? },
+            TAG_RELEASE => EdgeMsg::Release { region: r.u64()?, count: u32::try_from(r.u64()?).unwrap_or(u32::MAX) },
             other => return Err(DecodeError::UnknownTag(other)),
         };
         r.finish()?;
@@ -287,75 +251,50 @@ impl DaemonMsg {
 mod tests {
     use super::*;
 
-    fn node_roundtrip(msg: NodeMsg) {
-        let mut buf = Vec::new();
-        msg.encode(&mut buf);
-        assert_eq!(NodeMsg::decode(&buf).unwrap(), msg);
-    }
-
     fn daemon_roundtrip(msg: DaemonMsg) {
         let mut buf = Vec::new();
         msg.encode(&mut buf);
         assert_eq!(DaemonMsg::decode(&buf).unwrap(), msg);
     }
 
+    fn edge_roundtrip(msg: EdgeMsg) {
+        let mut buf = Vec::new();
+        msg.encode(&mut buf);
+        assert_eq!(EdgeMsg::decode(&buf).unwrap(), msg);
+    }
+
     #[test]
     fn every_message_round_trips() {
         let metadata = Metadata { timestamp_ns: 42 };
-        node_roundtrip(NodeMsg::Send {
-            output: "out".into(),
-            metadata,
-            payload: Payload::Inline(vec![1, 2, 3]),
-            new_region: false,
+        daemon_roundtrip(DaemonMsg::Edge {
+            direction: Direction::Out,
+            peer: "sink".into(),
+            routes: vec![Route { output: "out".into(), input: "in".into(), queue_size: 10 }],
         });
-        node_roundtrip(NodeMsg::Send {
-            output: "frames".into(),
+        daemon_roundtrip(DaemonMsg::Edge { direction: Direction::In, peer: "src".into(), routes: vec![] });
+        daemon_roundtrip(DaemonMsg::Start);
+        daemon_roundtrip(DaemonMsg::Tick { input: "tick".into(), metadata });
+        daemon_roundtrip(DaemonMsg::InputClosed { input: "in".into() });
+        daemon_roundtrip(DaemonMsg::Stop);
+        edge_roundtrip(EdgeMsg::Data { input: "in".into(), metadata, payload: Payload::Inline(vec![1, 2]), new_region: false });
+        edge_roundtrip(EdgeMsg::Data {
+            input: "frames".into(),
             metadata,
             payload: Payload::Shared { region: 7, len: 5000, region_len: 8192 },
             new_region: true,
         });
-        node_roundtrip(NodeMsg::Release { token: 9 });
-        node_roundtrip(NodeMsg::RegionDropped { region: 3 });
-        node_roundtrip(NodeMsg::Ack { count: 16 });
-        daemon_roundtrip(DaemonMsg::Input {
-            input: "in".into(),
-            metadata,
-            payload: Payload::Inline(vec![]),
-            token: 0,
-            new_region: false,
-        });
-        daemon_roundtrip(DaemonMsg::InputClosed { input: "in".into() });
-        daemon_roundtrip(DaemonMsg::Stop);
-        daemon_roundtrip(DaemonMsg::Reclaim { region: 1 });
-        daemon_roundtrip(DaemonMsg::Unmap { region: 1 });
-    }
-
-    #[test]
-    fn batches_carry_messages_in_order() {
-        let msgs = vec![DaemonMsg::Stop, DaemonMsg::Reclaim { region: 4 }, DaemonMsg::InputClosed { input: "x".into() }];
-        let mut buf = Vec::new();
-        let mut batch = Batch::new(&mut buf);
-        for m in &msgs {
-            batch.push(m);
-        }
-        let mut seen = Vec::new();
-        for_each_daemon_msg(&buf, |m| seen.push(m)).unwrap();
-        assert_eq!(seen, msgs);
-        let mut single = Vec::new();
-        DaemonMsg::Stop.encode(&mut single);
-        let mut seen = Vec::new();
-        for_each_daemon_msg(&single, |m| seen.push(m)).unwrap();
-        assert_eq!(seen, vec![DaemonMsg::Stop]);
-        assert_eq!(for_each_daemon_msg(&buf[..buf.len() - 1], |_| {}), Err(DecodeError::Truncated));
+        edge_roundtrip(EdgeMsg::Unmap { region: 3 });
+        edge_roundtrip(EdgeMsg::Release { region: 3, count: 2 });
     }
 
     #[test]
     fn truncated_and_unknown_packets_are_errors() {
         let mut buf = Vec::new();
-        NodeMsg::Release { token: 9 }.encode(&mut buf);
-        assert_eq!(NodeMsg::decode(&buf[..4]), Err(DecodeError::Truncated));
-        assert_eq!(NodeMsg::decode(&[200]), Err(DecodeError::UnknownTag(200)));
+        EdgeMsg::Unmap { region: 9 }.encode(&mut buf);
+        assert_eq!(EdgeMsg::decode(&buf[..4]), Err(DecodeError::Truncated));
+        assert_eq!(EdgeMsg::decode(&[200]), Err(DecodeError::UnknownTag(200)));
         buf.push(0);
-        assert_eq!(NodeMsg::decode(&buf), Err(DecodeError::TrailingBytes));
+        assert_eq!(EdgeMsg::decode(&buf), Err(DecodeError::TrailingBytes));
+        assert_eq!(DaemonMsg::decode(&[TAG_EDGE, 9]), Err(DecodeError::UnknownTag(9)));
     }
 }

@@ -50,17 +50,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn send(node: &mut Node, size: usize, header: u64) -> Result<(), Box<dyn std::error::Error>> {
+/// Allocates and fills the header, then sends; returns the send time
+/// (after allocation: the transport is measured, not the pool).
+fn send(node: &mut Node, size: usize, header: u64) -> Result<u64, Box<dyn std::error::Error>> {
     let mut sample = node.allocate(size.max(8))?;
     sample[..8].copy_from_slice(&header.to_le_bytes());
+    let sent_at = monotonic_ns();
     node.send_sample("ping", sample)?;
-    Ok(())
+    Ok(sent_at)
 }
 
 /// One-way latency of one message in microseconds.
 fn ping(node: &mut Node, size: usize, seq: u64) -> Result<f64, Box<dyn std::error::Error>> {
-    let sent_at = monotonic_ns();
-    send(node, size, seq | REPLY_BIT)?;
+    let sent_at = send(node, size, seq | REPLY_BIT)?;
     let received_at = wait_pong(node)?;
     Ok(received_at.saturating_sub(sent_at) as f64 / 1000.0)
 }
