@@ -266,11 +266,11 @@ impl Router {
             DaemonMsg::Edge { direction, peer: peer.to_owned(), routes: routes.to_vec() }
         };
         let key = (producer.to_owned(), consumer.to_owned(), node.to_owned());
-        if producer != consumer {
-            if let Some(end) = self.stored_ends.remove(&key) {
-                self.send_to_node(node, None, edge_msg(node), Some(end));
-                return;
-            }
+        if producer != consumer
+            && let Some(end) = self.stored_ends.remove(&key)
+        {
+            self.send_to_node(node, None, edge_msg(node), Some(end));
+            return;
         }
         let (producer_end, consumer_end) = match transport::socket_pair() {
             Ok(pair) => pair,

@@ -431,8 +431,13 @@ impl Node {
                     }
                     Direction::In => {
                         let edge = InEdge::new(peer.clone(), fd, &routes);
-                        match self.in_edges.iter_mut().find(|e| e.producer == peer) {
-                            Some(old) => *old = edge,
+                        match self.in_edges.iter().position(|e| e.producer == peer) {
+                            Some(i) => {
+                                // The producer restarted: what its last run
+                                // sent comes first.
+                                self.drain_in_edge(i);
+                                self.in_edges[i] = edge;
+                            }
                             None => self.in_edges.push(edge),
                         }
                     }

@@ -104,3 +104,36 @@ fn missing_executable_is_reported_with_its_path() {
     check!(run, run.stderr.contains("node `ghost`: could not start: executable"), "names the node");
     check!(run, run.stderr.contains("not-built-yet does not exist"), "names the path");
 }
+
+#[test]
+fn a_restarted_consumer_is_wired_again_and_receives() {
+    let flow = Flow::new(
+        "nodes:\n  - id: source\n    path: {node}\n    args: [flood, '8']\n    outputs: [out]\n  - id: sink\n    path: {node}\n    args: [crash-once, runs.txt, '5']\n    restart_policy: on-failure\n    restart_delay: 10ms\n    inputs:\n      in: source/out\n",
+    );
+    let mut running = flow.spawn(&[]);
+    running.wait_for("the restarted sink receiving", Duration::from_secs(20), |out| {
+        out.matches("[sink] run 2 got").count() == 5
+    });
+    running.signal(libc::SIGINT);
+    let run = running.wait(Duration::from_secs(20));
+    check!(run, run.node_lines("sink").iter().filter(|l| l.starts_with("run 1 got")).count() == 5, "first run got 5");
+    check!(run, run.stderr.contains("node `sink` ended with exit code 1; restart 1"), "restart notice");
+}
+
+#[test]
+fn a_restarted_producer_is_wired_again_and_closes_only_at_the_end() {
+    let flow = Flow::new(
+        "nodes:\n  - id: source\n    path: {node}\n    args: [burst-once, runs.txt, '3']\n    restart_policy: on-failure\n    restart_delay: 10ms\n    outputs: [out]\n  - id: sink\n    path: {node}\n    args: [print]\n    inputs:\n      in: { source: source/out, queue_size: 100 }\n",
+    );
+    let run = flow.run(&[], Duration::from_secs(20));
+    check!(run, run.code == Some(0), "second run of the source succeeds");
+    let seqs: Vec<String> = run
+        .node_lines("sink")
+        .iter()
+        .filter_map(|l| l.split("seq=").nth(1)?.split(' ').next().map(str::to_owned))
+        .collect();
+    check!(run, seqs == ["100", "101", "102", "200", "201", "202"], "both runs' messages, in order: {seqs:?}");
+    let lines = run.node_lines("sink");
+    check!(run, lines.iter().filter(|l| *l == "closed in").count() == 1, "closed once");
+    check!(run, lines.iter().position(|l| l == "closed in") == Some(6), "closed after the last message: {lines:?}");
+}

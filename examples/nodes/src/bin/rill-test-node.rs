@@ -7,6 +7,10 @@
 //!   wait-stop          wait for Stop, print `got stop`, exit 0
 //!   crash CODE         print a line to stderr and exit with CODE
 //!   fail-until FILE N  count runs in FILE; exit 1 until the Nth run, then 0
+//!   crash-once FILE N  count runs in FILE; print N inputs, then exit 1 on the
+//!                      first run and 0 later (a consumer that restarts)
+//!   burst-once FILE N  count runs in FILE; send N messages, then exit 1 on
+//!                      the first run and 0 later (a producer that restarts)
 use std::time::Duration;
 
 use rill_node::{Event, Node};
@@ -34,6 +38,8 @@ fn main() -> Result {
             std::process::exit(arg(&args, 2)?.parse()?)
         }
         "fail-until" => fail_until(arg(&args, 2)?, arg(&args, 3)?.parse()?),
+        "crash-once" => crash_once(arg(&args, 2)?, arg(&args, 3)?.parse()?),
+        "burst-once" => burst_once(arg(&args, 2)?, arg(&args, 3)?.parse()?),
         other => Err(format!("unknown mode {other}").into()),
     }
 }
@@ -114,10 +120,41 @@ fn wait_stop() -> Result {
     Ok(())
 }
 
-fn fail_until(file: &str, n: u32) -> Result {
+fn count_run(file: &str) -> Result<u32> {
     let runs: u32 = std::fs::read_to_string(file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0) + 1;
     std::fs::write(file, runs.to_string())?;
     println!("run {runs}");
+    Ok(runs)
+}
+
+fn crash_once(file: &str, n: usize) -> Result {
+    let runs = count_run(file)?;
+    let mut node = Node::from_env()?;
+    let mut got = 0;
+    while let Some(event) = node.next_event() {
+        if let Event::Input { data, .. } = event {
+            got += 1;
+            println!("run {runs} got seq={}", seq_of(&data));
+            if got == n {
+                break;
+            }
+        }
+    }
+    std::process::exit(if runs == 1 { 1 } else { 0 })
+}
+
+fn burst_once(file: &str, n: u64) -> Result {
+    let runs = count_run(file)?;
+    let mut node = Node::from_env()?;
+    for seq in 0..n {
+        send_seq(&mut node, u64::from(runs) * 100 + seq, 8)?;
+    }
+    drop(node);
+    std::process::exit(if runs == 1 { 1 } else { 0 })
+}
+
+fn fail_until(file: &str, n: u32) -> Result {
+    let runs = count_run(file)?;
     if runs < n {
         eprintln!("failing on run {runs}");
         std::process::exit(1);
