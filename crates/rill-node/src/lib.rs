@@ -596,10 +596,15 @@ impl Node {
     fn release_region(&mut self, region: u64, count: u32) {
         let destroyed = lock(&self.pool).release(region, count);
         if let Some(region) = destroyed {
-            let pool = lock(&self.pool);
-            for edge in &mut self.out_edges {
-                edge.forget(&pool, region);
-            }
+            self.forget_region(region);
+        }
+    }
+
+    /// A destroyed region: consumers that mapped it drop the mapping.
+    fn forget_region(&mut self, region: u64) {
+        let pool = lock(&self.pool);
+        for edge in &mut self.out_edges {
+            edge.forget(&pool, region);
         }
     }
 
@@ -657,8 +662,12 @@ impl Node {
             })
             .collect();
         if let Some(id) = shared_id {
+            // No receiver at all: the region is free again at once, or
+            // destroyed (then peers that mapped it earlier must forget it).
             let destroyed = lock(&self.pool).sent(id, deliveries.len() as u32);
-            debug_assert!(destroyed.is_none() || deliveries.is_empty());
+            if let Some(region) = destroyed {
+                self.forget_region(region);
+            }
         }
         let mut void = Vec::new();
         {
