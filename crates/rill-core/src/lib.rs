@@ -10,6 +10,7 @@ mod ids;
 mod mermaid;
 mod model;
 mod parse;
+mod placement;
 mod read;
 mod source;
 mod suggest;
@@ -21,6 +22,7 @@ mod yaml;
 mod tests;
 
 pub use diagnostics::{Diagnostic, Diagnostics};
+pub use placement::{DaemonInfo, Placement, PlacementError, format_labels, place};
 pub use model::{
     DEFAULT_QUEUE_SIZE, DEFAULT_RESTART_DELAY, Dataflow, Deploy, Distribute, InputSource,
     InputSpec, NodeSpec, RestartPolicy, RestartSpec,
