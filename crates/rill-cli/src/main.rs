@@ -1,6 +1,7 @@
 //! The `rill` command: parses arguments, calls the libraries, prints.
 
 mod output;
+mod remote;
 mod run;
 
 use std::path::PathBuf;
@@ -33,6 +34,12 @@ enum Commands {
     Graph {
         file: PathBuf,
     },
+    /// Run the coordinator (cluster state; HTTP and WebSocket on one port).
+    Coordinator(remote::CoordinatorArgs),
+    /// Run a daemon: registers with the coordinator and runs nodes on this machine.
+    Daemon(remote::DaemonArgs),
+    /// Show the coordinator and its connected daemons.
+    Status(remote::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +48,9 @@ fn main() -> ExitCode {
         Commands::Run(args) => run::run(args),
         Commands::Check { files, json } => Ok(output::check(&files, json)),
         Commands::Graph { file } => output::graph(&file),
+        Commands::Coordinator(args) => remote::coordinator(args),
+        Commands::Daemon(args) => remote::daemon(args),
+        Commands::Status(args) => remote::status(args),
     };
     match result {
         Ok(code) => code,

@@ -22,7 +22,7 @@ mod yaml;
 mod tests;
 
 pub use diagnostics::{Diagnostic, Diagnostics};
-pub use placement::{DaemonInfo, Placement, PlacementError, format_labels, place};
+pub use placement::{DaemonInfo, Placement, PlacementError, format_labels, parse_labels, place};
 pub use model::{
     DEFAULT_QUEUE_SIZE, DEFAULT_RESTART_DELAY, Dataflow, Deploy, Distribute, InputSource,
     InputSpec, NodeSpec, RestartPolicy, RestartSpec,

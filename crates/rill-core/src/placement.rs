@@ -63,6 +63,24 @@ pub fn format_labels(labels: &BTreeMap<String, String>) -> String {
     format!("{{{}}}", inner.join(", "))
 }
 
+/// Parses `k=v,k2=v2` (the `--labels` syntax). Empty input is no labels.
+pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut labels = BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(format!("label `{pair}` is not `key=value`"));
+        };
+        let (key, value) = (key.trim(), value.trim());
+        if key.is_empty() {
+            return Err(format!("label `{pair}` has an empty key"));
+        }
+        if labels.insert(key.to_owned(), value.to_owned()).is_some() {
+            return Err(format!("label `{key}` is given twice"));
+        }
+    }
+    Ok(labels)
+}
+
 /// Places every node; returns all problems if any node cannot be placed.
 pub fn place(dataflow: &Dataflow, daemons: &[DaemonInfo]) -> Result<Placement, Vec<PlacementError>> {
     let mut placement = Placement::new();
@@ -139,6 +157,16 @@ mod tests {
         assert_eq!(texts[0], "node `cam`: no matching daemon for machine id \"robot\"");
         assert_eq!(texts[1], "node `ml`: no daemon matches labels {\"gpu\": \"true\"}");
         assert!(texts[2].starts_with("node `ui`: no unnamed daemon is connected"), "{}", texts[2]);
+    }
+
+    #[test]
+    fn labels_parse_and_bad_ones_are_explained() {
+        let labels = parse_labels("gpu=true, arch=arm64").unwrap();
+        assert_eq!(format_labels(&labels), "{\"arch\": \"arm64\", \"gpu\": \"true\"}");
+        assert_eq!(parse_labels("").unwrap().len(), 0);
+        assert_eq!(parse_labels("gpu").unwrap_err(), "label `gpu` is not `key=value`");
+        assert_eq!(parse_labels("=x").unwrap_err(), "label `=x` has an empty key");
+        assert_eq!(parse_labels("a=1,a=2").unwrap_err(), "label `a` is given twice");
     }
 
     #[test]

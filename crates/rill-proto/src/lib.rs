@@ -16,6 +16,7 @@
 
 mod codec;
 mod queue;
+pub mod coord;
 pub mod transport;
 
 pub use codec::{DecodeError, Reader, Writer};

@@ -1,5 +1,6 @@
 //! End-to-end tests of the `rill` binary with real node processes.
 mod check;
+mod cluster;
 mod leak;
 mod lifecycle;
 mod run;

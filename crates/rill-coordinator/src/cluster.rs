@@ -1,0 +1,156 @@
+//! Connected daemons. Registration rules live here, apart from the sockets.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use rill_proto::coord::{CoordinatorMessage, DaemonStatus, ErrorCode};
+use tokio::sync::mpsc;
+
+/// A daemon whose last heartbeat is older than this no longer holds its
+/// machine id: a new connection with the same id replaces it.
+pub const STALE_AFTER: Duration = Duration::from_secs(3);
+
+/// Why a registration is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    #[error("the daemon speaks coordinator protocol {daemon}, this coordinator {coordinator}: run the same rill version on both")]
+    ProtocolMismatch { daemon: u32, coordinator: u32 },
+    #[error("a daemon with machine id \"{0}\" is already connected and alive")]
+    MachineAlreadyConnected(String),
+}
+
+impl RegisterError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RegisterError::ProtocolMismatch { .. } => ErrorCode::ProtocolMismatch,
+            RegisterError::MachineAlreadyConnected(_) => ErrorCode::MachineAlreadyConnected,
+        }
+    }
+}
+
+struct Connected {
+    machine_id: Option<String>,
+    labels: BTreeMap<String, String>,
+    version: String,
+    last_heartbeat: Instant,
+    /// Messages to this daemon's connection.
+    tx: mpsc::UnboundedSender<CoordinatorMessage>,
+}
+
+/// The daemons connected right now.
+#[derive(Default)]
+pub struct Cluster {
+    daemons: HashMap<String, Connected>,
+    next_id: u64,
+}
+
+impl Cluster {
+    /// Admits a daemon; returns its id. A stale connection with the same
+    /// machine id is replaced (and told so); a live one wins.
+    pub fn register(
+        &mut self,
+        protocol: u32,
+        version: String,
+        machine_id: Option<String>,
+        labels: BTreeMap<String, String>,
+        tx: mpsc::UnboundedSender<CoordinatorMessage>,
+        now: Instant,
+    ) -> Result<String, RegisterError> {
+        if protocol != rill_proto::coord::COORD_PROTOCOL_VERSION {
+            return Err(RegisterError::ProtocolMismatch {
+                daemon: protocol,
+                coordinator: rill_proto::coord::COORD_PROTOCOL_VERSION,
+            });
+        }
+        if let Some(machine) = &machine_id {
+            let existing = self.daemons.iter().find(|(_, d)| d.machine_id.as_ref() == Some(machine)).map(|(id, d)| (id.clone(), d.last_heartbeat));
+            if let Some((old_id, last)) = existing {
+                if now.duration_since(last) < STALE_AFTER {
+                    return Err(RegisterError::MachineAlreadyConnected(machine.clone()));
+                }
+                self.daemons.remove(&old_id);
+            }
+        }
+        self.next_id += 1;
+        let id = match &machine_id {
+            Some(machine) => format!("{machine}-{}", self.next_id),
+            None => format!("daemon-{}", self.next_id),
+        };
+        self.daemons.insert(id.clone(), Connected { machine_id, labels, version, last_heartbeat: now, tx });
+        Ok(id)
+    }
+
+    pub fn heartbeat(&mut self, daemon_id: &str, now: Instant) {
+        if let Some(d) = self.daemons.get_mut(daemon_id) {
+            d.last_heartbeat = now;
+        }
+    }
+
+    /// The connection ended.
+    pub fn disconnected(&mut self, daemon_id: &str) {
+        self.daemons.remove(daemon_id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.daemons.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.daemons.is_empty()
+    }
+
+    /// Every daemon, sorted by machine id then id.
+    pub fn status(&self, now: Instant) -> Vec<DaemonStatus> {
+        let mut list: Vec<DaemonStatus> = self
+            .daemons
+            .iter()
+            .map(|(id, d)| DaemonStatus {
+                daemon_id: id.clone(),
+                machine_id: d.machine_id.clone(),
+                labels: d.labels.clone(),
+                version: d.version.clone(),
+                last_heartbeat_ms: now.duration_since(d.last_heartbeat).as_millis() as u64,
+            })
+            .collect();
+        list.sort_by(|a, b| (&a.machine_id, &a.daemon_id).cmp(&(&b.machine_id, &b.daemon_id)));
+        list
+    }
+
+    /// Sends to one daemon; false if it is gone.
+    pub fn send(&self, daemon_id: &str, msg: CoordinatorMessage) -> bool {
+        self.daemons.get(daemon_id).is_some_and(|d| d.tx.send(msg).is_ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn register(c: &mut Cluster, machine: Option<&str>, now: Instant) -> Result<String, RegisterError> {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        c.register(1, "0.1.0".into(), machine.map(Into::into), BTreeMap::new(), tx, now)
+    }
+
+    #[test]
+    fn wrong_protocol_is_refused_with_its_code() {
+        let mut c = Cluster::default();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let err = c.register(99, "9".into(), None, BTreeMap::new(), tx, Instant::now()).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::ProtocolMismatch);
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn a_live_machine_id_is_not_taken_over_but_a_stale_one_is() {
+        let mut c = Cluster::default();
+        let t0 = Instant::now();
+        let first = register(&mut c, Some("a"), t0).unwrap();
+        assert_eq!(register(&mut c, Some("a"), t0 + Duration::from_secs(1)), Err(RegisterError::MachineAlreadyConnected("a".into())));
+        let second = register(&mut c, Some("a"), t0 + STALE_AFTER + Duration::from_secs(1)).unwrap();
+        assert_ne!(first, second);
+        assert_eq!(c.len(), 1);
+        assert!(register(&mut c, None, t0).is_ok());
+        assert!(register(&mut c, None, t0).is_ok(), "unnamed daemons never conflict");
+        assert_eq!(c.len(), 3);
+    }
+}

@@ -1,0 +1,10 @@
+//! The coordinator: owns cluster state and serves one port for HTTP and
+//! WebSocket: `GET /api/health` (no auth), `/api/daemon` (daemons),
+//! `/api/control` (the CLI).
+
+pub mod client;
+mod cluster;
+mod server;
+
+pub use cluster::{Cluster, RegisterError};
+pub use server::{CoordinatorConfig, ServeError, serve, serve_on};

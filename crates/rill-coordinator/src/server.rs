@@ -1,0 +1,246 @@
+//! The HTTP + WebSocket endpoints. Handlers translate frames to calls on
+//! [`Cluster`]; no cluster rule lives here.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use axum::routing::get;
+use futures_util::{SinkExt, StreamExt};
+use rill_proto::coord::{
+    COORD_PROTOCOL_VERSION, ControlRequest, ControlResponse, CoordinatorMessage, DaemonMessage, ErrorCode, Health,
+};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::cluster::Cluster;
+
+/// A daemon that sends nothing (not even a heartbeat) this long is dropped.
+const SILENCE_LIMIT: Duration = Duration::from_secs(5);
+/// The first message of a connection must come within this.
+const HELLO_LIMIT: Duration = Duration::from_secs(10);
+
+/// Where the coordinator listens.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    pub bind: SocketAddr,
+}
+
+/// Why the coordinator could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+struct App {
+    cluster: Mutex<Cluster>,
+    started: Instant,
+}
+
+impl App {
+    fn cluster(&self) -> MutexGuard<'_, Cluster> {
+        // The cluster map stays consistent even if a handler panicked.
+        self.cluster.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Binds `config.bind` and serves until the process ends.
+pub async fn serve(config: CoordinatorConfig) -> Result<(), ServeError> {
+    let listener =
+        TcpListener::bind(config.bind).await.map_err(|source| ServeError::Bind { addr: config.bind, source })?;
+    serve_on(listener).await
+}
+
+/// Serves on an already bound listener (tests bind port 0).
+pub async fn serve_on(listener: TcpListener) -> Result<(), ServeError> {
+    let app = Arc::new(App { cluster: Mutex::new(Cluster::default()), started: Instant::now() });
+    let router = Router::new()
+        .route("/api/health", get(health))
+        .route("/api/daemon", get(daemon_ws))
+        .route("/api/control", get(control_ws))
+        .with_state(app);
+    axum::serve(listener, router).await?;
+    Ok(())
+}
+
+async fn health(State(app): State<Arc<App>>) -> axum::Json<Health> {
+    axum::Json(Health {
+        version: VERSION.to_owned(),
+        protocol: COORD_PROTOCOL_VERSION,
+        uptime_ms: app.started.elapsed().as_millis() as u64,
+        daemons_connected: app.cluster().len(),
+    })
+}
+
+async fn daemon_ws(ws: WebSocketUpgrade, State(app): State<Arc<App>>) -> Response {
+    ws.on_upgrade(move |socket| handle_daemon(socket, app))
+}
+
+async fn control_ws(ws: WebSocketUpgrade, State(app): State<Arc<App>>) -> Response {
+    ws.on_upgrade(move |socket| handle_control(socket, app))
+}
+
+async fn send_json<T: serde::Serialize>(socket: &mut (impl SinkExt<Message> + Unpin), value: &T) -> bool {
+    match serde_json::to_string(value) {
+        Ok(text) => socket.send(Message::Text(text.into())).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// The next text frame, parsed; `None` when the connection ended or sent
+/// something that is not a text frame of this protocol.
+async fn next_json<T: serde::de::DeserializeOwned>(
+    stream: &mut (impl StreamExt<Item = Result<Message, axum::Error>> + Unpin),
+) -> Option<Result<T, String>> {
+    loop {
+        match stream.next().await? {
+            Ok(Message::Text(text)) => return Some(serde_json::from_str(&text).map_err(|e| e.to_string())),
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            Ok(_) | Err(_) => return None,
+        }
+    }
+}
+
+async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
+    let (mut sink, mut stream) = socket.split();
+    let first = tokio::time::timeout(HELLO_LIMIT, next_json::<DaemonMessage>(&mut stream)).await;
+    let Ok(Some(first)) = first else { return };
+    let (protocol, version, machine_id, labels) = match first {
+        Ok(DaemonMessage::Register { protocol, version, machine_id, labels }) => (protocol, version, machine_id, labels),
+        Ok(other) => {
+            let message = format!("expected register, got {other:?}");
+            send_json(&mut sink, &CoordinatorMessage::Error { code: ErrorCode::BadRequest, message }).await;
+            return;
+        }
+        Err(e) => {
+            // Perhaps a newer peer's message: say which protocol we speak.
+            let message = format!("cannot read the first message ({e}); this coordinator speaks protocol {COORD_PROTOCOL_VERSION}");
+            send_json(&mut sink, &CoordinatorMessage::Error { code: ErrorCode::ProtocolMismatch, message }).await;
+            return;
+        }
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let registered = app.cluster().register(protocol, version, machine_id, labels, tx, Instant::now());
+    let daemon_id = match registered {
+        Ok(id) => id,
+        Err(e) => {
+            send_json(&mut sink, &CoordinatorMessage::Error { code: e.code(), message: e.to_string() }).await;
+            return;
+        }
+    };
+    if !send_json(&mut sink, &CoordinatorMessage::Registered { daemon_id: daemon_id.clone() }).await {
+        app.cluster().disconnected(&daemon_id);
+        return;
+    }
+    let mut last_heard = Instant::now();
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            incoming = next_json::<DaemonMessage>(&mut stream) => match incoming {
+                Some(Ok(DaemonMessage::Heartbeat)) => {
+                    last_heard = Instant::now();
+                    app.cluster().heartbeat(&daemon_id, last_heard);
+                }
+                Some(Ok(DaemonMessage::Register { .. })) | Some(Err(_)) => last_heard = Instant::now(),
+                None => break,
+            },
+            outgoing = rx.recv() => match outgoing {
+                Some(msg) => if !send_json(&mut sink, &msg).await { break },
+                None => break,
+            },
+            _ = check.tick() => if last_heard.elapsed() > SILENCE_LIMIT { break },
+        }
+    }
+    app.cluster().disconnected(&daemon_id);
+}
+
+async fn handle_control(socket: WebSocket, app: Arc<App>) {
+    let (mut sink, mut stream) = socket.split();
+    match tokio::time::timeout(HELLO_LIMIT, next_json::<ControlRequest>(&mut stream)).await {
+        Ok(Some(Ok(ControlRequest::Hello { protocol }))) if protocol == COORD_PROTOCOL_VERSION => {
+            send_json(&mut sink, &ControlResponse::Hello { version: VERSION.to_owned() }).await;
+        }
+        Ok(Some(_)) => {
+            let message = format!("this coordinator speaks protocol {COORD_PROTOCOL_VERSION} (rill {VERSION}): use the same rill version");
+            send_json(&mut sink, &ControlResponse::Error { code: ErrorCode::ProtocolMismatch, message }).await;
+            return;
+        }
+        _ => return,
+    }
+    while let Some(request) = next_json::<ControlRequest>(&mut stream).await {
+        let response = match request {
+            Ok(ControlRequest::Status) => ControlResponse::Status {
+                version: VERSION.to_owned(),
+                uptime_ms: app.started.elapsed().as_millis() as u64,
+                daemons: app.cluster().status(Instant::now()),
+            },
+            Ok(ControlRequest::Hello { .. }) => ControlResponse::Hello { version: VERSION.to_owned() },
+            Err(e) => ControlResponse::Error { code: ErrorCode::BadRequest, message: e },
+        };
+        if !send_json(&mut sink, &response).await {
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+    async fn start() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve_on(listener));
+        addr
+    }
+
+    async fn first_reply(addr: SocketAddr, path: &str, text: &str) -> serde_json::Value {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{path}")).await.unwrap();
+        ws.send(WsMessage::Text(text.into())).await.unwrap();
+        loop {
+            if let Some(Ok(WsMessage::Text(reply))) = ws.next().await {
+                return serde_json::from_str(&reply).unwrap();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_daemon_with_another_protocol_gets_protocol_mismatch() {
+        let addr = start().await;
+        let reply = first_reply(addr, "/api/daemon", r#"{"type":"register","protocol":999,"version":"9.9","machine_id":null,"labels":{}}"#).await;
+        assert_eq!(reply["type"], "error");
+        assert_eq!(reply["code"], "protocol_mismatch");
+        let reply = first_reply(addr, "/api/control", r#"{"type":"hello","protocol":999}"#).await;
+        assert_eq!(reply["code"], "protocol_mismatch");
+        let reply = first_reply(addr, "/api/daemon", r#"{"type":"something_new"}"#).await;
+        assert_eq!(reply["code"], "protocol_mismatch");
+    }
+
+    #[tokio::test]
+    async fn registered_daemons_appear_in_status() {
+        let addr = start().await;
+        let (mut daemon, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/daemon")).await.unwrap();
+        let register = r#"{"type":"register","protocol":1,"version":"0.1.0","machine_id":"b","labels":{"gpu":"true"}}"#;
+        daemon.send(WsMessage::Text(register.into())).await.unwrap();
+        let Some(Ok(WsMessage::Text(reply))) = daemon.next().await else { panic!("no reply") };
+        assert!(reply.contains("registered"), "{reply}");
+        let (mut cli, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/control")).await.unwrap();
+        cli.send(WsMessage::Text(r#"{"type":"hello","protocol":1}"#.into())).await.unwrap();
+        let _ = cli.next().await;
+        cli.send(WsMessage::Text(r#"{"type":"status"}"#.into())).await.unwrap();
+        let Some(Ok(WsMessage::Text(status))) = cli.next().await else { panic!("no status") };
+        let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+        assert_eq!(status["daemons"][0]["machine_id"], "b");
+        assert_eq!(status["daemons"][0]["labels"]["gpu"], "true");
+    }
+}

@@ -1,0 +1,152 @@
+//! The daemon's connection to the coordinator: register, heartbeat, and
+//! reconnect with exponential backoff and jitter when the connection is
+//! lost (nodes keep running meanwhile). A permanent rejection (protocol
+//! mismatch, machine id taken) ends the loop with an error instead.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rill_proto::coord::{COORD_PROTOCOL_VERSION, CoordinatorMessage, DaemonMessage, ErrorCode, HEARTBEAT_INTERVAL_MS};
+use tokio_tungstenite::tungstenite::Message;
+
+/// First reconnect delay; doubled per failed attempt.
+const BACKOFF_BASE: Duration = Duration::from_millis(250);
+/// Longest reconnect delay.
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Who this daemon is and where its coordinator is.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub machine_id: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// `host:port` of the coordinator.
+    pub coordinator: String,
+}
+
+/// What the daemon tells its caller (the CLI prints these).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConnectionEvent {
+    Registered { daemon_id: String },
+    Lost { reason: String },
+    Retrying { attempt: u32, delay: Duration },
+}
+
+/// The coordinator refused this daemon for good.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("the coordinator refused this daemon ({code:?}): {message}")]
+pub struct Rejected {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Delay before reconnect attempt `attempt` (1-based): doubling from
+/// [`BACKOFF_BASE`] up to [`BACKOFF_MAX`], minus up to 20 % jitter so a
+/// fleet does not reconnect in lockstep.
+pub fn backoff(attempt: u32, jitter_seed: u64) -> Duration {
+    let factor = 1u32.checked_shl(attempt.saturating_sub(1).min(16)).unwrap_or(u32::MAX);
+    let full = BACKOFF_BASE.saturating_mul(factor).min(BACKOFF_MAX);
+    let jitter_permille = jitter_seed % 200;
+    full - full * jitter_permille as u32 / 1000
+}
+
+fn jitter_seed() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| u64::from(d.subsec_nanos())).unwrap_or(0)
+        ^ u64::from(std::process::id())
+}
+
+/// How one connection ended.
+enum Ended {
+    /// Transient: try again. `registered`: it had got as far as that, so
+    /// the backoff starts afresh.
+    Lost { reason: String, registered: bool },
+    Rejected(Rejected),
+}
+
+/// Connects, and keeps reconnecting, until rejected for good.
+pub async fn run(config: DaemonConfig, on_event: impl Fn(ConnectionEvent)) -> Result<(), Rejected> {
+    let mut attempt = 0u32;
+    loop {
+        match connect_once(&config, &on_event).await {
+            Ended::Rejected(rejected) => return Err(rejected),
+            Ended::Lost { reason, registered } => {
+                if registered {
+                    attempt = 0;
+                }
+                on_event(ConnectionEvent::Lost { reason });
+            }
+        }
+        attempt += 1;
+        let delay = backoff(attempt, jitter_seed());
+        on_event(ConnectionEvent::Retrying { attempt, delay });
+        tokio::time::sleep(delay).await;
+    }
+}
+
+async fn connect_once(config: &DaemonConfig, on_event: &impl Fn(ConnectionEvent)) -> Ended {
+    let url = format!("ws://{}/api/daemon", config.coordinator);
+    let mut registered = false;
+    let lost = |reason: String, registered: bool| Ended::Lost { reason, registered };
+    let (ws, _) = match tokio_tungstenite::connect_async(&url).await {
+        Ok(ok) => ok,
+        Err(e) => return lost(format!("cannot connect to {url}: {e}"), false),
+    };
+    let (mut sink, mut stream) = ws.split();
+    let register = DaemonMessage::Register {
+        protocol: COORD_PROTOCOL_VERSION,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        machine_id: config.machine_id.clone(),
+        labels: config.labels.clone(),
+    };
+    if let Err(e) = send(&mut sink, &register).await {
+        return lost(e, false);
+    }
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
+    loop {
+        tokio::select! {
+            incoming = stream.next() => match incoming {
+                Some(Ok(Message::Text(text))) => match serde_json::from_str::<CoordinatorMessage>(&text) {
+                    Ok(CoordinatorMessage::Registered { daemon_id }) => {
+                        registered = true;
+                        on_event(ConnectionEvent::Registered { daemon_id });
+                    }
+                    Ok(CoordinatorMessage::Error { code, message }) => {
+                        return Ended::Rejected(Rejected { code, message });
+                    }
+                    Err(e) => return lost(format!("unreadable message from the coordinator: {e}"), registered),
+                },
+                Some(Ok(Message::Close(_))) | None => return lost("the coordinator closed the connection".into(), registered),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return lost(format!("connection error: {e}"), registered),
+            },
+            _ = heartbeat.tick() => {
+                if let Err(e) = send(&mut sink, &DaemonMessage::Heartbeat).await {
+                    return lost(e, registered);
+                }
+            }
+        }
+    }
+}
+
+async fn send<S>(sink: &mut S, msg: &DaemonMessage) -> Result<(), String>
+where
+    S: SinkExt<Message> + Unpin,
+    S::Error: std::fmt::Display,
+{
+    let text = serde_json::to_string(msg).map_err(|e| e.to_string())?;
+    sink.send(Message::Text(text.into())).await.map_err(|e| format!("send failed: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_caps_and_jitters_down_by_at_most_a_fifth() {
+        assert_eq!(backoff(1, 0), Duration::from_millis(250));
+        assert_eq!(backoff(3, 0), Duration::from_millis(1000));
+        assert_eq!(backoff(30, 0), BACKOFF_MAX);
+        let jittered = backoff(3, 199);
+        assert!(jittered < Duration::from_millis(1000) && jittered >= Duration::from_millis(800), "{jittered:?}");
+    }
+}

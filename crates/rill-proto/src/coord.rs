@@ -1,0 +1,107 @@
+//! Messages between the CLI, the coordinator and the daemons: JSON text
+//! frames over WebSocket. Every connection opens with a hello that carries
+//! [`COORD_PROTOCOL_VERSION`]; a peer with another version gets
+//! [`ErrorCode::ProtocolMismatch`] and is closed.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the coordinator protocol (CLI and daemons).
+pub const COORD_PROTOCOL_VERSION: u32 = 1;
+/// Default coordinator port (HTTP and WebSocket).
+pub const DEFAULT_PORT: u16 = 6013;
+/// How often daemons send a heartbeat.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 1000;
+
+/// Machine-readable error kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    ProtocolMismatch,
+    BadRequest,
+    MachineAlreadyConnected,
+    NotFound,
+    Internal,
+}
+
+/// Daemon -> coordinator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DaemonMessage {
+    /// First message on every connection (also after a reconnect).
+    Register {
+        protocol: u32,
+        version: String,
+        machine_id: Option<String>,
+        labels: BTreeMap<String, String>,
+    },
+    Heartbeat,
+}
+
+/// Coordinator -> daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CoordinatorMessage {
+    Registered { daemon_id: String },
+    /// A permanent rejection: the daemon must not retry.
+    Error { code: ErrorCode, message: String },
+}
+
+/// CLI -> coordinator: one request per message, answered in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ControlRequest {
+    Hello { protocol: u32 },
+    Status,
+}
+
+/// A connected daemon, as `rill status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub daemon_id: String,
+    pub machine_id: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub version: String,
+    /// Milliseconds since its last heartbeat.
+    pub last_heartbeat_ms: u64,
+}
+
+/// Coordinator -> CLI.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ControlResponse {
+    Hello { version: String },
+    Status { version: String, uptime_ms: u64, daemons: Vec<DaemonStatus> },
+    Error { code: ErrorCode, message: String },
+}
+
+/// `GET /api/health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    pub version: String,
+    pub protocol: u32,
+    pub uptime_ms: u64,
+    pub daemons_connected: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_have_a_stable_tagged_json_shape() {
+        let msg = DaemonMessage::Register {
+            protocol: 1,
+            version: "0.1.0".into(),
+            machine_id: Some("a".into()),
+            labels: [("gpu".to_owned(), "true".to_owned())].into(),
+        };
+        let json = serde_json::to_string(&msg).unwrap();
+        assert_eq!(json, r#"{"type":"register","protocol":1,"version":"0.1.0","machine_id":"a","labels":{"gpu":"true"}}"#);
+        let back: DaemonMessage = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, msg);
+        let err = CoordinatorMessage::Error { code: ErrorCode::ProtocolMismatch, message: "x".into() };
+        assert_eq!(serde_json::to_string(&err).unwrap(), r#"{"type":"error","code":"protocol_mismatch","message":"x"}"#);
+    }
+}
