@@ -40,6 +40,12 @@ enum Commands {
     Daemon(remote::DaemonArgs),
     /// Show the coordinator and its connected daemons.
     Status(remote::StatusArgs),
+    /// Place a dataflow on the connected daemons and start it.
+    Start(remote::StartArgs),
+    /// List the dataflows the coordinator knows.
+    List(remote::ListArgs),
+    /// Stop a dataflow by name or uuid.
+    Stop(remote::StopArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +57,9 @@ fn main() -> ExitCode {
         Commands::Coordinator(args) => remote::coordinator(args),
         Commands::Daemon(args) => remote::daemon(args),
         Commands::Status(args) => remote::status(args),
+        Commands::Start(args) => remote::start(args),
+        Commands::List(args) => remote::list(args),
+        Commands::Stop(args) => remote::stop(args),
     };
     match result {
         Ok(code) => code,

@@ -5,8 +5,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use std::path::PathBuf;
+
+use rill_daemon::local::LocalEvent;
 use rill_daemon::net::{ConnectionEvent, DaemonConfig};
-use rill_proto::coord::{ControlRequest, ControlResponse, DEFAULT_PORT};
+use rill_proto::coord::{ControlRequest, ControlResponse, DEFAULT_PORT, NodePlacement};
 
 /// Where the coordinator is (every client command takes these).
 #[derive(clap::Args, Clone)]
@@ -84,6 +87,21 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         ConnectionEvent::Retrying { attempt, delay } if !quiet => {
             eprintln!("rill daemon: reconnecting in {delay:.1?} (attempt {attempt})")
         }
+        ConnectionEvent::Local(LocalEvent::Started { name, nodes }) if !quiet => {
+            eprintln!("rill daemon: starting {} of dataflow {name}", nodes.join(", "))
+        }
+        ConnectionEvent::Local(LocalEvent::Log { dataflow, node, stderr, line }) => {
+            if stderr {
+                eprintln!("[{dataflow}/{node}] {line}");
+            } else {
+                println!("[{dataflow}/{node}] {line}");
+            }
+        }
+        ConnectionEvent::Local(LocalEvent::Ended { name, success, summary }) => match success {
+            true if !quiet => eprintln!("rill daemon: dataflow {name} ended here"),
+            true => {}
+            false => eprintln!("rill daemon: dataflow {name} failed here: {summary}"),
+        },
         _ => {}
     }));
     match result {
@@ -119,5 +137,124 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         );
     }
     println!("{} daemon(s) connected", daemons.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub struct StartArgs {
+    /// The dataflow file.
+    file: PathBuf,
+    /// Name to refer to it by (`rill stop NAME`); default: generated.
+    #[arg(long)]
+    name: Option<String>,
+    /// Print where each node would run, start nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    coordinator: CoordinatorAddr,
+    /// JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    coordinator: CoordinatorAddr,
+    /// JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct StopArgs {
+    /// Name or uuid of the dataflow.
+    dataflow: String,
+    #[command(flatten)]
+    coordinator: CoordinatorAddr,
+    /// JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One request to the coordinator; a refusal becomes an error with its text.
+fn request(coordinator: &CoordinatorAddr, request: ControlRequest) -> anyhow::Result<ControlResponse> {
+    Ok(runtime()?.block_on(async {
+        let mut client = rill_coordinator::client::ControlClient::connect(&coordinator.host_port()).await?;
+        client.request(&request).await
+    })?)
+}
+
+fn print_placement(placement: &[NodePlacement]) {
+    println!("{:<24} {:<16} {:<24}", "NODE", "MACHINE", "DAEMON");
+    for p in placement {
+        println!("{:<24} {:<16} {:<24}", p.node, p.machine_id.as_deref().unwrap_or("-"), p.daemon_id);
+    }
+}
+
+pub fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
+    let descriptor = match rill_core::Dataflow::load(&args.file) {
+        Ok(d) => d,
+        Err(diagnostics) => {
+            eprint!("{diagnostics}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let base_dir = args
+        .file
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", args.file.display()))?
+        .parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| ".".into());
+    let response = request(
+        &args.coordinator,
+        ControlRequest::Start { descriptor, name: args.name, base_dir, dry_run: args.dry_run },
+    )?;
+    match response {
+        ControlResponse::Plan { placement } if args.json => {
+            println!("{}", serde_json::json!({"dry_run": true, "placement": placement}));
+        }
+        ControlResponse::Plan { placement } => {
+            print_placement(&placement);
+            println!("(dry run: nothing started)");
+        }
+        ControlResponse::Started { uuid, name, placement } if args.json => {
+            println!("{}", serde_json::json!({"uuid": uuid, "name": name, "placement": placement}));
+        }
+        ControlResponse::Started { uuid, name, placement } => {
+            print_placement(&placement);
+            println!("started {name} ({uuid})");
+        }
+        other => anyhow::bail!("unexpected reply from the coordinator: {other:?}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
+    let ControlResponse::List { dataflows } = request(&args.coordinator, ControlRequest::List)? else {
+        anyhow::bail!("unexpected reply from the coordinator");
+    };
+    if args.json {
+        println!("{}", serde_json::json!({"dataflows": dataflows}));
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<36} {:<20} {:<9} {:>5}  REASON", "UUID", "NAME", "STATUS", "NODES");
+    for d in &dataflows {
+        let status = serde_json::to_value(d.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        println!("{:<36} {:<20} {:<9} {:>5}  {}", d.uuid, d.name, status, d.placement.len(), d.reason.as_deref().unwrap_or(""));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn stop(args: StopArgs) -> anyhow::Result<ExitCode> {
+    let ControlResponse::Stopped { uuid, name } = request(&args.coordinator, ControlRequest::Stop { dataflow: args.dataflow })? else {
+        anyhow::bail!("unexpected reply from the coordinator");
+    };
+    if args.json {
+        println!("{}", serde_json::json!({"uuid": uuid, "name": name, "status": "stopping"}));
+    } else {
+        println!("stopping {name} ({uuid})");
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -116,6 +116,17 @@ impl Cluster {
         list
     }
 
+    /// The daemons as placement sees them, in registration order.
+    pub fn daemon_infos(&self) -> Vec<rill_core::DaemonInfo> {
+        let mut infos: Vec<rill_core::DaemonInfo> = self
+            .daemons
+            .iter()
+            .map(|(id, d)| rill_core::DaemonInfo { id: id.clone(), machine_id: d.machine_id.clone(), labels: d.labels.clone() })
+            .collect();
+        infos.sort_by(|a, b| a.id.cmp(&b.id));
+        infos
+    }
+
     /// Sends to one daemon; false if it is gone.
     pub fn send(&self, daemon_id: &str, msg: CoordinatorMessage) -> bool {
         self.daemons.get(daemon_id).is_some_and(|d| d.tx.send(msg).is_ok())

@@ -4,6 +4,7 @@
 
 pub mod client;
 mod cluster;
+pub mod dataflows;
 mod server;
 
 pub use cluster::{Cluster, RegisterError};

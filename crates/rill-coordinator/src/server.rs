@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::cluster::Cluster;
+use crate::dataflows::{Dataflows, StartError, plan};
 
 /// A daemon that sends nothing (not even a heartbeat) this long is dropped.
 const SILENCE_LIMIT: Duration = Duration::from_secs(5);
@@ -41,13 +42,19 @@ pub enum ServeError {
 
 struct App {
     cluster: Mutex<Cluster>,
+    dataflows: Mutex<Dataflows>,
     started: Instant,
 }
 
 impl App {
+    // Lock order: cluster, then dataflows. The maps stay consistent even
+    // if a handler panicked, so a poisoned lock is still usable.
     fn cluster(&self) -> MutexGuard<'_, Cluster> {
-        // The cluster map stays consistent even if a handler panicked.
         self.cluster.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn dataflows(&self) -> MutexGuard<'_, Dataflows> {
+        self.dataflows.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -62,7 +69,11 @@ pub async fn serve(config: CoordinatorConfig) -> Result<(), ServeError> {
 
 /// Serves on an already bound listener (tests bind port 0).
 pub async fn serve_on(listener: TcpListener) -> Result<(), ServeError> {
-    let app = Arc::new(App { cluster: Mutex::new(Cluster::default()), started: Instant::now() });
+    let app = Arc::new(App {
+        cluster: Mutex::new(Cluster::default()),
+        dataflows: Mutex::new(Dataflows::default()),
+        started: Instant::now(),
+    });
     let router = Router::new()
         .route("/api/health", get(health))
         .route("/api/daemon", get(daemon_ws))
@@ -150,6 +161,10 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
                     last_heard = Instant::now();
                     app.cluster().heartbeat(&daemon_id, last_heard);
                 }
+                Some(Ok(DaemonMessage::DataflowFinished { uuid, success, summary })) => {
+                    last_heard = Instant::now();
+                    app.dataflows().daemon_finished(&uuid, &daemon_id, success, &summary);
+                }
                 Some(Ok(DaemonMessage::Register { .. })) | Some(Err(_)) => last_heard = Instant::now(),
                 None => break,
             },
@@ -184,12 +199,54 @@ async fn handle_control(socket: WebSocket, app: Arc<App>) {
                 daemons: app.cluster().status(Instant::now()),
             },
             Ok(ControlRequest::Hello { .. }) => ControlResponse::Hello { version: VERSION.to_owned() },
+            Ok(ControlRequest::Start { descriptor, name, base_dir, dry_run }) => start(&app, descriptor, name, base_dir, dry_run),
+            Ok(ControlRequest::List) => ControlResponse::List { dataflows: app.dataflows().list() },
+            Ok(ControlRequest::Stop { dataflow }) => stop(&app, &dataflow),
             Err(e) => ControlResponse::Error { code: ErrorCode::BadRequest, message: e },
         };
         if !send_json(&mut sink, &response).await {
             break;
         }
     }
+}
+
+fn start_error(e: StartError) -> ControlResponse {
+    let code = match e {
+        StartError::Placement(_) => ErrorCode::Placement,
+        StartError::NameInUse(_) => ErrorCode::NameInUse,
+    };
+    ControlResponse::Error { code, message: e.to_string() }
+}
+
+fn start(app: &App, descriptor: rill_core::Dataflow, name: Option<String>, base_dir: String, dry_run: bool) -> ControlResponse {
+    let cluster = app.cluster();
+    let daemons = cluster.daemon_infos();
+    if dry_run {
+        return match plan(&descriptor, &daemons) {
+            Ok(placement) => ControlResponse::Plan { placement },
+            Err(e) => start_error(e),
+        };
+    }
+    let (record, spawns) = match app.dataflows().start(descriptor, name, base_dir, &daemons) {
+        Ok(started) => started,
+        Err(e) => return start_error(e),
+    };
+    for (daemon, spawn) in spawns {
+        cluster.send(&daemon, CoordinatorMessage::Spawn(spawn));
+    }
+    ControlResponse::Started { uuid: record.uuid, name: record.name, placement: record.placement }
+}
+
+fn stop(app: &App, dataflow: &str) -> ControlResponse {
+    let cluster = app.cluster();
+    let Some((record, daemons)) = app.dataflows().stop(dataflow) else {
+        let message = format!("no running dataflow named or with uuid `{dataflow}` (see `rill list`)");
+        return ControlResponse::Error { code: ErrorCode::NotFound, message };
+    };
+    for daemon in daemons {
+        cluster.send(&daemon, CoordinatorMessage::StopDataflow { uuid: record.uuid.clone() });
+    }
+    ControlResponse::Stopped { uuid: record.uuid, name: record.name }
 }
 
 #[cfg(test)]

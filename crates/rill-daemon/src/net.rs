@@ -6,7 +6,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+
+use crate::local::{Finished, LocalDataflows, LocalEvent};
 use rill_proto::coord::{COORD_PROTOCOL_VERSION, CoordinatorMessage, DaemonMessage, ErrorCode, HEARTBEAT_INTERVAL_MS};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -28,6 +33,7 @@ pub struct DaemonConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ConnectionEvent {
     Registered { daemon_id: String },
+    Local(LocalEvent),
     Lost { reason: String },
     Retrying { attempt: u32, delay: Duration },
 }
@@ -55,6 +61,16 @@ fn jitter_seed() -> u64 {
         ^ u64::from(std::process::id())
 }
 
+/// The dataflow shares this daemon runs; they outlive connections.
+struct Shares {
+    local: LocalDataflows,
+    finished_tx: mpsc::UnboundedSender<Finished>,
+    finished_rx: Option<mpsc::UnboundedReceiver<Finished>>,
+    on_local: Arc<dyn Fn(LocalEvent) + Send + Sync>,
+    /// Ends that could not be reported yet (no connection).
+    unreported: Vec<Finished>,
+}
+
 /// How one connection ended.
 enum Ended {
     /// Transient: try again. `registered`: it had got as far as that, so
@@ -64,10 +80,22 @@ enum Ended {
 }
 
 /// Connects, and keeps reconnecting, until rejected for good.
-pub async fn run(config: DaemonConfig, on_event: impl Fn(ConnectionEvent)) -> Result<(), Rejected> {
+pub async fn run(config: DaemonConfig, on_event: impl Fn(ConnectionEvent) + Send + Sync + 'static) -> Result<(), Rejected> {
+    let on_event: Arc<dyn Fn(ConnectionEvent) + Send + Sync> = Arc::new(on_event);
+    let local_events = on_event.clone();
+    let mut shares = Shares {
+        local: LocalDataflows::default(),
+        finished_tx: mpsc::unbounded_channel().0,
+        finished_rx: None,
+        on_local: Arc::new(move |e| local_events(ConnectionEvent::Local(e))),
+        unreported: Vec::new(),
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    shares.finished_tx = tx;
+    shares.finished_rx = Some(rx);
     let mut attempt = 0u32;
     loop {
-        match connect_once(&config, &on_event).await {
+        match connect_once(&config, &*on_event, &mut shares).await {
             Ended::Rejected(rejected) => return Err(rejected),
             Ended::Lost { reason, registered } => {
                 if registered {
@@ -83,7 +111,7 @@ pub async fn run(config: DaemonConfig, on_event: impl Fn(ConnectionEvent)) -> Re
     }
 }
 
-async fn connect_once(config: &DaemonConfig, on_event: &impl Fn(ConnectionEvent)) -> Ended {
+async fn connect_once(config: &DaemonConfig, on_event: &(dyn Fn(ConnectionEvent) + Send + Sync), shares: &mut Shares) -> Ended {
     let url = format!("ws://{}/api/daemon", config.coordinator);
     let mut registered = false;
     let lost = |reason: String, registered: bool| Ended::Lost { reason, registered };
@@ -102,30 +130,68 @@ async fn connect_once(config: &DaemonConfig, on_event: &impl Fn(ConnectionEvent)
         return lost(e, false);
     }
     let mut heartbeat = tokio::time::interval(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
-    loop {
+    let Some(mut finished_rx) = shares.finished_rx.take() else {
+        return lost("internal: finished channel missing".into(), false);
+    };
+    let ended = 'conn: loop {
         tokio::select! {
+            done = finished_rx.recv() => {
+                if let Some((uuid, success, summary)) = done {
+                    shares.local.ended(&uuid);
+                    shares.unreported.push((uuid, success, summary));
+                }
+                if registered && let Err(e) = report_finished(&mut sink, &mut shares.unreported).await {
+                    break 'conn lost(e, registered);
+                }
+            }
             incoming = stream.next() => match incoming {
                 Some(Ok(Message::Text(text))) => match serde_json::from_str::<CoordinatorMessage>(&text) {
                     Ok(CoordinatorMessage::Registered { daemon_id }) => {
                         registered = true;
                         on_event(ConnectionEvent::Registered { daemon_id });
+                        // Ends that happened while disconnected.
+                        if let Err(e) = report_finished(&mut sink, &mut shares.unreported).await {
+                            break 'conn lost(e, registered);
+                        }
                     }
+                    Ok(CoordinatorMessage::Spawn(spawn)) => {
+                        shares.local.spawn(spawn, shares.finished_tx.clone(), shares.on_local.clone());
+                    }
+                    Ok(CoordinatorMessage::StopDataflow { uuid }) => shares.local.stop(&uuid),
                     Ok(CoordinatorMessage::Error { code, message }) => {
-                        return Ended::Rejected(Rejected { code, message });
+                        break Ended::Rejected(Rejected { code, message });
                     }
-                    Err(e) => return lost(format!("unreadable message from the coordinator: {e}"), registered),
+                    Err(e) => break lost(format!("unreadable message from the coordinator: {e}"), registered),
                 },
-                Some(Ok(Message::Close(_))) | None => return lost("the coordinator closed the connection".into(), registered),
+                Some(Ok(Message::Close(_))) | None => break lost("the coordinator closed the connection".into(), registered),
                 Some(Ok(_)) => {}
-                Some(Err(e)) => return lost(format!("connection error: {e}"), registered),
+                Some(Err(e)) => break lost(format!("connection error: {e}"), registered),
             },
             _ = heartbeat.tick() => {
                 if let Err(e) = send(&mut sink, &DaemonMessage::Heartbeat).await {
-                    return lost(e, registered);
+                    break lost(e, registered);
                 }
             }
         }
+    };
+    shares.finished_rx = Some(finished_rx);
+    ended
+}
+
+/// Tells the coordinator about shares that ended; keeps what it could not send.
+async fn report_finished<S>(sink: &mut S, unreported: &mut Vec<Finished>) -> Result<(), String>
+where
+    S: SinkExt<Message> + Unpin,
+    S::Error: std::fmt::Display,
+{
+    while let Some((uuid, success, summary)) = unreported.pop() {
+        let msg = DaemonMessage::DataflowFinished { uuid: uuid.clone(), success, summary: summary.clone() };
+        if let Err(e) = send(sink, &msg).await {
+            unreported.push((uuid, success, summary));
+            return Err(e);
+        }
     }
+    Ok(())
 }
 
 async fn send<S>(sink: &mut S, msg: &DaemonMessage) -> Result<(), String>

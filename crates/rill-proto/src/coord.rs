@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use rill_core::Dataflow;
 use serde::{Deserialize, Serialize};
 
 /// Version of the coordinator protocol (CLI and daemons).
@@ -22,6 +23,8 @@ pub enum ErrorCode {
     BadRequest,
     MachineAlreadyConnected,
     NotFound,
+    Placement,
+    NameInUse,
     Internal,
 }
 
@@ -37,6 +40,21 @@ pub enum DaemonMessage {
         labels: BTreeMap<String, String>,
     },
     Heartbeat,
+    /// A dataflow's nodes on this daemon all ended.
+    DataflowFinished { uuid: String, success: bool, summary: String },
+}
+
+/// What a daemon needs to run its share of a dataflow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpawnDataflow {
+    pub uuid: String,
+    pub name: String,
+    pub descriptor: Dataflow,
+    /// Directory of the dataflow file where `rill start` ran: relative node
+    /// paths and build commands start there (unless `deploy.working_dir`).
+    pub base_dir: String,
+    /// The nodes this daemon runs.
+    pub nodes: Vec<String>,
 }
 
 /// Coordinator -> daemon.
@@ -44,6 +62,8 @@ pub enum DaemonMessage {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum CoordinatorMessage {
     Registered { daemon_id: String },
+    Spawn(SpawnDataflow),
+    StopDataflow { uuid: String },
     /// A permanent rejection: the daemon must not retry.
     Error { code: ErrorCode, message: String },
 }
@@ -54,6 +74,41 @@ pub enum CoordinatorMessage {
 pub enum ControlRequest {
     Hello { protocol: u32 },
     Status,
+    /// Place and start a dataflow (or only show the plan).
+    Start { descriptor: Dataflow, name: Option<String>, base_dir: String, dry_run: bool },
+    List,
+    /// Stop by name or uuid.
+    Stop { dataflow: String },
+}
+
+/// Where one node runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodePlacement {
+    pub node: String,
+    pub daemon_id: String,
+    pub machine_id: Option<String>,
+}
+
+/// Lifecycle of a dataflow, as the coordinator records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataflowStatus {
+    Running,
+    Stopping,
+    Finished,
+    Failed,
+    Stopped,
+}
+
+/// One dataflow in `rill list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataflowSummary {
+    pub uuid: String,
+    pub name: String,
+    pub status: DataflowStatus,
+    pub placement: Vec<NodePlacement>,
+    /// Why it failed, if it did.
+    pub reason: Option<String>,
 }
 
 /// A connected daemon, as `rill status` shows it.
@@ -73,6 +128,11 @@ pub struct DaemonStatus {
 pub enum ControlResponse {
     Hello { version: String },
     Status { version: String, uptime_ms: u64, daemons: Vec<DaemonStatus> },
+    /// The plan of a dry run.
+    Plan { placement: Vec<NodePlacement> },
+    Started { uuid: String, name: String, placement: Vec<NodePlacement> },
+    List { dataflows: Vec<DataflowSummary> },
+    Stopped { uuid: String, name: String },
     Error { code: ErrorCode, message: String },
 }
 

@@ -122,3 +122,87 @@ fn status_without_a_coordinator_says_where_it_looked() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(&format!("cannot reach the coordinator at 127.0.0.1:{port}")), "{stderr}");
 }
+
+fn rill_json(args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+    let out = rill().args(args).output().expect("run rill");
+    let value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    (out.status.code(), value, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn start_places_nodes_by_machine_and_labels_and_stop_ends_them() {
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut procs = Processes::new();
+    procs.start("coordinator", &["coordinator", "--port", &port_text]);
+    procs.start("daemon-a", &["daemon", "--machine-id", "a", "--coordinator-port", &port_text]);
+    procs.start("daemon-b", &["daemon", "--machine-id", "b", "--labels", "gpu=true", "--coordinator-port", &port_text]);
+    wait_status(&procs, port, "two daemons registered", Duration::from_secs(15), |v| machines(v).len() == 2);
+    let flow = crate::support::Flow::new(
+        "nodes:\n  - id: source\n    path: {node}\n    args: [flood, '8']\n    outputs: [out]\n    deploy: { machine: a }\n  - id: near\n    path: {node}\n    args: [slow, '100']\n    inputs: { in: source/out }\n    deploy: { machine: a }\n  - id: far\n    path: {node}\n    args: [wait-stop]\n    _unstable_deploy: { labels: { gpu: 'true' } }\n",
+    );
+    let file = flow.file.display().to_string();
+    let p = ["--coordinator-port", &port_text, "--json"];
+
+    let (code, plan, stderr) = rill_json(&[&["start", &file, "--dry-run"][..], &p[..]].concat());
+    assert_eq!(code, Some(0), "{stderr}\n{}", procs.logs());
+    let where_: Vec<(String, String)> = plan["placement"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| (n["node"].as_str().unwrap_or("").to_owned(), n["machine_id"].as_str().unwrap_or("").to_owned()))
+        .collect();
+    assert_eq!(where_, [("source".into(), "a".into()), ("near".into(), "a".into()), ("far".into(), "b".into())]);
+    let (_, list, _) = rill_json(&[&["list"][..], &p[..]].concat());
+    assert_eq!(list["dataflows"].as_array().map(Vec::len), Some(0), "a dry run starts nothing");
+
+    let (code, started, stderr) = rill_json(&[&["start", &file, "--name", "app"][..], &p[..]].concat());
+    assert_eq!(code, Some(0), "{stderr}\n{}", procs.logs());
+    assert_eq!(started["name"], "app");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let log_a = || std::fs::read_to_string(procs.log_path("daemon-a")).unwrap_or_default();
+    let log_b = || std::fs::read_to_string(procs.log_path("daemon-b")).unwrap_or_default();
+    while !(log_a().contains("[app/near] seq") && log_b().contains("[app/far] waiting")) {
+        assert!(Instant::now() < deadline, "nodes did not run where placed\n{}", procs.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, list, _) = rill_json(&[&["list"][..], &p[..]].concat());
+    assert_eq!(list["dataflows"][0]["status"], "running", "{list}");
+
+    let (code, again, _) = rill_json(&[&["start", &file, "--name", "app"][..], &p[..]].concat());
+    assert_eq!(code, Some(1), "a second `app` is refused: {again}");
+
+    let (code, stopped, stderr) = rill_json(&[&["stop", "app"][..], &p[..]].concat());
+    assert_eq!((code, stopped["status"].as_str()), (Some(0), Some("stopping")), "{stderr}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, list, _) = rill_json(&[&["list"][..], &p[..]].concat());
+        if list["dataflows"][0]["status"] == "stopped" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not stopped: {list}\n{}", procs.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(log_b().contains("[app/far] got stop"), "{}", procs.logs());
+}
+
+#[test]
+fn placement_errors_name_the_node_and_use_the_reference_texts() {
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut procs = Processes::new();
+    procs.start("coordinator", &["coordinator", "--port", &port_text]);
+    procs.start("daemon-x", &["daemon", "--machine-id", "x", "--coordinator-port", &port_text]);
+    wait_status(&procs, port, "daemon registered", Duration::from_secs(15), |v| machines(v).len() == 1);
+    let flow = crate::support::Flow::new(
+        "nodes:\n  - id: cam\n    path: {node}\n    deploy: { machine: robot }\n  - id: ml\n    path: {node}\n    deploy: { labels: { gpu: 'true' } }\n",
+    );
+    let out = rill().args(["start", &flow.file.display().to_string(), "--dry-run", "--coordinator-port", &port_text]).output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("node `cam`: no matching daemon for machine id \"robot\""), "{stderr}");
+    assert!(stderr.contains("node `ml`: no daemon matches labels {\"gpu\": \"true\"}"), "{stderr}");
+    let (code, _, stderr) = rill_json(&["stop", "nothing", "--coordinator-port", &port_text]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("no running dataflow named or with uuid `nothing`"), "{stderr}");
+}
