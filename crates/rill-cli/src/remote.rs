@@ -49,6 +49,9 @@ pub struct DaemonArgs {
     labels: String,
     #[command(flatten)]
     coordinator: CoordinatorAddr,
+    /// Port of the data session other daemons connect to (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    data_port: u16,
     /// Print only errors.
     #[arg(long)]
     quiet: bool,
@@ -78,7 +81,12 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
 
 pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     let labels = rill_core::parse_labels(&args.labels).map_err(|e| anyhow::anyhow!("--labels: {e}"))?;
-    let config = DaemonConfig { machine_id: args.machine_id, labels, coordinator: args.coordinator.host_port() };
+    let config = DaemonConfig {
+        machine_id: args.machine_id,
+        labels,
+        coordinator: args.coordinator.host_port(),
+        data_port: args.data_port,
+    };
     let quiet = args.quiet;
     let addr = config.coordinator.clone();
     let result = runtime()?.block_on(rill_daemon::net::run(config, move |event| match event {

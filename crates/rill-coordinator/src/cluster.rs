@@ -10,6 +10,16 @@ use tokio::sync::mpsc;
 /// machine id: a new connection with the same id replaces it.
 pub const STALE_AFTER: Duration = Duration::from_secs(3);
 
+/// What a daemon says about itself when it registers.
+#[derive(Debug, Clone, Default)]
+pub struct Hello {
+    pub protocol: u32,
+    pub version: String,
+    pub machine_id: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub zenoh_endpoint: Option<String>,
+}
+
 /// Why a registration is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegisterError {
@@ -32,6 +42,7 @@ struct Connected {
     machine_id: Option<String>,
     labels: BTreeMap<String, String>,
     version: String,
+    zenoh_endpoint: Option<String>,
     last_heartbeat: Instant,
     /// Messages to this daemon's connection.
     tx: mpsc::UnboundedSender<CoordinatorMessage>,
@@ -47,15 +58,8 @@ pub struct Cluster {
 impl Cluster {
     /// Admits a daemon; returns its id. A stale connection with the same
     /// machine id is replaced (and told so); a live one wins.
-    pub fn register(
-        &mut self,
-        protocol: u32,
-        version: String,
-        machine_id: Option<String>,
-        labels: BTreeMap<String, String>,
-        tx: mpsc::UnboundedSender<CoordinatorMessage>,
-        now: Instant,
-    ) -> Result<String, RegisterError> {
+    pub fn register(&mut self, hello: Hello, tx: mpsc::UnboundedSender<CoordinatorMessage>, now: Instant) -> Result<String, RegisterError> {
+        let Hello { protocol, version, machine_id, labels, zenoh_endpoint } = hello;
         if protocol != rill_proto::coord::COORD_PROTOCOL_VERSION {
             return Err(RegisterError::ProtocolMismatch {
                 daemon: protocol,
@@ -76,8 +80,16 @@ impl Cluster {
             Some(machine) => format!("{machine}-{}", self.next_id),
             None => format!("daemon-{}", self.next_id),
         };
-        self.daemons.insert(id.clone(), Connected { machine_id, labels, version, last_heartbeat: now, tx });
+        self.daemons.insert(id.clone(), Connected { machine_id, labels, version, zenoh_endpoint, last_heartbeat: now, tx });
         Ok(id)
+    }
+
+    /// Data endpoints of every daemon but `daemon_id`.
+    pub fn peers_of(&self, daemon_id: &str) -> Vec<String> {
+        let mut peers: Vec<String> =
+            self.daemons.iter().filter(|(id, _)| id.as_str() != daemon_id).filter_map(|(_, d)| d.zenoh_endpoint.clone()).collect();
+        peers.sort();
+        peers
     }
 
     pub fn heartbeat(&mut self, daemon_id: &str, now: Instant) {
@@ -139,14 +151,15 @@ mod tests {
 
     fn register(c: &mut Cluster, machine: Option<&str>, now: Instant) -> Result<String, RegisterError> {
         let (tx, _rx) = mpsc::unbounded_channel();
-        c.register(1, "0.1.0".into(), machine.map(Into::into), BTreeMap::new(), tx, now)
+        let hello = Hello { protocol: 1, version: "0.1.0".into(), machine_id: machine.map(Into::into), ..Hello::default() };
+        c.register(hello, tx, now)
     }
 
     #[test]
     fn wrong_protocol_is_refused_with_its_code() {
         let mut c = Cluster::default();
         let (tx, _rx) = mpsc::unbounded_channel();
-        let err = c.register(99, "9".into(), None, BTreeMap::new(), tx, Instant::now()).unwrap_err();
+        let err = c.register(Hello { protocol: 99, ..Hello::default() }, tx, Instant::now()).unwrap_err();
         assert_eq!(err.code(), ErrorCode::ProtocolMismatch);
         assert!(c.is_empty());
     }

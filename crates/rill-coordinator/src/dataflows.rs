@@ -29,6 +29,8 @@ pub struct DataflowRecord {
     pub reason: Option<String>,
     /// Daemons that still run some of its nodes.
     running_on: BTreeSet<String>,
+    /// Daemons whose share is wired; at all of them, the nodes start.
+    ready: BTreeSet<String>,
 }
 
 impl DataflowRecord {
@@ -107,6 +109,7 @@ impl Dataflows {
             status: DataflowStatus::Running,
             reason: None,
             running_on,
+            ready: BTreeSet::new(),
         };
         self.records.push(record.clone());
         Ok((record, spawns))
@@ -122,6 +125,17 @@ impl Dataflows {
         let record = self.records.iter_mut().rev().find(|r| (r.uuid == name_or_uuid || r.name == name_or_uuid) && r.is_active())?;
         record.status = DataflowStatus::Stopping;
         Some((record.clone(), record.running_on.iter().cloned().collect()))
+    }
+
+    /// `daemon`'s share is wired. Returns the daemons to send `Go` to when
+    /// this was the last one.
+    pub fn daemon_ready(&mut self, uuid: &str, daemon: &str) -> Vec<String> {
+        let Some(record) = self.records.iter_mut().find(|r| r.uuid == uuid) else { return Vec::new() };
+        // A share that already ended counts as ready.
+        if !record.ready.insert(daemon.to_owned()) || !record.running_on.is_subset(&record.ready) {
+            return Vec::new();
+        }
+        record.running_on.iter().cloned().collect()
     }
 
     /// `daemon` reports its share ended.
@@ -176,6 +190,15 @@ mod tests {
         assert_eq!(spawns[0].1.nodes, ["src"]);
         assert_eq!(spawns[1].1.nodes, ["sink"]);
         assert_eq!(d.start(flow(), Some("app".into()), "/tmp".into(), &daemons()).unwrap_err(), StartError::NameInUse("app".into()));
+    }
+
+    #[test]
+    fn go_is_sent_once_every_daemon_is_ready() {
+        let mut d = Dataflows::default();
+        let (record, _) = d.start(flow(), None, "/".into(), &daemons()).unwrap();
+        assert_eq!(d.daemon_ready(&record.uuid, "a-1"), Vec::<String>::new());
+        assert_eq!(d.daemon_ready(&record.uuid, "b-2"), ["a-1", "b-2"]);
+        assert_eq!(d.daemon_ready(&record.uuid, "b-2"), Vec::<String>::new(), "only once");
     }
 
     #[test]

@@ -7,5 +7,5 @@ mod cluster;
 pub mod dataflows;
 mod server;
 
-pub use cluster::{Cluster, RegisterError};
+pub use cluster::{Cluster, Hello, RegisterError};
 pub use server::{CoordinatorConfig, ServeError, serve, serve_on};

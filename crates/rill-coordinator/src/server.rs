@@ -125,8 +125,10 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
     let (mut sink, mut stream) = socket.split();
     let first = tokio::time::timeout(HELLO_LIMIT, next_json::<DaemonMessage>(&mut stream)).await;
     let Ok(Some(first)) = first else { return };
-    let (protocol, version, machine_id, labels) = match first {
-        Ok(DaemonMessage::Register { protocol, version, machine_id, labels }) => (protocol, version, machine_id, labels),
+    let hello = match first {
+        Ok(DaemonMessage::Register { protocol, version, machine_id, labels, zenoh_endpoint }) => {
+            crate::cluster::Hello { protocol, version, machine_id, labels, zenoh_endpoint }
+        }
         Ok(other) => {
             let message = format!("expected register, got {other:?}");
             send_json(&mut sink, &CoordinatorMessage::Error { code: ErrorCode::BadRequest, message }).await;
@@ -140,7 +142,7 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
         }
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let registered = app.cluster().register(protocol, version, machine_id, labels, tx, Instant::now());
+    let registered = app.cluster().register(hello, tx, Instant::now());
     let daemon_id = match registered {
         Ok(id) => id,
         Err(e) => {
@@ -148,7 +150,8 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
             return;
         }
     };
-    if !send_json(&mut sink, &CoordinatorMessage::Registered { daemon_id: daemon_id.clone() }).await {
+    let peers = app.cluster().peers_of(&daemon_id);
+    if !send_json(&mut sink, &CoordinatorMessage::Registered { daemon_id: daemon_id.clone(), peers }).await {
         app.cluster().disconnected(&daemon_id);
         return;
     }
@@ -160,6 +163,13 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
                 Some(Ok(DaemonMessage::Heartbeat)) => {
                     last_heard = Instant::now();
                     app.cluster().heartbeat(&daemon_id, last_heard);
+                }
+                Some(Ok(DaemonMessage::DataflowReady { uuid })) => {
+                    last_heard = Instant::now();
+                    let cluster = app.cluster();
+                    for daemon in app.dataflows().daemon_ready(&uuid, &daemon_id) {
+                        cluster.send(&daemon, CoordinatorMessage::Go { uuid: uuid.clone() });
+                    }
                 }
                 Some(Ok(DaemonMessage::DataflowFinished { uuid, success, summary })) => {
                     last_heard = Instant::now();

@@ -2,6 +2,7 @@
 //! messages over the local data plane. `rill run` uses [`Runtime`] directly;
 //! the networked daemon (later) drives the same parts.
 
+pub mod bridge;
 pub mod local;
 pub mod net;
 pub mod router;
@@ -10,5 +11,5 @@ pub mod run;
 pub mod spawn;
 pub mod supervisor;
 
-pub use run::{Report, Reporter, RunError, RunOptions, RunReport, Runtime, StopHandle, Stream};
+pub use run::{Report, Reporter, RunError, RunOptions, RunReport, Runtime, Share, StopHandle, Stream};
 pub use supervisor::{ExitStatus, NodeSummary, Notice, Outcome, Sig};

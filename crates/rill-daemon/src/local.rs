@@ -6,14 +6,26 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rill_core::{Dataflow, InputSource};
 use rill_proto::coord::SpawnDataflow;
 use tokio::sync::mpsc;
 
-use crate::{Report, RunOptions, Runtime, StopHandle, Stream};
+use crate::bridge::Bridge;
+use crate::{Report, RunOptions, Runtime, Share, StopHandle, Stream};
 
 /// A share of a dataflow ended: `(uuid, success, summary)`.
 pub type Finished = (String, bool, String);
+
+/// How long a share waits for its cross-machine edges before it reports
+/// ready anyway.
+const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// What a share tells the coordinator.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ShareReport {
+    /// Wired: its nodes may start once every share is.
+    Ready { uuid: String },
+    Finished(Finished),
+}
 
 /// What the daemon's runtimes tell the daemon's owner (the CLI prints it).
 #[derive(Debug, Clone, PartialEq)]
@@ -21,20 +33,6 @@ pub enum LocalEvent {
     Started { name: String, nodes: Vec<String> },
     Log { dataflow: String, node: String, stderr: bool, line: String },
     Ended { name: String, success: bool, summary: String },
-}
-
-/// The part of `descriptor` that runs here: the listed nodes, without
-/// inputs from nodes that run elsewhere (cross-machine data comes later).
-pub fn local_view(descriptor: &Dataflow, nodes: &BTreeSet<String>) -> Dataflow {
-    let mut view = descriptor.clone();
-    view.nodes.retain(|n| nodes.contains(&n.id));
-    for node in &mut view.nodes {
-        node.inputs.retain(|_, input| match &input.source {
-            InputSource::Node { node, .. } => nodes.contains(node),
-            InputSource::Timer { .. } => true,
-        });
-    }
-    view
 }
 
 /// Running shares, by dataflow uuid.
@@ -48,14 +46,14 @@ impl LocalDataflows {
     pub fn spawn(
         &mut self,
         spawn: SpawnDataflow,
-        finished: mpsc::UnboundedSender<Finished>,
+        bridge: Option<Bridge>,
+        reports: mpsc::UnboundedSender<ShareReport>,
         on_event: Arc<dyn Fn(LocalEvent) + Send + Sync>,
     ) {
         if self.running.contains_key(&spawn.uuid) {
             return;
         }
         let nodes: BTreeSet<String> = spawn.nodes.iter().cloned().collect();
-        let view = local_view(&spawn.descriptor, &nodes);
         let name = spawn.name.clone();
         let events = on_event.clone();
         let log_name = name.clone();
@@ -69,7 +67,43 @@ impl LocalDataflows {
                 });
             }
         });
-        let runtime = Runtime::new(view, PathBuf::from(&spawn.base_dir), RunOptions::default(), reporter);
+        // Edges to nodes on other machines end at the bridge. The share is
+        // ready when every one of them is connected.
+        let expected = crate::routes::Routes::new(&spawn.descriptor)
+            .edges()
+            .keys()
+            .filter(|(p, c)| nodes.contains(p) != nodes.contains(c))
+            .count();
+        let (ends_tx, ends_rx) = std::sync::mpsc::channel::<crate::router::RemoteEnd>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+        let bridge_uuid = spawn.uuid.clone();
+        let _ = std::thread::Builder::new().name("bridge-ends".into()).spawn(move || {
+            for end in ends_rx {
+                match &bridge {
+                    Some(bridge) => bridge.serve(&bridge_uuid, end, ready_tx.clone()),
+                    None => {
+                        eprintln!("rill daemon: no data session: {} -> {} cannot cross machines", end.producer, end.consumer);
+                        let _ = ready_tx.send(());
+                    }
+                }
+            }
+        });
+        let ready_reports = reports.clone();
+        let ready_uuid = spawn.uuid.clone();
+        let _ = std::thread::Builder::new().name("share-ready".into()).spawn(move || {
+            // Restarts re-wire edges later; only the first wiring counts. A
+            // node that cannot start never wires: start the rest anyway.
+            let deadline = std::time::Instant::now() + READY_WAIT;
+            for _ in 0..expected {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if ready_rx.recv_timeout(left).is_err() {
+                    break;
+                }
+            }
+            let _ = ready_reports.send(ShareReport::Ready { uuid: ready_uuid });
+        });
+        let runtime = Runtime::new(spawn.descriptor.clone(), PathBuf::from(&spawn.base_dir), RunOptions::default(), reporter)
+            .with_share(Share { local: nodes, remote_ends: ends_tx });
         self.running.insert(spawn.uuid.clone(), runtime.stop_handle());
         on_event(LocalEvent::Started { name: name.clone(), nodes: spawn.nodes.clone() });
         let uuid = spawn.uuid;
@@ -87,7 +121,7 @@ impl LocalDataflows {
                 Err(e) => (false, e.to_string()),
             };
             on_event(LocalEvent::Ended { name, success, summary: summary.clone() });
-            let _ = finished.send((uuid, success, summary));
+            let _ = reports.send(ShareReport::Finished((uuid, success, summary)));
         });
         if let Err(e) = thread {
             eprintln!("rill daemon: cannot start a dataflow thread: {e}");
@@ -101,29 +135,15 @@ impl LocalDataflows {
         }
     }
 
+    /// Every share is ready: start the nodes.
+    pub fn go(&mut self, uuid: &str) {
+        if let Some(handle) = self.running.get(uuid) {
+            handle.go();
+        }
+    }
+
     /// A share ended.
     pub fn ended(&mut self, uuid: &str) {
         self.running.remove(uuid);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::Path;
-
-    #[test]
-    fn local_view_keeps_local_nodes_and_their_local_inputs() {
-        let flow = Dataflow::parse(
-            "nodes:\n  - id: src\n    path: x\n    outputs: [out]\n  - id: mid\n    path: x\n    outputs: [out]\n    inputs: { a: src/out, t: rill/timer/millis/10 }\n  - id: sink\n    path: x\n    inputs: { in: mid/out }\n",
-            Path::new("t.yml"),
-        )
-        .unwrap();
-        let view = local_view(&flow, &["mid".to_owned(), "sink".to_owned()].into());
-        let ids: Vec<&str> = view.nodes.iter().map(|n| n.id.as_str()).collect();
-        assert_eq!(ids, ["mid", "sink"]);
-        let mid_inputs: Vec<&String> = view.nodes[0].inputs.keys().collect();
-        assert_eq!(mid_inputs, ["t"], "the remote input is gone, the timer stays");
-        assert_eq!(view.nodes[1].inputs.len(), 1);
     }
 }

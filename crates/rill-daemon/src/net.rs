@@ -11,7 +11,7 @@ use std::sync::Arc;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
-use crate::local::{Finished, LocalDataflows, LocalEvent};
+use crate::local::{LocalDataflows, LocalEvent, ShareReport};
 use rill_proto::coord::{COORD_PROTOCOL_VERSION, CoordinatorMessage, DaemonMessage, ErrorCode, HEARTBEAT_INTERVAL_MS};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -27,6 +27,8 @@ pub struct DaemonConfig {
     pub labels: BTreeMap<String, String>,
     /// `host:port` of the coordinator.
     pub coordinator: String,
+    /// Port of the cross-machine data session; 0 picks a free one.
+    pub data_port: u16,
 }
 
 /// What the daemon tells its caller (the CLI prints these).
@@ -63,12 +65,14 @@ fn jitter_seed() -> u64 {
 
 /// The dataflow shares this daemon runs; they outlive connections.
 struct Shares {
+    /// The data session, opened at the first registration.
+    bridge: Option<crate::bridge::Bridge>,
     local: LocalDataflows,
-    finished_tx: mpsc::UnboundedSender<Finished>,
-    finished_rx: Option<mpsc::UnboundedReceiver<Finished>>,
+    finished_tx: mpsc::UnboundedSender<ShareReport>,
+    finished_rx: Option<mpsc::UnboundedReceiver<ShareReport>>,
     on_local: Arc<dyn Fn(LocalEvent) + Send + Sync>,
-    /// Ends that could not be reported yet (no connection).
-    unreported: Vec<Finished>,
+    /// Reports that could not be sent yet (no connection).
+    unreported: Vec<ShareReport>,
 }
 
 /// How one connection ended.
@@ -83,7 +87,12 @@ enum Ended {
 pub async fn run(config: DaemonConfig, on_event: impl Fn(ConnectionEvent) + Send + Sync + 'static) -> Result<(), Rejected> {
     let on_event: Arc<dyn Fn(ConnectionEvent) + Send + Sync> = Arc::new(on_event);
     let local_events = on_event.clone();
+    let mut config = config;
+    if config.data_port == 0 {
+        config.data_port = std::net::TcpListener::bind("0.0.0.0:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(7447);
+    }
     let mut shares = Shares {
+        bridge: None,
         local: LocalDataflows::default(),
         finished_tx: mpsc::unbounded_channel().0,
         finished_rx: None,
@@ -119,12 +128,20 @@ async fn connect_once(config: &DaemonConfig, on_event: &(dyn Fn(ConnectionEvent)
         Ok(ok) => ok,
         Err(e) => return lost(format!("cannot connect to {url}: {e}"), false),
     };
+    // The address this machine reaches the coordinator from is the one
+    // other daemons can reach it at, too.
+    let local_ip = match ws.get_ref() {
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp) => tcp.local_addr().ok().map(|a| a.ip()),
+        _ => None,
+    };
+    let endpoint = local_ip.map(|ip| format!("tcp/{ip}:{}", config.data_port));
     let (mut sink, mut stream) = ws.split();
     let register = DaemonMessage::Register {
         protocol: COORD_PROTOCOL_VERSION,
         version: env!("CARGO_PKG_VERSION").to_owned(),
         machine_id: config.machine_id.clone(),
         labels: config.labels.clone(),
+        zenoh_endpoint: endpoint.clone(),
     };
     if let Err(e) = send(&mut sink, &register).await {
         return lost(e, false);
@@ -136,9 +153,11 @@ async fn connect_once(config: &DaemonConfig, on_event: &(dyn Fn(ConnectionEvent)
     let ended = 'conn: loop {
         tokio::select! {
             done = finished_rx.recv() => {
-                if let Some((uuid, success, summary)) = done {
-                    shares.local.ended(&uuid);
-                    shares.unreported.push((uuid, success, summary));
+                if let Some(report) = done {
+                    if let ShareReport::Finished((uuid, _, _)) = &report {
+                        shares.local.ended(uuid);
+                    }
+                    shares.unreported.push(report);
                 }
                 if registered && let Err(e) = report_finished(&mut sink, &mut shares.unreported).await {
                     break 'conn lost(e, registered);
@@ -146,18 +165,25 @@ async fn connect_once(config: &DaemonConfig, on_event: &(dyn Fn(ConnectionEvent)
             }
             incoming = stream.next() => match incoming {
                 Some(Ok(Message::Text(text))) => match serde_json::from_str::<CoordinatorMessage>(&text) {
-                    Ok(CoordinatorMessage::Registered { daemon_id }) => {
+                    Ok(CoordinatorMessage::Registered { daemon_id, peers }) => {
                         registered = true;
                         on_event(ConnectionEvent::Registered { daemon_id });
+                        if shares.bridge.is_none() && let Some(endpoint) = &endpoint {
+                            match tokio::task::block_in_place(|| crate::bridge::Bridge::open(endpoint, &peers)) {
+                                Ok(bridge) => shares.bridge = Some(bridge),
+                                Err(e) => on_event(ConnectionEvent::Lost { reason: e.to_string() }),
+                            }
+                        }
                         // Ends that happened while disconnected.
                         if let Err(e) = report_finished(&mut sink, &mut shares.unreported).await {
                             break 'conn lost(e, registered);
                         }
                     }
                     Ok(CoordinatorMessage::Spawn(spawn)) => {
-                        shares.local.spawn(spawn, shares.finished_tx.clone(), shares.on_local.clone());
+                        shares.local.spawn(spawn, shares.bridge.clone(), shares.finished_tx.clone(), shares.on_local.clone());
                     }
                     Ok(CoordinatorMessage::StopDataflow { uuid }) => shares.local.stop(&uuid),
+                    Ok(CoordinatorMessage::Go { uuid }) => shares.local.go(&uuid),
                     Ok(CoordinatorMessage::Error { code, message }) => {
                         break Ended::Rejected(Rejected { code, message });
                     }
@@ -178,18 +204,22 @@ async fn connect_once(config: &DaemonConfig, on_event: &(dyn Fn(ConnectionEvent)
     ended
 }
 
-/// Tells the coordinator about shares that ended; keeps what it could not send.
-async fn report_finished<S>(sink: &mut S, unreported: &mut Vec<Finished>) -> Result<(), String>
+/// Tells the coordinator what shares reported, oldest first; keeps what it
+/// could not send.
+async fn report_finished<S>(sink: &mut S, unreported: &mut Vec<ShareReport>) -> Result<(), String>
 where
     S: SinkExt<Message> + Unpin,
     S::Error: std::fmt::Display,
 {
-    while let Some((uuid, success, summary)) = unreported.pop() {
-        let msg = DaemonMessage::DataflowFinished { uuid: uuid.clone(), success, summary: summary.clone() };
-        if let Err(e) = send(sink, &msg).await {
-            unreported.push((uuid, success, summary));
-            return Err(e);
-        }
+    while !unreported.is_empty() {
+        let msg = match &unreported[0] {
+            ShareReport::Ready { uuid } => DaemonMessage::DataflowReady { uuid: uuid.clone() },
+            ShareReport::Finished((uuid, success, summary)) => {
+                DaemonMessage::DataflowFinished { uuid: uuid.clone(), success: *success, summary: summary.clone() }
+            }
+        };
+        send(sink, &msg).await?;
+        unreported.remove(0);
     }
     Ok(())
 }

@@ -35,8 +35,29 @@ pub enum Command {
     CloseOutputs { node: String },
     /// Send `Stop` to one node, or to all.
     Stop { node: Option<String> },
+    /// Every machine is wired: nodes may start (see [`RouterHandle::start`]).
+    Go,
     /// End the router thread.
     Shutdown,
+}
+
+/// An edge whose other node runs on another machine: the local node got
+/// one end, this is the other, for the cross-machine bridge.
+#[derive(Debug)]
+pub struct RemoteEnd {
+    pub producer: String,
+    pub consumer: String,
+    pub routes: Vec<Route>,
+    /// True if the producer is the local node (data leaves this machine).
+    pub outbound: bool,
+    pub fd: OwnedFd,
+}
+
+/// Where edges to nodes on other machines go.
+pub struct RemotePeers {
+    /// Nodes of the dataflow that run elsewhere.
+    pub nodes: HashSet<String>,
+    pub ends: Sender<RemoteEnd>,
 }
 
 /// Figures the router reports when it ends.
@@ -58,8 +79,11 @@ pub struct RouterHandle {
 }
 
 impl RouterHandle {
-    /// Starts the router thread for `routes`.
-    pub fn start(routes: Routes) -> std::io::Result<Self> {
+    /// Starts the router thread for `routes`; `remote` says which nodes run
+    /// elsewhere and takes the far ends of their edges.
+    /// With `remote`, nodes are told to start only after [`Command::Go`]
+    /// (the coordinator sends it once every machine has wired its edges).
+    pub fn start(routes: Routes, remote: Option<RemotePeers>) -> std::io::Result<Self> {
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         let wake = Arc::new(rustix::event::eventfd(
             0,
@@ -83,6 +107,8 @@ impl RouterHandle {
             by_node: HashMap::new(),
             finished: HashSet::new(),
             stored_ends: HashMap::new(),
+            gone: remote.is_none(),
+            remote,
             timers,
             stats: RouterStats::default(),
         };
@@ -148,6 +174,9 @@ struct Router {
     /// Edge ends made for nodes that were not running yet:
     /// `(producer, consumer, holder)` -> the holder's end.
     stored_ends: HashMap<(String, String, String), OwnedFd>,
+    remote: Option<RemotePeers>,
+    /// Nodes may start (always, for a dataflow that runs only here).
+    gone: bool,
     timers: Vec<Timer>,
     stats: RouterStats,
 }
@@ -216,6 +245,13 @@ impl Router {
                         self.send_to_node(&node, None, DaemonMsg::Stop, None);
                     }
                 }
+                Command::Go => {
+                    self.gone = true;
+                    let nodes: Vec<String> = self.by_node.keys().cloned().collect();
+                    for node in nodes {
+                        self.send_to_node(&node, None, DaemonMsg::Start, None);
+                    }
+                }
                 Command::Shutdown => return Flow::Shutdown,
             }
         }
@@ -255,7 +291,9 @@ impl Router {
         for input in closed {
             self.send_to_node(&node, None, DaemonMsg::InputClosed { input }, None);
         }
-        self.send_to_node(&node, None, DaemonMsg::Start, None);
+        if self.gone {
+            self.send_to_node(&node, None, DaemonMsg::Start, None);
+        }
     }
 
     /// Gives `node` its end of the producer->consumer edge: one kept for it,
@@ -287,6 +325,15 @@ impl Router {
             // A node that feeds itself holds both ends.
             let msg = DaemonMsg::Edge { direction: Direction::In, peer: node.to_owned(), routes: routes.to_vec() };
             self.send_to_node(node, None, msg, Some(theirs));
+        } else if let Some(remote) = self.remote.as_ref().filter(|r| r.nodes.contains(peer)) {
+            let end = RemoteEnd {
+                producer: producer.to_owned(),
+                consumer: consumer.to_owned(),
+                routes: routes.to_vec(),
+                outbound: node == producer,
+                fd: theirs,
+            };
+            let _ = remote.ends.send(end);
         } else if self.by_node.contains_key(peer) {
             self.send_to_node(peer, None, edge_msg(peer), Some(theirs));
         } else if !self.finished.contains(peer) {

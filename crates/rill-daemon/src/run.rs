@@ -32,6 +32,14 @@ pub struct RunOptions {
     pub skip_build: bool,
 }
 
+/// This runtime runs part of a dataflow; the rest runs on other machines.
+pub struct Share {
+    /// The nodes that run here.
+    pub local: std::collections::BTreeSet<String>,
+    /// Receives the far ends of edges to nodes elsewhere.
+    pub remote_ends: Sender<crate::router::RemoteEnd>,
+}
+
 impl Default for RunOptions {
     fn default() -> Self {
         Self { grace: Duration::from_secs(2), term_grace: Duration::from_secs(2), skip_build: false }
@@ -92,6 +100,7 @@ enum RunEvent {
     Exited { node: String, instance: Instance, status: ExitStatus },
     Stop,
     Kill,
+    Go,
 }
 
 /// Asks a running [`Runtime`] to stop (first call) or to kill (`kill`).
@@ -106,6 +115,10 @@ impl StopHandle {
     /// SIGKILL every node now.
     pub fn kill(&self) {
         let _ = self.0.send(RunEvent::Kill);
+    }
+    /// Every machine of a shared dataflow is wired: nodes may start.
+    pub fn go(&self) {
+        let _ = self.0.send(RunEvent::Go);
     }
 }
 
@@ -122,6 +135,7 @@ pub struct Runtime {
     tails: Tails,
     log_threads: Vec<JoinHandle<()>>,
     next_instance: Instance,
+    share: Option<Share>,
 }
 
 impl Runtime {
@@ -139,7 +153,24 @@ impl Runtime {
             tails: Arc::default(),
             log_threads: Vec::new(),
             next_instance: 0,
+            share: None,
         }
+    }
+
+    /// Runs only `share.local` of the dataflow; edges to the other nodes end
+    /// at `share.remote_ends` (the cross-machine bridge).
+    pub fn with_share(mut self, share: Share) -> Self {
+        self.share = Some(share);
+        self
+    }
+
+    /// The nodes this runtime supervises.
+    fn local_dataflow(&self) -> Dataflow {
+        let mut local = self.dataflow.clone();
+        if let Some(share) = &self.share {
+            local.nodes.retain(|n| share.local.contains(&n.id));
+        }
+        local
     }
 
     pub fn stop_handle(&self) -> StopHandle {
@@ -151,8 +182,18 @@ impl Runtime {
         if !self.options.skip_build {
             self.build()?;
         }
-        let router = RouterHandle::start(Routes::new(&self.dataflow)).map_err(RunError::Router)?;
-        let mut supervisor = Supervisor::new(&self.dataflow, self.options.grace, self.options.term_grace);
+        let local = self.local_dataflow();
+        let mut routes = Routes::new(&self.dataflow);
+        let remote = self.share.take().map(|share| {
+            routes.timers.retain_mut(|(_, targets)| {
+                targets.retain(|(node, _)| share.local.contains(node));
+                !targets.is_empty()
+            });
+            let nodes = self.dataflow.nodes.iter().map(|n| n.id.clone()).filter(|id| !share.local.contains(id)).collect();
+            crate::router::RemotePeers { nodes, ends: share.remote_ends }
+        });
+        let router = RouterHandle::start(routes, remote).map_err(RunError::Router)?;
+        let mut supervisor = Supervisor::new(&local, self.options.grace, self.options.term_grace);
         let mut pending: VecDeque<Action> = supervisor.start().into();
         let mut stopped = false;
         loop {
@@ -180,6 +221,7 @@ impl Runtime {
                     stopped = true;
                     pending.extend(supervisor.kill_all(now()));
                 }
+                Ok(RunEvent::Go) => router.send(Command::Go),
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
             }
             pending.extend(supervisor.tick(now()));
@@ -299,7 +341,7 @@ impl Runtime {
     fn build(&mut self) -> Result<(), RunError> {
         let mut done: Vec<String> = Vec::new();
         let builds: Vec<(String, String)> =
-            self.dataflow.nodes.iter().filter_map(|n| n.build.clone().map(|b| (n.id.clone(), b))).collect();
+            self.local_dataflow().nodes.iter().filter_map(|n| n.build.clone().map(|b| (n.id.clone(), b))).collect();
         for (node, command) in builds {
             if done.contains(&command) {
                 continue;

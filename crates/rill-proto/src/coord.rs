@@ -38,8 +38,14 @@ pub enum DaemonMessage {
         version: String,
         machine_id: Option<String>,
         labels: BTreeMap<String, String>,
+        /// Where this daemon's data session listens (`tcp/IP:PORT`).
+        #[serde(default)]
+        zenoh_endpoint: Option<String>,
     },
     Heartbeat,
+    /// This daemon's share is wired: its nodes run, its edges to other
+    /// machines are connected. They start at `Go`.
+    DataflowReady { uuid: String },
     /// A dataflow's nodes on this daemon all ended.
     DataflowFinished { uuid: String, success: bool, summary: String },
 }
@@ -61,9 +67,16 @@ pub struct SpawnDataflow {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum CoordinatorMessage {
-    Registered { daemon_id: String },
+    /// `peers`: data endpoints of the other connected daemons.
+    Registered {
+        daemon_id: String,
+        #[serde(default)]
+        peers: Vec<String>,
+    },
     Spawn(SpawnDataflow),
     StopDataflow { uuid: String },
+    /// Every daemon of the dataflow is ready: start the nodes.
+    Go { uuid: String },
     /// A permanent rejection: the daemon must not retry.
     Error { code: ErrorCode, message: String },
 }
@@ -156,9 +169,10 @@ mod tests {
             version: "0.1.0".into(),
             machine_id: Some("a".into()),
             labels: [("gpu".to_owned(), "true".to_owned())].into(),
+            zenoh_endpoint: None,
         };
         let json = serde_json::to_string(&msg).unwrap();
-        assert_eq!(json, r#"{"type":"register","protocol":1,"version":"0.1.0","machine_id":"a","labels":{"gpu":"true"}}"#);
+        assert_eq!(json, r#"{"type":"register","protocol":1,"version":"0.1.0","machine_id":"a","labels":{"gpu":"true"},"zenoh_endpoint":null}"#);
         let back: DaemonMessage = serde_json::from_str(&json).unwrap();
         assert_eq!(back, msg);
         let err = CoordinatorMessage::Error { code: ErrorCode::ProtocolMismatch, message: "x".into() };

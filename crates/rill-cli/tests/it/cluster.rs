@@ -206,3 +206,37 @@ fn placement_errors_name_the_node_and_use_the_reference_texts() {
     assert_eq!(code, Some(1));
     assert!(stderr.contains("no running dataflow named or with uuid `nothing`"), "{stderr}");
 }
+
+#[test]
+fn a_sink_on_another_daemon_receives_every_message() {
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut procs = Processes::new();
+    procs.start("coordinator", &["coordinator", "--port", &port_text]);
+    procs.start("daemon-a", &["daemon", "--machine-id", "a", "--coordinator-port", &port_text]);
+    procs.start("daemon-b", &["daemon", "--machine-id", "b", "--labels", "gpu=true", "--coordinator-port", &port_text]);
+    wait_status(&procs, port, "two daemons registered", Duration::from_secs(15), |v| machines(v).len() == 2);
+    let flow = crate::support::Flow::new(
+        "nodes:\n  - id: source\n    path: {node}\n    args: [burst, '500', '8']\n    outputs: [out]\n    deploy: { machine: a }\n  - id: frames\n    path: {node}\n    args: [burst, '20', '1048576']\n    outputs: [out]\n    deploy: { machine: a }\n  - id: sink\n    path: {node}\n    args: [print]\n    inputs:\n      small: { source: source/out, queue_size: 1000 }\n      large: { source: frames/out, queue_size: 100 }\n    _unstable_deploy: { labels: { gpu: 'true' } }\n",
+    );
+    let (code, started, stderr) =
+        rill_json(&["start", &flow.file.display().to_string(), "--name", "cross", "--coordinator-port", &port_text, "--json"]);
+    assert_eq!(code, Some(0), "{stderr}\n{}", procs.logs());
+    assert_eq!(started["placement"][2]["machine_id"], "b", "{started}");
+    let log_b = || std::fs::read_to_string(procs.log_path("daemon-b")).unwrap_or_default();
+    let seqs = |input: &str| -> Vec<u64> {
+        log_b()
+            .lines()
+            .filter(|l| l.starts_with(&format!("[cross/sink] input {input} ")))
+            .filter_map(|l| l.split("seq=").nth(1)?.split(' ').next()?.parse().ok())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seqs("small").len() < 500 || seqs("large").len() < 20 {
+        assert!(Instant::now() < deadline, "sink got {} small, {} large\n{}", seqs("small").len(), seqs("large").len(), procs.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(seqs("small"), (0..500).collect::<Vec<_>>(), "every small message, in order\n{}", procs.logs());
+    assert_eq!(seqs("large"), (0..20).collect::<Vec<_>>(), "every 1 MiB message, in order\n{}", procs.logs());
+    assert!(log_b().contains("input large len=1048576"), "{}", procs.logs());
+}

@@ -1,0 +1,275 @@
+//! Data between machines. An edge whose other node runs elsewhere ends
+//! here: outbound, a thread reads what the local producer writes and
+//! publishes it on Zenoh under `rill/{dataflow}/{producer}/{consumer}`;
+//! inbound, a subscription on that key feeds a thread that writes into the
+//! local consumer's edge. Nodes never see Zenoh. One Zenoh session per
+//! daemon, with explicit endpoints (no multicast scouting).
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rill_proto::{EdgeMsg, Payload, SHM_THRESHOLD, transport};
+use rustix::io::Errno;
+use zenoh::Wait;
+
+use crate::router::RemoteEnd;
+
+/// How long an outbound edge waits for its remote subscriber before the
+/// dataflow starts anyway.
+const MATCH_WAIT: Duration = Duration::from_secs(10);
+
+/// Messages from Zenoh waiting for a slow local consumer; beyond this the
+/// newest are dropped (the consumer's own queue drops the oldest).
+const INBOUND_QUEUE: usize = 256;
+
+/// Why the bridge could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open the cross-machine data session: {0}")]
+pub struct BridgeError(String);
+
+/// This daemon's Zenoh session and the subscriptions it serves.
+#[derive(Clone)]
+pub struct Bridge {
+    session: zenoh::Session,
+    /// Key -> the writer thread of the current local consumer end.
+    inbound: Arc<Mutex<HashMap<String, SyncSender<Vec<u8>>>>>,
+    subscribers: Arc<Mutex<HashMap<String, zenoh::pubsub::Subscriber<()>>>>,
+}
+
+fn json_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|e| format!("{e:?}")).collect();
+    format!("[{}]", quoted.join(","))
+}
+
+impl Bridge {
+    /// Listens on `listen` (e.g. `tcp/0.0.0.0:7447`) and connects to `peers`.
+    pub fn open(listen: &str, peers: &[String]) -> Result<Self, BridgeError> {
+        let mut config = zenoh::Config::default();
+        let set = |config: &mut zenoh::Config, key: &str, value: &str| {
+            config.insert_json5(key, value).map_err(|e| BridgeError(format!("{key}: {e}")))
+        };
+        set(&mut config, "mode", "\"peer\"")?;
+        set(&mut config, "scouting/multicast/enabled", "false")?;
+        set(&mut config, "listen/endpoints", &json_list(&[listen.to_owned()]))?;
+        set(&mut config, "connect/endpoints", &json_list(peers))?;
+        // Keep trying peers that are not up yet instead of giving up.
+        set(&mut config, "connect/timeout_ms", "-1")?;
+        set(&mut config, "connect/exit_on_failure", "false")?;
+        let session = zenoh::open(config).wait().map_err(|e| BridgeError(e.to_string()))?;
+        Ok(Self { session, inbound: Arc::default(), subscribers: Arc::default() })
+    }
+
+    /// Serves one far end of an edge of dataflow `uuid` (returns at once).
+    /// `ready` gets one message when the edge is connected: inbound, once
+    /// subscribed; outbound, once the remote subscriber is seen (or after
+    /// [`MATCH_WAIT`]), so nothing sent at start is lost.
+    pub fn serve(&self, uuid: &str, end: RemoteEnd, ready: std::sync::mpsc::Sender<()>) {
+        let key = format!("rill/{uuid}/{}/{}", end.producer, end.consumer);
+        let result = if end.outbound { self.outbound(key, end.fd, ready) } else { self.inbound(key, end.fd, ready) };
+        if let Err(e) = result {
+            eprintln!("rill daemon: cross-machine edge {} -> {}: {e}", end.producer, end.consumer);
+        }
+    }
+
+    fn outbound(&self, key: String, fd: OwnedFd, ready: std::sync::mpsc::Sender<()>) -> Result<(), String> {
+        let publisher = self
+            .session
+            .declare_publisher(key.clone())
+            .congestion_control(zenoh::qos::CongestionControl::Block)
+            .wait()
+            .map_err(|e| e.to_string())?;
+        std::thread::Builder::new()
+            .name("bridge-out".into())
+            .spawn(move || {
+                let deadline = std::time::Instant::now() + MATCH_WAIT;
+                while std::time::Instant::now() < deadline
+                    && !publisher.matching_status().wait().is_ok_and(|m| m.matching())
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let _ = ready.send(());
+                forward_out(&fd, |bytes| publisher.put(bytes).wait().map_err(|e| e.to_string()));
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    fn inbound(&self, key: String, fd: OwnedFd, ready: std::sync::mpsc::Sender<()>) -> Result<(), String> {
+        let (tx, rx) = sync_channel(INBOUND_QUEUE);
+        // A restarted consumer: its new end replaces the old one (whose
+        // thread ends when its channel closes).
+        self.inbound.lock().map_err(|_| "poisoned")?.insert(key.clone(), tx);
+        let mut subscribers = self.subscribers.lock().map_err(|_| "poisoned")?;
+        if let std::collections::hash_map::Entry::Vacant(slot) = subscribers.entry(key.clone()) {
+            let senders = self.inbound.clone();
+            let sub_key = key;
+            let subscriber = self
+                .session
+                .declare_subscriber(sub_key.clone())
+                .callback(move |sample| {
+                    let bytes = sample.payload().to_bytes().into_owned();
+                    if let Ok(senders) = senders.lock()
+                        && let Some(tx) = senders.get(&sub_key)
+                    {
+                        let _ = tx.try_send(bytes);
+                    }
+                })
+                .wait()
+                .map_err(|e| e.to_string())?;
+            slot.insert(subscriber);
+        }
+        let _ = ready.send(());
+        std::thread::Builder::new().name("bridge-in".into()).spawn(move || forward_in(&fd, &rx)).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+/// A read-only mapping of a producer's region.
+struct Mapped {
+    ptr: *mut std::ffi::c_void,
+    len: usize,
+}
+
+impl Mapped {
+    fn new(fd: &OwnedFd, len: usize) -> Option<Self> {
+        // SAFETY: a fresh shared read-only mapping, unmapped in Drop.
+        let ptr = unsafe {
+            rustix::mm::mmap(std::ptr::null_mut(), len, rustix::mm::ProtFlags::READ, rustix::mm::MapFlags::SHARED, fd, 0)
+        }
+        .ok()?;
+        Some(Self { ptr, len })
+    }
+
+    fn bytes(&self, len: usize) -> &[u8] {
+        // SAFETY: in bounds; the mapping lives as long as self.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), len.min(self.len)) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: exactly the range we mapped.
+        let _ = unsafe { rustix::mm::munmap(self.ptr, self.len) };
+    }
+}
+
+/// Reads the local producer's messages and publishes each as one inline
+/// `EdgeMsg::Data`; shared payloads are copied out once and released.
+fn forward_out(fd: &OwnedFd, publish: impl Fn(Vec<u8>) -> Result<(), String>) {
+    let mut buf = vec![0u8; rill_proto::MAX_PACKET];
+    let mut regions: HashMap<u64, Mapped> = HashMap::new();
+    loop {
+        let (n, fds) = match transport::recv_packet(fd.as_fd(), &mut buf, false) {
+            Ok((n, fds)) if n > 0 => (n, fds),
+            Err(Errno::CONNRESET) => continue,
+            // The producer ended (or restarted: a new end comes separately).
+            _ => return,
+        };
+        let Ok(msg) = EdgeMsg::decode(&buf[..n]) else { continue };
+        match msg {
+            EdgeMsg::Data { input, metadata, payload: Payload::Inline(bytes), .. } => {
+                let mut out = Vec::with_capacity(bytes.len() + 64);
+                EdgeMsg::Data { input, metadata, payload: Payload::Inline(bytes), new_region: false }.encode(&mut out);
+                if let Err(e) = publish(out) {
+                    eprintln!("rill daemon: cannot publish: {e}");
+                }
+            }
+            EdgeMsg::Data { input, metadata, payload: Payload::Shared { region, len, region_len }, new_region } => {
+                if new_region && let Some(mapped) = fds.first().and_then(|f| Mapped::new(f, region_len as usize)) {
+                    regions.insert(region, mapped);
+                }
+                if let Some(mapped) = regions.get(&region) {
+                    let bytes = mapped.bytes(len as usize).to_vec();
+                    let mut out = Vec::with_capacity(bytes.len() + 64);
+                    EdgeMsg::Data { input, metadata, payload: Payload::Inline(bytes), new_region: false }.encode(&mut out);
+                    if let Err(e) = publish(out) {
+                        eprintln!("rill daemon: cannot publish: {e}");
+                    }
+                }
+                let mut release = Vec::new();
+                EdgeMsg::Release { region, count: 1 }.encode(&mut release);
+                let _ = transport::send_packet(fd.as_fd(), &release, &[], false);
+            }
+            EdgeMsg::Unmap { region } => {
+                regions.remove(&region);
+            }
+            EdgeMsg::Release { .. } => {}
+        }
+    }
+}
+
+/// Writes messages from Zenoh into the local consumer's edge: small ones
+/// inline, large ones through a fresh shared region each, which the
+/// consumer is told to unmap once it released it.
+fn forward_in(fd: &OwnedFd, rx: &Receiver<Vec<u8>>) {
+    let mut next_region = 0u64;
+    let mut buf = vec![0u8; 256];
+    loop {
+        let bytes = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(bytes) => bytes,
+            Err(RecvTimeoutError::Timeout) => {
+                if !answer_releases(fd, &mut buf) {
+                    return;
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let Ok(EdgeMsg::Data { input, metadata, payload: Payload::Inline(data), .. }) = EdgeMsg::decode(&bytes) else {
+            continue;
+        };
+        let sent = if data.len() < SHM_THRESHOLD {
+            transport::send_packet(fd.as_fd(), &bytes, &[], false)
+        } else {
+            next_region += 1;
+            match shared_copy(&data) {
+                Ok((memfd, region_len)) => {
+                    let payload = Payload::Shared { region: next_region, len: data.len() as u64, region_len };
+                    let mut out = Vec::with_capacity(64);
+                    EdgeMsg::Data { input, metadata, payload, new_region: true }.encode(&mut out);
+                    transport::send_packet(fd.as_fd(), &out, &[memfd.as_fd()], false)
+                }
+                Err(e) => {
+                    eprintln!("rill daemon: cannot allocate shared memory for a remote message: {e}");
+                    continue;
+                }
+            }
+        };
+        if sent.is_err() || !answer_releases(fd, &mut buf) {
+            // The consumer is gone; a restarted one gets a new end.
+            return;
+        }
+    }
+}
+
+/// A memfd holding `data`, and its size.
+fn shared_copy(data: &[u8]) -> std::io::Result<(OwnedFd, u64)> {
+    let memfd = rustix::fs::memfd_create("rill-shm", rustix::fs::MemfdFlags::CLOEXEC)?;
+    let mut written = 0;
+    while written < data.len() {
+        written += rustix::io::write(&memfd, &data[written..])?;
+    }
+    Ok((memfd, data.len() as u64))
+}
+
+/// Each region the consumer released is unmapped (it was used once).
+/// False if the consumer is gone.
+fn answer_releases(fd: &OwnedFd, buf: &mut [u8]) -> bool {
+    loop {
+        match transport::recv_packet(fd.as_fd(), buf, true) {
+            Ok((n, _)) if n > 0 => {
+                if let Ok(EdgeMsg::Release { region, .. }) = EdgeMsg::decode(&buf[..n]) {
+                    let mut out = Vec::new();
+                    EdgeMsg::Unmap { region }.encode(&mut out);
+                    let _ = transport::send_packet(fd.as_fd(), &out, &[], true);
+                }
+            }
+            Err(Errno::WOULDBLOCK) => return true,
+            Err(Errno::CONNRESET) => continue,
+            _ => return false,
+        }
+    }
+}
