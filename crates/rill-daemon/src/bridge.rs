@@ -7,11 +7,10 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use rill_proto::{EdgeMsg, Payload, SHM_THRESHOLD, transport};
+use rill_proto::{BoundedQueue, EdgeMsg, Payload, SHM_THRESHOLD, transport};
 use rustix::io::Errno;
 use zenoh::Wait;
 
@@ -21,9 +20,52 @@ use crate::router::RemoteEnd;
 /// dataflow starts anyway.
 const MATCH_WAIT: Duration = Duration::from_secs(10);
 
-/// Messages from Zenoh waiting for a slow local consumer; beyond this the
-/// newest are dropped (the consumer's own queue drops the oldest).
-const INBOUND_QUEUE: usize = 256;
+/// Messages from Zenoh waiting for a slow local consumer, bounded per input
+/// by the input's `queue_size`, oldest dropped: the same rule as on one
+/// machine.
+#[derive(Default)]
+struct InboundQueue {
+    state: Mutex<(BoundedQueue<String, Vec<u8>>, bool)>,
+    ready: Condvar,
+}
+
+impl InboundQueue {
+    fn push(&self, input: String, capacity: usize, bytes: Vec<u8>) {
+        if let Ok(mut state) = self.state.lock() {
+            let _ = state.0.push(Some(input), capacity, bytes);
+            self.ready.notify_one();
+        }
+    }
+
+    /// Ends the writer (its consumer end was replaced).
+    fn close(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.1 = true;
+            self.ready.notify_one();
+        }
+    }
+
+    /// The next message, `Ok(None)` after `timeout`, `Err` once closed.
+    fn pop(&self, timeout: Duration) -> Result<Option<Vec<u8>>, ()> {
+        let Ok(mut state) = self.state.lock() else { return Err(()) };
+        if state.0.is_empty() && !state.1 {
+            state = match self.ready.wait_timeout(state, timeout) {
+                Ok((state, _)) => state,
+                Err(_) => return Err(()),
+            };
+        }
+        if state.1 {
+            return Err(());
+        }
+        Ok(state.0.pop().map(|(_, bytes)| bytes))
+    }
+}
+
+/// The inbound queue of one edge and its inputs' bounds.
+struct Inbound {
+    queue: Arc<InboundQueue>,
+    capacity: HashMap<String, usize>,
+}
 
 /// Why the bridge could not start.
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +76,8 @@ pub struct BridgeError(String);
 #[derive(Clone)]
 pub struct Bridge {
     session: zenoh::Session,
-    /// Key -> the writer thread of the current local consumer end.
-    inbound: Arc<Mutex<HashMap<String, SyncSender<Vec<u8>>>>>,
+    /// Key -> the queue of the current local consumer end's writer.
+    inbound: Arc<Mutex<HashMap<String, Inbound>>>,
     subscribers: Arc<Mutex<HashMap<String, zenoh::pubsub::Subscriber<()>>>>,
 }
 
@@ -68,7 +110,12 @@ impl Bridge {
     /// [`MATCH_WAIT`]), so nothing sent at start is lost.
     pub fn serve(&self, uuid: &str, end: RemoteEnd, ready: std::sync::mpsc::Sender<()>) {
         let key = format!("rill/{uuid}/{}/{}", end.producer, end.consumer);
-        let result = if end.outbound { self.outbound(key, end.fd, ready) } else { self.inbound(key, end.fd, ready) };
+        let result = if end.outbound {
+            self.outbound(key, end.fd, ready)
+        } else {
+            let capacity = end.routes.iter().map(|r| (r.input.clone(), r.queue_size as usize)).collect();
+            self.inbound(key, end.fd, capacity, ready)
+        };
         if let Err(e) = result {
             eprintln!("rill daemon: cross-machine edge {} -> {}: {e}", end.producer, end.consumer);
         }
@@ -97,11 +144,20 @@ impl Bridge {
         Ok(())
     }
 
-    fn inbound(&self, key: String, fd: OwnedFd, ready: std::sync::mpsc::Sender<()>) -> Result<(), String> {
-        let (tx, rx) = sync_channel(INBOUND_QUEUE);
-        // A restarted consumer: its new end replaces the old one (whose
-        // thread ends when its channel closes).
-        self.inbound.lock().map_err(|_| "poisoned")?.insert(key.clone(), tx);
+    fn inbound(
+        &self,
+        key: String,
+        fd: OwnedFd,
+        capacity: HashMap<String, usize>,
+        ready: std::sync::mpsc::Sender<()>,
+    ) -> Result<(), String> {
+        let queue = Arc::new(InboundQueue::default());
+        // A restarted consumer: its new end replaces the old one, whose
+        // writer ends.
+        let old = self.inbound.lock().map_err(|_| "poisoned")?.insert(key.clone(), Inbound { queue: queue.clone(), capacity });
+        if let Some(old) = old {
+            old.queue.close();
+        }
         let mut subscribers = self.subscribers.lock().map_err(|_| "poisoned")?;
         if let std::collections::hash_map::Entry::Vacant(slot) = subscribers.entry(key.clone()) {
             let senders = self.inbound.clone();
@@ -111,10 +167,12 @@ impl Bridge {
                 .declare_subscriber(sub_key.clone())
                 .callback(move |sample| {
                     let bytes = sample.payload().to_bytes().into_owned();
+                    let Ok(EdgeMsg::Data { input, .. }) = EdgeMsg::decode(&bytes) else { return };
                     if let Ok(senders) = senders.lock()
-                        && let Some(tx) = senders.get(&sub_key)
+                        && let Some(inbound) = senders.get(&sub_key)
                     {
-                        let _ = tx.try_send(bytes);
+                        let capacity = inbound.capacity.get(&input).copied().unwrap_or(rill_core::DEFAULT_QUEUE_SIZE);
+                        inbound.queue.push(input, capacity, bytes);
                     }
                 })
                 .wait()
@@ -122,7 +180,7 @@ impl Bridge {
             slot.insert(subscriber);
         }
         let _ = ready.send(());
-        std::thread::Builder::new().name("bridge-in".into()).spawn(move || forward_in(&fd, &rx)).map_err(|e| e.to_string())?;
+        std::thread::Builder::new().name("bridge-in".into()).spawn(move || forward_in(&fd, &queue)).map_err(|e| e.to_string())?;
         Ok(())
     }
 }
@@ -204,19 +262,19 @@ fn forward_out(fd: &OwnedFd, publish: impl Fn(Vec<u8>) -> Result<(), String>) {
 /// Writes messages from Zenoh into the local consumer's edge: small ones
 /// inline, large ones through a fresh shared region each, which the
 /// consumer is told to unmap once it released it.
-fn forward_in(fd: &OwnedFd, rx: &Receiver<Vec<u8>>) {
+fn forward_in(fd: &OwnedFd, queue: &InboundQueue) {
     let mut next_region = 0u64;
     let mut buf = vec![0u8; 256];
     loop {
-        let bytes = match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(bytes) => bytes,
-            Err(RecvTimeoutError::Timeout) => {
+        let bytes = match queue.pop(Duration::from_millis(200)) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
                 if !answer_releases(fd, &mut buf) {
                     return;
                 }
                 continue;
             }
-            Err(RecvTimeoutError::Disconnected) => return,
+            Err(()) => return,
         };
         let Ok(EdgeMsg::Data { input, metadata, payload: Payload::Inline(data), .. }) = EdgeMsg::decode(&bytes) else {
             continue;
