@@ -46,6 +46,8 @@ enum Commands {
     List(remote::ListArgs),
     /// Stop a dataflow by name or uuid.
     Stop(remote::StopArgs),
+    /// Stop a dataflow and start it again from the stored descriptor (no YAML needed).
+    Restart(remote::StopArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Commands::Start(args) => remote::start(args),
         Commands::List(args) => remote::list(args),
         Commands::Stop(args) => remote::stop(args),
+        Commands::Restart(args) => remote::restart(args),
     };
     match result {
         Ok(code) => code,

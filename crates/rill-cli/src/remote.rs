@@ -255,6 +255,20 @@ pub fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub fn restart(args: StopArgs) -> anyhow::Result<ExitCode> {
+    let response = request(&args.coordinator, ControlRequest::Restart { dataflow: args.dataflow })?;
+    let ControlResponse::Restarted { old_uuid, new_uuid, name, placement } = response else {
+        anyhow::bail!("unexpected reply from the coordinator: {response:?}");
+    };
+    if args.json {
+        println!("{}", serde_json::json!({"name": name, "old_uuid": old_uuid, "new_uuid": new_uuid, "placement": placement}));
+    } else {
+        println!("restarting dataflow `{name}`");
+        println!("dataflow restarted: {old_uuid} -> {new_uuid}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn stop(args: StopArgs) -> anyhow::Result<ExitCode> {
     let ControlResponse::Stopped { uuid, name } = request(&args.coordinator, ControlRequest::Stop { dataflow: args.dataflow })? else {
         anyhow::bail!("unexpected reply from the coordinator");

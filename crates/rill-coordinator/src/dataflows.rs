@@ -82,7 +82,8 @@ impl Dataflows {
         let placement = plan(&descriptor, daemons)?;
         let uuid = uuid::Uuid::new_v4().to_string();
         let name = name.unwrap_or_else(|| format!("dataflow-{}", &uuid[..8]));
-        if self.records.iter().any(|r| r.name == name && r.is_active()) {
+        // A stopping namesake is on its way out (that is how restart works).
+        if self.records.iter().any(|r| r.name == name && r.status == DataflowStatus::Running) {
             return Err(StartError::NameInUse(name));
         }
         let running_on: BTreeSet<String> = placement.iter().map(|p| p.daemon_id.clone()).collect();

@@ -212,6 +212,7 @@ async fn handle_control(socket: WebSocket, app: Arc<App>) {
             Ok(ControlRequest::Start { descriptor, name, base_dir, dry_run }) => start(&app, descriptor, name, base_dir, dry_run),
             Ok(ControlRequest::List) => ControlResponse::List { dataflows: app.dataflows().list() },
             Ok(ControlRequest::Stop { dataflow }) => stop(&app, &dataflow),
+            Ok(ControlRequest::Restart { dataflow }) => restart(&app, &dataflow),
             Err(e) => ControlResponse::Error { code: ErrorCode::BadRequest, message: e },
         };
         if !send_json(&mut sink, &response).await {
@@ -257,6 +258,25 @@ fn stop(app: &App, dataflow: &str) -> ControlResponse {
         cluster.send(&daemon, CoordinatorMessage::StopDataflow { uuid: record.uuid.clone() });
     }
     ControlResponse::Stopped { uuid: record.uuid, name: record.name }
+}
+
+fn restart(app: &App, dataflow: &str) -> ControlResponse {
+    let Some(old) = app.dataflows().find(dataflow).cloned() else {
+        let message = format!("no dataflow named or with uuid `{dataflow}` (see `rill list`)");
+        return ControlResponse::Error { code: ErrorCode::NotFound, message };
+    };
+    if let ControlResponse::Error { code, message } = stop(app, &old.uuid) {
+        // Already ended: restart simply starts it again.
+        if code != ErrorCode::NotFound {
+            return ControlResponse::Error { code, message };
+        }
+    }
+    match start(app, old.descriptor, Some(old.name), old.base_dir, false) {
+        ControlResponse::Started { uuid, name, placement } => {
+            ControlResponse::Restarted { old_uuid: old.uuid, new_uuid: uuid, name, placement }
+        }
+        other => other,
+    }
 }
 
 #[cfg(test)]

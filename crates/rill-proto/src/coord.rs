@@ -92,6 +92,8 @@ pub enum ControlRequest {
     List,
     /// Stop by name or uuid.
     Stop { dataflow: String },
+    /// Stop, then start again from the stored descriptor.
+    Restart { dataflow: String },
 }
 
 /// Where one node runs.
@@ -146,6 +148,7 @@ pub enum ControlResponse {
     Started { uuid: String, name: String, placement: Vec<NodePlacement> },
     List { dataflows: Vec<DataflowSummary> },
     Stopped { uuid: String, name: String },
+    Restarted { old_uuid: String, new_uuid: String, name: String, placement: Vec<NodePlacement> },
     Error { code: ErrorCode, message: String },
 }
 

@@ -80,6 +80,18 @@ fn wait_status(procs: &Processes, port: u16, what: &str, limit: Duration, pred: 
     panic!("{what} did not happen within {limit:?}; last status {:?}\n{}", status(port), procs.logs());
 }
 
+/// A coordinator with daemon `a` and daemon `b` (label gpu=true), registered.
+fn two_daemons() -> (Processes, u16) {
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut procs = Processes::new();
+    procs.start("coordinator", &["coordinator", "--port", &port_text]);
+    procs.start("daemon-a", &["daemon", "--machine-id", "a", "--coordinator-port", &port_text]);
+    procs.start("daemon-b", &["daemon", "--machine-id", "b", "--labels", "gpu=true", "--coordinator-port", &port_text]);
+    wait_status(&procs, port, "two daemons registered", Duration::from_secs(15), |v| machines(v).len() == 2);
+    (procs, port)
+}
+
 fn machines(status: &serde_json::Value) -> Vec<String> {
     status["daemons"].as_array().into_iter().flatten().filter_map(|d| d["machine_id"].as_str().map(str::to_owned)).collect()
 }
@@ -131,13 +143,8 @@ fn rill_json(args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
 
 #[test]
 fn start_places_nodes_by_machine_and_labels_and_stop_ends_them() {
-    let port = free_port();
+    let (procs, port) = two_daemons();
     let port_text = port.to_string();
-    let mut procs = Processes::new();
-    procs.start("coordinator", &["coordinator", "--port", &port_text]);
-    procs.start("daemon-a", &["daemon", "--machine-id", "a", "--coordinator-port", &port_text]);
-    procs.start("daemon-b", &["daemon", "--machine-id", "b", "--labels", "gpu=true", "--coordinator-port", &port_text]);
-    wait_status(&procs, port, "two daemons registered", Duration::from_secs(15), |v| machines(v).len() == 2);
     let flow = crate::support::Flow::new(
         "nodes:\n  - id: source\n    path: {node}\n    args: [flood, '8']\n    outputs: [out]\n    deploy: { machine: a }\n  - id: near\n    path: {node}\n    args: [slow, '100']\n    inputs: { in: source/out }\n    deploy: { machine: a }\n  - id: far\n    path: {node}\n    args: [wait-stop]\n    _unstable_deploy: { labels: { gpu: 'true' } }\n",
     );
@@ -209,13 +216,8 @@ fn placement_errors_name_the_node_and_use_the_reference_texts() {
 
 #[test]
 fn a_sink_on_another_daemon_receives_every_message() {
-    let port = free_port();
+    let (procs, port) = two_daemons();
     let port_text = port.to_string();
-    let mut procs = Processes::new();
-    procs.start("coordinator", &["coordinator", "--port", &port_text]);
-    procs.start("daemon-a", &["daemon", "--machine-id", "a", "--coordinator-port", &port_text]);
-    procs.start("daemon-b", &["daemon", "--machine-id", "b", "--labels", "gpu=true", "--coordinator-port", &port_text]);
-    wait_status(&procs, port, "two daemons registered", Duration::from_secs(15), |v| machines(v).len() == 2);
     let flow = crate::support::Flow::new(
         "nodes:\n  - id: source\n    path: {node}\n    args: [burst, '500', '8']\n    outputs: [out]\n    deploy: { machine: a }\n  - id: frames\n    path: {node}\n    args: [burst, '20', '1048576']\n    outputs: [out]\n    deploy: { machine: a }\n  - id: sink\n    path: {node}\n    args: [print]\n    inputs:\n      small: { source: source/out, queue_size: 1000 }\n      large: { source: frames/out, queue_size: 100 }\n    _unstable_deploy: { labels: { gpu: 'true' } }\n",
     );
@@ -239,4 +241,36 @@ fn a_sink_on_another_daemon_receives_every_message() {
     assert_eq!(seqs("small"), (0..500).collect::<Vec<_>>(), "every small message, in order\n{}", procs.logs());
     assert_eq!(seqs("large"), (0..20).collect::<Vec<_>>(), "every 1 MiB message, in order\n{}", procs.logs());
     assert!(log_b().contains("input large len=1048576"), "{}", procs.logs());
+}
+
+#[test]
+fn restart_needs_no_yaml_and_reports_old_and_new_uuid() {
+    let (procs, port) = two_daemons();
+    let port_text = port.to_string();
+    let flow = crate::support::Flow::new(
+        "nodes:\n  - id: waiter\n    path: {node}\n    args: [wait-stop]\n    deploy: { machine: b }\n",
+    );
+    let p = ["--coordinator-port", &port_text, "--json"];
+    let (code, started, stderr) = rill_json(&[&["start", &flow.file.display().to_string(), "--name", "svc"][..], &p[..]].concat());
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, restarted, stderr) = rill_json(&[&["restart", "svc"][..], &p[..]].concat());
+    assert_eq!(code, Some(0), "{stderr}\n{}", procs.logs());
+    assert_eq!(restarted["old_uuid"], started["uuid"]);
+    assert_ne!(restarted["new_uuid"], started["uuid"]);
+    assert_eq!(restarted["name"], "svc");
+    let text = rill().args(["restart", "svc", "--coordinator-port", &port_text]).output().expect("run");
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(stdout.contains(&format!("dataflow restarted: {} -> ", restarted["new_uuid"].as_str().unwrap_or(""))), "{stdout}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, list, _) = rill_json(&[&["list"][..], &p[..]].concat());
+        let statuses: Vec<&str> = list["dataflows"].as_array().into_iter().flatten().filter_map(|d| d["status"].as_str()).collect();
+        if statuses == ["stopped", "stopped", "running"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "statuses {statuses:?}\n{}", procs.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log_b = std::fs::read_to_string(procs.log_path("daemon-b")).unwrap_or_default();
+    assert_eq!(log_b.matches("[svc/waiter] got stop").count(), 2, "both old runs got Stop\n{log_b}");
 }
