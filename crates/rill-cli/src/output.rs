@@ -5,6 +5,21 @@ use std::process::ExitCode;
 
 use rill_core::Dataflow;
 
+/// Loads a dataflow file and its directory (where relative paths start).
+/// `None`: it is invalid, and its problems were printed.
+pub fn load_dataflow(file: &Path) -> anyhow::Result<Option<(Dataflow, PathBuf)>> {
+    let dataflow = match Dataflow::load(file) {
+        Ok(dataflow) => dataflow,
+        Err(diagnostics) => {
+            eprint!("{diagnostics}");
+            return Ok(None);
+        }
+    };
+    let canonical = file.canonicalize().map_err(|e| anyhow::anyhow!("cannot resolve {}: {e}", file.display()))?;
+    let base_dir = canonical.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    Ok(Some((dataflow, base_dir)))
+}
+
 /// Checks every file; all problems of all files are printed.
 pub fn check(files: &[PathBuf], json: bool) -> ExitCode {
     let mut failed = false;

@@ -201,20 +201,10 @@ fn print_placement(placement: &[NodePlacement]) {
 }
 
 pub fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
-    let descriptor = match rill_core::Dataflow::load(&args.file) {
-        Ok(d) => d,
-        Err(diagnostics) => {
-            eprint!("{diagnostics}");
-            return Ok(ExitCode::FAILURE);
-        }
+    let Some((descriptor, base_dir)) = crate::output::load_dataflow(&args.file)? else {
+        return Ok(ExitCode::FAILURE);
     };
-    let base_dir = args
-        .file
-        .canonicalize()
-        .with_context(|| format!("cannot resolve {}", args.file.display()))?
-        .parent()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| ".".into());
+    let base_dir = base_dir.display().to_string();
     let response = request(
         &args.coordinator,
         ControlRequest::Start { descriptor, name: args.name, base_dir, dry_run: args.dry_run },

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rill_core::Dataflow;
 use rill_daemon::{Notice, Report, Reporter, RunOptions, RunReport, Runtime, Sig, Stream};
 
 #[derive(clap::Args)]
@@ -27,20 +26,9 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let dataflow = match Dataflow::load(&args.file) {
-        Ok(dataflow) => dataflow,
-        Err(diagnostics) => {
-            eprint!("{diagnostics}");
-            return Ok(ExitCode::FAILURE);
-        }
+    let Some((dataflow, base_dir)) = crate::output::load_dataflow(&args.file)? else {
+        return Ok(ExitCode::FAILURE);
     };
-    let base_dir = args
-        .file
-        .canonicalize()
-        .with_context(|| format!("cannot resolve {}", args.file.display()))?
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
     let grace = Duration::try_from_secs_f64(args.grace).context("--grace must be a non-negative number of seconds")?;
     let options = RunOptions { grace, term_grace: grace, skip_build: args.skip_build };
     let reporter: Reporter = if args.json { Arc::new(report_json) } else { Arc::new(report_text) };
