@@ -36,6 +36,14 @@ pub struct CoordinatorArgs {
     /// Port for HTTP and WebSocket.
     #[arg(long, default_value_t = DEFAULT_PORT)]
     port: u16,
+    /// Where dataflow records live: `redb` (default file
+    /// ~/.local/share/rill/coordinator.redb), `redb:PATH`, or `memory`.
+    #[arg(long, default_value = "redb")]
+    store: String,
+    /// After a restart, seconds daemons have to report the dataflows they
+    /// still run; the others become failed.
+    #[arg(long, default_value_t = 30)]
+    reclaim_timeout: u64,
 }
 
 #[derive(clap::Args)]
@@ -72,9 +80,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     let bind = SocketAddr::new(args.bind, args.port);
+    let data_home = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    let store = rill_coordinator::StoreConfig::parse(&args.store, &data_home.join("rill/coordinator.redb"))
+        .map_err(|e| anyhow::anyhow!("--store: {e}"))?;
     runtime()?.block_on(async move {
-        eprintln!("rill coordinator listening on {bind}");
-        rill_coordinator::serve(rill_coordinator::CoordinatorConfig { bind }).await
+        eprintln!("rill coordinator listening on {bind} (store: {store:?})");
+        let reclaim_timeout = std::time::Duration::from_secs(args.reclaim_timeout);
+        rill_coordinator::serve(rill_coordinator::CoordinatorConfig { bind, store, reclaim_timeout }).await
     })?;
     Ok(ExitCode::SUCCESS)
 }

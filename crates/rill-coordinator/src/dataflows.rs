@@ -4,6 +4,9 @@
 //! `Failed` (a node failed; the reason names it).
 
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
 
 use rill_core::{DaemonInfo, Dataflow, place};
 use rill_proto::coord::{DataflowStatus, DataflowSummary, NodePlacement, SpawnDataflow};
@@ -17,10 +20,12 @@ pub enum StartError {
     NameInUse(String),
 }
 
-/// One dataflow the coordinator started.
-#[derive(Debug, Clone)]
+/// One dataflow the coordinator started (stored as JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DataflowRecord {
     pub uuid: String,
+    /// Milliseconds since the Unix epoch, for ordering.
+    pub started_ms: u64,
     pub name: String,
     pub descriptor: Dataflow,
     pub base_dir: String,
@@ -31,6 +36,9 @@ pub struct DataflowRecord {
     running_on: BTreeSet<String>,
     /// Daemons whose share is wired; at all of them, the nodes start.
     ready: BTreeSet<String>,
+    /// After a coordinator restart: until when daemons may reclaim it.
+    #[serde(skip)]
+    reclaim_until: Option<Instant>,
 }
 
 impl DataflowRecord {
@@ -53,7 +61,12 @@ impl DataflowRecord {
 #[derive(Default)]
 pub struct Dataflows {
     records: Vec<DataflowRecord>,
+    /// The reclaim window after a restart (for messages).
+    reclaim_timeout: Duration,
 }
+
+/// How long daemons have to reclaim a dataflow after a coordinator restart.
+pub const RECLAIM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The plan for `descriptor` on `daemons`.
 pub fn plan(descriptor: &Dataflow, daemons: &[DaemonInfo]) -> Result<Vec<NodePlacement>, StartError> {
@@ -101,8 +114,13 @@ impl Dataflows {
                 (daemon.clone(), spawn)
             })
             .collect();
+        let started_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         let record = DataflowRecord {
             uuid,
+            started_ms,
             name,
             descriptor,
             base_dir,
@@ -111,9 +129,68 @@ impl Dataflows {
             reason: None,
             running_on,
             ready: BTreeSet::new(),
+            reclaim_until: None,
         };
         self.records.push(record.clone());
         Ok((record, spawns))
+    }
+
+    /// Records from the store after a restart. Active ones wait for their
+    /// daemons to report them until `now + timeout`.
+    pub fn restore(records: Vec<DataflowRecord>, now: Instant, timeout: Duration) -> Self {
+        let records = records
+            .into_iter()
+            .map(|mut r| {
+                if r.is_active() {
+                    r.running_on.clear();
+                    r.ready.clear();
+                    r.reclaim_until = Some(now + timeout);
+                }
+                r
+            })
+            .collect();
+        Self { records, reclaim_timeout: timeout }
+    }
+
+    /// A (re)connected daemon says it runs `uuid`: it owns that share again.
+    /// Returns the record if it changed (to store), and whether the daemon
+    /// must be told to stop it (the dataflow is stopping or over).
+    pub fn reclaimed(&mut self, uuid: &str, daemon: &str, machine_id: Option<&str>) -> (Option<DataflowRecord>, bool) {
+        let Some(record) = self.records.iter_mut().find(|r| r.uuid == uuid) else { return (None, true) };
+        if !record.is_active() {
+            return (None, true);
+        }
+        record.running_on.insert(daemon.to_owned());
+        record.ready.insert(daemon.to_owned());
+        // Daemon ids change across restarts; machine ids do not.
+        for p in &mut record.placement {
+            if machine_id.is_some() && p.machine_id.as_deref() == machine_id {
+                p.daemon_id = daemon.to_owned();
+            }
+        }
+        (Some(record.clone()), record.status == DataflowStatus::Stopping)
+    }
+
+    /// Dataflows nobody reclaimed in time fail. Returns the changed records.
+    pub fn expire_reclaims(&mut self, now: Instant) -> Vec<DataflowRecord> {
+        let mut changed = Vec::new();
+        for record in &mut self.records {
+            let Some(until) = record.reclaim_until else { continue };
+            if record.running_on.is_empty() && now >= until {
+                record.reclaim_until = None;
+                record.status = if record.status == DataflowStatus::Stopping { DataflowStatus::Stopped } else { DataflowStatus::Failed };
+                if record.status == DataflowStatus::Failed {
+                    record.reason = Some(format!(
+                        "no daemon reported it within {} s after the coordinator restarted",
+                        self.reclaim_timeout.as_secs()
+                    ));
+                }
+                changed.push(record.clone());
+            } else if !record.running_on.is_empty() {
+                record.reclaim_until = None;
+            }
+        }
+        changed
     }
 
     /// The newest dataflow with this name, or the one with this uuid.
@@ -139,22 +216,22 @@ impl Dataflows {
         record.running_on.iter().cloned().collect()
     }
 
-    /// `daemon` reports its share ended.
-    pub fn daemon_finished(&mut self, uuid: &str, daemon: &str, success: bool, summary: &str) {
-        let Some(record) = self.records.iter_mut().find(|r| r.uuid == uuid) else { return };
+    /// `daemon` reports its share ended. Returns the record (to store).
+    pub fn daemon_finished(&mut self, uuid: &str, daemon: &str, success: bool, summary: &str) -> Option<DataflowRecord> {
+        let record = self.records.iter_mut().find(|r| r.uuid == uuid)?;
         record.running_on.remove(daemon);
         if !success && record.reason.is_none() {
             record.reason = Some(summary.to_owned());
         }
-        if !record.running_on.is_empty() {
-            return;
+        if record.running_on.is_empty() {
+            record.status = match record.status {
+                DataflowStatus::Stopping => DataflowStatus::Stopped,
+                DataflowStatus::Running if record.reason.is_none() => DataflowStatus::Finished,
+                DataflowStatus::Running => DataflowStatus::Failed,
+                other => other,
+            };
         }
-        record.status = match record.status {
-            DataflowStatus::Stopping => DataflowStatus::Stopped,
-            DataflowStatus::Running if record.reason.is_none() => DataflowStatus::Finished,
-            DataflowStatus::Running => DataflowStatus::Failed,
-            other => other,
-        };
+        Some(record.clone())
     }
 
     pub fn list(&self) -> Vec<DataflowSummary> {
@@ -224,6 +301,27 @@ mod tests {
         d.daemon_finished(&stopped.uuid, "b-2", true, "");
         assert_eq!(d.find("s").unwrap().status, DataflowStatus::Stopped);
         assert!(d.stop("s").is_none(), "not active any more");
+    }
+
+    #[test]
+    fn after_a_restart_daemons_reclaim_or_the_dataflow_fails() {
+        let mut d = Dataflows::default();
+        let (kept, _) = d.start(flow(), Some("kept".into()), "/".into(), &daemons()).unwrap();
+        let (lost, _) = d.start(flow(), Some("lost".into()), "/".into(), &daemons()).unwrap();
+        let stored: Vec<DataflowRecord> = d.records.clone();
+        let t0 = Instant::now();
+        let mut d = Dataflows::restore(stored, t0, RECLAIM_TIMEOUT);
+        let (changed, stop) = d.reclaimed(&kept.uuid, "a-7", Some("a"));
+        assert!(changed.is_some() && !stop);
+        assert_eq!(d.find("kept").unwrap().placement[0].daemon_id, "a-7", "placement follows the machine id");
+        assert_eq!(d.expire_reclaims(t0 + Duration::from_secs(1)).len(), 0);
+        let failed = d.expire_reclaims(t0 + RECLAIM_TIMEOUT);
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].uuid, lost.uuid);
+        assert_eq!(d.find("lost").unwrap().status, DataflowStatus::Failed);
+        assert!(d.find("lost").unwrap().reason.as_deref().unwrap_or("").contains("no daemon reported it"));
+        assert_eq!(d.find("kept").unwrap().status, DataflowStatus::Running);
+        assert_eq!(d.reclaimed("nope", "a-7", None), (None, true), "unknown dataflows are stopped");
     }
 
     #[test]

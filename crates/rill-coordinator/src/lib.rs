@@ -5,7 +5,9 @@
 pub mod client;
 mod cluster;
 pub mod dataflows;
+mod store;
 mod server;
 
 pub use cluster::{Cluster, Hello, RegisterError};
-pub use server::{CoordinatorConfig, ServeError, serve, serve_on};
+pub use server::{CoordinatorConfig, ServeError, StoreConfig, serve, serve_on};
+pub use store::{Store, StoreError};

@@ -18,17 +18,42 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::cluster::Cluster;
-use crate::dataflows::{Dataflows, StartError, plan};
+use crate::dataflows::{DataflowRecord, Dataflows, StartError, plan};
+use crate::store::Store;
 
 /// A daemon that sends nothing (not even a heartbeat) this long is dropped.
 const SILENCE_LIMIT: Duration = Duration::from_secs(5);
 /// The first message of a connection must come within this.
 const HELLO_LIMIT: Duration = Duration::from_secs(10);
 
-/// Where the coordinator listens.
+/// Where the coordinator keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    Memory,
+    Redb(std::path::PathBuf),
+}
+
+impl StoreConfig {
+    /// Parses `--store`: `memory`, `redb` (at `default_path`) or `redb:PATH`.
+    pub fn parse(text: &str, default_path: &std::path::Path) -> Result<Self, String> {
+        match text {
+            "memory" => Ok(StoreConfig::Memory),
+            "redb" => Ok(StoreConfig::Redb(default_path.to_owned())),
+            _ => match text.strip_prefix("redb:") {
+                Some(path) if !path.is_empty() => Ok(StoreConfig::Redb(path.into())),
+                _ => Err(format!("unknown store `{text}`: use `memory`, `redb` or `redb:PATH`")),
+            },
+        }
+    }
+}
+
+/// Where the coordinator listens and keeps its state.
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
     pub bind: SocketAddr,
+    pub store: StoreConfig,
+    /// After a restart, how long daemons have to reclaim running dataflows.
+    pub reclaim_timeout: Duration,
 }
 
 /// Why the coordinator could not serve.
@@ -38,11 +63,14 @@ pub enum ServeError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 struct App {
     cluster: Mutex<Cluster>,
     dataflows: Mutex<Dataflows>,
+    store: Store,
     started: Instant,
 }
 
@@ -56,23 +84,49 @@ impl App {
     fn dataflows(&self) -> MutexGuard<'_, Dataflows> {
         self.dataflows.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    /// Stores a changed record; a store failure is reported, not fatal
+    /// (the dataflows keep running).
+    fn persist(&self, record: &DataflowRecord) {
+        if let Err(e) = self.store.save(record) {
+            eprintln!("rill coordinator: {e}");
+        }
+    }
 }
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Binds `config.bind` and serves until the process ends.
 pub async fn serve(config: CoordinatorConfig) -> Result<(), ServeError> {
+    let store = match &config.store {
+        StoreConfig::Memory => Store::Memory,
+        StoreConfig::Redb(path) => Store::open(path)?,
+    };
     let listener =
         TcpListener::bind(config.bind).await.map_err(|source| ServeError::Bind { addr: config.bind, source })?;
-    serve_on(listener).await
+    serve_on(listener, store, config.reclaim_timeout).await
 }
 
 /// Serves on an already bound listener (tests bind port 0).
-pub async fn serve_on(listener: TcpListener) -> Result<(), ServeError> {
+pub async fn serve_on(listener: TcpListener, store: Store, reclaim_timeout: Duration) -> Result<(), ServeError> {
+    let dataflows = Dataflows::restore(store.load()?, Instant::now(), reclaim_timeout);
     let app = Arc::new(App {
         cluster: Mutex::new(Cluster::default()),
-        dataflows: Mutex::new(Dataflows::default()),
+        dataflows: Mutex::new(dataflows),
+        store,
         started: Instant::now(),
+    });
+    let expirer = app.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let changed = expirer.dataflows().expire_reclaims(Instant::now());
+            for record in changed {
+                eprintln!("rill coordinator: dataflow {} ({}) {:?}: {}", record.name, record.uuid, record.status, record.reason.as_deref().unwrap_or(""));
+                expirer.persist(&record);
+            }
+        }
     });
     let router = Router::new()
         .route("/api/health", get(health))
@@ -125,9 +179,9 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
     let (mut sink, mut stream) = socket.split();
     let first = tokio::time::timeout(HELLO_LIMIT, next_json::<DaemonMessage>(&mut stream)).await;
     let Ok(Some(first)) = first else { return };
-    let hello = match first {
-        Ok(DaemonMessage::Register { protocol, version, machine_id, labels, zenoh_endpoint }) => {
-            crate::cluster::Hello { protocol, version, machine_id, labels, zenoh_endpoint }
+    let (hello, running) = match first {
+        Ok(DaemonMessage::Register { protocol, version, machine_id, labels, zenoh_endpoint, running }) => {
+            (crate::cluster::Hello { protocol, version, machine_id, labels, zenoh_endpoint }, running)
         }
         Ok(other) => {
             let message = format!("expected register, got {other:?}");
@@ -142,6 +196,7 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
         }
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let machine_id = hello.machine_id.clone();
     let registered = app.cluster().register(hello, tx, Instant::now());
     let daemon_id = match registered {
         Ok(id) => id,
@@ -154,6 +209,16 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
     if !send_json(&mut sink, &CoordinatorMessage::Registered { daemon_id: daemon_id.clone(), peers }).await {
         app.cluster().disconnected(&daemon_id);
         return;
+    }
+    // What it still runs (after its or our restart) is its again.
+    for uuid in running {
+        let (changed, stop) = app.dataflows().reclaimed(&uuid, &daemon_id, machine_id.as_deref());
+        if let Some(record) = changed {
+            app.persist(&record);
+        }
+        if stop {
+            app.cluster().send(&daemon_id, CoordinatorMessage::StopDataflow { uuid });
+        }
     }
     let mut last_heard = Instant::now();
     let mut check = tokio::time::interval(Duration::from_secs(1));
@@ -173,7 +238,10 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
                 }
                 Some(Ok(DaemonMessage::DataflowFinished { uuid, success, summary })) => {
                     last_heard = Instant::now();
-                    app.dataflows().daemon_finished(&uuid, &daemon_id, success, &summary);
+                    let changed = app.dataflows().daemon_finished(&uuid, &daemon_id, success, &summary);
+                    if let Some(record) = changed {
+                        app.persist(&record);
+                    }
                 }
                 Some(Ok(DaemonMessage::Register { .. })) | Some(Err(_)) => last_heard = Instant::now(),
                 None => break,
@@ -242,6 +310,7 @@ fn start(app: &App, descriptor: rill_core::Dataflow, name: Option<String>, base_
         Ok(started) => started,
         Err(e) => return start_error(e),
     };
+    app.persist(&record);
     for (daemon, spawn) in spawns {
         cluster.send(&daemon, CoordinatorMessage::Spawn(spawn));
     }
@@ -254,6 +323,7 @@ fn stop(app: &App, dataflow: &str) -> ControlResponse {
         let message = format!("no running dataflow named or with uuid `{dataflow}` (see `rill list`)");
         return ControlResponse::Error { code: ErrorCode::NotFound, message };
     };
+    app.persist(&record);
     for daemon in daemons {
         cluster.send(&daemon, CoordinatorMessage::StopDataflow { uuid: record.uuid.clone() });
     }
@@ -287,7 +357,7 @@ mod tests {
     async fn start() -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve_on(listener));
+        tokio::spawn(serve_on(listener, Store::Memory, Duration::from_secs(30)));
         addr
     }
 
@@ -299,6 +369,15 @@ mod tests {
                 return serde_json::from_str(&reply).unwrap();
             }
         }
+    }
+
+    #[test]
+    fn store_option_parses() {
+        let default = std::path::Path::new("/d/c.redb");
+        assert_eq!(StoreConfig::parse("memory", default), Ok(StoreConfig::Memory));
+        assert_eq!(StoreConfig::parse("redb", default), Ok(StoreConfig::Redb(default.into())));
+        assert_eq!(StoreConfig::parse("redb:/x.redb", default), Ok(StoreConfig::Redb("/x.redb".into())));
+        assert!(StoreConfig::parse("sqlite", default).unwrap_err().contains("use `memory`, `redb` or `redb:PATH`"));
     }
 
     #[tokio::test]

@@ -128,6 +128,13 @@ impl LocalDataflows {
         }
     }
 
+    /// Uuids of the dataflows with nodes here.
+    pub fn running(&self) -> Vec<String> {
+        let mut uuids: Vec<String> = self.running.keys().cloned().collect();
+        uuids.sort();
+        uuids
+    }
+
     /// Begins the stop sequence of a share.
     pub fn stop(&mut self, uuid: &str) {
         if let Some(handle) = self.running.get(uuid) {

@@ -142,6 +142,7 @@ async fn connect_once(config: &DaemonConfig, on_event: &(dyn Fn(ConnectionEvent)
         machine_id: config.machine_id.clone(),
         labels: config.labels.clone(),
         zenoh_endpoint: endpoint.clone(),
+        running: shares.local.running(),
     };
     if let Err(e) = send(&mut sink, &register).await {
         return lost(e, false);

@@ -41,6 +41,10 @@ pub enum DaemonMessage {
         /// Where this daemon's data session listens (`tcp/IP:PORT`).
         #[serde(default)]
         zenoh_endpoint: Option<String>,
+        /// Dataflows (uuids) it runs nodes of: after a reconnect, the
+        /// coordinator knows they are still there.
+        #[serde(default)]
+        running: Vec<String>,
     },
     Heartbeat,
     /// This daemon's share is wired: its nodes run, its edges to other
@@ -173,9 +177,13 @@ mod tests {
             machine_id: Some("a".into()),
             labels: [("gpu".to_owned(), "true".to_owned())].into(),
             zenoh_endpoint: None,
+            running: vec![],
         };
         let json = serde_json::to_string(&msg).unwrap();
-        assert_eq!(json, r#"{"type":"register","protocol":1,"version":"0.1.0","machine_id":"a","labels":{"gpu":"true"},"zenoh_endpoint":null}"#);
+        assert_eq!(
+            json,
+            r#"{"type":"register","protocol":1,"version":"0.1.0","machine_id":"a","labels":{"gpu":"true"},"zenoh_endpoint":null,"running":[]}"#
+        );
         let back: DaemonMessage = serde_json::from_str(&json).unwrap();
         assert_eq!(back, msg);
         let err = CoordinatorMessage::Error { code: ErrorCode::ProtocolMismatch, message: "x".into() };

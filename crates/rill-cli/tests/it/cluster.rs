@@ -85,7 +85,7 @@ fn two_daemons() -> (Processes, u16) {
     let port = free_port();
     let port_text = port.to_string();
     let mut procs = Processes::new();
-    procs.start("coordinator", &["coordinator", "--port", &port_text]);
+    procs.start("coordinator", &["coordinator", "--port", &port_text, "--store", "memory"]);
     procs.start("daemon-a", &["daemon", "--machine-id", "a", "--coordinator-port", &port_text]);
     procs.start("daemon-b", &["daemon", "--machine-id", "b", "--labels", "gpu=true", "--coordinator-port", &port_text]);
     wait_status(&procs, port, "two daemons registered", Duration::from_secs(15), |v| machines(v).len() == 2);
@@ -101,7 +101,7 @@ fn daemons_register_with_labels_and_come_back_after_a_coordinator_restart() {
     let port = free_port();
     let port_text = port.to_string();
     let mut procs = Processes::new();
-    procs.start("coordinator", &["coordinator", "--port", &port_text]);
+    procs.start("coordinator", &["coordinator", "--port", &port_text, "--store", "memory"]);
     procs.start("daemon-a", &["daemon", "--machine-id", "a", "--coordinator-port", &port_text]);
     procs.start("daemon-b", &["daemon", "--machine-id", "b", "--labels", "gpu=true,zone=lab", "--coordinator-port", &port_text]);
     let value = wait_status(&procs, port, "two daemons registered", Duration::from_secs(15), |v| machines(v).len() == 2);
@@ -119,7 +119,7 @@ fn daemons_register_with_labels_and_come_back_after_a_coordinator_restart() {
     // kill -9 the coordinator: the daemons keep retrying and re-register.
     procs.kill("coordinator");
     assert!(status(port).is_none(), "coordinator still answers after kill\n{}", procs.logs());
-    procs.start("coordinator-2", &["coordinator", "--port", &port_text]);
+    procs.start("coordinator-2", &["coordinator", "--port", &port_text, "--store", "memory"]);
     let value = wait_status(&procs, port, "daemons back after restart", Duration::from_secs(20), |v| machines(v).len() == 2);
     assert_eq!(machines(&value), ["a", "b"], "{}", procs.logs());
     let log_a = std::fs::read_to_string(procs.log_path("daemon-a")).unwrap_or_default();
@@ -198,7 +198,7 @@ fn placement_errors_name_the_node_and_use_the_reference_texts() {
     let port = free_port();
     let port_text = port.to_string();
     let mut procs = Processes::new();
-    procs.start("coordinator", &["coordinator", "--port", &port_text]);
+    procs.start("coordinator", &["coordinator", "--port", &port_text, "--store", "memory"]);
     procs.start("daemon-x", &["daemon", "--machine-id", "x", "--coordinator-port", &port_text]);
     wait_status(&procs, port, "daemon registered", Duration::from_secs(15), |v| machines(v).len() == 1);
     let flow = crate::support::Flow::new(
@@ -273,4 +273,70 @@ fn restart_needs_no_yaml_and_reports_old_and_new_uuid() {
     }
     let log_b = std::fs::read_to_string(procs.log_path("daemon-b")).unwrap_or_default();
     assert_eq!(log_b.matches("[svc/waiter] got stop").count(), 2, "both old runs got Stop\n{log_b}");
+}
+
+#[test]
+fn after_a_coordinator_kill_the_redb_store_and_daemons_bring_dataflows_back() {
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut procs = Processes::new();
+    let store = format!("redb:{}", procs.dir.path().join("coordinator.redb").display());
+    let coordinator = ["coordinator", "--port", &port_text, "--store", &store, "--reclaim-timeout", "3"];
+    procs.start("coordinator", &coordinator);
+    procs.start("daemon-a", &["daemon", "--machine-id", "a", "--coordinator-port", &port_text]);
+    procs.start("daemon-b", &["daemon", "--machine-id", "b", "--coordinator-port", &port_text]);
+    wait_status(&procs, port, "two daemons registered", Duration::from_secs(15), |v| machines(v).len() == 2);
+    let flow = |machine: &str| {
+        crate::support::Flow::new(&format!("nodes:\n  - id: w\n    path: {{node}}\n    args: [wait-stop]\n    deploy: {{ machine: {machine} }}\n"))
+    };
+    let (kept, orphan) = (flow("b"), flow("a"));
+    let p = ["--coordinator-port", &port_text, "--json"];
+    for (file, name) in [(&kept.file, "kept"), (&orphan.file, "orphan")] {
+        let (code, _, stderr) = rill_json(&[&["start", &file.display().to_string(), "--name", name][..], &p[..]].concat());
+        assert_eq!(code, Some(0), "{stderr}\n{}", procs.logs());
+    }
+    let log_b_path = procs.log_path("daemon-b");
+    let log_b = || std::fs::read_to_string(&log_b_path).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pid: u32 = loop {
+        if let Some(pid) = log_b().lines().find_map(|l| l.strip_prefix("[kept/w] waiting pid=")?.trim().parse().ok()) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "node did not start\n{}", procs.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+
+    // The coordinator dies (kill -9); so does daemon a with its node.
+    procs.kill("coordinator");
+    procs.kill("daemon-a");
+    procs.start("coordinator-2", &coordinator);
+    let value = wait_status(&procs, port, "daemon b back", Duration::from_secs(20), |v| machines(v) == ["b"]);
+    assert_eq!(machines(&value), ["b"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let list = loop {
+        let (_, list, _) = rill_json(&[&["list"][..], &p[..]].concat());
+        let statuses: Vec<(String, String)> = list["dataflows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|d| (d["name"].as_str().unwrap_or("").to_owned(), d["status"].as_str().unwrap_or("").to_owned()))
+            .collect();
+        if statuses == [("kept".into(), "running".into()), ("orphan".into(), "failed".into())] {
+            break list;
+        }
+        assert!(Instant::now() < deadline, "statuses {statuses:?}\n{}", procs.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(list["dataflows"][1]["reason"].as_str().unwrap_or("").contains("no daemon reported it within 3 s"), "{list}");
+    assert!(crate::support::alive(pid), "the node kept running under its pid {pid}\n{}", procs.logs());
+    assert_eq!(log_b().matches("[kept/w] waiting").count(), 1, "the node was not started again\n{}", procs.logs());
+
+    // The reclaimed dataflow is fully managed again.
+    let (code, _, stderr) = rill_json(&[&["stop", "kept"][..], &p[..]].concat());
+    assert_eq!(code, Some(0), "{stderr}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !log_b().contains("[kept/w] got stop") {
+        assert!(Instant::now() < deadline, "stop did not reach the node\n{}", procs.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

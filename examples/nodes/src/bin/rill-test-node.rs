@@ -111,7 +111,7 @@ fn flood(size: usize) -> Result {
 
 fn wait_stop() -> Result {
     let mut node = Node::from_env()?;
-    println!("waiting");
+    println!("waiting pid={}", std::process::id());
     while let Some(event) = node.next_event() {
         if let Event::Stop = event {
             println!("got stop");

@@ -1,0 +1,73 @@
+//! Where dataflow records survive a coordinator restart: a redb file, or
+//! nothing (`--store memory`, for tests and throwaway setups).
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::dataflows::DataflowRecord;
+
+/// uuid -> the record as JSON.
+const DATAFLOWS: TableDefinition<&str, &str> = TableDefinition::new("dataflows");
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the coordinator store {path}: {reason} (is another coordinator using it?)")]
+    Open { path: PathBuf, reason: String },
+    #[error("coordinator store: {0}")]
+    Io(String),
+}
+
+fn io(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+/// The coordinator's persistent state.
+pub enum Store {
+    Memory,
+    Redb(Database),
+}
+
+impl Store {
+    /// Opens (or creates) the redb file.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open { path: path.to_owned(), reason: e.to_string() })?;
+        }
+        let db = Database::create(path).map_err(|e| StoreError::Open { path: path.to_owned(), reason: e.to_string() })?;
+        let txn = db.begin_write().map_err(io)?;
+        txn.open_table(DATAFLOWS).map_err(io)?;
+        txn.commit().map_err(io)?;
+        Ok(Store::Redb(db))
+    }
+
+    /// Writes one record (durably, before the caller answers anyone).
+    pub fn save(&self, record: &DataflowRecord) -> Result<(), StoreError> {
+        let Store::Redb(db) = self else { return Ok(()) };
+        let json = serde_json::to_string(record).map_err(io)?;
+        let txn = db.begin_write().map_err(io)?;
+        {
+            let mut table = txn.open_table(DATAFLOWS).map_err(io)?;
+            table.insert(record.uuid.as_str(), json.as_str()).map_err(io)?;
+        }
+        txn.commit().map_err(io)
+    }
+
+    /// Every record, in start order.
+    pub fn load(&self) -> Result<Vec<DataflowRecord>, StoreError> {
+        let Store::Redb(db) = self else { return Ok(Vec::new()) };
+        let txn = db.begin_read().map_err(io)?;
+        let table = txn.open_table(DATAFLOWS).map_err(io)?;
+        let mut records = Vec::new();
+        for entry in table.iter().map_err(io)? {
+            let (_, value) = entry.map_err(io)?;
+            match serde_json::from_str::<DataflowRecord>(value.value()) {
+                Ok(record) => records.push(record),
+                Err(e) => eprintln!("rill coordinator: skipping an unreadable stored dataflow: {e}"),
+            }
+        }
+        records.sort_by_key(|r| r.started_ms);
+        Ok(records)
+    }
+}
