@@ -63,7 +63,12 @@ pub struct Dataflows {
     records: Vec<DataflowRecord>,
     /// The reclaim window after a restart (for messages).
     reclaim_timeout: Duration,
+    /// Last auto-recovery per (machine id, dataflow uuid).
+    recovered_at: std::collections::HashMap<(String, String), Instant>,
 }
+
+/// At most one auto-recovery per machine and dataflow in this window.
+pub const RECOVERY_BACKOFF: Duration = Duration::from_secs(30);
 
 /// How long daemons have to reclaim a dataflow after a coordinator restart.
 pub const RECLAIM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -149,7 +154,7 @@ impl Dataflows {
                 r
             })
             .collect();
-        Self { records, reclaim_timeout: timeout }
+        Self { records, reclaim_timeout: timeout, recovered_at: Default::default() }
     }
 
     /// A (re)connected daemon says it runs `uuid`: it owns that share again.
@@ -169,6 +174,65 @@ impl Dataflows {
             }
         }
         (Some(record.clone()), record.status == DataflowStatus::Stopping)
+    }
+
+    /// A daemon (re)connected reporting `reported`: every running dataflow
+    /// with nodes placed on its machine that it does not run gets those
+    /// nodes spawned again, at most once per [`RECOVERY_BACKOFF`] per machine
+    /// and dataflow. Returns the records to store and the spawns to send.
+    pub fn recover(
+        &mut self,
+        daemon: &str,
+        machine_id: Option<&str>,
+        reported: &[String],
+        now: Instant,
+    ) -> Vec<(DataflowRecord, SpawnDataflow)> {
+        // Only a machine id says which nodes were this daemon's.
+        let Some(machine) = machine_id else { return Vec::new() };
+        let mut out = Vec::new();
+        for record in &mut self.records {
+            if record.status != DataflowStatus::Running || reported.contains(&record.uuid) {
+                continue;
+            }
+            let nodes: Vec<String> = record
+                .placement
+                .iter()
+                .filter(|p| p.machine_id.as_deref() == Some(machine))
+                .map(|p| p.node.clone())
+                .collect();
+            if nodes.is_empty() {
+                continue;
+            }
+            let key = (machine.to_owned(), record.uuid.clone());
+            if self.recovered_at.get(&key).is_some_and(|at| now.duration_since(*at) < RECOVERY_BACKOFF) {
+                continue;
+            }
+            self.recovered_at.insert(key, now);
+            for p in &mut record.placement {
+                if p.machine_id.as_deref() == Some(machine) {
+                    record.running_on.remove(&p.daemon_id);
+                    record.ready.remove(&p.daemon_id);
+                    p.daemon_id = daemon.to_owned();
+                }
+            }
+            record.running_on.insert(daemon.to_owned());
+            let spawn = SpawnDataflow {
+                uuid: record.uuid.clone(),
+                name: record.name.clone(),
+                descriptor: record.descriptor.clone(),
+                base_dir: record.base_dir.clone(),
+                nodes,
+            };
+            out.push((record.clone(), spawn));
+        }
+        out
+    }
+
+    /// The share on `machine` runs again: a later loss may be recovered at once.
+    pub fn recovered(&mut self, uuid: &str, machine_id: Option<&str>) {
+        if let Some(machine) = machine_id {
+            self.recovered_at.remove(&(machine.to_owned(), uuid.to_owned()));
+        }
     }
 
     /// Dataflows nobody reclaimed in time fail. Returns the changed records.
@@ -301,6 +365,23 @@ mod tests {
         d.daemon_finished(&stopped.uuid, "b-2", true, "");
         assert_eq!(d.find("s").unwrap().status, DataflowStatus::Stopped);
         assert!(d.stop("s").is_none(), "not active any more");
+    }
+
+    #[test]
+    fn a_daemon_that_lost_its_nodes_gets_them_again_with_backoff() {
+        let mut d = Dataflows::default();
+        let (record, _) = d.start(flow(), Some("app".into()), "/".into(), &daemons()).unwrap();
+        let t0 = Instant::now();
+        let spawns = d.recover("b-9", Some("b"), &[], t0);
+        assert_eq!(spawns.len(), 1);
+        assert_eq!(spawns[0].1.nodes, ["sink"], "only the missing machine's nodes");
+        assert_eq!(d.find("app").unwrap().placement[1].daemon_id, "b-9");
+        assert!(d.recover("b-10", Some("b"), &[], t0 + Duration::from_secs(5)).is_empty(), "backoff");
+        assert_eq!(d.recover("b-11", Some("b"), &[], t0 + RECOVERY_BACKOFF).len(), 1, "after the backoff");
+        d.recovered(&record.uuid, Some("b"));
+        assert_eq!(d.recover("b-12", Some("b"), &[], t0 + RECOVERY_BACKOFF).len(), 1, "cleared once running");
+        assert!(d.recover("b-13", Some("b"), std::slice::from_ref(&record.uuid), t0 + RECOVERY_BACKOFF * 3).is_empty(), "it runs it");
+        assert!(d.recover("c-1", Some("c"), &[], t0).is_empty(), "nothing placed there");
     }
 
     #[test]

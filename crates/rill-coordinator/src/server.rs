@@ -211,6 +211,7 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
         return;
     }
     // What it still runs (after its or our restart) is its again.
+    let running_now = running.clone();
     for uuid in running {
         let (changed, stop) = app.dataflows().reclaimed(&uuid, &daemon_id, machine_id.as_deref());
         if let Some(record) = changed {
@@ -219,6 +220,13 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
         if stop {
             app.cluster().send(&daemon_id, CoordinatorMessage::StopDataflow { uuid });
         }
+    }
+    // What it should run but does not (it restarted, the machine rebooted).
+    let spawns = app.dataflows().recover(&daemon_id, machine_id.as_deref(), &running_now, Instant::now());
+    for (record, spawn) in spawns {
+        eprintln!("rill coordinator: auto-recovery: re-spawning {} on {daemon_id} for dataflow {}", spawn.nodes.join(", "), record.name);
+        app.persist(&record);
+        app.cluster().send(&daemon_id, CoordinatorMessage::Spawn(spawn));
     }
     let mut last_heard = Instant::now();
     let mut check = tokio::time::interval(Duration::from_secs(1));
@@ -232,6 +240,7 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
                 Some(Ok(DaemonMessage::DataflowReady { uuid })) => {
                     last_heard = Instant::now();
                     let cluster = app.cluster();
+                    app.dataflows().recovered(&uuid, machine_id.as_deref());
                     for daemon in app.dataflows().daemon_ready(&uuid, &daemon_id) {
                         cluster.send(&daemon, CoordinatorMessage::Go { uuid: uuid.clone() });
                     }

@@ -340,3 +340,39 @@ fn after_a_coordinator_kill_the_redb_store_and_daemons_bring_dataflows_back() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_killed_daemon_that_comes_back_gets_its_nodes_again() {
+    let (mut procs, port) = two_daemons();
+    let port_text = port.to_string();
+    let flow = crate::support::Flow::new(
+        "nodes:\n  - id: source\n    path: {node}\n    args: [flood, '8']\n    outputs: [out]\n    deploy: { machine: a }\n  - id: sink\n    path: {node}\n    args: [slow, '1']\n    inputs: { in: source/out }\n    deploy: { labels: { gpu: 'true' } }\n",
+    );
+    let p = ["--coordinator-port", &port_text, "--json"];
+    let (code, _, stderr) = rill_json(&[&["start", &flow.file.display().to_string(), "--name", "live"][..], &p[..]].concat());
+    assert_eq!(code, Some(0), "{stderr}");
+    let log_dir = procs.dir.path().to_path_buf();
+    let log = |name: &str| std::fs::read_to_string(log_dir.join(format!("{name}.log"))).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !log("daemon-b").contains("[live/sink] seq") {
+        assert!(Instant::now() < deadline, "sink got nothing\n{}", procs.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    procs.kill("daemon-b");
+    let running = |procs: &Processes| {
+        let (_, list, _) = rill_json(&[&["list"][..], &p[..]].concat());
+        assert_eq!(list["dataflows"][0]["status"], "running", "the dataflow stays listed and running\n{list}\n{}", procs.logs());
+    };
+    running(&procs);
+    procs.start("daemon-b2", &["daemon", "--machine-id", "b", "--labels", "gpu=true", "--coordinator-port", &port_text]);
+    let deadline = Instant::now() + Duration::from_secs(35);
+    while !log("daemon-b2").contains("[live/sink] seq") {
+        assert!(Instant::now() < deadline, "sink not re-spawned within 35 s\n{}", procs.logs());
+        running(&procs);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(log("coordinator").contains("auto-recovery: re-spawning sink"), "{}", procs.logs());
+    assert!(!log("daemon-a").contains("starting source, source"), "only the missing node was re-spawned");
+    assert_eq!(log("daemon-a").matches("starting source of dataflow live").count(), 1, "{}", procs.logs());
+}
