@@ -48,6 +48,8 @@ enum Commands {
     Stop(remote::StopArgs),
     /// Stop a dataflow and start it again from the stored descriptor (no YAML needed).
     Restart(remote::StopArgs),
+    /// Print a dataflow's node output (kept lines, then new ones with --follow).
+    Logs(remote::LogsArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Commands::List(args) => remote::list(args),
         Commands::Stop(args) => remote::stop(args),
         Commands::Restart(args) => remote::restart(args),
+        Commands::Logs(args) => remote::logs(args),
     };
     match result {
         Ok(code) => code,

@@ -113,7 +113,7 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         ConnectionEvent::Local(LocalEvent::Started { name, nodes }) if !quiet => {
             eprintln!("rill daemon: starting {} of dataflow {name}", nodes.join(", "))
         }
-        ConnectionEvent::Local(LocalEvent::Log { dataflow, node, stderr, line }) => {
+        ConnectionEvent::Local(LocalEvent::Log { dataflow, node, stderr, line, .. }) => {
             if stderr {
                 eprintln!("[{dataflow}/{node}] {line}");
             } else {
@@ -283,5 +283,40 @@ pub fn stop(args: StopArgs) -> anyhow::Result<ExitCode> {
     } else {
         println!("stopping {name} ({uuid})");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub struct LogsArgs {
+    /// Name or uuid of the dataflow.
+    dataflow: String,
+    /// Only this node's output.
+    node: Option<String>,
+    /// Keep printing new lines until interrupted.
+    #[arg(long, short)]
+    follow: bool,
+    #[command(flatten)]
+    coordinator: CoordinatorAddr,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
+    let request = ControlRequest::Logs { dataflow: args.dataflow, node: args.node, follow: args.follow };
+    let json = args.json;
+    runtime()?.block_on(async move {
+        let mut client = rill_coordinator::client::ControlClient::connect(&args.coordinator.host_port()).await?;
+        client.send(&request).await?;
+        loop {
+            match client.next().await? {
+                ControlResponse::Log(line) if json => println!("{}", serde_json::json!(line)),
+                ControlResponse::Log(line) if line.stream == "stderr" => eprintln!("[{}] {}", line.node, line.line),
+                ControlResponse::Log(line) => println!("[{}] {}", line.node, line.line),
+                ControlResponse::LogEnd => return Ok::<_, anyhow::Error>(()),
+                other => anyhow::bail!("unexpected reply from the coordinator: {other:?}"),
+            }
+        }
+    })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -40,8 +40,18 @@ impl ControlClient {
 
     /// Sends one request and returns its reply; an `Error` reply is an `Err`.
     pub async fn request(&mut self, request: &ControlRequest) -> Result<ControlResponse, ClientError> {
+        self.send(request).await?;
+        self.next().await
+    }
+
+    /// Sends a request whose replies come with [`ControlClient::next`].
+    pub async fn send(&mut self, request: &ControlRequest) -> Result<(), ClientError> {
         let text = serde_json::to_string(request).map_err(|e| ClientError::BadReply(e.to_string()))?;
-        self.ws.send(Message::Text(text.into())).await.map_err(|_| ClientError::Closed)?;
+        self.ws.send(Message::Text(text.into())).await.map_err(|_| ClientError::Closed)
+    }
+
+    /// The next reply; an `Error` reply is an `Err`.
+    pub async fn next(&mut self) -> Result<ControlResponse, ClientError> {
         loop {
             match self.ws.next().await {
                 Some(Ok(Message::Text(reply))) => {

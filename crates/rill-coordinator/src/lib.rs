@@ -5,6 +5,7 @@
 pub mod client;
 mod cluster;
 pub mod dataflows;
+mod logs;
 mod store;
 mod server;
 

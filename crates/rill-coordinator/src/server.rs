@@ -70,6 +70,7 @@ pub enum ServeError {
 struct App {
     cluster: Mutex<Cluster>,
     dataflows: Mutex<Dataflows>,
+    logs: Mutex<crate::logs::Logs>,
     store: Store,
     started: Instant,
 }
@@ -83,6 +84,10 @@ impl App {
 
     fn dataflows(&self) -> MutexGuard<'_, Dataflows> {
         self.dataflows.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn logs(&self) -> MutexGuard<'_, crate::logs::Logs> {
+        self.logs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Stores a changed record; a store failure is reported, not fatal
@@ -113,6 +118,7 @@ pub async fn serve_on(listener: TcpListener, store: Store, reclaim_timeout: Dura
     let app = Arc::new(App {
         cluster: Mutex::new(Cluster::default()),
         dataflows: Mutex::new(dataflows),
+        logs: Mutex::default(),
         store,
         started: Instant::now(),
     });
@@ -245,6 +251,10 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
                         cluster.send(&daemon, CoordinatorMessage::Go { uuid: uuid.clone() });
                     }
                 }
+                Some(Ok(DaemonMessage::Log(line))) => {
+                    last_heard = Instant::now();
+                    app.logs().push(line);
+                }
                 Some(Ok(DaemonMessage::DataflowFinished { uuid, success, summary })) => {
                     last_heard = Instant::now();
                     let changed = app.dataflows().daemon_finished(&uuid, &daemon_id, success, &summary);
@@ -279,6 +289,12 @@ async fn handle_control(socket: WebSocket, app: Arc<App>) {
         _ => return,
     }
     while let Some(request) = next_json::<ControlRequest>(&mut stream).await {
+        if let Ok(ControlRequest::Logs { dataflow, node, follow }) = request {
+            if !stream_logs(&app, &mut sink, &mut stream, &dataflow, node.as_deref(), follow).await {
+                break;
+            }
+            continue;
+        }
         let response = match request {
             Ok(ControlRequest::Status) => ControlResponse::Status {
                 version: VERSION.to_owned(),
@@ -290,10 +306,52 @@ async fn handle_control(socket: WebSocket, app: Arc<App>) {
             Ok(ControlRequest::List) => ControlResponse::List { dataflows: app.dataflows().list() },
             Ok(ControlRequest::Stop { dataflow }) => stop(&app, &dataflow),
             Ok(ControlRequest::Restart { dataflow }) => restart(&app, &dataflow),
+            // Answered above.
+            Ok(ControlRequest::Logs { .. }) => continue,
             Err(e) => ControlResponse::Error { code: ErrorCode::BadRequest, message: e },
         };
         if !send_json(&mut sink, &response).await {
             break;
+        }
+    }
+}
+
+/// Sends the kept lines, then (with `follow`) each new one until the
+/// client goes away. False when the connection is over.
+async fn stream_logs(
+    app: &App,
+    sink: &mut (impl SinkExt<Message> + Unpin),
+    stream: &mut (impl StreamExt<Item = Result<Message, axum::Error>> + Unpin),
+    dataflow: &str,
+    node: Option<&str>,
+    follow: bool,
+) -> bool {
+    let Some(uuid) = app.dataflows().find(dataflow).map(|r| r.uuid.clone()) else {
+        let message = format!("no dataflow named or with uuid `{dataflow}` (see `rill list`)");
+        return send_json(sink, &ControlResponse::Error { code: ErrorCode::NotFound, message }).await;
+    };
+    let (kept, rx) = if follow {
+        let (kept, rx) = app.logs().follow(&uuid, node);
+        (kept, Some(rx))
+    } else {
+        (app.logs().kept(&uuid, node), None)
+    };
+    for line in kept {
+        if !send_json(sink, &ControlResponse::Log(line)).await {
+            return false;
+        }
+    }
+    let Some(mut rx) = rx else {
+        return send_json(sink, &ControlResponse::LogEnd).await;
+    };
+    loop {
+        tokio::select! {
+            line = rx.recv() => match line {
+                Some(line) => if !send_json(sink, &ControlResponse::Log(line)).await { return false },
+                None => return false,
+            },
+            // The client sends nothing while following: anything is the end.
+            _ = stream.next() => return false,
         }
     }
 }

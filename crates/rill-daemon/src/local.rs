@@ -31,7 +31,7 @@ pub enum ShareReport {
 #[derive(Debug, Clone, PartialEq)]
 pub enum LocalEvent {
     Started { name: String, nodes: Vec<String> },
-    Log { dataflow: String, node: String, stderr: bool, line: String },
+    Log { uuid: String, dataflow: String, node: String, stderr: bool, line: String },
     Ended { name: String, success: bool, summary: String },
 }
 
@@ -57,9 +57,11 @@ impl LocalDataflows {
         let name = spawn.name.clone();
         let events = on_event.clone();
         let log_name = name.clone();
+        let log_uuid = spawn.uuid.clone();
         let reporter: crate::Reporter = Arc::new(move |report: Report<'_>| {
             if let Report::Log { node, stream, line } = report {
                 events(LocalEvent::Log {
+                    uuid: log_uuid.clone(),
                     dataflow: log_name.clone(),
                     node: node.to_owned(),
                     stderr: stream == Stream::Stderr,

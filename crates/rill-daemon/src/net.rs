@@ -12,11 +12,14 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::local::{LocalDataflows, LocalEvent, ShareReport};
-use rill_proto::coord::{COORD_PROTOCOL_VERSION, CoordinatorMessage, DaemonMessage, ErrorCode, HEARTBEAT_INTERVAL_MS};
+use rill_proto::coord::{COORD_PROTOCOL_VERSION, CoordinatorMessage, DaemonMessage, ErrorCode, HEARTBEAT_INTERVAL_MS, LogLine};
 use tokio_tungstenite::tungstenite::Message;
 
 /// First reconnect delay; doubled per failed attempt.
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
+/// Node output lines kept while the coordinator is slow or away; more are dropped.
+const LOG_BACKLOG: usize = 10_000;
+
 /// Longest reconnect delay.
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
@@ -65,6 +68,8 @@ fn jitter_seed() -> u64 {
 
 /// The dataflow shares this daemon runs; they outlive connections.
 struct Shares {
+    /// Node output for the coordinator (`rill logs`).
+    log_rx: Option<mpsc::Receiver<LogLine>>,
     /// The data session, opened at the first registration.
     bridge: Option<crate::bridge::Bridge>,
     local: LocalDataflows,
@@ -91,17 +96,24 @@ pub async fn run(config: DaemonConfig, on_event: impl Fn(ConnectionEvent) + Send
     if config.data_port == 0 {
         config.data_port = std::net::TcpListener::bind("0.0.0.0:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(7447);
     }
+    let (log_tx, log_rx) = mpsc::channel::<LogLine>(LOG_BACKLOG);
+    let (finished_tx, finished_rx) = mpsc::unbounded_channel();
     let mut shares = Shares {
+        log_rx: Some(log_rx),
         bridge: None,
         local: LocalDataflows::default(),
-        finished_tx: mpsc::unbounded_channel().0,
-        finished_rx: None,
-        on_local: Arc::new(move |e| local_events(ConnectionEvent::Local(e))),
+        finished_tx,
+        finished_rx: Some(finished_rx),
+        on_local: Arc::new(move |e| {
+            if let LocalEvent::Log { uuid, node, stderr, line, .. } = &e {
+                let stream = if *stderr { "stderr" } else { "stdout" };
+                let log = LogLine { uuid: uuid.clone(), node: node.clone(), stream: stream.into(), line: line.clone() };
+                let _ = log_tx.try_send(log);
+            }
+            local_events(ConnectionEvent::Local(e))
+        }),
         unreported: Vec::new(),
     };
-    let (tx, rx) = mpsc::unbounded_channel();
-    shares.finished_tx = tx;
-    shares.finished_rx = Some(rx);
     let mut attempt = 0u32;
     loop {
         match connect_once(&config, &*on_event, &mut shares).await {
@@ -148,11 +160,18 @@ async fn connect_once(config: &DaemonConfig, on_event: &(dyn Fn(ConnectionEvent)
         return lost(e, false);
     }
     let mut heartbeat = tokio::time::interval(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
-    let Some(mut finished_rx) = shares.finished_rx.take() else {
-        return lost("internal: finished channel missing".into(), false);
+    let (Some(mut finished_rx), Some(mut log_rx)) = (shares.finished_rx.take(), shares.log_rx.take()) else {
+        return lost("internal: channels missing".into(), false);
     };
     let ended = 'conn: loop {
         tokio::select! {
+            log = log_rx.recv(), if registered => {
+                if let Some(log) = log
+                    && let Err(e) = send(&mut sink, &DaemonMessage::Log(log)).await
+                {
+                    break 'conn lost(e, registered);
+                }
+            }
             done = finished_rx.recv() => {
                 if let Some(report) = done {
                     if let ShareReport::Finished((uuid, _, _)) = &report {
@@ -202,6 +221,7 @@ async fn connect_once(config: &DaemonConfig, on_event: &(dyn Fn(ConnectionEvent)
         }
     };
     shares.finished_rx = Some(finished_rx);
+    shares.log_rx = Some(log_rx);
     ended
 }
 

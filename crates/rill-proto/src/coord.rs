@@ -50,6 +50,8 @@ pub enum DaemonMessage {
     /// This daemon's share is wired: its nodes run, its edges to other
     /// machines are connected. They start at `Go`.
     DataflowReady { uuid: String },
+    /// A line a node printed.
+    Log(LogLine),
     /// A dataflow's nodes on this daemon all ended.
     DataflowFinished { uuid: String, success: bool, summary: String },
 }
@@ -98,6 +100,19 @@ pub enum ControlRequest {
     Stop { dataflow: String },
     /// Stop, then start again from the stored descriptor.
     Restart { dataflow: String },
+    /// The kept lines of a dataflow (optionally one node); with `follow`,
+    /// then every new one until the connection closes.
+    Logs { dataflow: String, node: Option<String>, follow: bool },
+}
+
+/// One line of node output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub uuid: String,
+    pub node: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    pub line: String,
 }
 
 /// Where one node runs.
@@ -153,6 +168,9 @@ pub enum ControlResponse {
     List { dataflows: Vec<DataflowSummary> },
     Stopped { uuid: String, name: String },
     Restarted { old_uuid: String, new_uuid: String, name: String, placement: Vec<NodePlacement> },
+    Log(LogLine),
+    /// No more lines (the end of the kept lines, without `follow`).
+    LogEnd,
     Error { code: ErrorCode, message: String },
 }
 

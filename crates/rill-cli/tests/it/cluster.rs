@@ -376,3 +376,38 @@ fn a_killed_daemon_that_comes_back_gets_its_nodes_again() {
     assert!(!log("daemon-a").contains("starting source, source"), "only the missing node was re-spawned");
     assert_eq!(log("daemon-a").matches("starting source of dataflow live").count(), 1, "{}", procs.logs());
 }
+
+#[test]
+fn logs_prints_kept_lines_and_follow_streams_new_ones() {
+    let (procs, port) = two_daemons();
+    let port_text = port.to_string();
+    let flow = crate::support::Flow::new(
+        "nodes:\n  - id: ticker\n    path: {node}\n    args: [print]\n    inputs: { tick: rill/timer/millis/50 }\n    deploy: { machine: a }\n  - id: quiet\n    path: {node}\n    args: [wait-stop]\n    deploy: { machine: b }\n",
+    );
+    let p = ["--coordinator-port", &port_text, "--json"];
+    let (code, _, stderr) = rill_json(&[&["start", &flow.file.display().to_string(), "--name", "talk"][..], &p[..]].concat());
+    assert_eq!(code, Some(0), "{stderr}");
+
+    let mut follow = crate::support::Running::start({
+        let mut cmd = rill();
+        cmd.args(["logs", "talk", "ticker", "--follow", "--json", "--coordinator-port", &port_text]);
+        cmd
+    });
+    follow.wait_for("followed lines", Duration::from_secs(20), |out| out.matches("input tick").count() >= 5);
+    let lines: Vec<serde_json::Value> = follow.stdout().lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(lines.iter().all(|l| l["node"] == "ticker"), "only the asked node: {lines:?}");
+    assert!(lines.iter().all(|l| l["stream"] == "stdout"), "{lines:?}");
+    let count = follow.stdout().matches("input tick").count();
+    follow.wait_for("more lines while following", Duration::from_secs(20), |out| out.matches("input tick").count() > count + 3);
+    assert!(follow.child.try_wait().ok().flatten().is_none(), "--follow keeps running");
+    drop(follow);
+
+    let out = rill().args(["logs", "talk", "--coordinator-port", &port_text]).output().expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", procs.logs());
+    assert!(stdout.contains("[ticker] input tick len=0"), "kept lines, then the command ends:\n{stdout}");
+    assert!(stdout.contains("[quiet] waiting pid="), "every node's lines without NODE:\n{stdout}");
+    let out = rill().args(["logs", "nothing", "--coordinator-port", &port_text]).output().expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no dataflow named or with uuid `nothing`"));
+}
