@@ -3,6 +3,7 @@
 mod output;
 mod remote;
 mod run;
+mod updown;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +51,10 @@ enum Commands {
     Restart(remote::StopArgs),
     /// Print a dataflow's node output (kept lines, then new ones with --follow).
     Logs(remote::LogsArgs),
+    /// Start a local coordinator and daemon in the background.
+    Up(updown::UpArgs),
+    /// Stop what `rill up` started.
+    Destroy(updown::DestroyArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +71,8 @@ fn main() -> ExitCode {
         Commands::Stop(args) => remote::stop(args),
         Commands::Restart(args) => remote::restart(args),
         Commands::Logs(args) => remote::logs(args),
+        Commands::Up(args) => updown::up(args),
+        Commands::Destroy(args) => updown::destroy(args),
     };
     match result {
         Ok(code) => code,

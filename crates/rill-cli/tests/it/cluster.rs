@@ -411,3 +411,47 @@ fn logs_prints_kept_lines_and_follow_streams_new_ones() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no dataflow named or with uuid `nothing`"));
 }
+
+#[test]
+fn up_starts_a_local_coordinator_and_daemon_and_destroy_stops_them() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let port = free_port().to_string();
+    let run = |args: &[&str]| {
+        let out = rill().args(args).env("RILL_STATE_DIR", state.path()).output().expect("run rill");
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, stdout, stderr) = run(&["up", "--port", &port, "--store", "memory"]);
+    let logs = || {
+        std::fs::read_dir(state.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| format!("--- {:?} ---\n{}", e.file_name(), std::fs::read_to_string(e.path()).unwrap_or_default()))
+            .collect::<String>()
+    };
+    assert_eq!(code, Some(0), "{stdout}{stderr}\n{}", logs());
+    assert!(stdout.contains("are up"), "{stdout}");
+    let pids: Vec<u32> = std::fs::read_to_string(state.path().join(format!("up-{port}.pids")))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect();
+    assert_eq!(pids.len(), 2, "{}", logs());
+    let (code, status, _) = run(&["status", "--json", "--coordinator-port", &port]);
+    assert_eq!(code, Some(0));
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap_or_default();
+    assert_eq!(status["daemons"].as_array().map(Vec::len), Some(1), "{status}");
+    let (code, again, _) = run(&["up", "--port", &port]);
+    assert_eq!(code, Some(0));
+    assert!(again.contains("already answers"), "{again}");
+
+    let (code, stdout, stderr) = run(&["destroy", "--port", &port]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    for pid in &pids {
+        assert!(!crate::support::alive(*pid), "pid {pid} still alive after destroy");
+    }
+    assert!(!state.path().join(format!("up-{port}.pids")).exists());
+    let (code, stdout, _) = run(&["destroy", "--port", &port]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("nothing to destroy"), "{stdout}");
+}
