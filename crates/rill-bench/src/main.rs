@@ -9,6 +9,8 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+mod cross;
+
 use rill_bench::percentile;
 use rill_core::Dataflow;
 use rill_daemon::{Report, RunOptions, Runtime, Stream};
@@ -33,6 +35,11 @@ enum Command {
         /// Payload sizes in bytes.
         #[arg(long, value_delimiter = ',', default_value = "8,4096,65536,1048576,4194304")]
         sizes: Vec<usize>,
+        /// Ping on one daemon, pong on another (a coordinator and two
+        /// daemons in this process, data over the cross-machine bridge on
+        /// loopback); baseline: raw TCP on loopback.
+        #[arg(long)]
+        cross: bool,
     },
     /// (internal) echo SIZE-byte messages on stdin back to it, for the
     /// two-process baseline.
@@ -42,7 +49,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Latency { quick, json, sizes } => latency(quick, json, &sizes),
+        Command::Latency { quick, json, sizes, cross } => latency(quick, json, &sizes, cross),
         Command::EchoServer { size } => {
             // SAFETY: fd 0 is the socket the parent gave us.
             let stream = unsafe { <UnixStream as std::os::fd::FromRawFd>::from_raw_fd(0) };
@@ -52,7 +59,10 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn latency(quick: bool, json: bool, sizes: &[usize]) -> anyhow::Result<()> {
+fn latency(quick: bool, json: bool, sizes: &[usize], cross_daemon: bool) -> anyhow::Result<()> {
+    if cross_daemon {
+        return latency_cross(quick, json, sizes);
+    }
     let (hot, paced, bursts) = if quick { (1000, 150, 20) } else { (10_000, 1000, 200) };
     let results = run_dataflow(sizes, hot, paced, bursts)?;
     if !json {
@@ -71,6 +81,30 @@ fn latency(quick: bool, json: bool, sizes: &[usize]) -> anyhow::Result<()> {
             println!(
                 "{:>9} {:>9.1} {:>9.1} {:>12.1} {:>12.1} {:>11.0} {:>13.1} {:>6.2}x {:>12.1}",
                 size, f("p50_us"), f("p99_us"), f("paced_p50_us"), f("paced_p99_us"), f("msgs_per_s"), baseline, f("p50_us") / baseline, process_baseline
+            );
+        }
+    }
+    Ok(())
+}
+
+fn latency_cross(quick: bool, json: bool, sizes: &[usize]) -> anyhow::Result<()> {
+    let (hot, paced, bursts) = if quick { (300, 50, 5) } else { (3000, 300, 50) };
+    let results = cross::run(sizes, hot, paced, bursts)?;
+    if !json {
+        println!("cross-daemon (bridge over loopback)");
+        println!("{:>9} {:>9} {:>9} {:>12} {:>12} {:>11} {:>14}", "size", "p50_us", "p99_us", "paced_p50", "paced_p99", "msgs/s", "tcp_base_p50");
+    }
+    for (size, mut result) in sizes.iter().zip(results) {
+        let baseline = cross::tcp_baseline(*size, if *size >= 1 << 20 { hot / 5 } else { hot })?;
+        result["mode"] = serde_json::json!("cross");
+        result["baseline_p50_us"] = serde_json::json!((baseline * 10.0).round() / 10.0);
+        if json {
+            println!("{result}");
+        } else {
+            let f = |k: &str| result[k].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "{:>9} {:>9.1} {:>9.1} {:>12.1} {:>12.1} {:>11.0} {:>14.1}",
+                size, f("p50_us"), f("p99_us"), f("paced_p50_us"), f("paced_p99_us"), f("msgs_per_s"), baseline
             );
         }
     }

@@ -455,3 +455,23 @@ fn up_starts_a_local_coordinator_and_daemon_and_destroy_stops_them() {
     assert_eq!(code, Some(0));
     assert!(stdout.contains("nothing to destroy"), "{stdout}");
 }
+
+#[test]
+fn the_cross_daemon_benchmark_reports_figures_and_its_tcp_baseline() {
+    let bench = crate::support::bin_dir().join("rill-bench");
+    let out = std::process::Command::new(&bench)
+        .args(["latency", "--cross", "--quick", "--json", "--sizes", "8,65536"])
+        .output()
+        .expect("run rill-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    for (row, size) in rows.iter().zip([8, 65536]) {
+        assert_eq!(row["size"], size);
+        assert_eq!(row["mode"], "cross");
+        for key in ["p50_us", "p99_us", "paced_p50_us", "msgs_per_s", "baseline_p50_us"] {
+            assert!(row[key].as_f64().is_some_and(|v| v > 0.0), "{key} in {row}");
+        }
+    }
+}

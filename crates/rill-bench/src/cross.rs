@@ -1,0 +1,132 @@
+//! `rill-bench latency --cross`: the same ping/pong dataflow with ping on
+//! daemon `a` and pong on daemon `b`, a coordinator and both daemons in this
+//! process, data between them over the real bridge (Zenoh on loopback); the
+//! baseline is a raw TCP ping-pong on loopback in the same run.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rill_bench::percentile;
+use rill_coordinator::client::ControlClient;
+use rill_daemon::local::LocalEvent;
+use rill_daemon::net::{ConnectionEvent, DaemonConfig};
+use rill_proto::coord::{ControlRequest, ControlResponse};
+
+/// Runs the cross-daemon dataflow; returns one result object per size.
+pub fn run(sizes: &[usize], hot: usize, paced: usize, bursts: usize) -> anyhow::Result<Vec<serde_json::Value>> {
+    let bin_dir = std::env::current_exe()?.parent().context("no exe dir")?.to_path_buf();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let results: Arc<Mutex<Vec<String>>> = Arc::default();
+    let failure: Arc<Mutex<Option<String>>> = Arc::default();
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        tokio::spawn(rill_coordinator::serve_on(listener, rill_coordinator::Store::Memory, Duration::from_secs(30)));
+        for machine in ["a", "b"] {
+            let config = DaemonConfig {
+                machine_id: Some(machine.into()),
+                labels: Default::default(),
+                coordinator: addr.clone(),
+                data_port: 0,
+            };
+            let (results, failure) = (results.clone(), failure.clone());
+            tokio::spawn(rill_daemon::net::run(config, move |event| match event {
+                ConnectionEvent::Local(LocalEvent::Log { line, stderr: false, .. }) => {
+                    if let Some(json) = line.strip_prefix("RESULT ")
+                        && let Ok(mut r) = results.lock()
+                    {
+                        r.push(json.to_owned());
+                    }
+                }
+                ConnectionEvent::Local(LocalEvent::Log { node, line, stderr: true, .. }) => eprintln!("[{node}] {line}"),
+                ConnectionEvent::Local(LocalEvent::Ended { success: false, summary, .. }) => {
+                    if let Ok(mut f) = failure.lock() {
+                        *f = Some(summary);
+                    }
+                }
+                _ => {}
+            }));
+        }
+        let mut client = ControlClient::connect(&addr).await?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let ControlResponse::Status { daemons, .. } = client.request(&ControlRequest::Status).await?
+                && daemons.len() == 2
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the two daemons did not register within 20 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let sizes_arg = sizes.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+        let yaml = format!(
+            "nodes:\n  - id: ping\n    path: {ping}\n    args: [\"{sizes_arg}\", \"{hot}\", \"{paced}\", \"{bursts}\"]\n    inputs:\n      pong: pong/pong\n    outputs: [ping]\n    deploy: {{ machine: a }}\n  - id: pong\n    path: {pong}\n    inputs:\n      ping: {{ source: ping/ping, queue_size: 1000 }}\n    outputs: [pong]\n    deploy: {{ machine: b }}\n",
+            ping = bin_dir.join("rill-bench-ping").display(),
+            pong = bin_dir.join("rill-bench-pong").display(),
+        );
+        let descriptor = rill_core::Dataflow::parse(&yaml, "bench.yml".as_ref()).map_err(|d| anyhow::anyhow!("{d}"))?;
+        let start = ControlRequest::Start {
+            descriptor,
+            name: Some("bench".into()),
+            base_dir: bin_dir.display().to_string(),
+            dry_run: false,
+        };
+        client.request(&start).await?;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            if results.lock().map(|r| r.len()).unwrap_or(0) >= sizes.len() {
+                break;
+            }
+            if let Some(summary) = failure.lock().ok().and_then(|f| f.clone()) {
+                bail!("the benchmark dataflow failed: {summary}");
+            }
+            if Instant::now() > deadline {
+                bail!("no results within 300 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = client.request(&ControlRequest::Stop { dataflow: "bench".into() }).await;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    // Leave the daemons' nodes a moment to stop before the runtime goes.
+    std::thread::sleep(Duration::from_millis(300));
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    let lines = results.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+    lines.iter().map(|l| serde_json::from_str(l).context("bad RESULT line")).collect()
+}
+
+/// p50 one-way latency (round trip / 2) of a raw TCP ping-pong on loopback.
+pub fn tcp_baseline(size: usize, iters: usize) -> anyhow::Result<f64> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut stream, _) = listener.accept()?;
+        stream.set_nodelay(true)?;
+        let mut buf = vec![0u8; size];
+        while stream.read_exact(&mut buf).is_ok() {
+            stream.write_all(&buf)?;
+        }
+        Ok(())
+    });
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    let payload = vec![1u8; size];
+    let mut back = vec![0u8; size];
+    let mut samples = Vec::with_capacity(iters);
+    for i in 0..iters + iters / 10 {
+        let start = Instant::now();
+        stream.write_all(&payload)?;
+        stream.read_exact(&mut back)?;
+        if i >= iters / 10 {
+            samples.push(start.elapsed().as_secs_f64() * 1e6 / 2.0);
+        }
+    }
+    drop(stream);
+    let _ = echo.join();
+    Ok(percentile(&mut samples, 50.0))
+}
