@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use rill_daemon::local::LocalEvent;
 use rill_daemon::net::{ConnectionEvent, DaemonConfig};
-use rill_proto::coord::{ControlRequest, ControlResponse, DEFAULT_PORT, NodePlacement};
+use rill_proto::coord::{ControlRequest, ControlResponse, DEFAULT_PORT, DataflowStatus, NodePlacement};
 
 /// Where the coordinator is (every client command takes these).
 #[derive(clap::Args, Clone)]
@@ -141,11 +141,11 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         let mut client = rill_coordinator::client::ControlClient::connect(&args.coordinator.host_port()).await?;
         client.request(&ControlRequest::Status).await
     })?;
-    let ControlResponse::Status { version, uptime_ms, daemons } = response else {
+    let ControlResponse::Status { version, uptime_ms, daemons, dataflows } = response else {
         anyhow::bail!("unexpected reply from the coordinator: {response:?}");
     };
     if args.json {
-        println!("{}", serde_json::json!({"version": version, "uptime_ms": uptime_ms, "daemons": daemons}));
+        println!("{}", serde_json::json!({"version": version, "uptime_ms": uptime_ms, "daemons": daemons, "dataflows": dataflows}));
         return Ok(ExitCode::SUCCESS);
     }
     println!("coordinator {} (rill {version}, up {}s)", args.coordinator.host_port(), uptime_ms / 1000);
@@ -160,6 +160,8 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         );
     }
     println!("{} daemon(s) connected", daemons.len());
+    let active = dataflows.iter().filter(|d| matches!(d.status, DataflowStatus::Running | DataflowStatus::Stopping)).count();
+    println!("{} dataflow(s) active, {} known (see `rill list`)", active, dataflows.len());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -17,6 +17,9 @@ pub struct UpArgs {
     /// Coordinator store (see `rill coordinator --store`).
     #[arg(long, default_value = "redb")]
     store: String,
+    /// JSON on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -24,6 +27,9 @@ pub struct DestroyArgs {
     /// Coordinator port `rill up` used.
     #[arg(long, default_value_t = DEFAULT_PORT)]
     port: u16,
+    /// JSON on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Where `up` keeps pids and logs: `$RILL_STATE_DIR`, else
@@ -77,7 +83,11 @@ fn spawn_background(args: &[&str], log: PathBuf) -> anyhow::Result<u32> {
 
 pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     if let Some(n) = daemons(args.port) {
-        println!("a coordinator already answers on port {} ({n} daemon(s)); `rill destroy` stops one started by `rill up`", args.port);
+        if args.json {
+            println!("{}", serde_json::json!({"status": "already_up", "port": args.port, "daemons": n}));
+        } else {
+            println!("a coordinator already answers on port {} ({n} daemon(s)); `rill destroy` stops one started by `rill up`", args.port);
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let dir = state_dir();
@@ -97,14 +107,25 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    println!("coordinator (pid {coordinator}) on 127.0.0.1:{} and a daemon (pid {daemon}) are up; logs in {}", args.port, dir.display());
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"status": "up", "port": args.port, "coordinator_pid": coordinator, "daemon_pid": daemon, "state_dir": dir})
+        );
+    } else {
+        println!("coordinator (pid {coordinator}) on 127.0.0.1:{} and a daemon (pid {daemon}) are up; logs in {}", args.port, dir.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn destroy(args: DestroyArgs) -> anyhow::Result<ExitCode> {
     let file = pid_file(args.port);
     let Ok(text) = std::fs::read_to_string(&file) else {
-        println!("nothing to destroy: no `rill up` on port {} (no {})", args.port, file.display());
+        if args.json {
+            println!("{}", serde_json::json!({"status": "nothing_to_destroy", "port": args.port}));
+        } else {
+            println!("nothing to destroy: no `rill up` on port {} (no {})", args.port, file.display());
+        }
         return Ok(ExitCode::SUCCESS);
     };
     // The daemon first (it stops its nodes), then the coordinator.
@@ -124,6 +145,10 @@ pub fn destroy(args: DestroyArgs) -> anyhow::Result<ExitCode> {
         }
     }
     std::fs::remove_file(&file)?;
-    println!("stopped the daemon and coordinator of port {}", args.port);
+    if args.json {
+        println!("{}", serde_json::json!({"status": "destroyed", "port": args.port, "pids": pids}));
+    } else {
+        println!("stopped the daemon and coordinator of port {}", args.port);
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -300,6 +300,7 @@ async fn handle_control(socket: WebSocket, app: Arc<App>) {
                 version: VERSION.to_owned(),
                 uptime_ms: app.started.elapsed().as_millis() as u64,
                 daemons: app.cluster().status(Instant::now()),
+                dataflows: app.dataflows().list(),
             },
             Ok(ControlRequest::Hello { .. }) => ControlResponse::Hello { version: VERSION.to_owned() },
             Ok(ControlRequest::Start { descriptor, name, base_dir, dry_run }) => start(&app, descriptor, name, base_dir, dry_run),

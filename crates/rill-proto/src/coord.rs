@@ -161,7 +161,7 @@ pub struct DaemonStatus {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ControlResponse {
     Hello { version: String },
-    Status { version: String, uptime_ms: u64, daemons: Vec<DaemonStatus> },
+    Status { version: String, uptime_ms: u64, daemons: Vec<DaemonStatus>, dataflows: Vec<DataflowSummary> },
     /// The plan of a dry run.
     Plan { placement: Vec<NodePlacement> },
     Started { uuid: String, name: String, placement: Vec<NodePlacement> },

@@ -175,6 +175,8 @@ fn start_places_nodes_by_machine_and_labels_and_stop_ends_them() {
     }
     let (_, list, _) = rill_json(&[&["list"][..], &p[..]].concat());
     assert_eq!(list["dataflows"][0]["status"], "running", "{list}");
+    let (_, status, _) = rill_json(&[&["status"][..], &p[..]].concat());
+    assert_eq!(status["dataflows"][0]["name"], "app", "status lists dataflows too: {status}");
 
     let (code, again, _) = rill_json(&[&["start", &file, "--name", "app"][..], &p[..]].concat());
     assert_eq!(code, Some(1), "a second `app` is refused: {again}");
@@ -444,9 +446,14 @@ fn up_starts_a_local_coordinator_and_daemon_and_destroy_stops_them() {
     let (code, again, _) = run(&["up", "--port", &port]);
     assert_eq!(code, Some(0));
     assert!(again.contains("already answers"), "{again}");
+    let (_, again, _) = run(&["up", "--port", &port, "--json"]);
+    let again: serde_json::Value = serde_json::from_str(&again).unwrap_or_default();
+    assert_eq!((again["status"].as_str(), again["daemons"].as_u64()), (Some("already_up"), Some(1)), "{again}");
 
-    let (code, stdout, stderr) = run(&["destroy", "--port", &port]);
+    let (code, stdout, stderr) = run(&["destroy", "--port", &port, "--json"]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let destroyed: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_default();
+    assert_eq!(destroyed["status"], "destroyed", "{stdout}");
     for pid in &pids {
         assert!(!crate::support::alive(*pid), "pid {pid} still alive after destroy");
     }
