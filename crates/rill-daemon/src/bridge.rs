@@ -25,12 +25,12 @@ const MATCH_WAIT: Duration = Duration::from_secs(10);
 /// machine.
 #[derive(Default)]
 struct InboundQueue {
-    state: Mutex<(BoundedQueue<String, Vec<u8>>, bool)>,
+    state: Mutex<(BoundedQueue<String, zenoh::bytes::ZBytes>, bool)>,
     ready: Condvar,
 }
 
 impl InboundQueue {
-    fn push(&self, input: String, capacity: usize, bytes: Vec<u8>) {
+    fn push(&self, input: String, capacity: usize, bytes: zenoh::bytes::ZBytes) {
         if let Ok(mut state) = self.state.lock() {
             let _ = state.0.push(Some(input), capacity, bytes);
             self.ready.notify_one();
@@ -46,7 +46,7 @@ impl InboundQueue {
     }
 
     /// The next message, `Ok(None)` after `timeout`, `Err` once closed.
-    fn pop(&self, timeout: Duration) -> Result<Option<Vec<u8>>, ()> {
+    fn pop(&self, timeout: Duration) -> Result<Option<zenoh::bytes::ZBytes>, ()> {
         let Ok(mut state) = self.state.lock() else { return Err(()) };
         if state.0.is_empty() && !state.1 {
             state = match self.ready.wait_timeout(state, timeout) {
@@ -166,8 +166,11 @@ impl Bridge {
                 .session
                 .declare_subscriber(sub_key.clone())
                 .callback(move |sample| {
-                    let bytes = sample.payload().to_bytes().into_owned();
-                    let Ok(EdgeMsg::Data { input, .. }) = EdgeMsg::decode(&bytes) else { return };
+                    // Shares the received buffer; the bytes are copied once, later.
+                    let bytes = sample.payload().clone();
+                    let Some(input) = bytes.slices().next().and_then(EdgeMsg::peek_input).map(str::to_owned) else {
+                        return;
+                    };
                     if let Ok(senders) = senders.lock()
                         && let Some(inbound) = senders.get(&sub_key)
                     {
@@ -228,10 +231,9 @@ fn forward_out(fd: &OwnedFd, publish: impl Fn(Vec<u8>) -> Result<(), String>) {
         };
         let Ok(msg) = EdgeMsg::decode(&buf[..n]) else { continue };
         match msg {
-            EdgeMsg::Data { input, metadata, payload: Payload::Inline(bytes), .. } => {
-                let mut out = Vec::with_capacity(bytes.len() + 64);
-                EdgeMsg::Data { input, metadata, payload: Payload::Inline(bytes), new_region: false }.encode(&mut out);
-                if let Err(e) = publish(out) {
+            EdgeMsg::Data { payload: Payload::Inline(_), .. } => {
+                // Already an inline message: publish the packet as it is.
+                if let Err(e) = publish(buf[..n].to_vec()) {
                     eprintln!("rill daemon: cannot publish: {e}");
                 }
             }
@@ -240,9 +242,9 @@ fn forward_out(fd: &OwnedFd, publish: impl Fn(Vec<u8>) -> Result<(), String>) {
                     regions.insert(region, mapped);
                 }
                 if let Some(mapped) = regions.get(&region) {
-                    let bytes = mapped.bytes(len as usize).to_vec();
-                    let mut out = Vec::with_capacity(bytes.len() + 64);
-                    EdgeMsg::Data { input, metadata, payload: Payload::Inline(bytes), new_region: false }.encode(&mut out);
+                    // The one copy of this hop: from the shared region into the message.
+                    let mut out = Vec::new();
+                    EdgeMsg::encode_inline_data(&input, metadata, mapped.bytes(len as usize), &mut out);
                     if let Err(e) = publish(out) {
                         eprintln!("rill daemon: cannot publish: {e}");
                     }
@@ -276,18 +278,20 @@ fn forward_in(fd: &OwnedFd, queue: &InboundQueue) {
             }
             Err(()) => return,
         };
-        let Ok(EdgeMsg::Data { input, metadata, payload: Payload::Inline(data), .. }) = EdgeMsg::decode(&bytes) else {
+        let bytes = bytes.to_bytes();
+        let Ok((input, metadata, data)) = EdgeMsg::split_inline_data(&bytes) else {
             continue;
         };
         let sent = if data.len() < SHM_THRESHOLD {
             transport::send_packet(fd.as_fd(), &bytes, &[], false)
         } else {
             next_region += 1;
-            match shared_copy(&data) {
+            // The one copy of this hop: from the network buffer into shared memory.
+            match shared_copy(data) {
                 Ok((memfd, region_len)) => {
                     let payload = Payload::Shared { region: next_region, len: data.len() as u64, region_len };
                     let mut out = Vec::with_capacity(64);
-                    EdgeMsg::Data { input, metadata, payload, new_region: true }.encode(&mut out);
+                    EdgeMsg::Data { input: input.to_owned(), metadata, payload, new_region: true }.encode(&mut out);
                     transport::send_packet(fd.as_fd(), &out, &[memfd.as_fd()], false)
                 }
                 Err(e) => {

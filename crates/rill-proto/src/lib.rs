@@ -228,6 +228,44 @@ impl EdgeMsg {
         }
     }
 
+    /// Encodes `Data` with an inline payload copied straight from `payload`
+    /// (one copy, no intermediate `Vec`).
+    pub fn encode_inline_data(input: &str, metadata: Metadata, payload: &[u8], out: &mut Vec<u8>) {
+        out.reserve(payload.len() + input.len() + 32);
+        let mut w = Writer::new(out);
+        w.u8(TAG_DATA);
+        w.str(input);
+        w.u64(metadata.timestamp_ns);
+        w.u8(0);
+        w.u8(PAYLOAD_INLINE);
+        w.bytes(payload);
+    }
+
+    /// The input id of an encoded `Data` message, read from its start only.
+    pub fn peek_input(head: &[u8]) -> Option<&str> {
+        let mut r = Reader::new(head);
+        (r.u8().ok()? == TAG_DATA).then_some(())?;
+        r.str().ok()
+    }
+
+    /// The parts of an encoded inline `Data` message, borrowed from `buf`.
+    pub fn split_inline_data(buf: &[u8]) -> Result<(&str, Metadata, &[u8]), DecodeError> {
+        let mut r = Reader::new(buf);
+        if r.u8()? != TAG_DATA {
+            return Err(DecodeError::UnknownTag(buf[0]));
+        }
+        let input = r.str()?;
+        let metadata = Metadata { timestamp_ns: r.u64()? };
+        let _new_region = r.u8()?;
+        match r.u8()? {
+            PAYLOAD_INLINE => {}
+            other => return Err(DecodeError::UnknownTag(other)),
+        }
+        let payload = r.bytes()?;
+        r.finish()?;
+        Ok((input, metadata, payload))
+    }
+
     /// Decodes one packet.
     pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(buf);
@@ -286,6 +324,24 @@ mod tests {
         });
         edge_roundtrip(EdgeMsg::Unmap { region: 3 });
         edge_roundtrip(EdgeMsg::Release { region: 3, count: 2 });
+    }
+
+    #[test]
+    fn inline_data_is_encoded_and_split_without_copies() {
+        let metadata = Metadata { timestamp_ns: 7 };
+        let mut direct = Vec::new();
+        EdgeMsg::encode_inline_data("in", metadata, &[1, 2, 3], &mut direct);
+        let mut via_enum = Vec::new();
+        EdgeMsg::Data { input: "in".into(), metadata, payload: Payload::Inline(vec![1, 2, 3]), new_region: false }
+            .encode(&mut via_enum);
+        assert_eq!(direct, via_enum);
+        assert_eq!(EdgeMsg::split_inline_data(&direct), Ok(("in", metadata, &[1u8, 2, 3][..])));
+        assert_eq!(EdgeMsg::peek_input(&direct[..5]), Some("in"));
+        assert_eq!(EdgeMsg::peek_input(&[TAG_RELEASE]), None);
+        let mut shared = Vec::new();
+        EdgeMsg::Data { input: "in".into(), metadata, payload: Payload::Shared { region: 1, len: 1, region_len: 1 }, new_region: false }
+            .encode(&mut shared);
+        assert!(EdgeMsg::split_inline_data(&shared).is_err());
     }
 
     #[test]
