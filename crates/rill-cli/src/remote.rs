@@ -175,6 +175,12 @@ pub struct StartArgs {
     /// Print where each node would run, start nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Stay attached: print node output until the dataflow ends; Ctrl-C stops it.
+    #[arg(long, conflicts_with = "detach")]
+    attach: bool,
+    /// Return once started (the default).
+    #[arg(long)]
+    detach: bool,
     #[command(flatten)]
     coordinator: CoordinatorAddr,
     /// JSON on stdout.
@@ -234,16 +240,70 @@ pub fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
             print_placement(&placement);
             println!("(dry run: nothing started)");
         }
-        ControlResponse::Started { uuid, name, placement } if args.json => {
-            println!("{}", serde_json::json!({"uuid": uuid, "name": name, "placement": placement}));
-        }
         ControlResponse::Started { uuid, name, placement } => {
-            print_placement(&placement);
-            println!("started {name} ({uuid})");
+            if args.json {
+                println!("{}", serde_json::json!({"uuid": uuid, "name": name, "placement": placement}));
+            } else {
+                print_placement(&placement);
+                println!("started {name} ({uuid})");
+            }
+            if args.attach {
+                return attach(&args.coordinator, &uuid, args.json);
+            }
         }
         other => anyhow::bail!("unexpected reply from the coordinator: {other:?}"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the dataflow's output until it ends; Ctrl-C asks it to stop (a
+/// second Ctrl-C leaves it running and detaches). Exit code 1 if it failed.
+fn attach(coordinator: &CoordinatorAddr, uuid: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let addr = coordinator.host_port();
+    runtime()?.block_on(async move {
+        let mut logs = rill_coordinator::client::ControlClient::connect(&addr).await?;
+        logs.send(&ControlRequest::Logs { dataflow: uuid.to_owned(), node: None, follow: true }).await?;
+        let mut control = rill_coordinator::client::ControlClient::connect(&addr).await?;
+        let mut poll = tokio::time::interval(std::time::Duration::from_millis(300));
+        // Installed once, so no Ctrl-C between two loop turns is missed.
+        let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let mut interrupts = 0;
+        loop {
+            tokio::select! {
+                reply = logs.next() => match reply? {
+                    ControlResponse::Log(line) if json => println!("{}", serde_json::json!(line)),
+                    ControlResponse::Log(line) if line.stream == "stderr" => eprintln!("[{}] {}", line.node, line.line),
+                    ControlResponse::Log(line) => println!("[{}] {}", line.node, line.line),
+                    _ => {}
+                },
+                _ = poll.tick() => {
+                    let ControlResponse::List { dataflows } = control.request(&ControlRequest::List).await? else { continue };
+                    let Some(d) = dataflows.into_iter().find(|d| d.uuid == uuid) else { continue };
+                    let code = match d.status {
+                        DataflowStatus::Finished | DataflowStatus::Stopped => ExitCode::SUCCESS,
+                        DataflowStatus::Failed => ExitCode::FAILURE,
+                        DataflowStatus::Running | DataflowStatus::Stopping => continue,
+                    };
+                    let status = serde_json::to_value(d.status)?;
+                    if json {
+                        println!("{}", serde_json::json!({"event": "ended", "uuid": d.uuid, "status": status, "reason": d.reason}));
+                    } else {
+                        eprintln!("dataflow {} {}{}", d.name, status.as_str().unwrap_or(""), d.reason.map(|r| format!(": {r}")).unwrap_or_default());
+                    }
+                    return Ok(code);
+                }
+                _ = sigint.recv() => {
+                    interrupts += 1;
+                    if interrupts > 1 {
+                        eprintln!("detached; the dataflow keeps running (rill stop {uuid})");
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    eprintln!("stopping (Ctrl-C again to detach)");
+                    control.request(&ControlRequest::Stop { dataflow: uuid.to_owned() }).await?;
+                }
+            }
+        }
+    })
 }
 
 pub fn list(args: ListArgs) -> anyhow::Result<ExitCode> {

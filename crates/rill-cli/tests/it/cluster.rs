@@ -482,3 +482,35 @@ fn the_cross_daemon_benchmark_reports_figures_and_its_tcp_baseline() {
         }
     }
 }
+
+#[test]
+fn start_attach_prints_output_until_the_end_and_ctrl_c_stops_the_dataflow() {
+    let (procs, port) = two_daemons();
+    let port_text = port.to_string();
+    let finite = crate::support::Flow::new(
+        "nodes:\n  - id: source\n    path: {node}\n    args: [burst, '3', '8']\n    outputs: [out]\n    deploy: { machine: a }\n  - id: sink\n    path: {node}\n    args: [print]\n    inputs: { in: source/out }\n    deploy: { machine: a }\n",
+    );
+    let mut attached = crate::support::Running::start({
+        let mut cmd = rill();
+        cmd.args(["start", &finite.file.display().to_string(), "--attach", "--coordinator-port", &port_text]);
+        cmd
+    });
+    let run = attached.wait(Duration::from_secs(30));
+    assert_eq!(run.code, Some(0), "{}\n{}", run.logs(), procs.logs());
+    assert!(run.stdout.contains("[sink] input in len=8 seq=2"), "{}", run.logs());
+    assert!(run.stdout.contains("[sink] closed in"), "{}", run.logs());
+    assert!(run.stderr.contains("finished"), "{}", run.logs());
+
+    let endless = crate::support::Flow::new("nodes:\n  - id: w\n    path: {node}\n    args: [wait-stop]\n    deploy: { machine: b }\n");
+    let mut attached = crate::support::Running::start({
+        let mut cmd = rill();
+        cmd.args(["start", &endless.file.display().to_string(), "--attach", "--coordinator-port", &port_text]);
+        cmd
+    });
+    attached.wait_for("the node running", Duration::from_secs(20), |out| out.contains("[w] waiting"));
+    attached.signal(libc::SIGINT);
+    let run = attached.wait(Duration::from_secs(30));
+    assert_eq!(run.code, Some(0), "{}\n{}", run.logs(), procs.logs());
+    assert!(run.stdout.contains("[w] got stop"), "{}", run.logs());
+    assert!(run.stderr.contains("stopped"), "{}", run.logs());
+}
