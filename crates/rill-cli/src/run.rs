@@ -62,7 +62,7 @@ fn report_text(report: Report<'_>) {
         }
         Report::Log { node, stream: Stream::Stderr, line } => eprintln!("[{node}] {line}"),
         Report::Building { node, command } => eprintln!("rill: building {node}: {command}"),
-        Report::Spawned { .. } => {}
+        Report::Spawned { .. } | Report::Ended { .. } => {}
         Report::Notice(Notice::Restarting { node, status, attempt, delay }) => {
             eprintln!("rill: node `{node}` ended with {status}; restart {attempt} in {delay:.1?}");
         }
@@ -84,6 +84,9 @@ fn report_json(report: Report<'_>) {
         }),
         Report::Building { node, command } => serde_json::json!({"event": "build", "node": node, "command": command}),
         Report::Spawned { node, pid } => serde_json::json!({"event": "spawned", "node": node, "pid": pid}),
+        Report::Ended { node, outcome } => serde_json::json!({
+            "event": "ended", "node": node, "outcome": outcome.to_string(), "failed": outcome.is_failure(),
+        }),
         Report::Notice(Notice::Restarting { node, status, attempt, delay }) => serde_json::json!({
             "event": "restarting", "node": node, "status": status.to_string(), "attempt": attempt, "delay_ms": delay.as_millis() as u64,
         }),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use rill_core::{DaemonInfo, Dataflow, place};
-use rill_proto::coord::{DataflowStatus, DataflowSummary, NodePlacement, SpawnDataflow};
+use rill_proto::coord::{DataflowStatus, DataflowSummary, NodePlacement, NodeStatus, SpawnDataflow};
 
 /// Why a start was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +36,9 @@ pub struct DataflowRecord {
     running_on: BTreeSet<String>,
     /// Daemons whose share is wired; at all of them, the nodes start.
     ready: BTreeSet<String>,
+    /// Last reported status of each node.
+    #[serde(default)]
+    nodes: std::collections::BTreeMap<String, NodeStatus>,
     /// After a coordinator restart: until when daemons may reclaim it.
     #[serde(skip)]
     reclaim_until: Option<Instant>,
@@ -49,6 +52,7 @@ impl DataflowRecord {
             status: self.status,
             placement: self.placement.clone(),
             reason: self.reason.clone(),
+            nodes: self.nodes.clone(),
         }
     }
 
@@ -134,6 +138,7 @@ impl Dataflows {
             reason: None,
             running_on,
             ready: BTreeSet::new(),
+            nodes: Default::default(),
             reclaim_until: None,
         };
         self.records.push(record.clone());
@@ -278,6 +283,13 @@ impl Dataflows {
             return Vec::new();
         }
         record.running_on.iter().cloned().collect()
+    }
+
+    /// A daemon reports a node's status. Returns the record (to store).
+    pub fn node_status(&mut self, uuid: &str, node: &str, status: NodeStatus) -> Option<DataflowRecord> {
+        let record = self.records.iter_mut().find(|r| r.uuid == uuid)?;
+        record.nodes.insert(node.to_owned(), status);
+        Some(record.clone())
     }
 
     /// `daemon` reports its share ended. Returns the record (to store).

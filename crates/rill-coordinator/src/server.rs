@@ -251,6 +251,13 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
                         cluster.send(&daemon, CoordinatorMessage::Go { uuid: uuid.clone() });
                     }
                 }
+                Some(Ok(DaemonMessage::NodeStatus { uuid, node, status })) => {
+                    last_heard = Instant::now();
+                    let changed = app.dataflows().node_status(&uuid, &node, status);
+                    if let Some(record) = changed {
+                        app.persist(&record);
+                    }
+                }
                 Some(Ok(DaemonMessage::Log(line))) => {
                     last_heard = Instant::now();
                     app.logs().push(line);

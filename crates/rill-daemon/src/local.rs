@@ -32,6 +32,7 @@ pub enum ShareReport {
 pub enum LocalEvent {
     Started { name: String, nodes: Vec<String> },
     Log { uuid: String, dataflow: String, node: String, stderr: bool, line: String },
+    Node { uuid: String, node: String, status: rill_proto::coord::NodeStatus },
     Ended { name: String, success: bool, summary: String },
 }
 
@@ -59,14 +60,23 @@ impl LocalDataflows {
         let log_name = name.clone();
         let log_uuid = spawn.uuid.clone();
         let reporter: crate::Reporter = Arc::new(move |report: Report<'_>| {
-            if let Report::Log { node, stream, line } = report {
-                events(LocalEvent::Log {
+            use rill_proto::coord::NodeStatus;
+            let node_status = |node: &str, status| LocalEvent::Node { uuid: log_uuid.clone(), node: node.to_owned(), status };
+            match report {
+                Report::Log { node, stream, line } => events(LocalEvent::Log {
                     uuid: log_uuid.clone(),
                     dataflow: log_name.clone(),
                     node: node.to_owned(),
                     stderr: stream == Stream::Stderr,
                     line: line.to_owned(),
-                });
+                }),
+                Report::Spawned { node, pid } => events(node_status(node, NodeStatus::Running { pid })),
+                Report::Notice(crate::Notice::Restarting { node, .. }) => events(node_status(node, NodeStatus::Restarting)),
+                Report::Ended { node, outcome } if outcome.is_failure() => {
+                    events(node_status(node, NodeStatus::Failed { reason: outcome.to_string() }))
+                }
+                Report::Ended { node, .. } => events(node_status(node, NodeStatus::Finished)),
+                _ => {}
             }
         });
         // Edges to nodes on other machines end at the bridge. The share is

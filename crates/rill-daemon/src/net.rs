@@ -68,8 +68,8 @@ fn jitter_seed() -> u64 {
 
 /// The dataflow shares this daemon runs; they outlive connections.
 struct Shares {
-    /// Node output for the coordinator (`rill logs`).
-    log_rx: Option<mpsc::Receiver<LogLine>>,
+    /// Node output and node status for the coordinator.
+    log_rx: Option<mpsc::Receiver<DaemonMessage>>,
     /// The data session, opened at the first registration.
     bridge: Option<crate::bridge::Bridge>,
     local: LocalDataflows,
@@ -96,7 +96,7 @@ pub async fn run(config: DaemonConfig, on_event: impl Fn(ConnectionEvent) + Send
     if config.data_port == 0 {
         config.data_port = std::net::TcpListener::bind("0.0.0.0:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(7447);
     }
-    let (log_tx, log_rx) = mpsc::channel::<LogLine>(LOG_BACKLOG);
+    let (log_tx, log_rx) = mpsc::channel::<DaemonMessage>(LOG_BACKLOG);
     let (finished_tx, finished_rx) = mpsc::unbounded_channel();
     let mut shares = Shares {
         log_rx: Some(log_rx),
@@ -105,10 +105,17 @@ pub async fn run(config: DaemonConfig, on_event: impl Fn(ConnectionEvent) + Send
         finished_tx,
         finished_rx: Some(finished_rx),
         on_local: Arc::new(move |e| {
-            if let LocalEvent::Log { uuid, node, stderr, line, .. } = &e {
-                let stream = if *stderr { "stderr" } else { "stdout" };
-                let log = LogLine { uuid: uuid.clone(), node: node.clone(), stream: stream.into(), line: line.clone() };
-                let _ = log_tx.try_send(log);
+            match &e {
+                LocalEvent::Log { uuid, node, stderr, line, .. } => {
+                    let stream = if *stderr { "stderr" } else { "stdout" };
+                    let log = LogLine { uuid: uuid.clone(), node: node.clone(), stream: stream.into(), line: line.clone() };
+                    let _ = log_tx.try_send(DaemonMessage::Log(log));
+                }
+                LocalEvent::Node { uuid, node, status } => {
+                    let msg = DaemonMessage::NodeStatus { uuid: uuid.clone(), node: node.clone(), status: status.clone() };
+                    let _ = log_tx.try_send(msg);
+                }
+                _ => {}
             }
             local_events(ConnectionEvent::Local(e))
         }),
@@ -166,8 +173,8 @@ async fn connect_once(config: &DaemonConfig, on_event: &(dyn Fn(ConnectionEvent)
     let ended = 'conn: loop {
         tokio::select! {
             log = log_rx.recv(), if registered => {
-                if let Some(log) = log
-                    && let Err(e) = send(&mut sink, &DaemonMessage::Log(log)).await
+                if let Some(msg) = log
+                    && let Err(e) = send(&mut sink, &msg).await
                 {
                     break 'conn lost(e, registered);
                 }

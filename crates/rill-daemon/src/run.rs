@@ -60,6 +60,8 @@ pub enum Report<'a> {
     Log { node: &'a str, stream: Stream, line: &'a str },
     Building { node: &'a str, command: &'a str },
     Spawned { node: &'a str, pid: u32 },
+    /// A node ended for good.
+    Ended { node: &'a str, outcome: &'a crate::Outcome },
     Notice(&'a Notice),
     /// The stop sequence began.
     Stopping,
@@ -255,6 +257,9 @@ impl Runtime {
                 Vec::new()
             }
             Action::CloseOutputs { node } => {
+                if let Some(crate::supervisor::NodeState::Finished(outcome)) = supervisor.state(&node) {
+                    (self.reporter)(Report::Ended { node: &node, outcome });
+                }
                 router.send(Command::CloseOutputs { node });
                 Vec::new()
             }

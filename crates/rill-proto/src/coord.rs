@@ -52,6 +52,8 @@ pub enum DaemonMessage {
     DataflowReady { uuid: String },
     /// A line a node printed.
     Log(LogLine),
+    /// A node of a dataflow started, is restarting, or ended.
+    NodeStatus { uuid: String, node: String, status: NodeStatus },
     /// A dataflow's nodes on this daemon all ended.
     DataflowFinished { uuid: String, success: bool, summary: String },
 }
@@ -134,6 +136,16 @@ pub enum DataflowStatus {
     Stopped,
 }
 
+/// Where a node is, as its daemon reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum NodeStatus {
+    Running { pid: u32 },
+    Restarting,
+    Finished,
+    Failed { reason: String },
+}
+
 /// One dataflow in `rill list`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DataflowSummary {
@@ -143,6 +155,9 @@ pub struct DataflowSummary {
     pub placement: Vec<NodePlacement>,
     /// Why it failed, if it did.
     pub reason: Option<String>,
+    /// Node id -> its last reported status.
+    #[serde(default)]
+    pub nodes: BTreeMap<String, NodeStatus>,
 }
 
 /// A connected daemon, as `rill status` shows it.

@@ -177,6 +177,16 @@ fn start_places_nodes_by_machine_and_labels_and_stop_ends_them() {
     assert_eq!(list["dataflows"][0]["status"], "running", "{list}");
     let (_, status, _) = rill_json(&[&["status"][..], &p[..]].concat());
     assert_eq!(status["dataflows"][0]["name"], "app", "status lists dataflows too: {status}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, list, _) = rill_json(&[&["list"][..], &p[..]].concat());
+        let nodes = &list["dataflows"][0]["nodes"];
+        if ["source", "near", "far"].iter().all(|n| nodes[n]["state"] == "running" && nodes[n]["pid"].as_u64().is_some()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node statuses: {list}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     let (code, again, _) = rill_json(&[&["start", &file, "--name", "app"][..], &p[..]].concat());
     assert_eq!(code, Some(1), "a second `app` is refused: {again}");
@@ -330,6 +340,7 @@ fn after_a_coordinator_kill_the_redb_store_and_daemons_bring_dataflows_back() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(list["dataflows"][1]["reason"].as_str().unwrap_or("").contains("no daemon reported it within 3 s"), "{list}");
+    assert_eq!(list["dataflows"][0]["nodes"]["w"], serde_json::json!({"state": "running", "pid": pid}), "{list}");
     assert!(crate::support::alive(pid), "the node kept running under its pid {pid}\n{}", procs.logs());
     assert_eq!(log_b().matches("[kept/w] waiting").count(), 1, "the node was not started again\n{}", procs.logs());
 
