@@ -34,6 +34,9 @@ enum Commands {
     /// Print a dataflow as a Mermaid flowchart.
     Graph {
         file: PathBuf,
+        /// `{"mermaid": "..."}` on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Run the coordinator (cluster state; HTTP and WebSocket on one port).
     Coordinator(remote::CoordinatorArgs),
@@ -62,7 +65,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Commands::Run(args) => run::run(args),
         Commands::Check { files, json } => Ok(output::check(&files, json)),
-        Commands::Graph { file } => output::graph(&file),
+        Commands::Graph { file, json } => output::graph(&file, json),
         Commands::Coordinator(args) => remote::coordinator(args),
         Commands::Daemon(args) => remote::daemon(args),
         Commands::Status(args) => remote::status(args),

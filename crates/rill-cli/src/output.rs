@@ -49,8 +49,12 @@ pub fn check(files: &[PathBuf], json: bool) -> ExitCode {
 }
 
 /// Prints the Mermaid graph of one file.
-pub fn graph(file: &Path) -> anyhow::Result<ExitCode> {
+pub fn graph(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
     match Dataflow::load(file) {
+        Ok(dataflow) if json => {
+            println!("{}", serde_json::json!({"file": file, "mermaid": dataflow.mermaid()}));
+            Ok(ExitCode::SUCCESS)
+        }
         Ok(dataflow) => {
             print!("{}", dataflow.mermaid());
             Ok(ExitCode::SUCCESS)

@@ -265,6 +265,7 @@ fn restart_needs_no_yaml_and_reports_old_and_new_uuid() {
     let p = ["--coordinator-port", &port_text, "--json"];
     let (code, started, stderr) = rill_json(&[&["start", &flow.file.display().to_string(), "--name", "svc"][..], &p[..]].concat());
     assert_eq!(code, Some(0), "{stderr}");
+    std::fs::remove_file(&flow.file).expect("remove the YAML");
     let (code, restarted, stderr) = rill_json(&[&["restart", "svc"][..], &p[..]].concat());
     assert_eq!(code, Some(0), "{stderr}\n{}", procs.logs());
     assert_eq!(restarted["old_uuid"], started["uuid"]);
