@@ -3,13 +3,11 @@
 //! process, data between them over the real bridge (Zenoh on loopback); the
 //! baseline is a raw TCP ping-pong on loopback in the same run.
 
-use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use rill_bench::percentile;
 use rill_coordinator::client::ControlClient;
 use rill_daemon::local::LocalEvent;
 use rill_daemon::net::{ConnectionEvent, DaemonConfig};
@@ -105,28 +103,14 @@ pub fn tcp_baseline(size: usize, iters: usize) -> anyhow::Result<f64> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let echo = std::thread::spawn(move || -> std::io::Result<()> {
-        let (mut stream, _) = listener.accept()?;
+        let (stream, _) = listener.accept()?;
         stream.set_nodelay(true)?;
-        let mut buf = vec![0u8; size];
-        while stream.read_exact(&mut buf).is_ok() {
-            stream.write_all(&buf)?;
-        }
+        rill_bench::echo(stream, size);
         Ok(())
     });
-    let mut stream = TcpStream::connect(addr)?;
+    let stream = TcpStream::connect(addr)?;
     stream.set_nodelay(true)?;
-    let payload = vec![1u8; size];
-    let mut back = vec![0u8; size];
-    let mut samples = Vec::with_capacity(iters);
-    for i in 0..iters + iters / 10 {
-        let start = Instant::now();
-        stream.write_all(&payload)?;
-        stream.read_exact(&mut back)?;
-        if i >= iters / 10 {
-            samples.push(start.elapsed().as_secs_f64() * 1e6 / 2.0);
-        }
-    }
-    drop(stream);
+    let p50 = rill_bench::ping_pong(stream, size, iters)?;
     let _ = echo.join();
-    Ok(percentile(&mut samples, 50.0))
+    Ok(p50)
 }

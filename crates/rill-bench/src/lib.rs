@@ -9,6 +9,33 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Sends back every `size`-byte message until the peer closes.
+pub fn echo(mut stream: impl std::io::Read + std::io::Write, size: usize) {
+    let mut buf = vec![0u8; size];
+    while stream.read_exact(&mut buf).is_ok() {
+        if stream.write_all(&buf).is_err() {
+            return;
+        }
+    }
+}
+
+/// p50 of round trip / 2, in µs, over `iters` round trips of `size` bytes
+/// each way (after a warm-up of a tenth as many).
+pub fn ping_pong(mut stream: impl std::io::Read + std::io::Write, size: usize, iters: usize) -> std::io::Result<f64> {
+    let payload = vec![1u8; size];
+    let mut back = vec![0u8; size];
+    let mut samples = Vec::with_capacity(iters);
+    for i in 0..iters + iters / 10 {
+        let start = std::time::Instant::now();
+        stream.write_all(&payload)?;
+        stream.read_exact(&mut back)?;
+        if i >= iters / 10 {
+            samples.push(start.elapsed().as_secs_f64() * 1e6 / 2.0);
+        }
+    }
+    Ok(percentile(&mut samples, 50.0))
+}
+
 /// The `p`th percentile (0-100) of `samples` (sorted in place).
 pub fn percentile(samples: &mut [f64], p: f64) -> f64 {
     if samples.is_empty() {

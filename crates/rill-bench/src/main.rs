@@ -1,22 +1,23 @@
 //! `rill-bench latency`: a two-node dataflow through the real daemon, and a
 //! raw Unix-socket ping-pong of the same size in the same run as baseline.
 
-use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 mod cross;
 
-use rill_bench::percentile;
+use rill_bench::{echo, ping_pong};
 use rill_core::Dataflow;
 use rill_daemon::{Report, RunOptions, Runtime, Stream};
 
 #[derive(Parser)]
-#[command(name = "rill-bench", about = "rill benchmarks; figures are printed next to a baseline measured in the same run")]
+#[command(
+    name = "rill-bench",
+    about = "rill benchmarks; figures are printed next to a baseline measured in the same run"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -66,7 +67,10 @@ fn latency(quick: bool, json: bool, sizes: &[usize], cross_daemon: bool) -> anyh
     let (hot, paced, bursts) = if quick { (1000, 150, 20) } else { (10_000, 1000, 200) };
     let results = run_dataflow(sizes, hot, paced, bursts)?;
     if !json {
-        println!("{:>9} {:>9} {:>9} {:>12} {:>12} {:>11} {:>13} {:>7} {:>12}", "size", "p50_us", "p99_us", "paced_p50", "paced_p99", "msgs/s", "baseline_p50", "ratio", "proc_base");
+        println!(
+            "{:>9} {:>9} {:>9} {:>12} {:>12} {:>11} {:>13} {:>7} {:>12}",
+            "size", "p50_us", "p99_us", "paced_p50", "paced_p99", "msgs/s", "baseline_p50", "ratio", "proc_base"
+        );
     }
     for (size, mut result) in sizes.iter().zip(results) {
         let iters = if *size >= 1 << 20 { hot / 5 } else { hot };
@@ -80,7 +84,15 @@ fn latency(quick: bool, json: bool, sizes: &[usize], cross_daemon: bool) -> anyh
             let f = |k: &str| result[k].as_f64().unwrap_or(f64::NAN);
             println!(
                 "{:>9} {:>9.1} {:>9.1} {:>12.1} {:>12.1} {:>11.0} {:>13.1} {:>6.2}x {:>12.1}",
-                size, f("p50_us"), f("p99_us"), f("paced_p50_us"), f("paced_p99_us"), f("msgs_per_s"), baseline, f("p50_us") / baseline, process_baseline
+                size,
+                f("p50_us"),
+                f("p99_us"),
+                f("paced_p50_us"),
+                f("paced_p99_us"),
+                f("msgs_per_s"),
+                baseline,
+                f("p50_us") / baseline,
+                process_baseline
             );
         }
     }
@@ -92,7 +104,10 @@ fn latency_cross(quick: bool, json: bool, sizes: &[usize]) -> anyhow::Result<()>
     let results = cross::run(sizes, hot, paced, bursts)?;
     if !json {
         println!("cross-daemon (bridge over loopback)");
-        println!("{:>9} {:>9} {:>9} {:>12} {:>12} {:>11} {:>14}", "size", "p50_us", "p99_us", "paced_p50", "paced_p99", "msgs/s", "tcp_base_p50");
+        println!(
+            "{:>9} {:>9} {:>9} {:>12} {:>12} {:>11} {:>14}",
+            "size", "p50_us", "p99_us", "paced_p50", "paced_p99", "msgs/s", "tcp_base_p50"
+        );
     }
     for (size, mut result) in sizes.iter().zip(results) {
         let baseline = cross::tcp_baseline(*size, if *size >= 1 << 20 { hot / 5 } else { hot })?;
@@ -104,7 +119,13 @@ fn latency_cross(quick: bool, json: bool, sizes: &[usize]) -> anyhow::Result<()>
             let f = |k: &str| result[k].as_f64().unwrap_or(f64::NAN);
             println!(
                 "{:>9} {:>9.1} {:>9.1} {:>12.1} {:>12.1} {:>11.0} {:>14.1}",
-                size, f("p50_us"), f("p99_us"), f("paced_p50_us"), f("paced_p99_us"), f("msgs_per_s"), baseline
+                size,
+                f("p50_us"),
+                f("p99_us"),
+                f("paced_p50_us"),
+                f("paced_p99_us"),
+                f("msgs_per_s"),
+                baseline
             );
         }
     }
@@ -126,9 +147,10 @@ fn run_dataflow(sizes: &[usize], hot: usize, paced: usize, bursts: usize) -> any
     let reporter = Arc::new(move |report: Report<'_>| match report {
         Report::Log { stream: Stream::Stdout, line, .. } => {
             if let Some(json) = line.strip_prefix("RESULT ")
-                && let Ok(mut lines) = collected.lock() {
-                    lines.push(json.to_owned());
-                }
+                && let Ok(mut lines) = collected.lock()
+            {
+                lines.push(json.to_owned());
+            }
         }
         Report::Log { node, line, .. } => eprintln!("[{node}] {line}"),
         _ => {}
@@ -165,30 +187,5 @@ fn process_baseline(size: usize, iters: usize) -> anyhow::Result<f64> {
         .spawn()?;
     let p50 = ping_pong(a, size, iters);
     let _ = child.wait();
-    p50
-}
-
-fn echo(mut stream: UnixStream, size: usize) {
-    let mut buf = vec![0u8; size];
-    while stream.read_exact(&mut buf).is_ok() {
-        if stream.write_all(&buf).is_err() {
-            return;
-        }
-    }
-}
-
-/// p50 of round trip / 2 over `iters` round trips (after a warm-up).
-fn ping_pong(mut a: UnixStream, size: usize, iters: usize) -> anyhow::Result<f64> {
-    let payload = vec![1u8; size];
-    let mut back = vec![0u8; size];
-    let mut samples = Vec::with_capacity(iters);
-    for i in 0..iters + iters / 10 {
-        let start = Instant::now();
-        a.write_all(&payload)?;
-        a.read_exact(&mut back)?;
-        if i >= iters / 10 {
-            samples.push(start.elapsed().as_secs_f64() * 1e6 / 2.0);
-        }
-    }
-    Ok(percentile(&mut samples, 50.0))
+    Ok(p50?)
 }

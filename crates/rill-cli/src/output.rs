@@ -28,7 +28,9 @@ pub fn check(files: &[PathBuf], json: bool) -> ExitCode {
         failed |= result.is_err();
         if json {
             let value = match &result {
-                Ok(dataflow) => serde_json::json!({"file": file, "ok": true, "nodes": dataflow.nodes.len(), "errors": []}),
+                Ok(dataflow) => {
+                    serde_json::json!({"file": file, "ok": true, "nodes": dataflow.nodes.len(), "errors": []})
+                }
                 Err(diagnostics) => serde_json::json!({
                     "file": file,
                     "ok": false,

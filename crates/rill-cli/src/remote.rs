@@ -75,7 +75,11 @@ pub struct StatusArgs {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("cannot start the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
@@ -105,7 +109,9 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     let quiet = args.quiet;
     let addr = config.coordinator.clone();
     let result = runtime()?.block_on(rill_daemon::net::run(config, move |event| match event {
-        ConnectionEvent::Registered { daemon_id } if !quiet => eprintln!("rill daemon: registered with {addr} as {daemon_id}"),
+        ConnectionEvent::Registered { daemon_id } if !quiet => {
+            eprintln!("rill daemon: registered with {addr} as {daemon_id}")
+        }
         ConnectionEvent::Lost { reason } if !quiet => eprintln!("rill daemon: {reason}"),
         ConnectionEvent::Retrying { attempt, delay } if !quiet => {
             eprintln!("rill daemon: reconnecting in {delay:.1?} (attempt {attempt})")
@@ -145,7 +151,10 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("unexpected reply from the coordinator: {response:?}");
     };
     if args.json {
-        println!("{}", serde_json::json!({"version": version, "uptime_ms": uptime_ms, "daemons": daemons, "dataflows": dataflows}));
+        println!(
+            "{}",
+            serde_json::json!({"version": version, "uptime_ms": uptime_ms, "daemons": daemons, "dataflows": dataflows})
+        );
         return Ok(ExitCode::SUCCESS);
     }
     println!("coordinator {} (rill {version}, up {}s)", args.coordinator.host_port(), uptime_ms / 1000);
@@ -160,7 +169,8 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         );
     }
     println!("{} daemon(s) connected", daemons.len());
-    let active = dataflows.iter().filter(|d| matches!(d.status, DataflowStatus::Running | DataflowStatus::Stopping)).count();
+    let active =
+        dataflows.iter().filter(|d| matches!(d.status, DataflowStatus::Running | DataflowStatus::Stopping)).count();
     println!("{} dataflow(s) active, {} known (see `rill list`)", active, dataflows.len());
     Ok(ExitCode::SUCCESS)
 }
@@ -316,8 +326,16 @@ pub fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
     }
     println!("{:<36} {:<20} {:<9} {:>5}  REASON", "UUID", "NAME", "STATUS", "NODES");
     for d in &dataflows {
-        let status = serde_json::to_value(d.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-        println!("{:<36} {:<20} {:<9} {:>5}  {}", d.uuid, d.name, status, d.placement.len(), d.reason.as_deref().unwrap_or(""));
+        let status =
+            serde_json::to_value(d.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        println!(
+            "{:<36} {:<20} {:<9} {:>5}  {}",
+            d.uuid,
+            d.name,
+            status,
+            d.placement.len(),
+            d.reason.as_deref().unwrap_or("")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -328,7 +346,10 @@ pub fn restart(args: StopArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("unexpected reply from the coordinator: {response:?}");
     };
     if args.json {
-        println!("{}", serde_json::json!({"name": name, "old_uuid": old_uuid, "new_uuid": new_uuid, "placement": placement}));
+        println!(
+            "{}",
+            serde_json::json!({"name": name, "old_uuid": old_uuid, "new_uuid": new_uuid, "placement": placement})
+        );
     } else {
         println!("restarting dataflow `{name}`");
         println!("dataflow restarted: {old_uuid} -> {new_uuid}");
@@ -337,7 +358,9 @@ pub fn restart(args: StopArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn stop(args: StopArgs) -> anyhow::Result<ExitCode> {
-    let ControlResponse::Stopped { uuid, name } = request(&args.coordinator, ControlRequest::Stop { dataflow: args.dataflow })? else {
+    let ControlResponse::Stopped { uuid, name } =
+        request(&args.coordinator, ControlRequest::Stop { dataflow: args.dataflow })?
+    else {
         anyhow::bail!("unexpected reply from the coordinator");
     };
     if args.json {

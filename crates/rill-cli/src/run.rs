@@ -132,5 +132,8 @@ fn print_summary_json(report: &RunReport) {
             })
         })
         .collect();
-    println!("{}", serde_json::json!({"event": "summary", "success": report.success(), "stopped": report.stopped, "nodes": nodes}));
+    println!(
+        "{}",
+        serde_json::json!({"event": "summary", "success": report.success(), "stopped": report.stopped, "nodes": nodes})
+    );
 }

@@ -80,20 +80,25 @@ fn spawn_background(args: &[&str], log: PathBuf) -> anyhow::Result<u32> {
     Ok(child.id())
 }
 
-
 pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     if let Some(n) = daemons(args.port) {
         if args.json {
             println!("{}", serde_json::json!({"status": "already_up", "port": args.port, "daemons": n}));
         } else {
-            println!("a coordinator already answers on port {} ({n} daemon(s)); `rill destroy` stops one started by `rill up`", args.port);
+            println!(
+                "a coordinator already answers on port {} ({n} daemon(s)); `rill destroy` stops one started by `rill up`",
+                args.port
+            );
         }
         return Ok(ExitCode::SUCCESS);
     }
     let dir = state_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let port = args.port.to_string();
-    let coordinator = spawn_background(&["coordinator", "--port", &port, "--store", &args.store], dir.join(format!("coordinator-{port}.log")))?;
+    let coordinator = spawn_background(
+        &["coordinator", "--port", &port, "--store", &args.store],
+        dir.join(format!("coordinator-{port}.log")),
+    )?;
     let daemon = spawn_background(&["daemon", "--coordinator-port", &port], dir.join(format!("daemon-{port}.log")))?;
     std::fs::write(pid_file(args.port), format!("{coordinator}\n{daemon}\n"))?;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -113,7 +118,11 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             serde_json::json!({"status": "up", "port": args.port, "coordinator_pid": coordinator, "daemon_pid": daemon, "state_dir": dir})
         );
     } else {
-        println!("coordinator (pid {coordinator}) on 127.0.0.1:{} and a daemon (pid {daemon}) are up; logs in {}", args.port, dir.display());
+        println!(
+            "coordinator (pid {coordinator}) on 127.0.0.1:{} and a daemon (pid {daemon}) are up; logs in {}",
+            args.port,
+            dir.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

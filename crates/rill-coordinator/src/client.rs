@@ -7,7 +7,9 @@ use tokio_tungstenite::tungstenite::Message;
 /// What can go wrong talking to the coordinator.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the coordinator at {addr}: {reason} (is `rill coordinator` running there? see --coordinator-addr/--coordinator-port)")]
+    #[error(
+        "cannot reach the coordinator at {addr}: {reason} (is `rill coordinator` running there? see --coordinator-addr/--coordinator-port)"
+    )]
     Connect { addr: String, reason: String },
     #[error("the coordinator closed the connection")]
     Closed,

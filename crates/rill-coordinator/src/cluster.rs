@@ -23,7 +23,9 @@ pub struct Hello {
 /// Why a registration is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegisterError {
-    #[error("the daemon speaks coordinator protocol {daemon}, this coordinator {coordinator}: run the same rill version on both")]
+    #[error(
+        "the daemon speaks coordinator protocol {daemon}, this coordinator {coordinator}: run the same rill version on both"
+    )]
     ProtocolMismatch { daemon: u32, coordinator: u32 },
     #[error("a daemon with machine id \"{0}\" is already connected and alive")]
     MachineAlreadyConnected(String),
@@ -58,7 +60,12 @@ pub struct Cluster {
 impl Cluster {
     /// Admits a daemon; returns its id. A stale connection with the same
     /// machine id is replaced (and told so); a live one wins.
-    pub fn register(&mut self, hello: Hello, tx: mpsc::UnboundedSender<CoordinatorMessage>, now: Instant) -> Result<String, RegisterError> {
+    pub fn register(
+        &mut self,
+        hello: Hello,
+        tx: mpsc::UnboundedSender<CoordinatorMessage>,
+        now: Instant,
+    ) -> Result<String, RegisterError> {
         let Hello { protocol, version, machine_id, labels, zenoh_endpoint } = hello;
         if protocol != rill_proto::coord::COORD_PROTOCOL_VERSION {
             return Err(RegisterError::ProtocolMismatch {
@@ -67,7 +74,11 @@ impl Cluster {
             });
         }
         if let Some(machine) = &machine_id {
-            let existing = self.daemons.iter().find(|(_, d)| d.machine_id.as_ref() == Some(machine)).map(|(id, d)| (id.clone(), d.last_heartbeat));
+            let existing = self
+                .daemons
+                .iter()
+                .find(|(_, d)| d.machine_id.as_ref() == Some(machine))
+                .map(|(id, d)| (id.clone(), d.last_heartbeat));
             if let Some((old_id, last)) = existing {
                 if now.duration_since(last) < STALE_AFTER {
                     return Err(RegisterError::MachineAlreadyConnected(machine.clone()));
@@ -80,14 +91,19 @@ impl Cluster {
             Some(machine) => format!("{machine}-{}", self.next_id),
             None => format!("daemon-{}", self.next_id),
         };
-        self.daemons.insert(id.clone(), Connected { machine_id, labels, version, zenoh_endpoint, last_heartbeat: now, tx });
+        self.daemons
+            .insert(id.clone(), Connected { machine_id, labels, version, zenoh_endpoint, last_heartbeat: now, tx });
         Ok(id)
     }
 
     /// Data endpoints of every daemon but `daemon_id`.
     pub fn peers_of(&self, daemon_id: &str) -> Vec<String> {
-        let mut peers: Vec<String> =
-            self.daemons.iter().filter(|(id, _)| id.as_str() != daemon_id).filter_map(|(_, d)| d.zenoh_endpoint.clone()).collect();
+        let mut peers: Vec<String> = self
+            .daemons
+            .iter()
+            .filter(|(id, _)| id.as_str() != daemon_id)
+            .filter_map(|(_, d)| d.zenoh_endpoint.clone())
+            .collect();
         peers.sort();
         peers
     }
@@ -133,7 +149,11 @@ impl Cluster {
         let mut infos: Vec<rill_core::DaemonInfo> = self
             .daemons
             .iter()
-            .map(|(id, d)| rill_core::DaemonInfo { id: id.clone(), machine_id: d.machine_id.clone(), labels: d.labels.clone() })
+            .map(|(id, d)| rill_core::DaemonInfo {
+                id: id.clone(),
+                machine_id: d.machine_id.clone(),
+                labels: d.labels.clone(),
+            })
             .collect();
         infos.sort_by(|a, b| a.id.cmp(&b.id));
         infos
@@ -151,7 +171,8 @@ mod tests {
 
     fn register(c: &mut Cluster, machine: Option<&str>, now: Instant) -> Result<String, RegisterError> {
         let (tx, _rx) = mpsc::unbounded_channel();
-        let hello = Hello { protocol: 1, version: "0.1.0".into(), machine_id: machine.map(Into::into), ..Hello::default() };
+        let hello =
+            Hello { protocol: 1, version: "0.1.0".into(), machine_id: machine.map(Into::into), ..Hello::default() };
         c.register(hello, tx, now)
     }
 
@@ -169,7 +190,10 @@ mod tests {
         let mut c = Cluster::default();
         let t0 = Instant::now();
         let first = register(&mut c, Some("a"), t0).unwrap();
-        assert_eq!(register(&mut c, Some("a"), t0 + Duration::from_secs(1)), Err(RegisterError::MachineAlreadyConnected("a".into())));
+        assert_eq!(
+            register(&mut c, Some("a"), t0 + Duration::from_secs(1)),
+            Err(RegisterError::MachineAlreadyConnected("a".into()))
+        );
         let second = register(&mut c, Some("a"), t0 + STALE_AFTER + Duration::from_secs(1)).unwrap();
         assert_ne!(first, second);
         assert_eq!(c.len(), 1);

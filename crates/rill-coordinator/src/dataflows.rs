@@ -247,7 +247,11 @@ impl Dataflows {
             let Some(until) = record.reclaim_until else { continue };
             if record.running_on.is_empty() && now >= until {
                 record.reclaim_until = None;
-                record.status = if record.status == DataflowStatus::Stopping { DataflowStatus::Stopped } else { DataflowStatus::Failed };
+                record.status = if record.status == DataflowStatus::Stopping {
+                    DataflowStatus::Stopped
+                } else {
+                    DataflowStatus::Failed
+                };
                 if record.status == DataflowStatus::Failed {
                     record.reason = Some(format!(
                         "no daemon reported it within {} s after the coordinator restarted",
@@ -269,7 +273,11 @@ impl Dataflows {
 
     /// Marks it stopping; returns the daemons to tell.
     pub fn stop(&mut self, name_or_uuid: &str) -> Option<(DataflowRecord, Vec<String>)> {
-        let record = self.records.iter_mut().rev().find(|r| (r.uuid == name_or_uuid || r.name == name_or_uuid) && r.is_active())?;
+        let record = self
+            .records
+            .iter_mut()
+            .rev()
+            .find(|r| (r.uuid == name_or_uuid || r.name == name_or_uuid) && r.is_active())?;
         record.status = DataflowStatus::Stopping;
         Some((record.clone(), record.running_on.iter().cloned().collect()))
     }
@@ -293,7 +301,13 @@ impl Dataflows {
     }
 
     /// `daemon` reports its share ended. Returns the record (to store).
-    pub fn daemon_finished(&mut self, uuid: &str, daemon: &str, success: bool, summary: &str) -> Option<DataflowRecord> {
+    pub fn daemon_finished(
+        &mut self,
+        uuid: &str,
+        daemon: &str,
+        success: bool,
+        summary: &str,
+    ) -> Option<DataflowRecord> {
         let record = self.records.iter_mut().find(|r| r.uuid == uuid)?;
         record.running_on.remove(daemon);
         if !success && record.reason.is_none() {
@@ -323,7 +337,11 @@ mod tests {
     fn daemons() -> Vec<DaemonInfo> {
         vec![
             DaemonInfo { id: "a-1".into(), machine_id: Some("a".into()), labels: Default::default() },
-            DaemonInfo { id: "b-2".into(), machine_id: Some("b".into()), labels: [("gpu".to_owned(), "true".to_owned())].into() },
+            DaemonInfo {
+                id: "b-2".into(),
+                machine_id: Some("b".into()),
+                labels: [("gpu".to_owned(), "true".to_owned())].into(),
+            },
         ]
     }
 
@@ -343,7 +361,10 @@ mod tests {
         assert_eq!(spawns.len(), 2);
         assert_eq!(spawns[0].1.nodes, ["src"]);
         assert_eq!(spawns[1].1.nodes, ["sink"]);
-        assert_eq!(d.start(flow(), Some("app".into()), "/tmp".into(), &daemons()).unwrap_err(), StartError::NameInUse("app".into()));
+        assert_eq!(
+            d.start(flow(), Some("app".into()), "/tmp".into(), &daemons()).unwrap_err(),
+            StartError::NameInUse("app".into())
+        );
     }
 
     #[test]
@@ -368,7 +389,10 @@ mod tests {
         d.daemon_finished(&bad.uuid, "a-1", false, "node `src` failed with exit code 3");
         d.daemon_finished(&bad.uuid, "b-2", true, "");
         let bad = d.find("bad").unwrap();
-        assert_eq!((bad.status, bad.reason.as_deref()), (DataflowStatus::Failed, Some("node `src` failed with exit code 3")));
+        assert_eq!(
+            (bad.status, bad.reason.as_deref()),
+            (DataflowStatus::Failed, Some("node `src` failed with exit code 3"))
+        );
 
         let (stopped, _) = d.start(flow(), Some("s".into()), "/".into(), &daemons()).unwrap();
         let (_, tell) = d.stop("s").unwrap();
@@ -392,7 +416,10 @@ mod tests {
         assert_eq!(d.recover("b-11", Some("b"), &[], t0 + RECOVERY_BACKOFF).len(), 1, "after the backoff");
         d.recovered(&record.uuid, Some("b"));
         assert_eq!(d.recover("b-12", Some("b"), &[], t0 + RECOVERY_BACKOFF).len(), 1, "cleared once running");
-        assert!(d.recover("b-13", Some("b"), std::slice::from_ref(&record.uuid), t0 + RECOVERY_BACKOFF * 3).is_empty(), "it runs it");
+        assert!(
+            d.recover("b-13", Some("b"), std::slice::from_ref(&record.uuid), t0 + RECOVERY_BACKOFF * 3).is_empty(),
+            "it runs it"
+        );
         assert!(d.recover("c-1", Some("c"), &[], t0).is_empty(), "nothing placed there");
     }
 

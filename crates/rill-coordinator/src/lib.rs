@@ -6,8 +6,8 @@ pub mod client;
 mod cluster;
 pub mod dataflows;
 mod logs;
-mod store;
 mod server;
+mod store;
 
 pub use cluster::{Cluster, Hello, RegisterError};
 pub use server::{CoordinatorConfig, ServeError, StoreConfig, serve, serve_on};

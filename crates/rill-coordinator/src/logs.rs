@@ -41,13 +41,7 @@ impl Logs {
 
     /// The kept lines of `uuid` (one node's, if given).
     pub fn kept(&self, uuid: &str, node: Option<&str>) -> Vec<LogLine> {
-        self.kept
-            .get(uuid)
-            .into_iter()
-            .flatten()
-            .filter(|l| node.is_none_or(|n| n == l.node))
-            .cloned()
-            .collect()
+        self.kept.get(uuid).into_iter().flatten().filter(|l| node.is_none_or(|n| n == l.node)).cloned().collect()
     }
 
     /// The kept lines, and every later one on the receiver (no gap: both

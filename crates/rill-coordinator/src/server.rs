@@ -129,7 +129,13 @@ pub async fn serve_on(listener: TcpListener, store: Store, reclaim_timeout: Dura
             tick.tick().await;
             let changed = expirer.dataflows().expire_reclaims(Instant::now());
             for record in changed {
-                eprintln!("rill coordinator: dataflow {} ({}) {:?}: {}", record.name, record.uuid, record.status, record.reason.as_deref().unwrap_or(""));
+                eprintln!(
+                    "rill coordinator: dataflow {} ({}) {:?}: {}",
+                    record.name,
+                    record.uuid,
+                    record.status,
+                    record.reason.as_deref().unwrap_or("")
+                );
                 expirer.persist(&record);
             }
         }
@@ -196,7 +202,9 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
         }
         Err(e) => {
             // Perhaps a newer peer's message: say which protocol we speak.
-            let message = format!("cannot read the first message ({e}); this coordinator speaks protocol {COORD_PROTOCOL_VERSION}");
+            let message = format!(
+                "cannot read the first message ({e}); this coordinator speaks protocol {COORD_PROTOCOL_VERSION}"
+            );
             send_json(&mut sink, &CoordinatorMessage::Error { code: ErrorCode::ProtocolMismatch, message }).await;
             return;
         }
@@ -230,7 +238,11 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
     // What it should run but does not (it restarted, the machine rebooted).
     let spawns = app.dataflows().recover(&daemon_id, machine_id.as_deref(), &running_now, Instant::now());
     for (record, spawn) in spawns {
-        eprintln!("rill coordinator: auto-recovery: re-spawning {} on {daemon_id} for dataflow {}", spawn.nodes.join(", "), record.name);
+        eprintln!(
+            "rill coordinator: auto-recovery: re-spawning {} on {daemon_id} for dataflow {}",
+            spawn.nodes.join(", "),
+            record.name
+        );
         app.persist(&record);
         app.cluster().send(&daemon_id, CoordinatorMessage::Spawn(spawn));
     }
@@ -289,7 +301,9 @@ async fn handle_control(socket: WebSocket, app: Arc<App>) {
             send_json(&mut sink, &ControlResponse::Hello { version: VERSION.to_owned() }).await;
         }
         Ok(Some(_)) => {
-            let message = format!("this coordinator speaks protocol {COORD_PROTOCOL_VERSION} (rill {VERSION}): use the same rill version");
+            let message = format!(
+                "this coordinator speaks protocol {COORD_PROTOCOL_VERSION} (rill {VERSION}): use the same rill version"
+            );
             send_json(&mut sink, &ControlResponse::Error { code: ErrorCode::ProtocolMismatch, message }).await;
             return;
         }
@@ -310,7 +324,9 @@ async fn handle_control(socket: WebSocket, app: Arc<App>) {
                 dataflows: app.dataflows().list(),
             },
             Ok(ControlRequest::Hello { .. }) => ControlResponse::Hello { version: VERSION.to_owned() },
-            Ok(ControlRequest::Start { descriptor, name, base_dir, dry_run }) => start(&app, descriptor, name, base_dir, dry_run),
+            Ok(ControlRequest::Start { descriptor, name, base_dir, dry_run }) => {
+                start(&app, descriptor, name, base_dir, dry_run)
+            }
             Ok(ControlRequest::List) => ControlResponse::List { dataflows: app.dataflows().list() },
             Ok(ControlRequest::Stop { dataflow }) => stop(&app, &dataflow),
             Ok(ControlRequest::Restart { dataflow }) => restart(&app, &dataflow),
@@ -372,7 +388,13 @@ fn start_error(e: StartError) -> ControlResponse {
     ControlResponse::Error { code, message: e.to_string() }
 }
 
-fn start(app: &App, descriptor: rill_core::Dataflow, name: Option<String>, base_dir: String, dry_run: bool) -> ControlResponse {
+fn start(
+    app: &App,
+    descriptor: rill_core::Dataflow,
+    name: Option<String>,
+    base_dir: String,
+    dry_run: bool,
+) -> ControlResponse {
     let cluster = app.cluster();
     let daemons = cluster.daemon_infos();
     if dry_run {
@@ -458,7 +480,12 @@ mod tests {
     #[tokio::test]
     async fn a_daemon_with_another_protocol_gets_protocol_mismatch() {
         let addr = start().await;
-        let reply = first_reply(addr, "/api/daemon", r#"{"type":"register","protocol":999,"version":"9.9","machine_id":null,"labels":{}}"#).await;
+        let reply = first_reply(
+            addr,
+            "/api/daemon",
+            r#"{"type":"register","protocol":999,"version":"9.9","machine_id":null,"labels":{}}"#,
+        )
+        .await;
         assert_eq!(reply["type"], "error");
         assert_eq!(reply["code"], "protocol_mismatch");
         let reply = first_reply(addr, "/api/control", r#"{"type":"hello","protocol":999}"#).await;

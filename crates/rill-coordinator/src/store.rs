@@ -33,9 +33,11 @@ impl Store {
     /// Opens (or creates) the redb file.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open { path: path.to_owned(), reason: e.to_string() })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Open { path: path.to_owned(), reason: e.to_string() })?;
         }
-        let db = Database::create(path).map_err(|e| StoreError::Open { path: path.to_owned(), reason: e.to_string() })?;
+        let db =
+            Database::create(path).map_err(|e| StoreError::Open { path: path.to_owned(), reason: e.to_string() })?;
         let txn = db.begin_write().map_err(io)?;
         txn.open_table(DATAFLOWS).map_err(io)?;
         txn.commit().map_err(io)?;

@@ -74,9 +74,6 @@ mod tests {
     #[test]
     fn unterminated_quote() {
         let problem = split("--name 'oops").unwrap_err();
-        assert_eq!(
-            problem.message,
-            "unterminated ' quote in args `--name 'oops`"
-        );
+        assert_eq!(problem.message, "unterminated ' quote in args `--name 'oops`");
     }
 }

@@ -26,13 +26,7 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub(crate) fn at(file: &Path, pos: Pos, message: String, hint: Option<String>) -> Self {
-        Diagnostic {
-            file: file.to_path_buf(),
-            line: pos.line,
-            column: pos.column,
-            message,
-            hint,
-        }
+        Diagnostic { file: file.to_path_buf(), line: pos.line, column: pos.column, message, hint }
     }
 }
 
@@ -43,11 +37,7 @@ impl fmt::Display for Diagnostic {
             write!(f, "{}: error: {}", self.file.display(), self.message)?;
         } else {
             let file = self.file.display();
-            write!(
-                f,
-                "{file}:{}:{}: error: {}",
-                self.line, self.column, self.message
-            )?;
+            write!(f, "{file}:{}:{}: error: {}", self.line, self.column, self.message)?;
         }
         if let Some(hint) = &self.hint {
             write!(f, "\n    hint: {hint}")?;
@@ -76,10 +66,7 @@ pub(crate) struct Problem {
 
 impl Problem {
     pub fn new(message: impl Into<String>, hint: impl Into<Option<String>>) -> Self {
-        Problem {
-            message: message.into(),
-            hint: hint.into(),
-        }
+        Problem { message: message.into(), hint: hint.into() }
     }
 }
 
@@ -91,10 +78,7 @@ pub(crate) struct Collector {
 
 impl Collector {
     pub fn new(file: &Path) -> Self {
-        Collector {
-            file: file.to_path_buf(),
-            found: Vec::new(),
-        }
+        Collector { file: file.to_path_buf(), found: Vec::new() }
     }
 
     pub fn error(&mut self, pos: Pos, message: impl Into<String>) {
@@ -110,8 +94,7 @@ impl Collector {
     }
 
     fn push(&mut self, pos: Pos, message: String, hint: Option<String>) {
-        self.found
-            .push(Diagnostic::at(&self.file, pos, message, hint));
+        self.found.push(Diagnostic::at(&self.file, pos, message, hint));
     }
 
     /// `Ok(value)` if nothing was reported, otherwise every diagnostic in file order.

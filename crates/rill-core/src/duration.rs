@@ -4,8 +4,7 @@ use std::time::Duration;
 
 use crate::diagnostics::Problem;
 
-const DELAY_HINT: &str =
-    "use seconds as a number (`1.5`) or a string with a unit: \"500ms\", \"2s\", \"1.5s\", \"1m\"";
+const DELAY_HINT: &str = "use seconds as a number (`1.5`) or a string with a unit: \"500ms\", \"2s\", \"1.5s\", \"1m\"";
 
 /// Parses a `restart_delay` given as text: a number with an optional unit (`ms`, `s`, `m`;
 /// seconds when there is none). Rounded to whole milliseconds, the precision we store.
@@ -20,24 +19,15 @@ pub(crate) fn parse_delay(text: &str) -> Result<Duration, Problem> {
     } else {
         (trimmed, 1.0)
     };
-    let invalid = || {
-        Problem::new(
-            format!("invalid restart_delay `{text}`"),
-            DELAY_HINT.to_owned(),
-        )
-    };
+    let invalid = || Problem::new(format!("invalid restart_delay `{text}`"), DELAY_HINT.to_owned());
     let value: f64 = number.trim().parse().map_err(|_| invalid())?;
     delay_from_secs(value * unit_secs).ok_or_else(invalid)
 }
 
 /// A `restart_delay` given as a YAML number of seconds.
 pub(crate) fn delay_from_number(secs: f64, spelled: &str) -> Result<Duration, Problem> {
-    delay_from_secs(secs).ok_or_else(|| {
-        Problem::new(
-            format!("invalid restart_delay `{spelled}`"),
-            DELAY_HINT.to_owned(),
-        )
-    })
+    delay_from_secs(secs)
+        .ok_or_else(|| Problem::new(format!("invalid restart_delay `{spelled}`"), DELAY_HINT.to_owned()))
 }
 
 /// `None` for negative, NaN or absurdly large values.

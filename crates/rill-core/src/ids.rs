@@ -2,10 +2,7 @@
 
 /// Whether `id` is a valid node, input or output id: `[A-Za-z0-9_.-]+`.
 pub(crate) fn is_valid(id: &str) -> bool {
-    !id.is_empty()
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 /// Hint for an id that fails [`is_valid`].

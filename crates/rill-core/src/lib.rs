@@ -22,8 +22,8 @@ mod yaml;
 mod tests;
 
 pub use diagnostics::{Diagnostic, Diagnostics};
-pub use placement::{DaemonInfo, Placement, PlacementError, format_labels, parse_labels, place};
 pub use model::{
-    DEFAULT_QUEUE_SIZE, DEFAULT_RESTART_DELAY, Dataflow, Deploy, Distribute, InputSource,
-    InputSpec, NodeSpec, RestartPolicy, RestartSpec,
+    DEFAULT_QUEUE_SIZE, DEFAULT_RESTART_DELAY, Dataflow, Deploy, Distribute, InputSource, InputSpec, NodeSpec,
+    RestartPolicy, RestartSpec,
 };
+pub use placement::{DaemonInfo, Placement, PlacementError, format_labels, parse_labels, place};

@@ -22,12 +22,7 @@ impl Dataflow {
                 if let InputSource::Timer { interval } = spec.source
                     && !timers.contains(&interval)
                 {
-                    let _ = writeln!(
-                        text,
-                        "    t{}((\"timer {}\"))",
-                        timers.len(),
-                        duration::format(interval)
-                    );
+                    let _ = writeln!(text, "    t{}((\"timer {}\"))", timers.len(), duration::format(interval));
                     timers.push(interval);
                 }
             }
@@ -35,12 +30,8 @@ impl Dataflow {
         for (index, node) in self.nodes.iter().enumerate() {
             for (input, spec) in &node.inputs {
                 let (from, label) = match &spec.source {
-                    InputSource::Node {
-                        node: source,
-                        output,
-                    } => {
-                        let Some(source_index) = self.nodes.iter().position(|n| &n.id == source)
-                        else {
+                    InputSource::Node { node: source, output } => {
+                        let Some(source_index) = self.nodes.iter().position(|n| &n.id == source) else {
                             continue;
                         };
                         (format!("n{source_index}"), format!("{output}->{input}"))

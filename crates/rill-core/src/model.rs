@@ -86,11 +86,7 @@ pub struct RestartSpec {
 
 impl Default for RestartSpec {
     fn default() -> Self {
-        RestartSpec {
-            policy: RestartPolicy::default(),
-            max_restarts: None,
-            restart_delay: DEFAULT_RESTART_DELAY,
-        }
+        RestartSpec { policy: RestartPolicy::default(), max_restarts: None, restart_delay: DEFAULT_RESTART_DELAY }
     }
 }
 

@@ -37,12 +37,7 @@ impl<'a> Fields<'a> {
 impl<'s> Reader<'s> {
     /// The entries of a mapping with text keys; duplicates are reported and dropped.
     /// `what` names the mapping's keys in messages, e.g. "env variable".
-    pub fn entries<'a>(
-        &mut self,
-        entries: &'a [(Node, Node)],
-        what: &str,
-        owner: &str,
-    ) -> Vec<Entry<'a>> {
+    pub fn entries<'a>(&mut self, entries: &'a [(Node, Node)], what: &str, owner: &str) -> Vec<Entry<'a>> {
         let mut kept: Vec<Entry<'a>> = Vec::new();
         for (key, value) in entries {
             let Some(name) = key.scalar_text(self.source) else {
@@ -52,11 +47,7 @@ impl<'s> Reader<'s> {
             };
             if let Some(first) = kept.iter().find(|entry| entry.name == name) {
                 let hint = format!("first set at line {}", first.key.pos.line);
-                self.report.error_hint(
-                    key.pos,
-                    format!("duplicate {what} `{name}` in {owner}"),
-                    hint,
-                );
+                self.report.error_hint(key.pos, format!("duplicate {what} `{name}` in {owner}"), hint);
                 continue;
             }
             kept.push(Entry { name, key, value });
@@ -65,12 +56,7 @@ impl<'s> Reader<'s> {
     }
 
     /// The entries of a mapping whose keys must be among `allowed`.
-    pub fn fields<'a>(
-        &mut self,
-        entries: &'a [(Node, Node)],
-        allowed: &[&str],
-        owner: &str,
-    ) -> Fields<'a> {
+    pub fn fields<'a>(&mut self, entries: &'a [(Node, Node)], allowed: &[&str], owner: &str) -> Fields<'a> {
         let mut known = Vec::new();
         for entry in self.entries(entries, "field", owner) {
             if allowed.contains(&entry.name.as_str()) {
@@ -82,11 +68,7 @@ impl<'s> Reader<'s> {
                 Some(close) => format!("did you mean `{close}`? {valid}"),
                 None => valid,
             };
-            self.report.error_hint(
-                entry.key.pos,
-                format!("unknown field `{}` in {owner}", entry.name),
-                hint,
-            );
+            self.report.error_hint(entry.key.pos, format!("unknown field `{}` in {owner}", entry.name), hint);
         }
         Fields(known)
     }
@@ -120,9 +102,7 @@ impl<'s> Reader<'s> {
     /// A string, number or boolean as text (env values, labels).
     pub fn scalar(&mut self, node: &Node, what: &str) -> Option<String> {
         match node.value {
-            Value::Null | Value::Seq(_) | Value::Map(_) => {
-                self.wrong_type(node, what, "a string, number or boolean")
-            }
+            Value::Null | Value::Seq(_) | Value::Map(_) => self.wrong_type(node, what, "a string, number or boolean"),
             _ => self.text(node, what),
         }
     }
@@ -153,10 +133,7 @@ impl<'s> Reader<'s> {
             (Value::Int(_) | Value::Float(_), Some(text)) => format!("`{text}`"),
             _ => node.kind().to_owned(),
         };
-        self.report.error(
-            node.pos,
-            format!("{what} must be {expected}, found {found}"),
-        );
+        self.report.error(node.pos, format!("{what} must be {expected}, found {found}"));
         None
     }
 

@@ -29,10 +29,7 @@ pub(crate) fn parse(text: &str) -> Result<InputSource, Problem> {
             ids::ID_HINT.to_owned(),
         ));
     }
-    Ok(InputSource::Node {
-        node: node.to_owned(),
-        output: rest.to_owned(),
-    })
+    Ok(InputSource::Node { node: node.to_owned(), output: rest.to_owned() })
 }
 
 #[cfg(test)]
@@ -43,16 +40,8 @@ mod tests {
 
     #[test]
     fn node_output_and_timers() {
-        assert_eq!(
-            parse("camera/frames"),
-            Ok(InputSource::Node {
-                node: "camera".into(),
-                output: "frames".into()
-            })
-        );
-        let ten_ms = InputSource::Timer {
-            interval: Duration::from_millis(10),
-        };
+        assert_eq!(parse("camera/frames"), Ok(InputSource::Node { node: "camera".into(), output: "frames".into() }));
+        let ten_ms = InputSource::Timer { interval: Duration::from_millis(10) };
         assert_eq!(parse("rill/timer/millis/10"), Ok(ten_ms.clone()));
         assert_eq!(parse("dora/timer/millis/10"), Ok(ten_ms));
     }
@@ -60,22 +49,10 @@ mod tests {
     #[test]
     fn malformed() {
         let message = |text: &str| parse(text).unwrap_err().message;
-        assert_eq!(
-            message("camera"),
-            "invalid input source `camera`: expected `node/output` or `rill/timer/...`"
-        );
-        assert_eq!(
-            message("camera/"),
-            "invalid input source `camera/`: `` is not a valid output id"
-        );
-        assert_eq!(
-            message("/frames"),
-            "invalid input source `/frames`: `` is not a valid node id"
-        );
-        assert_eq!(
-            message("a/b/c"),
-            "invalid input source `a/b/c`: `b/c` is not a valid output id"
-        );
+        assert_eq!(message("camera"), "invalid input source `camera`: expected `node/output` or `rill/timer/...`");
+        assert_eq!(message("camera/"), "invalid input source `camera/`: `` is not a valid output id");
+        assert_eq!(message("/frames"), "invalid input source `/frames`: `` is not a valid node id");
+        assert_eq!(message("a/b/c"), "invalid input source `a/b/c`: `b/c` is not a valid output id");
         assert_eq!(message("rill/foo"), "unknown built-in source `rill/foo`");
     }
 }

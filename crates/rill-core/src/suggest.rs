@@ -1,10 +1,7 @@
 //! "Did you mean ...?" for misspelled names.
 
 /// The candidate closest to `wrong`, if it is close enough to be a likely typo.
-pub(crate) fn closest<'a>(
-    wrong: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub(crate) fn closest<'a>(wrong: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     // Allow roughly one typo per three characters, at least one.
     let limit = (wrong.chars().count() / 3).max(1);
     candidates
@@ -36,10 +33,7 @@ mod tests {
 
     #[test]
     fn finds_typos_only() {
-        assert_eq!(
-            closest("ouputs", ["inputs", "outputs", "env"]),
-            Some("outputs")
-        );
+        assert_eq!(closest("ouputs", ["inputs", "outputs", "env"]), Some("outputs"));
         assert_eq!(closest("camra", ["camera", "sink"]), Some("camera"));
         assert_eq!(closest("zzz", ["camera", "sink"]), None);
     }

@@ -23,11 +23,7 @@ fn parse_ok(yaml: &str) -> Dataflow {
 fn errors(yaml: &str) -> Vec<(usize, usize, String, Option<String>)> {
     match parse(yaml) {
         Ok(dataflow) => panic!("expected errors, parsed {dataflow:?}"),
-        Err(diagnostics) => diagnostics
-            .0
-            .into_iter()
-            .map(|d| (d.line, d.column, d.message, d.hint))
-            .collect(),
+        Err(diagnostics) => diagnostics.0.into_iter().map(|d| (d.line, d.column, d.message, d.hint)).collect(),
     }
 }
 
@@ -43,25 +39,16 @@ fn strings(items: &[&str]) -> Vec<String> {
 }
 
 fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 fn from_node(node: &str, output: &str, queue_size: usize) -> InputSpec {
-    let source = InputSource::Node {
-        node: node.into(),
-        output: output.into(),
-    };
+    let source = InputSource::Node { node: node.into(), output: output.into() };
     InputSpec { source, queue_size }
 }
 
 fn timer(interval: Duration) -> InputSpec {
-    InputSpec {
-        source: InputSource::Timer { interval },
-        queue_size: DEFAULT_QUEUE_SIZE,
-    }
+    InputSpec { source: InputSource::Timer { interval }, queue_size: DEFAULT_QUEUE_SIZE }
 }
 
 const FULL: &str = r#"
@@ -120,12 +107,7 @@ fn full_example_parses_into_the_expected_structs() {
                 id: "camera".into(),
                 path: "./camera-driver".into(),
                 args: strings(&["--device", "/dev/video0", "--title", "front cam"]),
-                env: map(&[
-                    ("FPS", "30"),
-                    ("GAIN", "1.50"),
-                    ("DEBUG", "true"),
-                    ("MODE", "fast"),
-                ]),
+                env: map(&[("FPS", "30"), ("GAIN", "1.50"), ("DEBUG", "true"), ("MODE", "fast")]),
                 build: Some("cargo build -p camera".into()),
                 inputs: [("tick".to_string(), timer(Duration::from_millis(33)))].into(),
                 outputs: strings(&["frames", "status"]),
@@ -149,10 +131,7 @@ fn full_example_parses_into_the_expected_structs() {
                 build: None,
                 inputs: [
                     ("frames".to_string(), from_node("camera", "frames", 2)),
-                    (
-                        "status".to_string(),
-                        from_node("camera", "status", DEFAULT_QUEUE_SIZE),
-                    ),
+                    ("status".to_string(), from_node("camera", "status", DEFAULT_QUEUE_SIZE)),
                 ]
                 .into(),
                 outputs: strings(&["predictions"]),
@@ -175,10 +154,7 @@ fn full_example_parses_into_the_expected_structs() {
                 env: BTreeMap::new(),
                 build: None,
                 inputs: [
-                    (
-                        "predictions".to_string(),
-                        from_node("inference", "predictions", 10),
-                    ),
+                    ("predictions".to_string(), from_node("inference", "predictions", 10)),
                     ("heartbeat".to_string(), timer(Duration::from_millis(500))),
                 ]
                 .into(),
@@ -280,13 +256,8 @@ nodes:
       ANSWER: yes
 "#,
     );
-    let expected = map(&[
-        ("PORT", "8080"),
-        ("RATIO", "0.50"),
-        ("ENABLED", "false"),
-        ("NAME", "007"),
-        ("ANSWER", "yes"),
-    ]);
+    let expected =
+        map(&[("PORT", "8080"), ("RATIO", "0.50"), ("ENABLED", "false"), ("NAME", "007"), ("ANSWER", "yes")]);
     assert_eq!(dataflow.nodes[0].env, expected);
 }
 
@@ -304,9 +275,7 @@ fn restart_delay_spellings() {
 
 #[test]
 fn input_referring_to_its_own_node_is_allowed() {
-    parse_ok(
-        "nodes:\n  - id: a\n    path: ./a\n    inputs:\n      again: a/out\n    outputs: [out]\n",
-    );
+    parse_ok("nodes:\n  - id: a\n    path: ./a\n    inputs:\n      again: a/out\n    outputs: [out]\n");
 }
 
 // ---- error classes ----
@@ -324,40 +293,22 @@ fn empty_file_and_missing_or_empty_nodes() {
     assert_eq!(single_error("# nothing\n").2, "the dataflow file is empty");
     let found = errors("\nname: demo\n");
     assert_eq!(found.len(), 2, "{found:#?}");
-    assert_eq!(
-        (found[0].0, found[0].2.as_str()),
-        (1, "unknown field `name` in the dataflow")
-    );
+    assert_eq!((found[0].0, found[0].2.as_str()), (1, "unknown field `name` in the dataflow"));
     assert_eq!(found[0].3.as_deref(), Some("valid fields: nodes"));
-    assert_eq!(
-        (found[1].0, found[1].2.as_str()),
-        (1, "missing field `nodes`")
-    );
+    assert_eq!((found[1].0, found[1].2.as_str()), (1, "missing field `nodes`"));
     assert_eq!(single_error("nodes: []\n").2, "`nodes` is empty");
     assert_eq!(single_error("nodes:\n").2, "`nodes` is empty");
-    assert_eq!(
-        single_error("- a\n").2,
-        "the dataflow must be a mapping with a `nodes` list, found a list"
-    );
-    assert_eq!(
-        single_error("nodes: a\n").2,
-        "`nodes` must be a list, found a string"
-    );
+    assert_eq!(single_error("- a\n").2, "the dataflow must be a mapping with a `nodes` list, found a list");
+    assert_eq!(single_error("nodes: a\n").2, "`nodes` must be a list, found a string");
 }
 
 #[test]
 fn unknown_top_level_field_does_not_hide_other_errors() {
     let found = errors("nodes:\n  - id: a\nversion: 2\n");
-    let messages: Vec<_> = found
-        .iter()
-        .map(|(line, _, message, _)| (*line, message.as_str()))
-        .collect();
+    let messages: Vec<_> = found.iter().map(|(line, _, message, _)| (*line, message.as_str())).collect();
     assert_eq!(
         messages,
-        [
-            (2, "node `a` is missing the required field `path`"),
-            (3, "unknown field `version` in the dataflow"),
-        ]
+        [(2, "node `a` is missing the required field `path`"), (3, "unknown field `version` in the dataflow"),]
     );
 }
 
@@ -399,20 +350,11 @@ nodes:
     );
     assert_eq!(found.len(), 2, "{found:#?}");
     assert_eq!((found[0].0, found[0].1), (6, 25));
-    assert_eq!(
-        found[0].2,
-        "unknown field `queue` in input `in` of node `a`"
-    );
-    assert_eq!(
-        found[0].3.as_deref(),
-        Some("valid fields: source, queue_size")
-    );
+    assert_eq!(found[0].2, "unknown field `queue` in input `in` of node `a`");
+    assert_eq!(found[0].3.as_deref(), Some("valid fields: source, queue_size"));
     assert_eq!((found[1].0, found[1].1), (9, 7));
     assert_eq!(found[1].2, "unknown field `gpu` in `deploy` of node `a`");
-    assert_eq!(
-        found[1].3.as_deref(),
-        Some("valid fields: machine, labels, distribute, working_dir")
-    );
+    assert_eq!(found[1].3.as_deref(), Some("valid fields: machine, labels, distribute, working_dir"));
 }
 
 #[test]
@@ -428,20 +370,14 @@ nodes:
   - just a string
 "#,
     );
-    let messages: Vec<_> = found
-        .iter()
-        .map(|(line, _, message, _)| (*line, message.as_str()))
-        .collect();
+    let messages: Vec<_> = found.iter().map(|(line, _, message, _)| (*line, message.as_str())).collect();
     assert_eq!(
         messages,
         [
             (3, "`path` of node `a` must be a string, found a list"),
             (4, "`outputs` of node `a` must be a list, found a string"),
             (5, "`env` of node `a` must be a mapping, found a list"),
-            (
-                6,
-                "`max_restarts` of node `a` must be a non-negative whole number, found `-1`"
-            ),
+            (6, "`max_restarts` of node `a` must be a non-negative whole number, found `-1`"),
             (7, "each entry of `nodes` must be a mapping, found a string"),
         ]
     );
@@ -480,10 +416,7 @@ nodes:
     );
     assert_eq!((line, column), (6, 9));
     assert_eq!(message, "duplicate node id `camera`");
-    assert_eq!(
-        hint.as_deref(),
-        Some("the first node with this id is at line 2")
-    );
+    assert_eq!(hint.as_deref(), Some("the first node with this id is at line 2"));
 }
 
 #[test]
@@ -500,10 +433,7 @@ nodes:
       "in put": rill/x/ok
 "#,
     );
-    let messages: Vec<_> = found
-        .iter()
-        .map(|(line, _, message, _)| (*line, message.as_str()))
-        .collect();
+    let messages: Vec<_> = found.iter().map(|(line, _, message, _)| (*line, message.as_str())).collect();
     assert_eq!(
         messages,
         [
@@ -514,10 +444,7 @@ nodes:
             (8, "unknown built-in source `rill/x/ok`"),
         ]
     );
-    assert_eq!(
-        found[0].3.as_deref(),
-        Some("ids may contain only letters, digits, '_', '-' and '.'")
-    );
+    assert_eq!(found[0].3.as_deref(), Some("ids may contain only letters, digits, '_', '-' and '.'"));
 }
 
 #[test]
@@ -537,20 +464,11 @@ nodes:
     );
     assert_eq!(found.len(), 2, "{found:#?}");
     assert_eq!((found[0].0, found[0].1), (8, 11));
-    assert_eq!(
-        found[0].2,
-        "input `sink/in` refers to node `nope`, which does not exist"
-    );
+    assert_eq!(found[0].2, "input `sink/in` refers to node `nope`, which does not exist");
     assert_eq!(found[0].3.as_deref(), Some("existing nodes: camera, sink"));
     assert_eq!((found[1].0, found[1].1), (9, 15));
-    assert_eq!(
-        found[1].2,
-        "input `sink/frames` refers to node `camra`, which does not exist"
-    );
-    assert_eq!(
-        found[1].3.as_deref(),
-        Some("did you mean `camera`? existing nodes: camera, sink")
-    );
+    assert_eq!(found[1].2, "input `sink/frames` refers to node `camra`, which does not exist");
+    assert_eq!(found[1].3.as_deref(), Some("did you mean `camera`? existing nodes: camera, sink"));
 }
 
 #[test]
@@ -574,23 +492,11 @@ nodes:
     assert_eq!(found.len(), 2, "{found:#?}");
     // Inputs are checked in id order (audio, video) but reported in file order.
     assert_eq!((found[0].0, found[0].1), (10, 14));
-    assert_eq!(
-        found[0].2,
-        "input `sink/video` refers to output `frame` of node `camera`, which does not exist"
-    );
-    assert_eq!(
-        found[0].3.as_deref(),
-        Some("did you mean `frames`? node `camera` has outputs: frames, status")
-    );
+    assert_eq!(found[0].2, "input `sink/video` refers to output `frame` of node `camera`, which does not exist");
+    assert_eq!(found[0].3.as_deref(), Some("did you mean `frames`? node `camera` has outputs: frames, status"));
     assert_eq!((found[1].0, found[1].1), (12, 17));
-    assert_eq!(
-        found[1].2,
-        "input `sink/audio` refers to output `samples` of node `mic`, which does not exist"
-    );
-    assert_eq!(
-        found[1].3.as_deref(),
-        Some("node `mic` declares no outputs; add `samples` to its `outputs`")
-    );
+    assert_eq!(found[1].2, "input `sink/audio` refers to output `samples` of node `mic`, which does not exist");
+    assert_eq!(found[1].3.as_deref(), Some("node `mic` declares no outputs; add `samples` to its `outputs`"));
 }
 
 #[test]
@@ -608,13 +514,7 @@ nodes:
       other: camera/status
 "#,
     );
-    assert_eq!(
-        (line, message.as_str()),
-        (
-            4,
-            "each of `outputs` of node `camera` must be a string, found a list"
-        )
-    );
+    assert_eq!((line, message.as_str()), (4, "each of `outputs` of node `camera` must be a string, found a list"));
 }
 
 #[test]
@@ -633,37 +533,19 @@ nodes:
       f: rill/clock/1
 "#,
     );
-    let messages: Vec<_> = found
-        .iter()
-        .map(|(line, column, message, _)| (*line, *column, message.as_str()))
-        .collect();
+    let messages: Vec<_> = found.iter().map(|(line, column, message, _)| (*line, *column, message.as_str())).collect();
     assert_eq!(
         messages,
         [
-            (
-                5,
-                10,
-                "invalid timer `rill/timer/millis/abc`: `abc` is not a whole number"
-            ),
+            (5, 10, "invalid timer `rill/timer/millis/abc`: `abc` is not a whole number"),
             (6, 10, "unknown timer unit `weeks` in `rill/timer/weeks/1`"),
             (7, 10, "timer `rill/timer/millis/0` has a zero interval"),
-            (
-                8,
-                10,
-                "invalid timer `rill/timer/hz/0`: the frequency must be greater than zero"
-            ),
-            (
-                9,
-                10,
-                "invalid timer `dora/timer/hz/-2`: the frequency must be greater than zero"
-            ),
+            (8, 10, "invalid timer `rill/timer/hz/0`: the frequency must be greater than zero"),
+            (9, 10, "invalid timer `dora/timer/hz/-2`: the frequency must be greater than zero"),
             (10, 10, "unknown built-in source `rill/clock/1`"),
         ]
     );
-    assert_eq!(
-        found[0].3.as_deref(),
-        Some("use rill/timer/millis/N, rill/timer/secs/N or rill/timer/hz/F")
-    );
+    assert_eq!(found[0].3.as_deref(), Some("use rill/timer/millis/N, rill/timer/secs/N or rill/timer/hz/F"));
 }
 
 #[test]
@@ -678,14 +560,8 @@ nodes:
 "#,
     );
     assert_eq!((line, column), (5, 11));
-    assert_eq!(
-        message,
-        "invalid input source `camera`: expected `node/output` or `rill/timer/...`"
-    );
-    assert_eq!(
-        hint.as_deref(),
-        Some("e.g. `camera/frames` or `rill/timer/millis/100`")
-    );
+    assert_eq!(message, "invalid input source `camera`: expected `node/output` or `rill/timer/...`");
+    assert_eq!(hint.as_deref(), Some("e.g. `camera/frames` or `rill/timer/millis/100`"));
 }
 
 #[test]
@@ -704,21 +580,12 @@ nodes:
         queue_size: 3
 "#,
     );
-    let messages: Vec<_> = found
-        .iter()
-        .map(|(line, _, message, _)| (*line, message.as_str()))
-        .collect();
+    let messages: Vec<_> = found.iter().map(|(line, _, message, _)| (*line, message.as_str())).collect();
     assert_eq!(
         messages,
         [
-            (
-                8,
-                "`queue_size` of input `zero` of node `a` must be at least 1"
-            ),
-            (
-                10,
-                "input `nosource` of node `a` is missing the required field `source`"
-            ),
+            (8, "`queue_size` of input `zero` of node `a` must be at least 1"),
+            (10, "input `nosource` of node `a` is missing the required field `source`"),
         ]
     );
 }
@@ -741,30 +608,16 @@ nodes:
     assert_eq!(found.len(), 4, "{found:#?}");
     assert_eq!((found[0].0, found[0].1), (4, 21));
     assert_eq!(found[0].2, "invalid restart_policy `sometimes` in node `a`");
-    assert_eq!(
-        found[0].3.as_deref(),
-        Some("expected one of: never, on-failure, always")
-    );
-    assert_eq!(
-        (found[1].0, found[1].2.as_str()),
-        (5, "invalid restart_delay `soon`")
-    );
+    assert_eq!(found[0].3.as_deref(), Some("expected one of: never, on-failure, always"));
+    assert_eq!((found[1].0, found[1].2.as_str()), (5, "invalid restart_delay `soon`"));
     assert_eq!(
         found[1].3.as_deref(),
-        Some(
-            "use seconds as a number (`1.5`) or a string with a unit: \"500ms\", \"2s\", \"1.5s\", \"1m\""
-        )
+        Some("use seconds as a number (`1.5`) or a string with a unit: \"500ms\", \"2s\", \"1.5s\", \"1m\"")
     );
-    assert_eq!(
-        (found[2].0, found[2].2.as_str()),
-        (8, "invalid restart_delay `-1`")
-    );
+    assert_eq!((found[2].0, found[2].2.as_str()), (8, "invalid restart_delay `-1`"));
     assert_eq!(
         (found[3].0, found[3].2.as_str()),
-        (
-            9,
-            "`max_restarts` of node `b` must be at most 4294967295, found `99999999999`"
-        )
+        (9, "`max_restarts` of node `b` must be at most 4294967295, found `99999999999`")
     );
 }
 
@@ -806,10 +659,7 @@ nodes:
     );
     assert_eq!((line, column), (6, 5));
     assert_eq!(message, "node `a` has both `deploy` and `_unstable_deploy`");
-    assert_eq!(
-        hint.as_deref(),
-        Some("`_unstable_deploy` is an alias of `deploy`; keep only one")
-    );
+    assert_eq!(hint.as_deref(), Some("`_unstable_deploy` is an alias of `deploy`; keep only one"));
 }
 
 #[test]
@@ -824,30 +674,20 @@ nodes:
       labels: [gpu]
 "#,
     );
-    let messages: Vec<_> = found
-        .iter()
-        .map(|(line, _, message, _)| (*line, message.as_str()))
-        .collect();
+    let messages: Vec<_> = found.iter().map(|(line, _, message, _)| (*line, message.as_str())).collect();
     assert_eq!(
         messages,
         [
             (5, "invalid distribute `ftp` in `deploy` of node `a`"),
-            (
-                6,
-                "`labels` in `deploy` of node `a` must be a mapping, found a list"
-            ),
+            (6, "`labels` in `deploy` of node `a` must be a mapping, found a list"),
         ]
     );
 }
 
 #[test]
 fn unterminated_quote_in_args() {
-    let (line, _, message, _) =
-        single_error("nodes:\n  - id: a\n    path: ./a\n    args: --name 'x\n");
-    assert_eq!(
-        (line, message.as_str()),
-        (4, "unterminated ' quote in args `--name 'x`")
-    );
+    let (line, _, message, _) = single_error("nodes:\n  - id: a\n    path: ./a\n    args: --name 'x\n");
+    assert_eq!((line, message.as_str()), (4, "unterminated ' quote in args `--name 'x`"));
 }
 
 #[test]
@@ -870,24 +710,14 @@ nodes:
     let found = errors(yaml);
     let lines: Vec<usize> = found.iter().map(|(line, ..)| *line).collect();
     assert_eq!(lines, [8, 9, 13], "{found:#?}");
-    assert_eq!(
-        found[0].2,
-        "input `detector/frames` refers to output `frame` of node `camera`, which does not exist"
-    );
-    assert_eq!(
-        found[1].2,
-        "invalid restart_policy `sometimes` in node `detector`"
-    );
-    assert_eq!(
-        found[2].2,
-        "invalid timer `rill/timer/millis/abc`: `abc` is not a whole number"
-    );
+    assert_eq!(found[0].2, "input `detector/frames` refers to output `frame` of node `camera`, which does not exist");
+    assert_eq!(found[1].2, "invalid restart_policy `sometimes` in node `detector`");
+    assert_eq!(found[2].2, "invalid timer `rill/timer/millis/abc`: `abc` is not a whole number");
 }
 
 #[test]
 fn display_format() {
-    let Err(diagnostics) =
-        parse("nodes:\n  - id: a\n    path: ./a\n    restart_policy: maybe\n    colour: red\n")
+    let Err(diagnostics) = parse("nodes:\n  - id: a\n    path: ./a\n    restart_policy: maybe\n    colour: red\n")
     else {
         panic!("expected errors");
     };
@@ -905,31 +735,16 @@ fn display_format() {
 #[test]
 fn load_reports_unreadable_file() {
     let path = Path::new("/nonexistent/rill/dataflow.yml");
-    let Err(diagnostics) = Dataflow::load(path) else {
-        panic!("expected an error")
-    };
+    let Err(diagnostics) = Dataflow::load(path) else { panic!("expected an error") };
     assert_eq!(diagnostics.0.len(), 1);
     let diagnostic = &diagnostics.0[0];
-    assert_eq!(
-        (
-            diagnostic.file.as_path(),
-            diagnostic.line,
-            diagnostic.column
-        ),
-        (path, 0, 0)
-    );
+    assert_eq!((diagnostic.file.as_path(), diagnostic.line, diagnostic.column), (path, 0, 0));
     assert!(
-        diagnostic
-            .message
-            .starts_with("cannot read dataflow file `/nonexistent/rill/dataflow.yml`: "),
+        diagnostic.message.starts_with("cannot read dataflow file `/nonexistent/rill/dataflow.yml`: "),
         "{}",
         diagnostic.message
     );
-    assert!(
-        diagnostics
-            .to_string()
-            .starts_with("/nonexistent/rill/dataflow.yml: error: cannot read")
-    );
+    assert!(diagnostics.to_string().starts_with("/nonexistent/rill/dataflow.yml: error: cannot read"));
 }
 
 #[test]
@@ -968,10 +783,7 @@ fn serde_json_round_trip() {
     let json = serde_json::to_string(&dataflow).unwrap();
     assert!(json.contains(r#""restart_delay_ms":1500"#), "{json}");
     assert!(json.contains(r#""policy":"on-failure""#), "{json}");
-    assert!(
-        json.contains(r#""timer":{"interval_ns":33000000}"#),
-        "{json}"
-    );
+    assert!(json.contains(r#""timer":{"interval_ns":33000000}"#), "{json}");
     let back: Dataflow = serde_json::from_str(&json).unwrap();
     assert_eq!(back, dataflow);
 }
@@ -981,23 +793,14 @@ fn edge_cases_get_clear_messages() {
     let (line, _, message, _) = single_error("nodes:\n  - id: a\n    path: ./a\n---\nnodes: []\n");
     // The parser reports where the second document's content starts.
     assert_eq!(line, 5);
-    assert_eq!(
-        message,
-        "invalid YAML: the file holds several YAML documents (`---`); a dataflow is a single document"
-    );
+    assert_eq!(message, "invalid YAML: the file holds several YAML documents (`---`); a dataflow is a single document");
     let found = errors("nodes:\n  - id: \"\"\n    path: ./a\n    max_restarts: 1.5\n");
-    let messages: Vec<_> = found
-        .iter()
-        .map(|(line, _, message, _)| (*line, message.as_str()))
-        .collect();
+    let messages: Vec<_> = found.iter().map(|(line, _, message, _)| (*line, message.as_str())).collect();
     assert_eq!(
         messages,
         [
             (2, "node id is empty"),
-            (
-                4,
-                "`max_restarts` of the node at line 2 must be a non-negative whole number, found `1.5`"
-            ),
+            (4, "`max_restarts` of the node at line 2 must be a non-negative whole number, found `1.5`"),
         ]
     );
 }
@@ -1006,7 +809,6 @@ fn edge_cases_get_clear_messages() {
 fn non_finite_floats_are_text() {
     let dataflow = parse_ok("nodes:\n  - id: a\n    path: ./a\n    env:\n      LIMIT: .inf\n");
     assert_eq!(dataflow.nodes[0].env, map(&[("LIMIT", ".inf")]));
-    let (_, _, message, _) =
-        single_error("nodes:\n  - id: a\n    path: ./a\n    restart_delay: .inf\n");
+    let (_, _, message, _) = single_error("nodes:\n  - id: a\n    path: ./a\n    restart_delay: .inf\n");
     assert_eq!(message, "invalid restart_delay `.inf`");
 }

@@ -21,10 +21,7 @@ pub(crate) fn parse(full: &str, rest: &str) -> Result<Duration, Problem> {
         "secs" => Duration::from_secs(whole_number(full, value)?),
         "hz" => from_hz(full, value)?,
         _ => {
-            return Err(Problem::new(
-                format!("unknown timer unit `{unit}` in `{full}`"),
-                TIMER_HINT.to_owned(),
-            ));
+            return Err(Problem::new(format!("unknown timer unit `{unit}` in `{full}`"), TIMER_HINT.to_owned()));
         }
     };
     if interval.is_zero() {
@@ -48,33 +45,20 @@ fn not_a_timer(full: &str, kind: Option<&str>) -> Problem {
 
 fn whole_number(full: &str, value: &str) -> Result<u64, Problem> {
     value.parse().map_err(|_| {
-        Problem::new(
-            format!("invalid timer `{full}`: `{value}` is not a whole number"),
-            TIMER_HINT.to_owned(),
-        )
+        Problem::new(format!("invalid timer `{full}`: `{value}` is not a whole number"), TIMER_HINT.to_owned())
     })
 }
 
 fn from_hz(full: &str, value: &str) -> Result<Duration, Problem> {
     let hz: f64 = value.parse().map_err(|_| {
-        Problem::new(
-            format!("invalid timer `{full}`: `{value}` is not a number"),
-            TIMER_HINT.to_owned(),
-        )
+        Problem::new(format!("invalid timer `{full}`: `{value}` is not a number"), TIMER_HINT.to_owned())
     })?;
     if hz.is_nan() || hz <= 0.0 {
-        return Err(Problem::new(
-            format!("invalid timer `{full}`: the frequency must be greater than zero"),
-            None,
-        ));
+        return Err(Problem::new(format!("invalid timer `{full}`: the frequency must be greater than zero"), None));
     }
     // Too low a frequency overflows Duration; too high a one rounds to zero (reported by the caller).
-    Duration::try_from_secs_f64(1.0 / hz).map_err(|_| {
-        Problem::new(
-            format!("invalid timer `{full}`: the frequency is too low"),
-            None,
-        )
-    })
+    Duration::try_from_secs_f64(1.0 / hz)
+        .map_err(|_| Problem::new(format!("invalid timer `{full}`: the frequency is too low"), None))
 }
 
 #[cfg(test)]
@@ -101,14 +85,8 @@ mod tests {
             message("rill/timer/millis/abc"),
             "invalid timer `rill/timer/millis/abc`: `abc` is not a whole number"
         );
-        assert_eq!(
-            message("rill/timer/weeks/1"),
-            "unknown timer unit `weeks` in `rill/timer/weeks/1`"
-        );
-        assert_eq!(
-            message("rill/timer/millis/0"),
-            "timer `rill/timer/millis/0` has a zero interval"
-        );
+        assert_eq!(message("rill/timer/weeks/1"), "unknown timer unit `weeks` in `rill/timer/weeks/1`");
+        assert_eq!(message("rill/timer/millis/0"), "timer `rill/timer/millis/0` has a zero interval");
         assert_eq!(
             message("rill/timer/hz/0"),
             "invalid timer `rill/timer/hz/0`: the frequency must be greater than zero"
@@ -117,21 +95,9 @@ mod tests {
             message("rill/timer/hz/-3"),
             "invalid timer `rill/timer/hz/-3`: the frequency must be greater than zero"
         );
-        assert_eq!(
-            message("rill/timer/hz/1e-300"),
-            "invalid timer `rill/timer/hz/1e-300`: the frequency is too low"
-        );
-        assert_eq!(
-            message("rill/timer/hz/1e300"),
-            "timer `rill/timer/hz/1e300` has a zero interval"
-        );
-        assert_eq!(
-            message("rill/timer/millis"),
-            "invalid timer `rill/timer/millis`"
-        );
-        assert_eq!(
-            message("rill/clock/1"),
-            "unknown built-in source `rill/clock/1`"
-        );
+        assert_eq!(message("rill/timer/hz/1e-300"), "invalid timer `rill/timer/hz/1e-300`: the frequency is too low");
+        assert_eq!(message("rill/timer/hz/1e300"), "timer `rill/timer/hz/1e300` has a zero interval");
+        assert_eq!(message("rill/timer/millis"), "invalid timer `rill/timer/millis`");
+        assert_eq!(message("rill/clock/1"), "unknown built-in source `rill/clock/1`");
     }
 }

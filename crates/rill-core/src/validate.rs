@@ -13,11 +13,7 @@ pub(crate) fn graph(report: &mut Collector, nodes: &[ParsedNode]) {
     let by_id = unique_ids(report, nodes);
     for node in nodes {
         for (input, spec) in &node.spec.inputs {
-            if let InputSource::Node {
-                node: target,
-                output,
-            } = &spec.source
-            {
+            if let InputSource::Node { node: target, output } = &spec.source {
                 let pos = node.source_pos.get(input).copied().unwrap_or(Pos::UNKNOWN);
                 let name = input_name(node, input);
                 check_reference(report, &by_id, pos, &name, target, output);
@@ -42,18 +38,13 @@ fn check_reference(
     };
     // Broken `outputs` were reported already; checking against them would only add noise.
     if source.outputs_complete && !source.spec.outputs.iter().any(|o| o == output) {
-        let message = format!(
-            "input `{name}` refers to output `{output}` of node `{target}`, which does not exist"
-        );
+        let message = format!("input `{name}` refers to output `{output}` of node `{target}`, which does not exist");
         report.error_hint(pos, message, missing_output_hint(output, source));
     }
 }
 
 /// The first node of each id; later ones are reported as duplicates.
-fn unique_ids<'a>(
-    report: &mut Collector,
-    nodes: &'a [ParsedNode],
-) -> BTreeMap<&'a str, &'a ParsedNode> {
+fn unique_ids<'a>(report: &mut Collector, nodes: &'a [ParsedNode]) -> BTreeMap<&'a str, &'a ParsedNode> {
     let mut by_id: BTreeMap<&str, &ParsedNode> = BTreeMap::new();
     for node in nodes {
         let Some(pos) = node.id_pos else { continue };
@@ -73,11 +64,7 @@ fn unique_ids<'a>(
 
 /// `node/input` for messages, or just the input when the node has no id.
 fn input_name(node: &ParsedNode, input: &str) -> String {
-    if node.id_pos.is_some() {
-        format!("{}/{input}", node.spec.id)
-    } else {
-        input.to_owned()
-    }
+    if node.id_pos.is_some() { format!("{}/{input}", node.spec.id) } else { input.to_owned() }
 }
 
 fn missing_node_hint(target: &str, by_id: &BTreeMap<&str, &ParsedNode>) -> String {

@@ -7,9 +7,7 @@ use std::fmt;
 use std::ops::Range;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_saphyr::{
-    DefaultMessageFormatter, DuplicateKeyPolicy, MessageFormatter, NonFiniteFloatPolicy, Spanned,
-};
+use serde_saphyr::{DefaultMessageFormatter, DuplicateKeyPolicy, MessageFormatter, NonFiniteFloatPolicy, Spanned};
 
 /// A 1-based position in the source text; orders by line, then column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -71,8 +69,7 @@ pub(crate) fn parse(text: &str) -> Result<Node, SyntaxError> {
         let message = match error {
             // The library's own hint here names its API, which means nothing to our users.
             serde_saphyr::Error::MultipleDocuments { .. } => {
-                "the file holds several YAML documents (`---`); a dataflow is a single document"
-                    .to_owned()
+                "the file holds several YAML documents (`---`); a dataflow is a single document".to_owned()
             }
             // The bare message: our diagnostics print the position and no source snippet.
             _ => DefaultMessageFormatter.format_message(error).into_owned(),
@@ -122,9 +119,7 @@ impl<'de> Deserialize<'de> for Node {
             (Some(start), Some(len)) => {
                 let start = usize::try_from(start).ok();
                 let len = usize::try_from(len).ok();
-                start
-                    .zip(len)
-                    .map(|(start, len)| start..start.saturating_add(len))
+                start.zip(len).map(|(start, len)| start..start.saturating_add(len))
             }
             _ => None,
         };
@@ -216,15 +211,11 @@ mod tests {
     fn keeps_positions_and_spelling() {
         let text = "a: 1.50\nb: [x, y]\n";
         let root = parse(text).unwrap();
-        let Value::Map(entries) = &root.value else {
-            panic!("not a map: {root:?}")
-        };
+        let Value::Map(entries) = &root.value else { panic!("not a map: {root:?}") };
         let (key, value) = &entries[0];
         assert_eq!(key.pos, Pos { line: 1, column: 1 });
         assert_eq!(value.scalar_text(text).as_deref(), Some("1.50"));
-        let Value::Seq(items) = &entries[1].1.value else {
-            panic!("not a list")
-        };
+        let Value::Seq(items) = &entries[1].1.value else { panic!("not a list") };
         // `y` is a string under YAML 1.2, not `true`.
         assert!(matches!(&items[1].value, Value::Str(s) if s == "y"));
         assert_eq!(items[1].pos, Pos { line: 2, column: 8 });
@@ -233,9 +224,7 @@ mod tests {
     #[test]
     fn duplicate_keys_reach_the_tree() {
         let root = parse("a: 1\na: 2\n").unwrap();
-        let Value::Map(entries) = &root.value else {
-            panic!("not a map")
-        };
+        let Value::Map(entries) = &root.value else { panic!("not a map") };
         assert_eq!(entries.len(), 2);
     }
 
@@ -243,10 +232,6 @@ mod tests {
     fn syntax_error_has_position() {
         let error = parse("a: [1, 2\n").unwrap_err();
         assert_eq!(error.pos, Pos { line: 1, column: 4 });
-        assert!(
-            error.message.contains("unclosed bracket"),
-            "{}",
-            error.message
-        );
+        assert!(error.message.contains("unclosed bracket"), "{}", error.message);
     }
 }

@@ -154,7 +154,11 @@ impl Bridge {
         let queue = Arc::new(InboundQueue::default());
         // A restarted consumer: its new end replaces the old one, whose
         // writer ends.
-        let old = self.inbound.lock().map_err(|_| "poisoned")?.insert(key.clone(), Inbound { queue: queue.clone(), capacity });
+        let old = self
+            .inbound
+            .lock()
+            .map_err(|_| "poisoned")?
+            .insert(key.clone(), Inbound { queue: queue.clone(), capacity });
         if let Some(old) = old {
             old.queue.close();
         }
@@ -183,7 +187,10 @@ impl Bridge {
             slot.insert(subscriber);
         }
         let _ = ready.send(());
-        std::thread::Builder::new().name("bridge-in".into()).spawn(move || forward_in(&fd, &queue)).map_err(|e| e.to_string())?;
+        std::thread::Builder::new()
+            .name("bridge-in".into())
+            .spawn(move || forward_in(&fd, &queue))
+            .map_err(|e| e.to_string())?;
         Ok(())
     }
 }
@@ -198,7 +205,14 @@ impl Mapped {
     fn new(fd: &OwnedFd, len: usize) -> Option<Self> {
         // SAFETY: a fresh shared read-only mapping, unmapped in Drop.
         let ptr = unsafe {
-            rustix::mm::mmap(std::ptr::null_mut(), len, rustix::mm::ProtFlags::READ, rustix::mm::MapFlags::SHARED, fd, 0)
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ,
+                rustix::mm::MapFlags::SHARED,
+                fd,
+                0,
+            )
         }
         .ok()?;
         Some(Self { ptr, len })

@@ -23,7 +23,9 @@ const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 #[derive(Debug, Clone, PartialEq)]
 pub enum ShareReport {
     /// Wired: its nodes may start once every share is.
-    Ready { uuid: String },
+    Ready {
+        uuid: String,
+    },
     Finished(Finished),
 }
 
@@ -61,7 +63,8 @@ impl LocalDataflows {
         let log_uuid = spawn.uuid.clone();
         let reporter: crate::Reporter = Arc::new(move |report: Report<'_>| {
             use rill_proto::coord::NodeStatus;
-            let node_status = |node: &str, status| LocalEvent::Node { uuid: log_uuid.clone(), node: node.to_owned(), status };
+            let node_status =
+                |node: &str, status| LocalEvent::Node { uuid: log_uuid.clone(), node: node.to_owned(), status };
             match report {
                 Report::Log { node, stream, line } => events(LocalEvent::Log {
                     uuid: log_uuid.clone(),
@@ -71,7 +74,9 @@ impl LocalDataflows {
                     line: line.to_owned(),
                 }),
                 Report::Spawned { node, pid } => events(node_status(node, NodeStatus::Running { pid })),
-                Report::Notice(crate::Notice::Restarting { node, .. }) => events(node_status(node, NodeStatus::Restarting)),
+                Report::Notice(crate::Notice::Restarting { node, .. }) => {
+                    events(node_status(node, NodeStatus::Restarting))
+                }
                 Report::Ended { node, outcome } if outcome.is_failure() => {
                     events(node_status(node, NodeStatus::Failed { reason: outcome.to_string() }))
                 }
@@ -94,7 +99,10 @@ impl LocalDataflows {
                 match &bridge {
                     Some(bridge) => bridge.serve(&bridge_uuid, end, ready_tx.clone()),
                     None => {
-                        eprintln!("rill daemon: no data session: {} -> {} cannot cross machines", end.producer, end.consumer);
+                        eprintln!(
+                            "rill daemon: no data session: {} -> {} cannot cross machines",
+                            end.producer, end.consumer
+                        );
                         let _ = ready_tx.send(());
                     }
                 }
@@ -114,8 +122,9 @@ impl LocalDataflows {
             }
             let _ = ready_reports.send(ShareReport::Ready { uuid: ready_uuid });
         });
-        let runtime = Runtime::new(spawn.descriptor.clone(), PathBuf::from(&spawn.base_dir), RunOptions::default(), reporter)
-            .with_share(Share { local: nodes, remote_ends: ends_tx });
+        let runtime =
+            Runtime::new(spawn.descriptor.clone(), PathBuf::from(&spawn.base_dir), RunOptions::default(), reporter)
+                .with_share(Share { local: nodes, remote_ends: ends_tx });
         self.running.insert(spawn.uuid.clone(), runtime.stop_handle());
         on_event(LocalEvent::Started { name: name.clone(), nodes: spawn.nodes.clone() });
         let uuid = spawn.uuid;

@@ -12,7 +12,9 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::local::{LocalDataflows, LocalEvent, ShareReport};
-use rill_proto::coord::{COORD_PROTOCOL_VERSION, CoordinatorMessage, DaemonMessage, ErrorCode, HEARTBEAT_INTERVAL_MS, LogLine};
+use rill_proto::coord::{
+    COORD_PROTOCOL_VERSION, CoordinatorMessage, DaemonMessage, ErrorCode, HEARTBEAT_INTERVAL_MS, LogLine,
+};
 use tokio_tungstenite::tungstenite::Message;
 
 /// First reconnect delay; doubled per failed attempt.
@@ -84,17 +86,24 @@ struct Shares {
 enum Ended {
     /// Transient: try again. `registered`: it had got as far as that, so
     /// the backoff starts afresh.
-    Lost { reason: String, registered: bool },
+    Lost {
+        reason: String,
+        registered: bool,
+    },
     Rejected(Rejected),
 }
 
 /// Connects, and keeps reconnecting, until rejected for good.
-pub async fn run(config: DaemonConfig, on_event: impl Fn(ConnectionEvent) + Send + Sync + 'static) -> Result<(), Rejected> {
+pub async fn run(
+    config: DaemonConfig,
+    on_event: impl Fn(ConnectionEvent) + Send + Sync + 'static,
+) -> Result<(), Rejected> {
     let on_event: Arc<dyn Fn(ConnectionEvent) + Send + Sync> = Arc::new(on_event);
     let local_events = on_event.clone();
     let mut config = config;
     if config.data_port == 0 {
-        config.data_port = std::net::TcpListener::bind("0.0.0.0:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(7447);
+        config.data_port =
+            std::net::TcpListener::bind("0.0.0.0:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(7447);
     }
     let (log_tx, log_rx) = mpsc::channel::<DaemonMessage>(LOG_BACKLOG);
     let (finished_tx, finished_rx) = mpsc::unbounded_channel();
@@ -108,11 +117,13 @@ pub async fn run(config: DaemonConfig, on_event: impl Fn(ConnectionEvent) + Send
             match &e {
                 LocalEvent::Log { uuid, node, stderr, line, .. } => {
                     let stream = if *stderr { "stderr" } else { "stdout" };
-                    let log = LogLine { uuid: uuid.clone(), node: node.clone(), stream: stream.into(), line: line.clone() };
+                    let log =
+                        LogLine { uuid: uuid.clone(), node: node.clone(), stream: stream.into(), line: line.clone() };
                     let _ = log_tx.try_send(DaemonMessage::Log(log));
                 }
                 LocalEvent::Node { uuid, node, status } => {
-                    let msg = DaemonMessage::NodeStatus { uuid: uuid.clone(), node: node.clone(), status: status.clone() };
+                    let msg =
+                        DaemonMessage::NodeStatus { uuid: uuid.clone(), node: node.clone(), status: status.clone() };
                     let _ = log_tx.try_send(msg);
                 }
                 _ => {}
@@ -139,7 +150,11 @@ pub async fn run(config: DaemonConfig, on_event: impl Fn(ConnectionEvent) + Send
     }
 }
 
-async fn connect_once(config: &DaemonConfig, on_event: &(dyn Fn(ConnectionEvent) + Send + Sync), shares: &mut Shares) -> Ended {
+async fn connect_once(
+    config: &DaemonConfig,
+    on_event: &(dyn Fn(ConnectionEvent) + Send + Sync),
+    shares: &mut Shares,
+) -> Ended {
     let url = format!("ws://{}/api/daemon", config.coordinator);
     let mut registered = false;
     let lost = |reason: String, registered: bool| Ended::Lost { reason, registered };

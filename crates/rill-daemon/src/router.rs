@@ -269,7 +269,10 @@ impl Router {
             self.disconnect(old);
             self.by_node.insert(node.clone(), instance);
         }
-        self.conns.insert(instance, Conn { node: node.clone(), fd: socket, backlog: BoundedQueue::default(), want_write: false });
+        self.conns.insert(
+            instance,
+            Conn { node: node.clone(), fd: socket, backlog: BoundedQueue::default(), want_write: false },
+        );
         let edges: Vec<((String, String), Vec<Route>)> = self
             .edge_routes
             .iter()
@@ -300,7 +303,8 @@ impl Router {
     /// or a new pair whose other end goes to the peer now (running) or later.
     fn wire(&mut self, node: &str, producer: &str, consumer: &str, routes: &[Route]) {
         let edge_msg = |holder: &str| {
-            let (direction, peer) = if holder == producer { (Direction::Out, consumer) } else { (Direction::In, producer) };
+            let (direction, peer) =
+                if holder == producer { (Direction::Out, consumer) } else { (Direction::In, producer) };
             DaemonMsg::Edge { direction, peer: peer.to_owned(), routes: routes.to_vec() }
         };
         let key = (producer.to_owned(), consumer.to_owned(), node.to_owned());

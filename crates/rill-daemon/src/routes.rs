@@ -33,12 +33,10 @@ impl Routes {
                         routes.by_output.entry((source.clone(), output.clone())).or_default().push(target);
                         routes.upstream.entry(node.id.clone()).or_default().push((source.clone(), input_id.clone()));
                     }
-                    InputSource::Timer { interval } => {
-                        match routes.timers.iter_mut().find(|(i, _)| i == interval) {
-                            Some((_, targets)) => targets.push(target),
-                            None => routes.timers.push((*interval, vec![target])),
-                        }
-                    }
+                    InputSource::Timer { interval } => match routes.timers.iter_mut().find(|(i, _)| i == interval) {
+                        Some((_, targets)) => targets.push(target),
+                        None => routes.timers.push((*interval, vec![target])),
+                    },
                 }
             }
         }

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use rill_core::Dataflow;
 
+use crate::router::Instance;
 use crate::router::{Command, RouterHandle, RouterStats};
 use crate::routes::Routes;
-use crate::router::Instance;
 use crate::spawn::{resolve_program, spawn_node};
 use crate::supervisor::{Action, ExitStatus, NodeSummary, Notice, Sig, Supervisor};
 
@@ -57,11 +57,24 @@ pub enum Stream {
 #[derive(Debug)]
 pub enum Report<'a> {
     /// A line a node (or its build command) printed.
-    Log { node: &'a str, stream: Stream, line: &'a str },
-    Building { node: &'a str, command: &'a str },
-    Spawned { node: &'a str, pid: u32 },
+    Log {
+        node: &'a str,
+        stream: Stream,
+        line: &'a str,
+    },
+    Building {
+        node: &'a str,
+        command: &'a str,
+    },
+    Spawned {
+        node: &'a str,
+        pid: u32,
+    },
     /// A node ended for good.
-    Ended { node: &'a str, outcome: &'a crate::Outcome },
+    Ended {
+        node: &'a str,
+        outcome: &'a crate::Outcome,
+    },
     Notice(&'a Notice),
     /// The stop sequence began.
     Stopping,
@@ -191,7 +204,8 @@ impl Runtime {
                 targets.retain(|(node, _)| share.local.contains(node));
                 !targets.is_empty()
             });
-            let nodes = self.dataflow.nodes.iter().map(|n| n.id.clone()).filter(|id| !share.local.contains(id)).collect();
+            let nodes =
+                self.dataflow.nodes.iter().map(|n| n.id.clone()).filter(|id| !share.local.contains(id)).collect();
             crate::router::RemotePeers { nodes, ends: share.remote_ends }
         });
         let router = RouterHandle::start(routes, remote).map_err(RunError::Router)?;
@@ -316,13 +330,14 @@ impl Runtime {
                 let Ok(line) = line else { break };
                 reporter(Report::Log { node: &node, stream, line: &line });
                 if let Some(tails) = &tails
-                    && let Ok(mut tails) = tails.lock() {
-                        let tail = tails.entry(node.clone()).or_default();
-                        if tail.len() == STDERR_TAIL {
-                            tail.pop_front();
-                        }
-                        tail.push_back(line);
+                    && let Ok(mut tails) = tails.lock()
+                {
+                    let tail = tails.entry(node.clone()).or_default();
+                    if tail.len() == STDERR_TAIL {
+                        tail.pop_front();
                     }
+                    tail.push_back(line);
+                }
             }
         });
         if let Ok(handle) = handle {

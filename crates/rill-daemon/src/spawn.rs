@@ -32,7 +32,10 @@ pub fn resolve_program(path: &str, base_dir: &Path) -> Result<PathBuf, String> {
     }
     let program = base_dir.join(path);
     if !program.exists() {
-        return Err(format!("executable {} does not exist (is `path` right, did the `build` step make it?)", program.display()));
+        return Err(format!(
+            "executable {} does not exist (is `path` right, did the `build` step make it?)",
+            program.display()
+        ));
     }
     if !is_executable(&program) {
         return Err(format!("{} is not an executable file", program.display()));

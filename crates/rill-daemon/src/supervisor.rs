@@ -86,10 +86,20 @@ pub enum StopPhase {
 pub enum NodeState {
     /// Not started yet (or its spawn is in progress).
     Pending,
-    Running { instance: Instance, pid: u32 },
-    Stopping { instance: Instance, pid: u32, phase: StopPhase, deadline: Instant },
+    Running {
+        instance: Instance,
+        pid: u32,
+    },
+    Stopping {
+        instance: Instance,
+        pid: u32,
+        phase: StopPhase,
+        deadline: Instant,
+    },
     /// Exited; will be spawned again at `at`.
-    Restarting { at: Instant },
+    Restarting {
+        at: Instant,
+    },
     Finished(Outcome),
 }
 
@@ -127,7 +137,9 @@ impl fmt::Display for Outcome {
             Outcome::Failed(status) => write!(f, "failed with {status}"),
             Outcome::SpawnFailed(e) => write!(f, "could not start: {e}"),
             Outcome::Stopped { escalation: None, .. } => write!(f, "stopped"),
-            Outcome::Stopped { escalation: Some(Sig::Term), .. } => write!(f, "stopped by SIGTERM (did not exit within the grace period after Stop)"),
+            Outcome::Stopped { escalation: Some(Sig::Term), .. } => {
+                write!(f, "stopped by SIGTERM (did not exit within the grace period after Stop)")
+            }
             Outcome::Stopped { escalation: Some(Sig::Kill), .. } => {
                 write!(f, "killed with SIGKILL (ignored Stop and SIGTERM)")
             }
@@ -139,11 +151,21 @@ impl fmt::Display for Outcome {
 /// Something the runner must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    Spawn { node: String },
-    SendStop { node: String },
-    Signal { node: String, pid: u32, signal: Sig },
+    Spawn {
+        node: String,
+    },
+    SendStop {
+        node: String,
+    },
+    Signal {
+        node: String,
+        pid: u32,
+        signal: Sig,
+    },
     /// The node's outputs will not produce again: close its receivers' inputs.
-    CloseOutputs { node: String },
+    CloseOutputs {
+        node: String,
+    },
     /// Tell the user.
     Notice(Notice),
 }
@@ -267,7 +289,8 @@ impl Supervisor {
             let Some(n) = self.nodes.get_mut(&node) else { continue };
             match n.state {
                 NodeState::Running { instance, pid } => {
-                    n.state = NodeState::Stopping { instance, pid, phase: StopPhase::Asked, deadline: now + self.grace };
+                    n.state =
+                        NodeState::Stopping { instance, pid, phase: StopPhase::Asked, deadline: now + self.grace };
                     actions.push(Action::SendStop { node });
                 }
                 NodeState::Restarting { .. } => actions.extend(self.finish(&node, Outcome::Cancelled)),
@@ -283,10 +306,11 @@ impl Supervisor {
         actions.retain(|a| !matches!(a, Action::SendStop { .. }));
         for (node, n) in &mut self.nodes {
             if let NodeState::Stopping { instance, pid, phase, .. } = n.state
-                && phase != StopPhase::Killed {
-                    n.state = NodeState::Stopping { instance, pid, phase: StopPhase::Killed, deadline: now + KILL_WAIT };
-                    actions.push(Action::Signal { node: node.clone(), pid, signal: Sig::Kill });
-                }
+                && phase != StopPhase::Killed
+            {
+                n.state = NodeState::Stopping { instance, pid, phase: StopPhase::Killed, deadline: now + KILL_WAIT };
+                actions.push(Action::Signal { node: node.clone(), pid, signal: Sig::Kill });
+            }
         }
         actions
     }
@@ -392,12 +416,16 @@ mod tests {
         s.start();
         s.spawned("a", 1, 100, t0);
         let actions = s.exited("a", 1, ExitStatus::Code(3), t0);
-        assert!(matches!(&actions[..], [Action::Notice(Notice::Restarting { attempt: 1, delay, .. })] if *delay == Duration::from_millis(100)));
+        assert!(
+            matches!(&actions[..], [Action::Notice(Notice::Restarting { attempt: 1, delay, .. })] if *delay == Duration::from_millis(100))
+        );
         assert_eq!(s.tick(t0 + Duration::from_millis(50)), vec![]);
         assert_eq!(s.tick(t0 + Duration::from_millis(100)), vec![Action::Spawn { node: "a".into() }]);
         s.spawned("a", 2, 101, t0);
         let actions = s.exited("a", 2, ExitStatus::Code(3), t0);
-        assert!(matches!(&actions[..], [Action::Notice(Notice::Restarting { attempt: 2, delay, .. })] if *delay == Duration::from_millis(200)));
+        assert!(
+            matches!(&actions[..], [Action::Notice(Notice::Restarting { attempt: 2, delay, .. })] if *delay == Duration::from_millis(200))
+        );
         s.tick(t0 + Duration::from_secs(1));
         s.spawned("a", 3, 102, t0);
         assert_eq!(s.exited("a", 3, ExitStatus::Code(3), t0), vec![Action::CloseOutputs { node: "a".into() }]);

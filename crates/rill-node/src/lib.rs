@@ -30,8 +30,8 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-pub use rill_proto::{Metadata, SHM_THRESHOLD};
 use rill_proto::{BoundedQueue, DaemonMsg, Direction, EdgeMsg, Payload, env, transport};
+pub use rill_proto::{Metadata, SHM_THRESHOLD};
 use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
 
@@ -46,7 +46,9 @@ pub enum NodeError {
     MissingEnv(&'static str),
     #[error("environment variable {name} has a bad value {value:?}")]
     BadEnv { name: &'static str, value: String },
-    #[error("the daemon speaks local protocol {daemon}, this node {node}: rebuild the node against the same rill version")]
+    #[error(
+        "the daemon speaks local protocol {daemon}, this node {node}: rebuild the node against the same rill version"
+    )]
     ProtocolMismatch { daemon: u16, node: u16 },
     #[error("`{0}` is not an output of this node (declare it under `outputs:`)")]
     UnknownOutput(String),
@@ -98,7 +100,11 @@ const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 fn spin_window() -> Duration {
     static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
     *SPIN.get_or_init(|| {
-        std::env::var("RILL_NODE_SPIN_US").ok().and_then(|v| v.parse().ok()).map(Duration::from_micros).unwrap_or(DEFAULT_SPIN)
+        std::env::var("RILL_NODE_SPIN_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_micros)
+            .unwrap_or(DEFAULT_SPIN)
     })
 }
 
@@ -203,10 +209,7 @@ fn lock(pool: &Mutex<Pool>) -> MutexGuard<'_, Pool> {
 
 /// Nanoseconds since the Unix epoch.
 pub fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
 /// A running node's handle to its daemon and its peers.
@@ -519,7 +522,13 @@ impl Node {
                                 eprintln!("rill-node: message names unknown shared region {region}");
                                 continue;
                             };
-                            Data { inner: DataInner::Shared { region: mapped.clone(), len: len as usize, _release: release } }
+                            Data {
+                                inner: DataInner::Shared {
+                                    region: mapped.clone(),
+                                    len: len as usize,
+                                    _release: release,
+                                },
+                            }
                         }
                     };
                     let capacity = self.inputs.get(&input).copied().unwrap_or(DEFAULT_QUEUE_SIZE);

@@ -35,9 +35,10 @@ impl Pool {
     pub(crate) fn take(&mut self, len: usize) -> std::io::Result<(u64, Arc<Region>)> {
         let class = class_of(len);
         if let Some(id) = self.free.get_mut(&class).and_then(Vec::pop)
-            && let Some(entry) = self.regions.get(&id) {
-                return Ok((id, entry.region.clone()));
-            }
+            && let Some(entry) = self.regions.get(&id)
+        {
+            return Ok((id, entry.region.clone()));
+        }
         let region = Arc::new(Region::create(class)?);
         self.next_id += 1;
         let id = self.next_id;

@@ -49,13 +49,23 @@ pub enum DaemonMessage {
     Heartbeat,
     /// This daemon's share is wired: its nodes run, its edges to other
     /// machines are connected. They start at `Go`.
-    DataflowReady { uuid: String },
+    DataflowReady {
+        uuid: String,
+    },
     /// A line a node printed.
     Log(LogLine),
     /// A node of a dataflow started, is restarting, or ended.
-    NodeStatus { uuid: String, node: String, status: NodeStatus },
+    NodeStatus {
+        uuid: String,
+        node: String,
+        status: NodeStatus,
+    },
     /// A dataflow's nodes on this daemon all ended.
-    DataflowFinished { uuid: String, success: bool, summary: String },
+    DataflowFinished {
+        uuid: String,
+        success: bool,
+        summary: String,
+    },
 }
 
 /// What a daemon needs to run its share of a dataflow.
@@ -82,29 +92,51 @@ pub enum CoordinatorMessage {
         peers: Vec<String>,
     },
     Spawn(SpawnDataflow),
-    StopDataflow { uuid: String },
+    StopDataflow {
+        uuid: String,
+    },
     /// Every daemon of the dataflow is ready: start the nodes.
-    Go { uuid: String },
+    Go {
+        uuid: String,
+    },
     /// A permanent rejection: the daemon must not retry.
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 /// CLI -> coordinator: one request per message, answered in order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ControlRequest {
-    Hello { protocol: u32 },
+    Hello {
+        protocol: u32,
+    },
     Status,
     /// Place and start a dataflow (or only show the plan).
-    Start { descriptor: Dataflow, name: Option<String>, base_dir: String, dry_run: bool },
+    Start {
+        descriptor: Dataflow,
+        name: Option<String>,
+        base_dir: String,
+        dry_run: bool,
+    },
     List,
     /// Stop by name or uuid.
-    Stop { dataflow: String },
+    Stop {
+        dataflow: String,
+    },
     /// Stop, then start again from the stored descriptor.
-    Restart { dataflow: String },
+    Restart {
+        dataflow: String,
+    },
     /// The kept lines of a dataflow (optionally one node); with `follow`,
     /// then every new one until the connection closes.
-    Logs { dataflow: String, node: Option<String>, follow: bool },
+    Logs {
+        dataflow: String,
+        node: Option<String>,
+        follow: bool,
+    },
 }
 
 /// One line of node output.
@@ -175,18 +207,44 @@ pub struct DaemonStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ControlResponse {
-    Hello { version: String },
-    Status { version: String, uptime_ms: u64, daemons: Vec<DaemonStatus>, dataflows: Vec<DataflowSummary> },
+    Hello {
+        version: String,
+    },
+    Status {
+        version: String,
+        uptime_ms: u64,
+        daemons: Vec<DaemonStatus>,
+        dataflows: Vec<DataflowSummary>,
+    },
     /// The plan of a dry run.
-    Plan { placement: Vec<NodePlacement> },
-    Started { uuid: String, name: String, placement: Vec<NodePlacement> },
-    List { dataflows: Vec<DataflowSummary> },
-    Stopped { uuid: String, name: String },
-    Restarted { old_uuid: String, new_uuid: String, name: String, placement: Vec<NodePlacement> },
+    Plan {
+        placement: Vec<NodePlacement>,
+    },
+    Started {
+        uuid: String,
+        name: String,
+        placement: Vec<NodePlacement>,
+    },
+    List {
+        dataflows: Vec<DataflowSummary>,
+    },
+    Stopped {
+        uuid: String,
+        name: String,
+    },
+    Restarted {
+        old_uuid: String,
+        new_uuid: String,
+        name: String,
+        placement: Vec<NodePlacement>,
+    },
     Log(LogLine),
     /// No more lines (the end of the kept lines, without `follow`).
     LogEnd,
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 /// `GET /api/health`.
@@ -220,6 +278,9 @@ mod tests {
         let back: DaemonMessage = serde_json::from_str(&json).unwrap();
         assert_eq!(back, msg);
         let err = CoordinatorMessage::Error { code: ErrorCode::ProtocolMismatch, message: "x".into() };
-        assert_eq!(serde_json::to_string(&err).unwrap(), r#"{"type":"error","code":"protocol_mismatch","message":"x"}"#);
+        assert_eq!(
+            serde_json::to_string(&err).unwrap(),
+            r#"{"type":"error","code":"protocol_mismatch","message":"x"}"#
+        );
     }
 }

@@ -15,8 +15,8 @@
 //! `u16`-prefixed strings): this is the hot path and the shapes are tiny.
 
 mod codec;
-mod queue;
 pub mod coord;
+mod queue;
 pub mod transport;
 
 pub use codec::{DecodeError, Reader, Writer};
@@ -315,7 +315,12 @@ mod tests {
         daemon_roundtrip(DaemonMsg::Tick { input: "tick".into(), metadata });
         daemon_roundtrip(DaemonMsg::InputClosed { input: "in".into() });
         daemon_roundtrip(DaemonMsg::Stop);
-        edge_roundtrip(EdgeMsg::Data { input: "in".into(), metadata, payload: Payload::Inline(vec![1, 2]), new_region: false });
+        edge_roundtrip(EdgeMsg::Data {
+            input: "in".into(),
+            metadata,
+            payload: Payload::Inline(vec![1, 2]),
+            new_region: false,
+        });
         edge_roundtrip(EdgeMsg::Data {
             input: "frames".into(),
             metadata,
@@ -339,8 +344,13 @@ mod tests {
         assert_eq!(EdgeMsg::peek_input(&direct[..5]), Some("in"));
         assert_eq!(EdgeMsg::peek_input(&[TAG_RELEASE]), None);
         let mut shared = Vec::new();
-        EdgeMsg::Data { input: "in".into(), metadata, payload: Payload::Shared { region: 1, len: 1, region_len: 1 }, new_region: false }
-            .encode(&mut shared);
+        EdgeMsg::Data {
+            input: "in".into(),
+            metadata,
+            payload: Payload::Shared { region: 1, len: 1, region_len: 1 },
+            new_region: false,
+        }
+        .encode(&mut shared);
         assert!(EdgeMsg::split_inline_data(&shared).is_err());
     }
 

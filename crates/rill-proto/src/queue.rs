@@ -35,9 +35,10 @@ impl<K: PartialEq, T> BoundedQueue<K, T> {
         if let Some(k) = &key {
             let held = self.items.iter().filter(|(ik, _)| ik.as_ref() == Some(k)).count();
             if held >= capacity.max(1)
-                && let Some(pos) = self.items.iter().position(|(ik, _)| ik.as_ref() == Some(k)) {
-                    dropped = self.items.remove(pos).map(|(_, t)| t);
-                }
+                && let Some(pos) = self.items.iter().position(|(ik, _)| ik.as_ref() == Some(k))
+            {
+                dropped = self.items.remove(pos).map(|(_, t)| t);
+            }
         }
         self.items.push_back((key, item));
         match dropped {

@@ -9,7 +9,8 @@ use rill_node::{Event, Node, RecvError};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut node = Node::from_env()?;
     let args: Vec<String> = std::env::args().collect();
-    let sizes: Vec<usize> = args.get(1).map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect()).unwrap_or_default();
+    let sizes: Vec<usize> =
+        args.get(1).map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect()).unwrap_or_default();
     let hot_iters: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1000);
     let paced_iters: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(200);
     let bursts: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(20);

@@ -51,5 +51,8 @@ fn graph_prints_mermaid_edges() {
     assert!(stdout.contains("squared->value"), "{stdout}");
     let out = rill().args(["graph", "--json", root]).output().unwrap();
     let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(value["mermaid"].as_str().is_some_and(|m| m.starts_with("flowchart") && m.contains("squared->value")), "{value}");
+    assert!(
+        value["mermaid"].as_str().is_some_and(|m| m.starts_with("flowchart") && m.contains("squared->value")),
+        "{value}"
+    );
 }

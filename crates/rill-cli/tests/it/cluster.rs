@@ -69,7 +69,13 @@ fn status(port: u16) -> Option<serde_json::Value> {
 }
 
 /// Waits until `rill status --json` satisfies `pred`, at most `limit`.
-fn wait_status(procs: &Processes, port: u16, what: &str, limit: Duration, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+fn wait_status(
+    procs: &Processes,
+    port: u16,
+    what: &str,
+    limit: Duration,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if let Some(value) = status(port).filter(|v| pred(v)) {
@@ -93,7 +99,12 @@ fn two_daemons() -> (Processes, u16) {
 }
 
 fn machines(status: &serde_json::Value) -> Vec<String> {
-    status["daemons"].as_array().into_iter().flatten().filter_map(|d| d["machine_id"].as_str().map(str::to_owned)).collect()
+    status["daemons"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["machine_id"].as_str().map(str::to_owned))
+        .collect()
 }
 
 #[test]
@@ -103,8 +114,12 @@ fn daemons_register_with_labels_and_come_back_after_a_coordinator_restart() {
     let mut procs = Processes::new();
     procs.start("coordinator", &["coordinator", "--port", &port_text, "--store", "memory"]);
     procs.start("daemon-a", &["daemon", "--machine-id", "a", "--coordinator-port", &port_text]);
-    procs.start("daemon-b", &["daemon", "--machine-id", "b", "--labels", "gpu=true,zone=lab", "--coordinator-port", &port_text]);
-    let value = wait_status(&procs, port, "two daemons registered", Duration::from_secs(15), |v| machines(v).len() == 2);
+    procs.start(
+        "daemon-b",
+        &["daemon", "--machine-id", "b", "--labels", "gpu=true,zone=lab", "--coordinator-port", &port_text],
+    );
+    let value =
+        wait_status(&procs, port, "two daemons registered", Duration::from_secs(15), |v| machines(v).len() == 2);
     assert_eq!(machines(&value), ["a", "b"], "{}", procs.logs());
     assert_eq!(value["daemons"][1]["labels"]["gpu"], "true", "{}", procs.logs());
     assert_eq!(value["daemons"][1]["labels"]["zone"], "lab", "{}", procs.logs());
@@ -120,7 +135,8 @@ fn daemons_register_with_labels_and_come_back_after_a_coordinator_restart() {
     procs.kill("coordinator");
     assert!(status(port).is_none(), "coordinator still answers after kill\n{}", procs.logs());
     procs.start("coordinator-2", &["coordinator", "--port", &port_text, "--store", "memory"]);
-    let value = wait_status(&procs, port, "daemons back after restart", Duration::from_secs(20), |v| machines(v).len() == 2);
+    let value =
+        wait_status(&procs, port, "daemons back after restart", Duration::from_secs(20), |v| machines(v).len() == 2);
     assert_eq!(machines(&value), ["a", "b"], "{}", procs.logs());
     let log_a = std::fs::read_to_string(procs.log_path("daemon-a")).unwrap_or_default();
     assert!(log_a.contains("reconnecting in"), "daemon a reported its retries:\n{log_a}");
@@ -181,7 +197,10 @@ fn start_places_nodes_by_machine_and_labels_and_stop_ends_them() {
     loop {
         let (_, list, _) = rill_json(&[&["list"][..], &p[..]].concat());
         let nodes = &list["dataflows"][0]["nodes"];
-        if ["source", "near", "far"].iter().all(|n| nodes[n]["state"] == "running" && nodes[n]["pid"].as_u64().is_some()) {
+        if ["source", "near", "far"]
+            .iter()
+            .all(|n| nodes[n]["state"] == "running" && nodes[n]["pid"].as_u64().is_some())
+        {
             break;
         }
         assert!(Instant::now() < deadline, "node statuses: {list}");
@@ -216,7 +235,10 @@ fn placement_errors_name_the_node_and_use_the_reference_texts() {
     let flow = crate::support::Flow::new(
         "nodes:\n  - id: cam\n    path: {node}\n    deploy: { machine: robot }\n  - id: ml\n    path: {node}\n    deploy: { labels: { gpu: 'true' } }\n",
     );
-    let out = rill().args(["start", &flow.file.display().to_string(), "--dry-run", "--coordinator-port", &port_text]).output().expect("run");
+    let out = rill()
+        .args(["start", &flow.file.display().to_string(), "--dry-run", "--coordinator-port", &port_text])
+        .output()
+        .expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("node `cam`: no matching daemon for machine id \"robot\""), "{stderr}");
@@ -233,8 +255,15 @@ fn a_sink_on_another_daemon_receives_every_message() {
     let flow = crate::support::Flow::new(
         "nodes:\n  - id: source\n    path: {node}\n    args: [burst, '500', '8']\n    outputs: [out]\n    deploy: { machine: a }\n  - id: frames\n    path: {node}\n    args: [burst, '20', '1048576']\n    outputs: [out]\n    deploy: { machine: a }\n  - id: sink\n    path: {node}\n    args: [print]\n    inputs:\n      small: { source: source/out, queue_size: 1000 }\n      large: { source: frames/out, queue_size: 100 }\n    _unstable_deploy: { labels: { gpu: 'true' } }\n",
     );
-    let (code, started, stderr) =
-        rill_json(&["start", &flow.file.display().to_string(), "--name", "cross", "--coordinator-port", &port_text, "--json"]);
+    let (code, started, stderr) = rill_json(&[
+        "start",
+        &flow.file.display().to_string(),
+        "--name",
+        "cross",
+        "--coordinator-port",
+        &port_text,
+        "--json",
+    ]);
     assert_eq!(code, Some(0), "{stderr}\n{}", procs.logs());
     assert_eq!(started["placement"][2]["machine_id"], "b", "{started}");
     let log_b = || std::fs::read_to_string(procs.log_path("daemon-b")).unwrap_or_default();
@@ -247,7 +276,13 @@ fn a_sink_on_another_daemon_receives_every_message() {
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     while seqs("small").len() < 500 || seqs("large").len() < 20 {
-        assert!(Instant::now() < deadline, "sink got {} small, {} large\n{}", seqs("small").len(), seqs("large").len(), procs.logs());
+        assert!(
+            Instant::now() < deadline,
+            "sink got {} small, {} large\n{}",
+            seqs("small").len(),
+            seqs("large").len(),
+            procs.logs()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(seqs("small"), (0..500).collect::<Vec<_>>(), "every small message, in order\n{}", procs.logs());
@@ -263,7 +298,8 @@ fn restart_needs_no_yaml_and_reports_old_and_new_uuid() {
         "nodes:\n  - id: waiter\n    path: {node}\n    args: [wait-stop]\n    deploy: { machine: b }\n",
     );
     let p = ["--coordinator-port", &port_text, "--json"];
-    let (code, started, stderr) = rill_json(&[&["start", &flow.file.display().to_string(), "--name", "svc"][..], &p[..]].concat());
+    let (code, started, stderr) =
+        rill_json(&[&["start", &flow.file.display().to_string(), "--name", "svc"][..], &p[..]].concat());
     assert_eq!(code, Some(0), "{stderr}");
     std::fs::remove_file(&flow.file).expect("remove the YAML");
     let (code, restarted, stderr) = rill_json(&[&["restart", "svc"][..], &p[..]].concat());
@@ -273,11 +309,15 @@ fn restart_needs_no_yaml_and_reports_old_and_new_uuid() {
     assert_eq!(restarted["name"], "svc");
     let text = rill().args(["restart", "svc", "--coordinator-port", &port_text]).output().expect("run");
     let stdout = String::from_utf8_lossy(&text.stdout);
-    assert!(stdout.contains(&format!("dataflow restarted: {} -> ", restarted["new_uuid"].as_str().unwrap_or(""))), "{stdout}");
+    assert!(
+        stdout.contains(&format!("dataflow restarted: {} -> ", restarted["new_uuid"].as_str().unwrap_or(""))),
+        "{stdout}"
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (_, list, _) = rill_json(&[&["list"][..], &p[..]].concat());
-        let statuses: Vec<&str> = list["dataflows"].as_array().into_iter().flatten().filter_map(|d| d["status"].as_str()).collect();
+        let statuses: Vec<&str> =
+            list["dataflows"].as_array().into_iter().flatten().filter_map(|d| d["status"].as_str()).collect();
         if statuses == ["stopped", "stopped", "running"] {
             break;
         }
@@ -300,12 +340,15 @@ fn after_a_coordinator_kill_the_redb_store_and_daemons_bring_dataflows_back() {
     procs.start("daemon-b", &["daemon", "--machine-id", "b", "--coordinator-port", &port_text]);
     wait_status(&procs, port, "two daemons registered", Duration::from_secs(15), |v| machines(v).len() == 2);
     let flow = |machine: &str| {
-        crate::support::Flow::new(&format!("nodes:\n  - id: w\n    path: {{node}}\n    args: [wait-stop]\n    deploy: {{ machine: {machine} }}\n"))
+        crate::support::Flow::new(&format!(
+            "nodes:\n  - id: w\n    path: {{node}}\n    args: [wait-stop]\n    deploy: {{ machine: {machine} }}\n"
+        ))
     };
     let (kept, orphan) = (flow("b"), flow("a"));
     let p = ["--coordinator-port", &port_text, "--json"];
     for (file, name) in [(&kept.file, "kept"), (&orphan.file, "orphan")] {
-        let (code, _, stderr) = rill_json(&[&["start", &file.display().to_string(), "--name", name][..], &p[..]].concat());
+        let (code, _, stderr) =
+            rill_json(&[&["start", &file.display().to_string(), "--name", name][..], &p[..]].concat());
         assert_eq!(code, Some(0), "{stderr}\n{}", procs.logs());
     }
     let log_b_path = procs.log_path("daemon-b");
@@ -340,7 +383,10 @@ fn after_a_coordinator_kill_the_redb_store_and_daemons_bring_dataflows_back() {
         assert!(Instant::now() < deadline, "statuses {statuses:?}\n{}", procs.logs());
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert!(list["dataflows"][1]["reason"].as_str().unwrap_or("").contains("no daemon reported it within 3 s"), "{list}");
+    assert!(
+        list["dataflows"][1]["reason"].as_str().unwrap_or("").contains("no daemon reported it within 3 s"),
+        "{list}"
+    );
     assert_eq!(list["dataflows"][0]["nodes"]["w"], serde_json::json!({"state": "running", "pid": pid}), "{list}");
     assert!(crate::support::alive(pid), "the node kept running under its pid {pid}\n{}", procs.logs());
     assert_eq!(log_b().matches("[kept/w] waiting").count(), 1, "the node was not started again\n{}", procs.logs());
@@ -363,7 +409,8 @@ fn a_killed_daemon_that_comes_back_gets_its_nodes_again() {
         "nodes:\n  - id: source\n    path: {node}\n    args: [flood, '8']\n    outputs: [out]\n    deploy: { machine: a }\n  - id: sink\n    path: {node}\n    args: [slow, '1']\n    inputs: { in: source/out }\n    deploy: { labels: { gpu: 'true' } }\n",
     );
     let p = ["--coordinator-port", &port_text, "--json"];
-    let (code, _, stderr) = rill_json(&[&["start", &flow.file.display().to_string(), "--name", "live"][..], &p[..]].concat());
+    let (code, _, stderr) =
+        rill_json(&[&["start", &flow.file.display().to_string(), "--name", "live"][..], &p[..]].concat());
     assert_eq!(code, Some(0), "{stderr}");
     let log_dir = procs.dir.path().to_path_buf();
     let log = |name: &str| std::fs::read_to_string(log_dir.join(format!("{name}.log"))).unwrap_or_default();
@@ -376,10 +423,16 @@ fn a_killed_daemon_that_comes_back_gets_its_nodes_again() {
     procs.kill("daemon-b");
     let running = |procs: &Processes| {
         let (_, list, _) = rill_json(&[&["list"][..], &p[..]].concat());
-        assert_eq!(list["dataflows"][0]["status"], "running", "the dataflow stays listed and running\n{list}\n{}", procs.logs());
+        assert_eq!(
+            list["dataflows"][0]["status"],
+            "running",
+            "the dataflow stays listed and running\n{list}\n{}",
+            procs.logs()
+        );
     };
     running(&procs);
-    procs.start("daemon-b2", &["daemon", "--machine-id", "b", "--labels", "gpu=true", "--coordinator-port", &port_text]);
+    procs
+        .start("daemon-b2", &["daemon", "--machine-id", "b", "--labels", "gpu=true", "--coordinator-port", &port_text]);
     let deadline = Instant::now() + Duration::from_secs(35);
     while !log("daemon-b2").contains("[live/sink] seq") {
         assert!(Instant::now() < deadline, "sink not re-spawned within 35 s\n{}", procs.logs());
@@ -399,7 +452,8 @@ fn logs_prints_kept_lines_and_follow_streams_new_ones() {
         "nodes:\n  - id: ticker\n    path: {node}\n    args: [print]\n    inputs: { tick: rill/timer/millis/50 }\n    deploy: { machine: a }\n  - id: quiet\n    path: {node}\n    args: [wait-stop]\n    deploy: { machine: b }\n",
     );
     let p = ["--coordinator-port", &port_text, "--json"];
-    let (code, _, stderr) = rill_json(&[&["start", &flow.file.display().to_string(), "--name", "talk"][..], &p[..]].concat());
+    let (code, _, stderr) =
+        rill_json(&[&["start", &flow.file.display().to_string(), "--name", "talk"][..], &p[..]].concat());
     assert_eq!(code, Some(0), "{stderr}");
 
     let mut follow = crate::support::Running::start({
@@ -412,7 +466,9 @@ fn logs_prints_kept_lines_and_follow_streams_new_ones() {
     assert!(lines.iter().all(|l| l["node"] == "ticker"), "only the asked node: {lines:?}");
     assert!(lines.iter().all(|l| l["stream"] == "stdout"), "{lines:?}");
     let count = follow.stdout().matches("input tick").count();
-    follow.wait_for("more lines while following", Duration::from_secs(20), |out| out.matches("input tick").count() > count + 3);
+    follow.wait_for("more lines while following", Duration::from_secs(20), |out| {
+        out.matches("input tick").count() > count + 3
+    });
     assert!(follow.child.try_wait().ok().flatten().is_none(), "--follow keeps running");
     drop(follow);
 
@@ -432,7 +488,11 @@ fn up_starts_a_local_coordinator_and_daemon_and_destroy_stops_them() {
     let port = free_port().to_string();
     let run = |args: &[&str]| {
         let out = rill().args(args).env("RILL_STATE_DIR", state.path()).output().expect("run rill");
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (code, stdout, stderr) = run(&["up", "--port", &port, "--store", "memory"]);
     let logs = || {
@@ -513,7 +573,9 @@ fn start_attach_prints_output_until_the_end_and_ctrl_c_stops_the_dataflow() {
     assert!(run.stdout.contains("[sink] closed in"), "{}", run.logs());
     assert!(run.stderr.contains("finished"), "{}", run.logs());
 
-    let endless = crate::support::Flow::new("nodes:\n  - id: w\n    path: {node}\n    args: [wait-stop]\n    deploy: { machine: b }\n");
+    let endless = crate::support::Flow::new(
+        "nodes:\n  - id: w\n    path: {node}\n    args: [wait-stop]\n    deploy: { machine: b }\n",
+    );
     let mut attached = crate::support::Running::start({
         let mut cmd = rill();
         cmd.args(["start", &endless.file.display().to_string(), "--attach", "--coordinator-port", &port_text]);

@@ -7,7 +7,8 @@ const IGNORE_EVERYTHING: &str = "  - id: stubborn\n    path: /bin/sh\n    args: 
 
 #[test]
 fn ctrl_c_sends_stop_then_sigterm_then_sigkill_to_a_node_that_ignores_them() {
-    let flow = Flow::new(&format!("nodes:\n  - id: polite\n    path: {{node}}\n    args: [wait-stop]\n{IGNORE_EVERYTHING}"));
+    let flow =
+        Flow::new(&format!("nodes:\n  - id: polite\n    path: {{node}}\n    args: [wait-stop]\n{IGNORE_EVERYTHING}"));
     let mut running = flow.spawn(&["--grace", "0.5"]);
     running.wait_for("both nodes running", Duration::from_secs(20), |out| {
         out.contains("[polite] waiting") && out.contains("[stubborn] ready")
@@ -15,8 +16,16 @@ fn ctrl_c_sends_stop_then_sigterm_then_sigkill_to_a_node_that_ignores_them() {
     running.signal(libc::SIGINT);
     let run = running.wait(Duration::from_secs(20));
     check!(run, run.stdout.contains("[polite] got stop"), "polite node saw Stop");
-    check!(run, run.stderr.contains("node `stubborn` is still running after the grace period; sending SIGTERM"), "SIGTERM step");
-    check!(run, run.stderr.contains("node `stubborn` is still running after the grace period; sending SIGKILL"), "SIGKILL step");
+    check!(
+        run,
+        run.stderr.contains("node `stubborn` is still running after the grace period; sending SIGTERM"),
+        "SIGTERM step"
+    );
+    check!(
+        run,
+        run.stderr.contains("node `stubborn` is still running after the grace period; sending SIGKILL"),
+        "SIGKILL step"
+    );
     check!(run, run.stderr.contains("node `stubborn`: killed with SIGKILL"), "summary names the killed node");
     check!(run, !run.stderr.contains("node `polite`:"), "polite node is not a failure");
     check!(run, run.code == Some(1), "a node had to be killed: exit code 1");
@@ -39,8 +48,7 @@ fn ctrl_c_stops_cleanly_and_leaves_no_process_even_after_a_node_was_killed() {
     running.signal(libc::SIGINT);
     let run = running.wait(Duration::from_secs(20));
     check!(run, run.stdout.contains("flood stopped after"), "source saw Stop");
-    let summary: serde_json::Value =
-        serde_json::from_str(run.stdout.lines().last().unwrap_or("")).unwrap_or_default();
+    let summary: serde_json::Value = serde_json::from_str(run.stdout.lines().last().unwrap_or("")).unwrap_or_default();
     check!(run, summary["event"] == "summary", "summary is the last line");
     let failed: Vec<&str> = summary["nodes"]
         .as_array()

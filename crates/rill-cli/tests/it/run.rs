@@ -40,8 +40,7 @@ fn full_queue_drops_the_oldest_messages() {
     );
     let run = flow.run(&[], Duration::from_secs(30));
     check!(run, run.code == Some(0), "run failed");
-    let seqs: Vec<u64> =
-        run.node_lines("sink").iter().filter_map(|l| l.strip_prefix("seq ")?.parse().ok()).collect();
+    let seqs: Vec<u64> = run.node_lines("sink").iter().filter_map(|l| l.strip_prefix("seq ")?.parse().ok()).collect();
     check!(run, seqs.last() == Some(&49), "the newest message always arrives");
     check!(run, seqs.len() < 50, "some messages were dropped (got {})", seqs.len());
     check!(run, seqs.windows(2).all(|w| w[0] < w[1]), "order is kept: {seqs:?}");
@@ -57,7 +56,14 @@ fn receivers_get_input_closed_after_the_last_message() {
     let lines = run.node_lines("sink");
     check!(
         run,
-        lines == ["input in len=8 seq=0 shared=false", "input in len=8 seq=1 shared=false", "input in len=8 seq=2 shared=false", "closed in", "done after 3 inputs"],
+        lines
+            == [
+                "input in len=8 seq=0 shared=false",
+                "input in len=8 seq=1 shared=false",
+                "input in len=8 seq=2 shared=false",
+                "closed in",
+                "done after 3 inputs"
+            ],
         "unexpected sink output {lines:?}"
     );
 }

@@ -117,7 +117,12 @@ impl Running {
             if let Ok(Some(status)) = self.child.try_wait() {
                 // Let the reader threads catch the last lines.
                 std::thread::sleep(Duration::from_millis(50));
-                return Finished { code: status.code(), stdout: self.stdout(), stderr: self.stderr(), elapsed: self.started.elapsed() };
+                return Finished {
+                    code: status.code(),
+                    stdout: self.stdout(),
+                    stderr: self.stderr(),
+                    elapsed: self.started.elapsed(),
+                };
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
@@ -148,7 +153,10 @@ pub struct Finished {
 
 impl Finished {
     pub fn logs(&self) -> String {
-        format!("exit code {:?} after {:?}\n--- rill stdout ---\n{}--- rill stderr ---\n{}", self.code, self.elapsed, self.stdout, self.stderr)
+        format!(
+            "exit code {:?} after {:?}\n--- rill stdout ---\n{}--- rill stderr ---\n{}",
+            self.code, self.elapsed, self.stdout, self.stderr
+        )
     }
 
     /// Lines a node printed to stdout, without the `[node] ` prefix.

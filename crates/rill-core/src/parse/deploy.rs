@@ -13,22 +13,13 @@ pub(super) fn deploy(r: &mut Reader, fields: &Fields, label: &str) -> Deploy {
     let main = fields.entry("deploy");
     let alias = fields.entry("_unstable_deploy");
     if let (Some(main), Some(alias)) = (main, alias) {
-        let later = if alias.key.pos > main.key.pos {
-            alias
-        } else {
-            main
-        };
+        let later = if alias.key.pos > main.key.pos { alias } else { main };
         let hint = "`_unstable_deploy` is an alias of `deploy`; keep only one";
-        r.error_hint(
-            later.key.pos,
-            format!("{label} has both `deploy` and `_unstable_deploy`"),
-            hint,
-        );
+        r.error_hint(later.key.pos, format!("{label} has both `deploy` and `_unstable_deploy`"), hint);
     }
     // Both are checked so that every mistake is reported; `deploy` wins if both are present.
     let main = main.map(|entry| deploy_section(r, entry.value, &format!("`deploy` of {label}")));
-    let alias = alias
-        .map(|entry| deploy_section(r, entry.value, &format!("`_unstable_deploy` of {label}")));
+    let alias = alias.map(|entry| deploy_section(r, entry.value, &format!("`_unstable_deploy` of {label}")));
     main.or(alias).unwrap_or_default()
 }
 
@@ -38,9 +29,7 @@ fn deploy_section(r: &mut Reader, value: &Node, owner: &str) -> Deploy {
         return deploy;
     };
     let fields = r.fields(entries, DEPLOY_FIELDS, owner);
-    deploy.machine = fields
-        .get("machine")
-        .and_then(|node| r.optional_text(node, &format!("`machine` in {owner}")));
+    deploy.machine = fields.get("machine").and_then(|node| r.optional_text(node, &format!("`machine` in {owner}")));
     if let Some(value) = fields.get("labels")
         && let Some(entries) = r.map(value, &format!("`labels` in {owner}"))
     {
@@ -60,11 +49,7 @@ fn deploy_section(r: &mut Reader, value: &Node, owner: &str) -> Deploy {
             "http" => deploy.distribute = Distribute::Http,
             _ => {
                 let hint = "expected one of: local, scp, http";
-                r.error_hint(
-                    value.pos,
-                    format!("invalid distribute `{text}` in {owner}"),
-                    hint,
-                );
+                r.error_hint(value.pos, format!("invalid distribute `{text}` in {owner}"), hint);
             }
         }
     }

@@ -26,11 +26,7 @@ pub(super) fn inputs(
     };
     for entry in r.entries(entries, "input", label) {
         if !ids::is_valid(&entry.name) {
-            r.error_hint(
-                entry.key.pos,
-                format!("invalid input id `{}` in {label}", entry.name),
-                ID_HINT,
-            );
+            r.error_hint(entry.key.pos, format!("invalid input id `{}` in {label}", entry.name), ID_HINT);
         }
         let owner = format!("input `{}` of {label}", entry.name);
         if let Some((spec, pos)) = input(r, entry.value, &owner) {
@@ -47,26 +43,16 @@ fn input(r: &mut Reader, value: &Node, owner: &str) -> Option<(InputSpec, Pos)> 
     let (source_node, queue_size) = match &value.value {
         Value::Map(entries) => {
             let fields = r.fields(entries, INPUT_FIELDS, owner);
-            let queue_size = fields
-                .get("queue_size")
-                .and_then(|node| queue_size(r, node, owner));
+            let queue_size = fields.get("queue_size").and_then(|node| queue_size(r, node, owner));
             let Some(source_node) = fields.get("source") else {
                 let hint = "e.g. `{ source: camera/frames, queue_size: 5 }`";
-                r.error_hint(
-                    value.pos,
-                    format!("{owner} is missing the required field `source`"),
-                    hint,
-                );
+                r.error_hint(value.pos, format!("{owner} is missing the required field `source`"), hint);
                 return None;
             };
             (source_node, queue_size.unwrap_or(DEFAULT_QUEUE_SIZE))
         }
         Value::Null | Value::Seq(_) => {
-            return r.wrong_type(
-                value,
-                owner,
-                "`node/output`, `rill/timer/...` or a mapping with `source`",
-            );
+            return r.wrong_type(value, owner, "`node/output`, `rill/timer/...` or a mapping with `source`");
         }
         _ => (value, DEFAULT_QUEUE_SIZE),
     };
@@ -84,11 +70,7 @@ fn queue_size(r: &mut Reader, node: &Node, owner: &str) -> Option<usize> {
     let size = r.count(node, &format!("`queue_size` of {owner}"))?;
     if size == 0 {
         let hint = "it is how many messages wait before the oldest is dropped";
-        r.error_hint(
-            node.pos,
-            format!("`queue_size` of {owner} must be at least 1"),
-            hint,
-        );
+        r.error_hint(node.pos, format!("`queue_size` of {owner} must be at least 1"), hint);
         return None;
     }
     // Larger than memory anyway; saturate rather than fail on 32-bit targets.

@@ -39,10 +39,7 @@ impl Dataflow {
             let message = format!("invalid YAML: {}", error.message);
             Diagnostics(vec![Diagnostic::at(file, error.pos, message, None)])
         })?;
-        let mut reader = Reader {
-            source: text,
-            report: Collector::new(file),
-        };
+        let mut reader = Reader { source: text, report: Collector::new(file) };
         let nodes = dataflow(&mut reader, &root);
         validate::graph(&mut reader.report, &nodes);
         let nodes = nodes.into_iter().map(|node| node.spec).collect();
@@ -55,12 +52,7 @@ impl Dataflow {
             Ok(text) => Dataflow::parse(&text, path),
             Err(error) => {
                 let message = format!("cannot read dataflow file `{}`: {error}", path.display());
-                Err(Diagnostics(vec![Diagnostic::at(
-                    path,
-                    Pos::UNKNOWN,
-                    message,
-                    None,
-                )]))
+                Err(Diagnostics(vec![Diagnostic::at(path, Pos::UNKNOWN, message, None)]))
             }
         }
     }
@@ -87,18 +79,12 @@ fn dataflow(r: &mut Reader, root: &Node) -> Vec<ParsedNode> {
             return Vec::new();
         }
         _ => {
-            return r
-                .wrong_type(root, "the dataflow", "a mapping with a `nodes` list")
-                .unwrap_or_default();
+            return r.wrong_type(root, "the dataflow", "a mapping with a `nodes` list").unwrap_or_default();
         }
     };
     let fields = r.fields(entries, TOP_FIELDS, "the dataflow");
     let Some(nodes) = fields.entry("nodes") else {
-        r.error_hint(
-            root.pos,
-            "missing field `nodes`",
-            "a dataflow needs a `nodes:` list",
-        );
+        r.error_hint(root.pos, "missing field `nodes`", "a dataflow needs a `nodes:` list");
         return Vec::new();
     };
     let Some(items) = r.list(nodes.value, "`nodes`") else {
@@ -124,20 +110,13 @@ fn node(r: &mut Reader, item: &Node) -> Option<ParsedNode> {
         path: path(r, &fields, &label, item.pos).unwrap_or_default(),
         args: node_args(r, &fields, &label),
         env: env(r, &fields, &label),
-        build: fields
-            .get("build")
-            .and_then(|node| r.optional_text(node, &format!("`build` of {label}"))),
+        build: fields.get("build").and_then(|node| r.optional_text(node, &format!("`build` of {label}"))),
         inputs,
         outputs,
         restart: restart::restart(r, &fields, &label),
         deploy: deploy::deploy(r, &fields, &label),
     };
-    Some(ParsedNode {
-        spec,
-        id_pos: id.map(|(_, pos)| pos),
-        outputs_complete,
-        source_pos,
-    })
+    Some(ParsedNode { spec, id_pos: id.map(|(_, pos)| pos), outputs_complete, source_pos })
 }
 
 /// How messages name a node: by id when it has a usable one, by position otherwise.
@@ -157,11 +136,7 @@ fn node_label(r: &Reader, entries: &[(Node, Node)], pos: Pos) -> String {
 /// references to them don't cause a second, misleading error.
 fn node_id(r: &mut Reader, fields: &Fields, node_pos: Pos) -> Option<(String, Pos)> {
     let Some(value) = fields.get("id") else {
-        r.error_hint(
-            node_pos,
-            "node is missing the required field `id`",
-            "add `id: <unique-name>`",
-        );
+        r.error_hint(node_pos, "node is missing the required field `id`", "add `id: <unique-name>`");
         return None;
     };
     let id = r.text(value, "`id`")?;
@@ -181,11 +156,7 @@ fn node_id(r: &mut Reader, fields: &Fields, node_pos: Pos) -> Option<(String, Po
 fn path(r: &mut Reader, fields: &Fields, label: &str, node_pos: Pos) -> Option<String> {
     let Some(value) = fields.get("path") else {
         let hint = "set `path` to the executable to run, e.g. `path: ./target/debug/my-node`";
-        r.error_hint(
-            node_pos,
-            format!("{label} is missing the required field `path`"),
-            hint,
-        );
+        r.error_hint(node_pos, format!("{label} is missing the required field `path`"), hint);
         return None;
     };
     let path = r.text(value, &format!("`path` of {label}"))?;
@@ -203,13 +174,8 @@ fn node_args(r: &mut Reader, fields: &Fields, label: &str) -> Vec<String> {
     let what = format!("`args` of {label}");
     match &value.value {
         Value::Null => Vec::new(),
-        Value::Seq(items) => items
-            .iter()
-            .filter_map(|item| r.text(item, &format!("each of {what}")))
-            .collect(),
-        Value::Map(_) => r
-            .wrong_type(value, &what, "a string or a list of strings")
-            .unwrap_or_default(),
+        Value::Seq(items) => items.iter().filter_map(|item| r.text(item, &format!("each of {what}"))).collect(),
+        Value::Map(_) => r.wrong_type(value, &what, "a string or a list of strings").unwrap_or_default(),
         _ => {
             let text = r.text(value, &what).unwrap_or_default();
             args::split(&text).unwrap_or_else(|problem| {
@@ -253,19 +219,11 @@ fn outputs(r: &mut Reader, fields: &Fields, label: &str) -> (Vec<String>, bool) 
             continue;
         };
         if !ids::is_valid(&output) {
-            r.error_hint(
-                item.pos,
-                format!("invalid output id `{output}` in {label}"),
-                ID_HINT,
-            );
+            r.error_hint(item.pos, format!("invalid output id `{output}` in {label}"), ID_HINT);
             complete = false;
         } else if let Some(line) = first_line.get(&output) {
             let hint = format!("first listed at line {line}");
-            r.error_hint(
-                item.pos,
-                format!("duplicate output `{output}` in {label}"),
-                hint,
-            );
+            r.error_hint(item.pos, format!("duplicate output `{output}` in {label}"), hint);
         } else {
             first_line.insert(output.clone(), item.pos.line);
             outputs.push(output);

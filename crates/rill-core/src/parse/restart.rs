@@ -19,11 +19,7 @@ pub(super) fn restart(r: &mut Reader, fields: &Fields, label: &str) -> RestartSp
             "always" => spec.policy = RestartPolicy::Always,
             _ => {
                 let hint = "expected one of: never, on-failure, always";
-                r.error_hint(
-                    value.pos,
-                    format!("invalid restart_policy `{text}` in {label}"),
-                    hint,
-                );
+                r.error_hint(value.pos, format!("invalid restart_policy `{text}` in {label}"), hint);
             }
         }
     }
@@ -31,12 +27,10 @@ pub(super) fn restart(r: &mut Reader, fields: &Fields, label: &str) -> RestartSp
         && !matches!(value.value, Value::Null)
     {
         let what = format!("`max_restarts` of {label}");
-        spec.max_restarts = r
-            .count(value, &what)
-            .and_then(|count| match u32::try_from(count) {
-                Ok(count) => Some(count),
-                Err(_) => r.wrong_type(value, &what, "at most 4294967295"),
-            });
+        spec.max_restarts = r.count(value, &what).and_then(|count| match u32::try_from(count) {
+            Ok(count) => Some(count),
+            Err(_) => r.wrong_type(value, &what, "at most 4294967295"),
+        });
     }
     if let Some(value) = fields.get("restart_delay")
         && let Some(delay) = restart_delay(r, value, label)
@@ -57,11 +51,7 @@ fn restart_delay(r: &mut Reader, value: &Node, label: &str) -> Option<Duration> 
         Value::Str(text) => duration::parse_delay(text),
         _ => {
             let what = format!("`restart_delay` of {label}");
-            return r.wrong_type(
-                value,
-                &what,
-                "a number of seconds or a string like \"500ms\"",
-            );
+            return r.wrong_type(value, &what, "a number of seconds or a string like \"500ms\"");
         }
     };
     delay.map_err(|problem| r.problem(value.pos, problem)).ok()
