@@ -15,6 +15,7 @@
 //! `u16`-prefixed strings): this is the hot path and the shapes are tiny.
 
 mod codec;
+#[cfg(feature = "coord")]
 pub mod coord;
 mod queue;
 pub mod transport;
