@@ -9,6 +9,26 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Round trips for a payload of `size` bytes: a fifth of `hot` from 1 MiB
+/// on (each takes much longer), at least 20.
+pub fn iterations(size: usize, hot: usize) -> usize {
+    if size >= 1 << 20 { hot / 5 } else { hot }.max(20)
+}
+
+/// One row of the human-readable table: the columns every mode shares.
+pub fn common_cells(size: usize, result: &serde_json::Value) -> String {
+    let f = |k: &str| result[k].as_f64().unwrap_or(f64::NAN);
+    format!(
+        "{:>9} {:>9.1} {:>9.1} {:>12.1} {:>12.1} {:>11.0}",
+        size,
+        f("p50_us"),
+        f("p99_us"),
+        f("paced_p50_us"),
+        f("paced_p99_us"),
+        f("msgs_per_s")
+    )
+}
+
 /// Sends back every `size`-byte message until the peer closes.
 pub fn echo(mut stream: impl std::io::Read + std::io::Write, size: usize) {
     let mut buf = vec![0u8; size];

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 mod cross;
 
-use rill_bench::{echo, ping_pong};
+use rill_bench::{common_cells, echo, iterations, ping_pong};
 use rill_core::Dataflow;
 use rill_daemon::{Report, RunOptions, Runtime, Stream};
 
@@ -73,7 +73,7 @@ fn latency(quick: bool, json: bool, sizes: &[usize], cross_daemon: bool) -> anyh
         );
     }
     for (size, mut result) in sizes.iter().zip(results) {
-        let iters = if *size >= 1 << 20 { hot / 5 } else { hot };
+        let iters = iterations(*size, hot);
         let baseline = socket_baseline(*size, iters)?;
         let process_baseline = process_baseline(*size, iters)?;
         result["baseline_p50_us"] = serde_json::json!((baseline * 10.0).round() / 10.0);
@@ -81,19 +81,8 @@ fn latency(quick: bool, json: bool, sizes: &[usize], cross_daemon: bool) -> anyh
         if json {
             println!("{result}");
         } else {
-            let f = |k: &str| result[k].as_f64().unwrap_or(f64::NAN);
-            println!(
-                "{:>9} {:>9.1} {:>9.1} {:>12.1} {:>12.1} {:>11.0} {:>13.1} {:>6.2}x {:>12.1}",
-                size,
-                f("p50_us"),
-                f("p99_us"),
-                f("paced_p50_us"),
-                f("paced_p99_us"),
-                f("msgs_per_s"),
-                baseline,
-                f("p50_us") / baseline,
-                process_baseline
-            );
+            let ratio = result["p50_us"].as_f64().unwrap_or(f64::NAN) / baseline;
+            println!("{} {baseline:>13.1} {ratio:>6.2}x {process_baseline:>12.1}", common_cells(*size, &result));
         }
     }
     Ok(())
@@ -110,23 +99,13 @@ fn latency_cross(quick: bool, json: bool, sizes: &[usize]) -> anyhow::Result<()>
         );
     }
     for (size, mut result) in sizes.iter().zip(results) {
-        let baseline = cross::tcp_baseline(*size, if *size >= 1 << 20 { hot / 5 } else { hot })?;
+        let baseline = cross::tcp_baseline(*size, iterations(*size, hot))?;
         result["mode"] = serde_json::json!("cross");
         result["baseline_p50_us"] = serde_json::json!((baseline * 10.0).round() / 10.0);
         if json {
             println!("{result}");
         } else {
-            let f = |k: &str| result[k].as_f64().unwrap_or(f64::NAN);
-            println!(
-                "{:>9} {:>9.1} {:>9.1} {:>12.1} {:>12.1} {:>11.0} {:>14.1}",
-                size,
-                f("p50_us"),
-                f("p99_us"),
-                f("paced_p50_us"),
-                f("paced_p99_us"),
-                f("msgs_per_s"),
-                baseline
-            );
+            println!("{} {baseline:>14.1}", common_cells(*size, &result));
         }
     }
     Ok(())

@@ -143,10 +143,7 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let response = runtime()?.block_on(async {
-        let mut client = rill_coordinator::client::ControlClient::connect(&args.coordinator.host_port()).await?;
-        client.request(&ControlRequest::Status).await
-    })?;
+    let response = request(&args.coordinator, ControlRequest::Status)?;
     let ControlResponse::Status { version, uptime_ms, daemons, dataflows } = response else {
         anyhow::bail!("unexpected reply from the coordinator: {response:?}");
     };

@@ -225,18 +225,17 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
         return;
     }
     // What it still runs (after its or our restart) is its again.
-    let running_now = running.clone();
-    for uuid in running {
-        let (changed, stop) = app.dataflows().reclaimed(&uuid, &daemon_id, machine_id.as_deref());
+    for uuid in &running {
+        let (changed, stop) = app.dataflows().reclaimed(uuid, &daemon_id, machine_id.as_deref());
         if let Some(record) = changed {
             app.persist(&record);
         }
         if stop {
-            app.cluster().send(&daemon_id, CoordinatorMessage::StopDataflow { uuid });
+            app.cluster().send(&daemon_id, CoordinatorMessage::StopDataflow { uuid: uuid.clone() });
         }
     }
     // What it should run but does not (it restarted, the machine rebooted).
-    let spawns = app.dataflows().recover(&daemon_id, machine_id.as_deref(), &running_now, Instant::now());
+    let spawns = app.dataflows().recover(&daemon_id, machine_id.as_deref(), &running, Instant::now());
     for (record, spawn) in spawns {
         eprintln!(
             "rill coordinator: auto-recovery: re-spawning {} on {daemon_id} for dataflow {}",

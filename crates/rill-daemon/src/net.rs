@@ -19,8 +19,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// First reconnect delay; doubled per failed attempt.
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
-/// Node output lines kept while the coordinator is slow or away; more are dropped.
-const LOG_BACKLOG: usize = 10_000;
+/// Node output and status messages kept while the coordinator is slow or
+/// away; more are dropped.
+const STREAM_BACKLOG: usize = 10_000;
 
 /// Longest reconnect delay.
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -71,7 +72,7 @@ fn jitter_seed() -> u64 {
 /// The dataflow shares this daemon runs; they outlive connections.
 struct Shares {
     /// Node output and node status for the coordinator.
-    log_rx: Option<mpsc::Receiver<DaemonMessage>>,
+    stream_rx: Option<mpsc::Receiver<DaemonMessage>>,
     /// The data session, opened at the first registration.
     bridge: Option<crate::bridge::Bridge>,
     local: LocalDataflows,
@@ -105,10 +106,10 @@ pub async fn run(
         config.data_port =
             std::net::TcpListener::bind("0.0.0.0:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(7447);
     }
-    let (log_tx, log_rx) = mpsc::channel::<DaemonMessage>(LOG_BACKLOG);
+    let (stream_tx, stream_rx) = mpsc::channel::<DaemonMessage>(STREAM_BACKLOG);
     let (finished_tx, finished_rx) = mpsc::unbounded_channel();
     let mut shares = Shares {
-        log_rx: Some(log_rx),
+        stream_rx: Some(stream_rx),
         bridge: None,
         local: LocalDataflows::default(),
         finished_tx,
@@ -119,12 +120,12 @@ pub async fn run(
                     let stream = if *stderr { "stderr" } else { "stdout" };
                     let log =
                         LogLine { uuid: uuid.clone(), node: node.clone(), stream: stream.into(), line: line.clone() };
-                    let _ = log_tx.try_send(DaemonMessage::Log(log));
+                    let _ = stream_tx.try_send(DaemonMessage::Log(log));
                 }
                 LocalEvent::Node { uuid, node, status } => {
                     let msg =
                         DaemonMessage::NodeStatus { uuid: uuid.clone(), node: node.clone(), status: status.clone() };
-                    let _ = log_tx.try_send(msg);
+                    let _ = stream_tx.try_send(msg);
                 }
                 _ => {}
             }
@@ -182,13 +183,13 @@ async fn connect_once(
         return lost(e, false);
     }
     let mut heartbeat = tokio::time::interval(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
-    let (Some(mut finished_rx), Some(mut log_rx)) = (shares.finished_rx.take(), shares.log_rx.take()) else {
+    let (Some(mut finished_rx), Some(mut stream_rx)) = (shares.finished_rx.take(), shares.stream_rx.take()) else {
         return lost("internal: channels missing".into(), false);
     };
     let ended = 'conn: loop {
         tokio::select! {
-            log = log_rx.recv(), if registered => {
-                if let Some(msg) = log
+            streamed = stream_rx.recv(), if registered => {
+                if let Some(msg) = streamed
                     && let Err(e) = send(&mut sink, &msg).await
                 {
                     break 'conn lost(e, registered);
@@ -243,7 +244,7 @@ async fn connect_once(
         }
     };
     shares.finished_rx = Some(finished_rx);
-    shares.log_rx = Some(log_rx);
+    shares.stream_rx = Some(stream_rx);
     ended
 }
 

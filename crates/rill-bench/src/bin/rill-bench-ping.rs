@@ -15,7 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let paced_iters: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(200);
     let bursts: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(20);
     for size in sizes {
-        let hot_iters = if size >= 1 << 20 { hot_iters / 5 } else { hot_iters }.max(20);
+        let hot_iters = rill_bench::iterations(size, hot_iters);
         let mut hot = Vec::with_capacity(hot_iters);
         for _ in 0..hot_iters / 10 {
             ping(&mut node, size, 0)?; // warm-up: pool regions, mappings, caches
