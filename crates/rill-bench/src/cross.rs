@@ -13,9 +13,10 @@ use rill_daemon::local::LocalEvent;
 use rill_daemon::net::{ConnectionEvent, DaemonConfig};
 use rill_proto::coord::{ControlRequest, ControlResponse};
 
-/// Runs the cross-daemon dataflow; returns one result object per size.
-pub fn run(sizes: &[usize], hot: usize, paced: usize, bursts: usize) -> anyhow::Result<Vec<serde_json::Value>> {
-    let bin_dir = std::env::current_exe()?.parent().context("no exe dir")?.to_path_buf();
+/// Runs `yaml` (nodes placed on machines `a` and `b`) on two daemons and
+/// collects the `RESULT` lines its nodes print (`expected` of them).
+pub fn run(yaml: &str, expected: usize) -> anyhow::Result<Vec<serde_json::Value>> {
+    let bin_dir = rill_bench::bin_dir()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let results: Arc<Mutex<Vec<String>>> = Arc::default();
     let failure: Arc<Mutex<Option<String>>> = Arc::default();
@@ -39,7 +40,9 @@ pub fn run(sizes: &[usize], hot: usize, paced: usize, bursts: usize) -> anyhow::
                         r.push(json.to_owned());
                     }
                 }
-                ConnectionEvent::Local(LocalEvent::Log { node, line, stderr: true, .. }) => eprintln!("[{node}] {line}"),
+                ConnectionEvent::Local(LocalEvent::Log { node, line, stderr: true, .. }) => {
+                    eprintln!("[{node}] {line}")
+                }
                 ConnectionEvent::Local(LocalEvent::Ended { success: false, summary, .. }) => {
                     if let Ok(mut f) = failure.lock() {
                         *f = Some(summary);
@@ -61,13 +64,7 @@ pub fn run(sizes: &[usize], hot: usize, paced: usize, bursts: usize) -> anyhow::
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let sizes_arg = sizes.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
-        let yaml = format!(
-            "nodes:\n  - id: ping\n    path: {ping}\n    args: [\"{sizes_arg}\", \"{hot}\", \"{paced}\", \"{bursts}\"]\n    inputs:\n      pong: pong/pong\n    outputs: [ping]\n    deploy: {{ machine: a }}\n  - id: pong\n    path: {pong}\n    inputs:\n      ping: {{ source: ping/ping, queue_size: 1000 }}\n    outputs: [pong]\n    deploy: {{ machine: b }}\n",
-            ping = bin_dir.join("rill-bench-ping").display(),
-            pong = bin_dir.join("rill-bench-pong").display(),
-        );
-        let descriptor = rill_core::Dataflow::parse(&yaml, "bench.yml".as_ref()).map_err(|d| anyhow::anyhow!("{d}"))?;
+        let descriptor = rill_core::Dataflow::parse(yaml, "bench.yml".as_ref()).map_err(|d| anyhow::anyhow!("{d}"))?;
         let start = ControlRequest::Start {
             descriptor,
             name: Some("bench".into()),
@@ -77,7 +74,7 @@ pub fn run(sizes: &[usize], hot: usize, paced: usize, bursts: usize) -> anyhow::
         client.request(&start).await?;
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
-            if results.lock().map(|r| r.len()).unwrap_or(0) >= sizes.len() {
+            if results.lock().map(|r| r.len()).unwrap_or(0) >= expected {
                 break;
             }
             if let Some(summary) = failure.lock().ok().and_then(|f| f.clone()) {

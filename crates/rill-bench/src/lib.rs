@@ -65,3 +65,179 @@ pub fn percentile(samples: &mut [f64], p: f64) -> f64 {
     let rank = ((p / 100.0) * (samples.len() - 1) as f64).round() as usize;
     samples[rank.min(samples.len() - 1)]
 }
+
+/// What the burst producer sends and its consumer expects: `count`
+/// messages back to back per size, `rounds` times over all sizes, with
+/// `idle_ms` between bursts. Args: `SIZES ROUNDS COUNT IDLE_MS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BurstPlan {
+    pub sizes: Vec<usize>,
+    pub rounds: usize,
+    pub count: usize,
+    pub idle_ms: u64,
+}
+
+impl BurstPlan {
+    /// The node arguments that carry this plan.
+    pub fn to_args(&self) -> Vec<String> {
+        let sizes = self.sizes.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+        vec![sizes, self.rounds.to_string(), self.count.to_string(), self.idle_ms.to_string()]
+    }
+
+    pub fn from_args(mut args: impl Iterator<Item = String>) -> Result<Self, String> {
+        let mut next = |what: &str| args.next().ok_or_else(|| format!("missing argument {what}"));
+        let sizes = next("SIZES")?
+            .split(',')
+            .map(|s| s.parse().map_err(|_| format!("bad size {s:?}")))
+            .collect::<Result<Vec<usize>, _>>()?;
+        let number = |text: String, what: &str| text.parse().map_err(|_| format!("bad {what} {text:?}"));
+        let rounds = number(next("ROUNDS")?, "ROUNDS")?;
+        let count = number(next("COUNT")?, "COUNT")?;
+        let idle_ms = number(next("IDLE_MS")?, "IDLE_MS")? as u64;
+        Ok(Self { sizes, rounds, count, idle_ms })
+    }
+}
+
+/// Time to copy `size` bytes between two warm buffers on one thread, in
+/// seconds (the median of repeated copies): what a producer that writes
+/// each payload once pays at least, so `1 / memcpy_seconds` is the msg/s
+/// ceiling of any data path that hands over filled buffers.
+pub fn memcpy_seconds(size: usize) -> f64 {
+    let size = size.max(1);
+    let src = vec![7u8; size];
+    let mut dst = vec![0u8; size];
+    let reps = (256 << 20) / size;
+    let reps = reps.clamp(20, 20_000);
+    let mut samples = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let start = std::time::Instant::now();
+        dst.copy_from_slice(std::hint::black_box(&src));
+        std::hint::black_box(&mut dst);
+        samples.push(start.elapsed().as_secs_f64());
+    }
+    percentile(&mut samples, 50.0)
+}
+
+/// The median of `values` (NaN if empty).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    percentile(&mut values, 50.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_plan_round_trips_through_args() {
+        let plan = BurstPlan { sizes: vec![0, 8, 4096000], rounds: 3, count: 100, idle_ms: 500 };
+        assert_eq!(BurstPlan::from_args(plan.to_args().into_iter()), Ok(plan));
+        assert!(BurstPlan::from_args(["8,x".to_owned()].into_iter()).is_err());
+        assert!(BurstPlan::from_args(["8".to_owned(), "3".to_owned()].into_iter()).is_err());
+    }
+}
+
+/// The directory of this executable, where the benchmark's node binaries
+/// are built next to it.
+pub fn bin_dir() -> std::io::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    exe.parent().map(std::path::Path::to_path_buf).ok_or_else(|| std::io::Error::other("executable has no directory"))
+}
+
+/// One node of a benchmark dataflow: a binary next to this one.
+struct BenchNode<'a> {
+    id: &'a str,
+    binary: &'a str,
+    args: Vec<String>,
+    /// `(input, source)`; every input keeps 1,000 messages.
+    inputs: Vec<(&'a str, &'a str)>,
+    outputs: &'a [&'a str],
+    machine: &'a str,
+}
+
+/// The YAML of a two-node benchmark; `cross` places the first node on
+/// machine `a` and the second on `b`.
+fn two_node_yaml(nodes: [BenchNode<'_>; 2], cross: bool) -> std::io::Result<String> {
+    let dir = bin_dir()?;
+    let mut yaml = String::from("nodes:\n");
+    for node in nodes {
+        let args: Vec<String> = node.args.iter().map(|a| format!("{a:?}")).collect();
+        yaml += &format!(
+            "  - id: {}\n    path: {:?}\n    args: [{}]\n    outputs: [{}]\n",
+            node.id,
+            dir.join(node.binary).display().to_string(),
+            args.join(", "),
+            node.outputs.join(", ")
+        );
+        if !node.inputs.is_empty() {
+            yaml += "    inputs:\n";
+            for (input, source) in node.inputs {
+                yaml += &format!("      {input}: {{ source: {source}, queue_size: 1000 }}\n");
+            }
+        }
+        if cross {
+            yaml += &format!("    deploy: {{ machine: {} }}\n", node.machine);
+        }
+    }
+    Ok(yaml)
+}
+
+/// Ping (hot, paced and burst round trips per size) and pong.
+pub fn ping_pong_yaml(
+    sizes: &[usize],
+    hot: usize,
+    paced: usize,
+    bursts: usize,
+    cross: bool,
+) -> std::io::Result<String> {
+    let sizes = sizes.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    two_node_yaml(
+        [
+            BenchNode {
+                id: "ping",
+                binary: "rill-bench-ping",
+                args: vec![sizes, hot.to_string(), paced.to_string(), bursts.to_string()],
+                inputs: vec![("pong", "pong/pong")],
+                outputs: &["ping"],
+                machine: "a",
+            },
+            BenchNode {
+                id: "pong",
+                binary: "rill-bench-pong",
+                args: vec![],
+                inputs: vec![("ping", "ping/ping")],
+                outputs: &["pong"],
+                machine: "b",
+            },
+        ],
+        cross,
+    )
+}
+
+/// The burst producer and its draining consumer (`touch`: it reads every byte).
+pub fn burst_yaml(plan: &BurstPlan, touch: bool, cross: bool) -> std::io::Result<String> {
+    let mut drain_args = plan.to_args();
+    if touch {
+        drain_args.push("touch".into());
+    }
+    two_node_yaml(
+        [
+            BenchNode {
+                id: "burst",
+                binary: "rill-bench-burst",
+                args: plan.to_args(),
+                inputs: vec![],
+                outputs: &["out"],
+                machine: "a",
+            },
+            BenchNode {
+                id: "drain",
+                binary: "rill-bench-drain",
+                args: drain_args,
+                inputs: vec![("in", "burst/out")],
+                outputs: &[],
+                machine: "b",
+            },
+        ],
+        cross,
+    )
+}

@@ -2,14 +2,13 @@
 //! raw Unix-socket ping-pong of the same size in the same run as baseline.
 
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 mod cross;
 
-use rill_bench::{common_cells, echo, iterations, ping_pong};
+use rill_bench::{BurstPlan, common_cells, echo, iterations, median, memcpy_seconds, ping_pong};
 use rill_core::Dataflow;
 use rill_daemon::{Report, RunOptions, Runtime, Stream};
 
@@ -42,6 +41,36 @@ enum Command {
         #[arg(long)]
         cross: bool,
     },
+    /// Bursts of back-to-back messages per size with the producer idle in
+    /// between (not calling rill-node): the worst one-way latency within a
+    /// burst, and msg/s next to a memcpy ceiling measured in the same run.
+    Burst {
+        /// 3 rounds with 300 ms idle between bursts (about 10 s).
+        #[arg(long)]
+        quick: bool,
+        /// One JSON object per size.
+        #[arg(long)]
+        json: bool,
+        /// Payload sizes in bytes.
+        #[arg(long, value_delimiter = ',', default_value = "0,8,512,2048,4096,16384,40960,409600,4096000")]
+        sizes: Vec<usize>,
+        /// Messages per burst.
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        /// Rounds over all sizes; figures are the median (msg/s) and the
+        /// worst (latency) over rounds.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// How long the producer sleeps after each burst [default: 2000, 300 with --quick].
+        #[arg(long)]
+        idle_ms: Option<u64>,
+        /// The consumer reads every byte of every payload.
+        #[arg(long)]
+        touch: bool,
+        /// Producer on one daemon, consumer on another (data over the bridge).
+        #[arg(long)]
+        cross: bool,
+    },
     /// (internal) echo SIZE-byte messages on stdin back to it, for the
     /// two-process baseline.
     #[command(hide = true)]
@@ -51,6 +80,10 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Latency { quick, json, sizes, cross } => latency(quick, json, &sizes, cross),
+        Command::Burst { quick, json, sizes, count, rounds, idle_ms, touch, cross } => {
+            let idle_ms = idle_ms.unwrap_or(if quick { 300 } else { 2000 });
+            burst(&BurstPlan { sizes, rounds, count, idle_ms }, touch, cross, json)
+        }
         Command::EchoServer { size } => {
             // SAFETY: fd 0 is the socket the parent gave us.
             let stream = unsafe { <UnixStream as std::os::fd::FromRawFd>::from_raw_fd(0) };
@@ -65,7 +98,8 @@ fn latency(quick: bool, json: bool, sizes: &[usize], cross_daemon: bool) -> anyh
         return latency_cross(quick, json, sizes);
     }
     let (hot, paced, bursts) = if quick { (1000, 150, 20) } else { (10_000, 1000, 200) };
-    let results = run_dataflow(sizes, hot, paced, bursts)?;
+    let yaml = rill_bench::ping_pong_yaml(sizes, hot, paced, bursts, false)?;
+    let results = run_dataflow(&yaml, sizes.len())?;
     if !json {
         println!(
             "{:>9} {:>9} {:>9} {:>12} {:>12} {:>11} {:>13} {:>7} {:>12}",
@@ -90,7 +124,8 @@ fn latency(quick: bool, json: bool, sizes: &[usize], cross_daemon: bool) -> anyh
 
 fn latency_cross(quick: bool, json: bool, sizes: &[usize]) -> anyhow::Result<()> {
     let (hot, paced, bursts) = if quick { (300, 50, 5) } else { (3000, 300, 50) };
-    let results = cross::run(sizes, hot, paced, bursts)?;
+    let yaml = rill_bench::ping_pong_yaml(sizes, hot, paced, bursts, true)?;
+    let results = cross::run(&yaml, sizes.len())?;
     if !json {
         println!("cross-daemon (bridge over loopback)");
         println!(
@@ -111,16 +146,63 @@ fn latency_cross(quick: bool, json: bool, sizes: &[usize]) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Runs ping -> pong through the real daemon and collects the ping's results.
-fn run_dataflow(sizes: &[usize], hot: usize, paced: usize, bursts: usize) -> anyhow::Result<Vec<serde_json::Value>> {
-    let bin_dir: PathBuf = std::env::current_exe()?.parent().context("no exe dir")?.to_path_buf();
-    let sizes_arg = sizes.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
-    let yaml = format!(
-        "nodes:\n  - id: ping\n    path: {ping}\n    args: [\"{sizes_arg}\", \"{hot}\", \"{paced}\", \"{bursts}\"]\n    inputs:\n      pong: pong/pong\n    outputs: [ping]\n  - id: pong\n    path: {pong}\n    inputs:\n      ping: {{ source: ping/ping, queue_size: 1000 }}\n    outputs: [pong]\n",
-        ping = bin_dir.join("rill-bench-ping").display(),
-        pong = bin_dir.join("rill-bench-pong").display(),
-    );
-    let dataflow = Dataflow::parse(&yaml, "bench.yml".as_ref()).map_err(|d| anyhow::anyhow!("{d}"))?;
+fn burst(plan: &BurstPlan, touch: bool, cross_daemon: bool, json: bool) -> anyhow::Result<()> {
+    if plan.sizes.is_empty() || plan.rounds == 0 || plan.count == 0 {
+        bail!("--sizes, --rounds and --count must not be empty or zero");
+    }
+    let yaml = rill_bench::burst_yaml(plan, touch, cross_daemon)?;
+    let expected = plan.sizes.len() * plan.rounds;
+    let results = if cross_daemon { cross::run(&yaml, expected)? } else { run_dataflow(&yaml, expected)? };
+    if !json {
+        println!(
+            "{} bursts of {} (consumer {}), {} rounds, producer idle {} ms between bursts",
+            if cross_daemon { "cross-daemon" } else { "local" },
+            plan.count,
+            if touch { "reads every byte" } else { "does not touch the payload" },
+            plan.rounds,
+            plan.idle_ms
+        );
+        println!(
+            "{:>9} {:>11} {:>10} {:>11} {:>10} {:>13} {:>8}",
+            "size", "worst_ms", "lost", "msgs/s", "memcpy_GB/s", "ceiling_msg/s", "of_ceil"
+        );
+    }
+    for &size in &plan.sizes {
+        let rows: Vec<&serde_json::Value> = results.iter().filter(|r| r["size"] == size).collect();
+        let field = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        let worst_us = rows.iter().map(|r| field(r, "worst_latency_us")).fold(0.0, f64::max);
+        let lost = rows.iter().map(|r| plan.count as f64 - field(r, "received")).sum::<f64>();
+        let msgs_per_s = median(rows.iter().map(|r| field(r, "msgs_per_s")).collect());
+        let copy_s = memcpy_seconds(size);
+        let (gb_s, ceiling) = if size == 0 { (f64::NAN, f64::NAN) } else { (size as f64 / copy_s / 1e9, 1.0 / copy_s) };
+        let of_ceiling = msgs_per_s / ceiling;
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "mode": if cross_daemon { "burst-cross" } else { "burst" },
+                    "size": size, "count": plan.count, "rounds": plan.rounds, "touch": touch,
+                    "worst_latency_us": (worst_us * 10.0).round() / 10.0, "lost": lost,
+                    "msgs_per_s": msgs_per_s.round(), "memcpy_gb_per_s": (gb_s * 100.0).round() / 100.0,
+                    "ceiling_msgs_per_s": ceiling.round(), "of_ceiling": (of_ceiling * 1000.0).round() / 1000.0,
+                })
+            );
+        } else {
+            println!(
+                "{size:>9} {:>11.2} {lost:>10} {msgs_per_s:>11.0} {gb_s:>11.1} {ceiling:>13.0} {:>7.1}%",
+                worst_us / 1000.0,
+                of_ceiling * 100.0
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs `yaml` through the real daemon and collects the `RESULT` lines
+/// its nodes print (`expected` of them).
+fn run_dataflow(yaml: &str, expected: usize) -> anyhow::Result<Vec<serde_json::Value>> {
+    let bin_dir = rill_bench::bin_dir()?;
+    let dataflow = Dataflow::parse(yaml, "bench.yml".as_ref()).map_err(|d| anyhow::anyhow!("{d}"))?;
     let lines = Arc::new(Mutex::new(Vec::new()));
     let collected = lines.clone();
     let reporter = Arc::new(move |report: Report<'_>| match report {
@@ -140,8 +222,8 @@ fn run_dataflow(sizes: &[usize], hot: usize, paced: usize, bursts: usize) -> any
         bail!("benchmark dataflow failed: {:?}", report.nodes);
     }
     let lines = lines.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
-    if lines.len() != sizes.len() {
-        bail!("expected {} results, got {}", sizes.len(), lines.len());
+    if lines.len() != expected {
+        bail!("expected {expected} results, got {}", lines.len());
     }
     lines.iter().map(|l| serde_json::from_str(l).context("bad RESULT line")).collect()
 }

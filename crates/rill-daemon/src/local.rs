@@ -94,6 +94,7 @@ impl LocalDataflows {
         let (ends_tx, ends_rx) = std::sync::mpsc::channel::<crate::router::RemoteEnd>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
         let bridge_uuid = spawn.uuid.clone();
+        let ended_bridge = bridge.clone();
         let _ = std::thread::Builder::new().name("bridge-ends".into()).spawn(move || {
             for end in ends_rx {
                 match &bridge {
@@ -141,6 +142,9 @@ impl LocalDataflows {
                 }
                 Err(e) => (false, e.to_string()),
             };
+            if let Some(bridge) = ended_bridge {
+                bridge.forget(&uuid);
+            }
             on_event(LocalEvent::Ended { name, success, summary: summary.clone() });
             let _ = reports.send(ShareReport::Finished((uuid, success, summary)));
         });

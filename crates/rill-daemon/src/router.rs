@@ -191,10 +191,12 @@ impl Router {
         let mut events = Vec::with_capacity(64);
         let mut buf = vec![0u8; rill_proto::MAX_PACKET];
         loop {
-            let timeout = self.timers.iter().map(|t| t.next).min().map(|next| {
-                let d = next.saturating_duration_since(Instant::now());
-                rustix::time::Timespec { tv_sec: d.as_secs() as i64, tv_nsec: i64::from(d.subsec_nanos()) }
-            });
+            let timeout = self
+                .timers
+                .iter()
+                .map(|t| t.next)
+                .min()
+                .map(|next| transport::timespec(next.saturating_duration_since(Instant::now())));
             events.clear();
             match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), timeout.as_ref()) {
                 Ok(_) | Err(Errno::INTR) => {}
@@ -446,16 +448,12 @@ impl Router {
         if due.is_empty() {
             return;
         }
-        let metadata = Metadata { timestamp_ns: now_ns() };
+        let metadata = Metadata { timestamp_ns: rill_proto::now_ns() };
         for (node, input) in due {
             self.stats.ticks += 1;
             self.send_to_node(&node, Some(input.clone()), DaemonMsg::Tick { input, metadata }, None);
         }
     }
-}
-
-fn now_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
 /// Encodes and sends one message without blocking; gives it back on failure.

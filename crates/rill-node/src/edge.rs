@@ -5,75 +5,79 @@
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
+use rill_proto::shm::Region;
 use rill_proto::{BoundedQueue, EdgeMsg, Payload, Pushed, Route, transport};
 use rustix::io::Errno;
 
+use crate::outbound::Outbound;
 use crate::pool::Pool;
-use crate::shm::Region;
 
 /// A socket shared with the [`Data`](crate::Data) it delivered, so dropping
 /// a payload can release it.
 #[derive(Debug)]
 pub(crate) struct EdgeConn {
     pub(crate) fd: OwnedFd,
-    /// Releases the socket had no room for; sent with the next ones.
-    pending_releases: std::sync::Mutex<HashMap<u64, u32>>,
+    /// Releases the socket had no room for; sent by the flusher once it has.
+    pending_releases: Mutex<HashMap<u64, u32>>,
+    /// The flusher that sends pending releases (consumer side).
+    flusher: Weak<Outbound>,
+}
+
+/// True for errors that mean the peer is gone for good.
+pub(crate) fn peer_gone(e: Errno) -> bool {
+    matches!(e, Errno::PIPE | Errno::CONNRESET | Errno::NOTCONN | Errno::BADF)
 }
 
 impl EdgeConn {
-    pub(crate) fn new(fd: OwnedFd) -> Self {
-        Self { fd, pending_releases: std::sync::Mutex::default() }
+    pub(crate) fn new(fd: OwnedFd, flusher: Weak<Outbound>) -> Self {
+        Self { fd, pending_releases: Mutex::default(), flusher }
     }
 
     /// One delivery of `region` is done with. Never blocks: a consumer
-    /// must not stall because its producer is busy.
-    pub(crate) fn release(&self, region: u64) {
-        let mut pending = self.pending_releases.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    /// must not stall because its producer is busy; what finds no room is
+    /// left to the flusher.
+    pub(crate) fn release(self: &Arc<Self>, region: u64) {
+        let mut pending = self.pending_releases.lock().unwrap_or_else(PoisonError::into_inner);
         *pending.entry(region).or_default() += 1;
-        Self::send_releases(&self.fd, &mut pending);
+        if !Self::send_releases(&self.fd, &mut pending) {
+            drop(pending);
+            if let Some(flusher) = self.flusher.upgrade() {
+                flusher.watch_releases(self.clone());
+            }
+        }
     }
 
-    /// Sends releases that waited for room.
-    pub(crate) fn flush_releases(&self) {
-        let mut pending = self.pending_releases.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        Self::send_releases(&self.fd, &mut pending);
+    /// Sends releases that waited for room; true when none waits any more.
+    pub(crate) fn flush_releases(&self) -> bool {
+        let mut pending = self.pending_releases.lock().unwrap_or_else(PoisonError::into_inner);
+        Self::send_releases(&self.fd, &mut pending)
     }
 
-    fn send_releases(fd: &OwnedFd, pending: &mut HashMap<u64, u32>) {
-        let regions: Vec<(u64, u32)> = pending.iter().map(|(r, c)| (*r, *c)).collect();
-        for (region, count) in regions {
-            let mut buf = Vec::with_capacity(24);
+    fn send_releases(fd: &OwnedFd, pending: &mut HashMap<u64, u32>) -> bool {
+        let mut buf = Vec::with_capacity(24);
+        while let Some((&region, &count)) = pending.iter().next() {
+            buf.clear();
             EdgeMsg::Release { region, count }.encode(&mut buf);
             match transport::send_packet(fd.as_fd(), &buf, &[], true) {
                 Ok(()) => {
                     pending.remove(&region);
                 }
-                // Full: keep for later. Gone: nothing to release to.
-                Err(Errno::WOULDBLOCK) => return,
-                Err(_) => {
-                    pending.clear();
-                    return;
-                }
+                // Full: keep for later.
+                Err(Errno::WOULDBLOCK | Errno::NOBUFS | Errno::NOMEM) => return false,
+                // Gone: nothing to release to.
+                Err(_) => pending.clear(),
             }
         }
+        true
     }
 
-    pub(crate) fn send(&self, msg: &EdgeMsg, fds: &[BorrowedFd<'_>], nonblocking: bool) -> Result<(), Errno> {
+    pub(crate) fn send(&self, msg: &EdgeMsg, fds: &[BorrowedFd<'_>]) -> Result<(), Errno> {
         let mut buf = Vec::with_capacity(64);
         msg.encode(&mut buf);
-        transport::send_packet(self.fd.as_fd(), &buf, fds, nonblocking)
+        transport::send_packet(self.fd.as_fd(), &buf, fds, true)
     }
-}
-
-/// What happened when a message was offered to an edge.
-pub(crate) enum Offer {
-    Sent,
-    Queued,
-    /// Dropped (queue full: this is the dropped older message, or the edge
-    /// is broken: the message itself); its shared reference must go.
-    Dropped(EdgeMsg),
 }
 
 /// To one consumer.
@@ -98,7 +102,7 @@ impl OutEdge {
         }
         Self {
             consumer,
-            conn: Arc::new(EdgeConn::new(fd)),
+            conn: Arc::new(EdgeConn::new(fd, Weak::new())),
             routes: by_output,
             backlog: BoundedQueue::default(),
             mapped: HashSet::new(),
@@ -122,49 +126,78 @@ impl OutEdge {
         !self.backlog.is_empty()
     }
 
+    /// True while the consumer holds deliveries it has not released.
+    pub(crate) fn has_outstanding(&self) -> bool {
+        !self.outstanding.is_empty()
+    }
+
     /// Sends `msg` now if nothing waits before it and the socket has room,
-    /// else queues it under `input`'s bound.
-    pub(crate) fn offer(&mut self, pool: &Pool, input: Option<String>, capacity: usize, msg: EdgeMsg) -> Offer {
-        if self.broken {
-            return Offer::Dropped(msg);
+    /// else queues it under `input`'s bound (`None`: never dropped).
+    /// Messages that will not be delivered (the oldest one dropped, or all
+    /// of them when the edge broke) go to `void`, for release. Returns true
+    /// if this started a backlog (the flusher must watch the edge).
+    pub(crate) fn offer(
+        &mut self,
+        pool: &Pool,
+        input: Option<String>,
+        capacity: usize,
+        msg: EdgeMsg,
+        void: &mut Vec<EdgeMsg>,
+    ) -> bool {
+        if !self.backlog.is_empty() {
+            // Older messages first; whatever fits now goes now.
+            void.extend(self.flush(pool, usize::MAX));
         }
-        let msg = if self.backlog.is_empty() {
+        if self.broken {
+            void.push(msg);
+            return false;
+        }
+        let was_empty = self.backlog.is_empty();
+        let msg = if was_empty {
             match self.write(pool, msg) {
-                Ok(()) => return Offer::Sent,
-                Err((Errno::WOULDBLOCK, msg)) => msg,
-                Err((_, msg)) => {
+                Ok(()) => return false,
+                Err((e, msg)) if peer_gone(e) => {
                     self.broken = true;
-                    return Offer::Dropped(msg);
+                    void.push(msg);
+                    return false;
                 }
+                Err((_, msg)) => msg,
             }
         } else {
             msg
         };
         let key = if matches!(msg, EdgeMsg::Data { .. }) { input } else { None };
-        match self.backlog.push(key, capacity, msg) {
-            Pushed::Kept => Offer::Queued,
-            Pushed::DroppedOldest(old) => Offer::Dropped(old),
+        if let Pushed::DroppedOldest(old) = self.backlog.push(key, capacity, msg) {
+            void.push(old);
         }
+        was_empty
     }
 
-    /// Writes the backlog until the socket is full. Returns messages that
-    /// were dropped because the edge broke.
-    pub(crate) fn flush(&mut self, pool: &Pool) -> Vec<EdgeMsg> {
+    /// Writes up to `max` packets of the backlog, until the socket is full.
+    /// Returns messages that were dropped because the edge broke.
+    pub(crate) fn flush(&mut self, pool: &Pool, max: usize) -> Vec<EdgeMsg> {
         let mut dropped = Vec::new();
+        let mut written = 0;
         while let Some((key, msg)) = self.backlog.pop() {
+            if written == max && !self.broken {
+                self.backlog.push_front(key, msg);
+                break;
+            }
+            written += 1;
             if self.broken {
                 dropped.push(msg);
                 continue;
             }
             match self.write(pool, msg) {
                 Ok(()) => {}
-                Err((Errno::WOULDBLOCK, msg)) => {
-                    self.backlog.push_front(key, msg);
-                    break;
-                }
-                Err((_, msg)) => {
+                Err((e, msg)) if peer_gone(e) => {
                     self.broken = true;
                     dropped.push(msg);
+                }
+                // Full (or short of kernel memory): the rest waits.
+                Err((_, msg)) => {
+                    self.backlog.push_front(key, msg);
+                    break;
                 }
             }
         }
@@ -188,7 +221,7 @@ impl OutEdge {
             Some(fd) => std::slice::from_ref(fd),
             None => &[],
         };
-        match self.conn.send(&msg, fds, true) {
+        match self.conn.send(&msg, fds) {
             Ok(()) => {
                 if let Some((region, new)) = shared {
                     if new {
@@ -213,11 +246,10 @@ impl OutEdge {
     }
 
     /// The region is destroyed: tell the consumer if it has it mapped.
-    pub(crate) fn forget(&mut self, pool: &Pool, region: u64) {
-        if self.mapped.remove(&region) {
-            // Unmap is never dropped by the backlog bound.
-            let _ = self.offer(pool, None, usize::MAX, EdgeMsg::Unmap { region });
-        }
+    /// Returns true if that started a backlog.
+    pub(crate) fn forget(&mut self, pool: &Pool, region: u64, void: &mut Vec<EdgeMsg>) -> bool {
+        // Unmap is never dropped by the backlog bound.
+        self.mapped.remove(&region) && self.offer(pool, None, usize::MAX, EdgeMsg::Unmap { region }, void)
     }
 
     /// Everything the consumer still held (the edge broke): for release.
@@ -243,8 +275,8 @@ pub(crate) struct InEdge {
 }
 
 impl InEdge {
-    pub(crate) fn new(producer: String, fd: OwnedFd, routes: &[Route]) -> Self {
+    pub(crate) fn new(producer: String, fd: OwnedFd, routes: &[Route], flusher: Weak<Outbound>) -> Self {
         let inputs = routes.iter().map(|r| r.input.clone()).collect();
-        Self { producer, inputs, conn: Arc::new(EdgeConn::new(fd)), mappings: HashMap::new(), eof: false }
+        Self { producer, inputs, conn: Arc::new(EdgeConn::new(fd, flusher)), mappings: HashMap::new(), eof: false }
     }
 }

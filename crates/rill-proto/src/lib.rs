@@ -18,6 +18,7 @@ mod codec;
 #[cfg(feature = "coord")]
 pub mod coord;
 mod queue;
+pub mod shm;
 pub mod transport;
 
 pub use codec::{DecodeError, Reader, Writer};
@@ -42,6 +43,11 @@ pub mod env {
     pub const OUTPUTS: &str = "RILL_NODE_OUTPUTS";
     /// Local protocol version the daemon speaks.
     pub const PROTOCOL: &str = "RILL_LOCAL_PROTOCOL";
+}
+
+/// Nanoseconds since the Unix epoch (the clock of [`Metadata::timestamp_ns`]).
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
 /// Data that comes with every message.

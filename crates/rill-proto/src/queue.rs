@@ -19,27 +19,29 @@ pub enum Pushed<T> {
 #[derive(Debug)]
 pub struct BoundedQueue<K, T> {
     items: VecDeque<(Option<K>, T)>,
+    /// Items held per key, so a push need not count the whole queue (a key
+    /// is an input: few of them; a key leaves when its count drops to 0).
+    counts: Vec<(K, usize)>,
 }
 
 impl<K, T> Default for BoundedQueue<K, T> {
     fn default() -> Self {
-        Self { items: VecDeque::new() }
+        Self { items: VecDeque::new(), counts: Vec::new() }
     }
 }
 
-impl<K: PartialEq, T> BoundedQueue<K, T> {
+impl<K: PartialEq + Clone, T> BoundedQueue<K, T> {
     /// Appends `item`. `key: None` means not droppable. When `key` already
     /// holds `capacity` items, its oldest is removed and returned.
     pub fn push(&mut self, key: Option<K>, capacity: usize, item: T) -> Pushed<T> {
         let mut dropped = None;
-        if let Some(k) = &key {
-            let held = self.items.iter().filter(|(ik, _)| ik.as_ref() == Some(k)).count();
-            if held >= capacity.max(1)
-                && let Some(pos) = self.items.iter().position(|(ik, _)| ik.as_ref() == Some(k))
-            {
-                dropped = self.items.remove(pos).map(|(_, t)| t);
-            }
+        if let Some(k) = &key
+            && self.held(k) >= capacity.max(1)
+            && let Some(pos) = self.items.iter().position(|(ik, _)| ik.as_ref() == Some(k))
+        {
+            dropped = self.remove_at(pos);
         }
+        self.count(key.as_ref(), 1);
         self.items.push_back((key, item));
         match dropped {
             Some(t) => Pushed::DroppedOldest(t),
@@ -54,6 +56,7 @@ impl<K: PartialEq, T> BoundedQueue<K, T> {
 
     /// Puts an item back at the front (it was taken but could not be sent).
     pub fn push_front(&mut self, key: Option<K>, item: T) {
+        self.count(key.as_ref(), 1);
         self.items.push_front((key, item));
     }
 
@@ -64,7 +67,20 @@ impl<K: PartialEq, T> BoundedQueue<K, T> {
 
     /// Takes the oldest item.
     pub fn pop(&mut self) -> Option<(Option<K>, T)> {
-        self.items.pop_front()
+        let (key, item) = self.items.pop_front()?;
+        self.count(key.as_ref(), -1);
+        Some((key, item))
+    }
+
+    /// Takes the oldest item of `key`, wherever it is.
+    pub fn pop_key(&mut self, key: &K) -> Option<T> {
+        let pos = self.items.iter().position(|(ik, _)| ik.as_ref() == Some(key))?;
+        self.remove_at(pos)
+    }
+
+    /// Items held under `key`.
+    pub fn held(&self, key: &K) -> usize {
+        self.counts.iter().find(|(k, _)| k == key).map_or(0, |(_, n)| *n)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -77,7 +93,29 @@ impl<K: PartialEq, T> BoundedQueue<K, T> {
 
     /// Removes everything (e.g. the node went away).
     pub fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
+        self.counts.clear();
         self.items.drain(..).map(|(_, t)| t)
+    }
+
+    fn remove_at(&mut self, pos: usize) -> Option<T> {
+        let (key, item) = self.items.remove(pos)?;
+        self.count(key.as_ref(), -1);
+        Some(item)
+    }
+
+    fn count(&mut self, key: Option<&K>, delta: isize) {
+        let Some(key) = key else { return };
+        match self.counts.iter().position(|(k, _)| k == key) {
+            Some(i) => {
+                let n = &mut self.counts[i].1;
+                *n = n.saturating_add_signed(delta);
+                if *n == 0 {
+                    self.counts.swap_remove(i);
+                }
+            }
+            None if delta > 0 => self.counts.push((key.clone(), delta as usize)),
+            None => {}
+        }
     }
 }
 
@@ -105,5 +143,23 @@ mod tests {
         assert_eq!(q.push(Some("a"), 1, 2), Pushed::DroppedOldest(1));
         let order: Vec<_> = q.drain().collect();
         assert_eq!(order, vec![100, 101, 2]);
+    }
+
+    #[test]
+    fn counts_follow_pops_and_returns() {
+        let mut q = BoundedQueue::default();
+        q.push(Some("a"), 3, 1);
+        q.push(Some("b"), 3, 2);
+        q.push(Some("a"), 3, 3);
+        assert_eq!((q.held(&"a"), q.held(&"b")), (2, 1));
+        let (key, item) = q.pop().unwrap();
+        assert_eq!((key, item), (Some("a"), 1));
+        q.push_front(key, item);
+        assert_eq!(q.held(&"a"), 2);
+        assert_eq!(q.pop_key(&"b"), Some(2));
+        assert_eq!(q.held(&"b"), 0);
+        assert_eq!(q.push(Some("a"), 2, 4), Pushed::DroppedOldest(1));
+        assert_eq!(q.drain().collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(q.held(&"a"), 0);
     }
 }

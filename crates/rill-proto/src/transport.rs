@@ -74,12 +74,16 @@ pub fn recv_packet(fd: BorrowedFd<'_>, buf: &mut [u8], nonblocking: bool) -> Res
     Ok((msg.bytes, fds))
 }
 
+/// A duration as the kernel's timespec (poll, epoll timeouts).
+pub fn timespec(d: std::time::Duration) -> rustix::time::Timespec {
+    rustix::time::Timespec { tv_sec: d.as_secs() as i64, tv_nsec: i64::from(d.subsec_nanos()) }
+}
+
 /// Waits until `fd` is readable or `timeout` passes; true if readable.
 pub fn wait_readable(fd: impl AsFd, timeout: Option<std::time::Duration>) -> Result<bool, Errno> {
     use rustix::event::{PollFd, PollFlags, poll};
     let mut fds = [PollFd::new(&fd, PollFlags::IN)];
-    let ts =
-        timeout.map(|t| rustix::time::Timespec { tv_sec: t.as_secs() as i64, tv_nsec: i64::from(t.subsec_nanos()) });
+    let ts = timeout.map(timespec);
     loop {
         match poll(&mut fds, ts.as_ref()) {
             Err(Errno::INTR) => continue,
