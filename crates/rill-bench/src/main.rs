@@ -67,6 +67,10 @@ enum Command {
         /// The consumer reads every byte of every payload.
         #[arg(long)]
         touch: bool,
+        /// Report the producer's RSS this many seconds after its last
+        /// burst, next to its RSS before the first (0: don't).
+        #[arg(long, default_value_t = 10)]
+        rss_after_s: u64,
         /// Producer on one daemon, consumer on another (data over the bridge).
         #[arg(long)]
         cross: bool,
@@ -80,9 +84,9 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Latency { quick, json, sizes, cross } => latency(quick, json, &sizes, cross),
-        Command::Burst { quick, json, sizes, count, rounds, idle_ms, touch, cross } => {
+        Command::Burst { quick, json, sizes, count, rounds, idle_ms, touch, rss_after_s, cross } => {
             let idle_ms = idle_ms.unwrap_or(if quick { 300 } else { 2000 });
-            burst(&BurstPlan { sizes, rounds, count, idle_ms }, touch, cross, json)
+            burst(&BurstPlan { sizes, rounds, count, idle_ms, rss_wait_s: rss_after_s }, touch, cross, json)
         }
         Command::EchoServer { size } => {
             // SAFETY: fd 0 is the socket the parent gave us.
@@ -151,7 +155,7 @@ fn burst(plan: &BurstPlan, touch: bool, cross_daemon: bool, json: bool) -> anyho
         bail!("--sizes, --rounds and --count must not be empty or zero");
     }
     let yaml = rill_bench::burst_yaml(plan, touch, cross_daemon)?;
-    let expected = plan.sizes.len() * plan.rounds;
+    let expected = plan.sizes.len() * plan.rounds + usize::from(plan.rss_wait_s > 0);
     let results = if cross_daemon { cross::run(&yaml, expected)? } else { run_dataflow(&yaml, expected)? };
     if !json {
         println!(
@@ -192,6 +196,22 @@ fn burst(plan: &BurstPlan, touch: bool, cross_daemon: bool, json: bool) -> anyho
                 "{size:>9} {:>11.2} {lost:>10} {msgs_per_s:>11.0} {gb_s:>11.1} {ceiling:>13.0} {:>7.1}%",
                 worst_us / 1000.0,
                 of_ceiling * 100.0
+            );
+        }
+    }
+    if let Some(rss) = results.iter().find(|r| r.get("rss_after_kib").is_some()) {
+        let (before, after) = (rss["rss_before_kib"].as_u64().unwrap_or(0), rss["rss_after_kib"].as_u64().unwrap_or(0));
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"mode": "burst-rss", "producer_rss_before_kib": before, "producer_rss_after_kib": after, "after_s": plan.rss_wait_s})
+            );
+        } else {
+            println!(
+                "producer RSS: {:.1} MiB before the first burst, {:.1} MiB {} s after the last",
+                before as f64 / 1024.0,
+                after as f64 / 1024.0,
+                plan.rss_wait_s
             );
         }
     }

@@ -16,7 +16,7 @@ use rustix::io::Errno;
 use crate::data::{Data, Sample, SampleInner};
 use crate::edge::InEdge;
 use crate::outbound::Outbound;
-use crate::pool::PoolLimits;
+use crate::pool::{PoolLimits, Take};
 use crate::{Event, NodeError, RecvError, SHM_THRESHOLD};
 
 /// How long `allocate` waits for a region to come back.
@@ -382,20 +382,26 @@ impl Node {
 
     fn take_region(&mut self, len: usize) -> Result<(u64, Arc<Region>), NodeError> {
         let deadline = Instant::now() + SHM_WAIT;
+        // When a release is worth waiting for, the moment to stop waiting
+        // and create a region instead.
+        let mut create_at: Option<Instant> = None;
         loop {
-            if let Some(taken) = self.outbound.with(|s| s.take(len))? {
-                return Ok(taken);
+            let now = Instant::now();
+            let create = create_at.is_some_and(|at| now >= at);
+            match self.outbound.with(|s| s.take(len, create))? {
+                Take::Got(id, region) => return Ok((id, region)),
+                Take::Wait(patience) => {
+                    create_at.get_or_insert(now + patience);
+                }
+                Take::Full => {}
+            }
+            if now >= deadline || self.daemon_gone {
+                return Err(NodeError::SharedMemoryExhausted);
             }
             // Releases arrive on the edges; events that come along are queued.
             self.pump();
-            if let Some(taken) = self.outbound.with(|s| s.take(len))? {
-                return Ok(taken);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || self.daemon_gone {
-                return Err(NodeError::SharedMemoryExhausted);
-            }
-            self.wait(left, true);
+            let until = create_at.map_or(deadline, |at| at.min(deadline));
+            self.wait(until.saturating_duration_since(Instant::now()), true);
         }
     }
 

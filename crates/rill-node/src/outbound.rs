@@ -19,13 +19,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rill_proto::shm::Region;
 use rill_proto::{EdgeMsg, Metadata, Payload, Route, transport};
 use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
 
 use crate::edge::{EdgeConn, OutEdge};
-use crate::pool::{Pool, PoolLimits};
+use crate::pool::{Pool, PoolLimits, Take};
 
 /// While consumers hold deliveries, how often the flusher reads their
 /// releases when the producer does not (so idle regions can be trimmed).
@@ -184,12 +183,12 @@ impl Sending {
         }
     }
 
-    /// A region of at least `len` bytes, or `None` at the pool's busy
-    /// limits. Releases that arrived are read first, so a burst reuses warm
-    /// regions instead of creating new ones.
-    pub(crate) fn take(&mut self, len: usize) -> std::io::Result<Option<(u64, Arc<Region>)>> {
+    /// A region of at least `len` bytes (see [`Pool::take`]). Releases that
+    /// arrived are read first, so a burst reuses warm regions instead of
+    /// creating new ones.
+    pub(crate) fn take(&mut self, len: usize, create: bool) -> std::io::Result<Take> {
         self.read_releases(Instant::now());
-        self.pool.take(len)
+        self.pool.take(len, create)
     }
 
     /// A sample that was never sent: its region is free again.

@@ -2,15 +2,24 @@
 //! `Sample` being filled, then in flight (receivers may read it) until every
 //! receiver released it, then free. The next `take` of its size class reuses
 //! the most recently freed one: still mapped by the receivers that had it,
-//! its pages already faulted in on both sides. That matters: on the VMs we
-//! measured, a fresh page costs about 4 µs, so a new 4 MiB region costs
-//! ~4.5 ms against ~0.15 ms to fill a warm one.
+//! its pages already faulted in on both sides. That matters more than
+//! anything else here: on the VMs we measured, a fresh page costs about
+//! 4 µs, so a new 4 MiB region costs ~4 ms against ~0.15 ms to fill a warm
+//! one (and its first reader pays ~0.8 ms more to map it).
 //!
-//! Bounds (see [`PoolLimits`]): regions lent or in flight are capped in
-//! count and bytes (past them `take` answers `None` and the caller waits for
-//! releases); free regions are capped in count and bytes (the oldest go
-//! first), and a free region unused for `idle` is destroyed, so memory a
-//! burst needed is given back soon after.
+//! Hence the rules:
+//! - **Depth.** Each size class gets up to [`DEPTH`] regions without
+//!   waiting (enough for the producer to fill one while consumers read
+//!   others). Beyond that, when none is free, `take` answers
+//!   [`Take::Wait`]: the caller waits for a release up to what creating a
+//!   region of that class cost last time, and only then creates one. A
+//!   consumer that keeps up so never makes the producer pay for fresh
+//!   memory; a stuck one costs it at most twice the creation time.
+//! - **Busy limits** in count and bytes ([`PoolLimits`]): past them `take`
+//!   answers [`Take::Full`] and the caller waits (backpressure).
+//! - **Free limits** in count and bytes: the oldest free regions go first.
+//! - **Idle trim**: a free region unused for `idle` is destroyed, except a
+//!   warm reserve of up to [`DEPTH`] per class and `reserve_bytes` in all.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,13 +39,22 @@ pub struct PoolLimits {
     pub free_regions: usize,
     /// Bytes of free regions kept for reuse.
     pub free_bytes: usize,
-    /// A free region unused this long is destroyed.
+    /// A free region unused this long is destroyed (beyond the reserve).
     pub idle: Duration,
+    /// Free regions kept past `idle`, smallest size classes first.
+    pub reserve_bytes: usize,
 }
+
+/// Regions per size class created without first waiting for a release.
+pub const DEPTH: usize = 4;
+
+/// The longest `take` asks its caller to wait for a release before creating.
+const MAX_PATIENCE: Duration = Duration::from_millis(20);
 
 /// Environment variables that override the defaults.
 pub const LIMIT_ENV: &str = "RILL_SHM_LIMIT_MB";
 pub const IDLE_ENV: &str = "RILL_SHM_IDLE_MS";
+pub const RESERVE_ENV: &str = "RILL_SHM_RESERVE_MB";
 
 impl Default for PoolLimits {
     fn default() -> Self {
@@ -46,13 +64,15 @@ impl Default for PoolLimits {
             free_regions: 64,
             free_bytes: 256 << 20,
             idle: Duration::from_secs(5),
+            reserve_bytes: 32 << 20,
         }
     }
 }
 
 impl PoolLimits {
-    /// Defaults, with `RILL_SHM_LIMIT_MB` (bytes in flight) and
-    /// `RILL_SHM_IDLE_MS` (how long a free region is kept) applied.
+    /// Defaults, with `RILL_SHM_LIMIT_MB` (bytes in flight),
+    /// `RILL_SHM_IDLE_MS` (how long a free region is kept) and
+    /// `RILL_SHM_RESERVE_MB` (kept warm past that) applied.
     pub fn from_env() -> Self {
         let mut limits = Self::default();
         let number = |name: &str| std::env::var(name).ok().and_then(|v| v.trim().parse::<u64>().ok());
@@ -62,8 +82,22 @@ impl PoolLimits {
         if let Some(ms) = number(IDLE_ENV) {
             limits.idle = Duration::from_millis(ms);
         }
+        if let Some(mb) = number(RESERVE_ENV) {
+            limits.reserve_bytes = usize::try_from(mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        }
         limits
     }
+}
+
+/// What [`Pool::take`] found.
+#[derive(Debug)]
+pub(crate) enum Take {
+    Got(u64, Arc<Region>),
+    /// None free, [`DEPTH`] or more of the class in flight: a release is
+    /// worth waiting for, up to this long (what creating one cost).
+    Wait(Duration),
+    /// At the busy limits: wait for releases.
+    Full,
 }
 
 /// Sender-side region bookkeeping.
@@ -71,6 +105,10 @@ impl PoolLimits {
 pub(crate) struct Pool {
     limits: PoolLimits,
     regions: HashMap<u64, Entry>,
+    /// Size class -> regions lent out or in flight.
+    busy_by_class: HashMap<usize, usize>,
+    /// Size class -> how long creating (and faulting in) one took last.
+    create_cost: HashMap<usize, Duration>,
     /// Size class -> free region ids, most recently freed last.
     free: HashMap<usize, Vec<u64>>,
     free_count: usize,
@@ -98,6 +136,8 @@ impl Pool {
         Self {
             limits,
             regions: HashMap::new(),
+            busy_by_class: HashMap::new(),
+            create_cost: HashMap::new(),
             free: HashMap::new(),
             free_count: 0,
             free_bytes: 0,
@@ -107,30 +147,43 @@ impl Pool {
     }
 
     /// A region of at least `len` bytes: the warmest free one of its class,
-    /// or a new one. `Ok(None)`: the busy limits are reached; wait for
-    /// releases.
-    pub(crate) fn take(&mut self, len: usize) -> std::io::Result<Option<(u64, Arc<Region>)>> {
+    /// or a new one (`create`: even beyond [`DEPTH`]).
+    pub(crate) fn take(&mut self, len: usize, create: bool) -> std::io::Result<Take> {
         let class = class_of(len);
         if let Some(id) = self.free.get_mut(&class).and_then(Vec::pop) {
             self.free_count -= 1;
             self.free_bytes -= class;
             if let Some(entry) = self.regions.get_mut(&id) {
                 entry.freed_at = None;
-                self.busy_bytes += class;
-                return Ok(Some((id, entry.region.clone())));
+                let region = entry.region.clone();
+                self.mark_busy(class, 1);
+                return Ok(Take::Got(id, region));
             }
         }
         let busy = self.regions.len() - self.free_count;
         let over_bytes = busy > 0 && self.busy_bytes + class > self.limits.busy_bytes;
         if busy >= self.limits.busy_regions || over_bytes {
-            return Ok(None);
+            return Ok(Take::Full);
         }
+        let in_class = self.busy_by_class.get(&class).copied().unwrap_or(0);
+        if !create && in_class >= DEPTH {
+            let cost = self.create_cost.get(&class).copied().unwrap_or_default();
+            return Ok(Take::Wait(cost.min(MAX_PATIENCE)));
+        }
+        let started = Instant::now();
         let region = Arc::new(Region::create(class)?);
+        self.create_cost.insert(class, started.elapsed());
         self.next_id += 1;
         let id = self.next_id;
         self.regions.insert(id, Entry { region: region.clone(), refs: 0, freed_at: None });
-        self.busy_bytes += class;
-        Ok(Some((id, region)))
+        self.mark_busy(class, 1);
+        Ok(Take::Got(id, region))
+    }
+
+    fn mark_busy(&mut self, class: usize, delta: isize) {
+        self.busy_bytes = self.busy_bytes.saturating_add_signed(delta * class as isize);
+        let n = self.busy_by_class.entry(class).or_default();
+        *n = n.saturating_add_signed(delta);
     }
 
     /// The region `id`, if it exists.
@@ -172,7 +225,7 @@ impl Pool {
         entry.freed_at = Some(now);
         entry.refs = 0;
         let class = entry.region.len();
-        self.busy_bytes -= class;
+        self.mark_busy(class, -1);
         self.free.entry(class).or_default().push(id);
         self.free_count += 1;
         self.free_bytes += class;
@@ -186,21 +239,52 @@ impl Pool {
         destroyed
     }
 
-    /// Destroys free regions unused for the idle time; returns their ids.
+    /// Destroys free regions unused for the idle time, except the warm
+    /// reserve; returns their ids.
     pub(crate) fn trim(&mut self, now: Instant) -> Vec<u64> {
+        let reserve = self.reserve();
         let idle = self.limits.idle;
         let expired: Vec<u64> = self
             .regions
             .iter()
-            .filter(|(_, e)| e.freed_at.is_some_and(|at| now.saturating_duration_since(at) >= idle))
+            .filter(|(id, e)| {
+                e.freed_at.is_some_and(|at| now.saturating_duration_since(at) >= idle) && !reserve.contains(id)
+            })
             .map(|(id, _)| *id)
             .collect();
         expired.into_iter().map(|id| self.destroy(id)).collect()
     }
 
-    /// When the next free region becomes idle enough to destroy.
+    /// When the next free region beyond the reserve may be destroyed.
     pub(crate) fn next_trim(&self) -> Option<Instant> {
-        self.regions.values().filter_map(|e| e.freed_at).min().map(|at| at + self.limits.idle)
+        let reserve = self.reserve();
+        self.regions
+            .iter()
+            .filter(|(id, _)| !reserve.contains(id))
+            .filter_map(|(_, e)| e.freed_at)
+            .min()
+            .map(|at| at + self.limits.idle)
+    }
+
+    /// Free regions kept warm however long they are unused: the most
+    /// recently freed, up to [`DEPTH`] per class, smaller classes first,
+    /// `reserve_bytes` in all.
+    fn reserve(&self) -> Vec<u64> {
+        let mut classes: Vec<usize> = self.free.keys().copied().collect();
+        classes.sort_unstable();
+        let mut reserve = Vec::new();
+        let mut bytes = 0;
+        for class in classes {
+            // Most recently freed last in the list.
+            for id in self.free[&class].iter().rev().take(DEPTH) {
+                if bytes + class > self.limits.reserve_bytes {
+                    return reserve;
+                }
+                bytes += class;
+                reserve.push(*id);
+            }
+        }
+        reserve
     }
 
     /// Regions lent out or in flight.
@@ -246,15 +330,23 @@ mod tests {
         Pool::new(PoolLimits::default())
     }
 
+    fn got(take: Take) -> Option<u64> {
+        match take {
+            Take::Got(id, _) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// A region, created even beyond the depth.
     fn take(pool: &mut Pool, len: usize) -> u64 {
-        pool.take(len).unwrap().expect("within limits").0
+        got(pool.take(len, true).unwrap()).expect("within limits")
     }
 
     #[test]
     fn regions_are_reused_by_size_class() {
         let now = Instant::now();
         let mut pool = pool();
-        let (a, region) = pool.take(5000).unwrap().unwrap();
+        let Take::Got(a, region) = pool.take(5000, false).unwrap() else { panic!("a new region") };
         assert_eq!(region.len(), 8192);
         assert!(pool.sent(a, 2, now).is_empty());
         assert_eq!(pool.busy(), 1);
@@ -281,6 +373,20 @@ mod tests {
     }
 
     #[test]
+    fn beyond_the_depth_a_release_is_waited_for_before_creating() {
+        let mut pool = pool();
+        for _ in 0..DEPTH {
+            assert!(got(pool.take(1 << 20, false).unwrap()).is_some(), "the first DEPTH are created at once");
+        }
+        match pool.take(1 << 20, false).unwrap() {
+            Take::Wait(patience) => assert!(patience <= MAX_PATIENCE),
+            other => panic!("expected Wait, got {other:?}"),
+        }
+        assert!(got(pool.take(4096, false).unwrap()).is_some(), "other classes are not held up");
+        assert!(got(pool.take(1 << 20, true).unwrap()).is_some(), "after waiting, the caller creates one");
+    }
+
+    #[test]
     fn a_late_or_repeated_release_changes_nothing() {
         let now = Instant::now();
         let mut pool = pool();
@@ -300,12 +406,12 @@ mod tests {
         let limits = PoolLimits { busy_regions: 3, busy_bytes: 1 << 20, ..PoolLimits::default() };
         let mut pool = Pool::new(limits);
         let big = take(&mut pool, 600_000); // class 1 MiB: the whole byte budget
-        assert!(pool.take(4096).unwrap().is_none(), "over the byte limit");
+        assert!(matches!(pool.take(4096, true).unwrap(), Take::Full), "over the byte limit");
         pool.give_back(big, Instant::now());
         let _ = (take(&mut pool, 4096), take(&mut pool, 4096), take(&mut pool, 4096));
-        assert!(pool.take(4096).unwrap().is_none(), "over the count limit");
+        assert!(matches!(pool.take(4096, true).unwrap(), Take::Full), "over the count limit");
         let mut alone = Pool::new(PoolLimits { busy_bytes: 4096, ..PoolLimits::default() });
-        assert!(alone.take(1 << 20).unwrap().is_some(), "one message larger than the limit still goes");
+        assert!(got(alone.take(1 << 20, true).unwrap()).is_some(), "one message larger than the limit still goes");
     }
 
     #[test]
@@ -331,7 +437,7 @@ mod tests {
 
     #[test]
     fn idle_free_regions_are_trimmed() {
-        let limits = PoolLimits { idle: Duration::from_secs(5), ..PoolLimits::default() };
+        let limits = PoolLimits { idle: Duration::from_secs(5), reserve_bytes: 0, ..PoolLimits::default() };
         let mut pool = Pool::new(limits);
         let start = Instant::now();
         let (a, b) = (take(&mut pool, 4096), take(&mut pool, 1 << 20));
@@ -342,5 +448,29 @@ mod tests {
         assert_eq!(pool.trim(start + Duration::from_secs(5)), vec![a]);
         assert_eq!(pool.trim(start + Duration::from_secs(7)), vec![b]);
         assert_eq!((pool.region_count(), pool.free_bytes(), pool.next_trim()), (0, 0, None));
+    }
+
+    #[test]
+    fn trimming_keeps_a_warm_reserve_of_the_newest_regions_per_class() {
+        // Room for the small class's DEPTH regions and one 1 MiB region.
+        let limits = PoolLimits {
+            idle: Duration::from_secs(1),
+            reserve_bytes: (1 << 20) + DEPTH * 4096,
+            ..PoolLimits::default()
+        };
+        let mut pool = Pool::new(limits);
+        let start = Instant::now();
+        let small: Vec<u64> = (0..DEPTH + 2).map(|_| take(&mut pool, 4096)).collect();
+        let big: Vec<u64> = (0..2).map(|_| take(&mut pool, 1 << 20)).collect();
+        for (i, id) in small.iter().chain(&big).enumerate() {
+            pool.give_back(*id, start + Duration::from_millis(i as u64));
+        }
+        let mut trimmed = pool.trim(start + Duration::from_secs(10));
+        trimmed.sort_unstable();
+        let mut expected = vec![small[0], small[1], big[0]];
+        expected.sort_unstable();
+        assert_eq!(trimmed, expected, "the oldest small ones and the older big one go");
+        assert_eq!(pool.next_trim(), None, "what is left is the reserve: nothing more to trim");
+        assert_eq!(pool.free_bytes(), (1 << 20) + DEPTH * 4096);
     }
 }

@@ -13,7 +13,7 @@ use rill_proto::{Metadata, Payload, Route};
 
 use crate::SHM_THRESHOLD;
 use crate::outbound::Outbound;
-use crate::pool::PoolLimits;
+use crate::pool::{PoolLimits, Take};
 
 /// Why a message was not written (it is dropped; the writer goes on).
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +63,8 @@ impl EdgeWriter {
             let payload = if payload.len() < SHM_THRESHOLD {
                 Payload::Inline(payload.to_vec())
             } else {
-                let Some((id, region)) = s.take(payload.len())? else {
+                // Never waits: this runs on the network's receive thread.
+                let Take::Got(id, region) = s.take(payload.len(), true)? else {
                     return Err(WriteError::Exhausted);
                 };
                 // SAFETY: the pool just lent this region to us alone; no

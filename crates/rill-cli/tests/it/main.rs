@@ -1,6 +1,7 @@
 //! End-to-end tests of the `rill` binary with real node processes.
 mod check;
 mod cluster;
+mod dataplane;
 mod leak;
 mod lifecycle;
 mod run;

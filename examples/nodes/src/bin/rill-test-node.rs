@@ -3,6 +3,9 @@
 //!   print [N]          print every event; exit after N inputs (default: never)
 //!   slow MS            print every input's sequence number, sleeping MS after each
 //!   burst N SIZE       send N messages of SIZE bytes (sequence number first), then exit
+//!   burst-sleep S N:SIZE[,N:SIZE..]  send N messages of SIZE bytes per pair,
+//!                      back to back, print `sent TOTAL`, then sleep S seconds
+//!                      without calling rill-node before exiting
 //!   flood SIZE         send SIZE-byte messages until Stop; print `sent K` every 10,000
 //!   wait-stop          wait for Stop, print `got stop`, exit 0
 //!   crash CODE         print a line to stderr and exit with CODE
@@ -31,6 +34,7 @@ fn main() -> Result {
         "print" => print(args.get(2).and_then(|n| n.parse().ok())),
         "slow" => slow(arg(&args, 2)?.parse()?),
         "burst" => burst(arg(&args, 2)?.parse()?, arg(&args, 3)?.parse()?),
+        "burst-sleep" => burst_sleep(arg(&args, 2)?.parse()?, arg(&args, 3)?),
         "flood" => flood(arg(&args, 2)?.parse()?),
         "wait-stop" => wait_stop(),
         "crash" => {
@@ -88,6 +92,22 @@ fn burst(n: u64, size: usize) -> Result {
         send_seq(&mut node, seq, size)?;
     }
     println!("sent {n}");
+    Ok(())
+}
+
+fn burst_sleep(secs: u64, plan: &str) -> Result {
+    let mut node = Node::from_env()?;
+    let mut seq = 0u64;
+    for part in plan.split(',') {
+        let (count, size) = part.split_once(':').ok_or_else(|| format!("expected N:SIZE, got {part:?}"))?;
+        for _ in 0..count.parse::<u64>()? {
+            send_seq(&mut node, seq, size.parse()?)?;
+            seq += 1;
+        }
+    }
+    println!("sent {seq}");
+    // A producer blocked on its camera or a long computation.
+    std::thread::sleep(Duration::from_secs(secs));
     Ok(())
 }
 

@@ -1,0 +1,81 @@
+//! What the local data plane does for a producer that stops calling rill-node
+//! (it sleeps, computes, or waits on a camera): its messages still arrive,
+//! and the shared memory its bursts needed is given back.
+
+use std::time::{Duration, Instant};
+
+use crate::check;
+use crate::support::{Flow, Running, spawned_pids};
+
+/// The sink's `input in len=L seq=S shared=B` lines, as (len, seq).
+fn received(running: &Running) -> Vec<(usize, u64)> {
+    running
+        .stdout()
+        .lines()
+        .filter_map(|l| l.strip_prefix("[sink] input in len="))
+        .filter_map(|rest| {
+            let (len, rest) = rest.split_once(" seq=")?;
+            let seq = rest.split(' ').next()?;
+            Some((len.parse().ok()?, seq.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn a_burst_reaches_the_consumer_while_its_producer_sleeps() {
+    // 500 inline messages overflow the socket; the 4 KiB (shared) ones
+    // queue behind them. The producer then sleeps 10 s without calling in.
+    let flow = Flow::new(
+        "nodes:\n  - id: source\n    path: {node}\n    args: [burst-sleep, '10', '500:2048,500:4096']\n    outputs: [out]\n  - id: sink\n    path: {node}\n    args: [print]\n    inputs:\n      in: { source: source/out, queue_size: 1000 }\n",
+    );
+    let mut running = flow.spawn(&[]);
+    running.wait_for("the producer's burst", Duration::from_secs(30), |out| out.contains("[source] sent 1000"));
+    let burst_done = Instant::now();
+    running.wait_for("all 1,000 messages at the sink within 1 s", Duration::from_secs(1), |out| {
+        out.matches("[sink] input in ").count() >= 1000
+    });
+    let waited = burst_done.elapsed();
+    let got = received(&running);
+    let expected: Vec<(usize, u64)> = (0..1000).map(|seq| (if seq < 500 { 2048 } else { 4096 }, seq)).collect();
+    check!(running, got == expected, "in order, sizes kept (got {} messages)", got.len());
+    eprintln!("all 1,000 arrived {waited:?} after the producer's last send");
+    running.signal(libc::SIGINT);
+    let run = running.wait(Duration::from_secs(30));
+    check!(run, run.code == Some(0), "clean stop");
+}
+
+/// `rill-shm` mappings of a process.
+fn shm_maps(pid: u32) -> usize {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    maps.lines().filter(|l| l.contains("rill-shm")).count()
+}
+
+#[test]
+fn shared_memory_of_a_burst_is_given_back_while_the_producer_sleeps() {
+    // No warm reserve and a 300 ms idle time, so everything goes.
+    let flow = Flow::new(
+        "nodes:\n  - id: source\n    path: {node}\n    args: [burst-sleep, '60', '40:1048576']\n    outputs: [out]\n    env:\n      RILL_SHM_IDLE_MS: '300'\n      RILL_SHM_RESERVE_MB: '0'\n  - id: sink\n    path: {node}\n    args: [print]\n    inputs:\n      in: { source: source/out, queue_size: 1000 }\n",
+    );
+    let mut running = flow.spawn(&["--json"]);
+    running.wait_for("the burst at the sink", Duration::from_secs(30), |out| {
+        out.contains("sent 40") && out.matches("input in len=1048576").count() >= 40
+    });
+    let pids = spawned_pids(&running.stdout());
+    let pid = |node: &str| pids.iter().find(|(n, _)| n == node).map(|(_, p)| *p).expect("spawned");
+    let (source, sink) = (pid("source"), pid("sink"));
+    let peak = (shm_maps(source), shm_maps(sink));
+    check!(running, peak.0 > 0, "the producer used shared regions");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && (shm_maps(source), shm_maps(sink)) != (0, 0) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let now = (shm_maps(source), shm_maps(sink));
+    check!(
+        running,
+        now == (0, 0),
+        "(producer, consumer) mappings: {peak:?} at the end of the burst, {now:?} 10 s later"
+    );
+    running.signal(libc::SIGINT);
+    let run = running.wait(Duration::from_secs(30));
+    check!(run, run.code == Some(0), "clean stop");
+}
