@@ -10,8 +10,9 @@
 //! (sleeping, computing, blocked on a camera). It costs nothing while
 //! sockets have room: it sleeps until a backlog starts, a consumer's release
 //! finds no room, a free region turns idle, or (every [`RELEASE_TICK`] while
-//! consumers hold deliveries) releases are due to be read so that idle
-//! memory can be given back even by a producer that never calls in again.
+//! consumers hold deliveries and the pool holds more than its warm reserve)
+//! releases are due to be read so that idle memory can be given back even by
+//! a producer that never calls in again.
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,6 +52,11 @@ pub(crate) struct Sending {
     buf: Vec<u8>,
     /// An edge's backlog started since the flusher last looked.
     backlog_started: bool,
+    /// The flusher sleeps with no deadline: it must be woken as soon as it
+    /// has something to time (releases to read, regions to trim).
+    flusher_asleep: bool,
+    /// `pool.free_changes` when it went to sleep.
+    asleep_at_change: u64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -68,6 +74,8 @@ impl Outbound {
                 pool: Pool::new(limits),
                 buf: vec![0; 256],
                 backlog_started: false,
+                flusher_asleep: false,
+                asleep_at_change: 0,
             }),
             wake,
             shutdown: AtomicBool::new(false),
@@ -75,14 +83,20 @@ impl Outbound {
         }))
     }
 
-    /// Runs `f` under the lock; wakes the flusher if a backlog started.
+    /// Runs `f` under the lock; wakes the flusher if a backlog started, or
+    /// if it sleeps with no deadline and now has something to time.
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut Sending) -> R) -> R {
-        let (result, started) = {
+        let (result, wake) = {
             let mut state = lock(&self.state);
             let result = f(&mut state);
-            (result, std::mem::take(&mut state.backlog_started))
+            let mut wake = std::mem::take(&mut state.backlog_started);
+            if state.flusher_asleep && state.has_something_to_time() {
+                state.flusher_asleep = false;
+                wake = true;
+            }
+            (result, wake)
         };
-        if started {
+        if wake {
             self.wake();
         }
         result
@@ -119,11 +133,17 @@ impl Outbound {
         let mut eventfd_buf = [0u8; 8];
         while !self.shutdown.load(Ordering::Acquire) {
             let now = Instant::now();
-            let (watch, deadline) = self.with(|s| {
+            let (watch, deadline) = {
+                // Not `with`: the flusher need not wake itself.
+                let mut s = lock(&self.state);
                 s.service(now);
                 s.trim(now);
-                (s.backlogged(), s.next_deadline(now))
-            });
+                let deadline = s.next_deadline(now);
+                s.flusher_asleep = deadline.is_none();
+                s.asleep_at_change = s.pool.free_changes;
+                s.backlog_started = false;
+                (s.backlogged(), deadline)
+            };
             let waiting: Vec<Arc<EdgeConn>> = {
                 let mut waiting = lock(&self.waiting_releases);
                 waiting.retain(|conn| !conn.flush_releases());
@@ -249,9 +269,25 @@ impl Sending {
         self.edges.iter().filter(|e| !e.broken && e.has_backlog()).map(|e| e.conn.clone()).collect()
     }
 
+    /// The pool holds more than its warm reserve, and its free regions
+    /// changed or deliveries are outstanding: a sleeping flusher may now
+    /// have a deadline. (Within the reserve nothing is ever trimmed, so a
+    /// steady producer never wakes it.)
+    fn has_something_to_time(&self) -> bool {
+        self.pool.beyond_reserve()
+            && (self.pool.free_changes != self.asleep_at_change
+                || self.edges.iter().any(|e| !e.broken && e.has_outstanding()))
+    }
+
+    /// Reading releases the producer does not read itself matters only if
+    /// trimming may follow: the pool holds more than its warm reserve.
+    fn releases_matter(&self) -> bool {
+        self.pool.beyond_reserve() && self.edges.iter().any(|e| !e.broken && e.has_outstanding())
+    }
+
     /// When the flusher must look again without being woken.
     fn next_deadline(&self, now: Instant) -> Option<Instant> {
-        let releases_due = self.edges.iter().any(|e| !e.broken && e.has_outstanding()).then(|| now + RELEASE_TICK);
+        let releases_due = self.releases_matter().then(|| now + RELEASE_TICK);
         match (self.pool.next_trim(), releases_due) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

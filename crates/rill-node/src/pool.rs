@@ -115,6 +115,9 @@ pub(crate) struct Pool {
     free_bytes: usize,
     busy_bytes: usize,
     next_id: u64,
+    /// Counts changes to the free set, so a sleeping flusher can tell
+    /// cheaply whether its trim deadline may have changed.
+    pub(crate) free_changes: u64,
 }
 
 #[derive(Debug)]
@@ -143,6 +146,7 @@ impl Pool {
             free_bytes: 0,
             busy_bytes: 0,
             next_id: 0,
+            free_changes: 0,
         }
     }
 
@@ -224,6 +228,7 @@ impl Pool {
         }
         entry.freed_at = Some(now);
         entry.refs = 0;
+        self.free_changes += 1;
         let class = entry.region.len();
         self.mark_busy(class, -1);
         self.free.entry(class).or_default().push(id);
@@ -264,6 +269,15 @@ impl Pool {
             .filter_map(|(_, e)| e.freed_at)
             .min()
             .map(|at| at + self.limits.idle)
+    }
+
+    /// True if the pool holds more than the warm reserve could keep, so
+    /// trimming may have work once what is in flight comes back.
+    pub(crate) fn beyond_reserve(&self) -> bool {
+        // Every class with free regions has a `busy_by_class` entry: its
+        // regions were all taken once.
+        self.busy_bytes + self.free_bytes > self.limits.reserve_bytes
+            || self.busy_by_class.iter().any(|(class, busy)| busy + self.free.get(class).map_or(0, Vec::len) > DEPTH)
     }
 
     /// Free regions kept warm however long they are unused: the most
@@ -310,6 +324,7 @@ impl Pool {
 
     /// Removes free region `id` (its memory goes once receivers unmap it).
     fn destroy(&mut self, id: u64) -> u64 {
+        self.free_changes += 1;
         if let Some(entry) = self.regions.remove(&id) {
             let class = entry.region.len();
             if let Some(list) = self.free.get_mut(&class) {
@@ -472,5 +487,22 @@ mod tests {
         assert_eq!(trimmed, expected, "the oldest small ones and the older big one go");
         assert_eq!(pool.next_trim(), None, "what is left is the reserve: nothing more to trim");
         assert_eq!(pool.free_bytes(), (1 << 20) + DEPTH * 4096);
+    }
+
+    #[test]
+    fn beyond_the_reserve_is_what_trimming_could_act_on() {
+        let now = Instant::now();
+        let mut pool = Pool::new(PoolLimits { reserve_bytes: 8 << 20, ..PoolLimits::default() });
+        let ids: Vec<u64> = (0..DEPTH).map(|_| take(&mut pool, 1 << 20)).collect();
+        assert!(!pool.beyond_reserve(), "DEPTH regions of 1 MiB fit in 8 MiB");
+        let fifth = take(&mut pool, 1 << 20);
+        assert!(pool.beyond_reserve(), "a fifth region of the class does not");
+        for id in ids.iter().chain([&fifth]) {
+            pool.give_back(*id, now);
+        }
+        assert_eq!(pool.trim(now + Duration::from_secs(60)).len(), 1);
+        assert!(!pool.beyond_reserve());
+        let _big = take(&mut pool, 8 << 20);
+        assert!(pool.beyond_reserve(), "over the reserve's bytes");
     }
 }

@@ -21,27 +21,51 @@ fn received(running: &Running) -> Vec<(usize, u64)> {
         .collect()
 }
 
-#[test]
-fn a_burst_reaches_the_consumer_while_its_producer_sleeps() {
-    // 500 inline messages overflow the socket; the 4 KiB (shared) ones
-    // queue behind them. The producer then sleeps 10 s without calling in.
-    let flow = Flow::new(
-        "nodes:\n  - id: source\n    path: {node}\n    args: [burst-sleep, '10', '500:2048,500:4096']\n    outputs: [out]\n  - id: sink\n    path: {node}\n    args: [print]\n    inputs:\n      in: { source: source/out, queue_size: 1000 }\n",
-    );
+/// The producer sends `plan` (`N:SIZE,...`, sequence numbers from 0) back
+/// to back, then sleeps 10 s without calling rill-node; the consumer must
+/// have every message within 1 s of the last send, in order.
+fn burst_reaches_the_consumer_while_its_producer_sleeps(plan: &str) {
+    let sizes: Vec<usize> = plan
+        .split(',')
+        .flat_map(|part| {
+            let (n, size) = part.split_once(':').expect("N:SIZE");
+            std::iter::repeat_n(size.parse::<usize>().expect("size"), n.parse().expect("count"))
+        })
+        .collect();
+    let total = sizes.len();
+    let flow = Flow::new(&format!(
+        "nodes:\n  - id: source\n    path: {{node}}\n    args: [burst-sleep, '10', '{plan}']\n    outputs: [out]\n  - id: sink\n    path: {{node}}\n    args: [print]\n    inputs:\n      in: {{ source: source/out, queue_size: {total} }}\n"
+    ));
     let mut running = flow.spawn(&[]);
-    running.wait_for("the producer's burst", Duration::from_secs(30), |out| out.contains("[source] sent 1000"));
+    running.wait_for("the producer's burst", Duration::from_secs(30), |out| {
+        out.contains(&format!("[source] sent {total}"))
+    });
     let burst_done = Instant::now();
-    running.wait_for("all 1,000 messages at the sink within 1 s", Duration::from_secs(1), |out| {
-        out.matches("[sink] input in ").count() >= 1000
+    running.wait_for(&format!("all {total} messages at the sink within 1 s"), Duration::from_secs(1), |out| {
+        out.matches("[sink] input in ").count() >= total
     });
     let waited = burst_done.elapsed();
     let got = received(&running);
-    let expected: Vec<(usize, u64)> = (0..1000).map(|seq| (if seq < 500 { 2048 } else { 4096 }, seq)).collect();
+    let expected: Vec<(usize, u64)> = sizes.iter().enumerate().map(|(seq, size)| (*size, seq as u64)).collect();
     check!(running, got == expected, "in order, sizes kept (got {} messages)", got.len());
-    eprintln!("all 1,000 arrived {waited:?} after the producer's last send");
+    eprintln!("all {total} arrived {waited:?} after the producer's last send");
     running.signal(libc::SIGINT);
     let run = running.wait(Duration::from_secs(30));
     check!(run, run.code == Some(0), "clean stop");
+}
+
+#[test]
+fn a_mixed_burst_reaches_the_consumer_while_its_producer_sleeps() {
+    // 500 inline messages overflow the socket; the 4 KiB (shared) ones
+    // queue behind them.
+    burst_reaches_the_consumer_while_its_producer_sleeps("500:2048,500:4096");
+}
+
+#[test]
+fn an_inline_burst_reaches_the_consumer_while_its_producer_sleeps() {
+    // Nothing but inline messages: the producer never waits for shared
+    // memory, so nothing but the flusher moves what the socket had no room for.
+    burst_reaches_the_consumer_while_its_producer_sleeps("1000:2048");
 }
 
 /// `rill-shm` mappings of a process.
