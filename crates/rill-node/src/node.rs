@@ -14,7 +14,7 @@ use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
 
 use crate::data::{Data, Sample, SampleInner};
-use crate::edge::InEdge;
+use crate::edge::{EdgeConn, InEdge};
 use crate::outbound::Outbound;
 use crate::pool::{PoolLimits, Take};
 use crate::{Event, NodeError, RecvError, SHM_THRESHOLD};
@@ -168,7 +168,7 @@ impl Node {
             if left.is_zero() {
                 return Err(RecvError::Timeout);
             }
-            if !self.spin(left) {
+            if !self.spin(left, false) {
                 self.wait(left, false);
             }
         }
@@ -177,11 +177,13 @@ impl Node {
     /// Polls without sleeping for a short while (`RILL_NODE_SPIN_US`,
     /// default 50 µs): an answer that comes back within it costs no
     /// wake-up, which on virtual machines can cost tens of microseconds.
-    /// True if something arrived.
-    fn spin(&self, limit: Duration) -> bool {
+    /// True if something arrived (with `releases`: a release too).
+    fn spin(&self, limit: Duration, releases: bool) -> bool {
         let until = Instant::now() + spin_window().min(limit);
+        let out_conns = self.release_conns(releases);
+        let mut fds = self.poll_fds(&out_conns);
         while Instant::now() < until {
-            if self.wait(Duration::ZERO, false) {
+            if rustix::event::poll(&mut fds, Some(&transport::timespec(Duration::ZERO))).is_ok_and(|n| n > 0) {
                 return true;
             }
             // A peer woken onto this CPU runs now instead of after the spin.
@@ -198,20 +200,30 @@ impl Node {
     /// `releases`, also for consumers' releases. True if one is ready.
     /// (Backlogs are the flusher's: this thread never waits for room.)
     fn wait(&self, timeout: Duration, releases: bool) -> bool {
-        let out_conns = if releases {
-            self.outbound.with(|s| s.edges.iter().filter(|e| !e.broken).map(|e| e.conn.clone()).collect())
-        } else {
-            Vec::new()
-        };
+        let out_conns = self.release_conns(releases);
+        let mut fds = self.poll_fds(&out_conns);
+        rustix::event::poll(&mut fds, Some(&transport::timespec(timeout))).is_ok_and(|n| n > 0)
+    }
+
+    /// The connections releases arrive on, if they are waited for.
+    fn release_conns(&self, releases: bool) -> Vec<Arc<EdgeConn>> {
+        if !releases {
+            return Vec::new();
+        }
+        self.outbound.with(|s| s.edges.iter().filter(|e| !e.broken).map(|e| e.conn.clone()).collect())
+    }
+
+    /// Control, open input edges, and `out_conns`, polled for input.
+    fn poll_fds<'a>(&'a self, out_conns: &'a [Arc<EdgeConn>]) -> Vec<PollFd<'a>> {
         let mut fds = Vec::with_capacity(1 + self.in_edges.len() + out_conns.len());
         fds.push(PollFd::new(&self.control, PollFlags::IN));
         for edge in self.in_edges.iter().filter(|e| !e.eof) {
             fds.push(PollFd::new(&edge.conn.fd, PollFlags::IN));
         }
-        for conn in &out_conns {
+        for conn in out_conns {
             fds.push(PollFd::new(&conn.fd, PollFlags::IN));
         }
-        rustix::event::poll(&mut fds, Some(&transport::timespec(timeout))).is_ok_and(|n| n > 0)
+        fds
     }
 
     /// Reads every connection without blocking and moves queued outputs on.
@@ -400,8 +412,12 @@ impl Node {
             }
             // Releases arrive on the edges; events that come along are queued.
             self.pump();
-            let until = create_at.map_or(deadline, |at| at.min(deadline));
-            self.wait(until.saturating_duration_since(Instant::now()), true);
+            let left = create_at.map_or(deadline, |at| at.min(deadline)).saturating_duration_since(Instant::now());
+            // A consumer that keeps up releases within microseconds: catch
+            // that without the cost of sleeping and being woken.
+            if !self.spin(left, true) {
+                self.wait(left, true);
+            }
         }
     }
 
