@@ -5,7 +5,6 @@
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rill_proto::shm::Region;
@@ -52,7 +51,6 @@ pub struct Node {
     queue: BoundedQueue<String, Event>,
     in_edges: Vec<InEdge>,
     outbound: Arc<Outbound>,
-    flusher: Option<JoinHandle<()>>,
     recv_buf: Vec<u8>,
     started: bool,
     stopped: bool,
@@ -97,7 +95,6 @@ impl Node {
         }
         let outputs = split_list(&env_var(env::OUTPUTS)?).map(str::to_owned).collect();
         let outbound = Outbound::new(PoolLimits::from_env())?;
-        let flusher = Some(outbound.spawn_flusher()?);
         let mut node = Self {
             id: env_var(env::NODE_ID)?,
             control,
@@ -107,7 +104,6 @@ impl Node {
             queue: BoundedQueue::default(),
             in_edges: Vec::new(),
             outbound,
-            flusher,
             recv_buf: vec![0; rill_proto::MAX_PACKET],
             started: false,
             stopped: false,
@@ -453,9 +449,7 @@ impl Node {
 impl Drop for Node {
     /// Hands over messages still queued for slow receivers (bounded wait).
     fn drop(&mut self) {
-        if let Some(flusher) = self.flusher.take() {
-            self.outbound.stop_flusher(flusher);
-        }
+        self.outbound.stop_flusher();
         self.outbound.flush_for(FLUSH_ON_EXIT);
     }
 }

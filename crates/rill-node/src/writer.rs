@@ -7,7 +7,6 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use rill_proto::{Metadata, Payload, Route};
 
@@ -29,7 +28,6 @@ pub enum WriteError {
 /// The producer's end of one edge, written from any thread.
 pub struct EdgeWriter {
     outbound: Arc<Outbound>,
-    flusher: Option<JoinHandle<()>>,
     inputs: Vec<String>,
 }
 
@@ -48,8 +46,7 @@ impl EdgeWriter {
             })
             .collect();
         outbound.with(|s| s.attach(consumer.to_owned(), fd, routes));
-        let flusher = Some(outbound.spawn_flusher()?);
-        Ok(Self { outbound, flusher, inputs: inputs.iter().map(|(i, _)| i.clone()).collect() })
+        Ok(Self { outbound, inputs: inputs.iter().map(|(i, _)| i.clone()).collect() })
     }
 
     /// Writes `payload` for `input`, copying it once: into the message, or
@@ -80,8 +77,6 @@ impl EdgeWriter {
 
 impl Drop for EdgeWriter {
     fn drop(&mut self) {
-        if let Some(flusher) = self.flusher.take() {
-            self.outbound.stop_flusher(flusher);
-        }
+        self.outbound.stop_flusher();
     }
 }
