@@ -290,9 +290,7 @@ impl Sending {
     /// have a deadline. (Within the reserve nothing is ever trimmed, so a
     /// steady producer never wakes it.)
     fn has_something_to_time(&self) -> bool {
-        self.pool.beyond_reserve()
-            && (self.pool.free_changes != self.asleep_at_change
-                || self.edges.iter().any(|e| !e.broken && e.has_outstanding()))
+        self.releases_matter() || (self.pool.beyond_reserve() && self.pool.free_changes != self.asleep_at_change)
     }
 
     /// Reading releases the producer does not read itself matters only if

@@ -248,13 +248,6 @@ impl EdgeMsg {
         w.bytes(payload);
     }
 
-    /// The input id of an encoded `Data` message, read from its start only.
-    pub fn peek_input(head: &[u8]) -> Option<&str> {
-        let mut r = Reader::new(head);
-        (r.u8().ok()? == TAG_DATA).then_some(())?;
-        r.str().ok()
-    }
-
     /// The parts of an encoded inline `Data` message, borrowed from `buf`.
     pub fn split_inline_data(buf: &[u8]) -> Result<(&str, Metadata, &[u8]), DecodeError> {
         let mut r = Reader::new(buf);
@@ -348,8 +341,6 @@ mod tests {
             .encode(&mut via_enum);
         assert_eq!(direct, via_enum);
         assert_eq!(EdgeMsg::split_inline_data(&direct), Ok(("in", metadata, &[1u8, 2, 3][..])));
-        assert_eq!(EdgeMsg::peek_input(&direct[..5]), Some("in"));
-        assert_eq!(EdgeMsg::peek_input(&[TAG_RELEASE]), None);
         let mut shared = Vec::new();
         EdgeMsg::Data {
             input: "in".into(),
