@@ -154,19 +154,6 @@ pub fn median(mut values: Vec<f64>) -> f64 {
     percentile(&mut values, 50.0)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn burst_plan_round_trips_through_args() {
-        let plan = BurstPlan { sizes: vec![0, 8, 4096000], rounds: 3, count: 100, idle_ms: 500, rss_wait_s: 10 };
-        assert_eq!(BurstPlan::from_args(plan.to_args().into_iter()), Ok(plan));
-        assert!(BurstPlan::from_args(["8,x".to_owned()].into_iter()).is_err());
-        assert!(BurstPlan::from_args(["8".to_owned(), "3".to_owned()].into_iter()).is_err());
-    }
-}
-
 /// The directory of this executable, where the benchmark's node binaries
 /// are built next to it.
 pub fn bin_dir() -> std::io::Result<std::path::PathBuf> {
@@ -271,4 +258,17 @@ pub fn burst_yaml(plan: &BurstPlan, touch: bool, cross: bool) -> std::io::Result
         ],
         cross,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_plan_round_trips_through_args() {
+        let plan = BurstPlan { sizes: vec![0, 8, 4096000], rounds: 3, count: 100, idle_ms: 500, rss_wait_s: 10 };
+        assert_eq!(BurstPlan::from_args(plan.to_args().into_iter()), Ok(plan));
+        assert!(BurstPlan::from_args(["8,x".to_owned()].into_iter()).is_err());
+        assert!(BurstPlan::from_args(["8".to_owned(), "3".to_owned()].into_iter()).is_err());
+    }
 }

@@ -1,5 +1,14 @@
 //! The `rill` command: parses arguments, calls the libraries, prints.
 
+/// `eprintln!` that never panics: when stderr is gone there is nobody to tell.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+mod dirs;
 mod output;
 mod remote;
 mod run;
@@ -33,8 +42,9 @@ enum Commands {
     },
     /// Print a dataflow as a Mermaid flowchart.
     Graph {
+        /// The dataflow file.
         file: PathBuf,
-        /// `{"mermaid": "..."}` on stdout.
+        /// `{"file": "...", "mermaid": "..."}` on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -62,6 +72,16 @@ enum Commands {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Rust ignores SIGPIPE, so printing to a reader that went away
+    // (`rill logs app | head -1`) would panic. Commands that only print die
+    // quietly of SIGPIPE instead, as other CLI tools do (exit status 141 in
+    // a shell). `run`, `daemon` and `coordinator` keep ignoring it: they
+    // have nodes or daemons to stop in order, and handle write errors.
+    if !matches!(cli.command, Commands::Run(_) | Commands::Daemon(_) | Commands::Coordinator(_)) {
+        // SAFETY: restoring the default disposition of a signal, before any
+        // other thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Commands::Run(args) => run::run(args),
         Commands::Check { files, json } => Ok(output::check(&files, json)),
@@ -80,8 +100,48 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            note!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    /// Every `rill ...` line of the user docs' shell blocks, as written.
+    fn documented_commands() -> Vec<(String, String)> {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+        let mut commands = Vec::new();
+        for doc in ["README.md", "docs/dataflow.md", "docs/distributed.md"] {
+            let text = std::fs::read_to_string(format!("{root}/{doc}")).expect("docs are readable");
+            let mut in_shell = false;
+            for line in text.lines() {
+                if line.starts_with("```") {
+                    in_shell = line == "```sh";
+                    continue;
+                }
+                let command = line.split(" #").next().unwrap_or("").trim();
+                if in_shell && command.starts_with("rill ") {
+                    commands.push((doc.to_owned(), command.to_owned()));
+                }
+            }
+        }
+        commands
+    }
+
+    #[test]
+    fn every_documented_command_line_is_accepted() {
+        let commands = documented_commands();
+        assert!(commands.len() > 20, "the docs' commands were found: {commands:?}");
+        for (doc, command) in commands {
+            let words = command.split_whitespace();
+            if let Err(e) = Cli::try_parse_from(words) {
+                panic!("{doc}: `{command}` is not accepted by the CLI:\n{e}");
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use rill_core::Dataflow;
+use rill_core::{Dataflow, Diagnostic};
 
 /// Loads a dataflow file and its directory (where relative paths start).
 /// `None`: it is invalid, and its problems were printed.
@@ -11,7 +11,7 @@ pub fn load_dataflow(file: &Path) -> anyhow::Result<Option<(Dataflow, PathBuf)>>
     let dataflow = match Dataflow::load(file) {
         Ok(dataflow) => dataflow,
         Err(diagnostics) => {
-            eprint!("{diagnostics}");
+            eprintln!("{diagnostics}");
             return Ok(None);
         }
     };
@@ -20,34 +20,73 @@ pub fn load_dataflow(file: &Path) -> anyhow::Result<Option<(Dataflow, PathBuf)>>
     Ok(Some((dataflow, base_dir)))
 }
 
-/// Checks every file; all problems of all files are printed.
+/// Checks every file; all problems of all files are printed. Warnings
+/// (valid, but likely to fail at run time) do not fail the check.
 pub fn check(files: &[PathBuf], json: bool) -> ExitCode {
     let mut failed = false;
     for file in files {
-        let result = Dataflow::load(file);
+        let result = Dataflow::load_located(file);
         failed |= result.is_err();
+        let warnings = match &result {
+            Ok((dataflow, positions)) => missing_programs(file, dataflow, positions),
+            Err(_) => Vec::new(),
+        };
         if json {
+            let diagnostics = |list: &[Diagnostic]| -> Vec<serde_json::Value> {
+                list.iter()
+                    .map(|d| {
+                        serde_json::json!({"line": d.line, "column": d.column, "message": d.message, "hint": d.hint})
+                    })
+                    .collect()
+            };
             let value = match &result {
-                Ok(dataflow) => {
-                    serde_json::json!({"file": file, "ok": true, "nodes": dataflow.nodes.len(), "errors": []})
-                }
-                Err(diagnostics) => serde_json::json!({
-                    "file": file,
-                    "ok": false,
-                    "errors": diagnostics.0.iter().map(|d| serde_json::json!({
-                        "line": d.line, "column": d.column, "message": d.message, "hint": d.hint,
-                    })).collect::<Vec<_>>(),
+                Ok((dataflow, _)) => serde_json::json!({
+                    "file": file, "ok": true, "nodes": dataflow.nodes.len(), "errors": [], "warnings": diagnostics(&warnings),
+                }),
+                Err(errors) => serde_json::json!({
+                    "file": file, "ok": false, "errors": diagnostics(&errors.0), "warnings": [],
                 }),
             };
             println!("{value}");
             continue;
         }
         match result {
-            Ok(dataflow) => println!("ok: {} ({} nodes)", file.display(), dataflow.nodes.len()),
-            Err(diagnostics) => eprint!("{diagnostics}"),
+            Ok((dataflow, _)) => {
+                for warning in &warnings {
+                    eprintln!("{warning}");
+                }
+                println!("ok: {} ({})", file.display(), count(dataflow.nodes.len(), "node"));
+            }
+            Err(diagnostics) => eprintln!("{diagnostics}"),
         }
     }
     if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+/// "1 node", "3 nodes".
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
+}
+
+/// Nodes whose program `rill run` would not find right now, resolved the way
+/// it does. Nodes placed on other machines are skipped: their paths are
+/// resolved there.
+fn missing_programs(file: &Path, dataflow: &Dataflow, positions: &rill_core::Positions) -> Vec<Diagnostic> {
+    let base_dir = file.canonicalize().ok().and_then(|f| f.parent().map(Path::to_path_buf)).unwrap_or_default();
+    dataflow
+        .nodes
+        .iter()
+        .filter(|node| node.deploy.machine.is_none() && node.deploy.labels.is_empty())
+        .filter_map(|node| {
+            let problem = rill_daemon::spawn::resolve_program(&node.path, &base_dir).err()?;
+            let hint = match &node.build {
+                Some(build) => format!("`rill run` first runs its build step `{build}`, which must create it"),
+                None => "build it first, or fix `path`; `rill run` will fail to start this node".to_owned(),
+            };
+            let position = positions.node_path(&node.id).unwrap_or((0, 0));
+            Some(Diagnostic::warning(file, position, format!("node `{}`: {problem}", node.id), Some(hint)))
+        })
+        .collect()
 }
 
 /// Prints the Mermaid graph of one file.
@@ -62,7 +101,7 @@ pub fn graph(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(diagnostics) => {
-            eprint!("{diagnostics}");
+            eprintln!("{diagnostics}");
             Ok(ExitCode::FAILURE)
         }
     }

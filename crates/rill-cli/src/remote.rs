@@ -36,8 +36,9 @@ pub struct CoordinatorArgs {
     /// Port for HTTP and WebSocket.
     #[arg(long, default_value_t = DEFAULT_PORT)]
     port: u16,
-    /// Where dataflow records live: `redb` (default file
-    /// ~/.local/share/rill/coordinator.redb), `redb:PATH`, or `memory`.
+    /// Where dataflow records live: `redb` (the file
+    /// $XDG_DATA_HOME/rill/coordinator-PORT.redb, by default
+    /// ~/.local/share/rill/coordinator-PORT.redb), `redb:PATH`, or `memory`.
     #[arg(long, default_value = "redb")]
     store: String,
     /// After a restart, seconds daemons have to report the dataflows they
@@ -84,16 +85,15 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     let bind = SocketAddr::new(args.bind, args.port);
-    let data_home = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    let store = rill_coordinator::StoreConfig::parse(&args.store, &data_home.join("rill/coordinator.redb"))
+    let store = rill_coordinator::StoreConfig::parse(&args.store, &crate::dirs::default_store(args.port))
         .map_err(|e| anyhow::anyhow!("--store: {e}"))?;
     runtime()?.block_on(async move {
-        eprintln!("rill coordinator listening on {bind} (store: {store:?})");
         let reclaim_timeout = std::time::Duration::from_secs(args.reclaim_timeout);
-        rill_coordinator::serve(rill_coordinator::CoordinatorConfig { bind, store, reclaim_timeout }).await
+        let shown_store = store.to_string();
+        let config = rill_coordinator::CoordinatorConfig { bind, store, reclaim_timeout };
+        let listening = rill_coordinator::Listening::bind(config).await?;
+        note!("rill coordinator listening on {bind} (store: {shown_store})");
+        listening.serve().await
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -110,33 +110,35 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     let addr = config.coordinator.clone();
     let result = runtime()?.block_on(rill_daemon::net::run(config, move |event| match event {
         ConnectionEvent::Registered { daemon_id } if !quiet => {
-            eprintln!("rill daemon: registered with {addr} as {daemon_id}")
+            note!("rill daemon: registered with {addr} as {daemon_id}")
         }
-        ConnectionEvent::Lost { reason } if !quiet => eprintln!("rill daemon: {reason}"),
+        ConnectionEvent::Lost { reason } if !quiet => note!("rill daemon: {reason}"),
         ConnectionEvent::Retrying { attempt, delay } if !quiet => {
-            eprintln!("rill daemon: reconnecting in {delay:.1?} (attempt {attempt})")
+            note!("rill daemon: reconnecting in {delay:.1?} (attempt {attempt})")
         }
         ConnectionEvent::Local(LocalEvent::Started { name, nodes }) if !quiet => {
-            eprintln!("rill daemon: starting {} of dataflow {name}", nodes.join(", "))
+            note!("rill daemon: starting {} of dataflow {name}", nodes.join(", "))
         }
         ConnectionEvent::Local(LocalEvent::Log { dataflow, node, stderr, line, .. }) => {
             if stderr {
-                eprintln!("[{dataflow}/{node}] {line}");
+                note!("[{dataflow}/{node}] {line}");
             } else {
-                println!("[{dataflow}/{node}] {line}");
+                // Never panics: a daemon whose stdout went away keeps its nodes.
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stdout(), "[{dataflow}/{node}] {line}");
             }
         }
         ConnectionEvent::Local(LocalEvent::Ended { name, success, summary }) => match success {
-            true if !quiet => eprintln!("rill daemon: dataflow {name} ended here"),
+            true if !quiet => note!("rill daemon: dataflow {name} ended here"),
             true => {}
-            false => eprintln!("rill daemon: dataflow {name} failed here: {summary}"),
+            false => note!("rill daemon: dataflow {name} failed here: {summary}"),
         },
         _ => {}
     }));
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(rejected) => {
-            eprintln!("error: {rejected}");
+            note!("error: {rejected}");
             Ok(ExitCode::from(2))
         }
     }
@@ -155,20 +157,22 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("coordinator {} (rill {version}, up {}s)", args.coordinator.host_port(), uptime_ms / 1000);
-    println!("{:<24} {:<16} {:<30} {:>14}", "DAEMON", "MACHINE", "LABELS", "LAST HEARTBEAT");
-    for d in &daemons {
-        println!(
-            "{:<24} {:<16} {:<30} {:>12.1}s",
-            d.daemon_id,
-            d.machine_id.as_deref().unwrap_or("-"),
-            rill_core::format_labels(&d.labels),
-            d.last_heartbeat_ms as f64 / 1000.0
-        );
-    }
-    println!("{} daemon(s) connected", daemons.len());
+    let rows: Vec<[String; 4]> = daemons
+        .iter()
+        .map(|d| {
+            [
+                d.daemon_id.clone(),
+                d.machine_id.clone().unwrap_or_else(|| "-".into()),
+                rill_core::format_labels(&d.labels),
+                format!("{:.1}s", d.last_heartbeat_ms as f64 / 1000.0),
+            ]
+        })
+        .collect();
+    print_table(["DAEMON", "MACHINE", "LABELS", "LAST HEARTBEAT"], &rows);
+    println!("{} connected", crate::output::count(daemons.len(), "daemon"));
     let active =
         dataflows.iter().filter(|d| matches!(d.status, DataflowStatus::Running | DataflowStatus::Stopping)).count();
-    println!("{} dataflow(s) active, {} known (see `rill list`)", active, dataflows.len());
+    println!("{} active, {} known (see `rill list`)", crate::output::count(active, "dataflow"), dataflows.len());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -224,9 +228,28 @@ fn request(coordinator: &CoordinatorAddr, request: ControlRequest) -> anyhow::Re
 }
 
 fn print_placement(placement: &[NodePlacement]) {
-    println!("{:<24} {:<16} {:<24}", "NODE", "MACHINE", "DAEMON");
-    for p in placement {
-        println!("{:<24} {:<16} {:<24}", p.node, p.machine_id.as_deref().unwrap_or("-"), p.daemon_id);
+    let rows: Vec<[String; 3]> = placement
+        .iter()
+        .map(|p| [p.node.clone(), p.machine_id.clone().unwrap_or_else(|| "-".into()), p.daemon_id.clone()])
+        .collect();
+    print_table(["NODE", "MACHINE", "DAEMON"], &rows);
+}
+
+/// Columns as wide as their widest cell, two spaces apart.
+fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+    let mut widths = header.map(|h| h.chars().count());
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; N]| {
+        let padded: Vec<String> = cells.iter().zip(widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header);
+    for row in rows {
+        line(std::array::from_fn(|i| row[i].as_str()));
     }
 }
 
@@ -321,19 +344,21 @@ pub fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::json!({"dataflows": dataflows}));
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<36} {:<20} {:<9} {:>5}  REASON", "UUID", "NAME", "STATUS", "NODES");
-    for d in &dataflows {
-        let status =
-            serde_json::to_value(d.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-        println!(
-            "{:<36} {:<20} {:<9} {:>5}  {}",
-            d.uuid,
-            d.name,
-            status,
-            d.placement.len(),
-            d.reason.as_deref().unwrap_or("")
-        );
-    }
+    let rows: Vec<[String; 5]> = dataflows
+        .iter()
+        .map(|d| {
+            let status =
+                serde_json::to_value(d.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            [
+                d.uuid.clone(),
+                d.name.clone(),
+                status,
+                d.placement.len().to_string(),
+                d.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print_table(["UUID", "NAME", "STATUS", "NODES", "REASON"], &rows);
     Ok(ExitCode::SUCCESS)
 }
 

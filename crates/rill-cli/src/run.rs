@@ -4,11 +4,12 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use rill_daemon::{Notice, Report, Reporter, RunOptions, RunReport, Runtime, Sig, Stream};
+use rill_daemon::{Notice, Report, Reporter, RunOptions, RunReport, Runtime, Sig, StopHandle, Stream};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -25,15 +26,46 @@ pub struct RunArgs {
     json: bool,
 }
 
+/// Where node output and JSON events go. When its reader goes away
+/// (`rill run | head -1`), the dataflow is stopped once, as on Ctrl-C, and
+/// nothing more is written there.
+#[derive(Default)]
+struct Stdout {
+    stop: OnceLock<StopHandle>,
+    closed: AtomicBool,
+}
+
+impl Stdout {
+    fn line(&self, text: impl std::fmt::Display) {
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        if writeln!(out, "{text}").is_err() && !self.closed.swap(true, Ordering::Relaxed) {
+            note!("rill: stdout was closed; stopping the dataflow");
+            if let Some(stop) = self.stop.get() {
+                stop.stop();
+            }
+        }
+    }
+}
+
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let Some((dataflow, base_dir)) = crate::output::load_dataflow(&args.file)? else {
         return Ok(ExitCode::FAILURE);
     };
     let grace = Duration::try_from_secs_f64(args.grace).context("--grace must be a non-negative number of seconds")?;
     let options = RunOptions { grace, term_grace: grace, skip_build: args.skip_build };
-    let reporter: Reporter = if args.json { Arc::new(report_json) } else { Arc::new(report_text) };
+    let stdout = Arc::new(Stdout::default());
+    let out = stdout.clone();
+    let reporter: Reporter = if args.json {
+        Arc::new(move |report| out.line(report_json(report)))
+    } else {
+        Arc::new(move |report| report_text(&out, report))
+    };
     let runtime = Runtime::new(dataflow, base_dir, options, reporter);
     let stop = runtime.stop_handle();
+    let _ = stdout.stop.set(stop.clone());
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
         .context("cannot install the Ctrl-C handler")?;
     let signal_handle = signals.handle();
@@ -47,38 +79,35 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     signal_handle.close();
     let report = result?;
     if args.json {
-        print_summary_json(&report);
+        stdout.line(summary_json(&report));
     } else {
         print_summary(&report);
     }
     Ok(if report.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn report_text(report: Report<'_>) {
+fn report_text(out: &Stdout, report: Report<'_>) {
     match report {
-        Report::Log { node, stream: Stream::Stdout, line } => {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "[{node}] {line}");
-        }
-        Report::Log { node, stream: Stream::Stderr, line } => eprintln!("[{node}] {line}"),
-        Report::Building { node, command } => eprintln!("rill: building {node}: {command}"),
+        Report::Log { node, stream: Stream::Stdout, line } => out.line(format_args!("[{node}] {line}")),
+        Report::Log { node, stream: Stream::Stderr, line } => note!("[{node}] {line}"),
+        Report::Building { node, command } => note!("rill: building {node}: {command}"),
         Report::Spawned { .. } | Report::Ended { .. } => {}
         Report::Notice(Notice::Restarting { node, status, attempt, delay }) => {
-            eprintln!("rill: node `{node}` ended with {status}; restart {attempt} in {delay:.1?}");
+            note!("rill: node `{node}` ended with {status}; restart {attempt} in {delay:.1?}");
         }
         Report::Notice(Notice::Escalating { node, signal }) => {
             let name = match signal {
                 Sig::Term => "SIGTERM",
                 Sig::Kill => "SIGKILL",
             };
-            eprintln!("rill: node `{node}` is still running after the grace period; sending {name}");
+            note!("rill: node `{node}` is still running after the grace period; sending {name}");
         }
-        Report::Stopping => eprintln!("rill: stopping (press Ctrl-C again to kill)"),
+        Report::Stopping => note!("rill: stopping (press Ctrl-C again to kill)"),
     }
 }
 
-fn report_json(report: Report<'_>) {
-    let value = match report {
+fn report_json(report: Report<'_>) -> serde_json::Value {
+    match report {
         Report::Log { node, stream, line } => serde_json::json!({
             "event": "log", "node": node, "stream": match stream { Stream::Stdout => "stdout", Stream::Stderr => "stderr" }, "line": line,
         }),
@@ -94,35 +123,33 @@ fn report_json(report: Report<'_>) {
             "event": "escalating", "node": node, "signal": match signal { Sig::Term => "SIGTERM", Sig::Kill => "SIGKILL" },
         }),
         Report::Stopping => serde_json::json!({"event": "stopping"}),
-    };
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{value}");
+    }
 }
 
 fn print_summary(report: &RunReport) {
     let failed: Vec<_> = report.nodes.iter().filter(|n| n.outcome.is_failure()).collect();
     if failed.is_empty() {
         let how = if report.stopped { "stopped" } else { "finished" };
-        eprintln!("rill: dataflow {how} ({} nodes)", report.nodes.len());
+        note!("rill: dataflow {how} ({})", crate::output::count(report.nodes.len(), "node"));
         return;
     }
-    eprintln!("rill: dataflow failed: {} of {} nodes failed", failed.len(), report.nodes.len());
+    note!("rill: dataflow failed: {} of {} failed", failed.len(), crate::output::count(report.nodes.len(), "node"));
     for node in failed {
         let restarts = match node.restarts {
             0 => String::new(),
             n => format!(" (after {n} restarts)"),
         };
-        eprintln!("  node `{}`: {}{restarts}", node.node, node.outcome);
+        note!("  node `{}`: {}{restarts}", node.node, node.outcome);
         if let Some(tail) = report.stderr_tails.get(&node.node) {
-            eprintln!("    last stderr lines:");
+            note!("    last stderr lines:");
             for line in tail {
-                eprintln!("      {line}");
+                note!("      {line}");
             }
         }
     }
 }
 
-fn print_summary_json(report: &RunReport) {
+fn summary_json(report: &RunReport) -> serde_json::Value {
     let nodes: Vec<_> = report
         .nodes
         .iter()
@@ -132,8 +159,5 @@ fn print_summary_json(report: &RunReport) {
             })
         })
         .collect();
-    println!(
-        "{}",
-        serde_json::json!({"event": "summary", "success": report.success(), "stopped": report.stopped, "nodes": nodes})
-    );
+    serde_json::json!({"event": "summary", "success": report.success(), "stopped": report.stopped, "nodes": nodes})
 }

@@ -2,8 +2,8 @@
 //! background, remembered by pid in a state file.
 
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Command, ExitCode, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -32,18 +32,7 @@ pub struct DestroyArgs {
     json: bool,
 }
 
-/// Where `up` keeps pids and logs: `$RILL_STATE_DIR`, else
-/// `$XDG_STATE_HOME/rill`, else `~/.local/state/rill`.
-fn state_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("RILL_STATE_DIR") {
-        return dir.into();
-    }
-    std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join("rill")
-}
+use crate::dirs::state_dir;
 
 fn pid_file(port: u16) -> PathBuf {
     state_dir().join(format!("up-{port}.pids"))
@@ -53,21 +42,32 @@ fn alive(pid: u32) -> bool {
     rustix::process::Pid::from_raw(pid as i32).is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
 }
 
-/// Daemons connected to the coordinator on `port`, if it answers.
-fn daemons(port: u16) -> Option<usize> {
+/// A local coordinator answers within this, or it is not one (a port taken by
+/// something else accepts but never answers).
+const LOCAL_ANSWER: Duration = Duration::from_secs(1);
+/// While waiting for a starting coordinator, ask often, so that one that
+/// exited is noticed at once.
+const POLL_ANSWER: Duration = Duration::from_millis(200);
+
+/// Daemons connected to the coordinator on `port`, if it answers within `limit`.
+fn daemons(port: u16, limit: Duration) -> Option<usize> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
     rt.block_on(async {
-        let mut client = rill_coordinator::client::ControlClient::connect(&format!("127.0.0.1:{port}")).await.ok()?;
-        match client.request(&ControlRequest::Status).await.ok()? {
-            ControlResponse::Status { daemons, .. } => Some(daemons.len()),
-            _ => None,
-        }
+        let ask = async {
+            let addr = format!("127.0.0.1:{port}");
+            let mut client = rill_coordinator::client::ControlClient::connect(&addr).await.ok()?;
+            match client.request(&ControlRequest::Status).await.ok()? {
+                ControlResponse::Status { daemons, .. } => Some(daemons.len()),
+                _ => None,
+            }
+        };
+        tokio::time::timeout(limit, ask).await.ok().flatten()
     })
 }
 
-fn spawn_background(args: &[&str], log: PathBuf) -> anyhow::Result<u32> {
+fn spawn_background(args: &[&str], log: &Path) -> anyhow::Result<Child> {
     let exe = std::env::current_exe().context("cannot find the rill executable")?;
-    let out = std::fs::File::create(&log).with_context(|| format!("cannot write {}", log.display()))?;
+    let out = std::fs::File::create(log).with_context(|| format!("cannot write {}", log.display()))?;
     let err = out.try_clone()?;
     let child = Command::new(exe)
         .args(args)
@@ -77,17 +77,76 @@ fn spawn_background(args: &[&str], log: PathBuf) -> anyhow::Result<u32> {
         // Its own session: not stopped by this terminal's Ctrl-C or hangup.
         .process_group(0)
         .spawn()?;
-    Ok(child.id())
+    Ok(child)
+}
+
+/// How long the coordinator and then the daemon get to come up.
+const UP_LIMIT: Duration = Duration::from_secs(20);
+
+/// Waits until `ready` or until `child` ends. `Err`: why it failed, with the
+/// last lines of its log.
+fn wait_ready(what: &str, child: &mut Child, log: &Path, ready: impl Fn() -> bool) -> Result<(), String> {
+    let deadline = Instant::now() + UP_LIMIT;
+    loop {
+        let ended = !matches!(child.try_wait(), Ok(None));
+        if !ended && ready() {
+            return Ok(());
+        }
+        if ended || Instant::now() > deadline {
+            let how = if ended { "exited at once" } else { "did not answer within 20 s" };
+            return Err(format!("the {what} {how}; the end of {}:\n{}", log.display(), log_tail(log)));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The last lines of a log, indented.
+fn log_tail(log: &Path) -> String {
+    const LINES: usize = 5;
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = &lines[lines.len().saturating_sub(LINES)..];
+    if tail.is_empty() {
+        return "  (empty)".to_owned();
+    }
+    tail.iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+}
+
+/// SIGTERM, then SIGKILL after 5 s; reaped.
+fn stop_child(child: &mut Child) {
+    if let Some(p) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// SIGTERM, then SIGKILL after 5 s (a process `up` started earlier).
+fn terminate(pid: u32) {
+    let Some(p) = rustix::process::Pid::from_raw(pid as i32) else { return };
+    let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if alive(pid) {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+    }
 }
 
 pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
-    if let Some(n) = daemons(args.port) {
+    if let Some(n) = daemons(args.port, LOCAL_ANSWER) {
         if args.json {
             println!("{}", serde_json::json!({"status": "already_up", "port": args.port, "daemons": n}));
         } else {
             println!(
-                "a coordinator already answers on port {} ({n} daemon(s)); `rill destroy` stops one started by `rill up`",
-                args.port
+                "a coordinator already answers on port {} ({}); `rill destroy` stops one started by `rill up`",
+                args.port,
+                crate::output::count(n, "daemon")
             );
         }
         return Ok(ExitCode::SUCCESS);
@@ -95,23 +154,33 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let dir = state_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let port = args.port.to_string();
-    let coordinator = spawn_background(
-        &["coordinator", "--port", &port, "--store", &args.store],
-        dir.join(format!("coordinator-{port}.log")),
-    )?;
-    let daemon = spawn_background(&["daemon", "--coordinator-port", &port], dir.join(format!("daemon-{port}.log")))?;
-    std::fs::write(pid_file(args.port), format!("{coordinator}\n{daemon}\n"))?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while daemons(args.port) != Some(1) {
-        if Instant::now() > deadline || !alive(coordinator) || !alive(daemon) {
-            anyhow::bail!(
-                "the coordinator or daemon did not come up within 20 s; see the logs in {} (and `rill destroy --port {}`)",
-                dir.display(),
-                args.port
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    // The coordinator first, alone: if it cannot start (port taken, store in
+    // use), nothing else has been started and its own words say why.
+    let coordinator_log = dir.join(format!("coordinator-{port}.log"));
+    let mut coordinator =
+        spawn_background(&["coordinator", "--port", &port, "--store", &args.store], &coordinator_log)?;
+    if let Err(why) =
+        wait_ready("coordinator", &mut coordinator, &coordinator_log, || daemons(args.port, POLL_ANSWER).is_some())
+    {
+        stop_child(&mut coordinator);
+        anyhow::bail!("{why}");
     }
+    let daemon_log = dir.join(format!("daemon-{port}.log"));
+    let mut daemon = match spawn_background(&["daemon", "--coordinator-port", &port], &daemon_log) {
+        Ok(child) => child,
+        Err(e) => {
+            stop_child(&mut coordinator);
+            return Err(e);
+        }
+    };
+    if let Err(why) = wait_ready("daemon", &mut daemon, &daemon_log, || daemons(args.port, POLL_ANSWER) == Some(1)) {
+        stop_child(&mut daemon);
+        stop_child(&mut coordinator);
+        anyhow::bail!("{why}");
+    }
+    // From here they outlive this process, and `destroy` finds them by pid.
+    let (coordinator, daemon) = (coordinator.id(), daemon.id());
+    std::fs::write(pid_file(args.port), format!("{coordinator}\n{daemon}\n"))?;
     if args.json {
         println!(
             "{}",
@@ -140,18 +209,7 @@ pub fn destroy(args: DestroyArgs) -> anyhow::Result<ExitCode> {
     // The daemon first (it stops its nodes), then the coordinator.
     let pids: Vec<u32> = text.lines().filter_map(|l| l.trim().parse().ok()).rev().collect();
     for pid in &pids {
-        if let Some(p) = rustix::process::Pid::from_raw(*pid as i32) {
-            let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while alive(*pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if alive(*pid)
-            && let Some(p) = rustix::process::Pid::from_raw(*pid as i32)
-        {
-            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
-        }
+        terminate(*pid);
     }
     std::fs::remove_file(&file)?;
     if args.json {

@@ -11,6 +11,11 @@ pub enum ClientError {
         "cannot reach the coordinator at {addr}: {reason} (is `rill coordinator` running there? see --coordinator-addr/--coordinator-port)"
     )]
     Connect { addr: String, reason: String },
+    #[error(
+        "nothing answered as a rill coordinator at {addr} within {} s (is something else listening on that port?)",
+        CONNECT_LIMIT.as_secs()
+    )]
+    Silent { addr: String },
     #[error("the coordinator closed the connection")]
     Closed,
     #[error("the coordinator refused: {0}")]
@@ -18,6 +23,11 @@ pub enum ClientError {
     #[error("unreadable reply from the coordinator: {0}")]
     BadReply(String),
 }
+
+/// How long connecting and the protocol check may take: a port that
+/// accepts but never answers (not a coordinator, or a stopped one) must not
+/// hang the CLI.
+pub const CONNECT_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -27,8 +37,15 @@ pub struct ControlClient {
 }
 
 impl ControlClient {
-    /// Connects to `host:port` and checks the protocol version.
+    /// Connects to `host:port` and checks the protocol version, within
+    /// [`CONNECT_LIMIT`].
     pub async fn connect(addr: &str) -> Result<Self, ClientError> {
+        tokio::time::timeout(CONNECT_LIMIT, Self::connect_now(addr))
+            .await
+            .map_err(|_| ClientError::Silent { addr: addr.to_owned() })?
+    }
+
+    async fn connect_now(addr: &str) -> Result<Self, ClientError> {
         let url = format!("ws://{addr}/api/control");
         let (ws, _) = tokio_tungstenite::connect_async(&url)
             .await

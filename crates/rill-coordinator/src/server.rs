@@ -12,7 +12,8 @@ use axum::response::Response;
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
 use rill_proto::coord::{
-    COORD_PROTOCOL_VERSION, ControlRequest, ControlResponse, CoordinatorMessage, DaemonMessage, ErrorCode, Health,
+    COORD_PROTOCOL_VERSION, ControlRequest, ControlResponse, CoordinatorMessage, DaemonMessage, DataflowStatus,
+    ErrorCode, Health,
 };
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -47,6 +48,15 @@ impl StoreConfig {
     }
 }
 
+impl std::fmt::Display for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreConfig::Memory => f.write_str("memory, nothing kept"),
+            StoreConfig::Redb(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
 /// Where the coordinator listens and keeps its state.
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -59,8 +69,9 @@ pub struct CoordinatorConfig {
 /// Why the coordinator could not serve.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    // Not a `source`: the text already includes it, and a chain would repeat it.
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind { addr: SocketAddr, reason: std::io::Error },
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -101,15 +112,39 @@ impl App {
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// A coordinator that has its store open and its port bound, not serving yet:
+/// what can fail at start has failed by then.
+pub struct Listening {
+    listener: TcpListener,
+    store: Store,
+    reclaim_timeout: Duration,
+}
+
+impl Listening {
+    /// Opens the store, then binds `config.bind`.
+    pub async fn bind(config: CoordinatorConfig) -> Result<Self, ServeError> {
+        let store = match &config.store {
+            StoreConfig::Memory => Store::Memory,
+            StoreConfig::Redb(path) => Store::open(path)?,
+        };
+        let listener =
+            TcpListener::bind(config.bind).await.map_err(|reason| ServeError::Bind { addr: config.bind, reason })?;
+        Ok(Listening { listener, store, reclaim_timeout: config.reclaim_timeout })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until the process ends.
+    pub async fn serve(self) -> Result<(), ServeError> {
+        serve_on(self.listener, self.store, self.reclaim_timeout).await
+    }
+}
+
 /// Binds `config.bind` and serves until the process ends.
 pub async fn serve(config: CoordinatorConfig) -> Result<(), ServeError> {
-    let store = match &config.store {
-        StoreConfig::Memory => Store::Memory,
-        StoreConfig::Redb(path) => Store::open(path)?,
-    };
-    let listener =
-        TcpListener::bind(config.bind).await.map_err(|source| ServeError::Bind { addr: config.bind, source })?;
-    serve_on(listener, store, config.reclaim_timeout).await
+    Listening::bind(config).await?.serve().await
 }
 
 /// Serves on an already bound listener (tests bind port 0).
@@ -349,10 +384,19 @@ async fn stream_logs(
     node: Option<&str>,
     follow: bool,
 ) -> bool {
-    let Some(uuid) = app.dataflows().find(dataflow).map(|r| r.uuid.clone()) else {
-        let message = format!("no dataflow named or with uuid `{dataflow}` (see `rill list`)");
+    let found = app.dataflows().find(dataflow).map(|r| {
+        let nodes: Vec<String> = r.descriptor.nodes.iter().map(|n| n.id.clone()).collect();
+        (r.uuid.clone(), r.name.clone(), nodes)
+    });
+    let Some((uuid, name, nodes)) = found else {
+        let message = unknown_dataflow(app, dataflow, false);
         return send_json(sink, &ControlResponse::Error { code: ErrorCode::NotFound, message }).await;
     };
+    if let Some(node) = node.filter(|node| !nodes.iter().any(|n| n == node)) {
+        let suggestion = rill_core::did_you_mean(node, nodes.iter().map(String::as_str), "its nodes");
+        let message = format!("dataflow `{name}` has no node `{node}`{suggestion}");
+        return send_json(sink, &ControlResponse::Error { code: ErrorCode::NotFound, message }).await;
+    }
     let (kept, rx) = if follow {
         let (kept, rx) = app.logs().follow(&uuid, node);
         (kept, Some(rx))
@@ -377,6 +421,19 @@ async fn stream_logs(
             _ = stream.next() => return false,
         }
     }
+}
+
+/// "no (running) dataflow named ...", with the closest name and the known ones.
+fn unknown_dataflow(app: &App, wanted: &str, running: bool) -> String {
+    let dataflows = app.dataflows().list();
+    let names = dataflows
+        .iter()
+        .filter(|d| !running || matches!(d.status, DataflowStatus::Running | DataflowStatus::Stopping))
+        .map(|d| d.name.as_str());
+    let which = if running { "running dataflows" } else { "dataflows" };
+    let suggestion = rill_core::did_you_mean(wanted, names, which);
+    let running = if running { "running " } else { "" };
+    format!("no {running}dataflow named or with uuid `{wanted}`{suggestion}")
 }
 
 fn start_error(e: StartError) -> ControlResponse {
@@ -416,7 +473,7 @@ fn start(
 fn stop(app: &App, dataflow: &str) -> ControlResponse {
     let cluster = app.cluster();
     let Some((record, daemons)) = app.dataflows().stop(dataflow) else {
-        let message = format!("no running dataflow named or with uuid `{dataflow}` (see `rill list`)");
+        let message = unknown_dataflow(app, dataflow, true);
         return ControlResponse::Error { code: ErrorCode::NotFound, message };
     };
     app.persist(&record);
@@ -428,7 +485,7 @@ fn stop(app: &App, dataflow: &str) -> ControlResponse {
 
 fn restart(app: &App, dataflow: &str) -> ControlResponse {
     let Some(old) = app.dataflows().find(dataflow).cloned() else {
-        let message = format!("no dataflow named or with uuid `{dataflow}` (see `rill list`)");
+        let message = unknown_dataflow(app, dataflow, false);
         return ControlResponse::Error { code: ErrorCode::NotFound, message };
     };
     if let ControlResponse::Error { code, message } = stop(app, &old.uuid) {

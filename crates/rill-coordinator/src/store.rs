@@ -13,8 +13,12 @@ const DATAFLOWS: TableDefinition<&str, &str> = TableDefinition::new("dataflows")
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the coordinator store {path}: {reason} (is another coordinator using it?)")]
+    #[error("cannot open the coordinator store {path}: {reason}")]
     Open { path: PathBuf, reason: String },
+    #[error(
+        "the coordinator store {path} is in use by another coordinator; stop it, or give this one its own file with `--store redb:PATH`"
+    )]
+    InUse { path: PathBuf },
     #[error("coordinator store: {0}")]
     Io(String),
 }
@@ -36,8 +40,10 @@ impl Store {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Open { path: path.to_owned(), reason: e.to_string() })?;
         }
-        let db =
-            Database::create(path).map_err(|e| StoreError::Open { path: path.to_owned(), reason: e.to_string() })?;
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse { path: path.to_owned() },
+            e => StoreError::Open { path: path.to_owned(), reason: e.to_string() },
+        })?;
         let txn = db.begin_write().map_err(io)?;
         txn.open_table(DATAFLOWS).map_err(io)?;
         txn.commit().map_err(io)?;

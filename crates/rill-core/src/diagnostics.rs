@@ -9,9 +9,29 @@ use crate::yaml::Pos;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostics(pub Vec<Diagnostic>);
 
+/// How bad a [`Diagnostic`] is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Severity {
+    /// The file cannot be used.
+    #[default]
+    Error,
+    /// The file is valid, but something will likely go wrong when it runs.
+    Warning,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        })
+    }
+}
+
 /// One problem, located in the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
+    pub severity: Severity,
     /// The file the problem is in.
     pub file: PathBuf,
     /// 1-based line; 0 when unknown.
@@ -26,7 +46,19 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub(crate) fn at(file: &Path, pos: Pos, message: String, hint: Option<String>) -> Self {
-        Diagnostic { file: file.to_path_buf(), line: pos.line, column: pos.column, message, hint }
+        Diagnostic {
+            severity: Severity::Error,
+            file: file.to_path_buf(),
+            line: pos.line,
+            column: pos.column,
+            message,
+            hint,
+        }
+    }
+
+    /// A warning at `line`:`column` (0 when unknown).
+    pub fn warning(file: &Path, (line, column): (usize, usize), message: String, hint: Option<String>) -> Self {
+        Diagnostic { severity: Severity::Warning, file: file.to_path_buf(), line, column, message, hint }
     }
 }
 
@@ -34,10 +66,10 @@ impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // A position of 0 means "unknown" (e.g. the file could not be read): don't print 0:0.
         if self.line == 0 {
-            write!(f, "{}: error: {}", self.file.display(), self.message)?;
+            write!(f, "{}: {}: {}", self.file.display(), self.severity, self.message)?;
         } else {
             let file = self.file.display();
-            write!(f, "{file}:{}:{}: error: {}", self.line, self.column, self.message)?;
+            write!(f, "{file}:{}:{}: {}: {}", self.line, self.column, self.severity, self.message)?;
         }
         if let Some(hint) = &self.hint {
             write!(f, "\n    hint: {hint}")?;
@@ -51,7 +83,10 @@ impl fmt::Display for Diagnostics {
         for diagnostic in &self.0 {
             writeln!(f, "{diagnostic}")?;
         }
-        write!(f, "{} error(s) found", self.0.len())
+        match self.0.len() {
+            1 => write!(f, "1 error found"),
+            n => write!(f, "{n} errors found"),
+        }
     }
 }
 

@@ -21,9 +21,11 @@ mod yaml;
 #[cfg(test)]
 mod tests;
 
-pub use diagnostics::{Diagnostic, Diagnostics};
+pub use diagnostics::{Diagnostic, Diagnostics, Severity};
 pub use model::{
     DEFAULT_QUEUE_SIZE, DEFAULT_RESTART_DELAY, Dataflow, Deploy, Distribute, InputSource, InputSpec, NodeSpec,
     RestartPolicy, RestartSpec,
 };
+pub use parse::Positions;
 pub use placement::{DaemonInfo, Placement, PlacementError, format_labels, parse_labels, place};
+pub use suggest::did_you_mean;

@@ -33,16 +33,37 @@ pub type Placement = BTreeMap<String, String>;
 /// Why a node cannot be placed. `Display` gives the reference texts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PlacementError {
-    NoMachine { node: String, machine: String },
-    NoLabels { node: String, labels: BTreeMap<String, String> },
-    NoUnnamedDaemon { node: String },
+    /// No daemon is connected at all.
+    NoDaemon {
+        node: String,
+    },
+    /// `connected`: the machine ids of the daemons that are, for "did you mean".
+    NoMachine {
+        node: String,
+        machine: String,
+        connected: Vec<String>,
+    },
+    NoLabels {
+        node: String,
+        labels: BTreeMap<String, String>,
+    },
+    NoUnnamedDaemon {
+        node: String,
+    },
 }
 
 impl fmt::Display for PlacementError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PlacementError::NoMachine { node, machine } => {
-                write!(f, "node `{node}`: no matching daemon for machine id \"{machine}\"")
+            PlacementError::NoDaemon { node } => {
+                write!(f, "node `{node}`: no daemon is connected (start one with `rill daemon` or `rill up`)")
+            }
+            PlacementError::NoMachine { node, machine, connected } => {
+                let known = connected.iter().map(String::as_str);
+                let suggestion = crate::suggest::did_you_mean(machine, known, "connected machine ids");
+                let suggestion =
+                    if connected.is_empty() { " (no connected daemon has one)".into() } else { suggestion };
+                write!(f, "node `{node}`: no matching daemon for machine id \"{machine}\"{suggestion}")
             }
             PlacementError::NoLabels { node, labels } => {
                 write!(f, "node `{node}`: no daemon matches labels {}", format_labels(labels))
@@ -103,7 +124,12 @@ pub fn place(dataflow: &Dataflow, daemons: &[DaemonInfo]) -> Result<Placement, V
                 placement.insert(node.id.clone(), daemon.id.clone());
             }
             None => errors.push(match &deploy.machine {
-                Some(machine) => PlacementError::NoMachine { node: node.id.clone(), machine: machine.clone() },
+                _ if daemons.is_empty() => PlacementError::NoDaemon { node: node.id.clone() },
+                Some(machine) => PlacementError::NoMachine {
+                    node: node.id.clone(),
+                    machine: machine.clone(),
+                    connected: daemons.iter().filter_map(|d| d.machine_id.clone()).collect(),
+                },
                 None if !deploy.labels.is_empty() => {
                     PlacementError::NoLabels { node: node.id.clone(), labels: deploy.labels.clone() }
                 }
@@ -154,9 +180,23 @@ mod tests {
         );
         let errors = place(&f, &[daemon("d1", Some("other"), &[("gpu", "false")])]).unwrap_err();
         let texts: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        assert_eq!(texts[0], "node `cam`: no matching daemon for machine id \"robot\"");
+        assert_eq!(texts[0], "node `cam`: no matching daemon for machine id \"robot\" (connected machine ids: other)");
         assert_eq!(texts[1], "node `ml`: no daemon matches labels {\"gpu\": \"true\"}");
         assert!(texts[2].starts_with("node `ui`: no unnamed daemon is connected"), "{}", texts[2]);
+    }
+
+    #[test]
+    fn a_misspelled_machine_gets_a_suggestion_and_no_daemon_says_so() {
+        let f = flow("nodes:\n  - id: cam\n    path: x\n    deploy: { machine: robt }\n  - id: ui\n    path: x\n");
+        let daemons = [daemon("d1", Some("robot"), &[]), daemon("d2", Some("gpu"), &[])];
+        let texts: Vec<String> = place(&f, &daemons).unwrap_err().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            texts[0],
+            "node `cam`: no matching daemon for machine id \"robt\"; did you mean `robot`? (connected machine ids: gpu, robot)"
+        );
+        let texts: Vec<String> = place(&f, &[]).unwrap_err().iter().map(ToString::to_string).collect();
+        assert_eq!(texts.len(), 2);
+        assert!(texts.iter().all(|t| t.contains("no daemon is connected")), "{texts:?}");
     }
 
     #[test]

@@ -728,7 +728,7 @@ fn display_format() {
          dataflow.yml:5:5: error: unknown field `colour` in node `a`\n    \
          hint: valid fields: id, name, description, path, args, env, build, inputs, outputs, \
          restart_policy, max_restarts, restart_delay, deploy, _unstable_deploy\n\
-         2 error(s) found"
+         2 errors found"
     );
 }
 

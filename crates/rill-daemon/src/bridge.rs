@@ -137,7 +137,7 @@ impl Bridge {
                         // Said once, then every 1,000th time: a flood of
                         // identical lines helps nobody.
                         let n = dropped.fetch_add(1, Ordering::Relaxed);
-                        if n % 1000 == 0 {
+                        if n.is_multiple_of(1000) {
                             eprintln!("rill daemon: dropped a message for {sub_key} ({} so far): {e}", n + 1);
                         }
                     }

@@ -77,8 +77,11 @@ pub enum StopPhase {
     Asked,
     /// SIGTERM sent.
     Terminated,
-    /// SIGKILL sent.
+    /// SIGKILL sent after Stop and SIGTERM went unanswered.
     Killed,
+    /// SIGKILL sent at once because the stop was forced (second Ctrl-C),
+    /// whatever the node had been sent before.
+    Forced,
 }
 
 /// Where one node is in its life.
@@ -114,6 +117,8 @@ pub enum Outcome {
     SpawnFailed(String),
     /// Ended during the stop sequence; `escalation` is the last signal we had to send.
     Stopped { status: ExitStatus, escalation: Option<Sig> },
+    /// Killed with SIGKILL at once by a forced stop.
+    Killed { status: ExitStatus },
     /// Never started or was waiting to restart when the dataflow stopped.
     Cancelled,
 }
@@ -123,7 +128,8 @@ impl Outcome {
     pub fn is_failure(&self) -> bool {
         match self {
             Outcome::Succeeded | Outcome::Cancelled => false,
-            Outcome::Failed(_) | Outcome::SpawnFailed(_) => true,
+            // Not the node's fault, but it did not end cleanly either.
+            Outcome::Failed(_) | Outcome::SpawnFailed(_) | Outcome::Killed { .. } => true,
             // SIGTERM is an acceptable way to stop; needing SIGKILL is not.
             Outcome::Stopped { escalation, .. } => *escalation == Some(Sig::Kill),
         }
@@ -143,6 +149,7 @@ impl fmt::Display for Outcome {
             Outcome::Stopped { escalation: Some(Sig::Kill), .. } => {
                 write!(f, "killed with SIGKILL (ignored Stop and SIGTERM)")
             }
+            Outcome::Killed { .. } => write!(f, "killed with SIGKILL (the stop was forced)"),
             Outcome::Cancelled => write!(f, "not running (dataflow stopped)"),
         }
     }
@@ -268,12 +275,13 @@ impl Supervisor {
                 self.finish(node, outcome)
             }
             NodeState::Stopping { instance: stopping_instance, phase, .. } if stopping_instance == instance => {
-                let escalation = match phase {
-                    StopPhase::Asked => None,
-                    StopPhase::Terminated => Some(Sig::Term),
-                    StopPhase::Killed => Some(Sig::Kill),
+                let outcome = match phase {
+                    StopPhase::Asked => Outcome::Stopped { status, escalation: None },
+                    StopPhase::Terminated => Outcome::Stopped { status, escalation: Some(Sig::Term) },
+                    StopPhase::Killed => Outcome::Stopped { status, escalation: Some(Sig::Kill) },
+                    StopPhase::Forced => Outcome::Killed { status },
                 };
-                self.finish(node, Outcome::Stopped { status, escalation })
+                self.finish(node, outcome)
             }
             // A stale report about an instance we no longer track.
             _ => Vec::new(),
@@ -306,9 +314,9 @@ impl Supervisor {
         actions.retain(|a| !matches!(a, Action::SendStop { .. }));
         for (node, n) in &mut self.nodes {
             if let NodeState::Stopping { instance, pid, phase, .. } = n.state
-                && phase != StopPhase::Killed
+                && !matches!(phase, StopPhase::Killed | StopPhase::Forced)
             {
-                n.state = NodeState::Stopping { instance, pid, phase: StopPhase::Killed, deadline: now + KILL_WAIT };
+                n.state = NodeState::Stopping { instance, pid, phase: StopPhase::Forced, deadline: now + KILL_WAIT };
                 actions.push(Action::Signal { node: node.clone(), pid, signal: Sig::Kill });
             }
         }
@@ -325,7 +333,7 @@ impl Supervisor {
                         StopPhase::Asked => (StopPhase::Terminated, Sig::Term, self.term_grace),
                         StopPhase::Terminated => (StopPhase::Killed, Sig::Kill, KILL_WAIT),
                         // SIGKILL cannot be ignored; keep waiting for the exit.
-                        StopPhase::Killed => continue,
+                        StopPhase::Killed | StopPhase::Forced => continue,
                     };
                     n.state = NodeState::Stopping { instance, pid, phase: next, deadline: now + wait };
                     actions.push(Action::Notice(Notice::Escalating { node: node.clone(), signal }));
@@ -346,7 +354,11 @@ impl Supervisor {
         self.nodes
             .values()
             .filter_map(|n| match n.state {
-                NodeState::Stopping { phase, deadline, .. } if phase != StopPhase::Killed => Some(deadline),
+                NodeState::Stopping { phase, deadline, .. }
+                    if !matches!(phase, StopPhase::Killed | StopPhase::Forced) =>
+                {
+                    Some(deadline)
+                }
                 NodeState::Restarting { at } => Some(at),
                 _ => None,
             })
@@ -459,6 +471,20 @@ mod tests {
         let outcome = &s.summary()[0].outcome;
         assert_eq!(outcome, &Outcome::Stopped { status: ExitStatus::Signal(9), escalation: Some(Sig::Kill) });
         assert!(outcome.is_failure());
+    }
+
+    #[test]
+    fn a_forced_stop_says_only_sigkill_was_sent() {
+        let mut s = supervisor(ONE);
+        let t0 = Instant::now();
+        s.spawned("a", 1, 100, t0);
+        s.stop_all(t0);
+        assert_eq!(s.kill_all(t0), vec![Action::Signal { node: "a".into(), pid: 100, signal: Sig::Kill }]);
+        assert_eq!(s.next_deadline(), None, "nothing left to escalate");
+        s.exited("a", 1, ExitStatus::Signal(9), t0);
+        let outcome = &s.summary()[0].outcome;
+        assert_eq!(outcome, &Outcome::Killed { status: ExitStatus::Signal(9) });
+        assert_eq!(outcome.to_string(), "killed with SIGKILL (the stop was forced)");
     }
 
     #[test]

@@ -113,12 +113,13 @@ impl Outbound {
     /// Wakes the flusher, starting it the first time.
     fn wake(&self) {
         let mut flusher = lock(&self.flusher);
-        if flusher.is_none() && !self.shutdown.load(Ordering::Acquire) {
-            if let Some(this) = self.this.upgrade() {
-                match std::thread::Builder::new().name("rill-flush".into()).spawn(move || this.run_flusher()) {
-                    Ok(thread) => *flusher = Some(thread),
-                    Err(e) => eprintln!("rill-node: cannot start the flusher thread: {e}"),
-                }
+        if flusher.is_none()
+            && !self.shutdown.load(Ordering::Acquire)
+            && let Some(this) = self.this.upgrade()
+        {
+            match std::thread::Builder::new().name("rill-flush".into()).spawn(move || this.run_flusher()) {
+                Ok(thread) => *flusher = Some(thread),
+                Err(e) => eprintln!("rill-node: cannot start the flusher thread: {e}"),
             }
         }
         drop(flusher);

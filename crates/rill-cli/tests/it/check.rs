@@ -18,7 +18,7 @@ fn check_reports_every_mistake_with_its_line_and_fails() {
     }
     assert!(stderr.contains("colour"), "{stderr}");
     assert!(stderr.contains("missing"), "{stderr}");
-    assert!(stderr.contains("3 error(s) found"), "{stderr}");
+    assert!(stderr.contains("3 errors found"), "{stderr}");
 }
 
 #[test]

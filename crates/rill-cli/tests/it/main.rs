@@ -4,5 +4,6 @@ mod cluster;
 mod dataplane;
 mod leak;
 mod lifecycle;
+mod newcomer;
 mod run;
 mod support;

@@ -191,3 +191,98 @@ pub fn spawned_pids(json_stdout: &str) -> Vec<(String, u32)> {
         .filter_map(|v| Some((v["node"].as_str()?.to_owned(), v["pid"].as_u64()? as u32)))
         .collect()
 }
+
+/// Processes started by a test, killed (by pid) on drop; their logs go to
+/// files that are printed when an assertion fails.
+pub struct Processes {
+    pub dir: tempfile::TempDir,
+    children: Vec<(String, Child)>,
+}
+
+impl Processes {
+    pub fn new() -> Self {
+        Self { dir: tempfile::tempdir().expect("tempdir"), children: Vec::new() }
+    }
+
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    pub fn start(&mut self, name: &str, args: &[&str]) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(name)).expect("log file");
+        let err = log.try_clone().expect("log file");
+        let child = rill().args(args).stdin(Stdio::null()).stdout(log).stderr(err).spawn().expect("spawn rill");
+        self.children.push((name.to_owned(), child));
+    }
+
+    pub fn kill(&mut self, name: &str) {
+        if let Some((_, child)) = self.children.iter_mut().find(|(n, _)| n == name) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.children.retain(|(n, _)| n != name);
+    }
+
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for entry in std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            out.push_str(&format!("--- {} ---\n{text}", entry.file_name().to_string_lossy()));
+        }
+        out
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+pub fn status(port: u16) -> Option<serde_json::Value> {
+    let out = rill().args(["status", "--json", "--coordinator-port", &port.to_string()]).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Waits until `rill status --json` satisfies `pred`, at most `limit`.
+pub fn wait_status(
+    procs: &Processes,
+    port: u16,
+    what: &str,
+    limit: Duration,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(value) = status(port).filter(|v| pred(v)) {
+            return value;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what} did not happen within {limit:?}; last status {:?}\n{}", status(port), procs.logs());
+}
+
+pub fn machines(status: &serde_json::Value) -> Vec<String> {
+    status["daemons"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["machine_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+pub fn rill_json(args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+    let out = rill().args(args).output().expect("run rill");
+    let value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    (out.status.code(), value, String::from_utf8_lossy(&out.stderr).into_owned())
+}

@@ -32,9 +32,28 @@ const NODE_FIELDS: &[&str] = &[
     "_unstable_deploy",
 ];
 
+/// Where each node's fields are written, for messages about a valid dataflow
+/// (e.g. `rill check` warning that a node's `path` does not exist yet).
+#[derive(Debug, Clone, Default)]
+pub struct Positions {
+    node_path: BTreeMap<String, Pos>,
+}
+
+impl Positions {
+    /// Line and column (1-based) of node `id`'s `path` value.
+    pub fn node_path(&self, id: &str) -> Option<(usize, usize)> {
+        self.node_path.get(id).map(|pos| (pos.line, pos.column))
+    }
+}
+
 impl Dataflow {
     /// Parse + validate; `file` is only used in messages.
     pub fn parse(text: &str, file: &Path) -> Result<Dataflow, Diagnostics> {
+        Self::parse_located(text, file).map(|(dataflow, _)| dataflow)
+    }
+
+    /// [`Dataflow::parse`], plus where each node's fields are written.
+    pub fn parse_located(text: &str, file: &Path) -> Result<(Dataflow, Positions), Diagnostics> {
         let root = yaml::parse(text).map_err(|error| {
             let message = format!("invalid YAML: {}", error.message);
             Diagnostics(vec![Diagnostic::at(file, error.pos, message, None)])
@@ -42,14 +61,25 @@ impl Dataflow {
         let mut reader = Reader { source: text, report: Collector::new(file) };
         let nodes = dataflow(&mut reader, &root);
         validate::graph(&mut reader.report, &nodes);
+        let mut positions = Positions::default();
+        for node in &nodes {
+            if let Some(pos) = node.path_pos {
+                positions.node_path.insert(node.spec.id.clone(), pos);
+            }
+        }
         let nodes = nodes.into_iter().map(|node| node.spec).collect();
-        reader.report.finish(Dataflow { nodes })
+        reader.report.finish((Dataflow { nodes }, positions))
     }
 
     /// Read the file then parse; an I/O error becomes a single Diagnostic naming the file.
     pub fn load(path: &Path) -> Result<Dataflow, Diagnostics> {
+        Self::load_located(path).map(|(dataflow, _)| dataflow)
+    }
+
+    /// [`Dataflow::load`], plus where each node's fields are written.
+    pub fn load_located(path: &Path) -> Result<(Dataflow, Positions), Diagnostics> {
         match std::fs::read_to_string(path) {
-            Ok(text) => Dataflow::parse(&text, path),
+            Ok(text) => Dataflow::parse_located(&text, path),
             Err(error) => {
                 let message = format!("cannot read dataflow file `{}`: {error}", path.display());
                 Err(Diagnostics(vec![Diagnostic::at(path, Pos::UNKNOWN, message, None)]))
@@ -68,6 +98,8 @@ pub(crate) struct ParsedNode {
     pub outputs_complete: bool,
     /// Input id -> position of its source text.
     pub source_pos: BTreeMap<String, Pos>,
+    /// Where the `path` value is written.
+    pub path_pos: Option<Pos>,
 }
 
 fn dataflow(r: &mut Reader, root: &Node) -> Vec<ParsedNode> {
@@ -105,6 +137,7 @@ fn node(r: &mut Reader, item: &Node) -> Option<ParsedNode> {
     let id = node_id(r, &fields, item.pos);
     let (outputs, outputs_complete) = outputs(r, &fields, &label);
     let (inputs, source_pos) = inputs::inputs(r, &fields, &label);
+    let path_pos = fields.get("path").map(|value| value.pos);
     let spec = NodeSpec {
         id: id.as_ref().map(|(id, _)| id.clone()).unwrap_or_default(),
         path: path(r, &fields, &label, item.pos).unwrap_or_default(),
@@ -116,7 +149,7 @@ fn node(r: &mut Reader, item: &Node) -> Option<ParsedNode> {
         restart: restart::restart(r, &fields, &label),
         deploy: deploy::deploy(r, &fields, &label),
     };
-    Some(ParsedNode { spec, id_pos: id.map(|(_, pos)| pos), outputs_complete, source_pos })
+    Some(ParsedNode { spec, id_pos: id.map(|(_, pos)| pos), outputs_complete, source_pos, path_pos })
 }
 
 /// How messages name a node: by id when it has a usable one, by position otherwise.

@@ -1,0 +1,34 @@
+//! Where rill keeps files on this machine (XDG base directories).
+
+use std::path::PathBuf;
+
+/// `$VAR`, else `~/FALLBACK`, else the current directory; then `rill`.
+fn xdg(var: &str, fallback: &str) -> PathBuf {
+    std::env::var_os(var)
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(fallback)))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("rill")
+}
+
+/// Persistent data (the coordinator's store): `$XDG_DATA_HOME/rill`, else
+/// `~/.local/share/rill`.
+pub fn data_dir() -> PathBuf {
+    xdg("XDG_DATA_HOME", ".local/share")
+}
+
+/// Pids and logs of `rill up`: `$RILL_STATE_DIR`, else
+/// `$XDG_STATE_HOME/rill`, else `~/.local/state/rill`.
+pub fn state_dir() -> PathBuf {
+    match std::env::var_os("RILL_STATE_DIR").filter(|dir| !dir.is_empty()) {
+        Some(dir) => dir.into(),
+        None => xdg("XDG_STATE_HOME", ".local/state"),
+    }
+}
+
+/// The coordinator's default store: one file per port, so coordinators on
+/// different ports (two `rill up`) never share one.
+pub fn default_store(port: u16) -> PathBuf {
+    data_dir().join(format!("coordinator-{port}.redb"))
+}
