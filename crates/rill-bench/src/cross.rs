@@ -32,7 +32,10 @@ pub fn run(yaml: &str, expected: usize) -> anyhow::Result<Vec<serde_json::Value>
                 data_port: 0,
             };
             let (results, failure) = (results.clone(), failure.clone());
-            tokio::spawn(rill_daemon::net::run(config, move |event| match event {
+            // No shutdown signal (the sender is dropped): the benchmark ends
+            // with its runtime.
+            let (_, shutdown) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(rill_daemon::net::run(config, shutdown, move |event| match event {
                 ConnectionEvent::Local(LocalEvent::Log { line, stderr: false, .. }) => {
                     if let Some(json) = line.strip_prefix("RESULT ")
                         && let Ok(mut r) = results.lock()

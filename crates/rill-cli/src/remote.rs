@@ -41,10 +41,11 @@ pub struct CoordinatorArgs {
     /// ~/.local/share/rill/coordinator-PORT.redb), `redb:PATH`, or `memory`.
     #[arg(long, default_value = "redb")]
     store: String,
-    /// After a restart, seconds daemons have to report the dataflows they
-    /// still run; the others become failed.
-    #[arg(long, default_value_t = 30)]
-    reclaim_timeout: u64,
+    /// Seconds nodes may stay lost (their daemon shut down or is unreachable,
+    /// or did not report after this coordinator restarted) before their
+    /// dataflow fails.
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    lost_timeout: f64,
 }
 
 #[derive(clap::Args)]
@@ -87,10 +88,11 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     let bind = SocketAddr::new(args.bind, args.port);
     let store = rill_coordinator::StoreConfig::parse(&args.store, &crate::dirs::default_store(args.port))
         .map_err(|e| anyhow::anyhow!("--store: {e}"))?;
+    let lost_timeout = std::time::Duration::try_from_secs_f64(args.lost_timeout)
+        .context("--lost-timeout must be a non-negative number of seconds")?;
     runtime()?.block_on(async move {
-        let reclaim_timeout = std::time::Duration::from_secs(args.reclaim_timeout);
         let shown_store = store.to_string();
-        let config = rill_coordinator::CoordinatorConfig { bind, store, reclaim_timeout };
+        let config = rill_coordinator::CoordinatorConfig { bind, store, lost_timeout };
         let listening = rill_coordinator::Listening::bind(config).await?;
         note!("rill coordinator listening on {bind} (store: {shown_store})");
         listening.serve().await
@@ -108,7 +110,33 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     };
     let quiet = args.quiet;
     let addr = config.coordinator.clone();
-    let result = runtime()?.block_on(rill_daemon::net::run(config, move |event| match event {
+    let runtime = runtime()?;
+    // SIGTERM (systemctl stop) or Ctrl-C: stop the nodes in order, report,
+    // exit 0; a second one kills the nodes.
+    let (shutdown_tx, shutdown) = tokio::sync::mpsc::unbounded_channel();
+    runtime.spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            note!("rill daemon: cannot install signal handlers");
+            return;
+        };
+        let mut how = rill_daemon::net::Shutdown::Stop;
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            note!(
+                "rill daemon: shutting down ({})",
+                if how == rill_daemon::net::Shutdown::Stop { "stopping nodes; again to kill" } else { "killing nodes" }
+            );
+            if shutdown_tx.send(how).is_err() {
+                return;
+            }
+            how = rill_daemon::net::Shutdown::Kill;
+        }
+    });
+    let result = runtime.block_on(rill_daemon::net::run(config, shutdown, move |event| match event {
         ConnectionEvent::Registered { daemon_id } if !quiet => {
             note!("rill daemon: registered with {addr} as {daemon_id}")
         }
@@ -170,8 +198,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         .collect();
     print_table(["DAEMON", "MACHINE", "LABELS", "LAST HEARTBEAT"], &rows);
     println!("{} connected", crate::output::count(daemons.len(), "daemon"));
-    let active =
-        dataflows.iter().filter(|d| matches!(d.status, DataflowStatus::Running | DataflowStatus::Stopping)).count();
+    let active = dataflows.iter().filter(|d| d.status.is_active()).count();
     println!("{} active, {} known (see `rill list`)", crate::output::count(active, "dataflow"), dataflows.len());
     Ok(ExitCode::SUCCESS)
 }
@@ -312,7 +339,7 @@ fn attach(coordinator: &CoordinatorAddr, uuid: &str, json: bool) -> anyhow::Resu
                     let code = match d.status {
                         DataflowStatus::Finished | DataflowStatus::Stopped => ExitCode::SUCCESS,
                         DataflowStatus::Failed => ExitCode::FAILURE,
-                        DataflowStatus::Running | DataflowStatus::Stopping => continue,
+                        DataflowStatus::Running | DataflowStatus::Degraded | DataflowStatus::Stopping => continue,
                     };
                     let status = serde_json::to_value(d.status)?;
                     if json {
@@ -349,13 +376,20 @@ pub fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
         .map(|d| {
             let status =
                 serde_json::to_value(d.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-            [
-                d.uuid.clone(),
-                d.name.clone(),
-                status,
-                d.placement.len().to_string(),
-                d.reason.clone().unwrap_or_default(),
-            ]
+            let lost: Vec<String> = d
+                .nodes
+                .iter()
+                .filter_map(|(node, status)| match status {
+                    rill_proto::coord::NodeStatus::Lost { reason } => Some(format!("{node} ({reason})")),
+                    _ => None,
+                })
+                .collect();
+            let reason = match &d.reason {
+                Some(reason) => reason.clone(),
+                None if !lost.is_empty() => format!("lost: {}", lost.join(", ")),
+                None => String::new(),
+            };
+            [d.uuid.clone(), d.name.clone(), status, d.placement.len().to_string(), reason]
         })
         .collect();
     print_table(["UUID", "NAME", "STATUS", "NODES", "REASON"], &rows);

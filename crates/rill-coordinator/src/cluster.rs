@@ -1,14 +1,10 @@
 //! Connected daemons. Registration rules live here, apart from the sockets.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rill_proto::coord::{CoordinatorMessage, DaemonStatus, ErrorCode};
 use tokio::sync::mpsc;
-
-/// A daemon whose last heartbeat is older than this no longer holds its
-/// machine id: a new connection with the same id replaces it.
-pub const STALE_AFTER: Duration = Duration::from_secs(3);
 
 /// What a daemon says about itself when it registers.
 #[derive(Debug, Clone, Default)]
@@ -27,15 +23,21 @@ pub enum RegisterError {
         "the daemon speaks coordinator protocol {daemon}, this coordinator {coordinator}: run the same rill version on both"
     )]
     ProtocolMismatch { daemon: u32, coordinator: u32 },
-    #[error("a daemon with machine id \"{0}\" is already connected and alive")]
-    MachineAlreadyConnected(String),
+    /// Another connection holds the machine id: probe it (see
+    /// [`Cluster::probe`]) before admitting or refusing the newcomer.
+    #[error("machine id \"{machine}\" is held by connection {old}")]
+    Held { machine: String, old: String },
+    #[error(
+        "a daemon with machine id \"{0}\" is already connected and answered a probe: stop it, or give this one another --machine-id"
+    )]
+    AlreadyConnected(String),
 }
 
 impl RegisterError {
     pub fn code(&self) -> ErrorCode {
         match self {
             RegisterError::ProtocolMismatch { .. } => ErrorCode::ProtocolMismatch,
-            RegisterError::MachineAlreadyConnected(_) => ErrorCode::MachineAlreadyConnected,
+            RegisterError::Held { .. } | RegisterError::AlreadyConnected(_) => ErrorCode::AlreadyConnected,
         }
     }
 }
@@ -46,6 +48,8 @@ struct Connected {
     version: String,
     zenoh_endpoint: Option<String>,
     last_heartbeat: Instant,
+    /// The last probe sent to it, and whether it answered.
+    probe: Option<(u64, bool)>,
     /// Messages to this daemon's connection.
     tx: mpsc::UnboundedSender<CoordinatorMessage>,
 }
@@ -58,8 +62,9 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Admits a daemon; returns its id. A stale connection with the same
-    /// machine id is replaced (and told so); a live one wins.
+    /// Admits a daemon; returns its id. If a connection already holds its
+    /// machine id, the answer is [`RegisterError::Held`]: the caller probes
+    /// that one and then [`Cluster::replace`]s it or refuses the newcomer.
     pub fn register(
         &mut self,
         hello: Hello,
@@ -74,16 +79,9 @@ impl Cluster {
             });
         }
         if let Some(machine) = &machine_id {
-            let existing = self
-                .daemons
-                .iter()
-                .find(|(_, d)| d.machine_id.as_ref() == Some(machine))
-                .map(|(id, d)| (id.clone(), d.last_heartbeat));
-            if let Some((old_id, last)) = existing {
-                if now.duration_since(last) < STALE_AFTER {
-                    return Err(RegisterError::MachineAlreadyConnected(machine.clone()));
-                }
-                self.daemons.remove(&old_id);
+            let holder = self.daemons.iter().find(|(_, d)| d.machine_id.as_ref() == Some(machine));
+            if let Some((old, _)) = holder {
+                return Err(RegisterError::Held { machine: machine.clone(), old: old.clone() });
             }
         }
         self.next_id += 1;
@@ -91,8 +89,10 @@ impl Cluster {
             Some(machine) => format!("{machine}-{}", self.next_id),
             None => format!("daemon-{}", self.next_id),
         };
-        self.daemons
-            .insert(id.clone(), Connected { machine_id, labels, version, zenoh_endpoint, last_heartbeat: now, tx });
+        self.daemons.insert(
+            id.clone(),
+            Connected { machine_id, labels, version, zenoh_endpoint, last_heartbeat: now, probe: None, tx },
+        );
         Ok(id)
     }
 
@@ -114,8 +114,39 @@ impl Cluster {
         }
     }
 
-    /// The connection ended.
-    pub fn disconnected(&mut self, daemon_id: &str) {
+    /// The connection ended. False if it had been replaced already.
+    pub fn disconnected(&mut self, daemon_id: &str) -> bool {
+        self.daemons.remove(daemon_id).is_some()
+    }
+
+    /// Asks the connection whether it is alive (a `Ping` it must answer).
+    pub fn probe(&mut self, daemon_id: &str, nonce: u64) {
+        if let Some(d) = self.daemons.get_mut(daemon_id) {
+            d.probe = Some((nonce, false));
+            let _ = d.tx.send(CoordinatorMessage::Ping { nonce });
+        }
+    }
+
+    /// The connection answered a probe.
+    pub fn ponged(&mut self, daemon_id: &str, nonce: u64) {
+        if let Some(d) = self.daemons.get_mut(daemon_id)
+            && let Some((sent, answered)) = &mut d.probe
+            && *sent == nonce
+        {
+            *answered = true;
+        }
+    }
+
+    /// Did the connection answer probe `nonce`? `None`: it is gone.
+    pub fn probe_answered(&self, daemon_id: &str, nonce: u64) -> Option<bool> {
+        let d = self.daemons.get(daemon_id)?;
+        Some(d.probe == Some((nonce, true)))
+    }
+
+    /// Drops a connection that did not answer its probe; its handler ends
+    /// (its channel closes) without writing off its dataflows, which its
+    /// successor reclaims.
+    pub fn replace(&mut self, daemon_id: &str) {
         self.daemons.remove(daemon_id);
     }
 
@@ -171,8 +202,12 @@ mod tests {
 
     fn register(c: &mut Cluster, machine: Option<&str>, now: Instant) -> Result<String, RegisterError> {
         let (tx, _rx) = mpsc::unbounded_channel();
-        let hello =
-            Hello { protocol: 1, version: "0.1.0".into(), machine_id: machine.map(Into::into), ..Hello::default() };
+        let hello = Hello {
+            protocol: rill_proto::coord::COORD_PROTOCOL_VERSION,
+            version: "0.1.0".into(),
+            machine_id: machine.map(Into::into),
+            ..Hello::default()
+        };
         c.register(hello, tx, now)
     }
 
@@ -186,15 +221,29 @@ mod tests {
     }
 
     #[test]
-    fn a_live_machine_id_is_not_taken_over_but_a_stale_one_is() {
+    fn a_held_machine_id_is_probed_and_a_silent_holder_replaced() {
         let mut c = Cluster::default();
         let t0 = Instant::now();
-        let first = register(&mut c, Some("a"), t0).unwrap();
-        assert_eq!(
-            register(&mut c, Some("a"), t0 + Duration::from_secs(1)),
-            Err(RegisterError::MachineAlreadyConnected("a".into()))
-        );
-        let second = register(&mut c, Some("a"), t0 + STALE_AFTER + Duration::from_secs(1)).unwrap();
+        let (tx, mut old_rx) = mpsc::unbounded_channel();
+        let hello = Hello {
+            protocol: rill_proto::coord::COORD_PROTOCOL_VERSION,
+            machine_id: Some("a".into()),
+            ..Hello::default()
+        };
+        let first = c.register(hello, tx, t0).unwrap();
+        let Err(RegisterError::Held { old, .. }) = register(&mut c, Some("a"), t0) else { panic!("not held") };
+        assert_eq!(old, first);
+        c.probe(&old, 7);
+        assert_eq!(old_rx.try_recv().ok(), Some(CoordinatorMessage::Ping { nonce: 7 }));
+        assert_eq!(c.probe_answered(&old, 7), Some(false));
+        c.ponged(&old, 6);
+        assert_eq!(c.probe_answered(&old, 7), Some(false), "an old nonce is no answer");
+        c.ponged(&old, 7);
+        assert_eq!(c.probe_answered(&old, 7), Some(true));
+        c.replace(&old);
+        assert_eq!(c.probe_answered(&old, 7), None);
+        assert!(!c.disconnected(&old), "its handler does not write anything off");
+        let second = register(&mut c, Some("a"), t0).unwrap();
         assert_ne!(first, second);
         assert_eq!(c.len(), 1);
         assert!(register(&mut c, None, t0).is_ok());

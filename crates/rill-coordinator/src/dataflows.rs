@@ -1,7 +1,11 @@
 //! Dataflow records and their lifecycle. Transitions:
 //! `Running` --stop--> `Stopping` --every daemon done--> `Stopped`;
 //! `Running` --every daemon done--> `Finished` (all nodes succeeded) or
-//! `Failed` (a node failed; the reason names it).
+//! `Failed` (a node failed; the reason names it);
+//! `Running` --a daemon shut down or went silent--> `Degraded` (its nodes
+//! `lost`) --they run again--> `Running`, or --lost timeout--> `Failed`
+//! (the rest is stopped). After a coordinator restart every active
+//! dataflow's nodes are lost until their daemons report them.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -39,9 +43,9 @@ pub struct DataflowRecord {
     /// Last reported status of each node.
     #[serde(default)]
     nodes: std::collections::BTreeMap<String, NodeStatus>,
-    /// After a coordinator restart: until when daemons may reclaim it.
+    /// Since when some of its nodes are lost (`None`: none is).
     #[serde(skip)]
-    reclaim_until: Option<Instant>,
+    lost_since: Option<Instant>,
 }
 
 impl DataflowRecord {
@@ -57,7 +61,48 @@ impl DataflowRecord {
     }
 
     fn is_active(&self) -> bool {
-        matches!(self.status, DataflowStatus::Running | DataflowStatus::Stopping)
+        self.status.is_active()
+    }
+
+    /// The nodes placed on `daemon`.
+    fn nodes_on<'a>(&'a self, daemon: &'a str) -> impl Iterator<Item = &'a NodePlacement> {
+        self.placement.iter().filter(move |p| p.daemon_id == daemon)
+    }
+
+    fn lost_nodes(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.nodes.iter().filter_map(|(node, status)| match status {
+            NodeStatus::Lost { reason } => Some((node, reason)),
+            _ => None,
+        })
+    }
+
+    /// Marks the nodes placed on `daemon` that had not ended as lost.
+    fn lose_share(&mut self, daemon: &str, reason: &str, now: Instant) {
+        self.running_on.remove(daemon);
+        self.ready.remove(daemon);
+        let on_daemon: Vec<String> = self.nodes_on(daemon).map(|p| p.node.clone()).collect();
+        for node in on_daemon {
+            let ended = matches!(self.nodes.get(&node), Some(NodeStatus::Finished | NodeStatus::Failed { .. }));
+            if !ended {
+                self.nodes.insert(node, NodeStatus::Lost { reason: reason.to_owned() });
+            }
+        }
+        self.settle(now);
+    }
+
+    /// The status that follows from the shares still running and the nodes lost.
+    fn settle(&mut self, now: Instant) {
+        let any_lost = self.lost_nodes().next().is_some();
+        self.lost_since = if any_lost { Some(self.lost_since.unwrap_or(now)) } else { None };
+        self.status = match self.status {
+            DataflowStatus::Stopping if self.running_on.is_empty() => DataflowStatus::Stopped,
+            DataflowStatus::Running | DataflowStatus::Degraded if any_lost => DataflowStatus::Degraded,
+            DataflowStatus::Running | DataflowStatus::Degraded if self.running_on.is_empty() => {
+                if self.reason.is_none() { DataflowStatus::Finished } else { DataflowStatus::Failed }
+            }
+            DataflowStatus::Degraded => DataflowStatus::Running,
+            other => other,
+        };
     }
 }
 
@@ -65,17 +110,32 @@ impl DataflowRecord {
 #[derive(Default)]
 pub struct Dataflows {
     records: Vec<DataflowRecord>,
-    /// The reclaim window after a restart (for messages).
-    reclaim_timeout: Duration,
+    /// How long nodes may stay lost before their dataflow fails.
+    lost_timeout: Duration,
     /// Last auto-recovery per (machine id, dataflow uuid).
     recovered_at: std::collections::HashMap<(String, String), Instant>,
 }
 
+/// How a daemon's share of a dataflow ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShareOutcome<'a> {
+    /// Its nodes ended (`summary` names the failed ones).
+    Ended { success: bool, summary: &'a str },
+    /// The daemon shut down and stopped them: they are lost, not finished.
+    Left,
+}
+
+/// Why nodes are lost when their daemon shuts down.
+pub const DAEMON_SHUT_DOWN: &str = "daemon shut down";
+/// Why nodes are lost when their daemon's connection goes silent or drops.
+pub const DAEMON_UNREACHABLE: &str = "daemon unreachable";
+
 /// At most one auto-recovery per machine and dataflow in this window.
 pub const RECOVERY_BACKOFF: Duration = Duration::from_secs(30);
 
-/// How long daemons have to reclaim a dataflow after a coordinator restart.
-pub const RECLAIM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long nodes may be lost (their daemon shut down or is unreachable, or
+/// has not reported after a coordinator restart) before the dataflow fails.
+pub const LOST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The plan for `descriptor` on `daemons`.
 pub fn plan(descriptor: &Dataflow, daemons: &[DaemonInfo]) -> Result<Vec<NodePlacement>, StartError> {
@@ -139,27 +199,42 @@ impl Dataflows {
             running_on,
             ready: BTreeSet::new(),
             nodes: Default::default(),
-            reclaim_until: None,
+            lost_since: None,
         };
         self.records.push(record.clone());
         Ok((record, spawns))
     }
 
-    /// Records from the store after a restart. Active ones wait for their
-    /// daemons to report them until `now + timeout`.
-    pub fn restore(records: Vec<DataflowRecord>, now: Instant, timeout: Duration) -> Self {
+    /// Records from the store after a restart. Every node of an active one
+    /// is lost until its daemon reports it (within `lost_timeout`).
+    pub fn restore(records: Vec<DataflowRecord>, now: Instant, lost_timeout: Duration) -> Self {
         let records = records
             .into_iter()
             .map(|mut r| {
                 if r.is_active() {
                     r.running_on.clear();
                     r.ready.clear();
-                    r.reclaim_until = Some(now + timeout);
+                    let reason = "the coordinator restarted; its daemon has not reported it yet";
+                    for p in &r.placement {
+                        r.nodes.insert(p.node.clone(), NodeStatus::Lost { reason: reason.into() });
+                    }
+                    r.settle(now);
                 }
                 r
             })
             .collect();
-        Self { records, reclaim_timeout: timeout, recovered_at: Default::default() }
+        Self { records, lost_timeout, recovered_at: Default::default() }
+    }
+
+    /// A daemon's connection ended (`reason`: it shut down, or went silent):
+    /// the nodes it ran are lost. Returns the changed records.
+    pub fn daemon_gone(&mut self, daemon: &str, reason: &str, now: Instant) -> Vec<DataflowRecord> {
+        let mut changed = Vec::new();
+        for record in self.records.iter_mut().filter(|r| r.is_active() && r.running_on.contains(daemon)) {
+            record.lose_share(daemon, reason, now);
+            changed.push(record.clone());
+        }
+        changed
     }
 
     /// A (re)connected daemon says it runs `uuid`: it owns that share again.
@@ -196,7 +271,8 @@ impl Dataflows {
         let Some(machine) = machine_id else { return Vec::new() };
         let mut out = Vec::new();
         for record in &mut self.records {
-            if record.status != DataflowStatus::Running || reported.contains(&record.uuid) {
+            let running = matches!(record.status, DataflowStatus::Running | DataflowStatus::Degraded);
+            if !running || reported.contains(&record.uuid) {
                 continue;
             }
             let nodes: Vec<String> = record
@@ -240,28 +316,48 @@ impl Dataflows {
         }
     }
 
-    /// Dataflows nobody reclaimed in time fail. Returns the changed records.
-    pub fn expire_reclaims(&mut self, now: Instant) -> Vec<DataflowRecord> {
+    /// Dataflows whose nodes stayed lost for the lost timeout fail (or, if
+    /// stopping, are stopped). Returns the changed records, each with the
+    /// daemons that still run part of it and must stop it.
+    pub fn expire_lost(&mut self, now: Instant) -> Vec<(DataflowRecord, Vec<String>)> {
         let mut changed = Vec::new();
-        for record in &mut self.records {
-            let Some(until) = record.reclaim_until else { continue };
-            if record.running_on.is_empty() && now >= until {
-                record.reclaim_until = None;
-                record.status = if record.status == DataflowStatus::Stopping {
-                    DataflowStatus::Stopped
-                } else {
-                    DataflowStatus::Failed
-                };
-                if record.status == DataflowStatus::Failed {
-                    record.reason = Some(format!(
-                        "no daemon reported it within {} s after the coordinator restarted",
-                        self.reclaim_timeout.as_secs()
-                    ));
-                }
-                changed.push(record.clone());
-            } else if !record.running_on.is_empty() {
-                record.reclaim_until = None;
+        let timeout = self.lost_timeout;
+        for record in self.records.iter_mut().filter(|r| r.is_active()) {
+            let Some(since) = record.lost_since else { continue };
+            if now.duration_since(since) < timeout {
+                continue;
             }
+            let lost: Vec<(String, String)> = record.lost_nodes().map(|(n, r)| (n.clone(), r.clone())).collect();
+            let mut where_: Vec<String> = Vec::new();
+            for (node, reason) in &lost {
+                let machine = record
+                    .placement
+                    .iter()
+                    .find(|p| &p.node == node)
+                    .map(|p| p.machine_id.clone().unwrap_or_else(|| p.daemon_id.clone()))
+                    .unwrap_or_default();
+                let why = format!("lost on `{machine}` ({reason}) and not back within {} s", timeout.as_secs());
+                record.nodes.insert(node.clone(), NodeStatus::Failed { reason: why });
+                if !where_.contains(&machine) {
+                    where_.push(machine);
+                }
+            }
+            record.lost_since = None;
+            if record.status == DataflowStatus::Stopping {
+                record.running_on.clear();
+                record.status = DataflowStatus::Stopped;
+            } else {
+                let nodes: Vec<&str> = lost.iter().map(|(n, _)| n.as_str()).collect();
+                record.reason = Some(format!(
+                    "node(s) {} lost: machine(s) {} did not come back within {} s",
+                    nodes.join(", "),
+                    where_.join(", "),
+                    timeout.as_secs()
+                ));
+                record.status = DataflowStatus::Failed;
+            }
+            let stop: Vec<String> = std::mem::take(&mut record.running_on).into_iter().collect();
+            changed.push((record.clone(), stop));
         }
         changed
     }
@@ -279,6 +375,8 @@ impl Dataflows {
             .rev()
             .find(|r| (r.uuid == name_or_uuid || r.name == name_or_uuid) && r.is_active())?;
         record.status = DataflowStatus::Stopping;
+        // Nobody runs it any more (every node lost): nothing to wait for.
+        record.settle(Instant::now());
         Some((record.clone(), record.running_on.iter().cloned().collect()))
     }
 
@@ -287,39 +385,61 @@ impl Dataflows {
     pub fn daemon_ready(&mut self, uuid: &str, daemon: &str) -> Vec<String> {
         let Some(record) = self.records.iter_mut().find(|r| r.uuid == uuid) else { return Vec::new() };
         // A share that already ended counts as ready.
-        if !record.ready.insert(daemon.to_owned()) || !record.running_on.is_subset(&record.ready) {
+        let first_time = record.ready.insert(daemon.to_owned());
+        if !record.running_on.is_subset(&record.ready) {
             return Vec::new();
         }
-        record.running_on.iter().cloned().collect()
+        if first_time {
+            record.running_on.iter().cloned().collect()
+        } else {
+            // Already counted (it reclaimed the share after a coordinator
+            // restart, then its wiring finished): it still needs its `Go`.
+            vec![daemon.to_owned()]
+        }
     }
 
-    /// A daemon reports a node's status. Returns the record (to store).
-    pub fn node_status(&mut self, uuid: &str, node: &str, status: NodeStatus) -> Option<DataflowRecord> {
+    /// `daemon` reports a node's status (it runs that node now, also after
+    /// a reconnect). Returns the record (to store).
+    pub fn node_status(&mut self, uuid: &str, node: &str, status: NodeStatus, daemon: &str) -> Option<DataflowRecord> {
         let record = self.records.iter_mut().find(|r| r.uuid == uuid)?;
+        if matches!(status, NodeStatus::Lost { .. }) {
+            return None;
+        }
         record.nodes.insert(node.to_owned(), status);
+        if let Some(p) = record.placement.iter_mut().find(|p| p.node == node) {
+            p.daemon_id = daemon.to_owned();
+        }
+        if record.is_active() {
+            record.running_on.insert(daemon.to_owned());
+            record.settle(Instant::now());
+        }
         Some(record.clone())
     }
 
-    /// `daemon` reports its share ended. Returns the record (to store).
+    /// `daemon` reports its share ended. A daemon that is shutting down
+    /// (`leaving`) did not finish it: its nodes are lost. Returns the record
+    /// (to store).
     pub fn daemon_finished(
         &mut self,
         uuid: &str,
         daemon: &str,
-        success: bool,
-        summary: &str,
+        outcome: ShareOutcome<'_>,
+        now: Instant,
     ) -> Option<DataflowRecord> {
         let record = self.records.iter_mut().find(|r| r.uuid == uuid)?;
-        record.running_on.remove(daemon);
-        if !success && record.reason.is_none() {
-            record.reason = Some(summary.to_owned());
+        if !record.running_on.contains(daemon) {
+            // A late report from a share that was already written off.
+            return None;
         }
-        if record.running_on.is_empty() {
-            record.status = match record.status {
-                DataflowStatus::Stopping => DataflowStatus::Stopped,
-                DataflowStatus::Running if record.reason.is_none() => DataflowStatus::Finished,
-                DataflowStatus::Running => DataflowStatus::Failed,
-                other => other,
-            };
+        match outcome {
+            ShareOutcome::Left => record.lose_share(daemon, DAEMON_SHUT_DOWN, now),
+            ShareOutcome::Ended { success, summary } => {
+                record.running_on.remove(daemon);
+                if !success && record.reason.is_none() {
+                    record.reason = Some(summary.to_owned());
+                }
+                record.settle(now);
+            }
         }
         Some(record.clone())
     }
@@ -373,21 +493,26 @@ mod tests {
         let (record, _) = d.start(flow(), None, "/".into(), &daemons()).unwrap();
         assert_eq!(d.daemon_ready(&record.uuid, "a-1"), Vec::<String>::new());
         assert_eq!(d.daemon_ready(&record.uuid, "b-2"), ["a-1", "b-2"]);
-        assert_eq!(d.daemon_ready(&record.uuid, "b-2"), Vec::<String>::new(), "only once");
+        assert_eq!(d.daemon_ready(&record.uuid, "b-2"), ["b-2"], "a repeated ready: its own Go again");
     }
 
     #[test]
     fn lifecycle_transitions() {
         let mut d = Dataflows::default();
         let (ok, _) = d.start(flow(), Some("ok".into()), "/".into(), &daemons()).unwrap();
-        d.daemon_finished(&ok.uuid, "a-1", true, "");
+        d.daemon_finished(&ok.uuid, "a-1", ShareOutcome::Ended { success: true, summary: "" }, Instant::now());
         assert_eq!(d.find("ok").unwrap().status, DataflowStatus::Running, "b still runs");
-        d.daemon_finished(&ok.uuid, "b-2", true, "");
+        d.daemon_finished(&ok.uuid, "b-2", ShareOutcome::Ended { success: true, summary: "" }, Instant::now());
         assert_eq!(d.find("ok").unwrap().status, DataflowStatus::Finished);
 
         let (bad, _) = d.start(flow(), Some("bad".into()), "/".into(), &daemons()).unwrap();
-        d.daemon_finished(&bad.uuid, "a-1", false, "node `src` failed with exit code 3");
-        d.daemon_finished(&bad.uuid, "b-2", true, "");
+        d.daemon_finished(
+            &bad.uuid,
+            "a-1",
+            ShareOutcome::Ended { success: false, summary: "node `src` failed with exit code 3" },
+            Instant::now(),
+        );
+        d.daemon_finished(&bad.uuid, "b-2", ShareOutcome::Ended { success: true, summary: "" }, Instant::now());
         let bad = d.find("bad").unwrap();
         assert_eq!(
             (bad.status, bad.reason.as_deref()),
@@ -397,8 +522,8 @@ mod tests {
         let (stopped, _) = d.start(flow(), Some("s".into()), "/".into(), &daemons()).unwrap();
         let (_, tell) = d.stop("s").unwrap();
         assert_eq!(tell, ["a-1", "b-2"]);
-        d.daemon_finished(&stopped.uuid, "a-1", true, "");
-        d.daemon_finished(&stopped.uuid, "b-2", true, "");
+        d.daemon_finished(&stopped.uuid, "a-1", ShareOutcome::Ended { success: true, summary: "" }, Instant::now());
+        d.daemon_finished(&stopped.uuid, "b-2", ShareOutcome::Ended { success: true, summary: "" }, Instant::now());
         assert_eq!(d.find("s").unwrap().status, DataflowStatus::Stopped);
         assert!(d.stop("s").is_none(), "not active any more");
     }
@@ -424,24 +549,77 @@ mod tests {
     }
 
     #[test]
-    fn after_a_restart_daemons_reclaim_or_the_dataflow_fails() {
+    fn after_a_restart_nodes_are_lost_until_reported_and_fail_after_the_lost_timeout() {
         let mut d = Dataflows::default();
         let (kept, _) = d.start(flow(), Some("kept".into()), "/".into(), &daemons()).unwrap();
         let (lost, _) = d.start(flow(), Some("lost".into()), "/".into(), &daemons()).unwrap();
         let stored: Vec<DataflowRecord> = d.records.clone();
         let t0 = Instant::now();
-        let mut d = Dataflows::restore(stored, t0, RECLAIM_TIMEOUT);
+        let mut d = Dataflows::restore(stored, t0, LOST_TIMEOUT);
+        assert_eq!(d.find("kept").unwrap().status, DataflowStatus::Degraded, "nobody reported it yet");
         let (changed, stop) = d.reclaimed(&kept.uuid, "a-7", Some("a"));
         assert!(changed.is_some() && !stop);
         assert_eq!(d.find("kept").unwrap().placement[0].daemon_id, "a-7", "placement follows the machine id");
-        assert_eq!(d.expire_reclaims(t0 + Duration::from_secs(1)).len(), 0);
-        let failed = d.expire_reclaims(t0 + RECLAIM_TIMEOUT);
+        d.node_status(&kept.uuid, "src", NodeStatus::Running { pid: 7 }, "a-7");
+        assert_eq!(d.find("kept").unwrap().status, DataflowStatus::Degraded, "sink is still lost");
+        d.reclaimed(&kept.uuid, "b-8", Some("b"));
+        d.node_status(&kept.uuid, "sink", NodeStatus::Running { pid: 8 }, "b-8");
+        assert_eq!(d.find("kept").unwrap().status, DataflowStatus::Running);
+        assert_eq!(d.expire_lost(t0 + Duration::from_secs(1)).len(), 0);
+        let failed = d.expire_lost(t0 + LOST_TIMEOUT);
         assert_eq!(failed.len(), 1);
-        assert_eq!(failed[0].uuid, lost.uuid);
-        assert_eq!(d.find("lost").unwrap().status, DataflowStatus::Failed);
-        assert!(d.find("lost").unwrap().reason.as_deref().unwrap_or("").contains("no daemon reported it"));
+        assert_eq!(failed[0].0.uuid, lost.uuid);
+        let lost = d.find("lost").unwrap();
+        assert_eq!(lost.status, DataflowStatus::Failed);
+        let reason = lost.reason.as_deref().unwrap_or("");
+        assert!(reason.contains("node(s) sink, src lost: machine(s) b, a did not come back within 60 s"), "{reason}");
         assert_eq!(d.find("kept").unwrap().status, DataflowStatus::Running);
         assert_eq!(d.reclaimed("nope", "a-7", None), (None, true), "unknown dataflows are stopped");
+    }
+
+    #[test]
+    fn a_daemon_that_leaves_makes_its_nodes_lost_until_they_run_again() {
+        let mut d = Dataflows::default();
+        let (app, _) = d.start(flow(), Some("app".into()), "/".into(), &daemons()).unwrap();
+        let t0 = Instant::now();
+        d.node_status(&app.uuid, "sink", NodeStatus::Running { pid: 1 }, "b-2");
+        // Shutting down, b stops its nodes and reports its share: lost, not finished.
+        d.daemon_finished(&app.uuid, "b-2", ShareOutcome::Left, t0);
+        let record = d.find("app").unwrap();
+        assert_eq!(record.status, DataflowStatus::Degraded);
+        assert_eq!(record.nodes["sink"], NodeStatus::Lost { reason: DAEMON_SHUT_DOWN.into() });
+        assert!(d.daemon_gone("b-2", DAEMON_UNREACHABLE, t0).is_empty(), "already written off");
+        // b comes back without it: its nodes are spawned again, and run.
+        let spawns = d.recover("b-3", Some("b"), &[], t0);
+        assert_eq!(spawns.len(), 1);
+        d.node_status(&app.uuid, "sink", NodeStatus::Running { pid: 2 }, "b-3");
+        assert_eq!(d.find("app").unwrap().status, DataflowStatus::Running);
+        assert!(d.expire_lost(t0 + LOST_TIMEOUT).is_empty(), "nothing is lost any more");
+
+        // a disappears and does not come back: the dataflow fails and b is told to stop.
+        d.daemon_gone("a-1", DAEMON_UNREACHABLE, t0);
+        assert_eq!(d.find("app").unwrap().status, DataflowStatus::Degraded);
+        let expired = d.expire_lost(t0 + LOST_TIMEOUT);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].1, ["b-3"], "the rest is stopped");
+        let record = d.find("app").unwrap();
+        assert_eq!(record.status, DataflowStatus::Failed);
+        assert!(
+            matches!(&record.nodes["src"], NodeStatus::Failed { reason } if reason.contains("lost on `a` (daemon unreachable)"))
+        );
+        // b's late finish report does not change the outcome.
+        d.daemon_finished(&app.uuid, "b-3", ShareOutcome::Ended { success: true, summary: "" }, t0);
+        assert_eq!(d.find("app").unwrap().status, DataflowStatus::Failed);
+    }
+
+    #[test]
+    fn a_late_ready_after_a_reclaim_still_gets_its_go() {
+        let mut d = Dataflows::default();
+        let (app, _) = d.start(flow(), Some("app".into()), "/".into(), &daemons()).unwrap();
+        let mut d = Dataflows::restore(d.records.clone(), Instant::now(), LOST_TIMEOUT);
+        d.reclaimed(&app.uuid, "a-7", Some("a"));
+        d.reclaimed(&app.uuid, "b-8", Some("b"));
+        assert_eq!(d.daemon_ready(&app.uuid, "a-7"), ["a-7"]);
     }
 
     #[test]

@@ -12,18 +12,17 @@ use axum::response::Response;
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
 use rill_proto::coord::{
-    COORD_PROTOCOL_VERSION, ControlRequest, ControlResponse, CoordinatorMessage, DaemonMessage, DataflowStatus,
-    ErrorCode, Health,
+    COORD_PROTOCOL_VERSION, ControlRequest, ControlResponse, CoordinatorMessage, DaemonMessage, ErrorCode, Health,
 };
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::cluster::Cluster;
-use crate::dataflows::{DataflowRecord, Dataflows, StartError, plan};
+use crate::dataflows::{
+    DAEMON_SHUT_DOWN, DAEMON_UNREACHABLE, DataflowRecord, Dataflows, ShareOutcome, StartError, plan,
+};
 use crate::store::Store;
 
-/// A daemon that sends nothing (not even a heartbeat) this long is dropped.
-const SILENCE_LIMIT: Duration = Duration::from_secs(5);
 /// The first message of a connection must come within this.
 const HELLO_LIMIT: Duration = Duration::from_secs(10);
 
@@ -62,8 +61,9 @@ impl std::fmt::Display for StoreConfig {
 pub struct CoordinatorConfig {
     pub bind: SocketAddr,
     pub store: StoreConfig,
-    /// After a restart, how long daemons have to reclaim running dataflows.
-    pub reclaim_timeout: Duration,
+    /// How long nodes may be lost (daemon shut down, unreachable, or not
+    /// reporting after a coordinator restart) before their dataflow fails.
+    pub lost_timeout: Duration,
 }
 
 /// Why the coordinator could not serve.
@@ -84,6 +84,8 @@ struct App {
     logs: Mutex<crate::logs::Logs>,
     store: Store,
     started: Instant,
+    /// How often daemons and the coordinator hear from each other.
+    heartbeat: Duration,
 }
 
 impl App {
@@ -117,7 +119,7 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub struct Listening {
     listener: TcpListener,
     store: Store,
-    reclaim_timeout: Duration,
+    lost_timeout: Duration,
 }
 
 impl Listening {
@@ -129,7 +131,7 @@ impl Listening {
         };
         let listener =
             TcpListener::bind(config.bind).await.map_err(|reason| ServeError::Bind { addr: config.bind, reason })?;
-        Ok(Listening { listener, store, reclaim_timeout: config.reclaim_timeout })
+        Ok(Listening { listener, store, lost_timeout: config.lost_timeout })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -138,7 +140,7 @@ impl Listening {
 
     /// Serves until the process ends.
     pub async fn serve(self) -> Result<(), ServeError> {
-        serve_on(self.listener, self.store, self.reclaim_timeout).await
+        serve_on(self.listener, self.store, self.lost_timeout).await
     }
 }
 
@@ -148,30 +150,35 @@ pub async fn serve(config: CoordinatorConfig) -> Result<(), ServeError> {
 }
 
 /// Serves on an already bound listener (tests bind port 0).
-pub async fn serve_on(listener: TcpListener, store: Store, reclaim_timeout: Duration) -> Result<(), ServeError> {
-    let dataflows = Dataflows::restore(store.load()?, Instant::now(), reclaim_timeout);
+pub async fn serve_on(listener: TcpListener, store: Store, lost_timeout: Duration) -> Result<(), ServeError> {
+    let dataflows = Dataflows::restore(store.load()?, Instant::now(), lost_timeout);
     let app = Arc::new(App {
         cluster: Mutex::new(Cluster::default()),
         dataflows: Mutex::new(dataflows),
         logs: Mutex::default(),
         store,
         started: Instant::now(),
+        heartbeat: rill_proto::coord::heartbeat_interval(),
     });
     let expirer = app.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            let changed = expirer.dataflows().expire_reclaims(Instant::now());
-            for record in changed {
+            let expired = expirer.dataflows().expire_lost(Instant::now());
+            for (record, stop) in expired {
                 eprintln!(
                     "rill coordinator: dataflow {} ({}) {:?}: {}",
                     record.name,
                     record.uuid,
                     record.status,
-                    record.reason.as_deref().unwrap_or("")
+                    record.reason.as_deref().unwrap_or("lost nodes did not come back")
                 );
                 expirer.persist(&record);
+                let cluster = expirer.cluster();
+                for daemon in stop {
+                    cluster.send(&daemon, CoordinatorMessage::StopDataflow { uuid: record.uuid.clone() });
+                }
             }
         }
     });
@@ -246,8 +253,7 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let machine_id = hello.machine_id.clone();
-    let registered = app.cluster().register(hello, tx, Instant::now());
-    let daemon_id = match registered {
+    let daemon_id = match admit(&app, hello, tx).await {
         Ok(id) => id,
         Err(e) => {
             send_json(&mut sink, &CoordinatorMessage::Error { code: e.code(), message: e.to_string() }).await;
@@ -280,52 +286,105 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
         app.persist(&record);
         app.cluster().send(&daemon_id, CoordinatorMessage::Spawn(spawn));
     }
+    let silence = app.heartbeat * rill_proto::coord::SILENT_HEARTBEATS;
     let mut last_heard = Instant::now();
-    let mut check = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(app.heartbeat);
+    // It said it is shutting down: what it reports now is lost, not finished.
+    let mut leaving = false;
     loop {
         tokio::select! {
-            incoming = next_json::<DaemonMessage>(&mut stream) => match incoming {
-                Some(Ok(DaemonMessage::Heartbeat)) => {
-                    last_heard = Instant::now();
-                    app.cluster().heartbeat(&daemon_id, last_heard);
-                }
-                Some(Ok(DaemonMessage::DataflowReady { uuid })) => {
-                    last_heard = Instant::now();
-                    let cluster = app.cluster();
-                    app.dataflows().recovered(&uuid, machine_id.as_deref());
-                    for daemon in app.dataflows().daemon_ready(&uuid, &daemon_id) {
-                        cluster.send(&daemon, CoordinatorMessage::Go { uuid: uuid.clone() });
+            incoming = next_json::<DaemonMessage>(&mut stream) => {
+                let Some(incoming) = incoming else { break };
+                last_heard = Instant::now();
+                app.cluster().heartbeat(&daemon_id, last_heard);
+                match incoming {
+                    Ok(DaemonMessage::Pong { nonce }) => app.cluster().ponged(&daemon_id, nonce),
+                    Ok(DaemonMessage::ShuttingDown) => {
+                        eprintln!("rill coordinator: daemon {daemon_id} is shutting down");
+                        leaving = true;
                     }
-                }
-                Some(Ok(DaemonMessage::NodeStatus { uuid, node, status })) => {
-                    last_heard = Instant::now();
-                    let changed = app.dataflows().node_status(&uuid, &node, status);
-                    if let Some(record) = changed {
-                        app.persist(&record);
+                    Ok(DaemonMessage::DataflowReady { uuid }) => {
+                        let cluster = app.cluster();
+                        app.dataflows().recovered(&uuid, machine_id.as_deref());
+                        for daemon in app.dataflows().daemon_ready(&uuid, &daemon_id) {
+                            cluster.send(&daemon, CoordinatorMessage::Go { uuid: uuid.clone() });
+                        }
                     }
-                }
-                Some(Ok(DaemonMessage::Log(line))) => {
-                    last_heard = Instant::now();
-                    app.logs().push(line);
-                }
-                Some(Ok(DaemonMessage::DataflowFinished { uuid, success, summary })) => {
-                    last_heard = Instant::now();
-                    let changed = app.dataflows().daemon_finished(&uuid, &daemon_id, success, &summary);
-                    if let Some(record) = changed {
-                        app.persist(&record);
+                    Ok(DaemonMessage::NodeStatus { uuid, node, status }) => {
+                        let changed = app.dataflows().node_status(&uuid, &node, status, &daemon_id);
+                        if let Some(record) = changed {
+                            app.persist(&record);
+                        }
                     }
+                    Ok(DaemonMessage::Log(line)) => app.logs().push(line),
+                    Ok(DaemonMessage::DataflowFinished { uuid, success, summary }) => {
+                        let outcome = if leaving {
+                            ShareOutcome::Left
+                        } else {
+                            ShareOutcome::Ended { success, summary: &summary }
+                        };
+                        let changed = app.dataflows().daemon_finished(&uuid, &daemon_id, outcome, Instant::now());
+                        if let Some(record) = changed {
+                            app.persist(&record);
+                        }
+                    }
+                    Ok(DaemonMessage::Heartbeat | DaemonMessage::Register { .. }) | Err(_) => {}
                 }
-                Some(Ok(DaemonMessage::Register { .. })) | Some(Err(_)) => last_heard = Instant::now(),
-                None => break,
-            },
+            }
             outgoing = rx.recv() => match outgoing {
                 Some(msg) => if !send_json(&mut sink, &msg).await { break },
+                // Replaced by a newer connection for its machine.
                 None => break,
             },
-            _ = check.tick() => if last_heard.elapsed() > SILENCE_LIMIT { break },
+            _ = tick.tick() => {
+                if last_heard.elapsed() > silence || !send_json(&mut sink, &CoordinatorMessage::Heartbeat).await {
+                    break;
+                }
+            }
         }
     }
-    app.cluster().disconnected(&daemon_id);
+    if app.cluster().disconnected(&daemon_id) {
+        let reason = if leaving { DAEMON_SHUT_DOWN } else { DAEMON_UNREACHABLE };
+        let changed = app.dataflows().daemon_gone(&daemon_id, reason, Instant::now());
+        for record in &changed {
+            eprintln!("rill coordinator: dataflow {} degraded: {reason} ({daemon_id})", record.name);
+            app.persist(record);
+        }
+    }
+}
+
+/// Registers a daemon. If its machine id is held by another connection,
+/// that one is probed: if it answers within two heartbeats it keeps the id
+/// and the newcomer is refused for good; otherwise it is replaced.
+async fn admit(
+    app: &App,
+    hello: crate::cluster::Hello,
+    tx: mpsc::UnboundedSender<CoordinatorMessage>,
+) -> Result<String, crate::RegisterError> {
+    use crate::RegisterError;
+    let first = app.cluster().register(hello.clone(), tx.clone(), Instant::now());
+    let Err(RegisterError::Held { machine, old }) = first else { return first };
+    let nonce = uuid::Uuid::new_v4().as_u64_pair().0;
+    app.cluster().probe(&old, nonce);
+    let deadline = Instant::now() + app.heartbeat * 2;
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        match app.cluster().probe_answered(&old, nonce) {
+            Some(true) => return Err(RegisterError::AlreadyConnected(machine)),
+            Some(false) if Instant::now() < deadline => continue,
+            Some(false) => {
+                eprintln!("rill coordinator: {old} did not answer a probe; machine {machine} reconnected");
+                app.cluster().replace(&old);
+                break;
+            }
+            None => break,
+        }
+    }
+    match app.cluster().register(hello, tx, Instant::now()) {
+        // Yet another connection took the id meanwhile.
+        Err(RegisterError::Held { machine, .. }) => Err(RegisterError::AlreadyConnected(machine)),
+        other => other,
+    }
 }
 
 async fn handle_control(socket: WebSocket, app: Arc<App>) {
@@ -426,10 +485,7 @@ async fn stream_logs(
 /// "no (running) dataflow named ...", with the closest name and the known ones.
 fn unknown_dataflow(app: &App, wanted: &str, running: bool) -> String {
     let dataflows = app.dataflows().list();
-    let names = dataflows
-        .iter()
-        .filter(|d| !running || matches!(d.status, DataflowStatus::Running | DataflowStatus::Stopping))
-        .map(|d| d.name.as_str());
+    let names = dataflows.iter().filter(|d| !running || d.status.is_active()).map(|d| d.name.as_str());
     let which = if running { "running dataflows" } else { "dataflows" };
     let suggestion = rill_core::did_you_mean(wanted, names, which);
     let running = if running { "running " } else { "" };
@@ -554,12 +610,12 @@ mod tests {
     async fn registered_daemons_appear_in_status() {
         let addr = start().await;
         let (mut daemon, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/daemon")).await.unwrap();
-        let register = r#"{"type":"register","protocol":1,"version":"0.1.0","machine_id":"b","labels":{"gpu":"true"}}"#;
+        let register = r#"{"type":"register","protocol":2,"version":"0.1.0","machine_id":"b","labels":{"gpu":"true"}}"#;
         daemon.send(WsMessage::Text(register.into())).await.unwrap();
         let Some(Ok(WsMessage::Text(reply))) = daemon.next().await else { panic!("no reply") };
         assert!(reply.contains("registered"), "{reply}");
         let (mut cli, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/control")).await.unwrap();
-        cli.send(WsMessage::Text(r#"{"type":"hello","protocol":1}"#.into())).await.unwrap();
+        cli.send(WsMessage::Text(r#"{"type":"hello","protocol":2}"#.into())).await.unwrap();
         let _ = cli.next().await;
         cli.send(WsMessage::Text(r#"{"type":"status"}"#.into())).await.unwrap();
         let Some(Ok(WsMessage::Text(status))) = cli.next().await else { panic!("no status") };

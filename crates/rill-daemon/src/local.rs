@@ -167,6 +167,16 @@ impl LocalDataflows {
         }
     }
 
+    /// Begins the stop sequence of every share (the daemon shuts down).
+    pub fn stop_all(&mut self) {
+        self.running.values().for_each(StopHandle::stop);
+    }
+
+    /// Kills every share's nodes now (a second shutdown signal).
+    pub fn kill_all(&mut self) {
+        self.running.values().for_each(StopHandle::kill);
+    }
+
     /// Every share is ready: start the nodes.
     pub fn go(&mut self, uuid: &str) {
         if let Some(handle) = self.running.get(uuid) {

@@ -1,7 +1,10 @@
-//! The daemon's connection to the coordinator: register, heartbeat, and
-//! reconnect with exponential backoff and jitter when the connection is
-//! lost (nodes keep running meanwhile). A permanent rejection (protocol
-//! mismatch, machine id taken) ends the loop with an error instead.
+//! The daemon's connection to the coordinator: register, heartbeats both
+//! ways, and reconnect with exponential backoff and jitter when the
+//! connection is lost or the coordinator goes silent for
+//! [`SILENT_HEARTBEATS`] heartbeats (nodes keep running meanwhile). A
+//! permanent rejection (protocol mismatch, machine id held by a live daemon)
+//! ends the loop with an error instead. On shutdown (SIGTERM) the daemon
+//! tells the coordinator, stops its nodes in order and reports them.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::local::{LocalDataflows, LocalEvent, ShareReport};
 use rill_proto::coord::{
-    COORD_PROTOCOL_VERSION, CoordinatorMessage, DaemonMessage, ErrorCode, HEARTBEAT_INTERVAL_MS, LogLine,
+    COORD_PROTOCOL_VERSION, CoordinatorMessage, DaemonMessage, ErrorCode, LogLine, NodeStatus, SILENT_HEARTBEATS,
 };
 use tokio_tungstenite::tungstenite::Message;
 
@@ -25,6 +28,18 @@ const STREAM_BACKLOG: usize = 10_000;
 
 /// Longest reconnect delay.
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How long a shutdown waits for the nodes when the coordinator is away
+/// (each share escalates Stop -> SIGTERM -> SIGKILL by itself well before).
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(30);
+
+/// What the daemon's owner asks of it (first SIGTERM/SIGINT, second).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Stop the nodes in order, report, exit.
+    Stop,
+    /// Kill the nodes now.
+    Kill,
+}
 
 /// Who this daemon is and where its coordinator is.
 #[derive(Debug, Clone)]
@@ -81,6 +96,31 @@ struct Shares {
     on_local: Arc<dyn Fn(LocalEvent) + Send + Sync>,
     /// Reports that could not be sent yet (no connection).
     unreported: Vec<ShareReport>,
+    /// The last status of every node running here, sent again after each
+    /// registration (bounded by the nodes this daemon runs).
+    statuses: Arc<std::sync::Mutex<BTreeMap<(String, String), NodeStatus>>>,
+    /// Shutting down: stop what runs, report, then return.
+    leaving: bool,
+}
+
+impl Shares {
+    fn statuses(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), NodeStatus>> {
+        self.statuses.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A share ended: it runs no node any more.
+    fn ended(&mut self, uuid: &str) {
+        self.local.ended(uuid);
+        self.statuses().retain(|(u, _), _| u != uuid);
+    }
+
+    fn shutdown(&mut self, how: Shutdown) {
+        self.leaving = true;
+        match how {
+            Shutdown::Stop => self.local.stop_all(),
+            Shutdown::Kill => self.local.kill_all(),
+        }
+    }
 }
 
 /// How one connection ended.
@@ -92,11 +132,15 @@ enum Ended {
         registered: bool,
     },
     Rejected(Rejected),
+    /// Shut down: every share ended and was reported (if connected).
+    ShutDown,
 }
 
-/// Connects, and keeps reconnecting, until rejected for good.
+/// Connects, and keeps reconnecting, until rejected for good or shut down
+/// through `shutdown`.
 pub async fn run(
     config: DaemonConfig,
+    mut shutdown: mpsc::UnboundedReceiver<Shutdown>,
     on_event: impl Fn(ConnectionEvent) + Send + Sync + 'static,
 ) -> Result<(), Rejected> {
     let on_event: Arc<dyn Fn(ConnectionEvent) + Send + Sync> = Arc::new(on_event);
@@ -108,6 +152,8 @@ pub async fn run(
     }
     let (stream_tx, stream_rx) = mpsc::channel::<DaemonMessage>(STREAM_BACKLOG);
     let (finished_tx, finished_rx) = mpsc::unbounded_channel();
+    let statuses: Arc<std::sync::Mutex<BTreeMap<(String, String), NodeStatus>>> = Arc::default();
+    let status_log = statuses.clone();
     let mut shares = Shares {
         stream_rx: Some(stream_rx),
         bridge: None,
@@ -123,6 +169,10 @@ pub async fn run(
                     let _ = stream_tx.try_send(DaemonMessage::Log(log));
                 }
                 LocalEvent::Node { uuid, node, status } => {
+                    status_log
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert((uuid.clone(), node.clone()), status.clone());
                     let msg =
                         DaemonMessage::NodeStatus { uuid: uuid.clone(), node: node.clone(), status: status.clone() };
                     let _ = stream_tx.try_send(msg);
@@ -132,11 +182,19 @@ pub async fn run(
             local_events(ConnectionEvent::Local(e))
         }),
         unreported: Vec::new(),
+        statuses,
+        leaving: false,
     };
     let mut attempt = 0u32;
     loop {
-        match connect_once(&config, &*on_event, &mut shares).await {
-            Ended::Rejected(rejected) => return Err(rejected),
+        match connect_once(&config, &*on_event, &mut shares, &mut shutdown).await {
+            Ended::Rejected(rejected) => {
+                // Refused for good: the nodes end with the daemon, in order.
+                shares.shutdown(Shutdown::Stop);
+                drain_offline(&mut shares, &mut shutdown).await;
+                return Err(rejected);
+            }
+            Ended::ShutDown => return Ok(()),
             Ended::Lost { reason, registered } => {
                 if registered {
                     attempt = 0;
@@ -144,24 +202,60 @@ pub async fn run(
                 on_event(ConnectionEvent::Lost { reason });
             }
         }
+        if shares.leaving {
+            drain_offline(&mut shares, &mut shutdown).await;
+            return Ok(());
+        }
         attempt += 1;
         let delay = backoff(attempt, jitter_seed());
         on_event(ConnectionEvent::Retrying { attempt, delay });
-        tokio::time::sleep(delay).await;
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            // (A dropped sender means "never": the branch is disabled.)
+            Some(how) = shutdown.recv() => {
+                shares.shutdown(how);
+                drain_offline(&mut shares, &mut shutdown).await;
+                return Ok(());
+            }
+        }
     }
+}
+
+/// Shutting down without a coordinator: waits until every share ended (at
+/// most [`SHUTDOWN_LIMIT`]); a second signal kills.
+async fn drain_offline(shares: &mut Shares, shutdown: &mut mpsc::UnboundedReceiver<Shutdown>) {
+    let Some(mut finished_rx) = shares.finished_rx.take() else { return };
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_LIMIT;
+    while !shares.local.running().is_empty() {
+        tokio::select! {
+            report = finished_rx.recv() => match report {
+                Some(ShareReport::Finished((uuid, _, _))) => shares.ended(&uuid),
+                Some(ShareReport::Ready { .. }) => {}
+                None => break,
+            },
+            Some(how) = shutdown.recv() => shares.shutdown(how),
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    shares.finished_rx = Some(finished_rx);
 }
 
 async fn connect_once(
     config: &DaemonConfig,
     on_event: &(dyn Fn(ConnectionEvent) + Send + Sync),
     shares: &mut Shares,
+    shutdown: &mut mpsc::UnboundedReceiver<Shutdown>,
 ) -> Ended {
     let url = format!("ws://{}/api/daemon", config.coordinator);
     let mut registered = false;
     let lost = |reason: String, registered: bool| Ended::Lost { reason, registered };
-    let (ws, _) = match tokio_tungstenite::connect_async(&url).await {
-        Ok(ok) => ok,
-        Err(e) => return lost(format!("cannot connect to {url}: {e}"), false),
+    let heartbeat_every = rill_proto::coord::heartbeat_interval();
+    let silence = heartbeat_every * SILENT_HEARTBEATS;
+    // A stopped or partitioned coordinator may accept TCP and say nothing.
+    let (ws, _) = match tokio::time::timeout(silence, tokio_tungstenite::connect_async(&url)).await {
+        Ok(Ok(ok)) => ok,
+        Ok(Err(e)) => return lost(format!("cannot connect to {url}: {e}"), false),
+        Err(_) => return lost(format!("{url} did not answer within {silence:?}"), false),
     };
     // The address this machine reaches the coordinator from is the one
     // other daemons can reach it at, too.
@@ -182,7 +276,8 @@ async fn connect_once(
     if let Err(e) = send(&mut sink, &register).await {
         return lost(e, false);
     }
-    let mut heartbeat = tokio::time::interval(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
+    let mut heartbeat = tokio::time::interval(heartbeat_every);
+    let mut last_heard = tokio::time::Instant::now();
     let (Some(mut finished_rx), Some(mut stream_rx)) = (shares.finished_rx.take(), shares.stream_rx.take()) else {
         return lost("internal: channels missing".into(), false);
     };
@@ -198,19 +293,58 @@ async fn connect_once(
             done = finished_rx.recv() => {
                 if let Some(report) = done {
                     if let ShareReport::Finished((uuid, _, _)) = &report {
-                        shares.local.ended(uuid);
+                        shares.ended(uuid);
                     }
                     shares.unreported.push(report);
                 }
                 if registered && let Err(e) = report_finished(&mut sink, &mut shares.unreported).await {
                     break 'conn lost(e, registered);
                 }
+                if shares.leaving && shares.local.running().is_empty() && shares.unreported.is_empty() {
+                    let _ = sink.close().await;
+                    break 'conn Ended::ShutDown;
+                }
+            }
+            Some(how) = shutdown.recv() => {
+                if !shares.leaving && registered && let Err(e) = send(&mut sink, &DaemonMessage::ShuttingDown).await {
+                    shares.shutdown(how);
+                    break 'conn lost(e, registered);
+                }
+                shares.shutdown(how);
+                if shares.local.running().is_empty() {
+                    let _ = sink.close().await;
+                    break 'conn Ended::ShutDown;
+                }
             }
             incoming = stream.next() => match incoming {
                 Some(Ok(Message::Text(text))) => match serde_json::from_str::<CoordinatorMessage>(&text) {
+                    Ok(CoordinatorMessage::Heartbeat) => last_heard = tokio::time::Instant::now(),
+                    Ok(CoordinatorMessage::Ping { nonce }) => {
+                        last_heard = tokio::time::Instant::now();
+                        if let Err(e) = send(&mut sink, &DaemonMessage::Pong { nonce }).await {
+                            break 'conn lost(e, registered);
+                        }
+                    }
                     Ok(CoordinatorMessage::Registered { daemon_id, peers }) => {
+                        last_heard = tokio::time::Instant::now();
                         registered = true;
                         on_event(ConnectionEvent::Registered { daemon_id });
+                        // What runs here, for a coordinator that restarted or
+                        // wrote these nodes off as lost meanwhile.
+                        let statuses: Vec<DaemonMessage> = shares
+                            .statuses()
+                            .iter()
+                            .map(|((uuid, node), status)| DaemonMessage::NodeStatus {
+                                uuid: uuid.clone(),
+                                node: node.clone(),
+                                status: status.clone(),
+                            })
+                            .collect();
+                        for msg in &statuses {
+                            if let Err(e) = send(&mut sink, msg).await {
+                                break 'conn lost(e, registered);
+                            }
+                        }
                         if shares.bridge.is_none() && let Some(endpoint) = &endpoint {
                             match tokio::task::block_in_place(|| crate::bridge::Bridge::open(endpoint, &peers)) {
                                 Ok(bridge) => shares.bridge = Some(bridge),
@@ -222,6 +356,7 @@ async fn connect_once(
                             break 'conn lost(e, registered);
                         }
                     }
+                    Ok(CoordinatorMessage::Spawn(_)) if shares.leaving => {}
                     Ok(CoordinatorMessage::Spawn(spawn)) => {
                         shares.local.spawn(spawn, shares.bridge.clone(), shares.finished_tx.clone(), shares.on_local.clone());
                     }
@@ -237,6 +372,9 @@ async fn connect_once(
                 Some(Err(e)) => break lost(format!("connection error: {e}"), registered),
             },
             _ = heartbeat.tick() => {
+                if last_heard.elapsed() > silence {
+                    break lost(format!("the coordinator has been silent for {silence:?}"), registered);
+                }
                 if let Err(e) = send(&mut sink, &DaemonMessage::Heartbeat).await {
                     break lost(e, registered);
                 }

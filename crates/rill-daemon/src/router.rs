@@ -247,6 +247,8 @@ impl Router {
                         self.send_to_node(&node, None, DaemonMsg::Stop, None);
                     }
                 }
+                // A repeated Go (e.g. after a coordinator restart) starts nothing twice.
+                Command::Go if self.gone => {}
                 Command::Go => {
                     self.gone = true;
                     let nodes: Vec<String> = self.by_node.keys().cloned().collect();

@@ -8,12 +8,24 @@ use std::collections::BTreeMap;
 use rill_core::Dataflow;
 use serde::{Deserialize, Serialize};
 
-/// Version of the coordinator protocol (CLI and daemons).
-pub const COORD_PROTOCOL_VERSION: u32 = 1;
+/// Version of the coordinator protocol (CLI and daemons). 2: heartbeats and
+/// probes both ways, `shutting_down`, lost nodes and degraded dataflows.
+pub const COORD_PROTOCOL_VERSION: u32 = 2;
 /// Default coordinator port (HTTP and WebSocket).
 pub const DEFAULT_PORT: u16 = 6013;
-/// How often daemons send a heartbeat.
+/// How often daemons and the coordinator send each other a heartbeat, by
+/// default (`RILL_HEARTBEAT_MS` overrides it on both sides).
 pub const HEARTBEAT_INTERVAL_MS: u64 = 1000;
+/// A peer that sent nothing for this many heartbeats is gone.
+pub const SILENT_HEARTBEATS: u32 = 3;
+/// Environment variable that sets the heartbeat interval in milliseconds.
+pub const HEARTBEAT_ENV: &str = "RILL_HEARTBEAT_MS";
+
+/// The heartbeat interval: `RILL_HEARTBEAT_MS` (at least 10) or the default.
+pub fn heartbeat_interval() -> std::time::Duration {
+    let ms = std::env::var(HEARTBEAT_ENV).ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(HEARTBEAT_INTERVAL_MS);
+    std::time::Duration::from_millis(ms.max(10))
+}
 
 /// Machine-readable error kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,7 +33,8 @@ pub const HEARTBEAT_INTERVAL_MS: u64 = 1000;
 pub enum ErrorCode {
     ProtocolMismatch,
     BadRequest,
-    MachineAlreadyConnected,
+    /// Another live daemon (it answered a probe) holds this machine id.
+    AlreadyConnected,
     NotFound,
     Placement,
     NameInUse,
@@ -47,6 +60,13 @@ pub enum DaemonMessage {
         running: Vec<String>,
     },
     Heartbeat,
+    /// The answer to [`CoordinatorMessage::Ping`].
+    Pong {
+        nonce: u64,
+    },
+    /// The daemon is shutting down (SIGTERM): its nodes are being stopped,
+    /// and its shares are lost, not finished.
+    ShuttingDown,
     /// This daemon's share is wired: its nodes run, its edges to other
     /// machines are connected. They start at `Go`.
     DataflowReady {
@@ -98,6 +118,12 @@ pub enum CoordinatorMessage {
     /// Every daemon of the dataflow is ready: start the nodes.
     Go {
         uuid: String,
+    },
+    /// The coordinator is alive (sent every heartbeat interval).
+    Heartbeat,
+    /// Answer with [`DaemonMessage::Pong`]: is this connection still alive?
+    Ping {
+        nonce: u64,
     },
     /// A permanent rejection: the daemon must not retry.
     Error {
@@ -162,6 +188,9 @@ pub struct NodePlacement {
 #[serde(rename_all = "snake_case")]
 pub enum DataflowStatus {
     Running,
+    /// Running, but some nodes are lost (their daemon shut down or went
+    /// silent); back to `Running` when they run again.
+    Degraded,
     Stopping,
     Finished,
     Failed,
@@ -172,10 +201,25 @@ pub enum DataflowStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum NodeStatus {
-    Running { pid: u32 },
+    Running {
+        pid: u32,
+    },
     Restarting,
     Finished,
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
+    /// Its daemon shut down or is unreachable.
+    Lost {
+        reason: String,
+    },
+}
+
+impl DataflowStatus {
+    /// Not over yet: some of its nodes run or may run again.
+    pub fn is_active(self) -> bool {
+        matches!(self, DataflowStatus::Running | DataflowStatus::Degraded | DataflowStatus::Stopping)
+    }
 }
 
 /// One dataflow in `rill list`.
