@@ -402,15 +402,14 @@ impl Dataflows {
     /// a reconnect). Returns the record (to store).
     pub fn node_status(&mut self, uuid: &str, node: &str, status: NodeStatus, daemon: &str) -> Option<DataflowRecord> {
         let record = self.records.iter_mut().find(|r| r.uuid == uuid)?;
-        if matches!(status, NodeStatus::Lost { .. }) {
-            return None;
-        }
         record.nodes.insert(node.to_owned(), status);
         if let Some(p) = record.placement.iter_mut().find(|p| p.node == node) {
             p.daemon_id = daemon.to_owned();
         }
         if record.is_active() {
-            record.running_on.insert(daemon.to_owned());
+            if !matches!(record.nodes.get(node), Some(NodeStatus::Lost { .. })) {
+                record.running_on.insert(daemon.to_owned());
+            }
             record.settle(Instant::now());
         }
         Some(record.clone())

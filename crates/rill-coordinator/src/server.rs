@@ -13,6 +13,7 @@ use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
 use rill_proto::coord::{
     COORD_PROTOCOL_VERSION, ControlRequest, ControlResponse, CoordinatorMessage, DaemonMessage, ErrorCode, Health,
+    NodeStatus,
 };
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -310,7 +311,16 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
                             cluster.send(&daemon, CoordinatorMessage::Go { uuid: uuid.clone() });
                         }
                     }
+                    // Only the coordinator decides that a node is lost.
+                    Ok(DaemonMessage::NodeStatus { status: NodeStatus::Lost { .. }, .. }) => {}
                     Ok(DaemonMessage::NodeStatus { uuid, node, status }) => {
+                        // A node its daemon stopped on the way out is lost, not ended.
+                        let status = match status {
+                            NodeStatus::Finished | NodeStatus::Failed { .. } if leaving => {
+                                NodeStatus::Lost { reason: DAEMON_SHUT_DOWN.into() }
+                            }
+                            status => status,
+                        };
                         let changed = app.dataflows().node_status(&uuid, &node, status, &daemon_id);
                         if let Some(record) = changed {
                             app.persist(&record);
@@ -369,7 +379,9 @@ async fn admit(
     let deadline = Instant::now() + app.heartbeat * 2;
     loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        match app.cluster().probe_answered(&old, nonce) {
+        // (Bound first: the cluster lock must not live through the match.)
+        let answered = app.cluster().probe_answered(&old, nonce);
+        match answered {
             Some(true) => return Err(RegisterError::AlreadyConnected(machine)),
             Some(false) if Instant::now() < deadline => continue,
             Some(false) => {
@@ -380,7 +392,8 @@ async fn admit(
             None => break,
         }
     }
-    match app.cluster().register(hello, tx, Instant::now()) {
+    let second = app.cluster().register(hello, tx, Instant::now());
+    match second {
         // Yet another connection took the id meanwhile.
         Err(RegisterError::Held { machine, .. }) => Err(RegisterError::AlreadyConnected(machine)),
         other => other,
@@ -578,6 +591,52 @@ mod tests {
                 return serde_json::from_str(&reply).unwrap();
             }
         }
+    }
+
+    type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+    /// A raw daemon connection registered as `machine`, and its first reply.
+    async fn raw_daemon(addr: SocketAddr, machine: &str) -> (Ws, serde_json::Value) {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/daemon")).await.unwrap();
+        let register = format!(
+            r#"{{"type":"register","protocol":{COORD_PROTOCOL_VERSION},"version":"0","machine_id":"{machine}","labels":{{}}}}"#
+        );
+        ws.send(WsMessage::Text(register.into())).await.unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(Ok(WsMessage::Text(reply))) = ws.next().await {
+                    let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+                    if reply["type"] != "heartbeat" {
+                        return reply;
+                    }
+                }
+            }
+        })
+        .await
+        .expect("a reply within 10 s");
+        (ws, reply)
+    }
+
+    #[tokio::test]
+    async fn a_holder_that_answers_the_probe_keeps_its_machine_id_a_silent_one_is_replaced() {
+        let addr = start().await;
+        // Registered, then silent (still connected, answers nothing).
+        let (_silent, reply) = raw_daemon(addr, "a").await;
+        assert_eq!(reply["type"], "registered", "{reply}");
+        let (mut live, reply) = raw_daemon(addr, "a").await;
+        assert_eq!(reply["type"], "registered", "the silent holder is replaced: {reply}");
+        // This one answers every ping.
+        tokio::spawn(async move {
+            while let Some(Ok(WsMessage::Text(text))) = live.next().await {
+                let msg: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                if msg["type"] == "ping" {
+                    let pong = format!(r#"{{"type":"pong","nonce":{}}}"#, msg["nonce"]);
+                    let _ = live.send(WsMessage::Text(pong.into())).await;
+                }
+            }
+        });
+        let (_refused, reply) = raw_daemon(addr, "a").await;
+        assert_eq!(reply["code"], "already_connected", "a live holder keeps its id: {reply}");
     }
 
     #[test]

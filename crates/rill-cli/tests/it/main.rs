@@ -2,6 +2,7 @@
 mod check;
 mod cluster;
 mod dataplane;
+mod faults;
 mod leak;
 mod lifecycle;
 mod newcomer;

@@ -215,6 +215,46 @@ impl Processes {
         self.children.push((name.to_owned(), child));
     }
 
+    /// The pid of process `name`.
+    pub fn pid(&self, name: &str) -> u32 {
+        self.children.iter().find(|(n, _)| n == name).map(|(_, c)| c.id()).expect("no such process")
+    }
+
+    /// Sends `signal` to process `name`.
+    pub fn signal(&self, name: &str, signal: i32) {
+        // SAFETY: kill(2) on a child this test started.
+        unsafe { libc::kill(self.pid(name) as i32, signal) };
+    }
+
+    /// Waits (at most `limit`) for process `name` to exit; its exit code.
+    pub fn wait_exit(&mut self, name: &str, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let child = &mut self.children.iter_mut().find(|(n, _)| n == name).expect("no such process").1;
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                panic!("{name} did not exit within {limit:?}\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The text of process `name`'s log so far.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.log_path(name)).unwrap_or_default()
+    }
+
+    /// Waits until process `name`'s log satisfies `pred`, at most `limit`.
+    pub fn wait_log(&self, name: &str, what: &str, limit: Duration, pred: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + limit;
+        while !pred(&self.log(name)) {
+            assert!(Instant::now() < deadline, "{what} did not happen within {limit:?}\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn kill(&mut self, name: &str) {
         if let Some((_, child)) = self.children.iter_mut().find(|(n, _)| n == name) {
             let _ = child.kill();

@@ -1,0 +1,103 @@
+//! Faults a fleet meets: a daemon stopped by systemd, a coordinator that
+//! goes silent, a daemon reconnecting before its old connection is dropped.
+//! Real processes on loopback; each test prints every log when it fails.
+
+use std::time::{Duration, Instant};
+
+use crate::support::{Flow, Processes, free_port, machines, rill_json, wait_status};
+
+/// One node on machine `a` that prints its pid, waits for Stop and says so.
+const WAITER: &str = "nodes:\n  - id: w\n    path: {node}\n    args: [wait-stop]\n    deploy: { machine: a }\n";
+
+/// A coordinator and daemon `a` running [`WAITER`] as `app`.
+fn waiter_on_a(coordinator_args: &[&str]) -> (Processes, u16, Flow) {
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut procs = Processes::new();
+    let mut args = vec!["coordinator", "--port", &port_text, "--store", "memory"];
+    args.extend_from_slice(coordinator_args);
+    procs.start("coordinator", &args);
+    procs.start("daemon-a", &["daemon", "--machine-id", "a", "--coordinator-port", &port_text]);
+    wait_status(&procs, port, "daemon a registered", Duration::from_secs(15), |v| machines(v) == ["a"]);
+    let flow = Flow::new(WAITER);
+    let (code, _, stderr) =
+        rill_json(&["start", &flow.file.display().to_string(), "--name", "app", "--coordinator-port", &port_text]);
+    assert_eq!(code, Some(0), "{stderr}\n{}", procs.logs());
+    procs.wait_log("daemon-a", "the node runs", Duration::from_secs(20), |l| l.contains("[app/w] waiting"));
+    (procs, port, flow)
+}
+
+/// `rill list --json`'s first dataflow once `pred` holds (at most 20 s).
+fn dataflow_when(
+    procs: &Processes,
+    port: u16,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, list, _) = rill_json(&["list", "--json", "--coordinator-port", &port.to_string()]);
+        let first = &list["dataflows"][0];
+        if pred(first) {
+            return first.clone();
+        }
+        assert!(Instant::now() < deadline, "{what}: not within 20 s; last {list}\n{}", procs.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The pids the waiter printed, in order.
+fn waiter_pids(log: &str) -> Vec<u32> {
+    log.lines().filter_map(|l| l.strip_prefix("[app/w] waiting pid=")?.trim().parse().ok()).collect()
+}
+
+#[test]
+fn daemon_sigterm_stops_its_nodes_then_they_run_again_when_it_returns() {
+    let (mut procs, port, _flow) = waiter_on_a(&[]);
+    procs.signal("daemon-a", libc::SIGTERM);
+    assert_eq!(procs.wait_exit("daemon-a", Duration::from_secs(20)), Some(0), "exit 0\n{}", procs.logs());
+    assert!(procs.log("daemon-a").contains("[app/w] got stop"), "the node saw Stop\n{}", procs.logs());
+    let dataflow = dataflow_when(&procs, port, "degraded", |d| d["status"] == "degraded");
+    assert_eq!(
+        dataflow["nodes"]["w"],
+        serde_json::json!({"state": "lost", "reason": "daemon shut down"}),
+        "{dataflow}"
+    );
+
+    procs.start("daemon-a2", &["daemon", "--machine-id", "a", "--coordinator-port", &port.to_string()]);
+    procs.wait_log("daemon-a2", "the node runs again", Duration::from_secs(20), |l| l.contains("[app/w] waiting"));
+    let dataflow = dataflow_when(&procs, port, "running again", |d| d["status"] == "running");
+    assert_eq!(dataflow["nodes"]["w"]["state"], "running", "{dataflow}");
+}
+
+#[test]
+fn lost_nodes_fail_the_dataflow_after_the_lost_timeout() {
+    let (mut procs, port, _flow) = waiter_on_a(&["--lost-timeout", "1"]);
+    procs.signal("daemon-a", libc::SIGTERM);
+    procs.wait_exit("daemon-a", Duration::from_secs(20));
+    let dataflow = dataflow_when(&procs, port, "failed", |d| d["status"] == "failed");
+    let reason = dataflow["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("node(s) w lost: machine(s) a did not come back within 1 s"), "{dataflow}");
+    assert_eq!(dataflow["nodes"]["w"]["state"], "failed", "{dataflow}");
+}
+
+#[test]
+fn a_coordinator_silent_for_8_s_finds_the_same_daemon_and_nodes_after() {
+    let (procs, port, _flow) = waiter_on_a(&[]);
+    let pids = waiter_pids(&procs.log("daemon-a"));
+    let daemon_id = |v: &serde_json::Value| v["daemons"][0]["daemon_id"].as_str().unwrap_or("").to_owned();
+    let before = wait_status(&procs, port, "status", Duration::from_secs(5), |_| true);
+    procs.signal("coordinator", libc::SIGSTOP);
+    // The daemon notices the silence (3 heartbeats) and starts reconnecting.
+    procs.wait_log("daemon-a", "silence noticed", Duration::from_secs(8), |l| l.contains("has been silent"));
+    std::thread::sleep(Duration::from_secs(8).saturating_sub(Duration::from_secs(3)));
+    procs.signal("coordinator", libc::SIGCONT);
+    let after = wait_status(&procs, port, "daemon a back", Duration::from_secs(20), |v| machines(v) == ["a"]);
+    assert_eq!(machines(&after), ["a"], "the same machine\n{}", procs.logs());
+    let dataflow =
+        dataflow_when(&procs, port, "running", |d| d["status"] == "running" && d["nodes"]["w"]["state"] == "running");
+    assert_eq!(waiter_pids(&procs.log("daemon-a")), pids, "the node was not restarted\n{}", procs.logs());
+    assert_eq!(dataflow["nodes"]["w"]["pid"].as_u64(), pids.first().map(|p| u64::from(*p)), "{dataflow}");
+    assert!(crate::support::alive(pids[0]), "the node kept running");
+    let _ = (before, daemon_id);
+}
