@@ -125,6 +125,16 @@ fn stop_child(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// Is `pid` a running process of this rill executable?
+fn is_rill(pid: u32) -> bool {
+    let (Ok(exe), Ok(ours)) = (std::fs::read_link(format!("/proc/{pid}/exe")), std::env::current_exe()) else {
+        return false;
+    };
+    // A rebuilt binary shows as "PATH (deleted)" for processes started before.
+    let exe = exe.to_string_lossy();
+    alive(pid) && exe.trim_end_matches(" (deleted)") == ours.to_string_lossy()
+}
+
 /// SIGTERM, then SIGKILL after 5 s (a process `up` started earlier).
 fn terminate(pid: u32) {
     let Some(p) = rustix::process::Pid::from_raw(pid as i32) else { return };
@@ -206,14 +216,20 @@ pub fn destroy(args: DestroyArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     };
-    // The daemon first (it stops its nodes), then the coordinator.
+    // The daemon first (it stops its nodes), then the coordinator. A pid
+    // that is no longer this rill (it ended; the number was reused) is left
+    // alone.
     let pids: Vec<u32> = text.lines().filter_map(|l| l.trim().parse().ok()).rev().collect();
-    for pid in &pids {
+    let ours: Vec<u32> = pids.iter().copied().filter(|pid| is_rill(*pid)).collect();
+    for pid in &ours {
         terminate(*pid);
     }
     std::fs::remove_file(&file)?;
+    let status = if ours.is_empty() { "nothing_to_destroy" } else { "destroyed" };
     if args.json {
-        println!("{}", serde_json::json!({"status": "destroyed", "port": args.port, "pids": pids}));
+        println!("{}", serde_json::json!({"status": status, "port": args.port, "pids": ours}));
+    } else if ours.is_empty() {
+        println!("nothing was running for port {} any more (removed the stale {})", args.port, file.display());
     } else {
         println!("stopped the daemon and coordinator of port {}", args.port);
     }

@@ -95,7 +95,8 @@ pub struct SpawnDataflow {
     pub name: String,
     pub descriptor: Dataflow,
     /// Directory of the dataflow file where `rill start` ran: relative node
-    /// paths and build commands start there (unless `deploy.working_dir`).
+    /// paths and build commands start there (`deploy.working_dir` is not
+    /// used yet).
     pub base_dir: String,
     /// The nodes this daemon runs.
     pub nodes: Vec<String>,

@@ -350,3 +350,22 @@ fn check_warns_about_a_missing_program_and_counts_in_words() {
     assert_eq!(code, Some(1));
     assert!(stderr.ends_with("1 error found\n"), "{stderr:?}");
 }
+
+#[test]
+fn destroy_leaves_alone_a_pid_that_is_no_longer_rill() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    // A stale pid file whose numbers now belong to something else.
+    let mut bystander = Command::new("sleep").arg("60").spawn().expect("spawn sleep");
+    std::fs::create_dir_all(home.path().join("state")).expect("state dir");
+    std::fs::write(home.path().join(format!("state/up-{port}.pids")), format!("{}\n", bystander.id())).expect("pids");
+    let mut cmd = rill_in(home.path());
+    cmd.args(["destroy", "--port", &port.to_string()]);
+    let (code, stdout, stderr, _) = output(cmd);
+    let still_there = matches!(bystander.try_wait(), Ok(None));
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(still_there, "destroy signalled a process that is not rill");
+    assert!(stdout.contains("nothing was running for port"), "{stdout}");
+}
