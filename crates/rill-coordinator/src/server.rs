@@ -520,6 +520,13 @@ fn start(
     base_dir: String,
     dry_run: bool,
 ) -> ControlResponse {
+    // The CLI checked the file, but anything that deserializes may arrive.
+    let mut problems = rill_core::received_problems(&descriptor);
+    problems.extend(name.as_deref().and_then(rill_core::name_problem));
+    if !problems.is_empty() {
+        let message = format!("the dataflow is not valid: {}", problems.join("; "));
+        return ControlResponse::Error { code: ErrorCode::BadRequest, message };
+    }
     let cluster = app.cluster();
     let daemons = cluster.daemon_infos();
     if dry_run {
@@ -637,6 +644,30 @@ mod tests {
         });
         let (_refused, reply) = raw_daemon(addr, "a").await;
         assert_eq!(reply["code"], "already_connected", "a live holder keeps its id: {reply}");
+    }
+
+    #[tokio::test]
+    async fn a_start_with_an_absurd_descriptor_is_refused_with_the_reasons() {
+        let addr = start().await;
+        let (mut cli, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/control")).await.unwrap();
+        let hello = format!(r#"{{"type":"hello","protocol":{COORD_PROTOCOL_VERSION}}}"#);
+        cli.send(WsMessage::Text(hello.into())).await.unwrap();
+        let _ = cli.next().await;
+        let node = r#"{"id":"a*","path":"/bin/true","args":[],"env":{},"build":null,"outputs":[],
+            "inputs":{"t":{"source":{"timer":{"interval_ns":0}},"queue_size":1}},
+            "restart":{"policy":"never","max_restarts":null,"restart_delay_ms":500},
+            "deploy":{"machine":null,"labels":{},"distribute":"local","working_dir":null}}"#;
+        let start = format!(
+            r#"{{"type":"start","descriptor":{{"nodes":[{node}]}},"name":"x\u0000y","base_dir":"/","dry_run":false}}"#
+        );
+        cli.send(WsMessage::Text(start.into())).await.unwrap();
+        let Some(Ok(WsMessage::Text(reply))) = cli.next().await else { panic!("no reply") };
+        let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+        assert_eq!(reply["code"], "bad_request", "{reply}");
+        let message = reply["message"].as_str().unwrap_or("");
+        for expected in ["node id \"a*\" is not valid", "zero interval", "dataflow name"] {
+            assert!(message.contains(expected), "{expected}: {message}");
+        }
     }
 
     #[test]

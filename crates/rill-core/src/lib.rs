@@ -12,6 +12,7 @@ mod model;
 mod parse;
 mod placement;
 mod read;
+mod received;
 mod source;
 mod suggest;
 mod timer;
@@ -28,4 +29,5 @@ pub use model::{
 };
 pub use parse::Positions;
 pub use placement::{DaemonInfo, Placement, PlacementError, format_labels, parse_labels, place};
+pub use received::{MAX_QUEUE_SIZE, name_problem, received_problems};
 pub use suggest::did_you_mean;

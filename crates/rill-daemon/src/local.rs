@@ -44,6 +44,30 @@ pub struct LocalDataflows {
     running: HashMap<String, StopHandle>,
 }
 
+/// What is wrong with a spawn request (empty: nothing).
+fn refusal(spawn: &SpawnDataflow) -> Vec<String> {
+    let mut problems = rill_core::received_problems(&spawn.descriptor);
+    problems.extend(rill_core::name_problem(&spawn.name));
+    if uuid_like(&spawn.uuid).is_none() {
+        problems.push(format!("dataflow uuid {:?} is not a uuid", spawn.uuid));
+    }
+    if spawn.nodes.is_empty() {
+        problems.push("it names no node to run here".into());
+    }
+    for node in spawn.nodes.iter().filter(|n| spawn.descriptor.node(n).is_none()) {
+        problems.push(format!("node {node:?} is not in the dataflow"));
+    }
+    problems
+}
+
+/// `Some` for 8-4-4-4-12 hexadecimal digits.
+fn uuid_like(text: &str) -> Option<()> {
+    let groups: Vec<&str> = text.split('-').collect();
+    let lengths = groups.iter().map(|g| g.len()).collect::<Vec<_>>();
+    let hex = groups.iter().all(|g| g.chars().all(|c| c.is_ascii_hexdigit()));
+    (lengths == [8, 4, 4, 4, 12] && hex).then_some(())
+}
+
 impl LocalDataflows {
     /// Starts this daemon's share; reports to `finished` when it ends.
     pub fn spawn(
@@ -54,6 +78,15 @@ impl LocalDataflows {
         on_event: Arc<dyn Fn(LocalEvent) + Send + Sync>,
     ) {
         if self.running.contains_key(&spawn.uuid) {
+            return;
+        }
+        // Anything that deserializes may arrive: check it as `rill check`
+        // would, before it reaches a thread name, a process or a key expression.
+        let problems = refusal(&spawn);
+        if !problems.is_empty() {
+            let summary = format!("refused by the daemon: {}", problems.join("; "));
+            eprintln!("rill daemon: dataflow {:?} {summary}", spawn.name);
+            let _ = reports.send(ShareReport::Finished((spawn.uuid, false, summary)));
             return;
         }
         let nodes: BTreeSet<String> = spawn.nodes.iter().cloned().collect();
@@ -187,5 +220,40 @@ impl LocalDataflows {
     /// A share ended.
     pub fn ended(&mut self, uuid: &str) {
         self.running.remove(uuid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spawn_request(yaml: &str, name: &str, uuid: &str) -> SpawnDataflow {
+        let descriptor = rill_core::Dataflow::parse(yaml, std::path::Path::new("t.yml")).expect("valid yaml");
+        let nodes = descriptor.nodes.iter().map(|n| n.id.clone()).collect();
+        SpawnDataflow { uuid: uuid.into(), name: name.into(), descriptor, base_dir: "/".into(), nodes }
+    }
+
+    #[test]
+    fn an_absurd_spawn_is_refused_with_its_reasons_and_nothing_starts() {
+        let mut spawn = spawn_request(
+            "nodes:\n  - id: a\n    path: /bin/true\n    inputs: { t: rill/timer/millis/5 }\n",
+            "app",
+            "00000000-0000-0000-0000-000000000000",
+        );
+        spawn.name = "bad\0name".into();
+        spawn.descriptor.nodes[0].id = "a*".into();
+        spawn.nodes = vec!["a*".into()];
+        if let Some(t) = spawn.descriptor.nodes[0].inputs.get_mut("t") {
+            t.source = rill_core::InputSource::Timer { interval: std::time::Duration::ZERO };
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut local = LocalDataflows::default();
+        local.spawn(spawn, None, tx, Arc::new(|_| {}));
+        assert!(local.running().is_empty(), "nothing runs");
+        let Ok(ShareReport::Finished((_, success, summary))) = rx.try_recv() else { panic!("no report") };
+        assert!(!success);
+        for expected in ["refused by the daemon", "node id \"a*\"", "zero interval", "dataflow name \"bad\\0name\""] {
+            assert!(summary.contains(expected), "{expected}: {summary}");
+        }
     }
 }

@@ -73,6 +73,11 @@ fn queue_size(r: &mut Reader, node: &Node, owner: &str) -> Option<usize> {
         r.error_hint(node.pos, format!("`queue_size` of {owner} must be at least 1"), hint);
         return None;
     }
-    // Larger than memory anyway; saturate rather than fail on 32-bit targets.
-    Some(usize::try_from(size).unwrap_or(usize::MAX))
+    let max = crate::received::MAX_QUEUE_SIZE;
+    if size > max as u64 {
+        let hint = "a queue that long would hold more than memory; drop-oldest keeps the newest";
+        r.error_hint(node.pos, format!("`queue_size` of {owner} must be at most {max}"), hint);
+        return None;
+    }
+    usize::try_from(size).ok()
 }
