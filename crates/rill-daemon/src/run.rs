@@ -316,7 +316,14 @@ impl Runtime {
             let _ = tx.send(RunEvent::Exited { node: node_name, instance, status });
         });
         if let Err(e) = waiter {
-            eprintln!("rill: cannot watch node {node_id}: {e}");
+            // Nothing would ever report its exit and the run would hang:
+            // kill it and report it ended (it stays a zombie until we exit).
+            eprintln!("rill: cannot watch node {node_id} ({e}); killing it");
+            if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+            }
+            let _ =
+                self.tx.send(RunEvent::Exited { node: node_id.to_owned(), instance, status: ExitStatus::Signal(9) });
         }
         supervisor.spawned(node_id, instance, pid, Instant::now())
     }

@@ -14,7 +14,9 @@ use crate::router::Instance;
 
 /// Longest wait between restarts, whatever the backoff says.
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
-/// After SIGKILL, how long before we stop waiting for the exit.
+/// After SIGKILL, how long before we stop waiting for the exit (a process
+/// stuck in the kernel, e.g. on a dead NFS mount, may never exit): the node
+/// is then abandoned, so the run can end.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// How a node process ended.
@@ -119,6 +121,8 @@ pub enum Outcome {
     Stopped { status: ExitStatus, escalation: Option<Sig> },
     /// Killed with SIGKILL at once by a forced stop.
     Killed { status: ExitStatus },
+    /// Did not exit within [`KILL_WAIT`] after SIGKILL; no longer waited for.
+    Abandoned { pid: u32 },
     /// Never started or was waiting to restart when the dataflow stopped.
     Cancelled,
 }
@@ -129,7 +133,7 @@ impl Outcome {
         match self {
             Outcome::Succeeded | Outcome::Cancelled => false,
             // Not the node's fault, but it did not end cleanly either.
-            Outcome::Failed(_) | Outcome::SpawnFailed(_) | Outcome::Killed { .. } => true,
+            Outcome::Failed(_) | Outcome::SpawnFailed(_) | Outcome::Killed { .. } | Outcome::Abandoned { .. } => true,
             // SIGTERM is an acceptable way to stop; needing SIGKILL is not.
             Outcome::Stopped { escalation, .. } => *escalation == Some(Sig::Kill),
         }
@@ -150,6 +154,9 @@ impl fmt::Display for Outcome {
                 write!(f, "killed with SIGKILL (ignored Stop and SIGTERM)")
             }
             Outcome::Killed { .. } => write!(f, "killed with SIGKILL (the stop was forced)"),
+            Outcome::Abandoned { pid } => {
+                write!(f, "did not exit within {} s of SIGKILL; pid {pid} abandoned", KILL_WAIT.as_secs())
+            }
             Outcome::Cancelled => write!(f, "not running (dataflow stopped)"),
         }
     }
@@ -332,8 +339,11 @@ impl Supervisor {
                     let (next, signal, wait) = match phase {
                         StopPhase::Asked => (StopPhase::Terminated, Sig::Term, self.term_grace),
                         StopPhase::Terminated => (StopPhase::Killed, Sig::Kill, KILL_WAIT),
-                        // SIGKILL cannot be ignored; keep waiting for the exit.
-                        StopPhase::Killed | StopPhase::Forced => continue,
+                        StopPhase::Killed | StopPhase::Forced => {
+                            n.state = NodeState::Finished(Outcome::Abandoned { pid });
+                            actions.push(Action::CloseOutputs { node: node.clone() });
+                            continue;
+                        }
                     };
                     n.state = NodeState::Stopping { instance, pid, phase: next, deadline: now + wait };
                     actions.push(Action::Notice(Notice::Escalating { node: node.clone(), signal }));
@@ -354,11 +364,7 @@ impl Supervisor {
         self.nodes
             .values()
             .filter_map(|n| match n.state {
-                NodeState::Stopping { phase, deadline, .. }
-                    if !matches!(phase, StopPhase::Killed | StopPhase::Forced) =>
-                {
-                    Some(deadline)
-                }
+                NodeState::Stopping { deadline, .. } => Some(deadline),
                 NodeState::Restarting { at } => Some(at),
                 _ => None,
             })
@@ -480,11 +486,25 @@ mod tests {
         s.spawned("a", 1, 100, t0);
         s.stop_all(t0);
         assert_eq!(s.kill_all(t0), vec![Action::Signal { node: "a".into(), pid: 100, signal: Sig::Kill }]);
-        assert_eq!(s.next_deadline(), None, "nothing left to escalate");
+        assert_eq!(s.next_deadline(), Some(t0 + KILL_WAIT), "only the wait for the exit is left");
         s.exited("a", 1, ExitStatus::Signal(9), t0);
         let outcome = &s.summary()[0].outcome;
         assert_eq!(outcome, &Outcome::Killed { status: ExitStatus::Signal(9) });
         assert_eq!(outcome.to_string(), "killed with SIGKILL (the stop was forced)");
+    }
+
+    #[test]
+    fn a_node_that_survives_sigkill_is_abandoned_so_the_run_can_end() {
+        let mut s = supervisor(ONE);
+        let t0 = Instant::now();
+        s.spawned("a", 1, 100, t0);
+        s.stop_all(t0);
+        s.kill_all(t0);
+        assert!(!s.all_finished());
+        assert_eq!(s.tick(t0 + KILL_WAIT), vec![Action::CloseOutputs { node: "a".into() }]);
+        assert!(s.all_finished());
+        assert_eq!(s.summary()[0].outcome.to_string(), "did not exit within 5 s of SIGKILL; pid 100 abandoned");
+        assert_eq!(s.exited("a", 1, ExitStatus::Signal(9), t0 + KILL_WAIT * 2), vec![], "a late exit is stale");
     }
 
     #[test]
