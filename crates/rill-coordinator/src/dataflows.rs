@@ -407,7 +407,9 @@ impl Dataflows {
             p.daemon_id = daemon.to_owned();
         }
         if record.is_active() {
-            if !matches!(record.nodes.get(node), Some(NodeStatus::Lost { .. })) {
+            // It runs there (again, after a reconnect); an end says nothing
+            // about the share, whose own end may have been reported already.
+            if matches!(record.nodes.get(node), Some(NodeStatus::Running { .. } | NodeStatus::Restarting)) {
                 record.running_on.insert(daemon.to_owned());
             }
             record.settle(Instant::now());
@@ -609,6 +611,18 @@ mod tests {
         // b's late finish report does not change the outcome.
         d.daemon_finished(&app.uuid, "b-3", ShareOutcome::Ended { success: true, summary: "" }, t0);
         assert_eq!(d.find("app").unwrap().status, DataflowStatus::Failed);
+    }
+
+    #[test]
+    fn a_node_end_reported_after_its_share_ended_does_not_revive_the_share() {
+        let mut d = Dataflows::default();
+        let (app, _) = d.start(flow(), Some("app".into()), "/".into(), &daemons()).unwrap();
+        d.stop("app");
+        let now = Instant::now();
+        d.daemon_finished(&app.uuid, "a-1", ShareOutcome::Ended { success: true, summary: "" }, now);
+        d.node_status(&app.uuid, "src", NodeStatus::Finished, "a-1");
+        d.daemon_finished(&app.uuid, "b-2", ShareOutcome::Ended { success: true, summary: "" }, now);
+        assert_eq!(d.find("app").unwrap().status, DataflowStatus::Stopped);
     }
 
     #[test]

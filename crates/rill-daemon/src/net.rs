@@ -297,6 +297,13 @@ async fn connect_once(
                     }
                     shares.unreported.push(report);
                 }
+                // The share's node statuses were queued before its end: send
+                // them first, so the coordinator sees them in that order.
+                while registered && let Ok(msg) = stream_rx.try_recv() {
+                    if let Err(e) = send(&mut sink, &msg).await {
+                        break 'conn lost(e, registered);
+                    }
+                }
                 if registered && let Err(e) = report_finished(&mut sink, &mut shares.unreported).await {
                     break 'conn lost(e, registered);
                 }
