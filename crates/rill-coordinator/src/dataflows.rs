@@ -226,6 +226,18 @@ impl Dataflows {
         Self { records, lost_timeout, recovered_at: Default::default() }
     }
 
+    /// A dataflow that was never stored: gone as if never started.
+    pub fn forget(&mut self, uuid: &str) {
+        self.records.retain(|r| r.uuid != uuid);
+    }
+
+    /// `daemon`'s share of `uuid` is lost (e.g. its spawn could not be sent).
+    pub fn share_lost(&mut self, uuid: &str, daemon: &str, reason: &str, now: Instant) -> Option<DataflowRecord> {
+        let record = self.records.iter_mut().find(|r| r.uuid == uuid && r.is_active())?;
+        record.lose_share(daemon, reason, now);
+        Some(record.clone())
+    }
+
     /// A daemon's connection ended (`reason`: it shut down, or went silent):
     /// the nodes it ran are lost. Returns the changed records.
     pub fn daemon_gone(&mut self, daemon: &str, reason: &str, now: Instant) -> Vec<DataflowRecord> {

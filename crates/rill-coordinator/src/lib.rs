@@ -6,6 +6,7 @@ pub mod client;
 mod cluster;
 pub mod dataflows;
 mod logs;
+mod persist;
 mod server;
 mod store;
 

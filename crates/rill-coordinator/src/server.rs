@@ -22,6 +22,7 @@ use crate::cluster::Cluster;
 use crate::dataflows::{
     DAEMON_SHUT_DOWN, DAEMON_UNREACHABLE, DataflowRecord, Dataflows, ShareOutcome, StartError, plan,
 };
+use crate::persist::Persister;
 use crate::store::Store;
 
 /// The first message of a connection must come within this.
@@ -83,7 +84,7 @@ struct App {
     cluster: Mutex<Cluster>,
     dataflows: Mutex<Dataflows>,
     logs: Mutex<crate::logs::Logs>,
-    store: Store,
+    persister: Persister,
     started: Instant,
     /// How often daemons and the coordinator hear from each other.
     heartbeat: Duration,
@@ -104,12 +105,10 @@ impl App {
         self.logs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Stores a changed record; a store failure is reported, not fatal
-    /// (the dataflows keep running).
+    /// Queues a changed record for the store; a failure is logged, not
+    /// fatal (the dataflows keep running).
     fn persist(&self, record: &DataflowRecord) {
-        if let Err(e) = self.store.save(record) {
-            eprintln!("rill coordinator: {e}");
-        }
+        self.persister.save(record);
     }
 }
 
@@ -157,7 +156,7 @@ pub async fn serve_on(listener: TcpListener, store: Store, lost_timeout: Duratio
         cluster: Mutex::new(Cluster::default()),
         dataflows: Mutex::new(dataflows),
         logs: Mutex::default(),
-        store,
+        persister: Persister::start(store)?,
         started: Instant::now(),
         heartbeat: rill_proto::coord::heartbeat_interval(),
     });
@@ -431,11 +430,11 @@ async fn handle_control(socket: WebSocket, app: Arc<App>) {
             },
             Ok(ControlRequest::Hello { .. }) => ControlResponse::Hello { version: VERSION.to_owned() },
             Ok(ControlRequest::Start { descriptor, name, base_dir, dry_run }) => {
-                start(&app, descriptor, name, base_dir, dry_run)
+                start(&app, descriptor, name, base_dir, dry_run).await
             }
             Ok(ControlRequest::List) => ControlResponse::List { dataflows: app.dataflows().list() },
-            Ok(ControlRequest::Stop { dataflow }) => stop(&app, &dataflow),
-            Ok(ControlRequest::Restart { dataflow }) => restart(&app, &dataflow),
+            Ok(ControlRequest::Stop { dataflow }) => stop(&app, &dataflow).await,
+            Ok(ControlRequest::Restart { dataflow }) => restart(&app, &dataflow).await,
             // Answered above.
             Ok(ControlRequest::Logs { .. }) => continue,
             Err(e) => ControlResponse::Error { code: ErrorCode::BadRequest, message: e },
@@ -513,7 +512,7 @@ fn start_error(e: StartError) -> ControlResponse {
     ControlResponse::Error { code, message: e.to_string() }
 }
 
-fn start(
+async fn start(
     app: &App,
     descriptor: rill_core::Dataflow,
     name: Option<String>,
@@ -527,50 +526,73 @@ fn start(
         let message = format!("the dataflow is not valid: {}", problems.join("; "));
         return ControlResponse::Error { code: ErrorCode::BadRequest, message };
     }
-    let cluster = app.cluster();
-    let daemons = cluster.daemon_infos();
+    let daemons = app.cluster().daemon_infos();
     if dry_run {
         return match plan(&descriptor, &daemons) {
             Ok(placement) => ControlResponse::Plan { placement },
             Err(e) => start_error(e),
         };
     }
-    let (record, spawns) = match app.dataflows().start(descriptor, name, base_dir, &daemons) {
+    let started = app.dataflows().start(descriptor, name, base_dir, &daemons);
+    let (record, spawns) = match started {
         Ok(started) => started,
         Err(e) => return start_error(e),
     };
-    app.persist(&record);
+    // Nothing runs unless its record is stored: a coordinator restart must
+    // not forget a running dataflow.
+    if let Err(e) = app.persister.save_confirmed(&record).await {
+        app.dataflows().forget(&record.uuid);
+        let message = format!("the dataflow was not started: its record cannot be stored ({e})");
+        return ControlResponse::Error { code: ErrorCode::Internal, message };
+    }
     for (daemon, spawn) in spawns {
-        cluster.send(&daemon, CoordinatorMessage::Spawn(spawn));
+        // A daemon that left since the plan: its part is lost, not silently dropped.
+        let sent = app.cluster().send(&daemon, CoordinatorMessage::Spawn(spawn));
+        if !sent {
+            let changed = app.dataflows().share_lost(&record.uuid, &daemon, DAEMON_UNREACHABLE, Instant::now());
+            if let Some(changed) = changed {
+                app.persist(&changed);
+            }
+        }
     }
     ControlResponse::Started { uuid: record.uuid, name: record.name, placement: record.placement }
 }
 
-fn stop(app: &App, dataflow: &str) -> ControlResponse {
-    let cluster = app.cluster();
-    let Some((record, daemons)) = app.dataflows().stop(dataflow) else {
+async fn stop(app: &App, dataflow: &str) -> ControlResponse {
+    let stopping = app.dataflows().stop(dataflow);
+    let Some((record, daemons)) = stopping else {
         let message = unknown_dataflow(app, dataflow, true);
         return ControlResponse::Error { code: ErrorCode::NotFound, message };
     };
-    app.persist(&record);
-    for daemon in daemons {
-        cluster.send(&daemon, CoordinatorMessage::StopDataflow { uuid: record.uuid.clone() });
+    {
+        let cluster = app.cluster();
+        for daemon in daemons {
+            cluster.send(&daemon, CoordinatorMessage::StopDataflow { uuid: record.uuid.clone() });
+        }
+    }
+    if let Err(e) = app.persister.save_confirmed(&record).await {
+        let message = format!(
+            "dataflow {} is stopping, but that cannot be stored ({e}): after a coordinator restart it would be listed as running",
+            record.name
+        );
+        return ControlResponse::Error { code: ErrorCode::Internal, message };
     }
     ControlResponse::Stopped { uuid: record.uuid, name: record.name }
 }
 
-fn restart(app: &App, dataflow: &str) -> ControlResponse {
-    let Some(old) = app.dataflows().find(dataflow).cloned() else {
+async fn restart(app: &App, dataflow: &str) -> ControlResponse {
+    let old = app.dataflows().find(dataflow).cloned();
+    let Some(old) = old else {
         let message = unknown_dataflow(app, dataflow, false);
         return ControlResponse::Error { code: ErrorCode::NotFound, message };
     };
-    if let ControlResponse::Error { code, message } = stop(app, &old.uuid) {
+    if let ControlResponse::Error { code, message } = stop(app, &old.uuid).await {
         // Already ended: restart simply starts it again.
         if code != ErrorCode::NotFound {
             return ControlResponse::Error { code, message };
         }
     }
-    match start(app, old.descriptor, Some(old.name), old.base_dir, false) {
+    match start(app, old.descriptor, Some(old.name), old.base_dir, false).await {
         ControlResponse::Started { uuid, name, placement } => {
             ControlResponse::Restarted { old_uuid: old.uuid, new_uuid: uuid, name, placement }
         }

@@ -50,14 +50,16 @@ impl Store {
         Ok(Store::Redb(db))
     }
 
-    /// Writes one record (durably, before the caller answers anyone).
-    pub fn save(&self, record: &DataflowRecord) -> Result<(), StoreError> {
+    /// Writes records in one transaction (durably: one fsync).
+    pub fn save_all(&self, records: &[&DataflowRecord]) -> Result<(), StoreError> {
         let Store::Redb(db) = self else { return Ok(()) };
-        let json = serde_json::to_string(record).map_err(io)?;
         let txn = db.begin_write().map_err(io)?;
         {
             let mut table = txn.open_table(DATAFLOWS).map_err(io)?;
-            table.insert(record.uuid.as_str(), json.as_str()).map_err(io)?;
+            for record in records {
+                let json = serde_json::to_string(record).map_err(io)?;
+                table.insert(record.uuid.as_str(), json.as_str()).map_err(io)?;
+            }
         }
         txn.commit().map_err(io)
     }

@@ -101,3 +101,56 @@ fn a_coordinator_silent_for_8_s_finds_the_same_daemon_and_nodes_after() {
     assert!(crate::support::alive(pids[0]), "the node kept running");
     let _ = (before, daemon_id);
 }
+
+#[test]
+fn a_full_disk_fails_start_and_stop_with_a_clear_error_and_the_coordinator_keeps_serving() {
+    // A real full disk: the store on a 512 KiB tmpfs in the coordinator's own
+    // mount namespace. Mounting needs root, which CI has.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut procs = Processes::new();
+    let disk = procs.dir.path().join("disk");
+    std::fs::create_dir_all(&disk).expect("mount point");
+    let script = format!(
+        "mount -t tmpfs -o size=512k tmpfs {disk} && exec {rill} coordinator --port {port} --store redb:{disk}/store.redb",
+        disk = disk.display(),
+        rill = env!("CARGO_BIN_EXE_rill"),
+    );
+    let mut coordinator = std::process::Command::new("unshare");
+    coordinator.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    procs.start_command("coordinator", coordinator);
+    procs.start("daemon-a", &["daemon", "--machine-id", "a", "--coordinator-port", &port_text]);
+    wait_status(&procs, port, "daemon a registered", Duration::from_secs(15), |v| machines(v) == ["a"]);
+    // Each record carries its descriptor: 100 KB of environment fills the disk in a few starts.
+    let big = "x".repeat(100_000);
+    let flow = Flow::new(&format!(
+        "nodes:\n  - id: w\n    path: {{node}}\n    args: [wait-stop]\n    env: {{ BIG: {big} }}\n    deploy: {{ machine: a }}\n"
+    ));
+    let file = flow.file.display().to_string();
+    let mut refused = None;
+    for n in 0..20 {
+        let name = format!("app{n}");
+        let (code, _, stderr) = rill_json(&["start", &file, "--name", &name, "--coordinator-port", &port_text]);
+        if code != Some(0) {
+            refused = Some((name, stderr));
+            break;
+        }
+    }
+    let Some((refused, stderr)) = refused else { panic!("the disk never filled\n{}", procs.logs()) };
+    assert!(stderr.contains("the dataflow was not started: its record cannot be stored"), "{stderr}\n{}", procs.logs());
+    let (code, list, _) = rill_json(&["list", "--json", "--coordinator-port", &port_text]);
+    assert_eq!(code, Some(0), "the coordinator keeps serving\n{}", procs.logs());
+    let names: Vec<&str> =
+        list["dataflows"].as_array().into_iter().flatten().filter_map(|d| d["name"].as_str()).collect();
+    assert!(!names.contains(&refused.as_str()), "a refused start leaves no record: {names:?}");
+    assert!(!procs.log("daemon-a").contains(&format!("starting w of dataflow {refused}")), "nothing ran");
+    let (code, _, stderr) = rill_json(&["stop", "app0", "--coordinator-port", &port_text]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("is stopping, but that cannot be stored"), "{stderr}");
+    procs.wait_log("daemon-a", "app0 stopped anyway", Duration::from_secs(20), |l| l.contains("[app0/w] got stop"));
+}

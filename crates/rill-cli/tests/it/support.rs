@@ -208,6 +208,14 @@ impl Processes {
         self.dir.path().join(format!("{name}.log"))
     }
 
+    /// Starts `cmd` as process `name`, its output into its log.
+    pub fn start_command(&mut self, name: &str, mut cmd: Command) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(name)).expect("log file");
+        let err = log.try_clone().expect("log file");
+        let child = cmd.stdin(Stdio::null()).stdout(log).stderr(err).spawn().expect("spawn");
+        self.children.push((name.to_owned(), child));
+    }
+
     pub fn start(&mut self, name: &str, args: &[&str]) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(name)).expect("log file");
         let err = log.try_clone().expect("log file");

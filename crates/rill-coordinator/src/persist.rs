@@ -1,0 +1,87 @@
+//! Dataflow records are written off the async executor: one thread owns the
+//! store, takes every record queued since its last commit, keeps the newest
+//! of each dataflow and writes them in one transaction (one fsync). Requests
+//! that must not succeed unless their record is stored (start, stop) wait for
+//! their write without blocking the executor; other changes (node statuses)
+//! are queued, and a failure is logged.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+
+use tokio::sync::oneshot;
+
+use crate::dataflows::DataflowRecord;
+use crate::store::Store;
+
+/// Changes queued for the writer. A full queue (the disk is far behind)
+/// drops a queued-only change; the next change of that dataflow stores it.
+pub const QUEUE: usize = 10_000;
+/// Most records per transaction.
+const BATCH: usize = 256;
+
+struct Job {
+    record: DataflowRecord,
+    done: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// The handle the coordinator writes through.
+pub struct Persister {
+    tx: SyncSender<Job>,
+}
+
+impl Persister {
+    /// Starts the writer thread, which owns `store` from now on.
+    pub fn start(store: Store) -> std::io::Result<Self> {
+        let (tx, rx) = sync_channel(QUEUE);
+        std::thread::Builder::new().name("rill-store".into()).spawn(move || write_batches(&store, &rx))?;
+        Ok(Self { tx })
+    }
+
+    /// Queues a write; a failure is logged by the writer.
+    pub fn save(&self, record: &DataflowRecord) {
+        match self.tx.try_send(Job { record: record.clone(), done: None }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                eprintln!("rill coordinator: the store is {QUEUE} changes behind; skipped one of {}", record.name)
+            }
+            Err(TrySendError::Disconnected(_)) => eprintln!("rill coordinator: the store writer is gone"),
+        }
+    }
+
+    /// Writes `record` and waits until it is stored; `Err` says why not.
+    pub async fn save_confirmed(&self, record: &DataflowRecord) -> Result<(), String> {
+        let (done, result) = oneshot::channel();
+        let job = Job { record: record.clone(), done: Some(done) };
+        match self.tx.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(format!("the store is {QUEUE} changes behind")),
+            Err(TrySendError::Disconnected(_)) => return Err("the store writer is gone".into()),
+        }
+        result.await.unwrap_or_else(|_| Err("the store writer is gone".into()))
+    }
+}
+
+fn write_batches(store: &Store, rx: &Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < BATCH
+            && let Ok(job) = rx.try_recv()
+        {
+            jobs.push(job);
+        }
+        let mut newest: BTreeMap<&str, &DataflowRecord> = BTreeMap::new();
+        for job in &jobs {
+            newest.insert(job.record.uuid.as_str(), &job.record);
+        }
+        let records: Vec<&DataflowRecord> = newest.into_values().collect();
+        let result = store.save_all(&records).map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            eprintln!("rill coordinator: {e}");
+        }
+        for job in jobs {
+            if let Some(done) = job.done {
+                let _ = done.send(result.clone());
+            }
+        }
+    }
+}
