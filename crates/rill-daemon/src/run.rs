@@ -3,7 +3,7 @@
 //! stop requests and the clock, and carries out its actions.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
@@ -333,9 +333,8 @@ impl Runtime {
         let tails = (stream == Stream::Stderr).then(|| self.tails.clone());
         let node = node.to_owned();
         let handle = std::thread::Builder::new().name(format!("log-{node}")).spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                reporter(Report::Log { node: &node, stream, line: &line });
+            crate::lines::for_each_line(BufReader::new(pipe), crate::lines::MAX_LINE, |line| {
+                reporter(Report::Log { node: &node, stream, line });
                 if let Some(tails) = &tails
                     && let Ok(mut tails) = tails.lock()
                 {
@@ -343,9 +342,9 @@ impl Runtime {
                     if tail.len() == STDERR_TAIL {
                         tail.pop_front();
                     }
-                    tail.push_back(line);
+                    tail.push_back(line.to_owned());
                 }
-            }
+            });
         });
         if let Ok(handle) = handle {
             self.log_threads.push(handle);
@@ -399,15 +398,15 @@ fn run_build(command: &str, dir: &Path, node: &str, reporter: &Reporter) -> std:
     let err_node = node.to_owned();
     let err_thread = std::thread::spawn(move || {
         if let Some(stderr) = stderr {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                err_reporter(Report::Log { node: &err_node, stream: Stream::Stderr, line: &line });
-            }
+            crate::lines::for_each_line(BufReader::new(stderr), crate::lines::MAX_LINE, |line| {
+                err_reporter(Report::Log { node: &err_node, stream: Stream::Stderr, line });
+            });
         }
     });
     if let Some(stdout) = child.stdout.take() {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            reporter(Report::Log { node, stream: Stream::Stdout, line: &line });
-        }
+        crate::lines::for_each_line(BufReader::new(stdout), crate::lines::MAX_LINE, |line| {
+            reporter(Report::Log { node, stream: Stream::Stdout, line });
+        });
     }
     let _ = err_thread.join();
     Ok(child.wait()?.into())

@@ -154,3 +154,16 @@ fn a_full_disk_fails_start_and_stop_with_a_clear_error_and_the_coordinator_keeps
     assert!(stderr.contains("is stopping, but that cannot be stored"), "{stderr}");
     procs.wait_log("daemon-a", "app0 stopped anyway", Duration::from_secs(20), |l| l.contains("[app0/w] got stop"));
 }
+
+#[test]
+fn a_node_printing_a_huge_line_gets_it_cut_at_64_kib() {
+    let flow = Flow::new(
+        "nodes:\n  - id: loud\n    path: /bin/sh\n    args: ['-c', \"head -c 1000000 /dev/zero | tr '\\\\0' x; echo; echo done\"]\n",
+    );
+    let run = flow.run(&[], Duration::from_secs(30));
+    let lines = run.node_lines("loud");
+    crate::check!(run, lines.last().map(String::as_str) == Some("done"), "the next line is intact");
+    let long = lines.first().cloned().unwrap_or_default();
+    crate::check!(run, long.ends_with("[line cut at 64 KiB]"), "the long line is marked");
+    crate::check!(run, long.len() < 64 * 1024 + 64, "and cut: {} bytes", long.len());
+}
