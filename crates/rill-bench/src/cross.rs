@@ -23,7 +23,7 @@ pub fn run(yaml: &str, expected: usize) -> anyhow::Result<Vec<serde_json::Value>
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?.to_string();
-        tokio::spawn(rill_coordinator::serve_on(listener, rill_coordinator::Store::Memory, Duration::from_secs(30)));
+        tokio::spawn(rill_coordinator::serve_on(listener, rill_coordinator::Store::Memory, Default::default()));
         for machine in ["a", "b"] {
             let config = DaemonConfig {
                 machine_id: Some(machine.into()),

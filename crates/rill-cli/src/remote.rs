@@ -46,6 +46,10 @@ pub struct CoordinatorArgs {
     /// dataflow fails.
     #[arg(long, default_value_t = 60.0, value_name = "SECS")]
     lost_timeout: f64,
+    /// Ended dataflows kept for `rill list`, `logs` and `restart`; older ones
+    /// are removed, with their stored records and kept lines.
+    #[arg(long, default_value_t = rill_coordinator::Settings::default().keep_ended, value_name = "N")]
+    keep_ended: usize,
 }
 
 #[derive(clap::Args)]
@@ -92,7 +96,8 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         .context("--lost-timeout must be a non-negative number of seconds")?;
     runtime()?.block_on(async move {
         let shown_store = store.to_string();
-        let config = rill_coordinator::CoordinatorConfig { bind, store, lost_timeout };
+        let settings = rill_coordinator::Settings { lost_timeout, keep_ended: args.keep_ended };
+        let config = rill_coordinator::CoordinatorConfig { bind, store, settings };
         let listening = rill_coordinator::Listening::bind(config).await?;
         note!("rill coordinator listening on {bind} (store: {shown_store})");
         listening.serve().await

@@ -130,6 +130,10 @@ pub const DAEMON_SHUT_DOWN: &str = "daemon shut down";
 /// Why nodes are lost when their daemon's connection goes silent or drops.
 pub const DAEMON_UNREACHABLE: &str = "daemon unreachable";
 
+/// Ended dataflows kept (for `rill list`, `logs`, `restart`) by default;
+/// older ones are pruned, with their stored records and kept lines.
+pub const KEEP_ENDED: usize = 100;
+
 /// At most one auto-recovery per machine and dataflow in this window.
 pub const RECOVERY_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -224,6 +228,28 @@ impl Dataflows {
             })
             .collect();
         Self { records, lost_timeout, recovered_at: Default::default() }
+    }
+
+    /// Is there a record with this uuid?
+    pub fn knows(&self, uuid: &str) -> bool {
+        self.records.iter().any(|r| r.uuid == uuid)
+    }
+
+    /// Drops the oldest ended records beyond `keep`; returns their uuids.
+    pub fn prune(&mut self, keep: usize) -> Vec<String> {
+        let ended = self.records.iter().filter(|r| !r.is_active()).count();
+        let mut excess = ended.saturating_sub(keep);
+        let mut pruned = Vec::new();
+        self.records.retain(|r| {
+            if excess > 0 && !r.is_active() {
+                excess -= 1;
+                pruned.push(r.uuid.clone());
+                return false;
+            }
+            true
+        });
+        self.recovered_at.retain(|(_, uuid), _| !pruned.contains(uuid));
+        pruned
     }
 
     /// A dataflow that was never stored: gone as if never started.
@@ -635,6 +661,24 @@ mod tests {
         d.node_status(&app.uuid, "src", NodeStatus::Finished, "a-1");
         d.daemon_finished(&app.uuid, "b-2", ShareOutcome::Ended { success: true, summary: "" }, now);
         assert_eq!(d.find("app").unwrap().status, DataflowStatus::Stopped);
+    }
+
+    #[test]
+    fn only_the_newest_ended_records_are_kept() {
+        let mut d = Dataflows::default();
+        let now = Instant::now();
+        let mut uuids = Vec::new();
+        for n in 0..5 {
+            let (r, _) = d.start(flow(), Some(format!("f{n}")), "/".into(), &daemons()).unwrap();
+            for daemon in ["a-1", "b-2"] {
+                d.daemon_finished(&r.uuid, daemon, ShareOutcome::Ended { success: true, summary: "" }, now);
+            }
+            uuids.push(r.uuid);
+        }
+        let (running, _) = d.start(flow(), Some("live".into()), "/".into(), &daemons()).unwrap();
+        assert_eq!(d.prune(2), uuids[..3].to_vec());
+        assert!(d.knows(&uuids[3]) && d.knows(&uuids[4]) && d.knows(&running.uuid), "newest and active stay");
+        assert!(d.prune(2).is_empty());
     }
 
     #[test]

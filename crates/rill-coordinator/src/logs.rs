@@ -39,6 +39,12 @@ impl Logs {
         kept.push_back(line);
     }
 
+    /// A dataflow record was pruned: its lines and followers go too.
+    pub fn forget(&mut self, uuid: &str) {
+        self.kept.remove(uuid);
+        self.followers.retain(|f| f.uuid != uuid);
+    }
+
     /// The kept lines of `uuid` (one node's, if given).
     pub fn kept(&self, uuid: &str, node: Option<&str>) -> Vec<LogLine> {
         self.kept.get(uuid).into_iter().flatten().filter(|l| node.is_none_or(|n| n == l.node)).cloned().collect()
@@ -47,6 +53,8 @@ impl Logs {
     /// The kept lines, and every later one on the receiver (no gap: both
     /// happen under the same lock).
     pub fn follow(&mut self, uuid: &str, node: Option<&str>) -> (Vec<LogLine>, mpsc::UnboundedReceiver<LogLine>) {
+        // Followers of quiet dataflows that went away are dropped here.
+        self.followers.retain(|f| !f.tx.is_closed());
         let (tx, rx) = mpsc::unbounded_channel();
         self.followers.push(Follower { uuid: uuid.to_owned(), node: node.map(str::to_owned), tx });
         (self.kept(uuid, node), rx)

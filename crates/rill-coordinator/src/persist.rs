@@ -19,8 +19,13 @@ pub const QUEUE: usize = 10_000;
 /// Most records per transaction.
 const BATCH: usize = 256;
 
+enum Change {
+    Save(DataflowRecord),
+    Delete(String),
+}
+
 struct Job {
-    record: DataflowRecord,
+    change: Change,
     done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
@@ -39,7 +44,7 @@ impl Persister {
 
     /// Queues a write; a failure is logged by the writer.
     pub fn save(&self, record: &DataflowRecord) {
-        match self.tx.try_send(Job { record: record.clone(), done: None }) {
+        match self.tx.try_send(Job { change: Change::Save(record.clone()), done: None }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 eprintln!("rill coordinator: the store is {QUEUE} changes behind; skipped one of {}", record.name)
@@ -48,10 +53,19 @@ impl Persister {
         }
     }
 
+    /// Queues the removal of pruned records.
+    pub fn delete(&self, uuids: Vec<String>) {
+        for uuid in uuids {
+            if self.tx.try_send(Job { change: Change::Delete(uuid), done: None }).is_err() {
+                eprintln!("rill coordinator: the store is behind; a pruned record stays stored");
+            }
+        }
+    }
+
     /// Writes `record` and waits until it is stored; `Err` says why not.
     pub async fn save_confirmed(&self, record: &DataflowRecord) -> Result<(), String> {
         let (done, result) = oneshot::channel();
-        let job = Job { record: record.clone(), done: Some(done) };
+        let job = Job { change: Change::Save(record.clone()), done: Some(done) };
         match self.tx.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(format!("the store is {QUEUE} changes behind")),
@@ -69,12 +83,17 @@ fn write_batches(store: &Store, rx: &Receiver<Job>) {
         {
             jobs.push(job);
         }
-        let mut newest: BTreeMap<&str, &DataflowRecord> = BTreeMap::new();
+        // The last change of each dataflow wins.
+        let mut newest: BTreeMap<&str, Option<&DataflowRecord>> = BTreeMap::new();
         for job in &jobs {
-            newest.insert(job.record.uuid.as_str(), &job.record);
+            match &job.change {
+                Change::Save(record) => newest.insert(record.uuid.as_str(), Some(record)),
+                Change::Delete(uuid) => newest.insert(uuid.as_str(), None),
+            };
         }
-        let records: Vec<&DataflowRecord> = newest.into_values().collect();
-        let result = store.save_all(&records).map_err(|e| e.to_string());
+        let saves: Vec<&DataflowRecord> = newest.values().flatten().copied().collect();
+        let deletes: Vec<&str> = newest.iter().filter(|(_, r)| r.is_none()).map(|(uuid, _)| *uuid).collect();
+        let result = store.write(&saves, &deletes).map_err(|e| e.to_string());
         if let Err(e) = &result {
             eprintln!("rill coordinator: {e}");
         }

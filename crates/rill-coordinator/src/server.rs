@@ -63,9 +63,23 @@ impl std::fmt::Display for StoreConfig {
 pub struct CoordinatorConfig {
     pub bind: SocketAddr,
     pub store: StoreConfig,
+    pub settings: Settings,
+}
+
+/// The coordinator's rules that have knobs.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
     /// How long nodes may be lost (daemon shut down, unreachable, or not
     /// reporting after a coordinator restart) before their dataflow fails.
     pub lost_timeout: Duration,
+    /// Ended dataflows kept; older ones are pruned with their logs.
+    pub keep_ended: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { lost_timeout: crate::dataflows::LOST_TIMEOUT, keep_ended: crate::dataflows::KEEP_ENDED }
+    }
 }
 
 /// Why the coordinator could not serve.
@@ -119,7 +133,7 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub struct Listening {
     listener: TcpListener,
     store: Store,
-    lost_timeout: Duration,
+    settings: Settings,
 }
 
 impl Listening {
@@ -131,7 +145,7 @@ impl Listening {
         };
         let listener =
             TcpListener::bind(config.bind).await.map_err(|reason| ServeError::Bind { addr: config.bind, reason })?;
-        Ok(Listening { listener, store, lost_timeout: config.lost_timeout })
+        Ok(Listening { listener, store, settings: config.settings })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -140,7 +154,7 @@ impl Listening {
 
     /// Serves until the process ends.
     pub async fn serve(self) -> Result<(), ServeError> {
-        serve_on(self.listener, self.store, self.lost_timeout).await
+        serve_on(self.listener, self.store, self.settings).await
     }
 }
 
@@ -150,8 +164,8 @@ pub async fn serve(config: CoordinatorConfig) -> Result<(), ServeError> {
 }
 
 /// Serves on an already bound listener (tests bind port 0).
-pub async fn serve_on(listener: TcpListener, store: Store, lost_timeout: Duration) -> Result<(), ServeError> {
-    let dataflows = Dataflows::restore(store.load()?, Instant::now(), lost_timeout);
+pub async fn serve_on(listener: TcpListener, store: Store, settings: Settings) -> Result<(), ServeError> {
+    let dataflows = Dataflows::restore(store.load()?, Instant::now(), settings.lost_timeout);
     let app = Arc::new(App {
         cluster: Mutex::new(Cluster::default()),
         dataflows: Mutex::new(dataflows),
@@ -165,6 +179,13 @@ pub async fn serve_on(listener: TcpListener, store: Store, lost_timeout: Duratio
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
+            let pruned = expirer.dataflows().prune(settings.keep_ended);
+            if !pruned.is_empty() {
+                let mut logs = expirer.logs();
+                pruned.iter().for_each(|uuid| logs.forget(uuid));
+                drop(logs);
+                expirer.persister.delete(pruned);
+            }
             let expired = expirer.dataflows().expire_lost(Instant::now());
             for (record, stop) in expired {
                 eprintln!(
@@ -325,7 +346,12 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
                             app.persist(&record);
                         }
                     }
-                    Ok(DaemonMessage::Log(line)) => app.logs().push(line),
+                    // Kept only for dataflows we know (the uuid comes from the daemon).
+                    Ok(DaemonMessage::Log(line)) => {
+                        if app.dataflows().knows(&line.uuid) {
+                            app.logs().push(line);
+                        }
+                    }
                     Ok(DaemonMessage::DataflowFinished { uuid, success, summary }) => {
                         let outcome = if leaving {
                             ShareOutcome::Left
@@ -608,7 +634,7 @@ mod tests {
     async fn start() -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve_on(listener, Store::Memory, Duration::from_secs(30)));
+        tokio::spawn(serve_on(listener, Store::Memory, Settings::default()));
         addr
     }
 

@@ -50,8 +50,8 @@ impl Store {
         Ok(Store::Redb(db))
     }
 
-    /// Writes records in one transaction (durably: one fsync).
-    pub fn save_all(&self, records: &[&DataflowRecord]) -> Result<(), StoreError> {
+    /// Writes records and removes others in one transaction (durably: one fsync).
+    pub fn write(&self, records: &[&DataflowRecord], deletes: &[&str]) -> Result<(), StoreError> {
         let Store::Redb(db) = self else { return Ok(()) };
         let txn = db.begin_write().map_err(io)?;
         {
@@ -59,6 +59,9 @@ impl Store {
             for record in records {
                 let json = serde_json::to_string(record).map_err(io)?;
                 table.insert(record.uuid.as_str(), json.as_str()).map_err(io)?;
+            }
+            for uuid in deletes {
+                table.remove(*uuid).map_err(io)?;
             }
         }
         txn.commit().map_err(io)

@@ -167,3 +167,55 @@ fn a_node_printing_a_huge_line_gets_it_cut_at_64_kib() {
     crate::check!(run, long.ends_with("[line cut at 64 KiB]"), "the long line is marked");
     crate::check!(run, long.len() < 64 * 1024 + 64, "and cut: {} bytes", long.len());
 }
+
+#[test]
+fn ended_dataflows_beyond_keep_ended_are_pruned_from_list_logs_and_store() {
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut procs = Processes::new();
+    let store = format!("redb:{}", procs.dir.path().join("store.redb").display());
+    let coordinator = ["coordinator", "--port", &port_text, "--store", &store, "--keep-ended", "2"];
+    procs.start("coordinator", &coordinator);
+    procs.start("daemon", &["daemon", "--coordinator-port", &port_text]);
+    wait_status(&procs, port, "daemon registered", Duration::from_secs(15), |v| {
+        v["daemons"].as_array().is_some_and(|d| d.len() == 1)
+    });
+    let flow = Flow::new("nodes:\n  - id: once\n    path: /bin/echo\n    args: [hello]\n");
+    let file = flow.file.display().to_string();
+    let list = || rill_json(&["list", "--json", "--coordinator-port", &port_text]).1;
+    let names = |_: &Processes| -> Vec<String> {
+        let list = list();
+        list["dataflows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    for n in 0..4 {
+        let name = format!("once{n}");
+        let (code, _, stderr) = rill_json(&["start", &file, "--name", &name, "--coordinator-port", &port_text]);
+        assert_eq!(code, Some(0), "{stderr}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let finished = |list: &serde_json::Value| {
+            list["dataflows"].as_array().into_iter().flatten().any(|d| d["name"] == name && d["status"] == "finished")
+        };
+        while !finished(&list()) {
+            assert!(Instant::now() < deadline, "{name} did not finish\n{}", procs.logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while names(&procs).len() > 2 {
+        assert!(Instant::now() < deadline, "never pruned: {:?}", names(&procs));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(names(&procs), ["once2", "once3"]);
+    let (code, _, stderr) = rill_json(&["logs", "once0", "--coordinator-port", &port_text]);
+    assert_eq!(code, Some(1), "the pruned dataflow's logs are gone: {stderr}");
+    // The store forgot them too.
+    procs.kill("coordinator");
+    procs.start("coordinator-2", &coordinator);
+    wait_status(&procs, port, "coordinator back", Duration::from_secs(15), |_| true);
+    assert_eq!(names(&procs), ["once2", "once3"], "{}", procs.logs());
+}
