@@ -20,7 +20,7 @@ pub const QUEUE: usize = 10_000;
 const BATCH: usize = 256;
 
 enum Change {
-    Save(DataflowRecord),
+    Save(Box<DataflowRecord>),
     Delete(String),
 }
 
@@ -44,7 +44,7 @@ impl Persister {
 
     /// Queues a write; a failure is logged by the writer.
     pub fn save(&self, record: &DataflowRecord) {
-        match self.tx.try_send(Job { change: Change::Save(record.clone()), done: None }) {
+        match self.tx.try_send(Job { change: Change::Save(Box::new(record.clone())), done: None }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 eprintln!("rill coordinator: the store is {QUEUE} changes behind; skipped one of {}", record.name)
@@ -65,7 +65,7 @@ impl Persister {
     /// Writes `record` and waits until it is stored; `Err` says why not.
     pub async fn save_confirmed(&self, record: &DataflowRecord) -> Result<(), String> {
         let (done, result) = oneshot::channel();
-        let job = Job { change: Change::Save(record.clone()), done: Some(done) };
+        let job = Job { change: Change::Save(Box::new(record.clone())), done: Some(done) };
         match self.tx.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(format!("the store is {QUEUE} changes behind")),
@@ -87,7 +87,7 @@ fn write_batches(store: &Store, rx: &Receiver<Job>) {
         let mut newest: BTreeMap<&str, Option<&DataflowRecord>> = BTreeMap::new();
         for job in &jobs {
             match &job.change {
-                Change::Save(record) => newest.insert(record.uuid.as_str(), Some(record)),
+                Change::Save(record) => newest.insert(record.uuid.as_str(), Some(&**record)),
                 Change::Delete(uuid) => newest.insert(uuid.as_str(), None),
             };
         }
