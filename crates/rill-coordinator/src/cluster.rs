@@ -51,13 +51,20 @@ struct Connected {
     /// The last probe sent to it, and whether it answered.
     probe: Option<(u64, bool)>,
     /// Messages to this daemon's connection.
-    tx: mpsc::UnboundedSender<CoordinatorMessage>,
+    tx: mpsc::Sender<CoordinatorMessage>,
 }
+
+/// Messages queued for one daemon's connection; a daemon this far behind is
+/// dropped (its handler ends and its dataflows' nodes become lost) rather
+/// than letting the queue grow.
+pub const DAEMON_QUEUE: usize = 1024;
 
 /// The daemons connected right now.
 #[derive(Default)]
 pub struct Cluster {
     daemons: HashMap<String, Connected>,
+    /// Dropped because their queue was full; their handlers are ending.
+    overflowed: std::collections::HashSet<String>,
     next_id: u64,
 }
 
@@ -68,7 +75,7 @@ impl Cluster {
     pub fn register(
         &mut self,
         hello: Hello,
-        tx: mpsc::UnboundedSender<CoordinatorMessage>,
+        tx: mpsc::Sender<CoordinatorMessage>,
         now: Instant,
     ) -> Result<String, RegisterError> {
         let Hello { protocol, version, machine_id, labels, zenoh_endpoint } = hello;
@@ -114,16 +121,18 @@ impl Cluster {
         }
     }
 
-    /// The connection ended. False if it had been replaced already.
+    /// The connection ended. False if it had been replaced already (its
+    /// successor owns its dataflows); true if it was connected or dropped
+    /// for falling behind (its dataflows must be written off).
     pub fn disconnected(&mut self, daemon_id: &str) -> bool {
-        self.daemons.remove(daemon_id).is_some()
+        self.daemons.remove(daemon_id).is_some() | self.overflowed.remove(daemon_id)
     }
 
     /// Asks the connection whether it is alive (a `Ping` it must answer).
     pub fn probe(&mut self, daemon_id: &str, nonce: u64) {
         if let Some(d) = self.daemons.get_mut(daemon_id) {
             d.probe = Some((nonce, false));
-            let _ = d.tx.send(CoordinatorMessage::Ping { nonce });
+            let _ = d.tx.try_send(CoordinatorMessage::Ping { nonce });
         }
     }
 
@@ -190,9 +199,20 @@ impl Cluster {
         infos
     }
 
-    /// Sends to one daemon; false if it is gone.
-    pub fn send(&self, daemon_id: &str, msg: CoordinatorMessage) -> bool {
-        self.daemons.get(daemon_id).is_some_and(|d| d.tx.send(msg).is_ok())
+    /// Sends to one daemon; false if it is gone, or was just dropped because
+    /// [`DAEMON_QUEUE`] messages wait for it.
+    pub fn send(&mut self, daemon_id: &str, msg: CoordinatorMessage) -> bool {
+        let Some(d) = self.daemons.get(daemon_id) else { return false };
+        match d.tx.try_send(msg) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                eprintln!("rill coordinator: daemon {daemon_id} is {DAEMON_QUEUE} messages behind; dropping it");
+                self.daemons.remove(daemon_id);
+                self.overflowed.insert(daemon_id.to_owned());
+                false
+            }
+        }
     }
 }
 
@@ -201,7 +221,7 @@ mod tests {
     use super::*;
 
     fn register(c: &mut Cluster, machine: Option<&str>, now: Instant) -> Result<String, RegisterError> {
-        let (tx, _rx) = mpsc::unbounded_channel();
+        let (tx, _rx) = mpsc::channel(DAEMON_QUEUE);
         let hello = Hello {
             protocol: rill_proto::coord::COORD_PROTOCOL_VERSION,
             version: "0.1.0".into(),
@@ -212,9 +232,22 @@ mod tests {
     }
 
     #[test]
+    fn a_daemon_whose_queue_is_full_is_dropped_and_its_dataflows_written_off() {
+        let mut c = Cluster::default();
+        let (tx, _rx) = mpsc::channel(2);
+        let hello = Hello { protocol: rill_proto::coord::COORD_PROTOCOL_VERSION, ..Hello::default() };
+        let id = c.register(hello, tx, Instant::now()).unwrap();
+        assert!(c.send(&id, CoordinatorMessage::Heartbeat) && c.send(&id, CoordinatorMessage::Heartbeat));
+        assert!(!c.send(&id, CoordinatorMessage::Heartbeat), "the third does not fit");
+        assert!(c.is_empty(), "dropped");
+        assert!(c.disconnected(&id), "its handler writes its dataflows off");
+        assert!(!c.disconnected(&id), "once");
+    }
+
+    #[test]
     fn wrong_protocol_is_refused_with_its_code() {
         let mut c = Cluster::default();
-        let (tx, _rx) = mpsc::unbounded_channel();
+        let (tx, _rx) = mpsc::channel(DAEMON_QUEUE);
         let err = c.register(Hello { protocol: 99, ..Hello::default() }, tx, Instant::now()).unwrap_err();
         assert_eq!(err.code(), ErrorCode::ProtocolMismatch);
         assert!(c.is_empty());
@@ -224,7 +257,7 @@ mod tests {
     fn a_held_machine_id_is_probed_and_a_silent_holder_replaced() {
         let mut c = Cluster::default();
         let t0 = Instant::now();
-        let (tx, mut old_rx) = mpsc::unbounded_channel();
+        let (tx, mut old_rx) = mpsc::channel(DAEMON_QUEUE);
         let hello = Hello {
             protocol: rill_proto::coord::COORD_PROTOCOL_VERSION,
             machine_id: Some("a".into()),
@@ -245,6 +278,7 @@ mod tests {
         assert!(!c.disconnected(&old), "its handler does not write anything off");
         let second = register(&mut c, Some("a"), t0).unwrap();
         assert_ne!(first, second);
+        assert!(!c.send(&first, CoordinatorMessage::Heartbeat), "the replaced one is gone");
         assert_eq!(c.len(), 1);
         assert!(register(&mut c, None, t0).is_ok());
         assert!(register(&mut c, None, t0).is_ok(), "unnamed daemons never conflict");

@@ -8,11 +8,14 @@ use tokio::sync::mpsc;
 
 /// Lines kept per dataflow.
 const KEEP: usize = 1000;
+/// Lines waiting for one `--follow` client; a client this far behind is
+/// disconnected (its stream ends) rather than buffered without end.
+pub const FOLLOW_QUEUE: usize = 4096;
 
 struct Follower {
     uuid: String,
     node: Option<String>,
-    tx: mpsc::UnboundedSender<LogLine>,
+    tx: mpsc::Sender<LogLine>,
 }
 
 impl Follower {
@@ -30,8 +33,8 @@ pub struct Logs {
 
 impl Logs {
     pub fn push(&mut self, line: LogLine) {
-        // Subscribers that went away are dropped here.
-        self.followers.retain(|f| !f.wants(&line) || f.tx.send(line.clone()).is_ok());
+        // Subscribers that went away, or fell FOLLOW_QUEUE lines behind, are dropped here.
+        self.followers.retain(|f| !f.wants(&line) || f.tx.try_send(line.clone()).is_ok());
         let kept = self.kept.entry(line.uuid.clone()).or_default();
         if kept.len() == KEEP {
             kept.pop_front();
@@ -52,10 +55,10 @@ impl Logs {
 
     /// The kept lines, and every later one on the receiver (no gap: both
     /// happen under the same lock).
-    pub fn follow(&mut self, uuid: &str, node: Option<&str>) -> (Vec<LogLine>, mpsc::UnboundedReceiver<LogLine>) {
+    pub fn follow(&mut self, uuid: &str, node: Option<&str>) -> (Vec<LogLine>, mpsc::Receiver<LogLine>) {
         // Followers of quiet dataflows that went away are dropped here.
         self.followers.retain(|f| !f.tx.is_closed());
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(FOLLOW_QUEUE);
         self.followers.push(Follower { uuid: uuid.to_owned(), node: node.map(str::to_owned), tx });
         (self.kept(uuid, node), rx)
     }
@@ -85,5 +88,23 @@ mod tests {
             logs.push(line("u", "a", &i.to_string()));
         }
         assert_eq!(logs.kept("u", None).len(), KEEP);
+    }
+
+    #[test]
+    fn a_follower_that_falls_behind_is_dropped_and_forget_removes_everything() {
+        let mut logs = Logs::default();
+        let (_, mut slow) = logs.follow("u", None);
+        for i in 0..FOLLOW_QUEUE + 1 {
+            logs.push(line("u", "a", &i.to_string()));
+        }
+        assert!(logs.followers.is_empty(), "dropped when its queue was full");
+        let mut received = 0;
+        while slow.try_recv().is_ok() {
+            received += 1;
+        }
+        assert_eq!(received, FOLLOW_QUEUE, "what was queued is still delivered, then the stream ends");
+        let (_, _rx) = logs.follow("u", None);
+        logs.forget("u");
+        assert!(logs.kept("u", None).is_empty() && logs.followers.is_empty());
     }
 }

@@ -196,7 +196,7 @@ pub async fn serve_on(listener: TcpListener, store: Store, settings: Settings) -
                     record.reason.as_deref().unwrap_or("lost nodes did not come back")
                 );
                 expirer.persist(&record);
-                let cluster = expirer.cluster();
+                let mut cluster = expirer.cluster();
                 for daemon in stop {
                     cluster.send(&daemon, CoordinatorMessage::StopDataflow { uuid: record.uuid.clone() });
                 }
@@ -272,7 +272,7 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
             return;
         }
     };
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = mpsc::channel(crate::cluster::DAEMON_QUEUE);
     let machine_id = hello.machine_id.clone();
     let daemon_id = match admit(&app, hello, tx).await {
         Ok(id) => id,
@@ -325,7 +325,7 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
                         leaving = true;
                     }
                     Ok(DaemonMessage::DataflowReady { uuid }) => {
-                        let cluster = app.cluster();
+                        let mut cluster = app.cluster();
                         app.dataflows().recovered(&uuid, machine_id.as_deref());
                         for daemon in app.dataflows().daemon_ready(&uuid, &daemon_id) {
                             cluster.send(&daemon, CoordinatorMessage::Go { uuid: uuid.clone() });
@@ -367,12 +367,16 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
                 }
             }
             outgoing = rx.recv() => match outgoing {
-                Some(msg) => if !send_json(&mut sink, &msg).await { break },
+                // A daemon that stops reading must not wedge this loop.
+                Some(msg) => if !matches!(tokio::time::timeout(silence, send_json(&mut sink, &msg)).await, Ok(true)) {
+                    break;
+                },
                 // Replaced by a newer connection for its machine.
                 None => break,
             },
             _ = tick.tick() => {
-                if last_heard.elapsed() > silence || !send_json(&mut sink, &CoordinatorMessage::Heartbeat).await {
+                let beat = tokio::time::timeout(silence, send_json(&mut sink, &CoordinatorMessage::Heartbeat));
+                if last_heard.elapsed() > silence || !matches!(beat.await, Ok(true)) {
                     break;
                 }
             }
@@ -394,7 +398,7 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
 async fn admit(
     app: &App,
     hello: crate::cluster::Hello,
-    tx: mpsc::UnboundedSender<CoordinatorMessage>,
+    tx: mpsc::Sender<CoordinatorMessage>,
 ) -> Result<String, crate::RegisterError> {
     use crate::RegisterError;
     let first = app.cluster().register(hello.clone(), tx.clone(), Instant::now());
@@ -591,7 +595,7 @@ async fn stop(app: &App, dataflow: &str) -> ControlResponse {
         return ControlResponse::Error { code: ErrorCode::NotFound, message };
     };
     {
-        let cluster = app.cluster();
+        let mut cluster = app.cluster();
         for daemon in daemons {
             cluster.send(&daemon, CoordinatorMessage::StopDataflow { uuid: record.uuid.clone() });
         }
