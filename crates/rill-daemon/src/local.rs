@@ -42,6 +42,9 @@ pub enum LocalEvent {
 #[derive(Default)]
 pub struct LocalDataflows {
     running: HashMap<String, StopHandle>,
+    /// Shares asked to stop: a repeated request (a second `rill stop`, a
+    /// resent message) must not escalate to SIGKILL.
+    stopping: BTreeSet<String>,
 }
 
 /// What is wrong with a spawn request (empty: nothing).
@@ -193,16 +196,19 @@ impl LocalDataflows {
         uuids
     }
 
-    /// Begins the stop sequence of a share.
+    /// Begins the stop sequence of a share (once).
     pub fn stop(&mut self, uuid: &str) {
-        if let Some(handle) = self.running.get(uuid) {
+        if let Some(handle) = self.running.get(uuid)
+            && self.stopping.insert(uuid.to_owned())
+        {
             handle.stop();
         }
     }
 
     /// Begins the stop sequence of every share (the daemon shuts down).
     pub fn stop_all(&mut self) {
-        self.running.values().for_each(StopHandle::stop);
+        let uuids: Vec<String> = self.running.keys().cloned().collect();
+        uuids.iter().for_each(|uuid| self.stop(uuid));
     }
 
     /// Kills every share's nodes now (a second shutdown signal).
@@ -220,6 +226,7 @@ impl LocalDataflows {
     /// A share ended.
     pub fn ended(&mut self, uuid: &str) {
         self.running.remove(uuid);
+        self.stopping.remove(uuid);
     }
 }
 

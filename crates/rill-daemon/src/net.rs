@@ -108,10 +108,52 @@ impl Shares {
         self.statuses.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A share ended: it runs no node any more.
+    /// A share ended: it runs no node any more. Its node statuses are kept
+    /// until its end is reported.
     fn ended(&mut self, uuid: &str) {
         self.local.ended(uuid);
-        self.statuses().retain(|(u, _), _| u != uuid);
+    }
+
+    /// What a registration reports as ours: running shares, and ended ones
+    /// whose end the coordinator has not heard yet (so it reclaims them and
+    /// hears the end, instead of starting them again).
+    fn owned(&self) -> Vec<String> {
+        let mut uuids = self.local.running();
+        for report in &self.unreported {
+            if let ShareReport::Finished((uuid, _, _)) = report
+                && !uuids.contains(uuid)
+            {
+                uuids.push(uuid.clone());
+            }
+        }
+        uuids
+    }
+
+    /// Sends what shares reported, oldest first; keeps what could not be sent.
+    async fn report<S>(&mut self, sink: &mut S) -> Result<(), String>
+    where
+        S: SinkExt<Message> + Unpin,
+        S::Error: std::fmt::Display,
+    {
+        while let Some(first) = self.unreported.first() {
+            let (msg, ended) = match first {
+                ShareReport::Ready { uuid } => (DaemonMessage::DataflowReady { uuid: uuid.clone() }, None),
+                ShareReport::Finished((uuid, success, summary)) => {
+                    let msg = DaemonMessage::DataflowFinished {
+                        uuid: uuid.clone(),
+                        success: *success,
+                        summary: summary.clone(),
+                    };
+                    (msg, Some(uuid.clone()))
+                }
+            };
+            send(sink, &msg).await?;
+            self.unreported.remove(0);
+            if let Some(uuid) = ended {
+                self.statuses().retain(|(u, _), _| *u != uuid);
+            }
+        }
+        Ok(())
     }
 
     fn shutdown(&mut self, how: Shutdown) {
@@ -271,7 +313,7 @@ async fn connect_once(
         machine_id: config.machine_id.clone(),
         labels: config.labels.clone(),
         zenoh_endpoint: endpoint.clone(),
-        running: shares.local.running(),
+        running: shares.owned(),
     };
     if let Err(e) = send(&mut sink, &register).await {
         return lost(e, false);
@@ -304,7 +346,7 @@ async fn connect_once(
                         break 'conn lost(e, registered);
                     }
                 }
-                if registered && let Err(e) = report_finished(&mut sink, &mut shares.unreported).await {
+                if registered && let Err(e) = shares.report(&mut sink).await {
                     break 'conn lost(e, registered);
                 }
                 if shares.leaving && shares.local.running().is_empty() && shares.unreported.is_empty() {
@@ -359,7 +401,7 @@ async fn connect_once(
                             }
                         }
                         // Ends that happened while disconnected.
-                        if let Err(e) = report_finished(&mut sink, &mut shares.unreported).await {
+                        if let Err(e) = shares.report(&mut sink).await {
                             break 'conn lost(e, registered);
                         }
                     }
@@ -391,26 +433,6 @@ async fn connect_once(
     shares.finished_rx = Some(finished_rx);
     shares.stream_rx = Some(stream_rx);
     ended
-}
-
-/// Tells the coordinator what shares reported, oldest first; keeps what it
-/// could not send.
-async fn report_finished<S>(sink: &mut S, unreported: &mut Vec<ShareReport>) -> Result<(), String>
-where
-    S: SinkExt<Message> + Unpin,
-    S::Error: std::fmt::Display,
-{
-    while !unreported.is_empty() {
-        let msg = match &unreported[0] {
-            ShareReport::Ready { uuid } => DaemonMessage::DataflowReady { uuid: uuid.clone() },
-            ShareReport::Finished((uuid, success, summary)) => {
-                DaemonMessage::DataflowFinished { uuid: uuid.clone(), success: *success, summary: summary.clone() }
-            }
-        };
-        send(sink, &msg).await?;
-        unreported.remove(0);
-    }
-    Ok(())
 }
 
 async fn send<S>(sink: &mut S, msg: &DaemonMessage) -> Result<(), String>

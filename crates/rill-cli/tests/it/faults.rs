@@ -219,3 +219,53 @@ fn ended_dataflows_beyond_keep_ended_are_pruned_from_list_logs_and_store() {
     wait_status(&procs, port, "coordinator back", Duration::from_secs(15), |_| true);
     assert_eq!(names(&procs), ["once2", "once3"], "{}", procs.logs());
 }
+
+#[test]
+fn a_second_stop_is_not_a_kill() {
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut procs = Processes::new();
+    procs.start("coordinator", &["coordinator", "--port", &port_text, "--store", "memory"]);
+    procs.start("daemon-a", &["daemon", "--machine-id", "a", "--coordinator-port", &port_text]);
+    wait_status(&procs, port, "daemon a registered", Duration::from_secs(15), |v| machines(v) == ["a"]);
+    // Ignores Stop (it never reads it), ends cleanly on SIGTERM.
+    let flow = Flow::new(
+        "nodes:\n  - id: w\n    path: /bin/sh\n    args: ['-c', \"trap 'echo term; exit 0' TERM; echo ready; while :; do sleep 0.05; done\"]\n    deploy: { machine: a }\n",
+    );
+    let (code, _, stderr) =
+        rill_json(&["start", &flow.file.display().to_string(), "--name", "app", "--coordinator-port", &port_text]);
+    assert_eq!(code, Some(0), "{stderr}");
+    procs.wait_log("daemon-a", "node ready", Duration::from_secs(20), |l| l.contains("[app/w] ready"));
+    for _ in 0..2 {
+        let (code, _, stderr) = rill_json(&["stop", "app", "--coordinator-port", &port_text]);
+        assert_eq!(code, Some(0), "{stderr}");
+    }
+    let dataflow = dataflow_when(&procs, port, "stopped", |d| d["status"] == "stopped");
+    assert!(procs.log("daemon-a").contains("[app/w] term"), "SIGTERM after the grace, not SIGKILL\n{}", procs.logs());
+    assert_eq!(dataflow["reason"], serde_json::Value::Null, "{dataflow}");
+}
+
+#[test]
+fn a_share_that_ended_while_the_coordinator_was_away_is_not_started_again() {
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut procs = Processes::new();
+    let store = format!("redb:{}", procs.dir.path().join("store.redb").display());
+    let coordinator = ["coordinator", "--port", &port_text, "--store", &store];
+    procs.start("coordinator", &coordinator);
+    procs.start("daemon-a", &["daemon", "--machine-id", "a", "--coordinator-port", &port_text]);
+    wait_status(&procs, port, "daemon a registered", Duration::from_secs(15), |v| machines(v) == ["a"]);
+    let flow = Flow::new(
+        "nodes:\n  - id: w\n    path: /bin/sh\n    args: ['-c', 'echo started; sleep 1; echo done']\n    deploy: { machine: a }\n",
+    );
+    let (code, _, stderr) =
+        rill_json(&["start", &flow.file.display().to_string(), "--name", "app", "--coordinator-port", &port_text]);
+    assert_eq!(code, Some(0), "{stderr}");
+    procs.wait_log("daemon-a", "node started", Duration::from_secs(20), |l| l.contains("[app/w] started"));
+    procs.kill("coordinator");
+    procs.wait_log("daemon-a", "share ended", Duration::from_secs(20), |l| l.contains("dataflow app ended here"));
+    procs.start("coordinator-2", &coordinator);
+    let dataflow = dataflow_when(&procs, port, "finished", |d| d["status"] == "finished");
+    assert_eq!(dataflow["nodes"]["w"]["state"], "finished", "{dataflow}");
+    assert_eq!(procs.log("daemon-a").matches("[app/w] started").count(), 1, "started once\n{}", procs.logs());
+}
