@@ -91,15 +91,26 @@ pub(crate) struct OutEdge {
     mapped: HashSet<u64>,
     /// Deliveries per region the consumer has not released.
     outstanding: HashMap<u64, u32>,
+    /// Their sum.
+    in_flight: usize,
+    /// Most shared deliveries the consumer may hold unreleased: the sum of
+    /// its inputs' `queue_size` (it cannot keep more without dropping). A
+    /// consumer that stops reading thus pins at most this many regions in
+    /// its socket and queue, plus its backlog here (same bound, oldest
+    /// dropped), and the producer keeps regions for everyone else.
+    shared_cap: usize,
     pub(crate) broken: bool,
 }
 
 impl OutEdge {
     pub(crate) fn new(consumer: String, fd: OwnedFd, routes: Vec<Route>) -> Self {
         let mut by_output: HashMap<String, Vec<(String, usize)>> = HashMap::new();
+        let mut inputs: HashMap<String, usize> = HashMap::new();
         for route in routes {
+            inputs.insert(route.input.clone(), route.queue_size as usize);
             by_output.entry(route.output).or_default().push((route.input, route.queue_size as usize));
         }
+        let shared_cap = inputs.values().fold(0usize, |sum, q| sum.saturating_add(*q)).max(1);
         Self {
             consumer,
             conn: Arc::new(EdgeConn::new(fd, Weak::new())),
@@ -107,6 +118,8 @@ impl OutEdge {
             backlog: BoundedQueue::default(),
             mapped: HashSet::new(),
             outstanding: HashMap::new(),
+            in_flight: 0,
+            shared_cap,
             broken: false,
         }
     }
@@ -117,9 +130,10 @@ impl OutEdge {
         let fresh = OutEdge::new(self.consumer.clone(), fd, routes);
         self.conn = fresh.conn;
         self.routes = fresh.routes;
+        self.shared_cap = fresh.shared_cap;
         self.mapped.clear();
         self.broken = false;
-        std::mem::take(&mut self.outstanding)
+        self.take_outstanding()
     }
 
     pub(crate) fn has_backlog(&self) -> bool {
@@ -129,6 +143,12 @@ impl OutEdge {
     /// True while the consumer holds deliveries it has not released.
     pub(crate) fn has_outstanding(&self) -> bool {
         !self.outstanding.is_empty()
+    }
+
+    /// The backlog waits for the consumer to release shared deliveries (not
+    /// for room in its socket).
+    pub(crate) fn waits_for_releases(&self) -> bool {
+        self.in_flight >= self.shared_cap
     }
 
     /// Sends `msg` now if nothing waits before it and the socket has room,
@@ -207,6 +227,10 @@ impl OutEdge {
     fn write(&mut self, pool: &Pool, mut msg: EdgeMsg) -> Result<(), (Errno, EdgeMsg)> {
         let mut shared = None;
         if let EdgeMsg::Data { payload: Payload::Shared { region, .. }, new_region, .. } = &mut msg {
+            if self.in_flight >= self.shared_cap {
+                // As if the socket were full: it waits in the backlog.
+                return Err((Errno::WOULDBLOCK, msg));
+            }
             *new_region = !self.mapped.contains(region);
             shared = Some((*region, *new_region));
         }
@@ -228,6 +252,7 @@ impl OutEdge {
                         self.mapped.insert(region);
                     }
                     *self.outstanding.entry(region).or_default() += 1;
+                    self.in_flight += 1;
                 }
                 Ok(())
             }
@@ -238,7 +263,9 @@ impl OutEdge {
     /// The consumer released `count` deliveries of `region`.
     pub(crate) fn released(&mut self, region: u64, count: u32) {
         if let Some(n) = self.outstanding.get_mut(&region) {
-            *n = n.saturating_sub(count);
+            let done = count.min(*n);
+            *n -= done;
+            self.in_flight = self.in_flight.saturating_sub(done as usize);
             if *n == 0 {
                 self.outstanding.remove(&region);
             }
@@ -254,6 +281,7 @@ impl OutEdge {
 
     /// Everything the consumer still held (the edge broke): for release.
     pub(crate) fn take_outstanding(&mut self) -> HashMap<u64, u32> {
+        self.in_flight = 0;
         std::mem::take(&mut self.outstanding)
     }
 

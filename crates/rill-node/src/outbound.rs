@@ -168,7 +168,8 @@ impl Outbound {
             };
             let mut fds = Vec::with_capacity(1 + watch.len() + waiting.len());
             fds.push(PollFd::new(&self.wake, PollFlags::IN));
-            fds.extend(watch.iter().chain(&waiting).map(|c| PollFd::new(&c.fd, PollFlags::OUT)));
+            fds.extend(watch.iter().map(|(c, flags)| PollFd::new(&c.fd, *flags)));
+            fds.extend(waiting.iter().map(|c| PollFd::new(&c.fd, PollFlags::OUT)));
             let timeout = deadline.map(|d| transport::timespec(d.saturating_duration_since(Instant::now())));
             match rustix::event::poll(&mut fds, timeout.as_ref()) {
                 Ok(_) | Err(Errno::INTR) => {}
@@ -194,7 +195,7 @@ impl Outbound {
             if watch.is_empty() || left.is_zero() {
                 return;
             }
-            let mut fds: Vec<PollFd<'_>> = watch.iter().map(|c| PollFd::new(&c.fd, PollFlags::OUT)).collect();
+            let mut fds: Vec<PollFd<'_>> = watch.iter().map(|(c, flags)| PollFd::new(&c.fd, *flags)).collect();
             let _ = rustix::event::poll(&mut fds, Some(&transport::timespec(left.min(Duration::from_millis(50)))));
         }
     }
@@ -281,9 +282,14 @@ impl Sending {
         self.settle(destroyed, Vec::new(), now);
     }
 
-    /// Connections whose backlog waits for room.
-    pub(crate) fn backlogged(&self) -> Vec<Arc<EdgeConn>> {
-        self.edges.iter().filter(|e| !e.broken && e.has_backlog()).map(|e| e.conn.clone()).collect()
+    /// Connections whose backlog waits, and what for: room in the socket
+    /// (`OUT`) or the consumer's releases (`IN`).
+    pub(crate) fn backlogged(&self) -> Vec<(Arc<EdgeConn>, PollFlags)> {
+        self.edges
+            .iter()
+            .filter(|e| !e.broken && e.has_backlog())
+            .map(|e| (e.conn.clone(), if e.waits_for_releases() { PollFlags::IN } else { PollFlags::OUT }))
+            .collect()
     }
 
     /// The pool holds more than its warm reserve, and its free regions
@@ -340,7 +346,15 @@ impl Sending {
         for (region, count) in released {
             destroyed.extend(self.pool.release(region, count, now));
         }
-        self.settle(destroyed, Vec::new(), now);
+        // A backlog that waited for these releases goes on now: the flusher
+        // may be asleep waiting for releases someone else just read.
+        let mut void = Vec::new();
+        for edge in self.edges.iter_mut().filter(|e| !e.broken && e.has_backlog() && !e.waits_for_releases()) {
+            void.extend(edge.flush(&self.pool, FLUSH_BATCH));
+            // What it waits for may have changed: the flusher looks again.
+            self.backlog_started |= edge.has_backlog();
+        }
+        self.settle(destroyed, void, now);
     }
 
     /// Follows up on regions and messages that are done with: messages that
