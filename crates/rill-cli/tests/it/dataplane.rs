@@ -108,12 +108,12 @@ fn shared_memory_of_a_burst_is_given_back_while_the_producer_sleeps() {
 fn a_consumer_that_stops_reading_large_messages_does_not_stop_the_producer_or_the_others() {
     // `stuck` never reads anything (not even its control socket); `reader` reads all.
     let flow = Flow::new(
-        "nodes:\n  - id: source\n    path: {node}\n    args: [burst, '300', '4194304']\n    outputs: [out]\n  - id: stuck\n    path: /bin/sh\n    args: ['-c', 'echo stuck; sleep 600']\n    inputs: { in: source/out }\n  - id: reader\n    path: {node}\n    args: [print, '300']\n    inputs: { in: { source: source/out, queue_size: 1000 } }\n",
+        "nodes:\n  - id: source\n    path: {node}\n    args: [burst, '600', '4194304']\n    outputs: [out]\n  - id: stuck\n    path: /bin/sh\n    args: ['-c', 'echo stuck; sleep 600']\n    inputs: { in: source/out }\n  - id: reader\n    path: {node}\n    args: [print, '600']\n    inputs: { in: { source: source/out, queue_size: 1000 } }\n",
     );
     let mut running = flow.spawn(&["--grace", "0.5"]);
-    running.wait_for("the producer sent everything", Duration::from_secs(60), |out| out.contains("[source] sent 300"));
+    running.wait_for("the producer sent everything", Duration::from_secs(60), |out| out.contains("[source] sent 600"));
     running.wait_for("the reader got everything", Duration::from_secs(60), |out| {
-        out.contains("[reader] done after 300 inputs")
+        out.contains("[reader] done after 600 inputs")
     });
     running.signal(libc::SIGINT);
     let run = running.wait(Duration::from_secs(30));
