@@ -178,6 +178,15 @@ fn two_node_yaml(nodes: [BenchNode<'_>; 2], cross: bool) -> std::io::Result<Stri
     let dir = bin_dir()?;
     let mut yaml = String::from("nodes:\n");
     for node in nodes {
+        let binary = dir.join(node.binary);
+        if !binary.exists() {
+            // `cargo run -p rill-bench` builds only this binary, not its nodes.
+            let release = if cfg!(debug_assertions) { "" } else { " --release" };
+            return Err(std::io::Error::other(format!(
+                "{} is missing: build the benchmark's node binaries first: cargo build{release} -p rill-bench",
+                binary.display()
+            )));
+        }
         let args: Vec<String> = node.args.iter().map(|a| format!("{a:?}")).collect();
         yaml += &format!(
             "  - id: {}\n    path: {:?}\n    args: [{}]\n    outputs: [{}]\n",

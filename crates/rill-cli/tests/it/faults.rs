@@ -269,3 +269,80 @@ fn a_share_that_ended_while_the_coordinator_was_away_is_not_started_again() {
     assert_eq!(dataflow["nodes"]["w"]["state"], "finished", "{dataflow}");
     assert_eq!(procs.log("daemon-a").matches("[app/w] started").count(), 1, "started once\n{}", procs.logs());
 }
+
+/// RSS (KiB), open fds and memory maps of a process.
+fn footprint(pid: u32) -> (u64, usize, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).map(|m| m.lines().count()).unwrap_or(0);
+    (rss, fds, maps)
+}
+
+/// The bounded soak of the hardening issue: 50 warm-up start/stop cycles,
+/// then 450 more with 400 log lines each (200,000 in all, with the warm-up's
+/// 20,000 on top). The coordinator's and the daemon's RSS may grow by at most
+/// 10 MiB each, and their fds and maps must return to the warm-up counts.
+/// Takes a few minutes: `cargo test -p rill-cli --test it soak -- --ignored --nocapture`.
+#[test]
+#[ignore = "a soak of several minutes; run it on purpose"]
+fn soak_500_start_stop_cycles_and_200k_log_lines_keep_memory_and_fds_flat() {
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut procs = Processes::new();
+    procs.start("coordinator", &["coordinator", "--port", &port_text, "--store", "memory"]);
+    procs.start("daemon", &["daemon", "--quiet", "--coordinator-port", &port_text]);
+    wait_status(&procs, port, "daemon registered", Duration::from_secs(15), |v| {
+        v["daemons"].as_array().is_some_and(|d| d.len() == 1)
+    });
+    let flow = Flow::new("nodes:\n  - id: w\n    path: {node}\n    args: [chatty, '400']\n");
+    let file = flow.file.display().to_string();
+    let cycle = |n: usize| {
+        let name = format!("soak{n}");
+        let (code, _, stderr) = rill_json(&["start", &file, "--name", &name, "--coordinator-port", &port_text]);
+        assert_eq!(code, Some(0), "cycle {n}: {stderr}\n{}", procs.logs());
+        let running = |d: &serde_json::Value| d["nodes"]["w"]["state"] == "running";
+        wait_dataflow(&procs, port, &name, "running", running);
+        let (code, _, stderr) = rill_json(&["stop", &name, "--coordinator-port", &port_text]);
+        assert_eq!(code, Some(0), "cycle {n}: {stderr}");
+        wait_dataflow(&procs, port, &name, "stopped", |d| d["status"] == "stopped");
+    };
+    let pids = [procs.pid("coordinator"), procs.pid("daemon")];
+    for n in 0..50 {
+        cycle(n);
+    }
+    let warm = pids.map(footprint);
+    let started = Instant::now();
+    for n in 50..500 {
+        cycle(n);
+    }
+    let end = pids.map(footprint);
+    for ((name, (rss0, fds0, maps0)), (rss1, fds1, maps1)) in ["coordinator", "daemon"].iter().zip(warm).zip(end) {
+        println!(
+            "soak {name}: RSS {rss0} -> {rss1} KiB ({:+} KiB), fds {fds0} -> {fds1}, maps {maps0} -> {maps1}",
+            rss1 as i64 - rss0 as i64
+        );
+        assert!(rss1 <= rss0 + 10 * 1024, "{name} grew by more than 10 MiB");
+        assert!(fds1 <= fds0, "{name} kept fds");
+        assert!(maps1 <= maps0, "{name} kept memory maps");
+    }
+    println!("soak: 450 cycles in {:.0?}", started.elapsed());
+}
+
+/// Waits (at most 20 s) until dataflow `name` satisfies `pred`.
+fn wait_dataflow(procs: &Processes, port: u16, name: &str, what: &str, pred: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, list, _) = rill_json(&["list", "--json", "--coordinator-port", &port.to_string()]);
+        let found = list["dataflows"].as_array().into_iter().flatten().rev().find(|d| d["name"] == name).cloned();
+        if found.as_ref().is_some_and(&pred) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} not {what}: {found:?}\n{}", procs.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

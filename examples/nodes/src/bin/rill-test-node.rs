@@ -36,7 +36,8 @@ fn main() -> Result {
         "burst" => burst(arg(&args, 2)?.parse()?, arg(&args, 3)?.parse()?),
         "burst-sleep" => burst_sleep(arg(&args, 2)?.parse()?, arg(&args, 3)?),
         "flood" => flood(arg(&args, 2)?.parse()?),
-        "wait-stop" => wait_stop(),
+        "wait-stop" => wait_stop(0),
+        "chatty" => wait_stop(arg(&args, 2)?.parse()?),
         "crash" => {
             eprintln!("something went badly wrong");
             std::process::exit(arg(&args, 2)?.parse()?)
@@ -129,8 +130,12 @@ fn flood(size: usize) -> Result {
     Ok(())
 }
 
-fn wait_stop() -> Result {
+/// Prints `lines` lines, then waits for Stop.
+fn wait_stop(lines: u32) -> Result {
     let mut node = Node::from_env()?;
+    for i in 0..lines {
+        println!("line {i}");
+    }
     println!("waiting pid={}", std::process::id());
     while let Some(event) = node.next_event() {
         if let Event::Stop = event {
