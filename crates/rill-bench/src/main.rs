@@ -24,7 +24,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// One-way latency and throughput node -> daemon -> node, per payload size.
+    /// One-way latency and throughput between two nodes (one hop, as in production), per payload size.
     Latency {
         /// Finish in well under 30 s (fewer iterations).
         #[arg(long)]

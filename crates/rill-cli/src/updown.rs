@@ -74,7 +74,8 @@ fn spawn_background(args: &[&str], log: &Path) -> anyhow::Result<Child> {
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
-        // Its own session: not stopped by this terminal's Ctrl-C or hangup.
+        // Its own process group: a Ctrl-C in this terminal (sent to the
+        // foreground group) does not reach it.
         .process_group(0)
         .spawn()?;
     Ok(child)

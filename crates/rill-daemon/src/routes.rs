@@ -48,7 +48,11 @@ impl Routes {
         let mut edges: std::collections::BTreeMap<(String, String), Vec<rill_proto::Route>> = Default::default();
         for ((producer, output), targets) in &self.by_output {
             for (consumer, input) in targets {
-                let queue_size = self.queue_size.get(&(consumer.clone(), input.clone())).copied().unwrap_or(10);
+                let queue_size = self
+                    .queue_size
+                    .get(&(consumer.clone(), input.clone()))
+                    .copied()
+                    .unwrap_or(rill_core::DEFAULT_QUEUE_SIZE);
                 edges.entry((producer.clone(), consumer.clone())).or_default().push(rill_proto::Route {
                     output: output.clone(),
                     input: input.clone(),

@@ -27,7 +27,8 @@ const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 /// How long a node that ends waits to hand over messages still queued for
 /// slow receivers.
 const FLUSH_ON_EXIT: Duration = Duration::from_secs(2);
-/// Queue bound for an input the daemon did not describe.
+/// Queue bound for an input the daemon did not describe: the file format's
+/// default (`rill_core::DEFAULT_QUEUE_SIZE`; rill-node does not link rill-core).
 const DEFAULT_QUEUE_SIZE: usize = 10;
 
 fn spin_window() -> Duration {

@@ -54,8 +54,9 @@ pub enum DaemonMessage {
         /// Where this daemon's data session listens (`tcp/IP:PORT`).
         #[serde(default)]
         zenoh_endpoint: Option<String>,
-        /// Dataflows (uuids) it runs nodes of: after a reconnect, the
-        /// coordinator knows they are still there.
+        /// Dataflows (uuids) it runs nodes of, or whose end it has not
+        /// reported yet: after a reconnect, the coordinator knows they are
+        /// its (and does not start them again).
         #[serde(default)]
         running: Vec<String>,
     },
