@@ -362,6 +362,13 @@ impl Node {
                             Data::shared(mapped.clone(), len as usize, edge.conn.clone(), region)
                         }
                     };
+                    if !edge.inputs.contains(&input) {
+                        // Not an input this producer feeds: dropped (which
+                        // releases a shared payload), so a bad peer cannot
+                        // grow the queue with made-up input names.
+                        eprintln!("rill-node: {} sent a message for unknown input {input:?}", edge.producer);
+                        continue;
+                    }
                     let capacity = self.inputs.get(&input).copied().unwrap_or(DEFAULT_QUEUE_SIZE);
                     // A dropped event releases its shared payload on drop.
                     let _ = self.queue.push(Some(input.clone()), capacity, Event::Input { id: input, metadata, data });

@@ -346,3 +346,40 @@ fn wait_dataflow(procs: &Processes, port: u16, name: &str, what: &str, pred: imp
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_producer_that_lies_about_shared_memory_cannot_kill_its_receiver() {
+    let flow = Flow::new(
+        "nodes:\n  - id: liar\n    path: {node}\n    args: [bad-region]\n    outputs: [out]\n  - id: sink\n    path: {node}\n    args: [print, '1']\n    inputs: { in: liar/out }\n",
+    );
+    let run = flow.run(&[], Duration::from_secs(30));
+    crate::check!(run, run.stdout.contains("[liar] lied"), "the liar ran");
+    crate::check!(run, run.node_lines("sink").iter().any(|l| l.starts_with("input in len=14")), "the honest message");
+    crate::check!(run, run.stdout.contains("[sink] done after 1 inputs"), "the receiver lived on");
+    crate::check!(run, run.stderr.matches("refusing a message from liar").count() == 2, "both lies refused");
+    crate::check!(run, run.stderr.contains("unknown input \"not-an-input\""), "the made-up input dropped");
+    crate::check!(run, run.code == Some(0), "no node failed");
+}
+
+#[test]
+fn a_producer_that_lies_to_the_bridge_cannot_kill_the_daemon() {
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut procs = Processes::new();
+    procs.start("coordinator", &["coordinator", "--port", &port_text, "--store", "memory"]);
+    procs.start("daemon-a", &["daemon", "--machine-id", "a", "--coordinator-port", &port_text]);
+    procs.start("daemon-b", &["daemon", "--machine-id", "b", "--coordinator-port", &port_text]);
+    wait_status(&procs, port, "two daemons", Duration::from_secs(15), |v| machines(v) == ["a", "b"]);
+    let flow = Flow::new(
+        "nodes:\n  - id: liar\n    path: {node}\n    args: [bad-region]\n    outputs: [out]\n    deploy: { machine: a }\n  - id: sink\n    path: {node}\n    args: [print]\n    inputs: { in: liar/out }\n    deploy: { machine: b }\n",
+    );
+    let (code, _, stderr) =
+        rill_json(&["start", &flow.file.display().to_string(), "--name", "lies", "--coordinator-port", &port_text]);
+    assert_eq!(code, Some(0), "{stderr}");
+    procs.wait_log("daemon-b", "the honest message", Duration::from_secs(30), |l| {
+        l.contains("[lies/sink] input in len=14")
+    });
+    assert!(procs.log("daemon-a").contains("refusing a shared region from a local producer"), "{}", procs.logs());
+    let status = wait_status(&procs, port, "both daemons alive", Duration::from_secs(5), |v| machines(v).len() == 2);
+    assert_eq!(machines(&status), ["a", "b"]);
+}

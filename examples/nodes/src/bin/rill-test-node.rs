@@ -38,6 +38,7 @@ fn main() -> Result {
         "flood" => flood(arg(&args, 2)?.parse()?),
         "wait-stop" => wait_stop(0),
         "chatty" => wait_stop(arg(&args, 2)?.parse()?),
+        "bad-region" => bad_region(),
         "crash" => {
             eprintln!("something went badly wrong");
             std::process::exit(arg(&args, 2)?.parse()?)
@@ -184,5 +185,56 @@ fn fail_until(file: &str, n: u32) -> Result {
         eprintln!("failing on run {runs}");
         std::process::exit(1);
     }
+    Ok(())
+}
+
+/// A producer that lies, speaking the wire protocol by hand: a shared
+/// region announced as 1 GiB on a 4 KiB memfd, then a message longer than
+/// its (honest) region, then one for an input the consumer does not have,
+/// then a good inline message. A receiver must refuse the lies and live.
+fn bad_region() -> Result {
+    use rill_proto::transport::{recv_packet, send_packet};
+    use rill_proto::{DaemonMsg, Direction, EdgeMsg, Metadata, Payload};
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    let fd: i32 = std::env::var(rill_proto::env::FD)?.parse()?;
+    // SAFETY: the daemon gave this process that fd as its control socket.
+    let control = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut buf = vec![0u8; rill_proto::MAX_PACKET];
+    let mut edge = None;
+    loop {
+        let (n, fds) = recv_packet(control.as_fd(), &mut buf, false)?;
+        match DaemonMsg::decode(&buf[..n])? {
+            DaemonMsg::Edge { direction: Direction::Out, routes, .. } => {
+                let input = routes.first().map(|r| r.input.clone()).ok_or("an edge without routes")?;
+                edge = fds.into_iter().next().map(|fd| (fd, input));
+            }
+            DaemonMsg::Start => break,
+            _ => {}
+        }
+    }
+    let (edge, input) = edge.ok_or("no edge to a consumer")?;
+    let metadata = Metadata { timestamp_ns: 0 };
+    let send = |msg: EdgeMsg, fds: &[std::os::fd::BorrowedFd<'_>]| -> Result {
+        let mut out = Vec::new();
+        msg.encode(&mut out);
+        send_packet(edge.as_fd(), &out, fds, false)?;
+        Ok(())
+    };
+    let small = rill_proto::shm::Region::create(4096)?;
+    let small_fd = small.fd().ok_or("no fd")?;
+    let lie = Payload::Shared { region: 1, len: 4096, region_len: 1 << 30 };
+    send(EdgeMsg::Data { input: input.clone(), metadata, payload: lie, new_region: true }, &[small_fd])?;
+    let honest = rill_proto::shm::Region::create(4096)?;
+    let honest_fd = honest.fd().ok_or("no fd")?;
+    let too_long = Payload::Shared { region: 2, len: 1 << 20, region_len: 4096 };
+    send(EdgeMsg::Data { input: input.clone(), metadata, payload: too_long, new_region: true }, &[honest_fd])?;
+    let unknown = Payload::Inline(b"nobody".to_vec());
+    send(EdgeMsg::Data { input: "not-an-input".into(), metadata, payload: unknown, new_region: false }, &[])?;
+    send(
+        EdgeMsg::Data { input, metadata, payload: Payload::Inline(b"after the lies".to_vec()), new_region: false },
+        &[],
+    )?;
+    println!("lied");
+    std::thread::sleep(Duration::from_secs(2));
     Ok(())
 }
