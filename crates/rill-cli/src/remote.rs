@@ -100,7 +100,17 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         let config = rill_coordinator::CoordinatorConfig { bind, store, settings };
         let listening = rill_coordinator::Listening::bind(config).await?;
         note!("rill coordinator listening on {bind} (store: {shown_store})");
-        listening.serve().await
+        // SIGTERM (systemctl stop) or Ctrl-C: store what is queued, exit 0.
+        use tokio::signal::unix::{SignalKind, signal};
+        let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            note!("rill coordinator: shutting down");
+        };
+        listening.serve_until(shutdown).await
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -11,5 +11,5 @@ mod server;
 mod store;
 
 pub use cluster::{Cluster, Hello, RegisterError};
-pub use server::{CoordinatorConfig, Listening, ServeError, Settings, StoreConfig, serve, serve_on};
+pub use server::{CoordinatorConfig, Listening, ServeError, Settings, StoreConfig, serve, serve_on, serve_until};
 pub use store::{Store, StoreError};

@@ -22,6 +22,8 @@ const BATCH: usize = 256;
 enum Change {
     Save(Box<DataflowRecord>),
     Delete(String),
+    /// Nothing: answered once everything queued before it is written.
+    Flush,
 }
 
 struct Job {
@@ -62,6 +64,14 @@ impl Persister {
         }
     }
 
+    /// Waits until everything queued so far is written (at shutdown).
+    pub async fn flush(&self) {
+        let (done, result) = oneshot::channel();
+        if self.tx.send(Job { change: Change::Flush, done: Some(done) }).is_ok() {
+            let _ = result.await;
+        }
+    }
+
     /// Writes `record` and waits until it is stored; `Err` says why not.
     pub async fn save_confirmed(&self, record: &DataflowRecord) -> Result<(), String> {
         let (done, result) = oneshot::channel();
@@ -89,6 +99,7 @@ fn write_batches(store: &Store, rx: &Receiver<Job>) {
             match &job.change {
                 Change::Save(record) => newest.insert(record.uuid.as_str(), Some(&**record)),
                 Change::Delete(uuid) => newest.insert(uuid.as_str(), None),
+                Change::Flush => None,
             };
         }
         let saves: Vec<&DataflowRecord> = newest.values().flatten().copied().collect();

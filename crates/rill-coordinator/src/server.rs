@@ -156,6 +156,11 @@ impl Listening {
     pub async fn serve(self) -> Result<(), ServeError> {
         serve_on(self.listener, self.store, self.settings).await
     }
+
+    /// Serves until `shutdown`, then stores what is queued (see [`serve_until`]).
+    pub async fn serve_until(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), ServeError> {
+        serve_until(self.listener, self.store, self.settings, shutdown).await
+    }
 }
 
 /// Binds `config.bind` and serves until the process ends.
@@ -165,6 +170,18 @@ pub async fn serve(config: CoordinatorConfig) -> Result<(), ServeError> {
 
 /// Serves on an already bound listener (tests bind port 0).
 pub async fn serve_on(listener: TcpListener, store: Store, settings: Settings) -> Result<(), ServeError> {
+    serve_until(listener, store, settings, std::future::pending()).await
+}
+
+/// Serves until `shutdown` completes (SIGTERM), then writes every queued
+/// record before returning: a stopped coordinator loses nothing it had
+/// answered. Daemons see the connection end and reconnect to the next one.
+pub async fn serve_until(
+    listener: TcpListener,
+    store: Store,
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
     let dataflows = Dataflows::restore(store.load()?, Instant::now(), settings.lost_timeout);
     let app = Arc::new(App {
         cluster: Mutex::new(Cluster::default()),
@@ -207,8 +224,12 @@ pub async fn serve_on(listener: TcpListener, store: Store, settings: Settings) -
         .route("/api/health", get(health))
         .route("/api/daemon", get(daemon_ws))
         .route("/api/control", get(control_ws))
-        .with_state(app);
-    axum::serve(listener, router).await?;
+        .with_state(app.clone());
+    tokio::select! {
+        served = axum::serve(listener, router) => served?,
+        () = shutdown => {}
+    }
+    app.persister.flush().await;
     Ok(())
 }
 

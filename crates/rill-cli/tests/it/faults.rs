@@ -400,3 +400,27 @@ fn a_producer_that_lies_to_the_bridge_cannot_kill_the_daemon() {
     let status = wait_status(&procs, port, "both daemons alive", Duration::from_secs(5), |v| machines(v).len() == 2);
     assert_eq!(machines(&status), ["a", "b"]);
 }
+
+#[test]
+fn coordinator_sigterm_exits_0_and_its_daemons_come_back_to_the_next_one() {
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut procs = Processes::new();
+    let store = format!("redb:{}", procs.dir.path().join("store.redb").display());
+    let coordinator = ["coordinator", "--port", &port_text, "--store", &store];
+    procs.start("coordinator", &coordinator);
+    procs.start("daemon-a", &["daemon", "--machine-id", "a", "--coordinator-port", &port_text]);
+    wait_status(&procs, port, "daemon a registered", Duration::from_secs(15), |v| machines(v) == ["a"]);
+    let flow = Flow::new(WAITER);
+    let (code, _, stderr) =
+        rill_json(&["start", &flow.file.display().to_string(), "--name", "app", "--coordinator-port", &port_text]);
+    assert_eq!(code, Some(0), "{stderr}");
+    procs.wait_log("daemon-a", "the node runs", Duration::from_secs(20), |l| l.contains("[app/w] waiting"));
+    procs.signal("coordinator", libc::SIGTERM);
+    assert_eq!(procs.wait_exit("coordinator", Duration::from_secs(10)), Some(0), "exit 0\n{}", procs.logs());
+    assert!(procs.log("coordinator").contains("shutting down"), "{}", procs.logs());
+    procs.start("coordinator-2", &coordinator);
+    let dataflow = dataflow_when(&procs, port, "running again", |d| d["status"] == "running");
+    assert_eq!(dataflow["nodes"]["w"]["state"], "running", "{dataflow}");
+    assert_eq!(procs.log("daemon-a").matches("[app/w] waiting").count(), 1, "the node kept running");
+}
