@@ -50,6 +50,10 @@ pub struct CoordinatorArgs {
     /// are removed, with their stored records and kept lines.
     #[arg(long, default_value_t = rill_coordinator::Settings::default().keep_ended, value_name = "N")]
     keep_ended: usize,
+    /// Seconds between two auto-recoveries of the same machine's nodes of a
+    /// dataflow (so a node that crashes at start does not loop).
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    recovery_backoff: f64,
 }
 
 #[derive(clap::Args)]
@@ -94,9 +98,11 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("--store: {e}"))?;
     let lost_timeout = std::time::Duration::try_from_secs_f64(args.lost_timeout)
         .context("--lost-timeout must be a non-negative number of seconds")?;
+    let recovery_backoff = std::time::Duration::try_from_secs_f64(args.recovery_backoff)
+        .context("--recovery-backoff must be a non-negative number of seconds")?;
     runtime()?.block_on(async move {
         let shown_store = store.to_string();
-        let settings = rill_coordinator::Settings { lost_timeout, keep_ended: args.keep_ended };
+        let settings = rill_coordinator::Settings { lost_timeout, keep_ended: args.keep_ended, recovery_backoff };
         let config = rill_coordinator::CoordinatorConfig { bind, store, settings };
         let listening = rill_coordinator::Listening::bind(config).await?;
         note!("rill coordinator listening on {bind} (store: {shown_store})");

@@ -107,11 +107,12 @@ impl DataflowRecord {
 }
 
 /// Every dataflow, in start order.
-#[derive(Default)]
 pub struct Dataflows {
     records: Vec<DataflowRecord>,
     /// How long nodes may stay lost before their dataflow fails.
     lost_timeout: Duration,
+    /// At most one auto-recovery per machine and dataflow in this window.
+    recovery_backoff: Duration,
     /// Last auto-recovery per (machine id, dataflow uuid).
     recovered_at: std::collections::HashMap<(String, String), Instant>,
 }
@@ -134,7 +135,7 @@ pub const DAEMON_UNREACHABLE: &str = "daemon unreachable";
 /// older ones are pruned, with their stored records and kept lines.
 pub const KEEP_ENDED: usize = 100;
 
-/// At most one auto-recovery per machine and dataflow in this window.
+/// At most one auto-recovery per machine and dataflow in this window, by default.
 pub const RECOVERY_BACKOFF: Duration = Duration::from_secs(30);
 
 /// How long nodes may be lost (their daemon shut down or is unreachable, or
@@ -154,6 +155,12 @@ pub fn plan(descriptor: &Dataflow, daemons: &[DaemonInfo]) -> Result<Vec<NodePla
             Some(NodePlacement { node: node.id.clone(), daemon_id: daemon_id.clone(), machine_id })
         })
         .collect())
+}
+
+impl Default for Dataflows {
+    fn default() -> Self {
+        Dataflows::restore(Vec::new(), Instant::now(), LOST_TIMEOUT, RECOVERY_BACKOFF)
+    }
 }
 
 impl Dataflows {
@@ -211,7 +218,12 @@ impl Dataflows {
 
     /// Records from the store after a restart. Every node of an active one
     /// is lost until its daemon reports it (within `lost_timeout`).
-    pub fn restore(records: Vec<DataflowRecord>, now: Instant, lost_timeout: Duration) -> Self {
+    pub fn restore(
+        records: Vec<DataflowRecord>,
+        now: Instant,
+        lost_timeout: Duration,
+        recovery_backoff: Duration,
+    ) -> Self {
         let records = records
             .into_iter()
             .map(|mut r| {
@@ -227,7 +239,7 @@ impl Dataflows {
                 r
             })
             .collect();
-        Self { records, lost_timeout, recovered_at: Default::default() }
+        Self { records, lost_timeout, recovery_backoff, recovered_at: Default::default() }
     }
 
     /// Is there a record with this uuid?
@@ -296,7 +308,7 @@ impl Dataflows {
 
     /// A daemon (re)connected reporting `reported`: every running dataflow
     /// with nodes placed on its machine that it does not run gets those
-    /// nodes spawned again, at most once per [`RECOVERY_BACKOFF`] per machine
+    /// nodes spawned again, at most once per recovery backoff per machine
     /// and dataflow. Returns the records to store and the spawns to send.
     pub fn recover(
         &mut self,
@@ -323,7 +335,7 @@ impl Dataflows {
                 continue;
             }
             let key = (machine.to_owned(), record.uuid.clone());
-            if self.recovered_at.get(&key).is_some_and(|at| now.duration_since(*at) < RECOVERY_BACKOFF) {
+            if self.recovered_at.get(&key).is_some_and(|at| now.duration_since(*at) < self.recovery_backoff) {
                 continue;
             }
             self.recovered_at.insert(key, now);
@@ -594,7 +606,7 @@ mod tests {
         let (lost, _) = d.start(flow(), Some("lost".into()), "/".into(), &daemons()).unwrap();
         let stored: Vec<DataflowRecord> = d.records.clone();
         let t0 = Instant::now();
-        let mut d = Dataflows::restore(stored, t0, LOST_TIMEOUT);
+        let mut d = Dataflows::restore(stored, t0, LOST_TIMEOUT, RECOVERY_BACKOFF);
         assert_eq!(d.find("kept").unwrap().status, DataflowStatus::Degraded, "nobody reported it yet");
         let (changed, stop) = d.reclaimed(&kept.uuid, "a-7", Some("a"));
         assert!(changed.is_some() && !stop);
@@ -685,7 +697,7 @@ mod tests {
     fn a_late_ready_after_a_reclaim_still_gets_its_go() {
         let mut d = Dataflows::default();
         let (app, _) = d.start(flow(), Some("app".into()), "/".into(), &daemons()).unwrap();
-        let mut d = Dataflows::restore(d.records.clone(), Instant::now(), LOST_TIMEOUT);
+        let mut d = Dataflows::restore(d.records.clone(), Instant::now(), LOST_TIMEOUT, RECOVERY_BACKOFF);
         d.reclaimed(&app.uuid, "a-7", Some("a"));
         d.reclaimed(&app.uuid, "b-8", Some("b"));
         assert_eq!(d.daemon_ready(&app.uuid, "a-7"), ["a-7"]);

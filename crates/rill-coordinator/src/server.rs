@@ -74,11 +74,17 @@ pub struct Settings {
     pub lost_timeout: Duration,
     /// Ended dataflows kept; older ones are pruned with their logs.
     pub keep_ended: usize,
+    /// At most one auto-recovery per machine and dataflow in this window.
+    pub recovery_backoff: Duration,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { lost_timeout: crate::dataflows::LOST_TIMEOUT, keep_ended: crate::dataflows::KEEP_ENDED }
+        Settings {
+            lost_timeout: crate::dataflows::LOST_TIMEOUT,
+            keep_ended: crate::dataflows::KEEP_ENDED,
+            recovery_backoff: crate::dataflows::RECOVERY_BACKOFF,
+        }
     }
 }
 
@@ -182,7 +188,7 @@ pub async fn serve_until(
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let dataflows = Dataflows::restore(store.load()?, Instant::now(), settings.lost_timeout);
+    let dataflows = Dataflows::restore(store.load()?, Instant::now(), settings.lost_timeout, settings.recovery_backoff);
     let app = Arc::new(App {
         cluster: Mutex::new(Cluster::default()),
         dataflows: Mutex::new(dataflows),
