@@ -48,11 +48,15 @@ struct Connected {
     version: String,
     zenoh_endpoint: Option<String>,
     last_heartbeat: Instant,
-    /// The last probe sent to it, and whether it answered.
-    probe: Option<(u64, bool)>,
+    /// Probes sent to it (newest last, at most [`PROBES`]), and whether
+    /// each was answered: two newcomers may probe it at once.
+    probes: Vec<(u64, bool)>,
     /// Messages to this daemon's connection.
     tx: mpsc::Sender<CoordinatorMessage>,
 }
+
+/// Probes remembered per connection.
+const PROBES: usize = 8;
 
 /// Messages queued for one daemon's connection; a daemon this far behind is
 /// dropped (its handler ends and its dataflows' nodes become lost) rather
@@ -98,7 +102,7 @@ impl Cluster {
         };
         self.daemons.insert(
             id.clone(),
-            Connected { machine_id, labels, version, zenoh_endpoint, last_heartbeat: now, probe: None, tx },
+            Connected { machine_id, labels, version, zenoh_endpoint, last_heartbeat: now, probes: Vec::new(), tx },
         );
         Ok(id)
     }
@@ -131,7 +135,10 @@ impl Cluster {
     /// Asks the connection whether it is alive (a `Ping` it must answer).
     pub fn probe(&mut self, daemon_id: &str, nonce: u64) {
         if let Some(d) = self.daemons.get_mut(daemon_id) {
-            d.probe = Some((nonce, false));
+            if d.probes.len() == PROBES {
+                d.probes.remove(0);
+            }
+            d.probes.push((nonce, false));
             let _ = d.tx.try_send(CoordinatorMessage::Ping { nonce });
         }
     }
@@ -139,8 +146,7 @@ impl Cluster {
     /// The connection answered a probe.
     pub fn ponged(&mut self, daemon_id: &str, nonce: u64) {
         if let Some(d) = self.daemons.get_mut(daemon_id)
-            && let Some((sent, answered)) = &mut d.probe
-            && *sent == nonce
+            && let Some((_, answered)) = d.probes.iter_mut().find(|(sent, _)| *sent == nonce)
         {
             *answered = true;
         }
@@ -149,7 +155,7 @@ impl Cluster {
     /// Did the connection answer probe `nonce`? `None`: it is gone.
     pub fn probe_answered(&self, daemon_id: &str, nonce: u64) -> Option<bool> {
         let d = self.daemons.get(daemon_id)?;
-        Some(d.probe == Some((nonce, true)))
+        Some(d.probes.contains(&(nonce, true)))
     }
 
     /// Drops a connection that did not answer its probe; its handler ends
@@ -271,8 +277,10 @@ mod tests {
         assert_eq!(c.probe_answered(&old, 7), Some(false));
         c.ponged(&old, 6);
         assert_eq!(c.probe_answered(&old, 7), Some(false), "an old nonce is no answer");
+        c.probe(&old, 8);
         c.ponged(&old, 7);
-        assert_eq!(c.probe_answered(&old, 7), Some(true));
+        assert_eq!(c.probe_answered(&old, 7), Some(true), "an earlier probe is still answered");
+        assert_eq!(c.probe_answered(&old, 8), Some(false));
         c.replace(&old);
         assert_eq!(c.probe_answered(&old, 7), None);
         assert!(!c.disconnected(&old), "its handler does not write anything off");

@@ -176,7 +176,11 @@ impl Dataflows {
         let uuid = uuid::Uuid::new_v4().to_string();
         let name = name.unwrap_or_else(|| format!("dataflow-{}", &uuid[..8]));
         // A stopping namesake is on its way out (that is how restart works).
-        if self.records.iter().any(|r| r.name == name && r.status == DataflowStatus::Running) {
+        if self
+            .records
+            .iter()
+            .any(|r| r.name == name && matches!(r.status, DataflowStatus::Running | DataflowStatus::Degraded))
+        {
             return Err(StartError::NameInUse(name));
         }
         let running_on: BTreeSet<String> = placement.iter().map(|p| p.daemon_id.clone()).collect();
@@ -232,7 +236,11 @@ impl Dataflows {
                     r.ready.clear();
                     let reason = "the coordinator restarted; its daemon has not reported it yet";
                     for p in &r.placement {
-                        r.nodes.insert(p.node.clone(), NodeStatus::Lost { reason: reason.into() });
+                        let ended =
+                            matches!(r.nodes.get(&p.node), Some(NodeStatus::Finished | NodeStatus::Failed { .. }));
+                        if !ended {
+                            r.nodes.insert(p.node.clone(), NodeStatus::Lost { reason: reason.into() });
+                        }
                     }
                     r.settle(now);
                 }
@@ -262,6 +270,16 @@ impl Dataflows {
         });
         self.recovered_at.retain(|(_, uuid), _| !pruned.contains(uuid));
         pruned
+    }
+
+    /// A dataflow stopped while its start was being stored: its spawns are
+    /// not sent, so nothing runs and it is stopped. True if that was so.
+    pub fn stopped_before_spawn(&mut self, uuid: &str, now: Instant) -> Option<DataflowRecord> {
+        let record = self.records.iter_mut().find(|r| r.uuid == uuid && r.status == DataflowStatus::Stopping)?;
+        record.running_on.clear();
+        record.ready.clear();
+        record.settle(now);
+        Some(record.clone())
     }
 
     /// A dataflow that was never stored: gone as if never started.
@@ -295,14 +313,18 @@ impl Dataflows {
         if !record.is_active() {
             return (None, true);
         }
-        record.running_on.insert(daemon.to_owned());
-        record.ready.insert(daemon.to_owned());
-        // Daemon ids change across restarts; machine ids do not.
+        // Daemon ids change across reconnects; machine ids do not. The old
+        // connection's id goes (it may have been replaced without being
+        // written off), so the share is waited for once, under its new id.
         for p in &mut record.placement {
             if machine_id.is_some() && p.machine_id.as_deref() == machine_id {
+                record.running_on.remove(&p.daemon_id);
+                record.ready.remove(&p.daemon_id);
                 p.daemon_id = daemon.to_owned();
             }
         }
+        record.running_on.insert(daemon.to_owned());
+        record.ready.insert(daemon.to_owned());
         (Some(record.clone()), record.status == DataflowStatus::Stopping)
     }
 
@@ -325,10 +347,14 @@ impl Dataflows {
             if !running || reported.contains(&record.uuid) {
                 continue;
             }
+            // Only what is lost: a node that finished stays finished.
             let nodes: Vec<String> = record
                 .placement
                 .iter()
                 .filter(|p| p.machine_id.as_deref() == Some(machine))
+                .filter(|p| {
+                    !matches!(record.nodes.get(&p.node), Some(NodeStatus::Finished | NodeStatus::Failed { .. }))
+                })
                 .map(|p| p.node.clone())
                 .collect();
             if nodes.is_empty() {
@@ -435,17 +461,14 @@ impl Dataflows {
     pub fn daemon_ready(&mut self, uuid: &str, daemon: &str) -> Vec<String> {
         let Some(record) = self.records.iter_mut().find(|r| r.uuid == uuid) else { return Vec::new() };
         // A share that already ended counts as ready.
-        let first_time = record.ready.insert(daemon.to_owned());
+        record.ready.insert(daemon.to_owned());
         if !record.running_on.is_subset(&record.ready) {
             return Vec::new();
         }
-        if first_time {
-            record.running_on.iter().cloned().collect()
-        } else {
-            // Already counted (it reclaimed the share after a coordinator
-            // restart, then its wiring finished): it still needs its `Go`.
-            vec![daemon.to_owned()]
-        }
+        // Every time the barrier holds, to every share: a `Go` lost to a
+        // reconnect or a coordinator restart is sent again, and a daemon
+        // ignores one it already had.
+        record.running_on.iter().cloned().collect()
     }
 
     /// `daemon` reports a node's status (it runs that node now, also after
@@ -544,7 +567,7 @@ mod tests {
         let (record, _) = d.start(flow(), None, "/".into(), &daemons()).unwrap();
         assert_eq!(d.daemon_ready(&record.uuid, "a-1"), Vec::<String>::new());
         assert_eq!(d.daemon_ready(&record.uuid, "b-2"), ["a-1", "b-2"]);
-        assert_eq!(d.daemon_ready(&record.uuid, "b-2"), ["b-2"], "a repeated ready: its own Go again");
+        assert_eq!(d.daemon_ready(&record.uuid, "b-2"), ["a-1", "b-2"], "a repeated ready: Go again, to all");
     }
 
     #[test]
@@ -694,13 +717,33 @@ mod tests {
     }
 
     #[test]
+    fn a_replaced_connection_is_not_waited_for_and_finished_nodes_are_not_recovered() {
+        let mut d = Dataflows::default();
+        let (app, _) = d.start(flow(), Some("app".into()), "/".into(), &daemons()).unwrap();
+        let now = Instant::now();
+        // a-1 was replaced by a-3 without being written off.
+        d.reclaimed(&app.uuid, "a-3", Some("a"));
+        d.daemon_finished(&app.uuid, "a-3", ShareOutcome::Ended { success: true, summary: "" }, now);
+        d.node_status(&app.uuid, "src", NodeStatus::Finished, "a-3");
+        d.daemon_finished(&app.uuid, "b-2", ShareOutcome::Ended { success: true, summary: "" }, now);
+        assert_eq!(d.find("app").unwrap().status, DataflowStatus::Finished, "a-1 is not waited for");
+
+        let (app, _) = d.start(flow(), Some("app2".into()), "/".into(), &daemons()).unwrap();
+        d.node_status(&app.uuid, "src", NodeStatus::Finished, "a-1");
+        d.daemon_finished(&app.uuid, "a-1", ShareOutcome::Ended { success: true, summary: "" }, now);
+        assert!(d.recover("a-4", Some("a"), &[], now).is_empty(), "the finished source is not run again");
+        let restored = Dataflows::restore(d.records.clone(), now, LOST_TIMEOUT, RECOVERY_BACKOFF);
+        assert_eq!(restored.find("app2").unwrap().nodes["src"], NodeStatus::Finished, "not lost after a restart");
+    }
+
+    #[test]
     fn a_late_ready_after_a_reclaim_still_gets_its_go() {
         let mut d = Dataflows::default();
         let (app, _) = d.start(flow(), Some("app".into()), "/".into(), &daemons()).unwrap();
         let mut d = Dataflows::restore(d.records.clone(), Instant::now(), LOST_TIMEOUT, RECOVERY_BACKOFF);
         d.reclaimed(&app.uuid, "a-7", Some("a"));
         d.reclaimed(&app.uuid, "b-8", Some("b"));
-        assert_eq!(d.daemon_ready(&app.uuid, "a-7"), ["a-7"]);
+        assert_eq!(d.daemon_ready(&app.uuid, "a-7"), ["a-7", "b-8"]);
     }
 
     #[test]

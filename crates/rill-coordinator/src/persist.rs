@@ -72,16 +72,26 @@ impl Persister {
         }
     }
 
-    /// Writes `record` and waits until it is stored; `Err` says why not.
-    pub async fn save_confirmed(&self, record: &DataflowRecord) -> Result<(), String> {
+    /// Queues `record` now (so it is ordered with the changes queued before
+    /// and after this call) and returns a future that resolves once it is
+    /// stored; `Err` says why not.
+    pub fn save_confirmed(
+        &self,
+        record: &DataflowRecord,
+    ) -> impl std::future::Future<Output = Result<(), String>> + use<> {
         let (done, result) = oneshot::channel();
         let job = Job { change: Change::Save(Box::new(record.clone())), done: Some(done) };
-        match self.tx.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(format!("the store is {QUEUE} changes behind")),
-            Err(TrySendError::Disconnected(_)) => return Err("the store writer is gone".into()),
+        let queued = match self.tx.try_send(job) {
+            Ok(()) => Ok(result),
+            Err(TrySendError::Full(_)) => Err(format!("the store is {QUEUE} changes behind")),
+            Err(TrySendError::Disconnected(_)) => Err("the store writer is gone".to_owned()),
+        };
+        async move {
+            match queued {
+                Ok(result) => result.await.unwrap_or_else(|_| Err("the store writer is gone".into())),
+                Err(e) => Err(e),
+            }
         }
-        result.await.unwrap_or_else(|_| Err("the store writer is gone".into()))
     }
 }
 

@@ -126,9 +126,21 @@ impl App {
     }
 
     /// Queues a changed record for the store; a failure is logged, not
-    /// fatal (the dataflows keep running).
+    /// fatal (the dataflows keep running). Call it while still holding the
+    /// `dataflows` lock the change was made under, so records reach the
+    /// store in the order they changed.
     fn persist(&self, record: &DataflowRecord) {
         self.persister.save(record);
+    }
+
+    /// Applies a change to the dataflows and queues its record, under one lock.
+    fn update(&self, change: impl FnOnce(&mut Dataflows) -> Option<DataflowRecord>) -> Option<DataflowRecord> {
+        let mut dataflows = self.dataflows();
+        let changed = change(&mut dataflows);
+        if let Some(record) = &changed {
+            self.persist(record);
+        }
+        changed
     }
 }
 
@@ -209,7 +221,12 @@ pub async fn serve_until(
                 drop(logs);
                 expirer.persister.delete(pruned);
             }
-            let expired = expirer.dataflows().expire_lost(Instant::now());
+            let expired = {
+                let mut dataflows = expirer.dataflows();
+                let expired = dataflows.expire_lost(Instant::now());
+                expired.iter().for_each(|(record, _)| expirer.persist(record));
+                expired
+            };
             for (record, stop) in expired {
                 eprintln!(
                     "rill coordinator: dataflow {} ({}) {:?}: {}",
@@ -218,7 +235,6 @@ pub async fn serve_until(
                     record.status,
                     record.reason.as_deref().unwrap_or("lost nodes did not come back")
                 );
-                expirer.persist(&record);
                 let mut cluster = expirer.cluster();
                 for daemon in stop {
                     cluster.send(&daemon, CoordinatorMessage::StopDataflow { uuid: record.uuid.clone() });
@@ -310,28 +326,37 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
     };
     let peers = app.cluster().peers_of(&daemon_id);
     if !send_json(&mut sink, &CoordinatorMessage::Registered { daemon_id: daemon_id.clone(), peers }).await {
-        app.cluster().disconnected(&daemon_id);
+        // A start may have placed nodes on it meanwhile.
+        if app.cluster().disconnected(&daemon_id) {
+            write_off(&app, &daemon_id, DAEMON_UNREACHABLE);
+        }
         return;
     }
     // What it still runs (after its or our restart) is its again.
     for uuid in &running {
-        let (changed, stop) = app.dataflows().reclaimed(uuid, &daemon_id, machine_id.as_deref());
-        if let Some(record) = changed {
-            app.persist(&record);
-        }
+        let stop = {
+            let mut dataflows = app.dataflows();
+            let (changed, stop) = dataflows.reclaimed(uuid, &daemon_id, machine_id.as_deref());
+            changed.iter().for_each(|record| app.persist(record));
+            stop
+        };
         if stop {
             app.cluster().send(&daemon_id, CoordinatorMessage::StopDataflow { uuid: uuid.clone() });
         }
     }
     // What it should run but does not (it restarted, the machine rebooted).
-    let spawns = app.dataflows().recover(&daemon_id, machine_id.as_deref(), &running, Instant::now());
+    let spawns = {
+        let mut dataflows = app.dataflows();
+        let spawns = dataflows.recover(&daemon_id, machine_id.as_deref(), &running, Instant::now());
+        spawns.iter().for_each(|(record, _)| app.persist(record));
+        spawns
+    };
     for (record, spawn) in spawns {
         eprintln!(
             "rill coordinator: auto-recovery: re-spawning {} on {daemon_id} for dataflow {}",
             spawn.nodes.join(", "),
             record.name
         );
-        app.persist(&record);
         app.cluster().send(&daemon_id, CoordinatorMessage::Spawn(spawn));
     }
     let silence = app.heartbeat * rill_proto::coord::SILENT_HEARTBEATS;
@@ -368,10 +393,7 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
                             }
                             status => status,
                         };
-                        let changed = app.dataflows().node_status(&uuid, &node, status, &daemon_id);
-                        if let Some(record) = changed {
-                            app.persist(&record);
-                        }
+                        app.update(|d| d.node_status(&uuid, &node, status, &daemon_id));
                     }
                     // Kept only for dataflows we know (the uuid comes from the daemon).
                     Ok(DaemonMessage::Log(line)) => {
@@ -385,10 +407,7 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
                         } else {
                             ShareOutcome::Ended { success, summary: &summary }
                         };
-                        let changed = app.dataflows().daemon_finished(&uuid, &daemon_id, outcome, Instant::now());
-                        if let Some(record) = changed {
-                            app.persist(&record);
-                        }
+                        app.update(|d| d.daemon_finished(&uuid, &daemon_id, outcome, Instant::now()));
                     }
                     Ok(DaemonMessage::Heartbeat | DaemonMessage::Register { .. }) | Err(_) => {}
                 }
@@ -411,11 +430,16 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
     }
     if app.cluster().disconnected(&daemon_id) {
         let reason = if leaving { DAEMON_SHUT_DOWN } else { DAEMON_UNREACHABLE };
-        let changed = app.dataflows().daemon_gone(&daemon_id, reason, Instant::now());
-        for record in &changed {
-            eprintln!("rill coordinator: dataflow {} degraded: {reason} ({daemon_id})", record.name);
-            app.persist(record);
-        }
+        write_off(&app, &daemon_id, reason);
+    }
+}
+
+/// The connection of `daemon_id` is gone: the nodes it ran are lost.
+fn write_off(app: &App, daemon_id: &str, reason: &str) {
+    let mut dataflows = app.dataflows();
+    for record in dataflows.daemon_gone(daemon_id, reason, Instant::now()) {
+        eprintln!("rill coordinator: dataflow {} degraded: {reason} ({daemon_id})", record.name);
+        app.persist(&record);
     }
 }
 
@@ -590,34 +614,45 @@ async fn start(
             Err(e) => start_error(e),
         };
     }
-    let started = app.dataflows().start(descriptor, name, base_dir, &daemons);
-    let (record, spawns) = match started {
-        Ok(started) => started,
-        Err(e) => return start_error(e),
+    let (record, spawns, stored) = {
+        let mut dataflows = app.dataflows();
+        let (record, spawns) = match dataflows.start(descriptor, name, base_dir, &daemons) {
+            Ok(started) => started,
+            Err(e) => return start_error(e),
+        };
+        let stored = app.persister.save_confirmed(&record);
+        (record, spawns, stored)
     };
     // Nothing runs unless its record is stored: a coordinator restart must
     // not forget a running dataflow.
-    if let Err(e) = app.persister.save_confirmed(&record).await {
+    if let Err(e) = stored.await {
         app.dataflows().forget(&record.uuid);
         let message = format!("the dataflow was not started: its record cannot be stored ({e})");
         return ControlResponse::Error { code: ErrorCode::Internal, message };
+    }
+    // A `rill stop` that came while the record was being stored: nothing is started.
+    if app.update(|d| d.stopped_before_spawn(&record.uuid, Instant::now())).is_some() {
+        return ControlResponse::Started { uuid: record.uuid, name: record.name, placement: record.placement };
     }
     for (daemon, spawn) in spawns {
         // A daemon that left since the plan: its part is lost, not silently dropped.
         let sent = app.cluster().send(&daemon, CoordinatorMessage::Spawn(spawn));
         if !sent {
-            let changed = app.dataflows().share_lost(&record.uuid, &daemon, DAEMON_UNREACHABLE, Instant::now());
-            if let Some(changed) = changed {
-                app.persist(&changed);
-            }
+            app.update(|d| d.share_lost(&record.uuid, &daemon, DAEMON_UNREACHABLE, Instant::now()));
         }
     }
     ControlResponse::Started { uuid: record.uuid, name: record.name, placement: record.placement }
 }
 
 async fn stop(app: &App, dataflow: &str) -> ControlResponse {
-    let stopping = app.dataflows().stop(dataflow);
-    let Some((record, daemons)) = stopping else {
+    let stopping = {
+        let mut dataflows = app.dataflows();
+        dataflows.stop(dataflow).map(|(record, daemons)| {
+            let stored = app.persister.save_confirmed(&record);
+            (record, daemons, stored)
+        })
+    };
+    let Some((record, daemons, stored)) = stopping else {
         let message = unknown_dataflow(app, dataflow, true);
         return ControlResponse::Error { code: ErrorCode::NotFound, message };
     };
@@ -627,7 +662,7 @@ async fn stop(app: &App, dataflow: &str) -> ControlResponse {
             cluster.send(&daemon, CoordinatorMessage::StopDataflow { uuid: record.uuid.clone() });
         }
     }
-    if let Err(e) = app.persister.save_confirmed(&record).await {
+    if let Err(e) = stored.await {
         let message = format!(
             "dataflow {} is stopping, but that cannot be stored ({e}): after a coordinator restart it would be listed as running",
             record.name

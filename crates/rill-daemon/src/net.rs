@@ -378,6 +378,21 @@ async fn connect_once(
                         last_heard = tokio::time::Instant::now();
                         registered = true;
                         on_event(ConnectionEvent::Registered { daemon_id });
+                        // A signal that came before this registration.
+                        if shares.leaving && let Err(e) = send(&mut sink, &DaemonMessage::ShuttingDown).await {
+                            break 'conn lost(e, registered);
+                        }
+                        // What queued while disconnected: the log lines go;
+                        // node statuses are superseded by the snapshot below
+                        // (an old `running` after a share's end would revive it).
+                        while let Ok(msg) = stream_rx.try_recv() {
+                            if matches!(msg, DaemonMessage::NodeStatus { .. }) {
+                                continue;
+                            }
+                            if let Err(e) = send(&mut sink, &msg).await {
+                                break 'conn lost(e, registered);
+                            }
+                        }
                         // What runs here, for a coordinator that restarted or
                         // wrote these nodes off as lost meanwhile.
                         let statuses: Vec<DaemonMessage> = shares

@@ -80,6 +80,10 @@ impl EdgeConn {
     }
 }
 
+/// Shared messages a consumer may keep beyond its queues (e.g. the previous
+/// frame while it waits for the next) before the producer holds back.
+pub(crate) const HOLD_SLACK: usize = 4;
+
 /// To one consumer.
 pub(crate) struct OutEdge {
     pub(crate) consumer: String,
@@ -94,7 +98,8 @@ pub(crate) struct OutEdge {
     /// Their sum.
     in_flight: usize,
     /// Most shared deliveries the consumer may hold unreleased: the sum of
-    /// its inputs' `queue_size` (it cannot keep more without dropping). A
+    /// its inputs' `queue_size` (it cannot queue more without dropping),
+    /// plus [`HOLD_SLACK`] it may keep while it works (the previous frame). A
     /// consumer that stops reading thus pins at most this many regions in
     /// its socket and queue, plus its backlog here (same bound, oldest
     /// dropped), and the producer keeps regions for everyone else.
@@ -110,7 +115,7 @@ impl OutEdge {
             inputs.insert(route.input.clone(), route.queue_size as usize);
             by_output.entry(route.output).or_default().push((route.input, route.queue_size as usize));
         }
-        let shared_cap = inputs.values().fold(0usize, |sum, q| sum.saturating_add(*q)).max(1);
+        let shared_cap = inputs.values().fold(HOLD_SLACK, |sum, q| sum.saturating_add(*q));
         Self {
             consumer,
             conn: Arc::new(EdgeConn::new(fd, Weak::new())),
