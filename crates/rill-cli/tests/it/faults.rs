@@ -424,3 +424,62 @@ fn coordinator_sigterm_exits_0_and_its_daemons_come_back_to_the_next_one() {
     assert_eq!(dataflow["nodes"]["w"]["state"], "running", "{dataflow}");
     assert_eq!(procs.log("daemon-a").matches("[app/w] waiting").count(), 1, "the node kept running");
 }
+
+/// A fake coordinator on `listener`: registers the first daemon, sends it
+/// `spawn` (JSON), and returns the daemon's report of that dataflow's end.
+async fn fake_coordinator(listener: tokio::net::TcpListener, spawn: String) -> serde_json::Value {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (tcp, _) = listener.accept().await.expect("the daemon connects");
+    let mut ws = tokio_tungstenite::accept_async(tcp).await.expect("websocket");
+    let _register = ws.next().await;
+    let registered = r#"{"type":"registered","daemon_id":"a-1","peers":[]}"#;
+    ws.send(Message::Text(registered.into())).await.expect("send");
+    ws.send(Message::Text(spawn.into())).await.expect("send");
+    loop {
+        let Some(Ok(Message::Text(text))) = ws.next().await else { panic!("the daemon went away") };
+        let msg: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        match msg["type"].as_str() {
+            Some("dataflow_finished") => return msg,
+            Some("heartbeat") => ws.send(Message::Text(r#"{"type":"heartbeat"}"#.into())).await.expect("send"),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn a_daemon_refuses_an_absurd_spawn_with_the_reasons_and_lives_on() {
+    let mut procs = Processes::new();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let port = listener.local_addr().expect("addr").port().to_string();
+    procs.start("daemon", &["daemon", "--machine-id", "a", "--coordinator-port", &port]);
+    // A NUL in the node id, a zero timer interval, and an id with `*`, as
+    // only a buggy or hostile coordinator would send.
+    let node = |id: &str, inputs: &str| {
+        format!(
+            r#"{{"id":"{id}","path":"/bin/true","args":[],"env":{{}},"build":null,"outputs":["out"],"inputs":{{{inputs}}},
+            "restart":{{"policy":"never","max_restarts":null,"restart_delay_ms":500}},
+            "deploy":{{"machine":null,"labels":{{}},"distribute":"local","working_dir":null}}}}"#
+        )
+    };
+    let nodes = [
+        node("a\\u0000b", ""),
+        node("t", r#""tick":{"source":{"timer":{"interval_ns":0}},"queue_size":1}"#),
+        node("x*", ""),
+    ];
+    let spawn = format!(
+        r#"{{"type":"spawn","uuid":"00000000-0000-4000-8000-000000000001","name":"evil","descriptor":{{"nodes":[{}]}},"base_dir":"/","nodes":["a\u0000b","t","x*"]}}"#,
+        nodes.join(",")
+    );
+    let spawn = spawn.replace('\u{0}', "\\u0000");
+    let report = runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(30), fake_coordinator(listener, spawn)).await })
+        .unwrap_or_else(|_| panic!("no report within 30 s\n{}", procs.logs()));
+    let summary = report["summary"].as_str().unwrap_or("");
+    assert_eq!(report["success"], false, "{report}");
+    for expected in ["refused by the daemon", "node id \"a\\0b\" is not valid", "zero interval", "node id \"x*\""] {
+        assert!(summary.contains(expected), "{expected}: {summary}");
+    }
+    assert!(crate::support::alive(procs.pid("daemon")), "the daemon lives on\n{}", procs.logs());
+}
