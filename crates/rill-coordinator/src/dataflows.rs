@@ -347,14 +347,13 @@ impl Dataflows {
             if !running || reported.contains(&record.uuid) {
                 continue;
             }
-            // Only what is lost: a node that finished stays finished.
+            // Only what is lost: a node that finished stays finished, and a
+            // share its daemon refused is not offered to it again.
             let nodes: Vec<String> = record
                 .placement
                 .iter()
                 .filter(|p| p.machine_id.as_deref() == Some(machine))
-                .filter(|p| {
-                    !matches!(record.nodes.get(&p.node), Some(NodeStatus::Finished | NodeStatus::Failed { .. }))
-                })
+                .filter(|p| matches!(record.nodes.get(&p.node), Some(NodeStatus::Lost { .. })))
                 .map(|p| p.node.clone())
                 .collect();
             if nodes.is_empty() {
@@ -383,6 +382,11 @@ impl Dataflows {
             out.push((record.clone(), spawn));
         }
         out
+    }
+
+    /// Dataflows `daemon` runs a share of (what it would report as running).
+    pub fn shares_of(&self, daemon: &str) -> Vec<String> {
+        self.records.iter().filter(|r| r.is_active() && r.running_on.contains(daemon)).map(|r| r.uuid.clone()).collect()
     }
 
     /// The share on `machine` runs again: a later loss may be recovered at once.
@@ -607,6 +611,8 @@ mod tests {
         let mut d = Dataflows::default();
         let (record, _) = d.start(flow(), Some("app".into()), "/".into(), &daemons()).unwrap();
         let t0 = Instant::now();
+        assert!(d.recover("b-8", Some("b"), &[], t0).is_empty(), "nothing is lost yet");
+        d.daemon_gone("b-2", DAEMON_UNREACHABLE, t0);
         let spawns = d.recover("b-9", Some("b"), &[], t0);
         assert_eq!(spawns.len(), 1);
         assert_eq!(spawns[0].1.nodes, ["sink"], "only the missing machine's nodes");
@@ -734,6 +740,25 @@ mod tests {
         assert!(d.recover("a-4", Some("a"), &[], now).is_empty(), "the finished source is not run again");
         let restored = Dataflows::restore(d.records.clone(), now, LOST_TIMEOUT, RECOVERY_BACKOFF);
         assert_eq!(restored.find("app2").unwrap().nodes["src"], NodeStatus::Finished, "not lost after a restart");
+    }
+
+    #[test]
+    fn a_connected_daemon_gets_its_lost_nodes_once_the_backoff_has_passed() {
+        let mut d = Dataflows::default();
+        let (app, _) = d.start(flow(), Some("app".into()), "/".into(), &daemons()).unwrap();
+        let t0 = Instant::now();
+        d.daemon_gone("b-2", DAEMON_UNREACHABLE, t0);
+        assert_eq!(d.recover("b-3", Some("b"), &[], t0).len(), 1, "recovered at registration");
+        d.daemon_gone("b-3", DAEMON_UNREACHABLE, t0);
+        // b-4 registers within the backoff: nothing then...
+        assert!(d.recover("b-4", Some("b"), &d.shares_of("b-4"), t0 + Duration::from_secs(1)).is_empty());
+        // ...but the periodic check recovers it once the backoff has passed.
+        let later = t0 + RECOVERY_BACKOFF;
+        assert_eq!(d.recover("b-4", Some("b"), &d.shares_of("b-4"), later).len(), 1);
+        // A share it runs is never re-spawned by the periodic check.
+        d.node_status(&app.uuid, "sink", NodeStatus::Running { pid: 3 }, "b-4");
+        assert_eq!(d.shares_of("b-4"), [app.uuid.clone()]);
+        assert!(d.recover("b-4", Some("b"), &d.shares_of("b-4"), later + RECOVERY_BACKOFF).is_empty());
     }
 
     #[test]

@@ -214,6 +214,7 @@ pub async fn serve_until(
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
+            retry_recovery(&expirer);
             let pruned = expirer.dataflows().prune(settings.keep_ended);
             if !pruned.is_empty() {
                 let mut logs = expirer.logs();
@@ -431,6 +432,31 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
     if app.cluster().disconnected(&daemon_id) {
         let reason = if leaving { DAEMON_SHUT_DOWN } else { DAEMON_UNREACHABLE };
         write_off(&app, &daemon_id, reason);
+    }
+}
+
+/// Auto-recovery for daemons that came back within the recovery backoff
+/// (registration only tries once): their machines' lost nodes are spawned
+/// again once the backoff has passed.
+fn retry_recovery(app: &App) {
+    let connected: Vec<(String, String)> =
+        app.cluster().daemon_infos().into_iter().filter_map(|d| Some((d.id, d.machine_id?))).collect();
+    for (daemon, machine) in connected {
+        let spawns = {
+            let mut dataflows = app.dataflows();
+            let owned = dataflows.shares_of(&daemon);
+            let spawns = dataflows.recover(&daemon, Some(&machine), &owned, Instant::now());
+            spawns.iter().for_each(|(record, _)| app.persist(record));
+            spawns
+        };
+        for (record, spawn) in spawns {
+            eprintln!(
+                "rill coordinator: auto-recovery: re-spawning {} on {daemon} for dataflow {}",
+                spawn.nodes.join(", "),
+                record.name
+            );
+            app.cluster().send(&daemon, CoordinatorMessage::Spawn(spawn));
+        }
     }
 }
 
