@@ -757,7 +757,7 @@ mod tests {
         assert_eq!(d.recover("b-4", Some("b"), &d.shares_of("b-4"), later).len(), 1);
         // A share it runs is never re-spawned by the periodic check.
         d.node_status(&app.uuid, "sink", NodeStatus::Running { pid: 3 }, "b-4");
-        assert_eq!(d.shares_of("b-4"), [app.uuid.clone()]);
+        assert_eq!(d.shares_of("b-4"), std::slice::from_ref(&app.uuid));
         assert!(d.recover("b-4", Some("b"), &d.shares_of("b-4"), later + RECOVERY_BACKOFF).is_empty());
     }
 
