@@ -346,19 +346,8 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
         }
     }
     // What it should run but does not (it restarted, the machine rebooted).
-    let spawns = {
-        let mut dataflows = app.dataflows();
-        let spawns = dataflows.recover(&daemon_id, machine_id.as_deref(), &running, Instant::now());
-        spawns.iter().for_each(|(record, _)| app.persist(record));
-        spawns
-    };
-    for (record, spawn) in spawns {
-        eprintln!(
-            "rill coordinator: auto-recovery: re-spawning {} on {daemon_id} for dataflow {}",
-            spawn.nodes.join(", "),
-            record.name
-        );
-        app.cluster().send(&daemon_id, CoordinatorMessage::Spawn(spawn));
+    if let Some(machine) = &machine_id {
+        recover_lost(&app, &daemon_id, machine);
     }
     let silence = app.heartbeat * rill_proto::coord::SILENT_HEARTBEATS;
     let mut last_heard = Instant::now();
@@ -436,27 +425,33 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
 }
 
 /// Auto-recovery for daemons that came back within the recovery backoff
-/// (registration only tries once): their machines' lost nodes are spawned
-/// again once the backoff has passed.
+/// (their registration found it too early): their machines' lost nodes are
+/// spawned again once the backoff has passed.
 fn retry_recovery(app: &App) {
     let connected: Vec<(String, String)> =
         app.cluster().daemon_infos().into_iter().filter_map(|d| Some((d.id, d.machine_id?))).collect();
     for (daemon, machine) in connected {
-        let spawns = {
-            let mut dataflows = app.dataflows();
-            let owned = dataflows.shares_of(&daemon);
-            let spawns = dataflows.recover(&daemon, Some(&machine), &owned, Instant::now());
-            spawns.iter().for_each(|(record, _)| app.persist(record));
-            spawns
-        };
-        for (record, spawn) in spawns {
-            eprintln!(
-                "rill coordinator: auto-recovery: re-spawning {} on {daemon} for dataflow {}",
-                spawn.nodes.join(", "),
-                record.name
-            );
-            app.cluster().send(&daemon, CoordinatorMessage::Spawn(spawn));
-        }
+        recover_lost(app, &daemon, &machine);
+    }
+}
+
+/// Spawns on `daemon` the lost nodes placed on its `machine` of every
+/// dataflow it does not run a share of (within the recovery backoff).
+fn recover_lost(app: &App, daemon: &str, machine: &str) {
+    let spawns = {
+        let mut dataflows = app.dataflows();
+        let owned = dataflows.shares_of(daemon);
+        let spawns = dataflows.recover(daemon, Some(machine), &owned, Instant::now());
+        spawns.iter().for_each(|(record, _)| app.persist(record));
+        spawns
+    };
+    for (record, spawn) in spawns {
+        eprintln!(
+            "rill coordinator: auto-recovery: re-spawning {} on {daemon} for dataflow {}",
+            spawn.nodes.join(", "),
+            record.name
+        );
+        app.cluster().send(daemon, CoordinatorMessage::Spawn(spawn));
     }
 }
 
