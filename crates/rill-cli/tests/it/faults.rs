@@ -11,20 +11,33 @@ const WAITER: &str = "nodes:\n  - id: w\n    path: {node}\n    args: [wait-stop]
 
 /// A coordinator and daemon `a` running [`WAITER`] as `app`.
 fn waiter_on_a(coordinator_args: &[&str]) -> (Processes, u16, Flow) {
+    let (procs, port, _, flow) = app_on_a(coordinator_args, WAITER, "[app/w] waiting");
+    (procs, port, flow)
+}
+
+/// A coordinator (`--store memory` unless `coordinator_args` name one;
+/// `{store}` becomes a redb file of the test) and daemon `a`, running `yaml`
+/// as `app` until daemon a's log shows `ready`. Also returns the
+/// coordinator's arguments, to start it again.
+fn app_on_a(coordinator_args: &[&str], yaml: &str, ready: &str) -> (Processes, u16, Vec<String>, Flow) {
     let port = free_port();
     let port_text = port.to_string();
     let mut procs = Processes::new();
-    let mut args = vec!["coordinator", "--port", &port_text, "--store", "memory"];
-    args.extend_from_slice(coordinator_args);
-    procs.start("coordinator", &args);
+    let store = procs.dir.path().join("store.redb").display().to_string();
+    let mut coordinator = vec!["coordinator".to_owned(), "--port".into(), port_text.clone()];
+    if !coordinator_args.contains(&"--store") {
+        coordinator.extend(["--store".into(), "memory".into()]);
+    }
+    coordinator.extend(coordinator_args.iter().map(|a| a.replace("{store}", &store)));
+    procs.start("coordinator", &coordinator.iter().map(String::as_str).collect::<Vec<_>>());
     procs.start("daemon-a", &["daemon", "--machine-id", "a", "--coordinator-port", &port_text]);
     wait_status(&procs, port, "daemon a registered", Duration::from_secs(15), |v| machines(v) == ["a"]);
-    let flow = Flow::new(WAITER);
+    let flow = Flow::new(yaml);
     let (code, _, stderr) =
         rill_json(&["start", &flow.file.display().to_string(), "--name", "app", "--coordinator-port", &port_text]);
     assert_eq!(code, Some(0), "{stderr}\n{}", procs.logs());
-    procs.wait_log("daemon-a", "the node runs", Duration::from_secs(20), |l| l.contains("[app/w] waiting"));
-    (procs, port, flow)
+    procs.wait_log("daemon-a", "the node is ready", Duration::from_secs(20), |l| l.contains(ready));
+    (procs, port, coordinator, flow)
 }
 
 /// `rill list --json`'s first dataflow once `pred` holds (at most 20 s).
@@ -222,20 +235,10 @@ fn ended_dataflows_beyond_keep_ended_are_pruned_from_list_logs_and_store() {
 
 #[test]
 fn a_second_stop_is_not_a_kill() {
-    let port = free_port();
-    let port_text = port.to_string();
-    let mut procs = Processes::new();
-    procs.start("coordinator", &["coordinator", "--port", &port_text, "--store", "memory"]);
-    procs.start("daemon-a", &["daemon", "--machine-id", "a", "--coordinator-port", &port_text]);
-    wait_status(&procs, port, "daemon a registered", Duration::from_secs(15), |v| machines(v) == ["a"]);
     // Ignores Stop (it never reads it), ends cleanly on SIGTERM.
-    let flow = Flow::new(
-        "nodes:\n  - id: w\n    path: /bin/sh\n    args: ['-c', \"trap 'echo term; exit 0' TERM; echo ready; while :; do sleep 0.05; done\"]\n    deploy: { machine: a }\n",
-    );
-    let (code, _, stderr) =
-        rill_json(&["start", &flow.file.display().to_string(), "--name", "app", "--coordinator-port", &port_text]);
-    assert_eq!(code, Some(0), "{stderr}");
-    procs.wait_log("daemon-a", "node ready", Duration::from_secs(20), |l| l.contains("[app/w] ready"));
+    let yaml = "nodes:\n  - id: w\n    path: /bin/sh\n    args: ['-c', \"trap 'echo term; exit 0' TERM; echo ready; while :; do sleep 0.05; done\"]\n    deploy: { machine: a }\n";
+    let (procs, port, _, _flow) = app_on_a(&[], yaml, "[app/w] ready");
+    let port_text = port.to_string();
     for _ in 0..2 {
         let (code, _, stderr) = rill_json(&["stop", "app", "--coordinator-port", &port_text]);
         assert_eq!(code, Some(0), "{stderr}");
@@ -247,21 +250,9 @@ fn a_second_stop_is_not_a_kill() {
 
 #[test]
 fn a_share_that_ended_while_the_coordinator_was_away_is_not_started_again() {
-    let port = free_port();
-    let port_text = port.to_string();
-    let mut procs = Processes::new();
-    let store = format!("redb:{}", procs.dir.path().join("store.redb").display());
-    let coordinator = ["coordinator", "--port", &port_text, "--store", &store];
-    procs.start("coordinator", &coordinator);
-    procs.start("daemon-a", &["daemon", "--machine-id", "a", "--coordinator-port", &port_text]);
-    wait_status(&procs, port, "daemon a registered", Duration::from_secs(15), |v| machines(v) == ["a"]);
-    let flow = Flow::new(
-        "nodes:\n  - id: w\n    path: /bin/sh\n    args: ['-c', 'echo started; sleep 1; echo done']\n    deploy: { machine: a }\n",
-    );
-    let (code, _, stderr) =
-        rill_json(&["start", &flow.file.display().to_string(), "--name", "app", "--coordinator-port", &port_text]);
-    assert_eq!(code, Some(0), "{stderr}");
-    procs.wait_log("daemon-a", "node started", Duration::from_secs(20), |l| l.contains("[app/w] started"));
+    let yaml = "nodes:\n  - id: w\n    path: /bin/sh\n    args: ['-c', 'echo started; sleep 1; echo done']\n    deploy: { machine: a }\n";
+    let (mut procs, port, coordinator, _flow) = app_on_a(&["--store", "redb:{store}"], yaml, "[app/w] started");
+    let coordinator: Vec<&str> = coordinator.iter().map(String::as_str).collect();
     procs.kill("coordinator");
     procs.wait_log("daemon-a", "share ended", Duration::from_secs(20), |l| l.contains("dataflow app ended here"));
     procs.start("coordinator-2", &coordinator);
@@ -403,19 +394,8 @@ fn a_producer_that_lies_to_the_bridge_cannot_kill_the_daemon() {
 
 #[test]
 fn coordinator_sigterm_exits_0_and_its_daemons_come_back_to_the_next_one() {
-    let port = free_port();
-    let port_text = port.to_string();
-    let mut procs = Processes::new();
-    let store = format!("redb:{}", procs.dir.path().join("store.redb").display());
-    let coordinator = ["coordinator", "--port", &port_text, "--store", &store];
-    procs.start("coordinator", &coordinator);
-    procs.start("daemon-a", &["daemon", "--machine-id", "a", "--coordinator-port", &port_text]);
-    wait_status(&procs, port, "daemon a registered", Duration::from_secs(15), |v| machines(v) == ["a"]);
-    let flow = Flow::new(WAITER);
-    let (code, _, stderr) =
-        rill_json(&["start", &flow.file.display().to_string(), "--name", "app", "--coordinator-port", &port_text]);
-    assert_eq!(code, Some(0), "{stderr}");
-    procs.wait_log("daemon-a", "the node runs", Duration::from_secs(20), |l| l.contains("[app/w] waiting"));
+    let (mut procs, port, coordinator, _flow) = app_on_a(&["--store", "redb:{store}"], WAITER, "[app/w] waiting");
+    let coordinator: Vec<&str> = coordinator.iter().map(String::as_str).collect();
     procs.signal("coordinator", libc::SIGTERM);
     assert_eq!(procs.wait_exit("coordinator", Duration::from_secs(10)), Some(0), "exit 0\n{}", procs.logs());
     assert!(procs.log("coordinator").contains("shutting down"), "{}", procs.logs());
