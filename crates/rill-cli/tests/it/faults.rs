@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{Flow, Processes, free_port, machines, rill_json, wait_status};
+use crate::cgroup::Group;
+use crate::relay::Relay;
+use crate::support::{Flow, Processes, free_port, machines, rill_json, spawned_pids, wait_status};
 
 /// One node on machine `a` that prints its pid, waits for Stop and says so.
 const WAITER: &str = "nodes:\n  - id: w\n    path: {node}\n    args: [wait-stop]\n    deploy: { machine: a }\n";
@@ -20,6 +22,17 @@ fn waiter_on_a(coordinator_args: &[&str]) -> (Processes, u16, Flow) {
 /// as `app` until daemon a's log shows `ready`. Also returns the
 /// coordinator's arguments, to start it again.
 fn app_on_a(coordinator_args: &[&str], yaml: &str, ready: &str) -> (Processes, u16, Vec<String>, Flow) {
+    let (procs, port, coordinator, flow, _) = app_on_a_through(coordinator_args, yaml, ready, false);
+    (procs, port, coordinator, flow)
+}
+
+/// [`app_on_a`], with daemon a connected through a [`Relay`] when `relayed`.
+fn app_on_a_through(
+    coordinator_args: &[&str],
+    yaml: &str,
+    ready: &str,
+    relayed: bool,
+) -> (Processes, u16, Vec<String>, Flow, Option<Relay>) {
     let port = free_port();
     let port_text = port.to_string();
     let mut procs = Processes::new();
@@ -30,14 +43,16 @@ fn app_on_a(coordinator_args: &[&str], yaml: &str, ready: &str) -> (Processes, u
     }
     coordinator.extend(coordinator_args.iter().map(|a| a.replace("{store}", &store)));
     procs.start("coordinator", &coordinator.iter().map(String::as_str).collect::<Vec<_>>());
-    procs.start("daemon-a", &["daemon", "--machine-id", "a", "--coordinator-port", &port_text]);
+    let relay = relayed.then(|| Relay::to(port));
+    let daemon_port = relay.as_ref().map_or(port, |r| r.port).to_string();
+    procs.start("daemon-a", &["daemon", "--machine-id", "a", "--coordinator-port", &daemon_port]);
     wait_status(&procs, port, "daemon a registered", Duration::from_secs(15), |v| machines(v) == ["a"]);
     let flow = Flow::new(yaml);
     let (code, _, stderr) =
         rill_json(&["start", &flow.file.display().to_string(), "--name", "app", "--coordinator-port", &port_text]);
     assert_eq!(code, Some(0), "{stderr}\n{}", procs.logs());
     procs.wait_log("daemon-a", "the node is ready", Duration::from_secs(20), |l| l.contains(ready));
-    (procs, port, coordinator, flow)
+    (procs, port, coordinator, flow, relay)
 }
 
 /// `rill list --json`'s first dataflow once `pred` holds (at most 20 s).
@@ -259,6 +274,91 @@ fn a_share_that_ended_while_the_coordinator_was_away_is_not_started_again() {
     let dataflow = dataflow_when(&procs, port, "finished", |d| d["status"] == "finished");
     assert_eq!(dataflow["nodes"]["w"]["state"], "finished", "{dataflow}");
     assert_eq!(procs.log("daemon-a").matches("[app/w] started").count(), 1, "started once\n{}", procs.logs());
+}
+
+#[test]
+fn a_daemon_reconnecting_while_its_old_connection_is_half_open_takes_its_place() {
+    let (procs, port, _, _flow, relay) = app_on_a_through(&[], WAITER, "[app/w] waiting", true);
+    let relay = relay.expect("relayed");
+    let pids = waiter_pids(&procs.log("daemon-a"));
+    // Nothing reaches the daemon any more, while the coordinator goes on
+    // hearing it until it gives up and never hears it hang up: the daemon's
+    // new registration finds the old connection still in place.
+    relay.cut();
+    procs.wait_log("coordinator", "the old connection replaced", Duration::from_secs(20), |l| {
+        l.contains("did not answer a probe; machine a reconnected")
+    });
+    let dataflow =
+        dataflow_when(&procs, port, "running", |d| d["status"] == "running" && d["nodes"]["w"]["state"] == "running");
+    assert!(crate::support::alive(procs.pid("daemon-a")), "the daemon lives\n{}", procs.logs());
+    assert_eq!(machines(&wait_status(&procs, port, "status", Duration::from_secs(5), |_| true)), ["a"]);
+    assert_eq!(waiter_pids(&procs.log("daemon-a")), pids, "the node was not restarted\n{}", procs.logs());
+    assert_eq!(dataflow["nodes"]["w"]["pid"].as_u64(), pids.first().map(|p| u64::from(*p)), "{dataflow}");
+}
+
+#[test]
+fn a_share_that_ended_while_its_daemon_was_cut_off_is_not_started_again() {
+    let (procs, port, _, _flow, relay) = app_on_a_through(&[], WAITER, "[app/w] waiting", true);
+    let relay = relay.expect("relayed");
+    let pid = waiter_pids(&procs.log("daemon-a"))[0];
+    relay.partition();
+    procs.wait_log("daemon-a", "the daemon cut off", Duration::from_secs(20), |l| l.contains("has been silent"));
+    dataflow_when(&procs, port, "the coordinator sees the node lost", |d| d["nodes"]["w"]["state"] == "lost");
+    // The node ends while nobody can tell the coordinator.
+    // SAFETY: kill(2) on the node this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    procs.wait_log("daemon-a", "the share ended", Duration::from_secs(20), |l| l.contains("dataflow app failed here"));
+    relay.heal();
+    let dataflow = dataflow_when(&procs, port, "failed", |d| d["status"] == "failed");
+    assert_eq!(dataflow["nodes"]["w"]["state"], "failed", "{dataflow}");
+    assert_eq!(waiter_pids(&procs.log("daemon-a")), [pid], "started once\n{}", procs.logs());
+}
+
+#[test]
+fn a_node_that_survives_sigkill_is_abandoned_and_the_run_ends() {
+    let Some(freezer) = Group::new("freezer") else { return };
+    let flow = Flow::new("nodes:\n  - id: w\n    path: {node}\n    args: [wait-stop]\n");
+    let mut running = flow.spawn(&["--json", "--grace", "1"]);
+    running.wait_for("the node started", Duration::from_secs(20), |out| !spawned_pids(out).is_empty());
+    let pid = spawned_pids(&running.stdout())[0].1;
+    // A frozen process takes no signal, SIGKILL included, until thawed.
+    freezer.add(pid);
+    freezer.freeze();
+    running.signal(libc::SIGINT);
+    let finished = running.wait(Duration::from_secs(30));
+    crate::check!(finished, finished.stdout.contains(&format!("pid {pid} abandoned")), "the node is abandoned");
+    crate::check!(finished, finished.code != Some(0), "and that is a failure");
+    drop(freezer);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while crate::support::alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_node_rill_cannot_watch_is_killed_and_reported_instead_of_hanging_the_run() {
+    let Some(pids) = Group::new("pids") else { return };
+    let flow = Flow::new(
+        "nodes:\n  - id: once\n    path: /bin/sh\n    args: ['-c', 'exit 3']\n    restart_policy: on-failure\n    max_restarts: 1\n    restart_delay: 3s\n",
+    );
+    let mut running = flow.spawn(&["--json"]);
+    running.wait_for("the first exit", Duration::from_secs(20), |out| out.contains("\"event\":\"restarting\""));
+    // Once the first run's threads are gone, allow one more task: the
+    // restarted node's process, and no thread to wait for it.
+    let threads = || std::fs::read_dir(format!("/proc/{}/task", running.child.id())).map_or(0, Iterator::count);
+    let mut last = (threads(), Instant::now());
+    while last.1.elapsed() < Duration::from_millis(300) {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = threads();
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+    }
+    pids.add(running.child.id());
+    pids.write("pids.max", &(last.0 + 1).to_string());
+    let finished = running.wait(Duration::from_secs(30));
+    crate::check!(finished, finished.stderr.contains("rill: cannot watch node once"), "the reason is printed");
+    crate::check!(finished, finished.code != Some(0), "the run failed");
 }
 
 /// RSS (KiB), open fds and named memory maps (files and memfds: what a

@@ -1,4 +1,5 @@
 //! End-to-end tests of the `rill` binary with real node processes.
+mod cgroup;
 mod check;
 mod cluster;
 mod dataplane;
@@ -6,5 +7,6 @@ mod faults;
 mod leak;
 mod lifecycle;
 mod newcomer;
+mod relay;
 mod run;
 mod support;
