@@ -516,6 +516,18 @@ impl Dataflows {
                 if !success && record.reason.is_none() {
                     record.reason = Some(summary.to_owned());
                 }
+                // Its nodes ended with it, even those whose last status was
+                // lost with a connection: none of them is lost any more.
+                let on_daemon: Vec<String> = record.nodes_on(daemon).map(|p| p.node.clone()).collect();
+                for node in on_daemon {
+                    if let Some(status @ NodeStatus::Lost { .. }) = record.nodes.get_mut(&node) {
+                        *status = if success {
+                            NodeStatus::Finished
+                        } else {
+                            NodeStatus::Failed { reason: summary.to_owned() }
+                        };
+                    }
+                }
                 record.settle(now);
             }
         }
@@ -655,6 +667,20 @@ mod tests {
         assert!(reason.contains("node(s) sink, src lost: machine(s) b, a did not come back within 60 s"), "{reason}");
         assert_eq!(d.find("kept").unwrap().status, DataflowStatus::Running);
         assert_eq!(d.reclaimed("nope", "a-7", None), (None, true), "unknown dataflows are stopped");
+    }
+
+    #[test]
+    fn a_share_whose_end_was_lost_with_a_connection_ends_its_lost_nodes_when_reported_again() {
+        let mut d = Dataflows::default();
+        let (app, _) = d.start(flow(), Some("app".into()), "/".into(), &daemons()).unwrap();
+        let t0 = Instant::now();
+        d.daemon_gone("b-2", DAEMON_UNREACHABLE, t0);
+        // b comes back still owning the share (its end is not confirmed), then reports the end.
+        d.reclaimed(&app.uuid, "b-3", Some("b"));
+        d.daemon_finished(&app.uuid, "b-3", ShareOutcome::Ended { success: false, summary: "sink failed" }, t0);
+        let record = d.find("app").unwrap();
+        assert_eq!(record.nodes["sink"], NodeStatus::Failed { reason: "sink failed".into() });
+        assert!(d.recover("b-3", Some("b"), &[], t0 + RECOVERY_BACKOFF).is_empty(), "nothing is lost to re-spawn");
     }
 
     #[test]

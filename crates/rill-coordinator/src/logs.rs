@@ -3,11 +3,13 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use rill_proto::coord::LogLine;
+use rill_proto::coord::{LogLine, MAX_LOG_LINE};
 use tokio::sync::mpsc;
 
-/// Lines kept per dataflow.
+/// Lines kept per dataflow (the last ones)...
 const KEEP: usize = 1000;
+/// ...and at most this many bytes of them.
+pub const KEEP_BYTES: usize = 1024 * 1024;
 /// Lines waiting for one `--follow` client; a client this far behind is
 /// disconnected (its stream ends) rather than buffered without end.
 pub const FOLLOW_QUEUE: usize = 4096;
@@ -24,22 +26,45 @@ impl Follower {
     }
 }
 
+/// The last lines of one dataflow and their size in bytes.
+#[derive(Default)]
+struct Kept {
+    lines: VecDeque<LogLine>,
+    bytes: usize,
+}
+
 /// Kept lines and subscribers.
 #[derive(Default)]
 pub struct Logs {
-    kept: HashMap<String, VecDeque<LogLine>>,
+    kept: HashMap<String, Kept>,
     followers: Vec<Follower>,
 }
 
+fn size(line: &LogLine) -> usize {
+    line.line.len() + line.node.len() + line.stream.len()
+}
+
 impl Logs {
-    pub fn push(&mut self, line: LogLine) {
+    /// A line of a dataflow the caller knows (the uuid comes from a daemon).
+    /// A line longer than [`MAX_LOG_LINE`] (only a buggy daemon sends one)
+    /// is cut.
+    pub fn push(&mut self, mut line: LogLine) {
+        if line.line.len() > MAX_LOG_LINE {
+            let mut end = MAX_LOG_LINE;
+            while !line.line.is_char_boundary(end) {
+                end -= 1;
+            }
+            line.line.truncate(end);
+        }
         // Subscribers that went away, or fell FOLLOW_QUEUE lines behind, are dropped here.
         self.followers.retain(|f| !f.wants(&line) || f.tx.try_send(line.clone()).is_ok());
         let kept = self.kept.entry(line.uuid.clone()).or_default();
-        if kept.len() == KEEP {
-            kept.pop_front();
+        kept.bytes += size(&line);
+        kept.lines.push_back(line);
+        while kept.lines.len() > KEEP || kept.bytes > KEEP_BYTES {
+            let Some(old) = kept.lines.pop_front() else { break };
+            kept.bytes -= size(&old);
         }
-        kept.push_back(line);
     }
 
     /// A dataflow record was pruned: its lines and followers go too.
@@ -50,7 +75,13 @@ impl Logs {
 
     /// The kept lines of `uuid` (one node's, if given).
     pub fn kept(&self, uuid: &str, node: Option<&str>) -> Vec<LogLine> {
-        self.kept.get(uuid).into_iter().flatten().filter(|l| node.is_none_or(|n| n == l.node)).cloned().collect()
+        self.kept
+            .get(uuid)
+            .into_iter()
+            .flat_map(|k| &k.lines)
+            .filter(|l| node.is_none_or(|n| n == l.node))
+            .cloned()
+            .collect()
     }
 
     /// The kept lines, and every later one on the receiver (no gap: both
@@ -88,6 +119,22 @@ mod tests {
             logs.push(line("u", "a", &i.to_string()));
         }
         assert_eq!(logs.kept("u", None).len(), KEEP);
+    }
+
+    #[test]
+    fn kept_lines_are_bounded_in_bytes_and_a_line_too_long_is_cut() {
+        let mut logs = Logs::default();
+        logs.push(line("u", "a", &"é".repeat(MAX_LOG_LINE)));
+        let first = logs.kept("u", None);
+        assert!(
+            first[0].line.len() <= MAX_LOG_LINE && first[0].line.len() > MAX_LOG_LINE - 2,
+            "cut on a char boundary"
+        );
+        for _ in 0..100 {
+            logs.push(line("u", "a", &"x".repeat(60_000)));
+        }
+        let kept: usize = logs.kept("u", None).iter().map(size).sum();
+        assert!(kept <= KEEP_BYTES && kept > KEEP_BYTES - 70_000, "{kept}");
     }
 
     #[test]

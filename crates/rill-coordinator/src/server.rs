@@ -266,7 +266,7 @@ async fn health(State(app): State<Arc<App>>) -> axum::Json<Health> {
 }
 
 async fn daemon_ws(ws: WebSocketUpgrade, State(app): State<Arc<App>>) -> Response {
-    ws.on_upgrade(move |socket| handle_daemon(socket, app))
+    ws.max_message_size(rill_proto::coord::MAX_DAEMON_MESSAGE).on_upgrade(move |socket| handle_daemon(socket, app))
 }
 
 async fn control_ws(ws: WebSocketUpgrade, State(app): State<Arc<App>>) -> Response {
@@ -398,6 +398,7 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
                             ShareOutcome::Ended { success, summary: &summary }
                         };
                         app.update(|d| d.daemon_finished(&uuid, &daemon_id, outcome, Instant::now()));
+                        app.cluster().send(&daemon_id, CoordinatorMessage::FinishRecorded { uuid });
                     }
                     Ok(DaemonMessage::Heartbeat | DaemonMessage::Register { .. }) | Err(_) => {}
                 }
@@ -835,12 +836,12 @@ mod tests {
     async fn registered_daemons_appear_in_status() {
         let addr = start().await;
         let (mut daemon, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/daemon")).await.unwrap();
-        let register = r#"{"type":"register","protocol":2,"version":"0.1.0","machine_id":"b","labels":{"gpu":"true"}}"#;
+        let register = r#"{"type":"register","protocol":3,"version":"0.1.0","machine_id":"b","labels":{"gpu":"true"}}"#;
         daemon.send(WsMessage::Text(register.into())).await.unwrap();
         let Some(Ok(WsMessage::Text(reply))) = daemon.next().await else { panic!("no reply") };
         assert!(reply.contains("registered"), "{reply}");
         let (mut cli, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/control")).await.unwrap();
-        cli.send(WsMessage::Text(r#"{"type":"hello","protocol":2}"#.into())).await.unwrap();
+        cli.send(WsMessage::Text(r#"{"type":"hello","protocol":3}"#.into())).await.unwrap();
         let _ = cli.next().await;
         cli.send(WsMessage::Text(r#"{"type":"status"}"#.into())).await.unwrap();
         let Some(Ok(WsMessage::Text(status))) = cli.next().await else { panic!("no status") };

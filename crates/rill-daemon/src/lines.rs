@@ -4,7 +4,7 @@
 use std::io::BufRead;
 
 /// Longest line kept; the rest of a longer one is dropped and the line says so.
-pub const MAX_LINE: usize = 64 * 1024;
+pub const MAX_LINE: usize = rill_proto::coord::MAX_LOG_LINE;
 
 /// Calls `each` with every line of `input` (lossy UTF-8, without the
 /// newline), a line longer than `max` cut there and marked.

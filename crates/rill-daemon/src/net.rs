@@ -96,8 +96,15 @@ struct Shares {
     on_local: Arc<dyn Fn(LocalEvent) + Send + Sync>,
     /// Reports that could not be sent yet (no connection).
     unreported: Vec<ShareReport>,
-    /// The last status of every node running here, sent again after each
-    /// registration (bounded by the nodes this daemon runs).
+    /// Reports sent on this connection that the coordinator has not
+    /// confirmed (`go` confirms a ready share, `finish_recorded` an end).
+    /// What is written into a connection that then dies may be lost, so
+    /// these are sent again after the next registration. At most two per
+    /// share.
+    unconfirmed: Vec<ShareReport>,
+    /// The last status of every node of a share here whose end the
+    /// coordinator has not confirmed, sent again after each registration
+    /// (bounded by the nodes of those shares).
     statuses: Arc<std::sync::Mutex<BTreeMap<(String, String), NodeStatus>>>,
     /// Shutting down: stop what runs, report, then return.
     leaving: bool,
@@ -109,7 +116,7 @@ impl Shares {
     }
 
     /// A share ended: it runs no node any more. Its node statuses are kept
-    /// until its end is reported.
+    /// until the coordinator confirms its end.
     fn ended(&mut self, uuid: &str) {
         self.local.ended(uuid);
     }
@@ -118,6 +125,7 @@ impl Shares {
     /// whose end the coordinator has not heard yet (so it reclaims them and
     /// hears the end, instead of starting them again).
     fn owned(&self) -> Vec<String> {
+        debug_assert!(self.unconfirmed.is_empty(), "requeued when the connection ended");
         let mut uuids = self.local.running();
         for report in &self.unreported {
             if let ShareReport::Finished((uuid, _, _)) = report
@@ -148,12 +156,37 @@ impl Shares {
                 }
             };
             send(sink, &msg).await?;
-            self.unreported.remove(0);
+            let sent = self.unreported.remove(0);
             if let Some(uuid) = ended {
-                self.statuses().retain(|(u, _), _| *u != uuid);
+                self.unconfirmed.retain(|r| !matches!(r, ShareReport::Ready { uuid: u } if *u == uuid));
             }
+            self.unconfirmed.push(sent);
         }
         Ok(())
+    }
+
+    /// The coordinator confirmed a report: `go` (`finished` false) or
+    /// `finish_recorded`.
+    fn confirmed(&mut self, uuid: &str, finished: bool) {
+        if finished {
+            self.statuses().retain(|(u, _), _| u != uuid);
+        }
+        self.unconfirmed.retain(|r| match r {
+            ShareReport::Ready { uuid: u } => finished || u != uuid,
+            ShareReport::Finished((u, _, _)) => !finished || u != uuid,
+        });
+    }
+
+    /// The connection ended: what it did not confirm goes first next time.
+    fn requeue_unconfirmed(&mut self) {
+        let mut again = std::mem::take(&mut self.unconfirmed);
+        again.append(&mut self.unreported);
+        self.unreported = again;
+    }
+
+    /// Shutting down, and nothing is left to run or to report.
+    fn done_leaving(&self) -> bool {
+        self.leaving && self.local.running().is_empty() && self.unreported.is_empty() && self.unconfirmed.is_empty()
     }
 
     fn shutdown(&mut self, how: Shutdown) {
@@ -224,6 +257,7 @@ pub async fn run(
             local_events(ConnectionEvent::Local(e))
         }),
         unreported: Vec::new(),
+        unconfirmed: Vec::new(),
         statuses,
         leaving: false,
     };
@@ -349,7 +383,7 @@ async fn connect_once(
                 if registered && let Err(e) = shares.report(&mut sink).await {
                     break 'conn lost(e, registered);
                 }
-                if shares.leaving && shares.local.running().is_empty() && shares.unreported.is_empty() {
+                if shares.done_leaving() {
                     let _ = sink.close().await;
                     break 'conn Ended::ShutDown;
                 }
@@ -360,7 +394,7 @@ async fn connect_once(
                     break 'conn lost(e, registered);
                 }
                 shares.shutdown(how);
-                if shares.local.running().is_empty() {
+                if shares.done_leaving() {
                     let _ = sink.close().await;
                     break 'conn Ended::ShutDown;
                 }
@@ -425,7 +459,17 @@ async fn connect_once(
                         shares.local.spawn(spawn, shares.bridge.clone(), shares.finished_tx.clone(), shares.on_local.clone());
                     }
                     Ok(CoordinatorMessage::StopDataflow { uuid }) => shares.local.stop(&uuid),
-                    Ok(CoordinatorMessage::Go { uuid }) => shares.local.go(&uuid),
+                    Ok(CoordinatorMessage::Go { uuid }) => {
+                        shares.confirmed(&uuid, false);
+                        shares.local.go(&uuid);
+                    }
+                    Ok(CoordinatorMessage::FinishRecorded { uuid }) => {
+                        shares.confirmed(&uuid, true);
+                        if shares.done_leaving() {
+                            let _ = sink.close().await;
+                            break 'conn Ended::ShutDown;
+                        }
+                    }
                     Ok(CoordinatorMessage::Error { code, message }) => {
                         break Ended::Rejected(Rejected { code, message });
                     }
@@ -447,6 +491,7 @@ async fn connect_once(
     };
     shares.finished_rx = Some(finished_rx);
     shares.stream_rx = Some(stream_rx);
+    shares.requeue_unconfirmed();
     ended
 }
 

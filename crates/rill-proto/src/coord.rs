@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the coordinator protocol (CLI and daemons). 2: heartbeats and
 /// probes both ways, `shutting_down`, lost nodes and degraded dataflows.
-pub const COORD_PROTOCOL_VERSION: u32 = 2;
+/// 3: `finish_recorded`.
+pub const COORD_PROTOCOL_VERSION: u32 = 3;
 /// Default coordinator port (HTTP and WebSocket).
 pub const DEFAULT_PORT: u16 = 6013;
 /// How often daemons and the coordinator send each other a heartbeat, by
@@ -18,6 +19,12 @@ pub const DEFAULT_PORT: u16 = 6013;
 pub const HEARTBEAT_INTERVAL_MS: u64 = 1000;
 /// A peer that sent nothing for this many heartbeats is gone.
 pub const SILENT_HEARTBEATS: u32 = 3;
+/// Longest line of node output sent to the coordinator; daemons cut longer
+/// ones and the coordinator cuts what a peer sends beyond it.
+pub const MAX_LOG_LINE: usize = 64 * 1024;
+/// Largest message the coordinator reads from a daemon (a log line at
+/// [`MAX_LOG_LINE`] with room to spare); a bigger one ends the connection.
+pub const MAX_DAEMON_MESSAGE: usize = 1024 * 1024;
 /// Environment variable that sets the heartbeat interval in milliseconds.
 pub const HEARTBEAT_ENV: &str = "RILL_HEARTBEAT_MS";
 
@@ -126,6 +133,13 @@ pub enum CoordinatorMessage {
     /// Answer with [`DaemonMessage::Pong`]: is this connection still alive?
     Ping {
         nonce: u64,
+    },
+    /// The daemon's `dataflow_finished` for `uuid` was received. Until
+    /// then the daemon counts the share as its own and reports its end
+    /// again after a reconnect: a report written into a connection that
+    /// died may never have arrived.
+    FinishRecorded {
+        uuid: String,
     },
     /// A permanent rejection: the daemon must not retry.
     Error {

@@ -22,16 +22,17 @@ fn waiter_on_a(coordinator_args: &[&str]) -> (Processes, u16, Flow) {
 /// as `app` until daemon a's log shows `ready`. Also returns the
 /// coordinator's arguments, to start it again.
 fn app_on_a(coordinator_args: &[&str], yaml: &str, ready: &str) -> (Processes, u16, Vec<String>, Flow) {
-    let (procs, port, coordinator, flow, _) = app_on_a_through(coordinator_args, yaml, ready, false);
+    let (procs, port, coordinator, flow, _) = app_on_a_through(coordinator_args, yaml, ready, None);
     (procs, port, coordinator, flow)
 }
 
-/// [`app_on_a`], with daemon a connected through a [`Relay`] when `relayed`.
+/// [`app_on_a`], with daemon a connected through a [`Relay`] when `relayed`
+/// is given, with these environment variables set.
 fn app_on_a_through(
     coordinator_args: &[&str],
     yaml: &str,
     ready: &str,
-    relayed: bool,
+    relayed: Option<&[(&str, &str)]>,
 ) -> (Processes, u16, Vec<String>, Flow, Option<Relay>) {
     let port = free_port();
     let port_text = port.to_string();
@@ -43,9 +44,12 @@ fn app_on_a_through(
     }
     coordinator.extend(coordinator_args.iter().map(|a| a.replace("{store}", &store)));
     procs.start("coordinator", &coordinator.iter().map(String::as_str).collect::<Vec<_>>());
-    let relay = relayed.then(|| Relay::to(port));
+    let relay = relayed.map(|_| Relay::to(port));
     let daemon_port = relay.as_ref().map_or(port, |r| r.port).to_string();
-    procs.start("daemon-a", &["daemon", "--machine-id", "a", "--coordinator-port", &daemon_port]);
+    let mut daemon = crate::support::rill();
+    daemon.args(["daemon", "--machine-id", "a", "--coordinator-port", &daemon_port]);
+    daemon.envs(relayed.into_iter().flatten().copied());
+    procs.start_command("daemon-a", daemon);
     wait_status(&procs, port, "daemon a registered", Duration::from_secs(15), |v| machines(v) == ["a"]);
     let flow = Flow::new(yaml);
     let (code, _, stderr) =
@@ -278,15 +282,17 @@ fn a_share_that_ended_while_the_coordinator_was_away_is_not_started_again() {
 
 #[test]
 fn a_daemon_reconnecting_while_its_old_connection_is_half_open_takes_its_place() {
-    let (procs, port, _, _flow, relay) = app_on_a_through(&[], WAITER, "[app/w] waiting", true);
+    // The daemon's heartbeat is twice as fast as the coordinator's, so it
+    // gives up a dead link (after 1.5 s) and registers again well before
+    // the coordinator notices (after 3 s): the new registration finds the
+    // old connection still in place.
+    let (procs, port, _, _flow, relay) =
+        app_on_a_through(&[], WAITER, "[app/w] waiting", Some(&[("RILL_HEARTBEAT_MS", "500")]));
     let relay = relay.expect("relayed");
     let pids = waiter_pids(&procs.log("daemon-a"));
-    // Nothing reaches the daemon any more, while the coordinator goes on
-    // hearing it until it gives up and never hears it hang up: the daemon's
-    // new registration finds the old connection still in place.
     relay.cut();
-    procs.wait_log("coordinator", "the old connection replaced", Duration::from_secs(20), |l| {
-        l.contains("did not answer a probe; machine a reconnected")
+    procs.wait_log("daemon-a", "a new registration", Duration::from_secs(20), |l| {
+        l.matches("registered with").count() == 2
     });
     let dataflow =
         dataflow_when(&procs, port, "running", |d| d["status"] == "running" && d["nodes"]["w"]["state"] == "running");
@@ -298,16 +304,17 @@ fn a_daemon_reconnecting_while_its_old_connection_is_half_open_takes_its_place()
 
 #[test]
 fn a_share_that_ended_while_its_daemon_was_cut_off_is_not_started_again() {
-    let (procs, port, _, _flow, relay) = app_on_a_through(&[], WAITER, "[app/w] waiting", true);
+    let (procs, port, _, _flow, relay) = app_on_a_through(&[], WAITER, "[app/w] waiting", Some(&[]));
     let relay = relay.expect("relayed");
     let pid = waiter_pids(&procs.log("daemon-a"))[0];
+    // The node ends just after the link died, before the daemon can know:
+    // its report is written into a connection that will never deliver it.
     relay.partition();
-    procs.wait_log("daemon-a", "the daemon cut off", Duration::from_secs(20), |l| l.contains("has been silent"));
-    dataflow_when(&procs, port, "the coordinator sees the node lost", |d| d["nodes"]["w"]["state"] == "lost");
-    // The node ends while nobody can tell the coordinator.
     // SAFETY: kill(2) on the node this test started.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     procs.wait_log("daemon-a", "the share ended", Duration::from_secs(20), |l| l.contains("dataflow app failed here"));
+    procs.wait_log("daemon-a", "the daemon cut off", Duration::from_secs(20), |l| l.contains("has been silent"));
+    dataflow_when(&procs, port, "the coordinator sees the node lost", |d| d["nodes"]["w"]["state"] == "lost");
     relay.heal();
     let dataflow = dataflow_when(&procs, port, "failed", |d| d["status"] == "failed");
     assert_eq!(dataflow["nodes"]["w"]["state"], "failed", "{dataflow}");
@@ -562,4 +569,88 @@ fn a_daemon_refuses_an_absurd_spawn_with_the_reasons_and_lives_on() {
         assert!(summary.contains(expected), "{expected}: {summary}");
     }
     assert!(crate::support::alive(procs.pid("daemon")), "the daemon lives on\n{}", procs.logs());
+}
+
+#[test]
+fn a_daemon_flooding_log_lines_cannot_grow_the_coordinator() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut procs = Processes::new();
+    procs.start("coordinator", &["coordinator", "--port", &port_text, "--store", "memory"]);
+    wait_status(&procs, port, "the coordinator answers", Duration::from_secs(15), |_| true);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    // A daemon that never runs anything, only talks.
+    let mut ws = runtime.block_on(async {
+        let url = format!("ws://127.0.0.1:{port}/api/daemon");
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+        let register = format!(
+            r#"{{"type":"register","protocol":{},"version":"0","machine_id":"x","labels":{{}}}}"#,
+            rill_proto::coord::COORD_PROTOCOL_VERSION
+        );
+        ws.send(Message::Text(register.into())).await.expect("register");
+        ws
+    });
+    wait_status(&procs, port, "the fake daemon registered", Duration::from_secs(15), |v| machines(v) == ["x"]);
+    let flow = Flow::new("nodes:\n  - id: n\n    path: /bin/true\n    deploy: { machine: x }\n");
+    let (code, started, stderr) = rill_json(&[
+        "start",
+        &flow.file.display().to_string(),
+        "--name",
+        "app",
+        "--json",
+        "--coordinator-port",
+        &port_text,
+    ]);
+    assert_eq!(code, Some(0), "{stderr}\n{}", procs.logs());
+    let uuid = started["uuid"].as_str().expect("a uuid").to_owned();
+    let (rss_before, _, _) = footprint(procs.pid("coordinator"));
+
+    let line = |uuid: &str, text: &str| {
+        Message::Text(
+            serde_json::json!({"type": "log", "uuid": uuid, "node": "n", "stream": "stdout", "line": text})
+                .to_string()
+                .into(),
+        )
+    };
+    runtime.block_on(async {
+        // 50,000 lines of dataflows that do not exist (15 MB)...
+        let filler = "x".repeat(300);
+        for i in 0..50_000u32 {
+            ws.feed(line(&format!("00000000-0000-0000-0000-{i:012}"), &filler)).await.expect("send");
+        }
+        // ...200 lines of 60 KB of one that does (12 MB), one of 200 KB...
+        let long = "y".repeat(60_000);
+        for _ in 0..200 {
+            ws.feed(line(&uuid, &long)).await.expect("send");
+        }
+        ws.feed(line(&uuid, &"z".repeat(200_000))).await.expect("send");
+        ws.feed(line(&uuid, "the end")).await.expect("send");
+        ws.flush().await.expect("flush");
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let logs = loop {
+        let out =
+            crate::support::rill().args(["logs", "app", "--coordinator-port", &port_text]).output().expect("logs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("the end") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "the last line never arrived\n{}", procs.logs());
+        // The coordinator must hear the fake daemon, or it writes it off.
+        let _ = runtime.block_on(ws.send(Message::Text(r#"{"type":"heartbeat"}"#.into())));
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (rss_after, _, _) = footprint(procs.pid("coordinator"));
+    let grown_mib = rss_after.saturating_sub(rss_before) as f64 / 1024.0;
+    eprintln!(
+        "coordinator RSS {rss_before} KiB -> {rss_after} KiB (+{grown_mib:.1} MiB); `rill logs app`: {} bytes",
+        logs.len()
+    );
+    assert!(grown_mib < 8.0, "27 MB of log lines grew the coordinator by {grown_mib:.1} MiB\n{}", procs.logs());
+    let kept = rill_proto::coord::MAX_LOG_LINE;
+    assert!(logs.len() < 1024 * 1024 + 64 * 1024, "at most 1 MiB kept: {} bytes", logs.len());
+    assert!(logs.lines().all(|l| l.len() < kept + 64), "no line beyond 64 KiB");
+    let _ = runtime.block_on(ws.next());
 }

@@ -1,8 +1,8 @@
 //! A TCP relay between a daemon and its coordinator that a test can cut,
 //! to make the network faults a fleet meets (a Wi-Fi drop, a partition)
 //! with real sockets on loopback: a cut connection stays open at both ends
-//! but carries nothing back and never delivers the daemon's hang-up, which
-//! is what a lost link looks like to the peers.
+//! but loses what is sent over it and never delivers a hang-up, which is
+//! what a lost link looks like to the peers.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -68,10 +68,7 @@ impl Relay {
                 let Ok(upstream) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
                 let _ = client.set_nonblocking(false);
                 let cut = Arc::new(AtomicBool::new(false));
-                let pumps = [
-                    pump(&client, &upstream, &flags, &cut, Direction::ToCoordinator),
-                    pump(&upstream, &client, &flags, &cut, Direction::ToDaemon),
-                ];
+                let pumps = [pump(&client, &upstream, &flags, &cut), pump(&upstream, &client, &flags, &cut)];
                 let (Ok(client), Ok(upstream)) = (client.try_clone(), upstream.try_clone()) else { continue };
                 lock(&links).push(Link { client, upstream, cut });
                 lock(&threads).extend(pumps.into_iter().flatten());
@@ -81,17 +78,16 @@ impl Relay {
         relay
     }
 
-    /// Cuts every open connection: what the coordinator sends is lost, what
-    /// the daemon sends still arrives until it hangs up, and its hang-up is
-    /// never delivered. New connections still get through.
+    /// Cuts every open connection: it carries nothing any more and
+    /// delivers no hang-up. New connections get through.
     pub fn cut(&self) {
         for link in lock(&self.links).iter() {
             link.cut.store(true, Ordering::SeqCst);
         }
     }
 
-    /// [`Relay::cut`], and new connections are closed at once until
-    /// [`Relay::heal`].
+    /// A partition: [`Relay::cut`], and new connections are closed at once
+    /// until [`Relay::heal`].
     pub fn partition(&self) {
         self.flags.refuse_new.store(true, Ordering::SeqCst);
         self.cut();
@@ -117,43 +113,22 @@ impl Drop for Relay {
     }
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Direction {
-    ToCoordinator,
-    ToDaemon,
-}
-
-/// Copies `from` to `to` until EOF, the relay closes, or (towards the
-/// daemon) the link is cut. A cut link keeps carrying the daemon's bytes but
-/// swallows its EOF.
-fn pump(
-    from: &TcpStream,
-    to: &TcpStream,
-    flags: &Arc<Flags>,
-    cut: &Arc<AtomicBool>,
-    direction: Direction,
-) -> Option<JoinHandle<()>> {
+/// Copies `from` to `to` until EOF or the relay closes; once the link is
+/// cut, stops (what is read is dropped, EOF is not passed on).
+fn pump(from: &TcpStream, to: &TcpStream, flags: &Arc<Flags>, cut: &Arc<AtomicBool>) -> Option<JoinHandle<()>> {
     let (mut from, mut to) = (from.try_clone().ok()?, to.try_clone().ok()?);
     let (flags, cut) = (flags.clone(), cut.clone());
     from.set_read_timeout(Some(POLL)).ok()?;
     Some(std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
-        while !flags.closed.load(Ordering::SeqCst) {
-            let is_cut = cut.load(Ordering::SeqCst);
-            if is_cut && direction == Direction::ToDaemon {
-                return;
-            }
+        while !flags.closed.load(Ordering::SeqCst) && !cut.load(Ordering::SeqCst) {
             match from.read(&mut buf) {
+                _ if cut.load(Ordering::SeqCst) => return,
                 Ok(0) => {
-                    if !cut.load(Ordering::SeqCst) {
-                        let _ = to.shutdown(Shutdown::Write);
-                    }
+                    let _ = to.shutdown(Shutdown::Write);
                     return;
                 }
                 Ok(n) => {
-                    if cut.load(Ordering::SeqCst) && direction == Direction::ToDaemon {
-                        return;
-                    }
                     if to.write_all(&buf[..n]).is_err() {
                         return;
                     }
