@@ -501,3 +501,52 @@ fn start_attach_prints_output_until_the_end_and_ctrl_c_stops_the_dataflow() {
     assert!(run.stdout.contains("[w] got stop"), "{}", run.logs());
     assert!(run.stderr.contains("stopped"), "{}", run.logs());
 }
+
+/// `rill-shm` mappings of a process.
+fn shm_maps(pid: u64) -> usize {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    maps.lines().filter(|l| l.contains("rill-shm")).count()
+}
+
+#[test]
+fn a_slow_consumer_on_another_daemon_maps_a_bounded_number_of_regions() {
+    // 200 × 1 MiB into a consumer that reads one every 30 ms with a queue of
+    // 2: its daemon's bridge is under back-pressure throughout, and what the
+    // consumer maps must stay bounded (regions are pooled and unmapped).
+    let (procs, port) = two_daemons();
+    let port_text = port.to_string();
+    let flow = crate::support::Flow::new(
+        "nodes:\n  - id: frames\n    path: {node}\n    args: [burst, '200', '1048576']\n    outputs: [out]\n    deploy: { machine: a }\n  - id: sink\n    path: {node}\n    args: [slow, '30']\n    inputs:\n      large: { source: frames/out, queue_size: 2 }\n    deploy: { machine: b }\n",
+    );
+    let file = flow.file.display().to_string();
+    let (code, _, stderr) = rill_json(&["start", &file, "--name", "slow", "--coordinator-port", &port_text]);
+    assert_eq!(code, Some(0), "{stderr}\n{}", procs.logs());
+    let sink_pid = || {
+        let (_, list, _) = rill_json(&["list", "--json", "--coordinator-port", &port_text]);
+        list["dataflows"][0]["nodes"]["sink"]["pid"].as_u64()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pid = loop {
+        if let Some(pid) = sink_pid() {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the sink never ran\n{}", procs.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut peak = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !procs.log("daemon-a").contains("[slow/frames] sent 200") || peak == 0 {
+        peak = peak.max(shm_maps(pid));
+        assert!(Instant::now() < deadline, "the burst did not end within 60 s\n{}", procs.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The consumer is still working through what reached it.
+    for _ in 0..50 {
+        peak = peak.max(shm_maps(pid));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let received = procs.log("daemon-b").matches("[slow/sink] seq ").count();
+    eprintln!("the sink mapped at most {peak} regions and received {received} of 200");
+    assert!(peak <= 32, "the consumer mapped {peak} regions at once\n{}", procs.logs());
+    assert!(received >= 2, "{}", procs.logs());
+}
