@@ -313,3 +313,19 @@ impl InEdge {
         Self { producer, inputs, conn: Arc::new(EdgeConn::new(fd, flusher)), mappings: HashMap::new(), eof: false }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_dead_peer_breaks_an_edge() {
+        for gone in [Errno::PIPE, Errno::CONNRESET, Errno::NOTCONN, Errno::BADF] {
+            assert!(peer_gone(gone), "{gone:?}");
+        }
+        // Full, or short of kernel memory for a moment: the message waits.
+        for transient in [Errno::WOULDBLOCK, Errno::NOBUFS, Errno::NOMEM, Errno::INTR, Errno::TOOMANYREFS] {
+            assert!(!peer_gone(transient), "{transient:?}");
+        }
+    }
+}
