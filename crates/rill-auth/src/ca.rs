@@ -1,0 +1,201 @@
+//! The cluster CA: made once by the coordinator in its state directory, it
+//! signs the coordinator's server certificate (for the names it serves) and
+//! each enrolled daemon's certificate (for its key, named after its machine).
+//! Clients trust it by its fingerprint, not by any system store.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::{AuthError, Fingerprint, files};
+
+/// The CA certificate's file in the state directory.
+pub const CA_CERT: &str = "ca.pem";
+/// The CA key's file (0600).
+pub const CA_KEY: &str = "ca.key";
+
+/// A certificate and its key, as rustls wants them: the chain is the
+/// certificate then the CA's.
+pub struct Issued {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub cert_pem: String,
+}
+
+impl Clone for Issued {
+    fn clone(&self) -> Self {
+        Self { chain: self.chain.clone(), key: self.key.clone_key(), cert_pem: self.cert_pem.clone() }
+    }
+}
+
+pub struct ClusterCa {
+    key_pem: String,
+    cert: CertificateDer<'static>,
+    cert_pem: String,
+}
+
+/// The CA's parameters; the same every time, so an issuer can be rebuilt
+/// from the stored key alone.
+fn ca_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, "rill cluster CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params
+}
+
+fn leaf_params(common_name: &str, names: &[String]) -> Result<CertificateParams, AuthError> {
+    let mut params = CertificateParams::new(names.to_vec())?;
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.use_authority_key_identifier_extension = true;
+    Ok(params)
+}
+
+/// A daemon's public key: an uncompressed P-256 point.
+struct DaemonKey<'a>(&'a [u8]);
+
+impl rcgen::PublicKeyData for DaemonKey<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        self.0
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+impl ClusterCa {
+    /// A new CA (not stored).
+    pub fn generate() -> Result<Self, AuthError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let cert = ca_params().self_signed(&key)?;
+        Ok(Self { key_pem: key.serialize_pem(), cert: cert.der().clone(), cert_pem: cert.pem() })
+    }
+
+    /// The CA stored in `dir`, made and stored (0600, dir 0700) if there is
+    /// none. Also says whether it was made now.
+    pub fn load_or_create(dir: &Path) -> Result<(Self, bool), AuthError> {
+        let (cert_path, key_path) = (dir.join(CA_CERT), dir.join(CA_KEY));
+        match (cert_path.exists(), key_path.exists()) {
+            (true, true) => Ok((Self::load(&cert_path, &key_path)?, false)),
+            (false, false) => {
+                files::private_dir(dir)?;
+                let ca = Self::generate()?;
+                // The key first: a certificate without its key is the one state we refuse.
+                files::write_private(&key_path, ca.key_pem.as_bytes())?;
+                files::write_private(&cert_path, ca.cert_pem.as_bytes())?;
+                Ok((ca, true))
+            }
+            (true, false) => Err(missing(&key_path, &cert_path)),
+            (false, true) => Err(missing(&cert_path, &key_path)),
+        }
+    }
+
+    fn load(cert_path: &Path, key_path: &Path) -> Result<Self, AuthError> {
+        let key_pem = files::read_private(key_path)?;
+        KeyPair::from_pem(&key_pem)
+            .map_err(|e| AuthError::BadFile { path: key_path.to_owned(), what: format!("not a key: {e}") })?;
+        let cert_pem = files::read_private(cert_path)?;
+        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| AuthError::BadFile { path: cert_path.to_owned(), what: format!("not a certificate: {e}") })?;
+        Ok(Self { key_pem, cert, cert_pem })
+    }
+
+    /// What clients pin.
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(&self.cert)
+    }
+
+    pub fn cert(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    fn issuer(&self) -> Result<Issuer<'static, KeyPair>, AuthError> {
+        Ok(Issuer::new(ca_params(), KeyPair::from_pem(&self.key_pem)?))
+    }
+
+    /// A server certificate (with a new key) for the coordinator, valid for
+    /// `names`: IP addresses and DNS names it is reached by.
+    pub fn issue_server(&self, names: &[String]) -> Result<Issued, AuthError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = leaf_params("rill coordinator", names)?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &self.issuer()?)?;
+        Ok(Issued {
+            chain: vec![cert.der().clone(), self.cert.clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            cert_pem: cert.pem(),
+        })
+    }
+
+    /// A certificate for an enrolled daemon's key (an uncompressed P-256
+    /// point), named after its machine. It serves both ways, as the daemons'
+    /// data links are mutual.
+    pub fn sign_daemon(&self, machine_id: &str, public_key: &[u8]) -> Result<String, AuthError> {
+        if public_key.len() != 65 || public_key[0] != 4 {
+            return Err(AuthError::BadPublicKey(public_key.len()));
+        }
+        let mut params = leaf_params(machine_id, &[format!("{machine_id}.daemon.rill")])?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
+        Ok(params.signed_by(&DaemonKey(public_key), &self.issuer()?)?.pem())
+    }
+}
+
+fn missing(absent: &Path, present: &Path) -> AuthError {
+    AuthError::BadFile {
+        path: PathBuf::from(absent),
+        what: format!(
+            "missing while {} exists: restore it, or remove both to make a new cluster CA",
+            present.display()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ca_is_made_once_kept_private_and_loaded_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        let (ca, created) = ClusterCa::load_or_create(&dir).unwrap();
+        assert!(created);
+        let (again, created) = ClusterCa::load_or_create(&dir).unwrap();
+        assert!(!created);
+        assert_eq!(again.fingerprint(), ca.fingerprint());
+        use std::os::unix::fs::PermissionsExt;
+        for file in [CA_CERT, CA_KEY] {
+            assert_eq!(std::fs::metadata(dir.join(file)).unwrap().permissions().mode() & 0o777, 0o600, "{file}");
+        }
+        std::fs::remove_file(dir.join(CA_KEY)).unwrap();
+        let err = ClusterCa::load_or_create(&dir).err().unwrap().to_string();
+        assert!(err.contains("ca.key: missing while") && err.contains("remove both"), "{err}");
+    }
+
+    #[test]
+    fn server_and_daemon_certificates_are_signed_by_the_ca() {
+        let ca = ClusterCa::generate().unwrap();
+        let server = ca.issue_server(&["127.0.0.1".into(), "localhost".into()]).unwrap();
+        assert_eq!(server.chain.len(), 2);
+        assert_eq!(Fingerprint::of(&server.chain[1]), ca.fingerprint());
+        let daemon_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        use rcgen::PublicKeyData;
+        let pem = ca.sign_daemon("edge-1", daemon_key.der_bytes()).unwrap();
+        assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(matches!(ca.sign_daemon("edge-1", &[4; 10]), Err(AuthError::BadPublicKey(10))));
+    }
+}
