@@ -502,12 +502,6 @@ fn start_attach_prints_output_until_the_end_and_ctrl_c_stops_the_dataflow() {
     assert!(run.stderr.contains("stopped"), "{}", run.logs());
 }
 
-/// `rill-shm` mappings of a process.
-fn shm_maps(pid: u64) -> usize {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-    maps.lines().filter(|l| l.contains("rill-shm")).count()
-}
-
 #[test]
 fn a_slow_consumer_on_another_daemon_maps_a_bounded_number_of_regions() {
     // 200 × 1 MiB into a consumer that reads one every 30 ms with a queue of
@@ -523,7 +517,7 @@ fn a_slow_consumer_on_another_daemon_maps_a_bounded_number_of_regions() {
     assert_eq!(code, Some(0), "{stderr}\n{}", procs.logs());
     let sink_pid = || {
         let (_, list, _) = rill_json(&["list", "--json", "--coordinator-port", &port_text]);
-        list["dataflows"][0]["nodes"]["sink"]["pid"].as_u64()
+        list["dataflows"][0]["nodes"]["sink"]["pid"].as_u64().and_then(|p| u32::try_from(p).ok())
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     let pid = loop {
@@ -536,13 +530,13 @@ fn a_slow_consumer_on_another_daemon_maps_a_bounded_number_of_regions() {
     let mut peak = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
     while !procs.log("daemon-a").contains("[slow/frames] sent 200") || peak == 0 {
-        peak = peak.max(shm_maps(pid));
+        peak = peak.max(crate::support::shm_maps(pid));
         assert!(Instant::now() < deadline, "the burst did not end within 60 s\n{}", procs.logs());
         std::thread::sleep(Duration::from_millis(20));
     }
     // The consumer is still working through what reached it.
     for _ in 0..50 {
-        peak = peak.max(shm_maps(pid));
+        peak = peak.max(crate::support::shm_maps(pid));
         std::thread::sleep(Duration::from_millis(20));
     }
     let received = procs.log("daemon-b").matches("[slow/sink] seq ").count();

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::check;
-use crate::support::{Flow, Running, spawned_pids};
+use crate::support::{Flow, Running, shm_maps, spawned_pids};
 
 /// The sink's `input in len=L seq=S shared=B` lines, as (len, seq).
 fn received(running: &Running) -> Vec<(usize, u64)> {
@@ -66,12 +66,6 @@ fn an_inline_burst_reaches_the_consumer_while_its_producer_sleeps() {
     // Nothing but inline messages: the producer never waits for shared
     // memory, so nothing but the flusher moves what the socket had no room for.
     burst_reaches_the_consumer_while_its_producer_sleeps("1000:2048");
-}
-
-/// `rill-shm` mappings of a process.
-fn shm_maps(pid: u32) -> usize {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-    maps.lines().filter(|l| l.contains("rill-shm")).count()
 }
 
 #[test]

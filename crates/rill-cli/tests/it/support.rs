@@ -182,6 +182,12 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
+/// `rill-shm` mappings of a process.
+pub fn shm_maps(pid: u32) -> usize {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    maps.lines().filter(|l| l.contains("rill-shm")).count()
+}
+
 /// Pids of the nodes from `rill run --json` output.
 pub fn spawned_pids(json_stdout: &str) -> Vec<(String, u32)> {
     json_stdout
