@@ -110,6 +110,16 @@ impl ClusterCa {
         Ok(Self { key_pem, cert, cert_pem })
     }
 
+    /// The fingerprint of the CA stored in `dir` (what a client on the
+    /// coordinator's machine pins without being told).
+    pub fn fingerprint_in(dir: &Path) -> Result<Fingerprint, AuthError> {
+        let path = dir.join(CA_CERT);
+        let pem = std::fs::read_to_string(&path).map_err(|source| AuthError::File { path: path.clone(), source })?;
+        let cert = CertificateDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| AuthError::BadFile { path, what: format!("not a certificate: {e}") })?;
+        Ok(Fingerprint::of(&cert))
+    }
+
     /// What clients pin.
     pub fn fingerprint(&self) -> Fingerprint {
         Fingerprint::of(&self.cert)

@@ -5,13 +5,18 @@
 //! rustls configurations that check peers against the pinned CA.
 
 pub mod ca;
+pub mod config;
+#[cfg(feature = "dial")]
+pub mod dial;
 pub mod files;
 pub mod fingerprint;
+pub mod identity;
 pub mod tls;
 pub mod token;
 
 pub use ca::{ClusterCa, Issued};
 pub use fingerprint::Fingerprint;
+pub use identity::CoordinatorIdentity;
 pub use token::{JoinToken, Secret, SecretHash};
 
 /// What can go wrong with the cluster's identity.

@@ -23,12 +23,17 @@ pub fn run(yaml: &str, expected: usize) -> anyhow::Result<Vec<serde_json::Value>
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?.to_string();
-        tokio::spawn(rill_coordinator::serve_on(listener, rill_coordinator::Store::Memory, Default::default()));
+        // The default security: TLS, the CA pinned, the admin token.
+        let identity = rill_auth::CoordinatorIdentity::ephemeral(&["127.0.0.1".into()])?;
+        let tls = rill_auth::tls::client_config(identity.ca.fingerprint(), None)?;
+        let dial = rill_auth::dial::Dial { addr: addr.clone(), tls: Some(tls), bearer: Some(identity.admin.expose()) };
+        let security = rill_coordinator::Security { identity: Arc::new(identity), plaintext: false };
+        tokio::spawn(rill_coordinator::serve_on(listener, rill_coordinator::Store::Memory, Default::default(), security));
         for machine in ["a", "b"] {
             let config = DaemonConfig {
                 machine_id: Some(machine.into()),
                 labels: Default::default(),
-                coordinator: addr.clone(),
+                coordinator: Arc::new(rill_daemon::access::Access::fixed(dial.clone())),
                 data_port: 0,
             };
             let (results, failure) = (results.clone(), failure.clone());
@@ -54,7 +59,7 @@ pub fn run(yaml: &str, expected: usize) -> anyhow::Result<Vec<serde_json::Value>
                 _ => {}
             }));
         }
-        let mut client = ControlClient::connect(&addr).await?;
+        let mut client = ControlClient::connect(&dial).await?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let ControlResponse::Status { daemons, .. } = client.request(&ControlRequest::Status).await?

@@ -32,3 +32,14 @@ pub fn state_dir() -> PathBuf {
 pub fn default_store(port: u16) -> PathBuf {
     data_dir().join(format!("coordinator-{port}.redb"))
 }
+
+/// The CLI's configuration: `$XDG_CONFIG_HOME/rill`, else `~/.config/rill`.
+pub fn config_dir() -> PathBuf {
+    xdg("XDG_CONFIG_HOME", ".config")
+}
+
+/// The default state directory of the coordinator on `port` (its CA and
+/// admin token): `$XDG_DATA_HOME/rill/coordinator-PORT`.
+pub fn coordinator_state(port: u16) -> PathBuf {
+    data_dir().join(format!("coordinator-{port}"))
+}

@@ -8,6 +8,7 @@ macro_rules! note {
     }};
 }
 
+mod access;
 mod dirs;
 mod output;
 mod remote;

@@ -11,22 +11,7 @@ use rill_daemon::local::LocalEvent;
 use rill_daemon::net::{ConnectionEvent, DaemonConfig};
 use rill_proto::coord::{ControlRequest, ControlResponse, DEFAULT_PORT, DataflowStatus, NodePlacement};
 
-/// Where the coordinator is (every client command takes these).
-#[derive(clap::Args, Clone)]
-pub struct CoordinatorAddr {
-    /// Coordinator host name or IP.
-    #[arg(long, default_value = "127.0.0.1")]
-    coordinator_addr: String,
-    /// Coordinator port.
-    #[arg(long, default_value_t = DEFAULT_PORT)]
-    coordinator_port: u16,
-}
-
-impl CoordinatorAddr {
-    fn host_port(&self) -> String {
-        format!("{}:{}", self.coordinator_addr, self.coordinator_port)
-    }
-}
+use crate::access::{ControlAccess, CoordinatorAddr};
 
 #[derive(clap::Args)]
 pub struct CoordinatorArgs {
@@ -54,6 +39,21 @@ pub struct CoordinatorArgs {
     /// dataflow (so a node that crashes at start does not loop).
     #[arg(long, default_value_t = 30.0, value_name = "SECS")]
     recovery_backoff: f64,
+    /// Where the cluster CA and the admin token live (0700; files 0600)
+    /// [default: $XDG_DATA_HOME/rill/coordinator-PORT, by default
+    /// ~/.local/share/rill/coordinator-PORT].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Another name or address clients reach this coordinator by (its
+    /// certificate is valid for the bind address, or every interface
+    /// address for 0.0.0.0, and localhost); repeatable.
+    #[arg(long, value_name = "NAME")]
+    tls_name: Vec<String>,
+    /// No TLS, for the whole cluster (control plane and daemon data links):
+    /// only on a trusted network, or for benchmarks. Credentials are still
+    /// required.
+    #[arg(long)]
+    insecure_plaintext: bool,
 }
 
 #[derive(clap::Args)]
@@ -78,7 +78,7 @@ pub struct DaemonArgs {
 #[derive(clap::Args)]
 pub struct StatusArgs {
     #[command(flatten)]
-    coordinator: CoordinatorAddr,
+    coordinator: ControlAccess,
     /// JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -100,12 +100,30 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         .context("--lost-timeout must be a non-negative number of seconds")?;
     let recovery_backoff = std::time::Duration::try_from_secs_f64(args.recovery_backoff)
         .context("--recovery-backoff must be a non-negative number of seconds")?;
+    let state_dir = args.state_dir.unwrap_or_else(|| crate::dirs::coordinator_state(args.port));
+    let names = rill_coordinator::server_names(args.bind, &args.tls_name);
+    let identity = rill_auth::CoordinatorIdentity::load_or_create(&state_dir, &names)
+        .with_context(|| format!("cannot set up the cluster identity in {}", state_dir.display()))?;
+    let fingerprint = identity.ca.fingerprint();
+    if identity.created {
+        note!("rill coordinator: created a cluster CA and an admin token in {}", state_dir.display());
+    }
+    let security = rill_coordinator::Security { identity: std::sync::Arc::new(identity), plaintext: args.insecure_plaintext };
     runtime()?.block_on(async move {
         let shown_store = store.to_string();
         let settings = rill_coordinator::Settings { lost_timeout, keep_ended: args.keep_ended, recovery_backoff };
-        let config = rill_coordinator::CoordinatorConfig { bind, store, settings };
+        let config = rill_coordinator::CoordinatorConfig { bind, store, settings, security };
         let listening = rill_coordinator::Listening::bind(config).await?;
-        note!("rill coordinator listening on {bind} (store: {shown_store})");
+        if args.insecure_plaintext {
+            note!(
+                "rill coordinator: WARNING: --insecure-plaintext: nothing between this coordinator, its daemons and \
+                 clients is encrypted; use it only on a trusted network"
+            );
+            note!("rill coordinator listening on {bind}, plaintext (store: {shown_store})");
+        } else {
+            note!("rill coordinator listening on {bind}, TLS (store: {shown_store})");
+            note!("rill coordinator: cluster CA fingerprint {fingerprint}");
+        }
         // SIGTERM (systemctl stop) or Ctrl-C: store what is queued, exit 0.
         use tokio::signal::unix::{SignalKind, signal};
         let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
@@ -126,11 +144,11 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     let config = DaemonConfig {
         machine_id: args.machine_id,
         labels,
-        coordinator: args.coordinator.host_port(),
+        coordinator: std::sync::Arc::new(args.coordinator.daemon_access()?),
         data_port: args.data_port,
     };
     let quiet = args.quiet;
-    let addr = config.coordinator.clone();
+    let addr = config.coordinator.addr().to_owned();
     let runtime = runtime()?;
     // SIGTERM (systemctl stop) or Ctrl-C: stop the nodes in order, report,
     // exit 0; a second one kills the nodes.
@@ -195,17 +213,22 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
 
 pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let response = request(&args.coordinator, ControlRequest::Status)?;
-    let ControlResponse::Status { version, uptime_ms, daemons, dataflows } = response else {
+    let ControlResponse::Status { version, uptime_ms, ca_fingerprint, transport, daemons, dataflows } = response else {
         anyhow::bail!("unexpected reply from the coordinator: {response:?}");
     };
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"version": version, "uptime_ms": uptime_ms, "daemons": daemons, "dataflows": dataflows})
+            serde_json::json!({"version": version, "uptime_ms": uptime_ms, "ca_fingerprint": ca_fingerprint,
+                "transport": transport, "daemons": daemons, "dataflows": dataflows})
         );
         return Ok(ExitCode::SUCCESS);
     }
     println!("coordinator {} (rill {version}, up {}s)", args.coordinator.host_port(), uptime_ms / 1000);
+    match transport.as_str() {
+        "plaintext" => println!("transport plaintext (--insecure-plaintext)"),
+        _ => println!("transport TLS, cluster CA {ca_fingerprint}"),
+    }
     let rows: Vec<[String; 4]> = daemons
         .iter()
         .map(|d| {
@@ -241,7 +264,7 @@ pub struct StartArgs {
     #[arg(long)]
     detach: bool,
     #[command(flatten)]
-    coordinator: CoordinatorAddr,
+    coordinator: ControlAccess,
     /// JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -250,7 +273,7 @@ pub struct StartArgs {
 #[derive(clap::Args)]
 pub struct ListArgs {
     #[command(flatten)]
-    coordinator: CoordinatorAddr,
+    coordinator: ControlAccess,
     /// JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -261,18 +284,18 @@ pub struct StopArgs {
     /// Name or uuid of the dataflow.
     dataflow: String,
     #[command(flatten)]
-    coordinator: CoordinatorAddr,
+    coordinator: ControlAccess,
     /// JSON on stdout.
     #[arg(long)]
     json: bool,
 }
 
 /// One request to the coordinator; a refusal becomes an error with its text.
-fn request(coordinator: &CoordinatorAddr, request: ControlRequest) -> anyhow::Result<ControlResponse> {
-    Ok(runtime()?.block_on(async {
-        let mut client = rill_coordinator::client::ControlClient::connect(&coordinator.host_port()).await?;
-        client.request(&request).await
-    })?)
+fn request(coordinator: &ControlAccess, request: ControlRequest) -> anyhow::Result<ControlResponse> {
+    runtime()?.block_on(async {
+        let mut client = coordinator.connect().await?;
+        Ok(client.request(&request).await?)
+    })
 }
 
 fn print_placement(placement: &[NodePlacement]) {
@@ -336,12 +359,11 @@ pub fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
 
 /// Prints the dataflow's output until it ends; Ctrl-C asks it to stop (a
 /// second Ctrl-C leaves it running and detaches). Exit code 1 if it failed.
-fn attach(coordinator: &CoordinatorAddr, uuid: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let addr = coordinator.host_port();
+fn attach(coordinator: &ControlAccess, uuid: &str, json: bool) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async move {
-        let mut logs = rill_coordinator::client::ControlClient::connect(&addr).await?;
+        let mut logs = coordinator.connect().await?;
         logs.send(&ControlRequest::Logs { dataflow: uuid.to_owned(), node: None, follow: true }).await?;
-        let mut control = rill_coordinator::client::ControlClient::connect(&addr).await?;
+        let mut control = coordinator.connect().await?;
         let mut poll = tokio::time::interval(std::time::Duration::from_millis(300));
         // Installed once, so no Ctrl-C between two loop turns is missed.
         let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -458,7 +480,7 @@ pub struct LogsArgs {
     #[arg(long, short)]
     follow: bool,
     #[command(flatten)]
-    coordinator: CoordinatorAddr,
+    coordinator: ControlAccess,
     /// One JSON object per line.
     #[arg(long)]
     json: bool,
@@ -468,7 +490,7 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
     let request = ControlRequest::Logs { dataflow: args.dataflow, node: args.node, follow: args.follow };
     let json = args.json;
     runtime()?.block_on(async move {
-        let mut client = rill_coordinator::client::ControlClient::connect(&args.coordinator.host_port()).await?;
+        let mut client = args.coordinator.connect().await?;
         client.send(&request).await?;
         loop {
             match client.next().await? {

@@ -54,8 +54,7 @@ fn daemons(port: u16, limit: Duration) -> Option<usize> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
     rt.block_on(async {
         let ask = async {
-            let addr = format!("127.0.0.1:{port}");
-            let mut client = rill_coordinator::client::ControlClient::connect(&addr).await.ok()?;
+            let mut client = crate::access::ControlAccess::local(port).connect().await.ok()?;
             match client.request(&ControlRequest::Status).await.ok()? {
                 ControlResponse::Status { daemons, .. } => Some(daemons.len()),
                 _ => None,
@@ -192,10 +191,16 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     // From here they outlive this process, and `destroy` finds them by pid.
     let (coordinator, daemon) = (coordinator.id(), daemon.id());
     std::fs::write(pid_file(args.port), format!("{coordinator}\n{daemon}\n"))?;
+    // Every later command finds this coordinator with no flags.
+    let state = crate::dirs::coordinator_state(args.port);
+    let fingerprint = rill_auth::ClusterCa::fingerprint_in(&state)?;
+    let admin = rill_auth::identity::read_admin(&state.join(rill_auth::identity::ADMIN_TOKEN))?;
+    let config = crate::access::remember(&format!("127.0.0.1:{}", args.port), Some(fingerprint), &admin)?;
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"status": "up", "port": args.port, "coordinator_pid": coordinator, "daemon_pid": daemon, "state_dir": dir})
+            serde_json::json!({"status": "up", "port": args.port, "coordinator_pid": coordinator, "daemon_pid": daemon,
+                "state_dir": dir, "ca_fingerprint": fingerprint.to_string(), "config": config})
         );
     } else {
         println!(
@@ -203,6 +208,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             args.port,
             dir.display()
         );
+        println!("cluster CA {fingerprint}; credentials for later commands in {}", config.display());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -226,6 +232,7 @@ pub fn destroy(args: DestroyArgs) -> anyhow::Result<ExitCode> {
         terminate(*pid);
     }
     std::fs::remove_file(&file)?;
+    crate::access::forget(&format!("127.0.0.1:{}", args.port))?;
     let status = if ours.is_empty() { "nothing_to_destroy" } else { "destroyed" };
     if args.json {
         println!("{}", serde_json::json!({"status": status, "port": args.port, "pids": ours}));

@@ -1,6 +1,7 @@
 //! The CLI's connection to `/api/control`.
 
 use futures_util::{SinkExt, StreamExt};
+use rill_auth::dial::{Dial, DialError, Ws};
 use rill_proto::coord::{COORD_PROTOCOL_VERSION, ControlRequest, ControlResponse};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -16,6 +17,12 @@ pub enum ClientError {
         CONNECT_LIMIT.as_secs()
     )]
     Silent { addr: String },
+    /// The TLS handshake failed (nothing secret was sent).
+    #[error("the coordinator at {addr} could not be verified: {reason}")]
+    Tls { addr: String, reason: String },
+    /// 401: the credential was missing or wrong.
+    #[error("the coordinator at {addr} refused the credential: {message}")]
+    Unauthorized { addr: String, message: String },
     #[error("the coordinator closed the connection")]
     Closed,
     #[error("the coordinator refused: {0}")]
@@ -24,12 +31,24 @@ pub enum ClientError {
     BadReply(String),
 }
 
+impl From<DialError> for ClientError {
+    fn from(e: DialError) -> Self {
+        match e {
+            DialError::Connect { addr, reason } => ClientError::Connect { addr, reason },
+            DialError::Tls { addr, reason, .. } => ClientError::Tls { addr, reason },
+            DialError::Status { addr, status: 401, message, .. } => ClientError::Unauthorized { addr, message },
+            DialError::Status { addr, status, message, .. } => {
+                ClientError::Connect { addr, reason: format!("it answered HTTP {status}: {message}") }
+            }
+            DialError::WebSocket { addr, reason } => ClientError::Connect { addr, reason },
+        }
+    }
+}
+
 /// How long connecting and the protocol check may take: a port that
 /// accepts but never answers (not a coordinator, or a stopped one) must not
 /// hang the CLI.
 pub const CONNECT_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A control connection that has passed the protocol check.
 pub struct ControlClient {
@@ -37,19 +56,16 @@ pub struct ControlClient {
 }
 
 impl ControlClient {
-    /// Connects to `host:port` and checks the protocol version, within
-    /// [`CONNECT_LIMIT`].
-    pub async fn connect(addr: &str) -> Result<Self, ClientError> {
-        tokio::time::timeout(CONNECT_LIMIT, Self::connect_now(addr))
+    /// Connects (TLS checked against the pinned CA, then the admin token)
+    /// and checks the protocol version, within [`CONNECT_LIMIT`].
+    pub async fn connect(dial: &Dial) -> Result<Self, ClientError> {
+        tokio::time::timeout(CONNECT_LIMIT, Self::connect_now(dial))
             .await
-            .map_err(|_| ClientError::Silent { addr: addr.to_owned() })?
+            .map_err(|_| ClientError::Silent { addr: dial.addr.clone() })?
     }
 
-    async fn connect_now(addr: &str) -> Result<Self, ClientError> {
-        let url = format!("ws://{addr}/api/control");
-        let (ws, _) = tokio_tungstenite::connect_async(&url)
-            .await
-            .map_err(|e| ClientError::Connect { addr: addr.to_owned(), reason: e.to_string() })?;
+    async fn connect_now(dial: &Dial) -> Result<Self, ClientError> {
+        let ws = rill_auth::dial::websocket(dial, "/api/control").await?;
         let mut client = Self { ws };
         match client.request(&ControlRequest::Hello { protocol: COORD_PROTOCOL_VERSION }).await? {
             ControlResponse::Hello { .. } => Ok(client),

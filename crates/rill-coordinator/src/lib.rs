@@ -1,8 +1,12 @@
-//! The coordinator: owns cluster state and serves one port for HTTP and
-//! WebSocket: `GET /api/health` (no auth), `/api/daemon` (daemons),
-//! `/api/control` (the CLI).
+//! The coordinator: owns cluster state and serves one port, HTTPS and WSS
+//! (plaintext only with `--insecure-plaintext`): `GET /api/health` (open),
+//! `/api/daemon` (daemons, with a credential), `/api/control` (the CLI,
+//! with the admin token).
 
+mod auth;
 pub mod client;
+mod listener;
+mod names;
 mod cluster;
 pub mod dataflows;
 mod logs;
@@ -10,6 +14,9 @@ mod persist;
 mod server;
 mod store;
 
+pub use auth::Security;
+pub use names::server_names;
+pub use listener::{PLAINTEXT_REFUSED, Peer};
 pub use cluster::{Cluster, Hello, RegisterError};
 pub use server::{CoordinatorConfig, Listening, ServeError, Settings, StoreConfig, serve, serve_on, serve_until};
 pub use store::{Store, StoreError};

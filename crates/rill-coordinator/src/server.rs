@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::get;
@@ -18,7 +20,9 @@ use rill_proto::coord::{
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use crate::auth::Security;
 use crate::cluster::Cluster;
+use crate::listener::{Peer, SecureListener};
 use crate::dataflows::{
     DAEMON_SHUT_DOWN, DAEMON_UNREACHABLE, DataflowRecord, Dataflows, ShareOutcome, StartError, plan,
 };
@@ -64,6 +68,7 @@ pub struct CoordinatorConfig {
     pub bind: SocketAddr,
     pub store: StoreConfig,
     pub settings: Settings,
+    pub security: Security,
 }
 
 /// The coordinator's rules that have knobs.
@@ -98,6 +103,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Identity(#[from] rill_auth::AuthError),
 }
 
 struct App {
@@ -108,6 +115,7 @@ struct App {
     started: Instant,
     /// How often daemons and the coordinator hear from each other.
     heartbeat: Duration,
+    security: Security,
 }
 
 impl App {
@@ -152,6 +160,7 @@ pub struct Listening {
     listener: TcpListener,
     store: Store,
     settings: Settings,
+    security: Security,
 }
 
 impl Listening {
@@ -163,7 +172,7 @@ impl Listening {
         };
         let listener =
             TcpListener::bind(config.bind).await.map_err(|reason| ServeError::Bind { addr: config.bind, reason })?;
-        Ok(Listening { listener, store, settings: config.settings })
+        Ok(Listening { listener, store, settings: config.settings, security: config.security })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -172,12 +181,12 @@ impl Listening {
 
     /// Serves until the process ends.
     pub async fn serve(self) -> Result<(), ServeError> {
-        serve_on(self.listener, self.store, self.settings).await
+        serve_on(self.listener, self.store, self.settings, self.security).await
     }
 
     /// Serves until `shutdown`, then stores what is queued (see [`serve_until`]).
     pub async fn serve_until(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), ServeError> {
-        serve_until(self.listener, self.store, self.settings, shutdown).await
+        serve_until(self.listener, self.store, self.settings, self.security, shutdown).await
     }
 }
 
@@ -187,8 +196,13 @@ pub async fn serve(config: CoordinatorConfig) -> Result<(), ServeError> {
 }
 
 /// Serves on an already bound listener (tests bind port 0).
-pub async fn serve_on(listener: TcpListener, store: Store, settings: Settings) -> Result<(), ServeError> {
-    serve_until(listener, store, settings, std::future::pending()).await
+pub async fn serve_on(
+    listener: TcpListener,
+    store: Store,
+    settings: Settings,
+    security: Security,
+) -> Result<(), ServeError> {
+    serve_until(listener, store, settings, security, std::future::pending()).await
 }
 
 /// Serves until `shutdown` completes (SIGTERM), then writes every queued
@@ -198,8 +212,10 @@ pub async fn serve_until(
     listener: TcpListener,
     store: Store,
     settings: Settings,
+    security: Security,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let listener = SecureListener::start(listener, security.server_config()?)?;
     let dataflows = Dataflows::restore(store.load()?, Instant::now(), settings.lost_timeout, settings.recovery_backoff);
     let app = Arc::new(App {
         cluster: Mutex::new(Cluster::default()),
@@ -208,6 +224,7 @@ pub async fn serve_until(
         persister: Persister::start(store)?,
         started: Instant::now(),
         heartbeat: rill_proto::coord::heartbeat_interval(),
+        security,
     });
     let expirer = app.clone();
     tokio::spawn(async move {
@@ -249,7 +266,7 @@ pub async fn serve_until(
         .route("/api/control", get(control_ws))
         .with_state(app.clone());
     tokio::select! {
-        served = axum::serve(listener, router) => served?,
+        served = axum::serve(listener, router.into_make_service_with_connect_info::<Peer>()) => served?,
         () = shutdown => {}
     }
     app.persister.flush().await;
@@ -265,11 +282,25 @@ async fn health(State(app): State<Arc<App>>) -> axum::Json<Health> {
     })
 }
 
-async fn daemon_ws(ws: WebSocketUpgrade, State(app): State<Arc<App>>) -> Response {
+// The credential is checked before the upgrade: a refused client gets a
+// 401 it can show, and never a WebSocket.
+async fn daemon_ws(
+    ws: WebSocketUpgrade,
+    headers: HeaderMap,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    State(app): State<Arc<App>>,
+) -> Response {
+    if let Err(refusal) = crate::auth::daemon(&app.security, &headers) {
+        eprintln!("rill coordinator: refused a daemon from {}: {}", peer.addr, refusal.message);
+        return refusal.into_response();
+    }
     ws.max_message_size(rill_proto::coord::MAX_DAEMON_MESSAGE).on_upgrade(move |socket| handle_daemon(socket, app))
 }
 
-async fn control_ws(ws: WebSocketUpgrade, State(app): State<Arc<App>>) -> Response {
+async fn control_ws(ws: WebSocketUpgrade, headers: HeaderMap, State(app): State<Arc<App>>) -> Response {
+    if let Err(refusal) = crate::auth::control(&app.security, &headers) {
+        return refusal.into_response();
+    }
     ws.on_upgrade(move |socket| handle_control(socket, app))
 }
 
@@ -528,6 +559,8 @@ async fn handle_control(socket: WebSocket, app: Arc<App>) {
             Ok(ControlRequest::Status) => ControlResponse::Status {
                 version: VERSION.to_owned(),
                 uptime_ms: app.started.elapsed().as_millis() as u64,
+                ca_fingerprint: app.security.fingerprint().to_string(),
+                transport: app.security.transport().to_owned(),
                 daemons: app.cluster().status(Instant::now()),
                 dataflows: app.dataflows().list(),
             },
@@ -719,15 +752,22 @@ mod tests {
     use super::*;
     use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-    async fn start() -> SocketAddr {
+    use rill_auth::dial::{Dial, DialError, websocket};
+
+    /// A coordinator on a free port, and how its admin reaches it.
+    async fn start() -> Dial {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve_on(listener, Store::Memory, Settings::default()));
-        addr
+        let identity = rill_auth::CoordinatorIdentity::ephemeral(&["127.0.0.1".into()]).unwrap();
+        let tls = rill_auth::tls::client_config(identity.ca.fingerprint(), None).unwrap();
+        let dial = Dial { addr: addr.to_string(), tls: Some(tls), bearer: Some(identity.admin.expose()) };
+        let security = Security { identity: Arc::new(identity), plaintext: false };
+        tokio::spawn(serve_on(listener, Store::Memory, Settings::default(), security));
+        dial
     }
 
-    async fn first_reply(addr: SocketAddr, path: &str, text: &str) -> serde_json::Value {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{path}")).await.unwrap();
+    async fn first_reply(dial: &Dial, path: &str, text: &str) -> serde_json::Value {
+        let mut ws = websocket(dial, path).await.unwrap();
         ws.send(WsMessage::Text(text.into())).await.unwrap();
         loop {
             if let Some(Ok(WsMessage::Text(reply))) = ws.next().await {
@@ -736,11 +776,11 @@ mod tests {
         }
     }
 
-    type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+    type Ws = rill_auth::dial::Ws;
 
     /// A raw daemon connection registered as `machine`, and its first reply.
-    async fn raw_daemon(addr: SocketAddr, machine: &str) -> (Ws, serde_json::Value) {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/daemon")).await.unwrap();
+    async fn raw_daemon(dial: &Dial, machine: &str) -> (Ws, serde_json::Value) {
+        let mut ws = websocket(dial, "/api/daemon").await.unwrap();
         let register = format!(
             r#"{{"type":"register","protocol":{COORD_PROTOCOL_VERSION},"version":"0","machine_id":"{machine}","labels":{{}}}}"#
         );
@@ -762,7 +802,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_holder_that_answers_the_probe_keeps_its_machine_id_a_silent_one_is_replaced() {
-        let addr = start().await;
+        let addr = &start().await;
         // Registered, then silent (still connected, answers nothing).
         let (_silent, reply) = raw_daemon(addr, "a").await;
         assert_eq!(reply["type"], "registered", "{reply}");
@@ -784,8 +824,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_start_with_an_absurd_descriptor_is_refused_with_the_reasons() {
-        let addr = start().await;
-        let (mut cli, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/control")).await.unwrap();
+        let dial = start().await;
+        let mut cli = websocket(&dial, "/api/control").await.unwrap();
         let hello = format!(r#"{{"type":"hello","protocol":{COORD_PROTOCOL_VERSION}}}"#);
         cli.send(WsMessage::Text(hello.into())).await.unwrap();
         let _ = cli.next().await;
@@ -817,7 +857,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_daemon_with_another_protocol_gets_protocol_mismatch() {
-        let addr = start().await;
+        let addr = &start().await;
         let reply = first_reply(
             addr,
             "/api/daemon",
@@ -834,13 +874,13 @@ mod tests {
 
     #[tokio::test]
     async fn registered_daemons_appear_in_status() {
-        let addr = start().await;
-        let (mut daemon, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/daemon")).await.unwrap();
+        let dial = start().await;
+        let mut daemon = websocket(&dial, "/api/daemon").await.unwrap();
         let register = r#"{"type":"register","protocol":3,"version":"0.1.0","machine_id":"b","labels":{"gpu":"true"}}"#;
         daemon.send(WsMessage::Text(register.into())).await.unwrap();
         let Some(Ok(WsMessage::Text(reply))) = daemon.next().await else { panic!("no reply") };
         assert!(reply.contains("registered"), "{reply}");
-        let (mut cli, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/control")).await.unwrap();
+        let mut cli = websocket(&dial, "/api/control").await.unwrap();
         cli.send(WsMessage::Text(r#"{"type":"hello","protocol":3}"#.into())).await.unwrap();
         let _ = cli.next().await;
         cli.send(WsMessage::Text(r#"{"type":"status"}"#.into())).await.unwrap();
@@ -848,5 +888,38 @@ mod tests {
         let status: serde_json::Value = serde_json::from_str(&status).unwrap();
         assert_eq!(status["daemons"][0]["machine_id"], "b");
         assert_eq!(status["daemons"][0]["labels"]["gpu"], "true");
+        assert_eq!(status["transport"], "tls");
+        assert!(status["ca_fingerprint"].as_str().is_some_and(|f| f.starts_with("sha256:")), "{status}");
+    }
+
+    #[tokio::test]
+    async fn control_and_daemon_routes_refuse_a_missing_or_wrong_credential_health_is_open() {
+        let admin = start().await;
+        for path in ["/api/control", "/api/daemon"] {
+            let anonymous = Dial { bearer: None, ..admin.clone() };
+            let err = websocket(&anonymous, path).await.err().expect("refused");
+            assert!(matches!(&err, DialError::Status { status: 401, message, .. } if message.contains("no credential")), "{path}: {err}");
+            let wrong = Dial { bearer: Some(rill_auth::Secret::generate().unwrap().expose()), ..admin.clone() };
+            let err = websocket(&wrong, path).await.err().expect("refused");
+            assert_eq!(err.status(), Some(401), "{path}: {err}");
+        }
+        // Health needs no credential (a plain HTTPS GET over the same TLS).
+        let health = websocket(&Dial { bearer: None, ..admin.clone() }, "/api/health").await.err();
+        assert_eq!(health.as_ref().and_then(DialError::status), Some(200), "{health:?}");
+    }
+
+    #[tokio::test]
+    async fn a_plaintext_client_is_told_why_and_a_wrong_pin_fails_before_any_secret() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let admin = start().await;
+        let mut tcp = tokio::net::TcpStream::connect(&admin.addr).await.unwrap();
+        tcp.write_all(b"GET /api/health HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("HTTPS and WSS only"), "{answer}");
+        let other = rill_auth::ClusterCa::generate().unwrap().fingerprint();
+        let pinned_elsewhere = Dial { tls: Some(rill_auth::tls::client_config(other, None).unwrap()), ..admin };
+        let err = websocket(&pinned_elsewhere, "/api/control").await.err().expect("refused");
+        assert!(matches!(&err, DialError::Tls { reason, .. } if reason.contains("not from the pinned cluster CA")), "{err}");
     }
 }

@@ -2,6 +2,7 @@
 //! messages over the local data plane. `rill run` uses [`Runtime`] directly;
 //! the networked daemon (later) drives the same parts.
 
+pub mod access;
 pub mod bridge;
 pub mod lines;
 pub mod local;

@@ -46,8 +46,9 @@ pub enum Shutdown {
 pub struct DaemonConfig {
     pub machine_id: Option<String>,
     pub labels: BTreeMap<String, String>,
-    /// `host:port` of the coordinator.
-    pub coordinator: String,
+    /// How to reach the coordinator: its address, the pinned CA and this
+    /// daemon's credential, asked again at every attempt.
+    pub coordinator: Arc<dyn crate::access::Dialer>,
     /// Port of the cross-machine data session; 0 picks a free one.
     pub data_port: u16,
 }
@@ -67,6 +68,21 @@ pub enum ConnectionEvent {
 pub struct Rejected {
     pub code: ErrorCode,
     pub message: String,
+}
+
+/// A dial failure that trying again cannot fix: the credential was refused
+/// (401, with the coordinator's reason), or the coordinator's certificate
+/// is not from the pinned CA.
+fn refusal(e: &rill_auth::dial::DialError) -> Option<Rejected> {
+    use rill_auth::dial::DialError;
+    match e {
+        DialError::Status { status: 401, message, code, .. } => Some(Rejected {
+            code: code.as_deref().and_then(ErrorCode::parse).unwrap_or(ErrorCode::Unauthorized),
+            message: message.clone(),
+        }),
+        DialError::Tls { untrusted: true, .. } => Some(Rejected { code: ErrorCode::Untrusted, message: e.to_string() }),
+        _ => None,
+    }
 }
 
 /// Delay before reconnect attempt `attempt` (1-based): doubling from
@@ -322,23 +338,28 @@ async fn connect_once(
     shares: &mut Shares,
     shutdown: &mut mpsc::UnboundedReceiver<Shutdown>,
 ) -> Ended {
-    let url = format!("ws://{}/api/daemon", config.coordinator);
+    let url = format!("{}/api/daemon", config.coordinator.addr());
     let mut registered = false;
     let lost = |reason: String, registered: bool| Ended::Lost { reason, registered };
     let heartbeat_every = rill_proto::coord::heartbeat_interval();
     let silence = heartbeat_every * SILENT_HEARTBEATS;
     // A stopped or partitioned coordinator may accept TCP and say nothing.
-    let (ws, _) = match tokio::time::timeout(silence, tokio_tungstenite::connect_async(&url)).await {
-        Ok(Ok(ok)) => ok,
-        Ok(Err(e)) => return lost(format!("cannot connect to {url}: {e}"), false),
+    let dial = match config.coordinator.dial() {
+        Ok(dial) => dial,
+        Err(problem) if problem.transient => return lost(problem.message, false),
+        Err(problem) => return Ended::Rejected(Rejected { code: ErrorCode::Unauthorized, message: problem.message }),
+    };
+    let ws = match tokio::time::timeout(silence, rill_auth::dial::websocket(&dial, "/api/daemon")).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => match refusal(&e) {
+            Some(rejected) => return Ended::Rejected(rejected),
+            None => return lost(e.to_string(), false),
+        },
         Err(_) => return lost(format!("{url} did not answer within {silence:?}"), false),
     };
     // The address this machine reaches the coordinator from is the one
     // other daemons can reach it at, too.
-    let local_ip = match ws.get_ref() {
-        tokio_tungstenite::MaybeTlsStream::Plain(tcp) => tcp.local_addr().ok().map(|a| a.ip()),
-        _ => None,
-    };
+    let local_ip = ws.get_ref().local_addr().ok().map(|a| a.ip());
     let endpoint = local_ip.map(|ip| format!("tcp/{ip}:{}", config.data_port));
     let (mut sink, mut stream) = ws.split();
     let register = DaemonMessage::Register {

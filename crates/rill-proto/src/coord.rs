@@ -46,6 +46,29 @@ pub enum ErrorCode {
     Placement,
     NameInUse,
     Internal,
+    /// The credential was missing or wrong.
+    Unauthorized,
+    /// The coordinator's certificate is not from the pinned cluster CA.
+    Untrusted,
+    /// The join token was revoked (`rill token revoke`).
+    Revoked,
+    /// The join token's `--ttl` has passed.
+    Expired,
+    /// The join token is bound to another machine's key.
+    AlreadyBound,
+}
+
+impl ErrorCode {
+    /// The code from its wire name (`already_bound`), as a refusal's
+    /// `x-rill-error` header carries it.
+    pub fn parse(name: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
+    }
+
+    /// The wire name.
+    pub fn name(&self) -> String {
+        serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    }
 }
 
 /// Daemon -> coordinator.
@@ -273,6 +296,12 @@ pub enum ControlResponse {
     Status {
         version: String,
         uptime_ms: u64,
+        /// The cluster CA's fingerprint (`sha256:…`), what clients pin.
+        #[serde(default)]
+        ca_fingerprint: String,
+        /// `tls`, or `plaintext` (`--insecure-plaintext`).
+        #[serde(default)]
+        transport: String,
         daemons: Vec<DaemonStatus>,
         dataflows: Vec<DataflowSummary>,
     },

@@ -155,6 +155,7 @@ fn a_full_disk_fails_start_and_stop_with_a_clear_error_and_the_coordinator_keeps
     );
     let mut coordinator = std::process::Command::new("unshare");
     coordinator.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    coordinator.env("XDG_DATA_HOME", crate::support::xdg_home().join("data"));
     procs.start_command("coordinator", coordinator);
     procs.start("daemon-a", &["daemon", "--machine-id", "a", "--coordinator-port", &port_text]);
     wait_status(&procs, port, "daemon a registered", Duration::from_secs(15), |v| machines(v) == ["a"]);
@@ -540,7 +541,8 @@ fn a_daemon_refuses_an_absurd_spawn_with_the_reasons_and_lives_on() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
     let port = listener.local_addr().expect("addr").port().to_string();
-    procs.start("daemon", &["daemon", "--machine-id", "a", "--coordinator-port", &port]);
+    // Plaintext: the fake coordinator speaks plain WebSocket.
+    procs.start("daemon", &["daemon", "--machine-id", "a", "--coordinator-port", &port, "--insecure-plaintext"]);
     // A NUL in the node id, a zero timer interval, and an id with `*`, as
     // only a buggy or hostile coordinator would send.
     let node = |id: &str, inputs: &str| {
@@ -583,8 +585,7 @@ fn a_daemon_flooding_log_lines_cannot_grow_the_coordinator() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     // A daemon that never runs anything, only talks.
     let mut ws = runtime.block_on(async {
-        let url = format!("ws://127.0.0.1:{port}/api/daemon");
-        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+        let mut ws = rill_auth::dial::websocket(&crate::support::admin_dial(port), "/api/daemon").await.expect("connect");
         let register = format!(
             r#"{{"type":"register","protocol":{},"version":"0","machine_id":"x","labels":{{}}}}"#,
             rill_proto::coord::COORD_PROTOCOL_VERSION

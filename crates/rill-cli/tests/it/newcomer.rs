@@ -18,7 +18,9 @@ const CHATTY: &str =
 /// with the user's own `rill up`).
 fn rill_in(home: &Path) -> Command {
     let mut cmd = rill();
-    cmd.env("RILL_STATE_DIR", home.join("state")).env("XDG_DATA_HOME", home.join("data"));
+    cmd.env("RILL_STATE_DIR", home.join("state"))
+        .env("XDG_DATA_HOME", home.join("data"))
+        .env("XDG_CONFIG_HOME", home.join("config"));
     cmd
 }
 

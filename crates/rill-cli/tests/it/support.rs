@@ -21,8 +21,30 @@ pub fn test_node() -> String {
     path.display().to_string()
 }
 
+/// The XDG data and config homes of every `rill` a test starts: coordinator
+/// state (CA, admin token) and the CLI config stay out of the user's home,
+/// and a CLI finds the state of a coordinator the same test started.
+pub fn xdg_home() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("it-home")
+}
+
 pub fn rill() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_rill"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rill"));
+    cmd.env("XDG_DATA_HOME", xdg_home().join("data")).env("XDG_CONFIG_HOME", xdg_home().join("config"));
+    cmd
+}
+
+/// How a test reaches the coordinator on `port` as its admin would: TLS
+/// pinned on the CA in the coordinator's state, the admin token.
+pub fn admin_dial(port: u16) -> rill_auth::dial::Dial {
+    let state = xdg_home().join(format!("data/rill/coordinator-{port}"));
+    let pin = rill_auth::ClusterCa::fingerprint_in(&state).expect("the coordinator's CA");
+    let admin = rill_auth::identity::read_admin(&state.join("admin.token")).expect("the admin token");
+    rill_auth::dial::Dial {
+        addr: format!("127.0.0.1:{port}"),
+        tls: Some(rill_auth::tls::client_config(pin, None).expect("TLS")),
+        bearer: Some(admin.expose()),
+    }
 }
 
 /// A dataflow file in its own temp dir.

@@ -1,0 +1,206 @@
+//! Dialing the coordinator: TCP, then TLS checked against the pinned CA
+//! (unless the cluster runs with `--insecure-plaintext`), then a WebSocket
+//! upgrade that carries the bearer credential. The credential is sent only
+//! after the server's certificate has been verified.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// A connection to the coordinator, encrypted or (with
+/// `--insecure-plaintext`) not.
+pub enum Link {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Link {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Link::Plain(tcp) => tcp,
+            Link::Tls(tls) => tls.get_ref().0,
+        }
+    }
+
+    /// This end's address (a daemon tells other daemons to reach it there).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp().local_addr()
+    }
+}
+
+impl AsyncRead for Link {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Link::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Link::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Link {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Link::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Link::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Link::Plain(s) => Pin::new(s).poll_flush(cx),
+            Link::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Link::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Link::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+pub type Ws = WebSocketStream<Link>;
+
+/// How to reach the coordinator.
+#[derive(Clone)]
+pub struct Dial {
+    /// `host:port` (`[v6]:port` for IPv6).
+    pub addr: String,
+    /// `None`: plaintext (`--insecure-plaintext`).
+    pub tls: Option<Arc<ClientConfig>>,
+    /// Sent as `Authorization: Bearer …` once the server is verified.
+    pub bearer: Option<String>,
+}
+
+impl std::fmt::Debug for Dial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The bearer is a secret: never in a log.
+        f.debug_struct("Dial").field("addr", &self.addr).field("tls", &self.tls.is_some()).finish_non_exhaustive()
+    }
+}
+
+/// Why dialing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    /// The TLS handshake failed: the wrong coordinator (pin), a plaintext
+    /// server, or a refused client certificate. Nothing secret was sent.
+    /// `untrusted`: the server's certificate was refused (not from the
+    /// pinned CA, or not for this name), rather than the link failing.
+    #[error("TLS with {addr} failed: {reason}")]
+    Tls { addr: String, reason: String, untrusted: bool },
+    /// The server answered the upgrade with an HTTP status (401: the
+    /// credential; its body says why, and [`REFUSAL_HEADER`] what kind of
+    /// refusal it is).
+    #[error("{addr} answered {status}: {message}")]
+    Status { addr: String, status: u16, message: String, code: Option<String> },
+    #[error("WebSocket with {addr}: {reason}")]
+    WebSocket { addr: String, reason: String },
+}
+
+impl DialError {
+    /// The HTTP status the server answered with, if it did.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            DialError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// The header of a 401 that names the refusal (`revoked`, `expired`, …).
+pub const REFUSAL_HEADER: &str = "x-rill-error";
+
+/// The host part of `host:port`, without IPv6 brackets.
+pub fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// Opens a WebSocket to `path` (e.g. `/api/control`).
+pub async fn websocket(dial: &Dial, path: &str) -> Result<Ws, DialError> {
+    let addr = dial.addr.clone();
+    let tcp = TcpStream::connect(&addr)
+        .await
+        .map_err(|e| DialError::Connect { addr: addr.clone(), reason: e.to_string() })?;
+    let _ = tcp.set_nodelay(true);
+    let (link, scheme) = match &dial.tls {
+        None => (Link::Plain(tcp), "ws"),
+        Some(config) => {
+            let name = ServerName::try_from(host_of(&addr).to_owned())
+                .map_err(|e| DialError::Tls {
+                    addr: addr.clone(),
+                    reason: format!("not a host name: {e}"),
+                    untrusted: true,
+                })?;
+            let tls = tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await.map_err(|e| {
+                DialError::Tls { addr: addr.clone(), reason: tls_reason(&e), untrusted: certificate_refused(&e) }
+            })?;
+            (Link::Tls(Box::new(tls)), "wss")
+        }
+    };
+    let mut request = format!("{scheme}://{addr}{path}")
+        .into_client_request()
+        .map_err(|e| DialError::WebSocket { addr: addr.clone(), reason: e.to_string() })?;
+    if let Some(bearer) = &dial.bearer {
+        let value = format!("Bearer {bearer}")
+            .parse()
+            .map_err(|_| DialError::WebSocket { addr: addr.clone(), reason: "the credential is not ASCII".into() })?;
+        request.headers_mut().insert("authorization", value);
+    }
+    match tokio_tungstenite::client_async(request, link).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::Error::Http(response)) => {
+            let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+            let code = response.headers().get(REFUSAL_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            Err(DialError::Status {
+                addr,
+                status: response.status().as_u16(),
+                message: body.trim().lines().next().unwrap_or("").to_owned(),
+                code,
+            })
+        }
+        Err(e) => Err(DialError::WebSocket { addr, reason: e.to_string() }),
+    }
+}
+
+/// What went wrong in a handshake, in words: rustls errors come wrapped in
+/// `io::Error`; a plaintext server shows up as a corrupt record.
+fn tls_reason(e: &io::Error) -> String {
+    let text = e.to_string();
+    if text.contains("InvalidContentType") || text.contains("corrupt message") {
+        return format!("{text} (the server does not speak TLS: was it started with --insecure-plaintext?)");
+    }
+    text
+}
+
+/// Whether a handshake failed because this side refused the server's
+/// certificate (trying again will not help).
+fn certificate_refused(e: &io::Error) -> bool {
+    let inner = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    matches!(inner, Some(rustls::Error::InvalidCertificate(_) | rustls::Error::General(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn host_of_strips_port_and_brackets() {
+        assert_eq!(host_of("127.0.0.1:6533"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:6533"), "::1");
+        assert_eq!(host_of("coord.example:1"), "coord.example");
+    }
+}

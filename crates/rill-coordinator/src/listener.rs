@@ -1,0 +1,165 @@
+//! The coordinator's port: TCP, then TLS (unless `--insecure-plaintext`),
+//! handed to axum with who the peer is (its address and, for an enrolled
+//! daemon, its certificate's fingerprint).
+//!
+//! Handshakes run in their own tasks, each at most [`HANDSHAKE_LIMIT`], so
+//! a client that connects and says nothing delays nobody else.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rill_auth::Fingerprint;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// How long a client has to complete its TLS handshake.
+pub const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+
+/// The first byte of every TLS connection (a handshake record).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Who is on the other end of a connection.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The fingerprint of the client certificate it presented (verified
+    /// against the cluster CA), if any.
+    pub client_cert: Option<Fingerprint>,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, SecureListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, SecureListener>) -> Self {
+        stream.remote_addr().clone()
+    }
+}
+
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Connections that completed their handshake, for `axum::serve`.
+pub struct SecureListener {
+    ready: mpsc::Receiver<(Conn, Peer)>,
+    local: SocketAddr,
+}
+
+impl SecureListener {
+    /// Accepts on `listener` in a task of its own; `tls: None` serves
+    /// plaintext. The task ends when this is dropped.
+    pub fn start(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) -> io::Result<Self> {
+        let local = listener.local_addr()?;
+        let (tx, ready) = mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    () = tx.closed() => return,
+                };
+                let Ok((tcp, addr)) = accepted else {
+                    // Out of descriptors, most likely: give closing ones a moment.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let _ = tcp.set_nodelay(true);
+                let (tx, tls) = (tx.clone(), tls.clone());
+                tokio::spawn(async move {
+                    let conn = match tls {
+                        None => Some((Conn::Plain(tcp), Peer { addr, client_cert: None })),
+                        Some(config) => {
+                            tokio::time::timeout(HANDSHAKE_LIMIT, handshake(tcp, addr, config)).await.ok().flatten()
+                        }
+                    };
+                    if let Some(conn) = conn {
+                        let _ = tx.send(conn).await;
+                    }
+                });
+            }
+        });
+        Ok(Self { ready, local })
+    }
+}
+
+/// A TLS handshake; a client that speaks plain HTTP gets a plain answer
+/// saying why it will not be served, instead of a reset it cannot explain.
+async fn handshake(tcp: TcpStream, addr: SocketAddr, config: Arc<rustls::ServerConfig>) -> Option<(Conn, Peer)> {
+    let mut first = [0u8; 1];
+    if tcp.peek(&mut first).await.ok()? == 0 {
+        return None;
+    }
+    if first[0] != TLS_HANDSHAKE_RECORD {
+        refuse_plaintext(tcp).await;
+        return None;
+    }
+    let tls = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await.ok()?;
+    let client_cert = tls.get_ref().1.peer_certificates().and_then(|certs| certs.first()).map(|c| Fingerprint::of(c));
+    Some((Conn::Tls(Box::new(tls)), Peer { addr, client_cert }))
+}
+
+/// The answer to a plaintext request on the TLS port.
+pub const PLAINTEXT_REFUSED: &str = "this rill coordinator serves HTTPS and WSS only; plaintext clients are refused \
+     (use the CLI, or https://; --insecure-plaintext exists for a whole cluster on a trusted network)";
+
+async fn refuse_plaintext(mut tcp: TcpStream) {
+    let body = format!("{PLAINTEXT_REFUSED}\n");
+    let response = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tcp.write_all(response.as_bytes()).await;
+    let _ = tcp.shutdown().await;
+}
+
+impl axum::serve::Listener for SecureListener {
+    type Io = Conn;
+    type Addr = Peer;
+
+    async fn accept(&mut self) -> (Conn, Peer) {
+        match self.ready.recv().await {
+            Some(conn) => conn,
+            // The accept task ended: it only does when this is dropped.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Peer> {
+        Ok(Peer { addr: self.local, client_cert: None })
+    }
+}
