@@ -59,6 +59,31 @@ impl SecretHash {
     }
 }
 
+/// A token lifetime as `rill token create --ttl` takes it: a whole number
+/// with a unit (`90s`, `30m`, `24h`, `7d`), or `none` (never expires).
+/// `Ok(None)` is `none`.
+pub fn parse_ttl(text: &str) -> Result<Option<std::time::Duration>, String> {
+    let text = text.trim();
+    if text == "none" {
+        return Ok(None);
+    }
+    let bad = || format!("--ttl {text:?}: use a whole number with a unit (90s, 30m, 24h, 7d) or `none`");
+    let unit = text.chars().last().ok_or_else(bad)?;
+    let secs_per = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return Err(bad()),
+    };
+    let count: u64 = text[..text.len() - 1].parse().map_err(|_| bad())?;
+    if count == 0 {
+        return Err(format!("--ttl {text:?}: a token that is expired at once cannot enroll anything"));
+    }
+    let secs = count.checked_mul(secs_per).ok_or_else(bad)?;
+    Ok(Some(std::time::Duration::from_secs(secs)))
+}
+
 /// Longest token name.
 pub const MAX_NAME: usize = 64;
 
@@ -161,5 +186,17 @@ mod tests {
         assert!(name_problem("").is_some());
         assert!(name_problem("a.b").is_some_and(|p| p.contains("'.'")));
         assert!(name_problem(&"a".repeat(MAX_NAME + 1)).is_some());
+    }
+
+    #[test]
+    fn ttls_have_units_or_are_none() {
+        use std::time::Duration;
+        assert_eq!(super::parse_ttl("24h"), Ok(Some(Duration::from_secs(86_400))));
+        assert_eq!(super::parse_ttl("90s"), Ok(Some(Duration::from_secs(90))));
+        assert_eq!(super::parse_ttl("7d"), Ok(Some(Duration::from_secs(7 * 86_400))));
+        assert_eq!(super::parse_ttl("none"), Ok(None));
+        for bad in ["", "24", "1.5h", "-1h", "0s", "h"] {
+            assert!(super::parse_ttl(bad).is_err(), "{bad}");
+        }
     }
 }

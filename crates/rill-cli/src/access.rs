@@ -46,6 +46,7 @@ pub struct ControlAccess {
 
 pub const FINGERPRINT_ENV: &str = "RILL_COORDINATOR_FINGERPRINT";
 pub const TOKEN_ENV: &str = "RILL_TOKEN";
+pub const JOIN_TOKEN_ENV: &str = "RILL_JOIN_TOKEN";
 
 /// The CLI config file: `$XDG_CONFIG_HOME/rill/config.json`.
 pub fn config_path() -> PathBuf {
@@ -113,6 +114,15 @@ impl CoordinatorAddr {
         let state = self.local_state(addr);
         if let Some(dir) = state.as_deref().filter(|d| d.join(rill_auth::ca::CA_CERT).exists()) {
             return Ok(ClusterCa::fingerprint_in(dir)?);
+        }
+        if let Some(dir) = &state {
+            let port = addr.rsplit_once(':').map_or("", |(_, p)| p);
+            anyhow::bail!(
+                "cannot reach the coordinator at {addr}: none has run with port {port} on this machine (no {}): \
+                 start one with `rill up` or `rill coordinator --port {port}`, or pass --coordinator-fingerprint \
+                 for one started with its own --state-dir",
+                dir.display()
+            );
         }
         let mut looked = vec!["--coordinator-fingerprint".to_owned(), FINGERPRINT_ENV.to_owned()];
         looked.push(config_path().display().to_string());
@@ -227,9 +237,22 @@ impl ControlAccess {
 }
 
 impl CoordinatorAddr {
-    /// How the daemon reaches the coordinator. Its credential, for now: the
-    /// admin token of a coordinator on this machine (same user).
-    pub fn daemon_access(&self) -> anyhow::Result<rill_daemon::access::Access> {
+    /// How the daemon reaches the coordinator (see rill_daemon::access):
+    /// its join token, from `join_token_file` or `RILL_JOIN_TOKEN`; its
+    /// identities under `cache_dir/identity`.
+    pub fn daemon_access(
+        &self,
+        join_token_file: Option<&std::path::Path>,
+        cache_dir: PathBuf,
+    ) -> anyhow::Result<rill_daemon::access::Access> {
+        let join = match (join_token_file, env(JOIN_TOKEN_ENV)) {
+            (Some(path), _) => {
+                let text = rill_auth::files::read_private(path)?;
+                Some(text.parse().with_context(|| format!("--join-token-file {}", path.display()))?)
+            }
+            (None, Some(text)) => Some(text.parse().with_context(|| format!("{JOIN_TOKEN_ENV}"))?),
+            (None, None) => None,
+        };
         let addr = self.host_port();
         let config = load_config()?;
         let entry = config.coordinators.get(&addr);
@@ -241,7 +264,9 @@ impl CoordinatorAddr {
             },
         };
         Ok(rill_daemon::access::Access {
-            local_state: self.local_state(&addr),
+            local_state: if join.is_some() { None } else { self.local_state(&addr) },
+            join,
+            identity_root: Some(cache_dir.join("identity")),
             plaintext: self.insecure_plaintext || entry.is_some_and(|e| e.plaintext),
             pin,
             addr,

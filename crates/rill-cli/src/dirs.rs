@@ -43,3 +43,12 @@ pub fn config_dir() -> PathBuf {
 pub fn coordinator_state(port: u16) -> PathBuf {
     data_dir().join(format!("coordinator-{port}"))
 }
+
+/// A daemon's default cache directory (its key and certificate):
+/// `$XDG_STATE_HOME/rill/daemon-MACHINE` (`daemon` without a machine id).
+pub fn daemon_cache(machine_id: Option<&str>) -> PathBuf {
+    // (A machine id is only a name here: nothing in it can leave the directory.)
+    let safe = |id: &str| id.replace(|c: char| !(c.is_ascii_alphanumeric() || "_.-".contains(c)), "_");
+    let name = machine_id.map_or_else(|| "daemon".to_owned(), |id| format!("daemon-{}", safe(id)));
+    xdg("XDG_STATE_HOME", ".local/state").join(name)
+}

@@ -13,6 +13,7 @@ mod dirs;
 mod output;
 mod remote;
 mod run;
+mod tokens;
 mod updown;
 
 use std::path::PathBuf;
@@ -52,6 +53,10 @@ enum Commands {
     /// Run the coordinator (cluster state; HTTP and WebSocket on one port).
     Coordinator(remote::CoordinatorArgs),
     /// Run a daemon: registers with the coordinator and runs nodes on this machine.
+    ///
+    /// Exit codes when the coordinator refuses it for good: 2 already_connected,
+    /// 3 protocol_mismatch, 4 unauthorized, 5 untrusted coordinator, 6 revoked,
+    /// 7 expired, 8 already bound to another machine, 9 other.
     Daemon(remote::DaemonArgs),
     /// Show the coordinator and its connected daemons.
     Status(remote::StatusArgs),
@@ -69,6 +74,11 @@ enum Commands {
     Up(updown::UpArgs),
     /// Stop what `rill up` started.
     Destroy(updown::DestroyArgs),
+    /// Join tokens for daemons: create, list, revoke.
+    Token {
+        #[command(subcommand)]
+        command: tokens::TokenCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -97,6 +107,7 @@ fn main() -> ExitCode {
         Commands::Logs(args) => remote::logs(args),
         Commands::Up(args) => updown::up(args),
         Commands::Destroy(args) => updown::destroy(args),
+        Commands::Token { command } => tokens::run(command),
     };
     match result {
         Ok(code) => code,

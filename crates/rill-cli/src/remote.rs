@@ -73,6 +73,16 @@ pub struct DaemonArgs {
     /// Print only errors.
     #[arg(long)]
     quiet: bool,
+    /// File (mode 0600) with the join token `rill token create` printed
+    /// [env: RILL_JOIN_TOKEN holds the token itself]. Needed once: the
+    /// daemon enrolls its key and connects with its certificate afterwards.
+    #[arg(long, value_name = "PATH")]
+    join_token_file: Option<PathBuf>,
+    /// Where the daemon keeps its key and certificate (0700, files 0600)
+    /// [default: $XDG_STATE_HOME/rill/daemon-MACHINE, by default
+    /// ~/.local/state/rill/daemon-MACHINE].
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -105,15 +115,16 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     let identity = rill_auth::CoordinatorIdentity::load_or_create(&state_dir, &names)
         .with_context(|| format!("cannot set up the cluster identity in {}", state_dir.display()))?;
     let fingerprint = identity.ca.fingerprint();
-    if identity.created {
-        note!("rill coordinator: created a cluster CA and an admin token in {}", state_dir.display());
-    }
+    let created = identity.created;
     let security = rill_coordinator::Security { identity: std::sync::Arc::new(identity), plaintext: args.insecure_plaintext };
     runtime()?.block_on(async move {
         let shown_store = store.to_string();
         let settings = rill_coordinator::Settings { lost_timeout, keep_ended: args.keep_ended, recovery_backoff };
         let config = rill_coordinator::CoordinatorConfig { bind, store, settings, security };
         let listening = rill_coordinator::Listening::bind(config).await?;
+        if created {
+            note!("rill coordinator: created a cluster CA and an admin token in {}", state_dir.display());
+        }
         if args.insecure_plaintext {
             note!(
                 "rill coordinator: WARNING: --insecure-plaintext: nothing between this coordinator, its daemons and \
@@ -141,10 +152,11 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
 
 pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     let labels = rill_core::parse_labels(&args.labels).map_err(|e| anyhow::anyhow!("--labels: {e}"))?;
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(|| crate::dirs::daemon_cache(args.machine_id.as_deref()));
     let config = DaemonConfig {
         machine_id: args.machine_id,
         labels,
-        coordinator: std::sync::Arc::new(args.coordinator.daemon_access()?),
+        coordinator: std::sync::Arc::new(args.coordinator.daemon_access(args.join_token_file.as_deref(), cache_dir)?),
         data_port: args.data_port,
     };
     let quiet = args.quiet;
@@ -206,7 +218,7 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(rejected) => {
             note!("error: {rejected}");
-            Ok(ExitCode::from(2))
+            Ok(ExitCode::from(rejected.exit_code()))
         }
     }
 }
@@ -291,7 +303,7 @@ pub struct StopArgs {
 }
 
 /// One request to the coordinator; a refusal becomes an error with its text.
-fn request(coordinator: &ControlAccess, request: ControlRequest) -> anyhow::Result<ControlResponse> {
+pub fn request(coordinator: &ControlAccess, request: ControlRequest) -> anyhow::Result<ControlResponse> {
     runtime()?.block_on(async {
         let mut client = coordinator.connect().await?;
         Ok(client.request(&request).await?)
@@ -307,7 +319,7 @@ fn print_placement(placement: &[NodePlacement]) {
 }
 
 /// Columns as wide as their widest cell, two spaces apart.
-fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+pub fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
     let mut widths = header.map(|h| h.chars().count());
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {

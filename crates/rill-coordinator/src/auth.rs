@@ -93,11 +93,40 @@ pub fn control(security: &Security, headers: &HeaderMap) -> Result<(), Refusal> 
 /// How a daemon proved who it is.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DaemonCredential {
+    /// The admin token (a daemon on the coordinator's machine).
     Admin,
+    /// A join token, not enrolled with yet or enrolling again with the
+    /// same key: the daemon sends its key and gets a certificate.
+    Join { token: String },
+    /// The certificate issued under this token.
+    Certificate { token: String },
 }
 
-/// Lets a daemon in.
-pub fn daemon(security: &Security, headers: &HeaderMap) -> Result<DaemonCredential, Refusal> {
+impl From<crate::tokens::Refused> for Refusal {
+    fn from(refused: crate::tokens::Refused) -> Self {
+        Refusal { code: refused.code, message: refused.message }
+    }
+}
+
+/// Lets a daemon in: its certificate if it presents one this cluster
+/// issued, else its bearer credential.
+pub fn daemon(
+    security: &Security,
+    headers: &HeaderMap,
+    certificate: Option<&Fingerprint>,
+    tokens: &crate::tokens::Tokens,
+    now_ms: u64,
+) -> Result<DaemonCredential, Refusal> {
+    if let Some(cert) = certificate {
+        match tokens.by_cert(cert, now_ms) {
+            Ok(record) => return Ok(DaemonCredential::Certificate { token: record.name.clone() }),
+            // Enrolled but no longer allowed: the refusal says why.
+            Err(refused) if refused.code != ErrorCode::Unauthorized => return Err(refused.into()),
+            // Unknown (a store that was lost): a token may enroll it again.
+            Err(refused) if bearer(headers).is_none() => return Err(refused.into()),
+            Err(_) => {}
+        }
+    }
     match bearer(headers) {
         None => Err(Refusal::new(
             ErrorCode::Unauthorized,
@@ -105,6 +134,18 @@ pub fn daemon(security: &Security, headers: &HeaderMap) -> Result<DaemonCredenti
              or the certificate it enrolled with",
         )),
         Some(_) if is_admin(security, headers) => Ok(DaemonCredential::Admin),
+        Some(text) if text.starts_with("rill1.") => {
+            let token: rill_auth::JoinToken =
+                text.parse().map_err(|e: rill_auth::AuthError| Refusal::new(ErrorCode::Unauthorized, e.to_string()))?;
+            if token.ca != security.fingerprint() {
+                return Err(Refusal::new(
+                    ErrorCode::Unauthorized,
+                    format!("this join token is for another cluster (CA {}, this one is {})", token.ca, security.fingerprint()),
+                ));
+            }
+            let record = tokens.check(&token.name, &token.secret, now_ms)?;
+            Ok(DaemonCredential::Join { token: record.name.clone() })
+        }
         Some(_) => Err(Refusal::new(
             ErrorCode::Unauthorized,
             "unknown credential: not a join token or admin token of this cluster",

@@ -13,6 +13,7 @@ mod logs;
 mod persist;
 mod server;
 mod store;
+mod tokens;
 
 pub use auth::Security;
 pub use names::server_names;

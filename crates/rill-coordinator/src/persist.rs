@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 
 use crate::dataflows::DataflowRecord;
 use crate::store::Store;
+use crate::tokens::TokenRecord;
 
 /// Changes queued for the writer. A full queue (the disk is far behind)
 /// drops a queued-only change; the next change of that dataflow stores it.
@@ -21,6 +22,7 @@ const BATCH: usize = 256;
 
 enum Change {
     Save(Box<DataflowRecord>),
+    SaveToken(Box<TokenRecord>),
     Delete(String),
     /// Nothing: answered once everything queued before it is written.
     Flush,
@@ -72,6 +74,12 @@ impl Persister {
         }
     }
 
+    /// Stores a token record; resolves once it is stored (a token is never
+    /// shown, nor a certificate issued, before its record is safe).
+    pub fn save_token(&self, token: &TokenRecord) -> impl std::future::Future<Output = Result<(), String>> + use<> {
+        self.confirmed(Change::SaveToken(Box::new(token.clone())))
+    }
+
     /// Queues `record` now (so it is ordered with the changes queued before
     /// and after this call) and returns a future that resolves once it is
     /// stored; `Err` says why not.
@@ -79,8 +87,12 @@ impl Persister {
         &self,
         record: &DataflowRecord,
     ) -> impl std::future::Future<Output = Result<(), String>> + use<> {
+        self.confirmed(Change::Save(Box::new(record.clone())))
+    }
+
+    fn confirmed(&self, change: Change) -> impl std::future::Future<Output = Result<(), String>> + use<> {
         let (done, result) = oneshot::channel();
-        let job = Job { change: Change::Save(Box::new(record.clone())), done: Some(done) };
+        let job = Job { change, done: Some(done) };
         let queued = match self.tx.try_send(job) {
             Ok(()) => Ok(result),
             Err(TrySendError::Full(_)) => Err(format!("the store is {QUEUE} changes behind")),
@@ -105,16 +117,25 @@ fn write_batches(store: &Store, rx: &Receiver<Job>) {
         }
         // The last change of each dataflow wins.
         let mut newest: BTreeMap<&str, Option<&DataflowRecord>> = BTreeMap::new();
+        let mut tokens: BTreeMap<&str, &TokenRecord> = BTreeMap::new();
         for job in &jobs {
             match &job.change {
-                Change::Save(record) => newest.insert(record.uuid.as_str(), Some(&**record)),
-                Change::Delete(uuid) => newest.insert(uuid.as_str(), None),
-                Change::Flush => None,
-            };
+                Change::Save(record) => {
+                    newest.insert(record.uuid.as_str(), Some(&**record));
+                }
+                Change::SaveToken(token) => {
+                    tokens.insert(token.name.as_str(), &**token);
+                }
+                Change::Delete(uuid) => {
+                    newest.insert(uuid.as_str(), None);
+                }
+                Change::Flush => {}
+            }
         }
+        let tokens: Vec<&TokenRecord> = tokens.into_values().collect();
         let saves: Vec<&DataflowRecord> = newest.values().flatten().copied().collect();
         let deletes: Vec<&str> = newest.iter().filter(|(_, r)| r.is_none()).map(|(uuid, _)| *uuid).collect();
-        let result = store.write(&saves, &deletes).map_err(|e| e.to_string());
+        let result = store.write(&saves, &deletes, &tokens).map_err(|e| e.to_string());
         if let Err(e) = &result {
             eprintln!("rill coordinator: {e}");
         }

@@ -20,7 +20,7 @@ use rill_proto::coord::{
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::auth::Security;
+use crate::auth::{DaemonCredential, Security};
 use crate::cluster::Cluster;
 use crate::listener::{Peer, SecureListener};
 use crate::dataflows::{
@@ -28,6 +28,8 @@ use crate::dataflows::{
 };
 use crate::persist::Persister;
 use crate::store::Store;
+use crate::tokens::{Binding, Refused, Tokens};
+use std::collections::BTreeMap;
 
 /// The first message of a connection must come within this.
 const HELLO_LIMIT: Duration = Duration::from_secs(10);
@@ -116,6 +118,10 @@ struct App {
     /// How often daemons and the coordinator hear from each other.
     heartbeat: Duration,
     security: Security,
+    tokens: Mutex<Tokens>,
+    /// The join token each connected daemon came in with (revoking or
+    /// expiring it disconnects the daemon).
+    token_of: Mutex<BTreeMap<String, String>>,
 }
 
 impl App {
@@ -131,6 +137,15 @@ impl App {
 
     fn logs(&self) -> MutexGuard<'_, crate::logs::Logs> {
         self.logs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    // Taken alone: never while holding another lock.
+    fn tokens(&self) -> MutexGuard<'_, Tokens> {
+        self.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn token_of(&self) -> MutexGuard<'_, BTreeMap<String, String>> {
+        self.token_of.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Queues a changed record for the store; a failure is logged, not
@@ -217,6 +232,7 @@ pub async fn serve_until(
 ) -> Result<(), ServeError> {
     let listener = SecureListener::start(listener, security.server_config()?)?;
     let dataflows = Dataflows::restore(store.load()?, Instant::now(), settings.lost_timeout, settings.recovery_backoff);
+    let tokens = Tokens::restore(store.load_tokens()?);
     let app = Arc::new(App {
         cluster: Mutex::new(Cluster::default()),
         dataflows: Mutex::new(dataflows),
@@ -225,6 +241,8 @@ pub async fn serve_until(
         started: Instant::now(),
         heartbeat: rill_proto::coord::heartbeat_interval(),
         security,
+        tokens: Mutex::new(tokens),
+        token_of: Mutex::default(),
     });
     let expirer = app.clone();
     tokio::spawn(async move {
@@ -232,6 +250,7 @@ pub async fn serve_until(
         loop {
             tick.tick().await;
             retry_recovery(&expirer);
+            disconnect_expired(&expirer);
             let pruned = expirer.dataflows().prune(settings.keep_ended);
             if !pruned.is_empty() {
                 let mut logs = expirer.logs();
@@ -290,11 +309,19 @@ async fn daemon_ws(
     ConnectInfo(peer): ConnectInfo<Peer>,
     State(app): State<Arc<App>>,
 ) -> Response {
-    if let Err(refusal) = crate::auth::daemon(&app.security, &headers) {
-        eprintln!("rill coordinator: refused a daemon from {}: {}", peer.addr, refusal.message);
-        return refusal.into_response();
-    }
-    ws.max_message_size(rill_proto::coord::MAX_DAEMON_MESSAGE).on_upgrade(move |socket| handle_daemon(socket, app))
+    let checked = {
+        let tokens = app.tokens();
+        crate::auth::daemon(&app.security, &headers, peer.client_cert.as_ref(), &tokens, now_ms())
+    };
+    let credential = match checked {
+        Ok(credential) => credential,
+        Err(refusal) => {
+            eprintln!("rill coordinator: refused a daemon from {}: {}", peer.addr, refusal.message);
+            return refusal.into_response();
+        }
+    };
+    ws.max_message_size(rill_proto::coord::MAX_DAEMON_MESSAGE)
+        .on_upgrade(move |socket| handle_daemon(socket, app, credential))
 }
 
 async fn control_ws(ws: WebSocketUpgrade, headers: HeaderMap, State(app): State<Arc<App>>) -> Response {
@@ -325,13 +352,13 @@ async fn next_json<T: serde::de::DeserializeOwned>(
     }
 }
 
-async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
+async fn handle_daemon(socket: WebSocket, app: Arc<App>, credential: DaemonCredential) {
     let (mut sink, mut stream) = socket.split();
     let first = tokio::time::timeout(HELLO_LIMIT, next_json::<DaemonMessage>(&mut stream)).await;
     let Ok(Some(first)) = first else { return };
-    let (hello, running) = match first {
-        Ok(DaemonMessage::Register { protocol, version, machine_id, labels, zenoh_endpoint, running }) => {
-            (crate::cluster::Hello { protocol, version, machine_id, labels, zenoh_endpoint }, running)
+    let (mut hello, running, enroll_key) = match first {
+        Ok(DaemonMessage::Register { protocol, version, machine_id, labels, zenoh_endpoint, running, enroll_key }) => {
+            (crate::cluster::Hello { protocol, version, machine_id, labels, zenoh_endpoint }, running, enroll_key)
         }
         Ok(other) => {
             let message = format!("expected register, got {other:?}");
@@ -347,6 +374,19 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
             return;
         }
     };
+    // (A daemon of another protocol is refused by `admit`, unenrolled.)
+    let certificate = match hello.protocol == COORD_PROTOCOL_VERSION {
+        true => match authorize(&app, &credential, &mut hello, enroll_key.as_deref()).await {
+            Ok(certificate) => certificate,
+            Err(refused) => {
+                let name = hello.machine_id.as_deref().unwrap_or("(no machine id)");
+                eprintln!("rill coordinator: refused daemon {name}: {}", refused.message);
+                send_json(&mut sink, &CoordinatorMessage::Error { code: refused.code, message: refused.message }).await;
+                return;
+            }
+        },
+        false => None,
+    };
     let (tx, mut rx) = mpsc::channel(crate::cluster::DAEMON_QUEUE);
     let machine_id = hello.machine_id.clone();
     let daemon_id = match admit(&app, hello, tx).await {
@@ -356,8 +396,13 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
             return;
         }
     };
+    if let DaemonCredential::Join { token } | DaemonCredential::Certificate { token } = &credential {
+        app.token_of().insert(daemon_id.clone(), token.clone());
+    }
     let peers = app.cluster().peers_of(&daemon_id);
-    if !send_json(&mut sink, &CoordinatorMessage::Registered { daemon_id: daemon_id.clone(), peers }).await {
+    let registered = CoordinatorMessage::Registered { daemon_id: daemon_id.clone(), peers, certificate };
+    if !send_json(&mut sink, &registered).await {
+        app.token_of().remove(&daemon_id);
         // A start may have placed nodes on it meanwhile.
         if app.cluster().disconnected(&daemon_id) {
             write_off(&app, &daemon_id, DAEMON_UNREACHABLE);
@@ -435,6 +480,11 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
                 }
             }
             outgoing = rx.recv() => match outgoing {
+                // Its token was revoked or expired: told why, then gone.
+                Some(msg @ CoordinatorMessage::Error { .. }) => {
+                    let _ = tokio::time::timeout(silence, send_json(&mut sink, &msg)).await;
+                    break;
+                }
                 // A daemon that stops reading must not wedge this loop.
                 Some(msg) => if !matches!(tokio::time::timeout(silence, send_json(&mut sink, &msg)).await, Ok(true)) {
                     break;
@@ -450,9 +500,98 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>) {
             }
         }
     }
+    app.token_of().remove(&daemon_id);
     if app.cluster().disconnected(&daemon_id) {
         let reason = if leaving { DAEMON_SHUT_DOWN } else { DAEMON_UNREACHABLE };
         write_off(&app, &daemon_id, reason);
+    }
+}
+
+/// Unix time in ms (token deadlines are wall-clock deadlines).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Checks a registering daemon against the token it came with: a join
+/// token enrolls its key (bound, certificate signed and stored before it is
+/// sent); a certificate must be for this machine. A token's labels are the
+/// only ones its daemon may claim (claiming none gets them all). Returns
+/// the new certificate, if one was signed.
+async fn authorize(
+    app: &App,
+    credential: &DaemonCredential,
+    hello: &mut crate::cluster::Hello,
+    enroll_key: Option<&str>,
+) -> Result<Option<String>, Refused> {
+    let refuse = |code, message: String| Err(Refused { code, message });
+    let (token, enrolling) = match credential {
+        DaemonCredential::Admin => return Ok(None),
+        DaemonCredential::Join { token } => (token, true),
+        DaemonCredential::Certificate { token } => (token, false),
+    };
+    let Some(machine) = hello.machine_id.clone() else {
+        return refuse(ErrorCode::BadRequest, "a daemon that joins with a token needs --machine-id".into());
+    };
+    let Some(record) = app.tokens().get(token).cloned() else {
+        return refuse(ErrorCode::Unauthorized, format!("token {token} is gone"));
+    };
+    if let Some(allowed) = &record.labels {
+        if hello.labels.is_empty() {
+            hello.labels = allowed.clone();
+        } else if let Some((key, value)) = hello.labels.iter().find(|(k, v)| allowed.get(*k) != Some(*v)) {
+            let granted = rill_core::format_labels(allowed);
+            return refuse(
+                ErrorCode::Unauthorized,
+                format!("label {key}={value} is not granted by token {token} (it grants {granted})"),
+            );
+        }
+    }
+    if !enrolling {
+        return match &record.bound {
+            Some(bound) if bound.machine_id == machine => Ok(None),
+            Some(bound) => refuse(
+                ErrorCode::AlreadyBound,
+                format!("this certificate is machine {}'s, not {machine}'s", bound.machine_id),
+            ),
+            None => refuse(ErrorCode::Unauthorized, "this certificate is not enrolled".into()),
+        };
+    }
+    let Some(key_hex) = enroll_key else {
+        return refuse(ErrorCode::BadRequest, "a daemon enrolling with a join token sends its key; this one sent none".into());
+    };
+    let bad_key = |e: rill_auth::AuthError| Refused { code: ErrorCode::BadRequest, message: e.to_string() };
+    let (raw, key) = rill_auth::enroll::key_fingerprint(key_hex).map_err(bad_key)?;
+    app.tokens().may_enroll(token, &machine, &key, now_ms())?;
+    let pem = app.security.identity.ca.sign_daemon(&machine, &raw).map_err(bad_key)?;
+    let cert = rill_auth::enroll::cert_fingerprint(&pem).map_err(bad_key)?;
+    let binding =
+        Binding { machine_id: machine.clone(), key: key.to_string(), cert: cert.to_string(), enrolled_ms: now_ms() };
+    let Some(bound) = app.tokens().bind(token, binding) else {
+        return refuse(ErrorCode::Unauthorized, format!("token {token} is gone"));
+    };
+    if let Err(e) = app.persister.save_token(&bound).await {
+        return refuse(ErrorCode::Internal, format!("cannot store the enrollment: {e}"));
+    }
+    eprintln!("rill coordinator: machine {machine} enrolled with token {token} (key {key})");
+    Ok(Some(pem))
+}
+
+/// Disconnects daemons whose token expired while they were connected.
+fn disconnect_expired(app: &App) {
+    let now = now_ms();
+    let expired: Vec<(String, String)> = {
+        let connected = app.token_of().clone();
+        let tokens = app.tokens();
+        connected
+            .into_iter()
+            .filter(|(_, token)| tokens.get(token).is_none_or(|r| r.state(now) == rill_proto::coord::TokenState::Expired))
+            .collect()
+    };
+    for (daemon, token) in expired {
+        eprintln!("rill coordinator: token {token} expired: disconnecting {daemon}");
+        let message = format!("token {token} has expired");
+        app.token_of().remove(&daemon);
+        app.cluster().send(&daemon, CoordinatorMessage::Error { code: ErrorCode::Expired, message });
     }
 }
 
@@ -571,6 +710,9 @@ async fn handle_control(socket: WebSocket, app: Arc<App>) {
             Ok(ControlRequest::List) => ControlResponse::List { dataflows: app.dataflows().list() },
             Ok(ControlRequest::Stop { dataflow }) => stop(&app, &dataflow).await,
             Ok(ControlRequest::Restart { dataflow }) => restart(&app, &dataflow).await,
+            Ok(ControlRequest::TokenCreate { name, ttl_ms, labels }) => create_token(&app, &name, ttl_ms, labels).await,
+            Ok(ControlRequest::TokenList) => ControlResponse::Tokens { tokens: app.tokens().list(now_ms()) },
+            Ok(ControlRequest::TokenRevoke { name }) => revoke_token(&app, &name).await,
             // Answered above.
             Ok(ControlRequest::Logs { .. }) => continue,
             Err(e) => ControlResponse::Error { code: ErrorCode::BadRequest, message: e },
@@ -579,6 +721,55 @@ async fn handle_control(socket: WebSocket, app: Arc<App>) {
             break;
         }
     }
+}
+
+fn refused(refused: Refused) -> ControlResponse {
+    ControlResponse::Error { code: refused.code, message: refused.message }
+}
+
+/// Mints a token; it is shown only once its record is stored.
+async fn create_token(
+    app: &App,
+    name: &str,
+    ttl_ms: Option<u64>,
+    labels: Option<BTreeMap<String, String>>,
+) -> ControlResponse {
+    let created = app.tokens().create(name, ttl_ms, labels, app.security.fingerprint(), now_ms());
+    let (token, record) = match created {
+        Ok(created) => created,
+        Err(e) => return refused(e),
+    };
+    if let Err(e) = app.persister.save_token(&record).await {
+        app.tokens().forget(name);
+        return ControlResponse::Error { code: ErrorCode::Internal, message: format!("cannot store the token: {e}") };
+    }
+    eprintln!("rill coordinator: token {name} created");
+    ControlResponse::TokenCreated { token: token.expose(), info: record.info(now_ms()) }
+}
+
+/// Revokes a token (stored first) and disconnects the daemon using it.
+async fn revoke_token(app: &App, name: &str) -> ControlResponse {
+    let revoked = app.tokens().revoke(name);
+    let changed = match revoked {
+        Ok(changed) => changed,
+        Err(e) => return refused(e),
+    };
+    if let Some(record) = &changed
+        && let Err(e) = app.persister.save_token(record).await
+    {
+        return ControlResponse::Error { code: ErrorCode::Internal, message: format!("cannot store the revocation: {e}") };
+    }
+    let holders: Vec<String> =
+        app.token_of().iter().filter(|(_, token)| *token == name).map(|(daemon, _)| daemon.clone()).collect();
+    for daemon in &holders {
+        app.token_of().remove(daemon);
+        let message = format!("token {name} was revoked");
+        app.cluster().send(daemon, CoordinatorMessage::Error { code: ErrorCode::Revoked, message });
+    }
+    if changed.is_some() {
+        eprintln!("rill coordinator: token {name} revoked");
+    }
+    ControlResponse::TokenRevoked { name: name.to_owned(), changed: changed.is_some(), disconnected: holders.into_iter().next() }
 }
 
 /// Sends the kept lines, then (with `follow`) each new one until the
@@ -876,12 +1067,12 @@ mod tests {
     async fn registered_daemons_appear_in_status() {
         let dial = start().await;
         let mut daemon = websocket(&dial, "/api/daemon").await.unwrap();
-        let register = r#"{"type":"register","protocol":3,"version":"0.1.0","machine_id":"b","labels":{"gpu":"true"}}"#;
+        let register = r#"{"type":"register","protocol":4,"version":"0.1.0","machine_id":"b","labels":{"gpu":"true"}}"#;
         daemon.send(WsMessage::Text(register.into())).await.unwrap();
         let Some(Ok(WsMessage::Text(reply))) = daemon.next().await else { panic!("no reply") };
         assert!(reply.contains("registered"), "{reply}");
         let mut cli = websocket(&dial, "/api/control").await.unwrap();
-        cli.send(WsMessage::Text(r#"{"type":"hello","protocol":3}"#.into())).await.unwrap();
+        cli.send(WsMessage::Text(r#"{"type":"hello","protocol":4}"#.into())).await.unwrap();
         let _ = cli.next().await;
         cli.send(WsMessage::Text(r#"{"type":"status"}"#.into())).await.unwrap();
         let Some(Ok(WsMessage::Text(status))) = cli.next().await else { panic!("no status") };

@@ -1,14 +1,17 @@
-//! Where dataflow records survive a coordinator restart: a redb file, or
-//! nothing (`--store memory`, for tests and throwaway setups).
+//! Where dataflow records and join tokens survive a coordinator restart: a
+//! redb file, or nothing (`--store memory`, for tests and throwaway setups).
 
 use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::dataflows::DataflowRecord;
+use crate::tokens::TokenRecord;
 
 /// uuid -> the record as JSON.
 const DATAFLOWS: TableDefinition<&str, &str> = TableDefinition::new("dataflows");
+/// token name -> the record as JSON (a hash, never the secret).
+const TOKENS: TableDefinition<&str, &str> = TableDefinition::new("tokens");
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -46,14 +49,27 @@ impl Store {
         })?;
         let txn = db.begin_write().map_err(io)?;
         txn.open_table(DATAFLOWS).map_err(io)?;
+        txn.open_table(TOKENS).map_err(io)?;
         txn.commit().map_err(io)?;
         Ok(Store::Redb(db))
     }
 
     /// Writes records and removes others in one transaction (durably: one fsync).
-    pub fn write(&self, records: &[&DataflowRecord], deletes: &[&str]) -> Result<(), StoreError> {
+    pub fn write(
+        &self,
+        records: &[&DataflowRecord],
+        deletes: &[&str],
+        tokens: &[&TokenRecord],
+    ) -> Result<(), StoreError> {
         let Store::Redb(db) = self else { return Ok(()) };
         let txn = db.begin_write().map_err(io)?;
+        {
+            let mut table = txn.open_table(TOKENS).map_err(io)?;
+            for token in tokens {
+                let json = serde_json::to_string(token).map_err(io)?;
+                table.insert(token.name.as_str(), json.as_str()).map_err(io)?;
+            }
+        }
         {
             let mut table = txn.open_table(DATAFLOWS).map_err(io)?;
             for record in records {
@@ -82,5 +98,21 @@ impl Store {
         }
         records.sort_by_key(|r| r.started_ms);
         Ok(records)
+    }
+
+    /// Every stored join token.
+    pub fn load_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let Store::Redb(db) = self else { return Ok(Vec::new()) };
+        let txn = db.begin_read().map_err(io)?;
+        let table = txn.open_table(TOKENS).map_err(io)?;
+        let mut tokens = Vec::new();
+        for entry in table.iter().map_err(io)? {
+            let (_, value) = entry.map_err(io)?;
+            match serde_json::from_str::<TokenRecord>(value.value()) {
+                Ok(token) => tokens.push(token),
+                Err(e) => eprintln!("rill coordinator: skipping an unreadable stored token: {e}"),
+            }
+        }
+        Ok(tokens)
     }
 }

@@ -113,7 +113,7 @@ impl Tokens {
         if self.records.contains_key(name) {
             return Err(Refused::new(
                 ErrorCode::NameInUse,
-                format!("a token named {name} exists already: pick another name, or `rill token revoke {name}` first"),
+                format!("a token named {name} exists already (see `rill token list`): pick another name"),
             ));
         }
         if self.records.len() >= MAX_TOKENS {

@@ -1,12 +1,19 @@
 //! How the daemon proves who it is and checks the coordinator, worked out
 //! again for every connection attempt (a coordinator on this machine may
 //! not have written its state yet; an enrolled daemon switches to its
-//! certificate).
+//! certificate). In order:
+//!
+//! 1. the certificate it enrolled with (in its identity directory), over
+//!    mutual TLS, the CA it enrolled with pinned;
+//! 2. its join token: the CA fingerprint the token carries is pinned, so
+//!    the secret goes only to the right coordinator; it sends its public key
+//!    and keeps the certificate it gets back;
+//! 3. the admin token of a coordinator on this machine.
 
 use std::path::PathBuf;
 
 use rill_auth::dial::Dial;
-use rill_auth::{ClusterCa, Fingerprint};
+use rill_auth::{ClusterCa, Fingerprint, JoinToken};
 
 #[derive(Debug, Clone, Default)]
 pub struct Access {
@@ -20,6 +27,31 @@ pub struct Access {
     /// pinned and its admin token is the credential (the same user can
     /// read both anyway).
     pub local_state: Option<PathBuf>,
+    /// The join token (`--join-token-file`, `RILL_JOIN_TOKEN`).
+    pub join: Option<JoinToken>,
+    /// Where enrolled identities are kept: one directory per cluster CA
+    /// (`<root>/<first 16 hex digits of its fingerprint>`) with the key,
+    /// the certificate and the CA pin, so joining another cluster never
+    /// mixes them up.
+    pub identity_root: Option<PathBuf>,
+}
+
+/// How to connect this time.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub dial: Dial,
+    /// The public key to enroll (hex), with a join token.
+    pub enroll_key: Option<String>,
+}
+
+impl From<Dial> for Attempt {
+    fn from(dial: Dial) -> Self {
+        Self { dial, enroll_key: None }
+    }
+}
+
+fn permanent(e: impl std::fmt::Display) -> AccessProblem {
+    AccessProblem { message: e.to_string(), transient: false }
 }
 
 /// Why there is no way to connect.
@@ -37,7 +69,66 @@ impl Access {
         FixedAccess(dial)
     }
 
-    pub fn dial(&self) -> Result<Dial, AccessProblem> {
+    /// The identity directory for the cluster this daemon joins: the
+    /// token's or the pinned CA's; with neither, the one cluster it
+    /// enrolled in (unless it is the local coordinator's daemon).
+    fn identity_dir(&self) -> Option<PathBuf> {
+        let root = self.identity_root.as_ref()?;
+        match self.join.as_ref().map(|t| t.ca).or(self.pin) {
+            Some(ca) => Some(root.join(&ca.hex()[..16])),
+            None if self.local_state.is_some() => None,
+            None => {
+                let mut dirs = std::fs::read_dir(root).ok()?.flatten().map(|e| e.path()).filter(|p| p.is_dir());
+                let only = dirs.next()?;
+                dirs.next().is_none().then_some(only)
+            }
+        }
+    }
+
+    pub fn attempt(&self) -> Result<Attempt, AccessProblem> {
+        let identity_dir = self.identity_dir();
+        if let Some(dir) = &identity_dir
+            && !self.plaintext
+            && let Some((identity, pin)) = rill_auth::enroll::load_enrolled(dir).map_err(permanent)?
+        {
+            self.check_pin(pin)?;
+            let tls = rill_auth::tls::client_config(pin, Some(&identity)).map_err(permanent)?;
+            return Ok(Dial { addr: self.addr.clone(), tls: Some(tls), bearer: None }.into());
+        }
+        if let Some(token) = &self.join {
+            self.check_pin(token.ca)?;
+            let Some(dir) = &identity_dir else {
+                return Err(permanent("a daemon that joins with a token needs a cache directory for its key"));
+            };
+            let key = rill_auth::enroll::DaemonKey::load_or_create(dir).map_err(permanent)?;
+            let tls = match self.plaintext {
+                true => None,
+                false => Some(rill_auth::tls::client_config(token.ca, None).map_err(permanent)?),
+            };
+            let dial = Dial { addr: self.addr.clone(), tls, bearer: Some(token.expose()) };
+            return Ok(Attempt { dial, enroll_key: Some(key.public_hex()) });
+        }
+        self.dial().map(Attempt::from)
+    }
+
+    /// A fingerprint given on the command line must agree with the token's
+    /// (or the enrolled one's).
+    fn check_pin(&self, pin: Fingerprint) -> Result<(), AccessProblem> {
+        match self.pin {
+            Some(given) if given != pin => Err(permanent(format!(
+                "--coordinator-fingerprint {given} is not the cluster CA this daemon joins ({pin})"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Keeps the certificate the coordinator signed at enrollment.
+    pub fn enrolled(&self, certificate: &str) -> Result<(), AccessProblem> {
+        let (Some(dir), Some(token)) = (self.identity_dir(), &self.join) else { return Ok(()) };
+        rill_auth::enroll::save_certificate(&dir, certificate, token.ca).map_err(permanent)
+    }
+
+    fn dial(&self) -> Result<Dial, AccessProblem> {
         let waiting = |dir: &std::path::Path, what: &str| AccessProblem {
             message: format!(
                 "waiting for the coordinator on this machine: no {what} in {} yet (it writes them at its first start)",
@@ -97,7 +188,9 @@ pub struct FixedAccess(pub Dial);
 /// What the connection loop asks for a dial.
 pub trait Dialer: Send + Sync + std::fmt::Debug {
     fn addr(&self) -> &str;
-    fn dial(&self) -> Result<Dial, AccessProblem>;
+    fn attempt(&self) -> Result<Attempt, AccessProblem>;
+    /// The coordinator signed `certificate` for the enrolled key.
+    fn enrolled(&self, certificate: &str) -> Result<(), AccessProblem>;
 }
 
 impl Dialer for Access {
@@ -105,8 +198,12 @@ impl Dialer for Access {
         &self.addr
     }
 
-    fn dial(&self) -> Result<Dial, AccessProblem> {
-        Access::dial(self)
+    fn attempt(&self) -> Result<Attempt, AccessProblem> {
+        Access::attempt(self)
+    }
+
+    fn enrolled(&self, certificate: &str) -> Result<(), AccessProblem> {
+        Access::enrolled(self, certificate)
     }
 }
 
@@ -115,8 +212,12 @@ impl Dialer for FixedAccess {
         &self.0.addr
     }
 
-    fn dial(&self) -> Result<Dial, AccessProblem> {
-        Ok(self.0.clone())
+    fn attempt(&self) -> Result<Attempt, AccessProblem> {
+        Ok(self.0.clone().into())
+    }
+
+    fn enrolled(&self, _: &str) -> Result<(), AccessProblem> {
+        Ok(())
     }
 }
 

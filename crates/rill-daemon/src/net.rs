@@ -64,10 +64,31 @@ pub enum ConnectionEvent {
 
 /// The coordinator refused this daemon for good.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("the coordinator refused this daemon ({code:?}): {message}")]
+#[error("the coordinator refused this daemon ({}): {message}", code.name())]
 pub struct Rejected {
     pub code: ErrorCode,
     pub message: String,
+}
+
+impl Rejected {
+    /// The daemon's exit code for this refusal, one per kind, so a service
+    /// manager or script can tell them apart (documented in docs/security.md).
+    pub fn exit_code(&self) -> u8 {
+        match self.code {
+            ErrorCode::AlreadyConnected => 2,
+            ErrorCode::ProtocolMismatch => 3,
+            ErrorCode::Unauthorized => 4,
+            ErrorCode::Untrusted => 5,
+            ErrorCode::Revoked => 6,
+            ErrorCode::Expired => 7,
+            ErrorCode::AlreadyBound => 8,
+            ErrorCode::BadRequest
+            | ErrorCode::NotFound
+            | ErrorCode::Placement
+            | ErrorCode::NameInUse
+            | ErrorCode::Internal => 9,
+        }
+    }
 }
 
 /// A dial failure that trying again cannot fix: the credential was refused
@@ -344,12 +365,12 @@ async fn connect_once(
     let heartbeat_every = rill_proto::coord::heartbeat_interval();
     let silence = heartbeat_every * SILENT_HEARTBEATS;
     // A stopped or partitioned coordinator may accept TCP and say nothing.
-    let dial = match config.coordinator.dial() {
-        Ok(dial) => dial,
+    let attempt = match config.coordinator.attempt() {
+        Ok(attempt) => attempt,
         Err(problem) if problem.transient => return lost(problem.message, false),
         Err(problem) => return Ended::Rejected(Rejected { code: ErrorCode::Unauthorized, message: problem.message }),
     };
-    let ws = match tokio::time::timeout(silence, rill_auth::dial::websocket(&dial, "/api/daemon")).await {
+    let ws = match tokio::time::timeout(silence, rill_auth::dial::websocket(&attempt.dial, "/api/daemon")).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => match refusal(&e) {
             Some(rejected) => return Ended::Rejected(rejected),
@@ -369,6 +390,7 @@ async fn connect_once(
         labels: config.labels.clone(),
         zenoh_endpoint: endpoint.clone(),
         running: shares.owned(),
+        enroll_key: attempt.enroll_key,
     };
     if let Err(e) = send(&mut sink, &register).await {
         return lost(e, false);
@@ -429,7 +451,12 @@ async fn connect_once(
                             break 'conn lost(e, registered);
                         }
                     }
-                    Ok(CoordinatorMessage::Registered { daemon_id, peers }) => {
+                    Ok(CoordinatorMessage::Registered { daemon_id, peers, certificate }) => {
+                        if let Some(pem) = certificate
+                            && let Err(e) = tokio::task::block_in_place(|| config.coordinator.enrolled(&pem))
+                        {
+                            break Ended::Rejected(Rejected { code: ErrorCode::Internal, message: e.message });
+                        }
                         last_heard = tokio::time::Instant::now();
                         registered = true;
                         on_event(ConnectionEvent::Registered { daemon_id });

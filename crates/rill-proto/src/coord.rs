@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the coordinator protocol (CLI and daemons). 2: heartbeats and
 /// probes both ways, `shutting_down`, lost nodes and degraded dataflows.
-/// 3: `finish_recorded`.
-pub const COORD_PROTOCOL_VERSION: u32 = 3;
+/// 3: `finish_recorded`. 4: TLS and credentials, join tokens, enrollment.
+pub const COORD_PROTOCOL_VERSION: u32 = 4;
 /// Default coordinator port (HTTP and WebSocket).
 pub const DEFAULT_PORT: u16 = 6013;
 /// How often daemons and the coordinator send each other a heartbeat, by
@@ -89,6 +89,10 @@ pub enum DaemonMessage {
         /// its (and does not start them again).
         #[serde(default)]
         running: Vec<String>,
+        /// With a join token: the key to enroll (an uncompressed P-256
+        /// point, hex), for which the coordinator signs a certificate.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        enroll_key: Option<String>,
     },
     Heartbeat,
     /// The answer to [`CoordinatorMessage::Ping`].
@@ -142,6 +146,11 @@ pub enum CoordinatorMessage {
         daemon_id: String,
         #[serde(default)]
         peers: Vec<String>,
+        /// The certificate (PEM) the coordinator signed for the key this
+        /// daemon enrolled with its join token; it connects with it from
+        /// now on.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        certificate: Option<String>,
     },
     Spawn(SpawnDataflow),
     StopDataflow {
@@ -202,6 +211,41 @@ pub enum ControlRequest {
         node: Option<String>,
         follow: bool,
     },
+    /// Mint a join token (`ttl_ms: None`: it never expires; `labels`: the
+    /// only labels its daemon may claim).
+    TokenCreate {
+        name: String,
+        ttl_ms: Option<u64>,
+        labels: Option<BTreeMap<String, String>>,
+    },
+    TokenList,
+    /// Revoke a token (idempotent) and disconnect its daemon.
+    TokenRevoke {
+        name: String,
+    },
+}
+
+/// Where a join token is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenState {
+    Unused,
+    Enrolled,
+    Expired,
+    Revoked,
+}
+
+/// A join token as `rill token list` shows it (never its secret).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub name: String,
+    pub state: TokenState,
+    pub created_ms: u64,
+    pub expires_ms: Option<u64>,
+    pub labels: Option<BTreeMap<String, String>>,
+    /// The machine it enrolled, and its key's fingerprint.
+    pub machine_id: Option<String>,
+    pub key_fingerprint: Option<String>,
 }
 
 /// One line of node output.
@@ -330,6 +374,21 @@ pub enum ControlResponse {
     Log(LogLine),
     /// No more lines (the end of the kept lines, without `follow`).
     LogEnd,
+    /// The join token, shown this once.
+    TokenCreated {
+        token: String,
+        info: TokenInfo,
+    },
+    Tokens {
+        tokens: Vec<TokenInfo>,
+    },
+    /// `changed: false`: it was revoked already. `disconnected`: the
+    /// daemon that was connected with it.
+    TokenRevoked {
+        name: String,
+        changed: bool,
+        disconnected: Option<String>,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -358,6 +417,7 @@ mod tests {
             labels: [("gpu".to_owned(), "true".to_owned())].into(),
             zenoh_endpoint: None,
             running: vec![],
+            enroll_key: None,
         };
         let json = serde_json::to_string(&msg).unwrap();
         assert_eq!(

@@ -48,6 +48,14 @@ fn app_on_a_through(
     let daemon_port = relay.as_ref().map_or(port, |r| r.port).to_string();
     let mut daemon = crate::support::rill();
     daemon.args(["daemon", "--machine-id", "a", "--coordinator-port", &daemon_port]);
+    if relay.is_some() {
+        // The relay's port is not the coordinator's: the daemon joins with a
+        // token, as a daemon on another machine would.
+        wait_status(&procs, port, "the coordinator answers", Duration::from_secs(15), |_| true);
+        let token = crate::support::join_token(&procs, port, "a", &["--ttl", "none"]);
+        let cache = procs.dir.path().join("cache-a");
+        daemon.arg("--join-token-file").arg(token).arg("--cache-dir").arg(cache);
+    }
     daemon.envs(relayed.into_iter().flatten().copied());
     procs.start_command("daemon-a", daemon);
     wait_status(&procs, port, "daemon a registered", Duration::from_secs(15), |v| machines(v) == ["a"]);
@@ -541,8 +549,14 @@ fn a_daemon_refuses_an_absurd_spawn_with_the_reasons_and_lives_on() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
     let port = listener.local_addr().expect("addr").port().to_string();
-    // Plaintext: the fake coordinator speaks plain WebSocket.
-    procs.start("daemon", &["daemon", "--machine-id", "a", "--coordinator-port", &port, "--insecure-plaintext"]);
+    // Plaintext: the fake coordinator speaks plain WebSocket and takes any
+    // join token.
+    let ca = "0".repeat(64);
+    let token = format!("rill1.a.{}.{ca}", "1".repeat(64));
+    let mut daemon = crate::support::rill();
+    daemon.args(["daemon", "--machine-id", "a", "--coordinator-port", &port, "--insecure-plaintext"]);
+    daemon.env("RILL_JOIN_TOKEN", token).arg("--cache-dir").arg(procs.dir.path().join("cache"));
+    procs.start_command("daemon", daemon);
     // A NUL in the node id, a zero timer interval, and an id with `*`, as
     // only a buggy or hostile coordinator would send.
     let node = |id: &str, inputs: &str| {

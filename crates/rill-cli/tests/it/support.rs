@@ -30,8 +30,26 @@ pub fn xdg_home() -> PathBuf {
 
 pub fn rill() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rill"));
-    cmd.env("XDG_DATA_HOME", xdg_home().join("data")).env("XDG_CONFIG_HOME", xdg_home().join("config"));
+    cmd.env("XDG_DATA_HOME", xdg_home().join("data"))
+        .env("XDG_CONFIG_HOME", xdg_home().join("config"))
+        .env("XDG_STATE_HOME", xdg_home().join("state"));
     cmd
+}
+
+/// Mints join token `name` on the coordinator on `port` (with `extra`
+/// arguments such as `--ttl`) and writes it into a 0600 file in `dir`.
+pub fn join_token(procs: &Processes, port: u16, name: &str, extra: &[&str]) -> PathBuf {
+    let port_text = port.to_string();
+    let mut args = vec!["token", "create", name, "--json", "--coordinator-port", &port_text];
+    args.extend(extra);
+    let (code, created, stderr) = rill_json(&args);
+    assert_eq!(code, Some(0), "token create: {stderr}\n{}", procs.logs());
+    let token = created["token"].as_str().expect("the token").to_owned();
+    let path = procs.dir.path().join(format!("{name}.token"));
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).expect("token file");
+    std::io::Write::write_all(&mut file, token.as_bytes()).expect("write the token");
+    path
 }
 
 /// How a test reaches the coordinator on `port` as its admin would: TLS
