@@ -10,6 +10,26 @@ use crate::{AuthError, ClusterCa, Issued, Secret, files};
 
 /// The admin credential's file in the state directory.
 pub const ADMIN_TOKEN: &str = "admin.token";
+/// Present while the coordinator runs with `--insecure-plaintext`, so
+/// clients on its machine talk to it the same way without being told.
+pub const PLAINTEXT_MARK: &str = "insecure-plaintext";
+
+/// Records in `dir` whether the coordinator serves plaintext.
+pub fn mark_transport(dir: &Path, plaintext: bool) -> Result<(), AuthError> {
+    let path = dir.join(PLAINTEXT_MARK);
+    match plaintext {
+        true => files::write_private(&path, b"this coordinator runs with --insecure-plaintext\n"),
+        false => match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(AuthError::File { path, source: e }),
+            _ => Ok(()),
+        },
+    }
+}
+
+/// Whether the coordinator whose state is `dir` serves plaintext.
+pub fn serves_plaintext(dir: &Path) -> bool {
+    dir.join(PLAINTEXT_MARK).exists()
+}
 
 pub struct CoordinatorIdentity {
     pub ca: ClusterCa,

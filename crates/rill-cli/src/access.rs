@@ -93,7 +93,8 @@ impl CoordinatorAddr {
         let addr = self.host_port();
         let config = load_config()?;
         let entry = config.coordinators.get(&addr);
-        if self.insecure_plaintext || entry.is_some_and(|e| e.plaintext) {
+        let local_plaintext = self.local_state(&addr).is_some_and(|d| rill_auth::identity::serves_plaintext(&d));
+        if self.insecure_plaintext || local_plaintext || entry.is_some_and(|e| e.plaintext) {
             return Ok(Dial { addr, tls: None, bearer });
         }
         let pin = self.fingerprint(&addr, entry.map(|e| e.fingerprint.as_str()))?;

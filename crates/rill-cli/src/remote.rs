@@ -116,6 +116,7 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot set up the cluster identity in {}", state_dir.display()))?;
     let fingerprint = identity.ca.fingerprint();
     let created = identity.created;
+    rill_auth::identity::mark_transport(&state_dir, args.insecure_plaintext)?;
     let security = rill_coordinator::Security { identity: std::sync::Arc::new(identity), plaintext: args.insecure_plaintext };
     runtime()?.block_on(async move {
         let shown_store = store.to_string();
@@ -241,18 +242,20 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         "plaintext" => println!("transport plaintext (--insecure-plaintext)"),
         _ => println!("transport TLS, cluster CA {ca_fingerprint}"),
     }
-    let rows: Vec<[String; 4]> = daemons
+    let rows: Vec<[String; 6]> = daemons
         .iter()
         .map(|d| {
             [
                 d.daemon_id.clone(),
                 d.machine_id.clone().unwrap_or_else(|| "-".into()),
+                d.version.clone(),
+                d.platform.clone(),
                 rill_core::format_labels(&d.labels),
                 format!("{:.1}s", d.last_heartbeat_ms as f64 / 1000.0),
             ]
         })
         .collect();
-    print_table(["DAEMON", "MACHINE", "LABELS", "LAST HEARTBEAT"], &rows);
+    print_table(["DAEMON", "MACHINE", "VERSION", "PLATFORM", "LABELS", "LAST HEARTBEAT"], &rows);
     println!("{} connected", crate::output::count(daemons.len(), "daemon"));
     let active = dataflows.iter().filter(|d| d.status.is_active()).count();
     println!("{} active, {} known (see `rill list`)", crate::output::count(active, "dataflow"), dataflows.len());

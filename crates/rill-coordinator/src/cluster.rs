@@ -14,6 +14,8 @@ pub struct Hello {
     pub machine_id: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub zenoh_endpoint: Option<String>,
+    /// `os/arch`, as the daemon reports it.
+    pub platform: String,
 }
 
 /// Why a registration is refused.
@@ -46,6 +48,7 @@ struct Connected {
     machine_id: Option<String>,
     labels: BTreeMap<String, String>,
     version: String,
+    platform: String,
     zenoh_endpoint: Option<String>,
     last_heartbeat: Instant,
     /// Probes sent to it (newest last, at most [`PROBES`]), and whether
@@ -82,7 +85,7 @@ impl Cluster {
         tx: mpsc::Sender<CoordinatorMessage>,
         now: Instant,
     ) -> Result<String, RegisterError> {
-        let Hello { protocol, version, machine_id, labels, zenoh_endpoint } = hello;
+        let Hello { protocol, version, machine_id, labels, zenoh_endpoint, platform } = hello;
         if protocol != rill_proto::coord::COORD_PROTOCOL_VERSION {
             return Err(RegisterError::ProtocolMismatch {
                 daemon: protocol,
@@ -102,7 +105,16 @@ impl Cluster {
         };
         self.daemons.insert(
             id.clone(),
-            Connected { machine_id, labels, version, zenoh_endpoint, last_heartbeat: now, probes: Vec::new(), tx },
+            Connected {
+                machine_id,
+                labels,
+                version,
+                platform,
+                zenoh_endpoint,
+                last_heartbeat: now,
+                probes: Vec::new(),
+                tx,
+            },
         );
         Ok(id)
     }
@@ -183,6 +195,7 @@ impl Cluster {
                 machine_id: d.machine_id.clone(),
                 labels: d.labels.clone(),
                 version: d.version.clone(),
+                platform: d.platform.clone(),
                 last_heartbeat_ms: now.duration_since(d.last_heartbeat).as_millis() as u64,
             })
             .collect();

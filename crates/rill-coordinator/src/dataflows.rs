@@ -255,6 +255,23 @@ impl Dataflows {
         self.records.iter().any(|r| r.uuid == uuid)
     }
 
+    /// Whether `node` of dataflow `uuid` was placed on `daemon`: a daemon
+    /// reports only on its own nodes. A machine's daemon owns what was
+    /// placed on its machine (its connection id changes across
+    /// reconnects); a daemon without a machine id, what was placed on its
+    /// connection or on a share it runs.
+    pub fn placed_on(&self, uuid: &str, node: &str, daemon: &str, machine: Option<&str>) -> bool {
+        let Some(record) = self.records.iter().find(|r| r.uuid == uuid) else { return false };
+        record.placement.iter().any(|p| {
+            p.node == node
+                && match (machine, p.machine_id.as_deref()) {
+                    (Some(machine), placed) => placed == Some(machine),
+                    (None, Some(_)) => false,
+                    (None, None) => p.daemon_id == daemon || record.running_on.contains(daemon),
+                }
+        })
+    }
+
     /// Drops the oldest ended records beyond `keep`; returns their uuids.
     pub fn prune(&mut self, keep: usize) -> Vec<String> {
         let ended = self.records.iter().filter(|r| !r.is_active()).count();
@@ -311,6 +328,11 @@ impl Dataflows {
     pub fn reclaimed(&mut self, uuid: &str, daemon: &str, machine_id: Option<&str>) -> (Option<DataflowRecord>, bool) {
         let Some(record) = self.records.iter_mut().find(|r| r.uuid == uuid) else { return (None, true) };
         if !record.is_active() {
+            return (None, true);
+        }
+        // Only a share of its own: a daemon claiming another machine's
+        // dataflow is told to stop it, and nothing changes.
+        if !record.placement.iter().any(|p| p.machine_id.as_deref() == machine_id) {
             return (None, true);
         }
         // Daemon ids change across reconnects; machine ids do not. The old
@@ -464,6 +486,10 @@ impl Dataflows {
     /// this was the last one.
     pub fn daemon_ready(&mut self, uuid: &str, daemon: &str) -> Vec<String> {
         let Some(record) = self.records.iter_mut().find(|r| r.uuid == uuid) else { return Vec::new() };
+        // Only a share's own daemon says it is ready.
+        if !record.running_on.contains(daemon) {
+            return Vec::new();
+        }
         // A share that already ended counts as ready.
         record.ready.insert(daemon.to_owned());
         if !record.running_on.is_subset(&record.ready) {
@@ -575,6 +601,21 @@ mod tests {
             d.start(flow(), Some("app".into()), "/tmp".into(), &daemons()).unwrap_err(),
             StartError::NameInUse("app".into())
         );
+    }
+
+    #[test]
+    fn a_daemon_may_report_only_on_nodes_placed_on_its_machine() {
+        let mut d = Dataflows::default();
+        let (record, _) = d.start(flow(), None, "/".into(), &daemons()).unwrap();
+        assert!(d.placed_on(&record.uuid, "src", "a-1", Some("a")));
+        assert!(d.placed_on(&record.uuid, "src", "a-7", Some("a")), "the same machine after a reconnect");
+        assert!(!d.placed_on(&record.uuid, "src", "b-2", Some("b")), "b's claim on a's node");
+        assert!(!d.placed_on(&record.uuid, "src", "x-1", None));
+        assert!(!d.placed_on(&record.uuid, "nope", "a-1", Some("a")));
+        assert!(!d.placed_on("other", "src", "a-1", Some("a")));
+        let (changed, stop) = d.reclaimed(&record.uuid, "c-1", Some("c"));
+        assert!(changed.is_none() && stop, "a machine with no share of it is told to stop it");
+        assert_eq!(d.daemon_ready(&record.uuid, "c-1"), Vec::<String>::new(), "nor can it be ready");
     }
 
     #[test]

@@ -138,6 +138,20 @@ pub const PLAINTEXT_REFUSED: &str = "this rill coordinator serves HTTPS and WSS 
      (use the CLI, or https://; --insecure-plaintext exists for a whole cluster on a trusted network)";
 
 async fn refuse_plaintext(mut tcp: TcpStream) {
+    use tokio::io::AsyncReadExt;
+    // Read the request first: closing a socket with unread data resets it,
+    // and the client would never see the answer.
+    let mut request = Vec::new();
+    let mut buf = [0u8; 1024];
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while request.len() < 16 * 1024 && !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => request.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
     let body = format!("{PLAINTEXT_REFUSED}\n");
     let response = format!(
         "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -145,6 +159,9 @@ async fn refuse_plaintext(mut tcp: TcpStream) {
     );
     let _ = tcp.write_all(response.as_bytes()).await;
     let _ = tcp.shutdown().await;
+    // Until the client closes (bounded), so nothing it still sends resets the answer.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async { while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {} })
+        .await;
 }
 
 impl axum::serve::Listener for SecureListener {

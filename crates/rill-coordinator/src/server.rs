@@ -357,8 +357,20 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>, credential: DaemonCrede
     let first = tokio::time::timeout(HELLO_LIMIT, next_json::<DaemonMessage>(&mut stream)).await;
     let Ok(Some(first)) = first else { return };
     let (mut hello, running, enroll_key) = match first {
-        Ok(DaemonMessage::Register { protocol, version, machine_id, labels, zenoh_endpoint, running, enroll_key }) => {
-            (crate::cluster::Hello { protocol, version, machine_id, labels, zenoh_endpoint }, running, enroll_key)
+        Ok(DaemonMessage::Register {
+            protocol,
+            version,
+            machine_id,
+            labels,
+            zenoh_endpoint,
+            running,
+            enroll_key,
+            platform,
+        }) => {
+            // Shown as it is: printable and short.
+            let platform: String = platform.chars().filter(|c| !c.is_control()).take(64).collect();
+            let hello = crate::cluster::Hello { protocol, version, machine_id, labels, zenoh_endpoint, platform };
+            (hello, running, enroll_key)
         }
         Ok(other) => {
             let message = format!("expected register, got {other:?}");
@@ -430,6 +442,17 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>, credential: DaemonCrede
     let mut tick = tokio::time::interval(app.heartbeat);
     // It said it is shutting down: what it reports now is lost, not finished.
     let mut leaving = false;
+    // Reports on nodes that are not its own are dropped; the first is logged.
+    let mut forged = 0u64;
+    let mut refuse_report = |what: &str, uuid: &str, node: &str| {
+        if forged == 0 {
+            eprintln!(
+                "rill coordinator: refused a {what} from {daemon_id} about node {node} of dataflow {uuid}: \
+                 not placed on it (further refusals on this connection are not logged)"
+            );
+        }
+        forged += 1;
+    };
     loop {
         tokio::select! {
             incoming = next_json::<DaemonMessage>(&mut stream) => {
@@ -451,6 +474,11 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>, credential: DaemonCrede
                     }
                     // Only the coordinator decides that a node is lost.
                     Ok(DaemonMessage::NodeStatus { status: NodeStatus::Lost { .. }, .. }) => {}
+                    Ok(DaemonMessage::NodeStatus { uuid, node, .. })
+                        if !app.dataflows().placed_on(&uuid, &node, &daemon_id, machine_id.as_deref()) =>
+                    {
+                        refuse_report("status", &uuid, &node);
+                    }
                     Ok(DaemonMessage::NodeStatus { uuid, node, status }) => {
                         // A node its daemon stopped on the way out is lost, not ended.
                         let status = match status {
@@ -461,10 +489,12 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>, credential: DaemonCrede
                         };
                         app.update(|d| d.node_status(&uuid, &node, status, &daemon_id));
                     }
-                    // Kept only for dataflows we know (the uuid comes from the daemon).
+                    // Kept only for its own nodes of dataflows we know.
                     Ok(DaemonMessage::Log(line)) => {
-                        if app.dataflows().knows(&line.uuid) {
+                        if app.dataflows().placed_on(&line.uuid, &line.node, &daemon_id, machine_id.as_deref()) {
                             app.logs().push(line);
+                        } else {
+                            refuse_report("log line", &line.uuid, &line.node);
                         }
                     }
                     Ok(DaemonMessage::DataflowFinished { uuid, success, summary }) => {

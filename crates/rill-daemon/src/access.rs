@@ -157,7 +157,8 @@ impl Access {
                 transient: false,
             });
         };
-        if self.plaintext {
+        let local_plaintext = self.local_state.as_deref().is_some_and(rill_auth::identity::serves_plaintext);
+        if self.plaintext || local_plaintext {
             return Ok(Dial { addr: self.addr.clone(), tls: None, bearer: Some(bearer) });
         }
         let pin = match (&self.pin, &self.local_state) {

@@ -391,6 +391,7 @@ async fn connect_once(
         zenoh_endpoint: endpoint.clone(),
         running: shares.owned(),
         enroll_key: attempt.enroll_key,
+        platform: format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
     };
     if let Err(e) = send(&mut sink, &register).await {
         return lost(e, false);

@@ -93,6 +93,9 @@ pub enum DaemonMessage {
         /// point, hex), for which the coordinator signs a certificate.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         enroll_key: Option<String>,
+        /// `os/arch` (`linux/x86_64`).
+        #[serde(default)]
+        platform: String,
     },
     Heartbeat,
     /// The answer to [`CoordinatorMessage::Ping`].
@@ -326,6 +329,9 @@ pub struct DaemonStatus {
     pub machine_id: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub version: String,
+    /// `os/arch` (`linux/x86_64`).
+    #[serde(default)]
+    pub platform: String,
     /// Milliseconds since its last heartbeat.
     pub last_heartbeat_ms: u64,
 }
@@ -418,11 +424,12 @@ mod tests {
             zenoh_endpoint: None,
             running: vec![],
             enroll_key: None,
+            platform: "linux/x86_64".into(),
         };
         let json = serde_json::to_string(&msg).unwrap();
         assert_eq!(
             json,
-            r#"{"type":"register","protocol":1,"version":"0.1.0","machine_id":"a","labels":{"gpu":"true"},"zenoh_endpoint":null,"running":[]}"#
+            r#"{"type":"register","protocol":1,"version":"0.1.0","machine_id":"a","labels":{"gpu":"true"},"zenoh_endpoint":null,"running":[],"platform":"linux/x86_64"}"#
         );
         let back: DaemonMessage = serde_json::from_str(&json).unwrap();
         assert_eq!(back, msg);

@@ -9,4 +9,5 @@ mod lifecycle;
 mod newcomer;
 mod relay;
 mod run;
+mod security;
 mod support;
