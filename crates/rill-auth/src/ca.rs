@@ -164,6 +164,55 @@ impl ClusterCa {
     }
 }
 
+/// How long a data-plane certificate is valid. Each registration gets a
+/// new one; a daemon connected without a break for longer has its data
+/// links closed at expiry (Zenoh's `close_link_on_expiration`) and must
+/// be restarted.
+pub const DATA_CERT_DAYS: i64 = 365;
+
+/// The civil date (year, month, day) of a day count since 1970-01-01
+/// (Howard Hinnant's algorithm).
+fn civil(days: i64) -> (i32, u8, u8) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
+    (year, month, day)
+}
+
+impl ClusterCa {
+    /// A certificate for a daemon's data-plane key (an uncompressed P-256
+    /// point), named `name` (its machine id) and valid for `ip`, the
+    /// address its peers dial; both client and server, as links are mutual.
+    /// Valid from yesterday (clocks differ) for [`DATA_CERT_DAYS`].
+    pub fn sign_data_plane(
+        &self,
+        name: &str,
+        public_key: &[u8],
+        ip: Option<std::net::IpAddr>,
+    ) -> Result<String, AuthError> {
+        if public_key.len() != 65 || public_key[0] != 4 {
+            return Err(AuthError::BadPublicKey(public_key.len()));
+        }
+        let mut names = vec![format!("{name}.daemon.rill")];
+        names.extend(ip.map(|ip| ip.to_string()));
+        let mut params = leaf_params(name, &names)?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
+        let today = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| (d.as_secs() / 86_400) as i64);
+        let ((y0, m0, d0), (y1, m1, d1)) = (civil(today - 1), civil(today + DATA_CERT_DAYS));
+        params.not_before = rcgen::date_time_ymd(y0, m0, d0);
+        params.not_after = rcgen::date_time_ymd(y1, m1, d1);
+        Ok(params.signed_by(&DaemonKey(public_key), &self.issuer()?)?.pem())
+    }
+}
+
 fn missing(absent: &Path, present: &Path) -> AuthError {
     AuthError::BadFile {
         path: PathBuf::from(absent),
@@ -194,6 +243,14 @@ mod tests {
         std::fs::remove_file(dir.join(CA_KEY)).unwrap();
         let err = ClusterCa::load_or_create(&dir).err().unwrap().to_string();
         assert!(err.contains("ca.key: missing while") && err.contains("remove both"), "{err}");
+    }
+
+    #[test]
+    fn civil_dates_are_right() {
+        assert_eq!(civil(0), (1970, 1, 1));
+        assert_eq!(civil(19_723), (2024, 1, 1));
+        assert_eq!(civil(20_513), (2026, 3, 1));
+        assert_eq!(civil(-1), (1969, 12, 31));
     }
 
     #[test]

@@ -38,6 +38,18 @@ impl DaemonKey {
         Ok(Self { pem: pair.serialize_pem(), public: pair.der_bytes().to_vec() })
     }
 
+    /// A key that lives only in memory: the daemon's data-plane key, made
+    /// anew by each daemon process.
+    pub fn ephemeral() -> Result<Self, AuthError> {
+        let pair = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        Ok(Self { pem: pair.serialize_pem(), public: pair.der_bytes().to_vec() })
+    }
+
+    /// The private key, PEM (PKCS#8), as Zenoh's TLS configuration takes it.
+    pub fn private_pem(&self) -> &str {
+        &self.pem
+    }
+
     /// The public key as the coordinator signs it: an uncompressed P-256
     /// point, in hex.
     pub fn public_hex(&self) -> String {

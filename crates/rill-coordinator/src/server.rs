@@ -356,7 +356,7 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>, credential: DaemonCrede
     let (mut sink, mut stream) = socket.split();
     let first = tokio::time::timeout(HELLO_LIMIT, next_json::<DaemonMessage>(&mut stream)).await;
     let Ok(Some(first)) = first else { return };
-    let (mut hello, running, enroll_key) = match first {
+    let (mut hello, running, (enroll_key, data_key)) = match first {
         Ok(DaemonMessage::Register {
             protocol,
             version,
@@ -366,11 +366,12 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>, credential: DaemonCrede
             running,
             enroll_key,
             platform,
+            data_key,
         }) => {
             // Shown as it is: printable and short.
             let platform: String = platform.chars().filter(|c| !c.is_control()).take(64).collect();
             let hello = crate::cluster::Hello { protocol, version, machine_id, labels, zenoh_endpoint, platform };
-            (hello, running, enroll_key)
+            (hello, running, (enroll_key, data_key))
         }
         Ok(other) => {
             let message = format!("expected register, got {other:?}");
@@ -399,6 +400,13 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>, credential: DaemonCrede
         },
         false => None,
     };
+    let data_tls = match data_plane_certificate(&app, &hello, data_key.as_deref()) {
+        Ok(data_tls) => data_tls,
+        Err(refused) => {
+            send_json(&mut sink, &CoordinatorMessage::Error { code: refused.code, message: refused.message }).await;
+            return;
+        }
+    };
     let (tx, mut rx) = mpsc::channel(crate::cluster::DAEMON_QUEUE);
     let machine_id = hello.machine_id.clone();
     let daemon_id = match admit(&app, hello, tx).await {
@@ -412,7 +420,7 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>, credential: DaemonCrede
         app.token_of().insert(daemon_id.clone(), token.clone());
     }
     let peers = app.cluster().peers_of(&daemon_id);
-    let registered = CoordinatorMessage::Registered { daemon_id: daemon_id.clone(), peers, certificate };
+    let registered = CoordinatorMessage::Registered { daemon_id: daemon_id.clone(), peers, certificate, data_tls };
     if !send_json(&mut sink, &registered).await {
         app.token_of().remove(&daemon_id);
         // A start may have placed nodes on it meanwhile.
@@ -604,6 +612,38 @@ async fn authorize(
     }
     eprintln!("rill coordinator: machine {machine} enrolled with token {token} (key {key})");
     Ok(Some(pem))
+}
+
+/// The certificate for a daemon's data-plane key, valid for the address in
+/// the endpoint it registered (`tls/IP:PORT`), so peers verify that name.
+/// None in a plaintext cluster, or for a daemon that sent no key.
+fn data_plane_certificate(
+    app: &App,
+    hello: &crate::cluster::Hello,
+    data_key: Option<&str>,
+) -> Result<Option<rill_proto::coord::DataTls>, Refused> {
+    let bad = |message: String| Refused { code: ErrorCode::BadRequest, message };
+    if app.security.plaintext {
+        return Ok(None);
+    }
+    // (Without a key it gets no certificate, and no peer will talk to it.)
+    let Some(key_hex) = data_key else { return Ok(None) };
+    let (raw, _) = rill_auth::enroll::key_fingerprint(key_hex).map_err(|e| bad(e.to_string()))?;
+    let ip = match hello.zenoh_endpoint.as_deref() {
+        None => None,
+        Some(endpoint) => {
+            let address = endpoint.strip_prefix("tls/").ok_or_else(|| {
+                bad(format!("data endpoint {endpoint:?}: a TLS cluster's daemons listen on tls/IP:PORT"))
+            })?;
+            let address: std::net::SocketAddr =
+                address.parse().map_err(|_| bad(format!("data endpoint {endpoint:?} is not tls/IP:PORT")))?;
+            Some(address.ip())
+        }
+    };
+    let name = hello.machine_id.as_deref().unwrap_or("daemon");
+    let certificate =
+        app.security.identity.ca.sign_data_plane(name, &raw, ip).map_err(|e| bad(e.to_string()))?;
+    Ok(Some(rill_proto::coord::DataTls { certificate, ca: app.security.identity.ca.cert_pem().to_owned() }))
 }
 
 /// Disconnects daemons whose token expired while they were connected.

@@ -31,6 +31,13 @@ const MATCH_WAIT: Duration = Duration::from_secs(10);
 #[error("cannot open the cross-machine data session: {0}")]
 pub struct BridgeError(String);
 
+/// The cluster credentials of a TLS data plane (PEM).
+pub struct DataTls<'a> {
+    pub ca: &'a str,
+    pub certificate: &'a str,
+    pub key: &'a str,
+}
+
 /// This daemon's Zenoh session and the subscriptions it serves.
 #[derive(Clone)]
 pub struct Bridge {
@@ -47,7 +54,7 @@ fn json_list(items: &[String]) -> String {
 
 impl Bridge {
     /// Listens on `listen` (e.g. `tcp/0.0.0.0:7447`) and connects to `peers`.
-    pub fn open(listen: &str, peers: &[String]) -> Result<Self, BridgeError> {
+    pub fn open(listen: &str, peers: &[String], tls: Option<DataTls<'_>>) -> Result<Self, BridgeError> {
         let mut config = zenoh::Config::default();
         let set = |config: &mut zenoh::Config, key: &str, value: &str| {
             config.insert_json5(key, value).map_err(|e| BridgeError(format!("{key}: {e}")))
@@ -59,6 +66,24 @@ impl Bridge {
         // Keep trying peers that are not up yet instead of giving up.
         set(&mut config, "connect/timeout_ms", "-1")?;
         set(&mut config, "connect/exit_on_failure", "false")?;
+        if let Some(tls) = tls {
+            use base64::Engine as _;
+            let b64 = |pem: &str| {
+                serde_json::to_string(&base64::engine::general_purpose::STANDARD.encode(pem)).unwrap_or_default()
+            };
+            // Mutual: each side presents its certificate and accepts only
+            // peers whose certificate chains to the cluster CA and names the
+            // address dialled. In memory only: nothing secret on disk.
+            let link = "transport/link/tls";
+            set(&mut config, &format!("{link}/root_ca_certificate_base64"), &b64(tls.ca))?;
+            set(&mut config, &format!("{link}/listen_certificate_base64"), &b64(tls.certificate))?;
+            set(&mut config, &format!("{link}/listen_private_key_base64"), &b64(tls.key))?;
+            set(&mut config, &format!("{link}/connect_certificate_base64"), &b64(tls.certificate))?;
+            set(&mut config, &format!("{link}/connect_private_key_base64"), &b64(tls.key))?;
+            set(&mut config, &format!("{link}/enable_mtls"), "true")?;
+            set(&mut config, &format!("{link}/verify_name_on_connect"), "true")?;
+            set(&mut config, &format!("{link}/close_link_on_expiration"), "true")?;
+        }
         let session = zenoh::open(config).wait().map_err(|e| BridgeError(e.to_string()))?;
         Ok(Self { session, inbound: Arc::default(), subscribers: Arc::default() })
     }

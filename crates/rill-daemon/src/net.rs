@@ -298,9 +298,15 @@ pub async fn run(
         statuses,
         leaving: false,
     };
+    // This process's data-plane key; the coordinator certifies it at each
+    // registration.
+    let data_key = match rill_auth::enroll::DaemonKey::ephemeral() {
+        Ok(key) => key,
+        Err(e) => return Err(Rejected { code: ErrorCode::Internal, message: format!("no data-plane key: {e}") }),
+    };
     let mut attempt = 0u32;
     loop {
-        match connect_once(&config, &*on_event, &mut shares, &mut shutdown).await {
+        match connect_once(&config, &data_key, &*on_event, &mut shares, &mut shutdown).await {
             Ended::Rejected(rejected) => {
                 // Refused for good: the nodes end with the daemon, in order.
                 shares.shutdown(Shutdown::Stop);
@@ -355,6 +361,7 @@ async fn drain_offline(shares: &mut Shares, shutdown: &mut mpsc::UnboundedReceiv
 
 async fn connect_once(
     config: &DaemonConfig,
+    data_key: &rill_auth::enroll::DaemonKey,
     on_event: &(dyn Fn(ConnectionEvent) + Send + Sync),
     shares: &mut Shares,
     shutdown: &mut mpsc::UnboundedReceiver<Shutdown>,
@@ -381,7 +388,11 @@ async fn connect_once(
     // The address this machine reaches the coordinator from is the one
     // other daemons can reach it at, too.
     let local_ip = ws.get_ref().local_addr().ok().map(|a| a.ip());
-    let endpoint = local_ip.map(|ip| format!("tcp/{ip}:{}", config.data_port));
+    // Data links are TLS (mutual, cluster certificates) unless the whole
+    // cluster is plaintext.
+    let tls = attempt.dial.tls.is_some();
+    let scheme = if tls { "tls" } else { "tcp" };
+    let endpoint = local_ip.map(|ip| format!("{scheme}/{}", std::net::SocketAddr::new(ip, config.data_port)));
     let (mut sink, mut stream) = ws.split();
     let register = DaemonMessage::Register {
         protocol: COORD_PROTOCOL_VERSION,
@@ -392,6 +403,7 @@ async fn connect_once(
         running: shares.owned(),
         enroll_key: attempt.enroll_key,
         platform: format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
+        data_key: tls.then(|| data_key.public_hex()),
     };
     if let Err(e) = send(&mut sink, &register).await {
         return lost(e, false);
@@ -452,7 +464,7 @@ async fn connect_once(
                             break 'conn lost(e, registered);
                         }
                     }
-                    Ok(CoordinatorMessage::Registered { daemon_id, peers, certificate }) => {
+                    Ok(CoordinatorMessage::Registered { daemon_id, peers, certificate, data_tls }) => {
                         if let Some(pem) = certificate
                             && let Err(e) = tokio::task::block_in_place(|| config.coordinator.enrolled(&pem))
                         {
@@ -493,7 +505,12 @@ async fn connect_once(
                             }
                         }
                         if shares.bridge.is_none() && let Some(endpoint) = &endpoint {
-                            match tokio::task::block_in_place(|| crate::bridge::Bridge::open(endpoint, &peers)) {
+                            let tls = data_tls.as_ref().map(|d| crate::bridge::DataTls {
+                                ca: &d.ca,
+                                certificate: &d.certificate,
+                                key: data_key.private_pem(),
+                            });
+                            match tokio::task::block_in_place(|| crate::bridge::Bridge::open(endpoint, &peers, tls)) {
                                 Ok(bridge) => shares.bridge = Some(bridge),
                                 Err(e) => on_event(ConnectionEvent::Lost { reason: e.to_string() }),
                             }

@@ -96,6 +96,10 @@ pub enum DaemonMessage {
         /// `os/arch` (`linux/x86_64`).
         #[serde(default)]
         platform: String,
+        /// The public key of this daemon process's data-plane links (hex,
+        /// like `enroll_key`): the coordinator signs a certificate for it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data_key: Option<String>,
     },
     Heartbeat,
     /// The answer to [`CoordinatorMessage::Ping`].
@@ -154,6 +158,11 @@ pub enum CoordinatorMessage {
         /// now on.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         certificate: Option<String>,
+        /// The data-plane certificate (PEM) for `data_key`, and the cluster
+        /// CA (PEM) that peers' certificates must chain to. `None` with
+        /// `--insecure-plaintext`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data_tls: Option<DataTls>,
     },
     Spawn(SpawnDataflow),
     StopDataflow {
@@ -226,6 +235,13 @@ pub enum ControlRequest {
     TokenRevoke {
         name: String,
     },
+}
+
+/// What a daemon's data-plane links (Zenoh, mutual TLS) need.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataTls {
+    pub certificate: String,
+    pub ca: String,
 }
 
 /// Where a join token is in its life.
@@ -425,6 +441,7 @@ mod tests {
             running: vec![],
             enroll_key: None,
             platform: "linux/x86_64".into(),
+            data_key: None,
         };
         let json = serde_json::to_string(&msg).unwrap();
         assert_eq!(

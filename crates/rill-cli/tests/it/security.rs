@@ -402,3 +402,66 @@ fn a_daemon_cannot_report_on_another_daemons_nodes() {
     let logs = rill().args(["logs", "app", "--coordinator-port", &port_text]).output().expect("run");
     assert!(!String::from_utf8_lossy(&logs.stdout).contains("FORGED"), "a forged line was kept");
 }
+
+/// A Zenoh peer that dials `endpoint` (with the cluster CA, if given, so it
+/// trusts the daemon, but no certificate of its own) and counts what it
+/// gets on every rill key.
+fn intruder(endpoint: &str, ca_pem: Option<&str>) -> (zenoh::Session, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use zenoh::Wait;
+    let mut config = zenoh::Config::default();
+    let mut set = |key: &str, value: String| config.insert_json5(key, &value).expect(key);
+    set("mode", "\"peer\"".into());
+    set("scouting/multicast/enabled", "false".into());
+    set("connect/endpoints", format!("[\"{endpoint}\"]"));
+    set("connect/timeout_ms", "-1".into());
+    set("connect/exit_on_failure", "false".into());
+    if let Some(ca) = ca_pem {
+        let path = std::env::temp_dir().join(format!("rill-intruder-ca-{}.pem", std::process::id()));
+        std::fs::write(&path, ca).expect("CA file");
+        let path = serde_json::to_string(&path.display().to_string()).expect("json");
+        set("transport/link/tls/root_ca_certificate", path);
+    }
+    let session = zenoh::open(config).wait().expect("zenoh session");
+    let got = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // In the background: it lives as long as the session.
+    let counter = got.clone();
+    session
+        .declare_subscriber("rill/**")
+        .callback(move |_| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })
+        .background()
+        .wait()
+        .expect("subscriber");
+    (session, got)
+}
+
+#[test]
+fn a_zenoh_peer_without_a_cluster_certificate_gets_nothing_from_the_data_plane() {
+    let mut procs = Processes::new();
+    let port = coordinator(&mut procs, &[]);
+    let port_text = port.to_string();
+    let data_port = free_port().to_string();
+    procs.start("daemon-a", &["daemon", "--machine-id", "a", "--coordinator-port", &port_text, "--data-port", &data_port]);
+    procs.start("daemon-b", &["daemon", "--machine-id", "b", "--coordinator-port", &port_text]);
+    wait_status(&procs, port, "two daemons", Duration::from_secs(15), |v| machines(v).len() == 2);
+    let state = crate::support::xdg_home().join(format!("data/rill/coordinator-{port}"));
+    let ca = std::fs::read_to_string(state.join("ca.pem")).expect("the cluster CA");
+    // One without TLS, one with TLS that trusts the CA but has no certificate.
+    let (_plain, plain_got) = intruder(&format!("tcp/127.0.0.1:{data_port}"), None);
+    let (_tls, tls_got) = intruder(&format!("tls/127.0.0.1:{data_port}"), Some(&ca));
+    let flow = Flow::new(
+        "nodes:\n  - id: source\n    path: {node}\n    args: [flood, '8']\n    outputs: [out]\n    deploy: { machine: a }\n  - id: sink\n    path: {node}\n    args: [slow, '1']\n    inputs: { in: source/out }\n    deploy: { machine: b }\n",
+    );
+    let (code, _, stderr) = rill_json(&["start", &flow.file.display().to_string(), "--name", "app", "--coordinator-port", &port_text]);
+    assert_eq!(code, Some(0), "{stderr}");
+    // The data flows between the daemons (over their mutual TLS) ...
+    procs.wait_log("daemon-b", "the sink receives", Duration::from_secs(30), |l| l.matches("[app/sink] seq").count() >= 500);
+    // ... and not to the intruders, during all of that and a while more.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let got = (plain_got.load(std::sync::atomic::Ordering::Relaxed), tls_got.load(std::sync::atomic::Ordering::Relaxed));
+        assert_eq!(got, (0, 0), "an intruder received data (plain, tls)\n{}", procs.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
