@@ -15,7 +15,7 @@ use rill_proto::coord::{ControlRequest, ControlResponse};
 
 /// Runs `yaml` (nodes placed on machines `a` and `b`) on two daemons and
 /// collects the `RESULT` lines its nodes print (`expected` of them).
-pub fn run(yaml: &str, expected: usize) -> anyhow::Result<Vec<serde_json::Value>> {
+pub fn run(yaml: &str, expected: usize, plaintext: bool) -> anyhow::Result<Vec<serde_json::Value>> {
     let bin_dir = rill_bench::bin_dir()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let results: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -25,9 +25,13 @@ pub fn run(yaml: &str, expected: usize) -> anyhow::Result<Vec<serde_json::Value>
         let addr = listener.local_addr()?.to_string();
         // The default security: TLS, the CA pinned, the admin token.
         let identity = rill_auth::CoordinatorIdentity::ephemeral(&["127.0.0.1".into()])?;
-        let tls = rill_auth::tls::client_config(identity.ca.fingerprint(), None)?;
-        let dial = rill_auth::dial::Dial { addr: addr.clone(), tls: Some(tls), bearer: Some(identity.admin.expose()) };
-        let security = rill_coordinator::Security { identity: Arc::new(identity), plaintext: false };
+        // (`--insecure-plaintext`: neither the control plane nor the data links.)
+        let tls = match plaintext {
+            true => None,
+            false => Some(rill_auth::tls::client_config(identity.ca.fingerprint(), None)?),
+        };
+        let dial = rill_auth::dial::Dial { addr: addr.clone(), tls, bearer: Some(identity.admin.expose()) };
+        let security = rill_coordinator::Security { identity: Arc::new(identity), plaintext };
         tokio::spawn(rill_coordinator::serve_on(listener, rill_coordinator::Store::Memory, Default::default(), security));
         for machine in ["a", "b"] {
             let config = DaemonConfig {
@@ -116,6 +120,32 @@ pub fn tcp_baseline(size: usize, iters: usize) -> anyhow::Result<f64> {
     let stream = TcpStream::connect(addr)?;
     stream.set_nodelay(true)?;
     let p50 = rill_bench::ping_pong(stream, size, iters)?;
+    let _ = echo.join();
+    Ok(p50)
+}
+
+/// p50 one-way latency of a ping-pong over TLS on loopback, with the
+/// cluster's rustls settings (ring, TLS 1.3, a P-256 certificate from a
+/// cluster CA): one hop of an encrypted link, and nothing else.
+pub fn tls_baseline(size: usize, iters: usize) -> anyhow::Result<f64> {
+    let ca = rill_auth::ClusterCa::generate()?;
+    let issued = ca.issue_server(&["127.0.0.1".into()])?;
+    let server = rill_auth::tls::server_config(&ca, &issued)?;
+    let client = rill_auth::tls::client_config(ca.fingerprint(), None)?;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let echo = std::thread::spawn(move || -> anyhow::Result<()> {
+        let (stream, _) = listener.accept()?;
+        stream.set_nodelay(true)?;
+        let conn = rustls::ServerConnection::new(server)?;
+        rill_bench::echo(rustls::StreamOwned::new(conn, stream), size);
+        Ok(())
+    });
+    let stream = TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+    let conn = rustls::ClientConnection::new(client, name)?;
+    let p50 = rill_bench::ping_pong(rustls::StreamOwned::new(conn, stream), size, iters)?;
     let _ = echo.join();
     Ok(p50)
 }

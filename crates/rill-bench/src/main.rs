@@ -37,9 +37,13 @@ enum Command {
         sizes: Vec<usize>,
         /// Ping on one daemon, pong on another (a coordinator and two
         /// daemons in this process, data over the cross-machine bridge on
-        /// loopback); baseline: raw TCP on loopback.
+        /// loopback); baselines: raw TCP and TLS on loopback.
         #[arg(long)]
         cross: bool,
+        /// With --cross: the cluster without TLS (control plane and data
+        /// links), as `rill coordinator --insecure-plaintext` runs it.
+        #[arg(long, requires = "cross")]
+        insecure_plaintext: bool,
     },
     /// Bursts of back-to-back messages per size with the producer idle in
     /// between (not calling rill-node): the worst one-way latency within a
@@ -74,6 +78,9 @@ enum Command {
         /// Producer on one daemon, consumer on another (data over the bridge).
         #[arg(long)]
         cross: bool,
+        /// With --cross: no TLS (see `latency --insecure-plaintext`).
+        #[arg(long, requires = "cross")]
+        insecure_plaintext: bool,
     },
     /// (internal) echo SIZE-byte messages on stdin back to it, for the
     /// two-process baseline.
@@ -83,10 +90,13 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Latency { quick, json, sizes, cross } => latency(quick, json, &sizes, cross),
-        Command::Burst { quick, json, sizes, count, rounds, idle_ms, touch, rss_after_s, cross } => {
+        Command::Latency { quick, json, sizes, cross, insecure_plaintext } => {
+            latency(quick, json, &sizes, cross.then_some(insecure_plaintext))
+        }
+        Command::Burst { quick, json, sizes, count, rounds, idle_ms, touch, rss_after_s, cross, insecure_plaintext } => {
             let idle_ms = idle_ms.unwrap_or(if quick { 300 } else { 2000 });
-            burst(&BurstPlan { sizes, rounds, count, idle_ms, rss_wait_s: rss_after_s }, touch, cross, json)
+            let plan = BurstPlan { sizes, rounds, count, idle_ms, rss_wait_s: rss_after_s };
+            burst(&plan, touch, cross.then_some(insecure_plaintext), json)
         }
         Command::EchoServer { size } => {
             // SAFETY: fd 0 is the socket the parent gave us.
@@ -97,9 +107,10 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn latency(quick: bool, json: bool, sizes: &[usize], cross_daemon: bool) -> anyhow::Result<()> {
-    if cross_daemon {
-        return latency_cross(quick, json, sizes);
+/// `cross`: `None` on one daemon; `Some(plaintext)` across two.
+fn latency(quick: bool, json: bool, sizes: &[usize], cross: Option<bool>) -> anyhow::Result<()> {
+    if let Some(plaintext) = cross {
+        return latency_cross(quick, json, sizes, plaintext);
     }
     let (hot, paced, bursts) = if quick { (1000, 150, 20) } else { (10_000, 1000, 200) };
     let yaml = rill_bench::ping_pong_yaml(sizes, hot, paced, bursts, false)?;
@@ -126,37 +137,45 @@ fn latency(quick: bool, json: bool, sizes: &[usize], cross_daemon: bool) -> anyh
     Ok(())
 }
 
-fn latency_cross(quick: bool, json: bool, sizes: &[usize]) -> anyhow::Result<()> {
+fn latency_cross(quick: bool, json: bool, sizes: &[usize], plaintext: bool) -> anyhow::Result<()> {
     let (hot, paced, bursts) = if quick { (300, 50, 5) } else { (3000, 300, 50) };
     let yaml = rill_bench::ping_pong_yaml(sizes, hot, paced, bursts, true)?;
-    let results = cross::run(&yaml, sizes.len())?;
+    let results = cross::run(&yaml, sizes.len(), plaintext)?;
+    let transport = if plaintext { "plaintext" } else { "tls" };
     if !json {
-        println!("cross-daemon (bridge over loopback)");
+        println!("cross-daemon (bridge over loopback), data links: {transport}");
         println!(
-            "{:>9} {:>9} {:>9} {:>12} {:>12} {:>11} {:>14}",
-            "size", "p50_us", "p99_us", "paced_p50", "paced_p99", "msgs/s", "tcp_base_p50"
+            "{:>9} {:>9} {:>9} {:>12} {:>12} {:>11} {:>14} {:>14}",
+            "size", "p50_us", "p99_us", "paced_p50", "paced_p99", "msgs/s", "tcp_base_p50", "tls_base_p50"
         );
     }
     for (size, mut result) in sizes.iter().zip(results) {
         let baseline = cross::tcp_baseline(*size, iterations(*size, hot))?;
+        let tls = cross::tls_baseline(*size, iterations(*size, hot))?;
         result["mode"] = serde_json::json!("cross");
+        result["transport"] = serde_json::json!(transport);
         result["baseline_p50_us"] = serde_json::json!((baseline * 10.0).round() / 10.0);
+        result["tls_baseline_p50_us"] = serde_json::json!((tls * 10.0).round() / 10.0);
         if json {
             println!("{result}");
         } else {
-            println!("{} {baseline:>14.1}", common_cells(*size, &result));
+            println!("{} {baseline:>14.1} {tls:>14.1}", common_cells(*size, &result));
         }
     }
     Ok(())
 }
 
-fn burst(plan: &BurstPlan, touch: bool, cross_daemon: bool, json: bool) -> anyhow::Result<()> {
+fn burst(plan: &BurstPlan, touch: bool, cross: Option<bool>, json: bool) -> anyhow::Result<()> {
+    let cross_daemon = cross.is_some();
     if plan.sizes.is_empty() || plan.rounds == 0 || plan.count == 0 {
         bail!("--sizes, --rounds and --count must not be empty or zero");
     }
     let yaml = rill_bench::burst_yaml(plan, touch, cross_daemon)?;
     let expected = plan.sizes.len() * plan.rounds + usize::from(plan.rss_wait_s > 0);
-    let results = if cross_daemon { cross::run(&yaml, expected)? } else { run_dataflow(&yaml, expected)? };
+    let results = match cross {
+        Some(plaintext) => cross::run(&yaml, expected, plaintext)?,
+        None => run_dataflow(&yaml, expected)?,
+    };
     if !json {
         println!(
             "{} bursts of {} (consumer {}), {} rounds, producer idle {} ms between bursts",

@@ -20,7 +20,7 @@ pub struct CoordinatorAddr {
     /// coordinator, else 127.0.0.1].
     #[arg(long)]
     coordinator_addr: Option<String>,
-    /// Coordinator port [default: the current coordinator's, else 6533].
+    /// Coordinator port [default: the current coordinator's, else 6013].
     #[arg(long)]
     coordinator_port: Option<u16>,
     /// The cluster CA's fingerprint (`sha256:…`, printed by the coordinator

@@ -13,6 +13,21 @@ use serde::{Deserialize, Serialize};
 /// create beyond it is refused until some are revoked and pruned.
 pub const MAX_TOKENS: usize = 10_000;
 
+/// Most labels a token may grant, and the longest key or value.
+pub const MAX_LABELS: usize = 64;
+pub const MAX_LABEL_LEN: usize = 256;
+
+/// Why these labels cannot be granted (they came over the network).
+fn labels_problem(labels: &BTreeMap<String, String>) -> Option<String> {
+    if labels.len() > MAX_LABELS {
+        return Some(format!("a token grants at most {MAX_LABELS} labels"));
+    }
+    let bad = |text: &str| text.len() > MAX_LABEL_LEN || text.chars().any(char::is_control);
+    labels.iter().find(|(k, v)| k.is_empty() || bad(k) || bad(v)).map(|(k, _)| {
+        format!("label {k:?}: keys are not empty; keys and values have at most {MAX_LABEL_LEN} bytes, no control characters")
+    })
+}
+
 /// A token as stored: no secret, only its hash.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TokenRecord {
@@ -108,6 +123,9 @@ impl Tokens {
         now_ms: u64,
     ) -> Result<(JoinToken, TokenRecord), Refused> {
         if let Some(problem) = rill_auth::token::name_problem(name) {
+            return Err(Refused::new(ErrorCode::BadRequest, problem));
+        }
+        if let Some(problem) = labels.as_ref().and_then(labels_problem) {
             return Err(Refused::new(ErrorCode::BadRequest, problem));
         }
         if self.records.contains_key(name) {
@@ -248,5 +266,8 @@ mod tests {
         let wrong = Secret::generate().unwrap();
         assert_eq!(tokens.check("late", &wrong, 0).unwrap_err().code, ErrorCode::Unauthorized);
         assert_eq!(tokens.revoke("nope").unwrap_err().code, ErrorCode::NotFound);
+        let nul: BTreeMap<String, String> = [("gpu\0".to_owned(), "true".to_owned())].into();
+        assert_eq!(tokens.create("x", None, Some(nul), ca(), 0).unwrap_err().code, ErrorCode::BadRequest);
+        assert_eq!(tokens.create("a b", None, None, ca(), 0).unwrap_err().code, ErrorCode::BadRequest);
     }
 }

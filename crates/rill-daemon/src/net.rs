@@ -372,7 +372,8 @@ async fn connect_once(
     let heartbeat_every = rill_proto::coord::heartbeat_interval();
     let silence = heartbeat_every * SILENT_HEARTBEATS;
     // A stopped or partitioned coordinator may accept TCP and say nothing.
-    let attempt = match config.coordinator.attempt() {
+    // (Reads, and at first writes, small key files.)
+    let attempt = match tokio::task::block_in_place(|| config.coordinator.attempt()) {
         Ok(attempt) => attempt,
         Err(problem) if problem.transient => return lost(problem.message, false),
         Err(problem) => return Ended::Rejected(Rejected { code: ErrorCode::Unauthorized, message: problem.message }),

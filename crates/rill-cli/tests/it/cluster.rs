@@ -400,7 +400,14 @@ fn up_starts_a_local_coordinator_and_daemon_and_destroy_stops_them() {
     let state = tempfile::tempdir().expect("tempdir");
     let port = free_port().to_string();
     let run = |args: &[&str]| {
-        let out = rill().args(args).env("RILL_STATE_DIR", state.path()).output().expect("run rill");
+        // Its own XDG homes: `up` makes this coordinator the CLI's current one.
+        let out = rill()
+            .args(args)
+            .env("RILL_STATE_DIR", state.path())
+            .env("XDG_CONFIG_HOME", state.path().join("config"))
+            .env("XDG_DATA_HOME", state.path().join("data"))
+            .output()
+            .expect("run rill");
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -424,10 +431,20 @@ fn up_starts_a_local_coordinator_and_daemon_and_destroy_stops_them() {
         .filter_map(|l| l.parse().ok())
         .collect();
     assert_eq!(pids.len(), 2, "{}", logs());
-    let (code, status, _) = run(&["status", "--json", "--coordinator-port", &port]);
-    assert_eq!(code, Some(0));
+    // Every later command works with no flags: the CLI config has the
+    // address, the CA fingerprint and the admin token (0600).
+    let config = state.path().join("config/rill/config.json");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&config).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+    assert_eq!(mode, 0o600, "{}", config.display());
+    let (code, status, stderr) = run(&["status", "--json"]);
+    assert_eq!(code, Some(0), "{stderr}");
     let status: serde_json::Value = serde_json::from_str(&status).unwrap_or_default();
     assert_eq!(status["daemons"].as_array().map(Vec::len), Some(1), "{status}");
+    assert!(stdout.contains(status["ca_fingerprint"].as_str().unwrap_or("?")), "up names the CA: {stdout}");
+    let pipeline = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/pipeline/dataflow.yml");
+    let (code, started, stderr) = run(&["start", pipeline, "--name", "pipe"]);
+    assert_eq!(code, Some(0), "{started}{stderr}\n{}", logs());
     let (code, again, _) = run(&["up", "--port", &port]);
     assert_eq!(code, Some(0));
     assert!(again.contains("already answers"), "{again}");
@@ -443,6 +460,8 @@ fn up_starts_a_local_coordinator_and_daemon_and_destroy_stops_them() {
         assert!(!crate::support::alive(*pid), "pid {pid} still alive after destroy");
     }
     assert!(!state.path().join(format!("up-{port}.pids")).exists());
+    let config = std::fs::read_to_string(&config).unwrap_or_default();
+    assert!(!config.contains(&format!(":{port}")), "destroy forgets the coordinator: {config}");
     let (code, stdout, _) = run(&["destroy", "--port", &port]);
     assert_eq!(code, Some(0));
     assert!(stdout.contains("nothing to destroy"), "{stdout}");
