@@ -17,55 +17,54 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-/// A connection to the coordinator, encrypted or (with
-/// `--insecure-plaintext`) not.
-pub enum Link {
+/// A TCP connection, encrypted (`T`: a client or server TLS stream) or, with
+/// `--insecure-plaintext`, not.
+pub enum MaybeTls<T> {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Tls(Box<T>),
 }
+
+/// The CLI's and daemons' connection to the coordinator.
+pub type Link = MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>;
 
 impl Link {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Link::Plain(tcp) => tcp,
-            Link::Tls(tls) => tls.get_ref().0,
-        }
-    }
-
     /// This end's address (a daemon tells other daemons to reach it there).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.tcp().local_addr()
-    }
-}
-
-impl AsyncRead for Link {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Link::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Link::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        match self {
+            MaybeTls::Plain(tcp) => tcp.local_addr(),
+            MaybeTls::Tls(tls) => tls.get_ref().0.local_addr(),
         }
     }
 }
 
-impl AsyncWrite for Link {
+impl<T: AsyncRead + Unpin> AsyncRead for MaybeTls<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Link::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Link::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Link::Plain(s) => Pin::new(s).poll_flush(cx),
-            Link::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Link::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Link::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            MaybeTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -137,7 +136,7 @@ pub async fn websocket(dial: &Dial, path: &str) -> Result<Ws, DialError> {
         .map_err(|e| DialError::Connect { addr: addr.clone(), reason: e.to_string() })?;
     let _ = tcp.set_nodelay(true);
     let (link, scheme) = match &dial.tls {
-        None => (Link::Plain(tcp), "ws"),
+        None => (MaybeTls::Plain(tcp), "ws"),
         Some(config) => {
             let name = ServerName::try_from(host_of(&addr).to_owned())
                 .map_err(|e| DialError::Tls {
@@ -148,7 +147,7 @@ pub async fn websocket(dial: &Dial, path: &str) -> Result<Ws, DialError> {
             let tls = tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await.map_err(|e| {
                 DialError::Tls { addr: addr.clone(), reason: tls_reason(&e), untrusted: certificate_refused(&e) }
             })?;
-            (Link::Tls(Box::new(tls)), "wss")
+            (MaybeTls::Tls(Box::new(tls)), "wss")
         }
     };
     let mut request = format!("{scheme}://{addr}{path}")

@@ -102,12 +102,20 @@ impl CoordinatorAddr {
         Ok(Dial { addr, tls: Some(tls), bearer })
     }
 
-    fn fingerprint(&self, addr: &str, configured: Option<&str>) -> anyhow::Result<Fingerprint> {
+    /// The fingerprint given by flag or environment, if any.
+    fn given_pin(&self) -> anyhow::Result<Option<Fingerprint>> {
         if let Some(text) = &self.coordinator_fingerprint {
-            return text.parse().map_err(|e| anyhow::anyhow!("--coordinator-fingerprint: {e}"));
+            return text.parse().map(Some).map_err(|e| anyhow::anyhow!("--coordinator-fingerprint: {e}"));
         }
-        if let Some(text) = env(FINGERPRINT_ENV) {
-            return text.parse().map_err(|e| anyhow::anyhow!("{FINGERPRINT_ENV}: {e}"));
+        match env(FINGERPRINT_ENV) {
+            Some(text) => text.parse().map(Some).map_err(|e| anyhow::anyhow!("{FINGERPRINT_ENV}: {e}")),
+            None => Ok(None),
+        }
+    }
+
+    fn fingerprint(&self, addr: &str, configured: Option<&str>) -> anyhow::Result<Fingerprint> {
+        if let Some(pin) = self.given_pin()? {
+            return Ok(pin);
         }
         if let Some(text) = configured.filter(|f| !f.is_empty()) {
             return text.parse().with_context(|| format!("{}: coordinator {addr}", config_path().display()));
@@ -257,12 +265,9 @@ impl CoordinatorAddr {
         let addr = self.host_port();
         let config = load_config()?;
         let entry = config.coordinators.get(&addr);
-        let pin = match &self.coordinator_fingerprint {
-            Some(text) => Some(text.parse().map_err(|e| anyhow::anyhow!("--coordinator-fingerprint: {e}"))?),
-            None => match env(FINGERPRINT_ENV) {
-                Some(text) => Some(text.parse().map_err(|e| anyhow::anyhow!("{FINGERPRINT_ENV}: {e}"))?),
-                None => entry.map(|e| e.fingerprint.as_str()).filter(|f| !f.is_empty()).map(str::parse).transpose()?,
-            },
+        let pin = match self.given_pin()? {
+            Some(pin) => Some(pin),
+            None => entry.map(|e| e.fingerprint.as_str()).filter(|f| !f.is_empty()).map(str::parse).transpose()?,
         };
         Ok(rill_daemon::access::Access {
             local_state: if join.is_some() { None } else { self.local_state(&addr) },

@@ -383,12 +383,19 @@ fn attach(coordinator: &ControlAccess, uuid: &str, json: bool) -> anyhow::Result
         // Installed once, so no Ctrl-C between two loop turns is missed.
         let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         let mut interrupts = 0;
+        let print = |line: rill_proto::coord::LogLine| {
+            if json {
+                println!("{}", serde_json::json!(line));
+            } else if line.stream == "stderr" {
+                eprintln!("[{}] {}", line.node, line.line);
+            } else {
+                println!("[{}] {}", line.node, line.line);
+            }
+        };
         loop {
             tokio::select! {
                 reply = logs.next() => match reply? {
-                    ControlResponse::Log(line) if json => println!("{}", serde_json::json!(line)),
-                    ControlResponse::Log(line) if line.stream == "stderr" => eprintln!("[{}] {}", line.node, line.line),
-                    ControlResponse::Log(line) => println!("[{}] {}", line.node, line.line),
+                    ControlResponse::Log(line) => print(line),
                     _ => {}
                 },
                 _ = poll.tick() => {
@@ -399,6 +406,14 @@ fn attach(coordinator: &ControlAccess, uuid: &str, json: bool) -> anyhow::Result
                         DataflowStatus::Failed => ExitCode::FAILURE,
                         DataflowStatus::Running | DataflowStatus::Degraded | DataflowStatus::Stopping => continue,
                     };
+                    // Its last lines may still be on their way: the coordinator
+                    // ends the follow after sending them.
+                    let drain = async {
+                        while let Ok(ControlResponse::Log(line)) = logs.next().await {
+                            print(line);
+                        }
+                    };
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
                     let status = serde_json::to_value(d.status)?;
                     if json {
                         println!("{}", serde_json::json!({"event": "ended", "uuid": d.uuid, "status": status, "reason": d.reason}));
@@ -491,7 +506,7 @@ pub struct LogsArgs {
     dataflow: String,
     /// Only this node's output.
     node: Option<String>,
-    /// Keep printing new lines until interrupted.
+    /// Keep printing new lines until the dataflow ends or Ctrl-C.
     #[arg(long, short)]
     follow: bool,
     #[command(flatten)]

@@ -60,7 +60,7 @@ impl DataflowRecord {
         }
     }
 
-    fn is_active(&self) -> bool {
+    pub fn is_active(&self) -> bool {
         self.status.is_active()
     }
 

@@ -68,6 +68,17 @@ impl Logs {
     }
 
     /// A dataflow record was pruned: its lines and followers go too.
+    /// The dataflow `uuid` ended: its followers are let go (they get every
+    /// line pushed before this, then the end).
+    pub fn ended(&mut self, uuid: &str) {
+        self.followers.retain(|f| f.uuid != uuid);
+    }
+
+    /// Uuids that have followers.
+    pub fn followed(&self) -> Vec<String> {
+        self.followers.iter().map(|f| f.uuid.clone()).collect()
+    }
+
     pub fn forget(&mut self, uuid: &str) {
         self.kept.remove(uuid);
         self.followers.retain(|f| f.uuid != uuid);
@@ -101,6 +112,18 @@ mod tests {
 
     fn line(uuid: &str, node: &str, text: &str) -> LogLine {
         LogLine { uuid: uuid.into(), node: node.into(), stream: "stdout".into(), line: text.into() }
+    }
+
+    #[test]
+    fn followers_of_an_ended_dataflow_get_its_lines_then_the_end() {
+        let mut logs = Logs::default();
+        let (_, mut rx) = logs.follow("u", None);
+        logs.push(line("u", "n", "last"));
+        assert_eq!(logs.followed(), ["u"]);
+        logs.ended("u");
+        assert_eq!(rx.try_recv().map(|l| l.line), Ok("last".to_owned()));
+        assert!(matches!(rx.try_recv(), Err(tokio::sync::mpsc::error::TryRecvError::Disconnected)));
+        assert!(logs.followed().is_empty());
     }
 
     #[test]

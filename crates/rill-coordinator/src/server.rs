@@ -163,7 +163,22 @@ impl App {
         if let Some(record) = &changed {
             self.persist(record);
         }
+        drop(dataflows);
+        if let Some(record) = changed.as_ref().filter(|r| !r.is_active()) {
+            self.logs().ended(&record.uuid);
+        }
         changed
+    }
+
+    /// Lets the followers of ended dataflows go (whatever ended them).
+    fn end_followers(&self) {
+        let followed = self.logs().followed();
+        let ended: Vec<String> = {
+            let dataflows = self.dataflows();
+            followed.into_iter().filter(|uuid| !dataflows.find(uuid).is_some_and(DataflowRecord::is_active)).collect()
+        };
+        let mut logs = self.logs();
+        ended.iter().for_each(|uuid| logs.ended(uuid));
     }
 }
 
@@ -251,6 +266,7 @@ pub async fn serve_until(
             tick.tick().await;
             retry_recovery(&expirer);
             disconnect_expired(&expirer);
+            expirer.end_followers();
             let pruned = expirer.dataflows().prune(settings.keep_ended);
             if !pruned.is_empty() {
                 let mut logs = expirer.logs();
@@ -599,14 +615,12 @@ async fn authorize(
     };
     let bad_key = |e: rill_auth::AuthError| Refused { code: ErrorCode::BadRequest, message: e.to_string() };
     let (raw, key) = rill_auth::enroll::key_fingerprint(key_hex).map_err(bad_key)?;
-    app.tokens().may_enroll(token, &machine, &key, now_ms())?;
     let pem = app.security.identity.ca.sign_daemon(&machine, &raw).map_err(bad_key)?;
     let cert = rill_auth::enroll::cert_fingerprint(&pem).map_err(bad_key)?;
     let binding =
         Binding { machine_id: machine.clone(), key: key.to_string(), cert: cert.to_string(), enrolled_ms: now_ms() };
-    let Some(bound) = app.tokens().bind(token, binding) else {
-        return refuse(ErrorCode::Unauthorized, format!("token {token} is gone"));
-    };
+    // Checked and bound under one lock: of two keys enrolling at once, one wins.
+    let bound = app.tokens().enroll(token, binding, &key, now_ms())?;
     if let Err(e) = app.persister.save_token(&bound).await {
         return refuse(ErrorCode::Internal, format!("cannot store the enrollment: {e}"));
     }
@@ -646,22 +660,31 @@ fn data_plane_certificate(
     Ok(Some(rill_proto::coord::DataTls { certificate, ca: app.security.identity.ca.cert_pem().to_owned() }))
 }
 
-/// Disconnects daemons whose token expired while they were connected.
+/// Disconnects daemons whose token expired while they were connected (or
+/// was revoked while they were registering, after the revoke looked).
 fn disconnect_expired(app: &App) {
+    use rill_proto::coord::TokenState;
     let now = now_ms();
-    let expired: Vec<(String, String)> = {
+    let unusable: Vec<(String, String, TokenState)> = {
         let connected = app.token_of().clone();
         let tokens = app.tokens();
         connected
             .into_iter()
-            .filter(|(_, token)| tokens.get(token).is_none_or(|r| r.state(now) == rill_proto::coord::TokenState::Expired))
+            .map(|(daemon, token)| {
+                let state = tokens.get(&token).map_or(TokenState::Revoked, |r| r.state(now));
+                (daemon, token, state)
+            })
+            .filter(|(_, _, state)| matches!(state, TokenState::Expired | TokenState::Revoked))
             .collect()
     };
-    for (daemon, token) in expired {
-        eprintln!("rill coordinator: token {token} expired: disconnecting {daemon}");
-        let message = format!("token {token} has expired");
+    for (daemon, token, state) in unusable {
+        let (code, message) = match state {
+            TokenState::Expired => (ErrorCode::Expired, format!("token {token} has expired")),
+            _ => (ErrorCode::Revoked, format!("token {token} was revoked")),
+        };
+        eprintln!("rill coordinator: {message}: disconnecting {daemon}");
         app.token_of().remove(&daemon);
-        app.cluster().send(&daemon, CoordinatorMessage::Error { code: ErrorCode::Expired, message });
+        app.cluster().send(&daemon, CoordinatorMessage::Error { code, message });
     }
 }
 
@@ -883,7 +906,12 @@ async fn stream_logs(
         tokio::select! {
             line = rx.recv() => match line {
                 Some(line) => if !send_json(sink, &ControlResponse::Log(line)).await { return false },
-                None => return false,
+                // Let go: the dataflow ended (every line was sent), or this
+                // follower fell too far behind (the connection ends).
+                None => {
+                    let active = app.dataflows().find(&uuid).is_some_and(DataflowRecord::is_active);
+                    return !active && send_json(sink, &ControlResponse::LogEnd).await;
+                }
             },
             // The client sends nothing while following: anything is the end.
             _ = stream.next() => return false,

@@ -219,11 +219,13 @@ impl Tokens {
         }
     }
 
-    /// Binds `name` to the enrolled key and its new certificate.
-    pub fn bind(&mut self, name: &str, binding: Binding) -> Option<TokenRecord> {
-        let record = self.records.get_mut(name)?;
+    /// Binds `name` to the enrolling key `key` and its new certificate,
+    /// if it may enroll it ([`Tokens::may_enroll`]).
+    pub fn enroll(&mut self, name: &str, binding: Binding, key: &Fingerprint, now_ms: u64) -> Result<TokenRecord, Refused> {
+        self.may_enroll(name, &binding.machine_id, key, now_ms)?;
+        let record = self.records.get_mut(name).ok_or_else(|| Refused::new(ErrorCode::Unauthorized, "unknown token"))?;
         record.bound = Some(binding);
-        Some(record.clone())
+        Ok(record.clone())
     }
 
     pub fn get(&self, name: &str) -> Option<&TokenRecord> {
@@ -248,9 +250,16 @@ mod tests {
         assert_eq!(tokens.list(10)[0].state, TokenState::Unused);
         tokens.check("edge", &token.secret, 10).unwrap();
         let key = Fingerprint::of(b"key");
-        tokens.may_enroll("edge", "m", &key, 10).unwrap();
-        let binding = Binding { machine_id: "m".into(), key: key.to_string(), cert: Fingerprint::of(b"c").to_string(), enrolled_ms: 10 };
-        tokens.bind("edge", binding);
+        let binding = |key: &Fingerprint, cert: &[u8]| Binding {
+            machine_id: "m".into(),
+            key: key.to_string(),
+            cert: Fingerprint::of(cert).to_string(),
+            enrolled_ms: 10,
+        };
+        tokens.enroll("edge", binding(&key, b"c"), &key, 10).unwrap();
+        let other_key = Fingerprint::of(b"other");
+        let second = tokens.enroll("edge", binding(&other_key, b"d"), &other_key, 10).unwrap_err();
+        assert_eq!(second.code, ErrorCode::AlreadyBound, "the second of two keys loses");
         assert_eq!(tokens.list(10)[0].state, TokenState::Enrolled);
         tokens.may_enroll("edge", "m", &key, 20).expect("the same key enrolls again");
         let other = tokens.may_enroll("edge", "m", &Fingerprint::of(b"other"), 20).unwrap_err();
