@@ -33,7 +33,39 @@ impl Clone for Issued {
     }
 }
 
+/// The name every coordinator certificate carries and clients require, on
+/// top of the address they dialled. No other certificate of the cluster
+/// has it, so no daemon's certificate can pass for the coordinator's.
+pub const COORDINATOR_NAME: &str = "coordinator.rill";
+
+/// Which CA: the cluster's (the coordinator's certificate, daemon
+/// enrollment) or the data plane's (daemons' links to each other). Kept
+/// apart so that no certificate of one opens the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaKind {
+    Cluster,
+    DataPlane,
+}
+
+impl CaKind {
+    fn common_name(self) -> &'static str {
+        match self {
+            CaKind::Cluster => "rill cluster CA",
+            CaKind::DataPlane => "rill data-plane CA",
+        }
+    }
+
+    /// Its files in the state directory.
+    pub fn files(self) -> (&'static str, &'static str) {
+        match self {
+            CaKind::Cluster => (CA_CERT, CA_KEY),
+            CaKind::DataPlane => ("data-ca.pem", "data-ca.key"),
+        }
+    }
+}
+
 pub struct ClusterCa {
+    kind: CaKind,
     key_pem: String,
     cert: CertificateDer<'static>,
     cert_pem: String,
@@ -41,10 +73,10 @@ pub struct ClusterCa {
 
 /// The CA's parameters; the same every time, so an issuer can be rebuilt
 /// from the stored key alone.
-fn ca_params() -> CertificateParams {
+fn ca_params(kind: CaKind) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, "rill cluster CA");
+    params.distinguished_name.push(DnType::CommonName, kind.common_name());
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     params
@@ -74,22 +106,31 @@ impl rcgen::PublicKeyData for DaemonKey<'_> {
 }
 
 impl ClusterCa {
-    /// A new CA (not stored).
+    /// A new cluster CA (not stored).
     pub fn generate() -> Result<Self, AuthError> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let cert = ca_params().self_signed(&key)?;
-        Ok(Self { key_pem: key.serialize_pem(), cert: cert.der().clone(), cert_pem: cert.pem() })
+        Self::generate_kind(CaKind::Cluster)
     }
 
-    /// The CA stored in `dir`, made and stored (0600, dir 0700) if there is
-    /// none. Also says whether it was made now.
+    pub fn generate_kind(kind: CaKind) -> Result<Self, AuthError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let cert = ca_params(kind).self_signed(&key)?;
+        Ok(Self { kind, key_pem: key.serialize_pem(), cert: cert.der().clone(), cert_pem: cert.pem() })
+    }
+
+    /// The cluster CA stored in `dir`, made and stored (0600, dir 0700) if
+    /// there is none. Also says whether it was made now.
     pub fn load_or_create(dir: &Path) -> Result<(Self, bool), AuthError> {
-        let (cert_path, key_path) = (dir.join(CA_CERT), dir.join(CA_KEY));
+        Self::load_or_create_kind(dir, CaKind::Cluster)
+    }
+
+    pub fn load_or_create_kind(dir: &Path, kind: CaKind) -> Result<(Self, bool), AuthError> {
+        let (cert_file, key_file) = kind.files();
+        let (cert_path, key_path) = (dir.join(cert_file), dir.join(key_file));
         match (cert_path.exists(), key_path.exists()) {
-            (true, true) => Ok((Self::load(&cert_path, &key_path)?, false)),
+            (true, true) => Ok((Self::load(kind, &cert_path, &key_path)?, false)),
             (false, false) => {
                 files::private_dir(dir)?;
-                let ca = Self::generate()?;
+                let ca = Self::generate_kind(kind)?;
                 // The key first: a certificate without its key is the one state we refuse.
                 files::write_private(&key_path, ca.key_pem.as_bytes())?;
                 files::write_private(&cert_path, ca.cert_pem.as_bytes())?;
@@ -100,14 +141,14 @@ impl ClusterCa {
         }
     }
 
-    fn load(cert_path: &Path, key_path: &Path) -> Result<Self, AuthError> {
+    fn load(kind: CaKind, cert_path: &Path, key_path: &Path) -> Result<Self, AuthError> {
         let key_pem = files::read_private(key_path)?;
         KeyPair::from_pem(&key_pem)
             .map_err(|e| AuthError::BadFile { path: key_path.to_owned(), what: format!("not a key: {e}") })?;
         let cert_pem = files::read_private(cert_path)?;
         let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes())
             .map_err(|e| AuthError::BadFile { path: cert_path.to_owned(), what: format!("not a certificate: {e}") })?;
-        Ok(Self { key_pem, cert, cert_pem })
+        Ok(Self { kind, key_pem, cert, cert_pem })
     }
 
     /// The fingerprint of the CA stored in `dir` (what a client on the
@@ -134,12 +175,21 @@ impl ClusterCa {
     }
 
     fn issuer(&self) -> Result<Issuer<'static, KeyPair>, AuthError> {
-        Ok(Issuer::new(ca_params(), KeyPair::from_pem(&self.key_pem)?))
+        Ok(Issuer::new(ca_params(self.kind), KeyPair::from_pem(&self.key_pem)?))
     }
 
     /// A server certificate (with a new key) for the coordinator, valid for
-    /// `names`: IP addresses and DNS names it is reached by.
+    /// `names` (IP addresses and DNS names it is reached by) and
+    /// [`COORDINATOR_NAME`].
     pub fn issue_server(&self, names: &[String]) -> Result<Issued, AuthError> {
+        let mut names = names.to_vec();
+        names.push(COORDINATOR_NAME.to_owned());
+        self.issue_server_for(&names)
+    }
+
+    /// A server certificate for exactly `names` (tests: one that is not
+    /// the coordinator's).
+    pub(crate) fn issue_server_for(&self, names: &[String]) -> Result<Issued, AuthError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = leaf_params("rill coordinator", names)?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -152,14 +202,14 @@ impl ClusterCa {
     }
 
     /// A certificate for an enrolled daemon's key (an uncompressed P-256
-    /// point), named after its machine. It serves both ways, as the daemons'
-    /// data links are mutual.
+    /// point), named after its machine: a client certificate only, for its
+    /// connections to the coordinator (the data plane has its own CA).
     pub fn sign_daemon(&self, machine_id: &str, public_key: &[u8]) -> Result<String, AuthError> {
         if public_key.len() != 65 || public_key[0] != 4 {
             return Err(AuthError::BadPublicKey(public_key.len()));
         }
         let mut params = leaf_params(machine_id, &[format!("{machine_id}.daemon.rill")])?;
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         Ok(params.signed_by(&DaemonKey(public_key), &self.issuer()?)?.pem())
     }
 }

@@ -61,6 +61,21 @@ impl DaemonKey {
         Fingerprint::of(&self.public)
     }
 
+    /// Proof that this daemon holds the key it enrolls: a signature over the
+    /// token's name, the machine id and the cluster's CA fingerprint (hex).
+    /// Without it, anyone with the token and the (public) key could enroll.
+    pub fn prove(&self, token: &str, machine_id: &str, ca: &Fingerprint) -> Result<String, AuthError> {
+        use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+        let PrivateKeyDer::Pkcs8(der) = self.private()? else {
+            return Err(AuthError::Tls(rustls::Error::General("the daemon key is not PKCS#8".into())));
+        };
+        let rng = ring::rand::SystemRandom::new();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, der.secret_pkcs8_der(), &rng)
+            .map_err(|e| AuthError::Tls(rustls::Error::General(format!("the daemon key: {e}"))))?;
+        let signature = pair.sign(&rng, proof_message(token, machine_id, ca).as_bytes()).map_err(|_| AuthError::Random)?;
+        Ok(crate::hex(signature.as_ref()))
+    }
+
     fn private(&self) -> Result<PrivateKeyDer<'static>, AuthError> {
         PrivateKeyDer::from_pem_slice(self.pem.as_bytes())
             .map_err(|e| AuthError::Tls(rustls::Error::General(format!("the daemon key: {e}"))))
@@ -75,6 +90,20 @@ pub fn key_fingerprint(public_hex: &str) -> Result<(Vec<u8>, Fingerprint), AuthE
     }
     let fingerprint = Fingerprint::of(&raw);
     Ok((raw, fingerprint))
+}
+
+fn proof_message(token: &str, machine_id: &str, ca: &Fingerprint) -> String {
+    format!("rill enrollment\n{token}\n{machine_id}\n{ca}")
+}
+
+/// Whether `proof` (hex) was made by the key `public_key` (a raw P-256
+/// point) for this token, machine and cluster.
+pub fn proof_holds(public_key: &[u8], proof: &str, token: &str, machine_id: &str, ca: &Fingerprint) -> bool {
+    use ring::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
+    let Some(signature) = crate::unhex(proof) else { return false };
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, public_key)
+        .verify(proof_message(token, machine_id, ca).as_bytes(), &signature)
+        .is_ok()
 }
 
 /// The fingerprint of a PEM certificate.
@@ -127,5 +156,10 @@ mod tests {
         assert_eq!(pin, ca.fingerprint());
         assert_eq!(Fingerprint::of(&issued.chain[0]), cert_fingerprint(&pem).unwrap());
         assert!(key_fingerprint("04abcd").is_err());
+        let proof = key.prove("edge", "edge-1", &ca.fingerprint()).unwrap();
+        assert!(proof_holds(&raw, &proof, "edge", "edge-1", &ca.fingerprint()));
+        assert!(!proof_holds(&raw, &proof, "edge", "edge-2", &ca.fingerprint()), "for another machine");
+        let (other, _) = key_fingerprint(&DaemonKey::ephemeral().unwrap().public_hex()).unwrap();
+        assert!(!proof_holds(&other, &proof, "edge", "edge-1", &ca.fingerprint()), "another key");
     }
 }

@@ -1,5 +1,6 @@
 //! The coordinator's identity in its state directory: the cluster CA
-//! (`ca.pem`, `ca.key`) and the admin credential (`admin.token`), all 0600
+//! (`ca.pem`, `ca.key`), the data-plane CA (`data-ca.pem`, `data-ca.key`)
+//! and the admin credential (`admin.token`), all 0600
 //! in a 0700 directory, made at first start. The server certificate is
 //! issued anew at every start for the names the coordinator serves, so a
 //! changed address needs no manual step.
@@ -33,6 +34,8 @@ pub fn serves_plaintext(dir: &Path) -> bool {
 
 pub struct CoordinatorIdentity {
     pub ca: ClusterCa,
+    /// Signs the daemons' data-plane certificates, and only those.
+    pub data_ca: ClusterCa,
     pub server: Issued,
     pub admin: Secret,
     /// Whether the CA was made at this start (a new cluster).
@@ -45,9 +48,10 @@ impl CoordinatorIdentity {
     /// certificate for `names`.
     pub fn load_or_create(dir: &Path, names: &[String]) -> Result<Self, AuthError> {
         let (ca, created) = ClusterCa::load_or_create(dir)?;
+        let (data_ca, _) = ClusterCa::load_or_create_kind(dir, crate::ca::CaKind::DataPlane)?;
         let admin = load_or_create_admin(dir)?;
         let server = ca.issue_server(names)?;
-        Ok(Self { ca, server, admin, created, dir: dir.to_owned() })
+        Ok(Self { ca, data_ca, server, admin, created, dir: dir.to_owned() })
     }
 }
 
@@ -55,8 +59,9 @@ impl CoordinatorIdentity {
     /// An identity that lives only in memory (benchmarks, unit tests).
     pub fn ephemeral(names: &[String]) -> Result<Self, AuthError> {
         let ca = ClusterCa::generate()?;
+        let data_ca = ClusterCa::generate_kind(crate::ca::CaKind::DataPlane)?;
         let server = ca.issue_server(names)?;
-        Ok(Self { ca, server, admin: Secret::generate()?, created: true, dir: PathBuf::new() })
+        Ok(Self { ca, data_ca, server, admin: Secret::generate()?, created: true, dir: PathBuf::new() })
     }
 }
 

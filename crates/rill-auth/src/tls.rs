@@ -85,7 +85,15 @@ impl ServerCertVerifier for PinnedCa {
             rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
                 .build()
                 .map_err(|e| rustls::Error::General(e.to_string()))?;
-        webpki.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+        webpki.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)?;
+        // And it is the coordinator's: no other certificate of the CA has this name.
+        let coordinator = ServerName::try_from(crate::ca::COORDINATOR_NAME).map_err(|e| rustls::Error::General(e.to_string()))?;
+        webpki.verify_server_cert(end_entity, &[], &coordinator, ocsp_response, now).map_err(|_| {
+            rustls::Error::General(format!(
+                "the server's certificate is from the pinned cluster CA but is not a coordinator's (no {})",
+                crate::ca::COORDINATOR_NAME
+            ))
+        })
     }
 
     fn verify_tls12_signature(
@@ -157,6 +165,17 @@ mod tests {
         let wrong = client_config(other.fingerprint(), None).unwrap();
         let err = handshake(config, wrong, "127.0.0.1").unwrap_err();
         assert!(err.contains("not from the pinned cluster CA") && err.contains(&ca.fingerprint().to_string()), "{err}");
+    }
+
+    #[test]
+    fn a_certificate_of_the_pinned_ca_that_is_not_the_coordinators_is_refused() {
+        // E.g. one a daemon got for its address: same CA, right name, but
+        // not the coordinator's reserved name.
+        let ca = ClusterCa::generate().unwrap();
+        let other = ca.issue_server_for(&["127.0.0.1".into()]).unwrap();
+        let client = client_config(ca.fingerprint(), None).unwrap();
+        let err = handshake(server_config(&ca, &other).unwrap(), client, "127.0.0.1").unwrap_err();
+        assert!(err.contains("is not a coordinator's"), "{err}");
     }
 
     #[test]

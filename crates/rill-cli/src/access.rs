@@ -93,8 +93,11 @@ impl CoordinatorAddr {
         let addr = self.host_port();
         let config = load_config()?;
         let entry = config.coordinators.get(&addr);
+        // A fingerprint given explicitly means TLS, whatever a file says.
+        let given = self.given_pin()?;
         let local_plaintext = self.local_state(&addr).is_some_and(|d| rill_auth::identity::serves_plaintext(&d));
-        if self.insecure_plaintext || local_plaintext || entry.is_some_and(|e| e.plaintext) {
+        let configured_plaintext = entry.is_some_and(|e| e.plaintext);
+        if self.insecure_plaintext || (given.is_none() && (local_plaintext || configured_plaintext)) {
             return Ok(Dial { addr, tls: None, bearer });
         }
         let pin = self.fingerprint(&addr, entry.map(|e| e.fingerprint.as_str()))?;
@@ -253,6 +256,7 @@ impl CoordinatorAddr {
         &self,
         join_token_file: Option<&std::path::Path>,
         cache_dir: PathBuf,
+        machine_id: Option<&str>,
     ) -> anyhow::Result<rill_daemon::access::Access> {
         let join = match (join_token_file, env(JOIN_TOKEN_ENV)) {
             (Some(path), _) => {
@@ -273,6 +277,7 @@ impl CoordinatorAddr {
             local_state: if join.is_some() { None } else { self.local_state(&addr) },
             join,
             identity_root: Some(cache_dir.join("identity")),
+            machine_id: machine_id.map(str::to_owned),
             plaintext: self.insecure_plaintext || entry.is_some_and(|e| e.plaintext),
             pin,
             addr,

@@ -155,9 +155,13 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     let labels = rill_core::parse_labels(&args.labels).map_err(|e| anyhow::anyhow!("--labels: {e}"))?;
     let cache_dir = args.cache_dir.clone().unwrap_or_else(|| crate::dirs::daemon_cache(args.machine_id.as_deref()));
     let config = DaemonConfig {
-        machine_id: args.machine_id,
+        machine_id: args.machine_id.clone(),
         labels,
-        coordinator: std::sync::Arc::new(args.coordinator.daemon_access(args.join_token_file.as_deref(), cache_dir)?),
+        coordinator: std::sync::Arc::new(args.coordinator.daemon_access(
+            args.join_token_file.as_deref(),
+            cache_dir,
+            args.machine_id.as_deref(),
+        )?),
         data_port: args.data_port,
     };
     let quiet = args.quiet;

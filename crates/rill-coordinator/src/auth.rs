@@ -122,8 +122,9 @@ pub fn daemon(
             Ok(record) => return Ok(DaemonCredential::Certificate { token: record.name.clone() }),
             // Enrolled but no longer allowed: the refusal says why.
             Err(refused) if refused.code != ErrorCode::Unauthorized => return Err(refused.into()),
-            // Unknown (a store that was lost): a token may enroll it again.
+            // Unknown (say, the store was lost), and nothing else offered.
             Err(refused) if bearer(headers).is_none() => return Err(refused.into()),
+            // Unknown, with a bearer credential too: that one decides.
             Err(_) => {}
         }
     }

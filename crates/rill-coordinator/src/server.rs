@@ -337,7 +337,7 @@ async fn daemon_ws(
         }
     };
     ws.max_message_size(rill_proto::coord::MAX_DAEMON_MESSAGE)
-        .on_upgrade(move |socket| handle_daemon(socket, app, credential))
+        .on_upgrade(move |socket| handle_daemon(socket, app, credential, peer.addr.ip()))
 }
 
 async fn control_ws(ws: WebSocketUpgrade, headers: HeaderMap, State(app): State<Arc<App>>) -> Response {
@@ -368,11 +368,11 @@ async fn next_json<T: serde::de::DeserializeOwned>(
     }
 }
 
-async fn handle_daemon(socket: WebSocket, app: Arc<App>, credential: DaemonCredential) {
+async fn handle_daemon(socket: WebSocket, app: Arc<App>, credential: DaemonCredential, peer_ip: std::net::IpAddr) {
     let (mut sink, mut stream) = socket.split();
     let first = tokio::time::timeout(HELLO_LIMIT, next_json::<DaemonMessage>(&mut stream)).await;
     let Ok(Some(first)) = first else { return };
-    let (mut hello, running, (enroll_key, data_key)) = match first {
+    let (mut hello, running, (enroll_key, enroll_proof, data_key)) = match first {
         Ok(DaemonMessage::Register {
             protocol,
             version,
@@ -381,13 +381,14 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>, credential: DaemonCrede
             zenoh_endpoint,
             running,
             enroll_key,
+            enroll_proof,
             platform,
             data_key,
         }) => {
             // Shown as it is: printable and short.
             let platform: String = platform.chars().filter(|c| !c.is_control()).take(64).collect();
             let hello = crate::cluster::Hello { protocol, version, machine_id, labels, zenoh_endpoint, platform };
-            (hello, running, (enroll_key, data_key))
+            (hello, running, (enroll_key, enroll_proof, data_key))
         }
         Ok(other) => {
             let message = format!("expected register, got {other:?}");
@@ -405,7 +406,7 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>, credential: DaemonCrede
     };
     // (A daemon of another protocol is refused by `admit`, unenrolled.)
     let certificate = match hello.protocol == COORD_PROTOCOL_VERSION {
-        true => match authorize(&app, &credential, &mut hello, enroll_key.as_deref()).await {
+        true => match authorize(&app, &credential, &mut hello, enroll_key.as_deref(), enroll_proof.as_deref()).await {
             Ok(certificate) => certificate,
             Err(refused) => {
                 let name = hello.machine_id.as_deref().unwrap_or("(no machine id)");
@@ -416,7 +417,7 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>, credential: DaemonCrede
         },
         false => None,
     };
-    let data_tls = match data_plane_certificate(&app, &hello, data_key.as_deref()) {
+    let data_tls = match data_plane_certificate(&app, &hello, data_key.as_deref(), peer_ip) {
         Ok(data_tls) => data_tls,
         Err(refused) => {
             send_json(&mut sink, &CoordinatorMessage::Error { code: refused.code, message: refused.message }).await;
@@ -576,6 +577,7 @@ async fn authorize(
     credential: &DaemonCredential,
     hello: &mut crate::cluster::Hello,
     enroll_key: Option<&str>,
+    enroll_proof: Option<&str>,
 ) -> Result<Option<String>, Refused> {
     let refuse = |code, message: String| Err(Refused { code, message });
     let (token, enrolling) = match credential {
@@ -615,26 +617,41 @@ async fn authorize(
     };
     let bad_key = |e: rill_auth::AuthError| Refused { code: ErrorCode::BadRequest, message: e.to_string() };
     let (raw, key) = rill_auth::enroll::key_fingerprint(key_hex).map_err(bad_key)?;
+    let proven = enroll_proof.is_some_and(|proof| {
+        rill_auth::enroll::proof_holds(&raw, proof, token, &machine, &app.security.fingerprint())
+    });
+    if !proven {
+        return refuse(ErrorCode::Unauthorized, "the enrolling daemon did not prove it holds its key".into());
+    }
     let pem = app.security.identity.ca.sign_daemon(&machine, &raw).map_err(bad_key)?;
     let cert = rill_auth::enroll::cert_fingerprint(&pem).map_err(bad_key)?;
     let binding =
         Binding { machine_id: machine.clone(), key: key.to_string(), cert: cert.to_string(), enrolled_ms: now_ms() };
-    // Checked and bound under one lock: of two keys enrolling at once, one wins.
-    let bound = app.tokens().enroll(token, binding, &key, now_ms())?;
-    if let Err(e) = app.persister.save_token(&bound).await {
+    // Checked and bound under one lock, and queued for the store under it
+    // too (so stores keep the order of changes): of two keys enrolling at
+    // once, one wins.
+    let stored = {
+        let mut tokens = app.tokens();
+        let bound = tokens.enroll(token, binding, &key, now_ms())?;
+        app.persister.save_token(&bound)
+    };
+    if let Err(e) = stored.await {
         return refuse(ErrorCode::Internal, format!("cannot store the enrollment: {e}"));
     }
     eprintln!("rill coordinator: machine {machine} enrolled with token {token} (key {key})");
     Ok(Some(pem))
 }
 
-/// The certificate for a daemon's data-plane key, valid for the address in
-/// the endpoint it registered (`tls/IP:PORT`), so peers verify that name.
-/// None in a plaintext cluster, or for a daemon that sent no key.
+/// The certificate for a daemon's data-plane key (from the data-plane CA),
+/// valid for the address its connection comes from, which must be the one
+/// in the endpoint it registered (`tls/IP:PORT`): peers verify that name,
+/// and no daemon gets a certificate for another's address. None in a
+/// plaintext cluster, or for a daemon that sent no key.
 fn data_plane_certificate(
     app: &App,
     hello: &crate::cluster::Hello,
     data_key: Option<&str>,
+    from: std::net::IpAddr,
 ) -> Result<Option<rill_proto::coord::DataTls>, Refused> {
     let bad = |message: String| Refused { code: ErrorCode::BadRequest, message };
     if app.security.plaintext {
@@ -654,10 +671,16 @@ fn data_plane_certificate(
             Some(address.ip())
         }
     };
+    if let Some(ip) = ip.filter(|ip| ip.to_canonical() != from.to_canonical()) {
+        return Err(bad(format!(
+            "data endpoint address {ip} is not the address this daemon connects from ({from}): \
+             other daemons would not reach it there"
+        )));
+    }
     let name = hello.machine_id.as_deref().unwrap_or("daemon");
-    let certificate =
-        app.security.identity.ca.sign_data_plane(name, &raw, ip).map_err(|e| bad(e.to_string()))?;
-    Ok(Some(rill_proto::coord::DataTls { certificate, ca: app.security.identity.ca.cert_pem().to_owned() }))
+    let data_ca = &app.security.identity.data_ca;
+    let certificate = data_ca.sign_data_plane(name, &raw, ip).map_err(|e| bad(e.to_string()))?;
+    Ok(Some(rill_proto::coord::DataTls { certificate, ca: data_ca.cert_pem().to_owned() }))
 }
 
 /// Disconnects daemons whose token expired while they were connected (or
@@ -827,12 +850,17 @@ async fn create_token(
     ttl_ms: Option<u64>,
     labels: Option<BTreeMap<String, String>>,
 ) -> ControlResponse {
-    let created = app.tokens().create(name, ttl_ms, labels, app.security.fingerprint(), now_ms());
-    let (token, record) = match created {
+    let created = {
+        let mut tokens = app.tokens();
+        tokens
+            .create(name, ttl_ms, labels, app.security.fingerprint(), now_ms())
+            .map(|(token, record)| (token, app.persister.save_token(&record), record))
+    };
+    let (token, stored, record) = match created {
         Ok(created) => created,
         Err(e) => return refused(e),
     };
-    if let Err(e) = app.persister.save_token(&record).await {
+    if let Err(e) = stored.await {
         app.tokens().forget(name);
         return ControlResponse::Error { code: ErrorCode::Internal, message: format!("cannot store the token: {e}") };
     }
@@ -842,13 +870,18 @@ async fn create_token(
 
 /// Revokes a token (stored first) and disconnects the daemon using it.
 async fn revoke_token(app: &App, name: &str) -> ControlResponse {
-    let revoked = app.tokens().revoke(name);
+    // Queued under the tokens lock, so stores keep the order of changes.
+    let revoked = {
+        let mut tokens = app.tokens();
+        tokens.revoke(name).map(|changed| changed.map(|record| app.persister.save_token(&record)))
+    };
     let changed = match revoked {
         Ok(changed) => changed,
         Err(e) => return refused(e),
     };
-    if let Some(record) = &changed
-        && let Err(e) = app.persister.save_token(record).await
+    let was_revoked_now = changed.is_some();
+    if let Some(stored) = changed
+        && let Err(e) = stored.await
     {
         return ControlResponse::Error { code: ErrorCode::Internal, message: format!("cannot store the revocation: {e}") };
     }
@@ -859,10 +892,10 @@ async fn revoke_token(app: &App, name: &str) -> ControlResponse {
         let message = format!("token {name} was revoked");
         app.cluster().send(daemon, CoordinatorMessage::Error { code: ErrorCode::Revoked, message });
     }
-    if changed.is_some() {
+    if was_revoked_now {
         eprintln!("rill coordinator: token {name} revoked");
     }
-    ControlResponse::TokenRevoked { name: name.to_owned(), changed: changed.is_some(), disconnected: holders.into_iter().next() }
+    ControlResponse::TokenRevoked { name: name.to_owned(), changed: was_revoked_now, disconnected: holders.into_iter().next() }
 }
 
 /// Sends the kept lines, then (with `follow`) each new one until the

@@ -9,8 +9,8 @@ use rill_auth::{Fingerprint, JoinToken, Secret, SecretHash};
 use rill_proto::coord::{ErrorCode, TokenInfo, TokenState};
 use serde::{Deserialize, Serialize};
 
-/// Most tokens kept (unused, enrolled, expired and revoked together); a
-/// create beyond it is refused until some are revoked and pruned.
+/// Most tokens kept (unused, enrolled, expired and revoked together: none
+/// is removed); a create beyond it is refused.
 pub const MAX_TOKENS: usize = 10_000;
 
 /// Most labels a token may grant, and the longest key or value.
@@ -203,6 +203,22 @@ impl Tokens {
     pub fn may_enroll(&self, name: &str, machine_id: &str, key: &Fingerprint, now_ms: u64) -> Result<(), Refused> {
         let record = self.records.get(name).ok_or_else(|| Refused::new(ErrorCode::Unauthorized, "unknown token"))?;
         record.usable(now_ms)?;
+        // A machine id enrolled under another live token is that machine's:
+        // a second token cannot take it over (and its nodes with it).
+        let holder = self.records.values().find(|r| {
+            r.name != name
+                && r.state(now_ms) == TokenState::Enrolled
+                && r.bound.as_ref().is_some_and(|b| b.machine_id == machine_id)
+        });
+        if let Some(holder) = holder {
+            return Err(Refused::new(
+                ErrorCode::AlreadyBound,
+                format!(
+                    "machine {machine_id} is enrolled with token {}: revoke that token first, or pick another --machine-id",
+                    holder.name
+                ),
+            ));
+        }
         match &record.bound {
             Some(bound) if bound.key != key.to_string() => Err(Refused::new(
                 ErrorCode::AlreadyBound,
@@ -260,6 +276,9 @@ mod tests {
         let other_key = Fingerprint::of(b"other");
         let second = tokens.enroll("edge", binding(&other_key, b"d"), &other_key, 10).unwrap_err();
         assert_eq!(second.code, ErrorCode::AlreadyBound, "the second of two keys loses");
+        tokens.create("thief", None, None, ca(), 0).unwrap();
+        let taken = tokens.may_enroll("thief", "m", &other_key, 10).unwrap_err();
+        assert!(taken.code == ErrorCode::AlreadyBound && taken.message.contains("enrolled with token edge"), "{taken}");
         assert_eq!(tokens.list(10)[0].state, TokenState::Enrolled);
         tokens.may_enroll("edge", "m", &key, 20).expect("the same key enrolls again");
         let other = tokens.may_enroll("edge", "m", &Fingerprint::of(b"other"), 20).unwrap_err();

@@ -29,24 +29,28 @@ pub struct Access {
     pub local_state: Option<PathBuf>,
     /// The join token (`--join-token-file`, `RILL_JOIN_TOKEN`).
     pub join: Option<JoinToken>,
-    /// Where enrolled identities are kept: one directory per cluster CA
-    /// (`<root>/<first 16 hex digits of its fingerprint>`) with the key,
-    /// the certificate and the CA pin, so joining another cluster never
-    /// mixes them up.
+    /// Where enrolled identities are kept: one directory per cluster CA and
+    /// token (`<root>/<first 16 hex digits of the CA fingerprint>/<token>`)
+    /// with the key, the certificate and the CA pin, so joining another
+    /// cluster, or again with a new token, never mixes them up.
     pub identity_root: Option<PathBuf>,
+    /// `--machine-id` (an enrolling daemon proves its key for it).
+    pub machine_id: Option<String>,
 }
 
 /// How to connect this time.
 #[derive(Debug, Clone)]
 pub struct Attempt {
     pub dial: Dial,
-    /// The public key to enroll (hex), with a join token.
+    /// The public key to enroll (hex), with a join token, and the proof
+    /// that this daemon holds it.
     pub enroll_key: Option<String>,
+    pub enroll_proof: Option<String>,
 }
 
 impl From<Dial> for Attempt {
     fn from(dial: Dial) -> Self {
-        Self { dial, enroll_key: None }
+        Self { dial, enroll_key: None, enroll_proof: None }
     }
 }
 
@@ -74,15 +78,20 @@ impl Access {
     /// enrolled in (unless it is the local coordinator's daemon).
     fn identity_dir(&self) -> Option<PathBuf> {
         let root = self.identity_root.as_ref()?;
-        match self.join.as_ref().map(|t| t.ca).or(self.pin) {
-            Some(ca) => Some(root.join(&ca.hex()[..16])),
-            None if self.local_state.is_some() => None,
-            None => {
-                let mut dirs = std::fs::read_dir(root).ok()?.flatten().map(|e| e.path()).filter(|p| p.is_dir());
-                let only = dirs.next()?;
-                dirs.next().is_none().then_some(only)
-            }
+        if let Some(token) = &self.join {
+            return Some(root.join(&token.ca.hex()[..16]).join(&token.name));
         }
+        let clusters = match self.pin {
+            Some(ca) => vec![root.join(&ca.hex()[..16])],
+            None if self.local_state.is_some() => return None,
+            None => subdirs(root),
+        };
+        // Without a token: the identity enrolled last.
+        let enrolled = clusters.iter().flat_map(|c| subdirs(c)).filter_map(|dir| {
+            let at = std::fs::metadata(dir.join(rill_auth::enroll::DAEMON_CERT)).and_then(|m| m.modified()).ok()?;
+            Some((at, dir))
+        });
+        enrolled.max().map(|(_, dir)| dir)
     }
 
     pub fn attempt(&self) -> Result<Attempt, AccessProblem> {
@@ -106,7 +115,11 @@ impl Access {
                 false => Some(rill_auth::tls::client_config(token.ca, None).map_err(permanent)?),
             };
             let dial = Dial { addr: self.addr.clone(), tls, bearer: Some(token.expose()) };
-            return Ok(Attempt { dial, enroll_key: Some(key.public_hex()) });
+            let proof = match &self.machine_id {
+                Some(machine) => Some(key.prove(&token.name, machine, &token.ca).map_err(permanent)?),
+                None => None,
+            };
+            return Ok(Attempt { dial, enroll_key: Some(key.public_hex()), enroll_proof: proof });
         }
         self.dial().map(Attempt::from)
     }
@@ -157,7 +170,9 @@ impl Access {
                 transient: false,
             });
         };
-        let local_plaintext = self.local_state.as_deref().is_some_and(rill_auth::identity::serves_plaintext);
+        // (A fingerprint given explicitly means TLS, whatever a file says.)
+        let local_plaintext =
+            self.pin.is_none() && self.local_state.as_deref().is_some_and(rill_auth::identity::serves_plaintext);
         if self.plaintext || local_plaintext {
             return Ok(Dial { addr: self.addr.clone(), tls: None, bearer: Some(bearer) });
         }
@@ -180,6 +195,12 @@ impl Access {
             .map_err(|e| AccessProblem { message: e.to_string(), transient: false })?;
         Ok(Dial { addr: self.addr.clone(), tls: Some(tls), bearer: Some(bearer) })
     }
+}
+
+/// The directories in `dir`.
+fn subdirs(dir: &std::path::Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect()
 }
 
 /// The same dial every time.

@@ -403,6 +403,7 @@ async fn connect_once(
         zenoh_endpoint: endpoint.clone(),
         running: shares.owned(),
         enroll_key: attempt.enroll_key,
+        enroll_proof: attempt.enroll_proof,
         platform: format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
         data_key: tls.then(|| data_key.public_hex()),
     };

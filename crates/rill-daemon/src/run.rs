@@ -385,7 +385,11 @@ impl Runtime {
 }
 
 fn run_build(command: &str, dir: &Path, node: &str, reporter: &Reporter) -> std::io::Result<ExitStatus> {
-    let mut child = std::process::Command::new("sh")
+    let mut build = std::process::Command::new("sh");
+    crate::spawn::SECRET_ENV.iter().for_each(|var| {
+        build.env_remove(var);
+    });
+    let mut child = build
         .arg("-c")
         .arg(command)
         .current_dir(dir)

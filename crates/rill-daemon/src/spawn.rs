@@ -48,11 +48,18 @@ fn is_executable(path: &Path) -> bool {
     path.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
+/// Credentials in the daemon's environment that its nodes and builds must
+/// not inherit.
+pub const SECRET_ENV: [&str; 2] = ["RILL_JOIN_TOKEN", "RILL_TOKEN"];
+
 /// Starts `node` from `program` in `working_dir`.
 pub fn spawn_node(node: &NodeSpec, program: &Path, working_dir: &Path) -> std::io::Result<SpawnedNode> {
     let (daemon_end, node_end) = transport::socket_pair()?;
     let inputs: Vec<String> = node.inputs.iter().map(|(id, input)| format!("{id}:{}", input.queue_size)).collect();
     let mut command = Command::new(program);
+    SECRET_ENV.iter().for_each(|var| {
+        command.env_remove(var);
+    });
     command
         .args(&node.args)
         .current_dir(working_dir)

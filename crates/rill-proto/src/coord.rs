@@ -93,6 +93,10 @@ pub enum DaemonMessage {
         /// point, hex), for which the coordinator signs a certificate.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         enroll_key: Option<String>,
+        /// With `enroll_key`: its signature over the token's name, the
+        /// machine id and the CA fingerprint (hex), proving the daemon holds it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        enroll_proof: Option<String>,
         /// `os/arch` (`linux/x86_64`).
         #[serde(default)]
         platform: String,
@@ -440,6 +444,7 @@ mod tests {
             zenoh_endpoint: None,
             running: vec![],
             enroll_key: None,
+            enroll_proof: None,
             platform: "linux/x86_64".into(),
             data_key: None,
         };

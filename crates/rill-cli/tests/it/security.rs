@@ -139,6 +139,13 @@ fn a_token_is_shown_once_refused_twice_and_goes_unused_enrolled_revoked_without_
     // A revoked token enrolls nothing.
     procs.start_command("again", daemon(port, "edge-2", &file, &procs.dir.path().join("cache-2")));
     assert_eq!(procs.wait_exit("again", Duration::from_secs(15)), Some(6), "{}", procs.logs());
+    // A new token brings the revoked machine back, same cache dir, new key.
+    let renewed = join_token(&procs, port, "edge-renewed", &[]);
+    procs.start_command("renewed", daemon(port, "edge-1", &renewed, &cache));
+    wait_status(&procs, port, "edge-1 back with a new token", Duration::from_secs(15), |v| machines(v) == ["edge-1"]);
+    let renewed = token(port, "edge-renewed");
+    assert_eq!(renewed["state"], "enrolled", "{renewed}");
+    assert_ne!(renewed["key_fingerprint"], enrolled["key_fingerprint"], "a new key for the new token");
 }
 
 #[test]
@@ -185,6 +192,27 @@ fn enrollment_binds_a_token_to_one_machine_and_its_cache_dir() {
     assert!(crate::support::alive(procs.pid("daemon-again")), "the first is unaffected\n{}", procs.logs());
     wait_status(&procs, port, "edge still there", Duration::from_secs(5), |v| machines(v) == ["edge"]);
 
+    // Another token cannot take over an enrolled machine id (and its nodes).
+    let thief = join_token(&procs, port, "thief", &[]);
+    procs.start_command("thief", daemon(port, "edge", &thief, &procs.dir.path().join("cache-thief")));
+    assert_eq!(procs.wait_exit("thief", Duration::from_secs(15)), Some(8), "{}", procs.logs());
+    assert!(procs.log("thief").contains("machine edge is enrolled with token edge"), "{}", procs.logs());
+    // The token and the (public) key are not enough: the enrolling daemon
+    // proves it holds the private key.
+    let joined: rill_auth::JoinToken = std::fs::read_to_string(&file).expect("token").parse().expect("token");
+    let victim = rill_auth::enroll::DaemonKey::load_or_create(&cache.join("identity").join(&joined.ca.hex()[..16]).join("edge"))
+        .expect("the enrolled key");
+    let forger = rill_auth::enroll::DaemonKey::ephemeral().expect("key");
+    let dial = rill_auth::dial::Dial {
+        addr: format!("127.0.0.1:{port}"),
+        tls: Some(rill_auth::tls::client_config(joined.ca, None).expect("TLS")),
+        bearer: Some(joined.expose()),
+    };
+    let reply = first_reply(&dial, serde_json::json!({"type": "register",
+        "protocol": rill_proto::coord::COORD_PROTOCOL_VERSION, "version": "0", "machine_id": "edge", "labels": {},
+        "enroll_key": victim.public_hex(), "enroll_proof": forger.prove("edge", "edge", &joined.ca).expect("proof")}));
+    assert!(reply.contains("unauthorized") && reply.contains("did not prove it holds its key"), "{reply}");
+
     // A label the token does not grant cannot be claimed.
     let cam = join_token(&procs, port, "cam", &["--labels", "camera=true"]);
     let mut greedy = daemon(port, "cam", &cam, &procs.dir.path().join("cache-cam"));
@@ -220,6 +248,20 @@ fn a_token_that_expires_while_its_daemon_is_cut_off_is_refused_when_it_returns()
     relay.heal();
     assert_eq!(procs.wait_exit("daemon", Duration::from_secs(30)), Some(7), "exit 7: expired\n{}", procs.logs());
     assert!(procs.log("daemon").contains("token short has expired"), "{}", procs.logs());
+}
+
+/// Registers over a fresh daemon connection with `register`; the first reply.
+fn first_reply(dial: &rill_auth::dial::Dial, register: serde_json::Value) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        use futures_util::{SinkExt, StreamExt};
+        let mut ws = rill_auth::dial::websocket(dial, "/api/daemon").await.expect("connect");
+        ws.send(tokio_tungstenite::tungstenite::Message::Text(register.to_string().into())).await.expect("send");
+        match ws.next().await {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => text.to_string(),
+            other => panic!("no reply: {other:?}"),
+        }
+    })
 }
 
 /// A fake coordinator on `listener` that answers the first daemon with
@@ -260,18 +302,10 @@ fn another_protocol_is_refused_and_stops_the_daemon_cleanly() {
         tls: Some(rill_auth::tls::client_config(joined.ca, None).expect("TLS")),
         bearer: Some(joined.expose()),
     };
-    let key = rill_auth::enroll::DaemonKey::load_or_create(&procs.dir.path().join("old-key")).expect("key");
-    let reply = runtime.block_on(async {
-        use futures_util::{SinkExt, StreamExt};
-        let mut ws = rill_auth::dial::websocket(&dial, "/api/daemon").await.expect("connect");
-        let register = serde_json::json!({"type": "register", "protocol": 3, "version": "0.0.1", "machine_id": "old",
-            "labels": {}, "enroll_key": key.public_hex()});
-        ws.send(tokio_tungstenite::tungstenite::Message::Text(register.to_string().into())).await.expect("send");
-        match ws.next().await {
-            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => text.to_string(),
-            other => panic!("no reply: {other:?}"),
-        }
-    });
+    let key = rill_auth::enroll::DaemonKey::ephemeral().expect("key");
+    let reply = first_reply(&dial, serde_json::json!({"type": "register", "protocol": 3, "version": "0.0.1",
+        "machine_id": "old", "labels": {}, "enroll_key": key.public_hex(),
+        "enroll_proof": key.prove("old", "old", &joined.ca).expect("proof")}));
     assert!(reply.contains("protocol_mismatch"), "{reply}");
     assert_eq!(token(port, "old")["state"], "unused", "nothing was enrolled");
 }
@@ -364,6 +398,11 @@ fn an_insecure_plaintext_cluster_works_and_says_it_is_insecure() {
     wait_status(&procs, port, "a registered", Duration::from_secs(15), |v| machines(v) == ["a"]);
     let out = rill().args(["status", "--coordinator-port", &port_text]).output().expect("run");
     assert!(String::from_utf8_lossy(&out.stdout).contains("transport plaintext"), "{}", procs.logs());
+    // A fingerprint given explicitly means TLS: the token is not sent in clear.
+    let fingerprint = format!("sha256:{}", "0".repeat(64));
+    let out = rill().args(["status", "--coordinator-port", &port_text, "--coordinator-fingerprint", &fingerprint]).output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code() == Some(1) && stderr.contains("does not speak TLS"), "{stderr}");
 }
 
 #[test]
@@ -403,10 +442,14 @@ fn a_daemon_cannot_report_on_another_daemons_nodes() {
     assert!(!String::from_utf8_lossy(&logs.stdout).contains("FORGED"), "a forged line was kept");
 }
 
-/// A Zenoh peer that dials `endpoint` (with the cluster CA, if given, so it
-/// trusts the daemon, but no certificate of its own) and counts what it
-/// gets on every rill key.
-fn intruder(endpoint: &str, ca_pem: Option<&str>) -> (zenoh::Session, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+/// A Zenoh peer that dials `endpoint` (trusting `ca_pem`, if given, so it
+/// accepts the daemon, and presenting `identity` (key, certificate files),
+/// if given) and counts what it gets on every rill key.
+fn intruder(
+    endpoint: &str,
+    ca_pem: Option<&str>,
+    identity: Option<(&Path, &Path)>,
+) -> (zenoh::Session, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use zenoh::Wait;
     let mut config = zenoh::Config::default();
     let mut set = |key: &str, value: String| config.insert_json5(key, &value).expect(key);
@@ -420,6 +463,11 @@ fn intruder(endpoint: &str, ca_pem: Option<&str>) -> (zenoh::Session, std::sync:
         std::fs::write(&path, ca).expect("CA file");
         let path = serde_json::to_string(&path.display().to_string()).expect("json");
         set("transport/link/tls/root_ca_certificate", path);
+    }
+    if let Some((key, cert)) = identity {
+        let json = |p: &Path| serde_json::to_string(&p.display().to_string()).expect("json");
+        set("transport/link/tls/connect_private_key", json(key));
+        set("transport/link/tls/connect_certificate", json(cert));
     }
     let session = zenoh::open(config).wait().expect("zenoh session");
     let got = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -446,10 +494,24 @@ fn a_zenoh_peer_without_a_cluster_certificate_gets_nothing_from_the_data_plane()
     procs.start("daemon-b", &["daemon", "--machine-id", "b", "--coordinator-port", &port_text]);
     wait_status(&procs, port, "two daemons", Duration::from_secs(15), |v| machines(v).len() == 2);
     let state = crate::support::xdg_home().join(format!("data/rill/coordinator-{port}"));
-    let ca = std::fs::read_to_string(state.join("ca.pem")).expect("the cluster CA");
-    // One without TLS, one with TLS that trusts the CA but has no certificate.
-    let (_plain, plain_got) = intruder(&format!("tcp/127.0.0.1:{data_port}"), None);
-    let (_tls, tls_got) = intruder(&format!("tls/127.0.0.1:{data_port}"), Some(&ca));
+    // Trusting both CAs: whichever signed the daemon's certificate, the
+    // intruder accepts it (it is the intruder's own side that must fail).
+    let ca = ["data-ca.pem", "ca.pem"].map(|f| std::fs::read_to_string(state.join(f)).expect("a CA")).concat();
+    // An enrolled daemon's certificate (from the cluster CA, on disk) opens
+    // only the coordinator, not the data plane.
+    let file = join_token(&procs, port, "c", &[]);
+    let cache = procs.dir.path().join("cache-c");
+    procs.start_command("daemon-c", daemon(port, "c", &file, &cache));
+    wait_status(&procs, port, "three daemons", Duration::from_secs(15), |v| machines(v).len() == 3);
+    let joined: rill_auth::JoinToken = std::fs::read_to_string(&file).expect("token").parse().expect("token");
+    let enrolled = cache.join("identity").join(&joined.ca.hex()[..16]).join("c");
+    // One without TLS, one with TLS that trusts the data CA but has no
+    // certificate, one with the enrollment certificate.
+    let endpoint = format!("tls/127.0.0.1:{data_port}");
+    let (_plain, plain_got) = intruder(&format!("tcp/127.0.0.1:{data_port}"), None, None);
+    let (_tls, tls_got) = intruder(&endpoint, Some(&ca), None);
+    let identity = (enrolled.join("daemon.key"), enrolled.join("daemon.pem"));
+    let (_member, member_got) = intruder(&endpoint, Some(&ca), Some((&identity.0, &identity.1)));
     let flow = Flow::new(
         "nodes:\n  - id: source\n    path: {node}\n    args: [flood, '8']\n    outputs: [out]\n    deploy: { machine: a }\n  - id: sink\n    path: {node}\n    args: [slow, '1']\n    inputs: { in: source/out }\n    deploy: { machine: b }\n",
     );
@@ -460,8 +522,32 @@ fn a_zenoh_peer_without_a_cluster_certificate_gets_nothing_from_the_data_plane()
     // ... and not to the intruders, during all of that and a while more.
     let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline {
-        let got = (plain_got.load(std::sync::atomic::Ordering::Relaxed), tls_got.load(std::sync::atomic::Ordering::Relaxed));
-        assert_eq!(got, (0, 0), "an intruder received data (plain, tls)\n{}", procs.logs());
+        let count = |got: &std::sync::atomic::AtomicUsize| got.load(std::sync::atomic::Ordering::Relaxed);
+        let got = (count(&plain_got), count(&tls_got), count(&member_got));
+        assert_eq!(got, (0, 0, 0), "an intruder received data (plain, tls, enrolled cert)\n{}", procs.logs());
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn nodes_do_not_inherit_the_daemons_credentials() {
+    let mut procs = Processes::new();
+    let port = coordinator(&mut procs, &[]);
+    let port_text = port.to_string();
+    let file = join_token(&procs, port, "edge", &[]);
+    let token = std::fs::read_to_string(&file).expect("token");
+    let mut cmd = rill();
+    cmd.args(["daemon", "--machine-id", "edge", "--coordinator-port", &port_text])
+        .arg("--cache-dir")
+        .arg(procs.dir.path().join("cache"))
+        .env("RILL_JOIN_TOKEN", token.trim())
+        .env("RILL_TOKEN", "ab".repeat(32));
+    procs.start_command("daemon", cmd);
+    wait_status(&procs, port, "edge enrolled", Duration::from_secs(15), |v| machines(v) == ["edge"]);
+    let flow = Flow::new("nodes:\n  - id: env\n    path: /usr/bin/env\n    build: env\n    deploy: { machine: edge }\n");
+    let (code, _, stderr) = rill_json(&["start", &flow.file.display().to_string(), "--name", "app", "--coordinator-port", &port_text]);
+    assert_eq!(code, Some(0), "{stderr}");
+    procs.wait_log("daemon", "the node printed its environment", Duration::from_secs(20), |l| l.contains("[app/env] RILL_NODE_ID=env"));
+    let log = procs.log("daemon");
+    assert!(!log.contains("RILL_JOIN_TOKEN") && !log.contains("RILL_TOKEN"), "a credential reached the node or its build:\n{log}");
 }
