@@ -19,25 +19,60 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// A TCP connection, encrypted (`T`: a client or server TLS stream) or, with
 /// `--insecure-plaintext`, not.
-pub enum MaybeTls<T> {
-    Plain(TcpStream),
+pub enum MaybeTls<T, S = TcpStream> {
+    Plain(S),
     Tls(Box<T>),
 }
 
 /// The CLI's and daemons' connection to the coordinator.
-pub type Link = MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>;
+pub type Link = MaybeTls<tokio_rustls::client::TlsStream<Quiet>, Quiet>;
 
 impl Link {
     /// This end's address (a daemon tells other daemons to reach it there).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         match self {
-            MaybeTls::Plain(tcp) => tcp.local_addr(),
-            MaybeTls::Tls(tls) => tls.get_ref().0.local_addr(),
+            MaybeTls::Plain(tcp) => tcp.0.local_addr(),
+            MaybeTls::Tls(tls) => tls.get_ref().0.0.local_addr(),
         }
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for MaybeTls<T> {
+/// A TCP stream whose writes never raise SIGPIPE (`MSG_NOSIGNAL`): the CLI
+/// lets SIGPIPE end it when its stdout reader goes away, and a coordinator
+/// that closes the connection must be an error, not a silent death.
+pub struct Quiet(pub TcpStream);
+
+impl AsyncRead for Quiet {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Quiet {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let tcp = &self.get_mut().0;
+        loop {
+            std::task::ready!(tcp.poll_write_ready(cx))?;
+            let sent = tcp.try_io(tokio::io::Interest::WRITABLE, || {
+                rustix::net::send(tcp, buf, rustix::net::SendFlags::NOSIGNAL).map_err(io::Error::from)
+            });
+            match sent {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+impl<T: AsyncRead + Unpin, S: AsyncRead + Unpin> AsyncRead for MaybeTls<T, S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
@@ -46,7 +81,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for MaybeTls<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
+impl<T: AsyncWrite + Unpin, S: AsyncWrite + Unpin> AsyncWrite for MaybeTls<T, S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
@@ -136,7 +171,7 @@ pub async fn websocket(dial: &Dial, path: &str) -> Result<Ws, DialError> {
         .map_err(|e| DialError::Connect { addr: addr.clone(), reason: e.to_string() })?;
     let _ = tcp.set_nodelay(true);
     let (link, scheme) = match &dial.tls {
-        None => (MaybeTls::Plain(tcp), "ws"),
+        None => (MaybeTls::Plain(Quiet(tcp)), "ws"),
         Some(config) => {
             let name = ServerName::try_from(host_of(&addr).to_owned())
                 .map_err(|e| DialError::Tls {
@@ -144,7 +179,7 @@ pub async fn websocket(dial: &Dial, path: &str) -> Result<Ws, DialError> {
                     reason: format!("not a host name: {e}"),
                     untrusted: true,
                 })?;
-            let tls = tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await.map_err(|e| {
+            let tls = tokio_rustls::TlsConnector::from(config.clone()).connect(name, Quiet(tcp)).await.map_err(|e| {
                 DialError::Tls { addr: addr.clone(), reason: tls_reason(&e), untrusted: certificate_refused(&e) }
             })?;
             (MaybeTls::Tls(Box::new(tls)), "wss")

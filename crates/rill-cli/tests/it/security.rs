@@ -402,7 +402,7 @@ fn an_insecure_plaintext_cluster_works_and_says_it_is_insecure() {
     let fingerprint = format!("sha256:{}", "0".repeat(64));
     let out = rill().args(["status", "--coordinator-port", &port_text, "--coordinator-fingerprint", &fingerprint]).output().expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.code() == Some(1) && stderr.contains("does not speak TLS"), "{stderr}");
+    assert!(out.status.code() == Some(1) && stderr.contains("does not speak TLS"), "{:?} {stderr} {}\n{}", out.status, String::from_utf8_lossy(&out.stdout), procs.logs());
 }
 
 #[test]
