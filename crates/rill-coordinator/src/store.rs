@@ -85,34 +85,34 @@ impl Store {
 
     /// Every record, in start order.
     pub fn load(&self) -> Result<Vec<DataflowRecord>, StoreError> {
-        let Store::Redb(db) = self else { return Ok(Vec::new()) };
-        let txn = db.begin_read().map_err(io)?;
-        let table = txn.open_table(DATAFLOWS).map_err(io)?;
-        let mut records = Vec::new();
-        for entry in table.iter().map_err(io)? {
-            let (_, value) = entry.map_err(io)?;
-            match serde_json::from_str::<DataflowRecord>(value.value()) {
-                Ok(record) => records.push(record),
-                Err(e) => eprintln!("rill coordinator: skipping an unreadable stored dataflow: {e}"),
-            }
-        }
+        let mut records: Vec<DataflowRecord> = self.load_table(DATAFLOWS, "dataflow")?;
         records.sort_by_key(|r| r.started_ms);
         Ok(records)
     }
 
     /// Every stored join token.
     pub fn load_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.load_table(TOKENS, "token")
+    }
+
+    /// Every value of `table`, parsed from JSON; an unreadable one is
+    /// skipped with a line that names it a `what`.
+    fn load_table<T: serde::de::DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &str>,
+        what: &str,
+    ) -> Result<Vec<T>, StoreError> {
         let Store::Redb(db) = self else { return Ok(Vec::new()) };
         let txn = db.begin_read().map_err(io)?;
-        let table = txn.open_table(TOKENS).map_err(io)?;
-        let mut tokens = Vec::new();
+        let table = txn.open_table(table).map_err(io)?;
+        let mut values = Vec::new();
         for entry in table.iter().map_err(io)? {
             let (_, value) = entry.map_err(io)?;
-            match serde_json::from_str::<TokenRecord>(value.value()) {
-                Ok(token) => tokens.push(token),
-                Err(e) => eprintln!("rill coordinator: skipping an unreadable stored token: {e}"),
+            match serde_json::from_str::<T>(value.value()) {
+                Ok(parsed) => values.push(parsed),
+                Err(e) => eprintln!("rill coordinator: skipping an unreadable stored {what}: {e}"),
             }
         }
-        Ok(tokens)
+        Ok(values)
     }
 }
