@@ -854,14 +854,14 @@ async fn create_token(
         let mut tokens = app.tokens();
         tokens
             .create(name, ttl_ms, labels, app.security.fingerprint(), now_ms())
-            .map(|(token, record)| (token, app.persister.save_token(&record), record))
+            .map(|(token, record, replaced)| (token, app.persister.save_token(&record), record, replaced))
     };
-    let (token, stored, record) = match created {
+    let (token, stored, record, replaced) = match created {
         Ok(created) => created,
         Err(e) => return refused(e),
     };
     if let Err(e) = stored.await {
-        app.tokens().forget(name);
+        app.tokens().forget(name, replaced);
         return ControlResponse::Error { code: ErrorCode::Internal, message: format!("cannot store the token: {e}") };
     }
     eprintln!("rill coordinator: token {name} created");

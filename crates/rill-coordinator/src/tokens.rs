@@ -113,7 +113,8 @@ impl Tokens {
         Self { records: records.into_iter().map(|r| (r.name.clone(), r)).collect() }
     }
 
-    /// A new token; the secret is in the returned token only.
+    /// A new token; the secret is in the returned token only. Also returns
+    /// the revoked or expired token of that name it replaced.
     pub fn create(
         &mut self,
         name: &str,
@@ -121,20 +122,23 @@ impl Tokens {
         labels: Option<BTreeMap<String, String>>,
         ca: Fingerprint,
         now_ms: u64,
-    ) -> Result<(JoinToken, TokenRecord), Refused> {
+    ) -> Result<(JoinToken, TokenRecord, Option<TokenRecord>), Refused> {
         if let Some(problem) = rill_auth::token::name_problem(name) {
             return Err(Refused::new(ErrorCode::BadRequest, problem));
         }
         if let Some(problem) = labels.as_ref().and_then(labels_problem) {
             return Err(Refused::new(ErrorCode::BadRequest, problem));
         }
-        if self.records.contains_key(name) {
+        // The name of a revoked or expired token is free again: a machine
+        // that left the cluster can rejoin under its own name.
+        let replaces = self.records.get(name).map(|r| r.state(now_ms));
+        if matches!(replaces, Some(TokenState::Unused | TokenState::Enrolled)) {
             return Err(Refused::new(
                 ErrorCode::NameInUse,
                 format!("a token named {name} exists already (see `rill token list`): pick another name"),
             ));
         }
-        if self.records.len() >= MAX_TOKENS {
+        if replaces.is_none() && self.records.len() >= MAX_TOKENS {
             return Err(Refused::new(ErrorCode::BadRequest, format!("this cluster has {MAX_TOKENS} tokens already")));
         }
         let token = JoinToken::mint(name, ca).map_err(|e| Refused::new(ErrorCode::Internal, e.to_string()))?;
@@ -147,13 +151,17 @@ impl Tokens {
             revoked: false,
             bound: None,
         };
-        self.records.insert(name.to_owned(), record.clone());
-        Ok((token, record))
+        let replaced = self.records.insert(name.to_owned(), record.clone());
+        Ok((token, record, replaced))
     }
 
-    /// Undoes a create whose record could not be stored.
-    pub fn forget(&mut self, name: &str) {
-        self.records.remove(name);
+    /// Undoes a create whose record could not be stored: the token it
+    /// replaced, if any, is back.
+    pub fn forget(&mut self, name: &str, replaced: Option<TokenRecord>) {
+        match replaced {
+            Some(old) => self.records.insert(name.to_owned(), old),
+            None => self.records.remove(name),
+        };
     }
 
     pub fn list(&self, now_ms: u64) -> Vec<TokenInfo> {
@@ -260,7 +268,7 @@ mod tests {
     #[test]
     fn a_token_goes_unused_enrolled_revoked_and_unused_expired() {
         let mut tokens = Tokens::default();
-        let (token, record) = tokens.create("edge", Some(1000), None, ca(), 0).unwrap();
+        let (token, record, _) = tokens.create("edge", Some(1000), None, ca(), 0).unwrap();
         assert!(!record.hash.contains(&token.secret.expose()), "only the hash is kept");
         assert_eq!(tokens.create("edge", None, None, ca(), 0).unwrap_err().code, ErrorCode::NameInUse);
         assert_eq!(tokens.list(10)[0].state, TokenState::Unused);
@@ -289,7 +297,7 @@ mod tests {
         assert!(tokens.revoke("edge").unwrap().is_none(), "revoke is idempotent");
         assert_eq!(tokens.list(20)[0].state, TokenState::Revoked);
         assert_eq!(tokens.check("edge", &token.secret, 20).unwrap_err().code, ErrorCode::Revoked);
-        let (unused, _) = tokens.create("late", Some(5), None, ca(), 0).unwrap();
+        let (unused, ..) = tokens.create("late", Some(5), None, ca(), 0).unwrap();
         assert_eq!(tokens.check("late", &unused.secret, 5).unwrap_err().code, ErrorCode::Expired);
         let wrong = Secret::generate().unwrap();
         assert_eq!(tokens.check("late", &wrong, 0).unwrap_err().code, ErrorCode::Unauthorized);
@@ -297,5 +305,25 @@ mod tests {
         let nul: BTreeMap<String, String> = [("gpu\0".to_owned(), "true".to_owned())].into();
         assert_eq!(tokens.create("x", None, Some(nul), ca(), 0).unwrap_err().code, ErrorCode::BadRequest);
         assert_eq!(tokens.create("a b", None, None, ca(), 0).unwrap_err().code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn the_name_of_a_revoked_or_expired_token_can_be_taken_again_and_given_back() {
+        let mut tokens = Tokens::default();
+        let (old, ..) = tokens.create("robot", None, None, ca(), 0).unwrap();
+        tokens.revoke("robot").unwrap();
+        let (new, _, replaced) = tokens.create("robot", None, None, ca(), 10).unwrap();
+        assert!(replaced.is_some_and(|r| r.revoked), "the revoked record is what was replaced");
+        assert_eq!(tokens.check("robot", &old.secret, 10).unwrap_err().code, ErrorCode::Unauthorized);
+        tokens.check("robot", &new.secret, 10).expect("the new token works");
+        assert_eq!(tokens.list(10).len(), 1);
+        // A store failure puts the revoked one back.
+        tokens.revoke("robot").unwrap();
+        let (_, _, replaced) = tokens.create("robot", None, None, ca(), 20).unwrap();
+        tokens.forget("robot", replaced);
+        assert_eq!(tokens.list(20)[0].state, TokenState::Revoked);
+        tokens.create("late", Some(5), None, ca(), 0).unwrap();
+        tokens.create("late", None, None, ca(), 5).expect("an expired name is free");
+        assert_eq!(tokens.create("late", None, None, ca(), 5).unwrap_err().code, ErrorCode::NameInUse);
     }
 }

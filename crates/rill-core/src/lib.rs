@@ -1,9 +1,11 @@
-//! Dataflow descriptors (`dataflow.yml`): types, parsing, validation.
+//! Dataflow descriptors (`dataflow.yml`) and cluster files (`cluster.yml`):
+//! types, parsing, validation.
 //!
 //! Pure: no I/O besides [`Dataflow::load`] reading one file, no networking, no printing.
 //! Validation reports every problem at once, each with its file position.
 
 mod args;
+mod cluster;
 mod diagnostics;
 mod duration;
 mod ids;
@@ -22,6 +24,7 @@ mod yaml;
 #[cfg(test)]
 mod tests;
 
+pub use cluster::{ClusterFile, DEFAULT_CLUSTER_PORT, Machine, token_name};
 pub use diagnostics::{Diagnostic, Diagnostics, Severity};
 pub use model::{
     DEFAULT_QUEUE_SIZE, DEFAULT_RESTART_DELAY, Dataflow, Deploy, Distribute, InputSource, InputSpec, NodeSpec,

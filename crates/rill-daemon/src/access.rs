@@ -30,7 +30,8 @@ pub struct Access {
     /// The join token (`--join-token-file`, `RILL_JOIN_TOKEN`).
     pub join: Option<JoinToken>,
     /// Where enrolled identities are kept: one directory per cluster CA and
-    /// token (`<root>/<first 16 hex digits of the CA fingerprint>/<token>`)
+    /// token (`<root>/<first 16 hex digits of the CA fingerprint>/<token
+    /// name>-<first 12 hex digits of the secret's hash>`)
     /// with the key, the certificate and the CA pin, so joining another
     /// cluster, or again with a new token, never mixes them up.
     pub identity_root: Option<PathBuf>,
@@ -79,7 +80,11 @@ impl Access {
     fn identity_dir(&self) -> Option<PathBuf> {
         let root = self.identity_root.as_ref()?;
         if let Some(token) = &self.join {
-            return Some(root.join(&token.ca.hex()[..16]).join(&token.name));
+            // The name and a digest of the secret: a token minted again
+            // under the same name (after the old one was revoked) gets a
+            // fresh identity instead of the revoked certificate.
+            let digest = &token.secret.hash().hex()[..12];
+            return Some(root.join(&token.ca.hex()[..16]).join(format!("{}-{digest}", token.name)));
         }
         let clusters = match self.pin {
             Some(ca) => vec![root.join(&ca.hex()[..16])],
