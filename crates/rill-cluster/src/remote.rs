@@ -1,0 +1,175 @@
+//! A machine's daemon as `rill cluster up` runs it: the scripts that start,
+//! find and stop it over SSH.
+//!
+//! Everything lives in one directory per machine id on the remote host,
+//! `${XDG_STATE_HOME:-$HOME/.local/state}/rill/cluster-<id>/` (0700):
+//! `join.token` (0600, written from stdin), `daemon.pid`, `daemon.log`, and
+//! `cache/` (the daemon's key and certificate). `cluster down` removes it.
+
+use std::net::IpAddr;
+
+use crate::ssh::quote;
+
+/// The directory as a shell expression (`$HOME` expands remotely).
+fn dir(machine_id: &str) -> String {
+    format!("\"${{XDG_STATE_HOME:-$HOME/.local/state}}/rill/cluster-\"{}", quote(machine_id))
+}
+
+/// Shell function `ours PID`: is PID a running `rill daemon` for this machine
+/// (not a reused pid)?
+fn ours(machine_id: &str) -> String {
+    format!(
+        "ours() {{ [ -n \"$1\" ] && kill -0 \"$1\" 2>/dev/null && tr '\\0' ' ' < /proc/\"$1\"/cmdline 2>/dev/null | grep -q -- {}; }}",
+        quote(&format!(" daemon --machine-id {machine_id} "))
+    )
+}
+
+/// What the daemon is started with.
+#[derive(Debug, Clone)]
+pub struct DaemonLaunch<'a> {
+    /// Absolute path of `rill` on the machine (from the preflight).
+    pub rill: &'a str,
+    pub machine_id: &'a str,
+    pub coordinator: IpAddr,
+    pub port: u16,
+    /// `key=value,...` (already validated: no commas in values).
+    pub labels: &'a str,
+}
+
+/// Starts the daemon unless one runs already; the join token is the
+/// script's stdin. Prints `running=PID` or `started=PID`.
+pub fn start_script(launch: &DaemonLaunch) -> String {
+    let d = dir(launch.machine_id);
+    let addr = match launch.coordinator {
+        IpAddr::V6(v6) => format!("[{v6}]"),
+        IpAddr::V4(v4) => v4.to_string(),
+    };
+    format!(
+        r#"set -e
+umask 077
+d={d}
+mkdir -p "$d"
+{ours}
+pid=$(cat "$d/daemon.pid" 2>/dev/null || true)
+if ours "$pid"; then cat > /dev/null; echo "running=$pid"; exit 0; fi
+cat > "$d/join.token.new"
+mv "$d/join.token.new" "$d/join.token"
+nohup {rill} daemon --machine-id {id} --coordinator-addr {addr} --coordinator-port {port} --labels {labels} --join-token-file "$d/join.token" --cache-dir "$d/cache" --quiet > "$d/daemon.log" 2>&1 < /dev/null &
+echo $! > "$d/daemon.pid"
+echo "started=$!"
+"#,
+        ours = ours(launch.machine_id),
+        rill = quote(launch.rill),
+        id = quote(launch.machine_id),
+        addr = quote(&addr),
+        port = launch.port,
+        labels = quote(launch.labels),
+    )
+}
+
+/// Lines of the daemon's log shown when it failed.
+pub const LOG_TAIL_LINES: usize = 15;
+
+/// Prints `alive=yes|no` and the end of the daemon's log.
+pub fn probe_script(machine_id: &str) -> String {
+    format!(
+        r#"d={d}
+{ours}
+pid=$(cat "$d/daemon.pid" 2>/dev/null || true)
+if ours "$pid"; then echo "alive=yes"; else echo "alive=no"; fi
+tail -n {LOG_TAIL_LINES} "$d/daemon.log" 2>/dev/null || true
+"#,
+        d = dir(machine_id),
+        ours = ours(machine_id)
+    )
+}
+
+/// Seconds a daemon gets to stop its nodes after SIGTERM before SIGKILL.
+pub const STOP_GRACE_SECS: u32 = 15;
+
+/// Stops the daemon (SIGTERM: it stops its nodes and tells the coordinator;
+/// SIGKILL after the grace) and removes its directory. Prints
+/// `stopped=PID`, `killed=PID` or `not_running`.
+pub fn stop_script(machine_id: &str) -> String {
+    format!(
+        r#"d={d}
+{ours}
+pid=$(cat "$d/daemon.pid" 2>/dev/null || true)
+if ours "$pid"; then
+  kill -TERM "$pid"
+  i=0
+  while ours "$pid" && [ $i -lt {ticks} ]; do sleep 0.1; i=$((i+1)); done
+  if ours "$pid"; then kill -KILL "$pid"; echo "killed=$pid"; else echo "stopped=$pid"; fi
+else
+  echo "not_running"
+fi
+rm -rf "$d"
+"#,
+        d = dir(machine_id),
+        ours = ours(machine_id),
+        ticks = STOP_GRACE_SECS * 10,
+    )
+}
+
+/// The `key=value` lines of a script's output.
+pub fn field<'a>(output: &'a str, key: &str) -> Option<&'a str> {
+    output.lines().find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    /// Runs a script here with `sh`, HOME in a temporary directory.
+    fn sh(script: &str, home: &std::path::Path, stdin: &str) -> String {
+        use std::io::Write;
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .env("HOME", home)
+            .env_remove("XDG_STATE_HOME")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+    }
+
+    /// A stand-in for `rill` (named as such): a shell script that sleeps
+    /// with the daemon's command line, to test the scripts' process
+    /// handling without a coordinator.
+    #[test]
+    fn start_is_idempotent_keeps_the_token_private_and_stop_cleans_up() {
+        use std::os::unix::fs::PermissionsExt;
+        let home = tempfile::tempdir().unwrap();
+        let fake = home.path().join("fake-rill");
+        // Not `exec sleep`: the process must keep the daemon's command line.
+        std::fs::write(&fake, "#!/bin/sh\ntrap 'exit 0' TERM\nwhile :; do sleep 0.1; done\n").unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let launch = DaemonLaunch {
+            rill: fake.to_str().unwrap(),
+            machine_id: "m1",
+            coordinator: "10.0.0.1".parse().unwrap(),
+            port: 6013,
+            labels: "gpu=true",
+        };
+        let out = sh(&start_script(&launch), home.path(), "rill1.m1.secret.fp\n");
+        let pid = field(&out, "started").unwrap_or_else(|| panic!("{out}")).to_owned();
+        let d = home.path().join(".local/state/rill/cluster-m1");
+        let token = d.join("join.token");
+        assert_eq!(std::fs::read_to_string(&token).unwrap(), "rill1.m1.secret.fp\n");
+        assert_eq!(std::fs::metadata(&token).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(&d).unwrap().permissions().mode() & 0o777, 0o700);
+        let again = sh(&start_script(&launch), home.path(), "other\n");
+        assert_eq!(field(&again, "running"), Some(pid.as_str()), "{again}");
+        assert_eq!(std::fs::read_to_string(&token).unwrap(), "rill1.m1.secret.fp\n", "a running daemon's token stays");
+        assert!(sh(&probe_script("m1"), home.path(), "").contains("alive=yes"));
+        let stopped = sh(&stop_script("m1"), home.path(), "");
+        assert_eq!(field(&stopped, "stopped"), Some(pid.as_str()), "{stopped}");
+        assert!(!d.exists(), "the machine's directory is gone");
+        assert_eq!(sh(&stop_script("m1"), home.path(), "").trim(), "not_running");
+        assert!(sh(&probe_script("m1"), home.path(), "").contains("alive=no"));
+    }
+}
