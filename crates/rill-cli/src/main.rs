@@ -9,6 +9,7 @@ macro_rules! note {
 }
 
 mod access;
+mod cluster;
 mod dirs;
 mod output;
 mod remote;
@@ -74,6 +75,11 @@ enum Commands {
     Up(updown::UpArgs),
     /// Stop what `rill up` started.
     Destroy(updown::DestroyArgs),
+    /// A cluster from a cluster.yml: check, up, status, down, restart.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
+    },
     /// Join tokens for daemons: create, list, revoke.
     Token {
         #[command(subcommand)]
@@ -108,6 +114,7 @@ fn main() -> ExitCode {
         Commands::Up(args) => updown::up(args),
         Commands::Destroy(args) => updown::destroy(args),
         Commands::Token { command } => tokens::run(command),
+        Commands::Cluster { command } => cluster::run(command),
     };
     match result {
         Ok(code) => code,

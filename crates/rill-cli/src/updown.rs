@@ -64,7 +64,7 @@ fn daemons(port: u16, limit: Duration) -> Option<usize> {
     })
 }
 
-fn spawn_background(args: &[&str], log: &Path) -> anyhow::Result<Child> {
+pub(crate) fn spawn_background(args: &[&str], log: &Path) -> anyhow::Result<Child> {
     let exe = std::env::current_exe().context("cannot find the rill executable")?;
     let out = std::fs::File::create(log).with_context(|| format!("cannot write {}", log.display()))?;
     let err = out.try_clone()?;
@@ -101,7 +101,7 @@ fn wait_ready(what: &str, child: &mut Child, log: &Path, ready: impl Fn() -> boo
 }
 
 /// The last lines of a log, indented.
-fn log_tail(log: &Path) -> String {
+pub(crate) fn log_tail(log: &Path) -> String {
     const LINES: usize = 5;
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -113,7 +113,7 @@ fn log_tail(log: &Path) -> String {
 }
 
 /// SIGTERM, then SIGKILL after 5 s; reaped.
-fn stop_child(child: &mut Child) {
+pub(crate) fn stop_child(child: &mut Child) {
     if let Some(p) = rustix::process::Pid::from_raw(child.id() as i32) {
         let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
     }
@@ -126,7 +126,7 @@ fn stop_child(child: &mut Child) {
 }
 
 /// Is `pid` a running process of this rill executable?
-fn is_rill(pid: u32) -> bool {
+pub(crate) fn is_rill(pid: u32) -> bool {
     let (Ok(exe), Ok(ours)) = (std::fs::read_link(format!("/proc/{pid}/exe")), std::env::current_exe()) else {
         return false;
     };
@@ -136,7 +136,7 @@ fn is_rill(pid: u32) -> bool {
 }
 
 /// SIGTERM, then SIGKILL after 5 s (a process `up` started earlier).
-fn terminate(pid: u32) {
+pub(crate) fn terminate(pid: u32) {
     let Some(p) = rustix::process::Pid::from_raw(pid as i32) else { return };
     let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
     let deadline = Instant::now() + Duration::from_secs(5);
