@@ -11,7 +11,7 @@ use anyhow::Context;
 use rill_cluster::remote::{self, DaemonLaunch};
 use rill_cluster::{Facts, Gap, Inventory, InventoryMachine, Needs, Ssh, Target};
 use rill_core::{ClusterFile, Machine};
-use rill_proto::coord::{ControlRequest, ControlResponse, DaemonStatus, NodeStatus, TokenState};
+use rill_proto::coord::{ControlRequest, ControlResponse, DaemonStatus, DataflowStatus, NodeStatus, TokenState};
 
 use crate::access::ControlAccess;
 
@@ -401,8 +401,11 @@ fn up(file: &Path, timeout: Duration, json: bool) -> anyhow::Result<ExitCode> {
     }
     inventory.save(&path)?;
     // 3. Start the daemons, every machine at once.
-    let labels: BTreeMap<&str, String> =
-        ready.iter().map(|(m, ..)| (m.id.as_str(), rill_core::format_labels(&m.labels))).collect();
+    // `--labels key=value,...` (cluster.yml allows no commas in values).
+    let labels: BTreeMap<&str, String> = ready
+        .iter()
+        .map(|(m, ..)| (m.id.as_str(), m.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")))
+        .collect();
     let machines: Vec<Machine> = ready.iter().map(|(m, ..)| m.clone()).collect();
     let launches = each_machine(&machines, |machine| {
         let (_, rill, token) = ready.iter().find(|(m, ..)| m.id == machine.id).expect("every started machine is ready");
@@ -649,12 +652,13 @@ fn down(file: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
         let ControlResponse::List { dataflows } = control.call(ControlRequest::List)? else {
             anyhow::bail!("unexpected reply from the coordinator");
         };
-        for d in dataflows.iter().filter(|d| d.status.is_active()) {
+        // (One already stopping is only waited for.)
+        for d in dataflows.iter().filter(|d| d.status.is_active() && d.status != DataflowStatus::Stopping) {
             control.call(ControlRequest::Stop { dataflow: d.uuid.clone() })?;
             stopped_dataflows.push(d.name.clone());
         }
         let deadline = Instant::now() + DATAFLOWS_STOP;
-        while !stopped_dataflows.is_empty() && Instant::now() < deadline {
+        while Instant::now() < deadline {
             let ControlResponse::List { dataflows } = control.call(ControlRequest::List)? else { break };
             if !dataflows.iter().any(|d| d.status.is_active()) {
                 break;

@@ -290,7 +290,11 @@ impl Runtime {
             Ok(program) => program,
             Err(e) => return supervisor.spawn_failed(node_id, e),
         };
-        let mut spawned = match spawn_node(&node, &program, &self.base_dir) {
+        let dir = match crate::spawn::working_dir(&node, &self.base_dir) {
+            Ok(dir) => dir,
+            Err(e) => return supervisor.spawn_failed(node_id, e),
+        };
+        let mut spawned = match spawn_node(&node, &program, &dir) {
             Ok(spawned) => spawned,
             Err(e) => return supervisor.spawn_failed(node_id, format!("{}: {e}", program.display())),
         };

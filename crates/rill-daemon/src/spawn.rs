@@ -43,6 +43,24 @@ pub fn resolve_program(path: &str, base_dir: &Path) -> Result<PathBuf, String> {
     Ok(program)
 }
 
+/// Where `node` runs: its `deploy.working_dir` (relative to the dataflow's
+/// directory), else the dataflow's directory when this machine has it,
+/// else the daemon's home directory (a dataflow started from another
+/// machine, whose directory exists only there).
+pub fn working_dir(node: &NodeSpec, base_dir: &Path) -> Result<PathBuf, String> {
+    if let Some(dir) = &node.deploy.working_dir {
+        let dir = base_dir.join(dir);
+        return match dir.is_dir() {
+            true => Ok(dir),
+            false => Err(format!("working_dir {} does not exist on this machine", dir.display())),
+        };
+    }
+    if base_dir.is_dir() {
+        return Ok(base_dir.to_owned());
+    }
+    Ok(std::env::var_os("HOME").map(PathBuf::from).filter(|h| h.is_dir()).unwrap_or_else(|| PathBuf::from("/")))
+}
+
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     path.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
@@ -95,4 +113,24 @@ pub fn spawn_node(node: &NodeSpec, program: &Path, working_dir: &Path) -> std::i
     let child = command.spawn()?;
     drop(node_end);
     Ok(SpawnedNode { child, socket: daemon_end })
+}
+
+#[cfg(test)]
+mod working_dir_tests {
+    use super::*;
+
+    #[test]
+    fn a_node_runs_in_its_working_dir_else_the_dataflow_dir_else_home() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut node = rill_core::Dataflow::parse("nodes:\n  - id: n\n    path: x\n", Path::new("d.yml")).unwrap().nodes.remove(0);
+        assert_eq!(working_dir(&node, tmp.path()).unwrap(), tmp.path());
+        let elsewhere = Path::new("/nonexistent/dataflow/dir");
+        let home = std::env::var_os("HOME").map(PathBuf::from).filter(|h| h.is_dir()).unwrap_or_else(|| "/".into());
+        assert_eq!(working_dir(&node, elsewhere).unwrap(), home, "a dataflow from another machine runs in the home dir");
+        node.deploy.working_dir = Some("sub".into());
+        let err = working_dir(&node, tmp.path()).unwrap_err();
+        assert!(err.contains("sub does not exist on this machine"), "{err}");
+        std::fs::create_dir(tmp.path().join("sub")).unwrap();
+        assert_eq!(working_dir(&node, tmp.path()).unwrap(), tmp.path().join("sub"));
+    }
 }

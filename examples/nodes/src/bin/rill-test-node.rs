@@ -14,6 +14,7 @@
 //!                      first run and 0 later (a consumer that restarts)
 //!   burst-once FILE N  count runs in FILE; send N messages, then exit 1 on
 //!                      the first run and 0 later (a producer that restarts)
+//!   host MODE ...      print `host NAME` (this machine's hostname), then run MODE
 use std::time::Duration;
 
 use rill_node::{Event, Node};
@@ -29,7 +30,12 @@ fn seq_of(data: &[u8]) -> u64 {
 }
 
 fn main() -> Result {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("host") {
+        let name = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
+        println!("host {}", name.trim());
+        args.remove(1);
+    }
     match arg(&args, 1)? {
         "print" => print(args.get(2).and_then(|n| n.parse().ok())),
         "slow" => slow(arg(&args, 2)?.parse()?),

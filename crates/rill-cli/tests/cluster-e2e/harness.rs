@@ -1,0 +1,446 @@
+//! Test hosts: each a network namespace on a private bridge, with its own
+//! root (an overlay over this machine's /, writes in a tmpfs), hostname,
+//! PID namespace and sshd. `rill cluster` reaches them over real SSH.
+//!
+//! One [`Net`] per test: its own bridge `rill-tN` at 10.77.N.1/24 (the
+//! coordinator binds there), hosts at 10.77.N.(10+k) with fixed MACs, no
+//! default route, so nothing leaves the machine. A temporary SSH key, an
+//! ssh config (given to rill as `RILL_SSH_CONFIG`) with its own
+//! known_hosts, and XDG directories of its own for every `rill` it runs.
+//! Dropping a `Net` stops everything it started (by PID) and, when the test
+//! failed, prints the coordinator's log and every host's daemon log.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+/// Bridges in use by this test process (10.77.N.0/24 each).
+static NEXT_NET: AtomicU8 = AtomicU8::new(1);
+
+fn sh(cmd: &str) -> Output {
+    Command::new("sh").arg("-c").arg(cmd).output().expect("sh runs")
+}
+
+/// Runs `cmd`, panicking with its output if it fails.
+fn must(cmd: &str) {
+    let out = sh(cmd);
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Why this machine cannot run the harness, if it cannot.
+pub fn unavailable() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("the cluster harness needs root (network namespaces, mounts)".into());
+    }
+    for tool in ["ip", "unshare", "ssh", "ssh-keygen", "/usr/sbin/sshd", "nft"] {
+        if !sh(&format!("command -v {tool}")).status.success() {
+            return Some(format!("`{tool}` is missing (scripts/test.sh installs openssh-server and nftables)"));
+        }
+    }
+    let probe = "rill-probe-ns";
+    let ok = sh(&format!("ip netns add {probe} && ip netns del {probe}")).status.success();
+    (!ok).then(|| "network namespaces are not available here".into())
+}
+
+/// Becomes true within `limit`, or panics naming `what`.
+pub fn poll_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What `rill` printed.
+pub struct RillOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl RillOutput {
+    pub fn json(&self) -> serde_json::Value {
+        let line = self.stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or("null");
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", self.stdout, self.stderr))
+    }
+}
+
+impl std::fmt::Display for RillOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {:?}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+pub struct Host {
+    pub name: String,
+    pub ip: String,
+    netns: String,
+    veth: String,
+    mac: String,
+    files: PathBuf,
+    mnt: PathBuf,
+    init: Option<Child>,
+    log: PathBuf,
+}
+
+pub struct Net {
+    pub n: u8,
+    pub bridge: String,
+    /// The bridge's address: where the coordinator listens.
+    pub gateway: String,
+    pub dir: tempfile::TempDir,
+    pub hosts: Vec<Host>,
+    init_script: PathBuf,
+}
+
+/// How a host is set up before it boots.
+#[derive(Clone, Default)]
+pub struct HostSpec {
+    /// `/usr/local/bin/rill`: the binary under test (a link), a script, or none.
+    pub rill: RillInstall,
+    /// A user besides root that may log in with the test key (no sudo rights).
+    pub user: Option<String>,
+}
+
+#[derive(Clone, Default)]
+pub enum RillInstall {
+    #[default]
+    UnderTest,
+    /// A stand-in script (for a rill of another version).
+    Script(String),
+    None,
+}
+
+impl Net {
+    /// A new private network, or `None` (with the reason printed) when this
+    /// machine cannot make one.
+    pub fn new() -> Option<Net> {
+        if let Some(why) = unavailable() {
+            eprintln!("skipped: {why}");
+            return None;
+        }
+        let n = NEXT_NET.fetch_add(1, Ordering::SeqCst);
+        let bridge = format!("rill-t{n}");
+        let gateway = format!("10.77.{n}.1");
+        // A bridge of that name is a leftover of a killed run of this harness.
+        let _ = sh(&format!("ip link del {bridge} 2>/dev/null"));
+        must(&format!(
+            "ip link add {bridge} type bridge && ip addr add {gateway}/24 dev {bridge} && \
+             sysctl -qw net.ipv6.conf.{bridge}.disable_ipv6=1 && ip link set {bridge} up"
+        ));
+        let dir = tempfile::Builder::new().prefix("rill-net-").tempdir_in("/tmp").expect("temp dir");
+        let key = dir.path().join("client_key");
+        must(&format!("ssh-keygen -q -t ed25519 -N '' -C rill-test -f {}", key.display()));
+        let config = format!(
+            "Host *\n  IdentityFile {key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {kh}\n  GlobalKnownHostsFile /dev/null\n",
+            key = key.display(),
+            kh = dir.path().join("known_hosts").display()
+        );
+        std::fs::write(dir.path().join("ssh_config"), config).expect("write ssh config");
+        let init_script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/cluster-e2e/host-init.sh");
+        Some(Net { n, bridge, gateway, dir, hosts: Vec::new(), init_script })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A `rill` command with this network's XDG directories and ssh config.
+    pub fn rill(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rill"));
+        cmd.env("XDG_DATA_HOME", self.path("home/data"))
+            .env("XDG_CONFIG_HOME", self.path("home/config"))
+            .env("XDG_STATE_HOME", self.path("home/state"))
+            .env("RILL_SSH_CONFIG", self.path("ssh_config"))
+            .env_remove("RILL_TOKEN")
+            .env_remove("RILL_COORDINATOR_FINGERPRINT")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `rill ARGS` to its end (bounded by `limit`).
+    pub fn run(&self, args: &[&str], limit: Duration) -> RillOutput {
+        let mut child = self.rill().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("rill starts");
+        let (out, err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
+        let read = |mut pipe: Box<dyn std::io::Read + Send>| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = pipe.read_to_string(&mut text);
+                text
+            })
+        };
+        let (out, err) = (read(Box::new(out)), read(Box::new(err)));
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let output = RillOutput {
+            code: status.and_then(|s| s.code()),
+            stdout: out.join().unwrap_or_default(),
+            stderr: err.join().unwrap_or_default(),
+        };
+        assert!(status.is_some(), "`rill {}` did not end within {limit:?}:\n{output}", args.join(" "));
+        output
+    }
+
+    /// Writes `text` as a file in this network's directory; its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, text).expect("write file");
+        path
+    }
+
+    /// Boots host number `k` (its IP ends in 10+k), set up as `spec` says.
+    pub fn boot(&mut self, k: u8, spec: &HostSpec) -> usize {
+        let name = format!("h{k}");
+        let ip = format!("10.77.{}.{}", self.n, 10 + k);
+        let files = self.path(&format!("{name}-files"));
+        let _ = std::fs::remove_dir_all(&files);
+        for dir in ["etc/ssh", "root/.ssh", "usr/local/bin"] {
+            std::fs::create_dir_all(files.join(dir)).expect("host files");
+        }
+        must(&format!(
+            "ssh-keygen -q -t ed25519 -N '' -C {name} -f {}/etc/ssh/ssh_host_ed25519_key",
+            files.display()
+        ));
+        let sshd = format!(
+            "ListenAddress {ip}\nHostKey /etc/ssh/ssh_host_ed25519_key\nUsePAM no\nPermitRootLogin prohibit-password\n\
+             PasswordAuthentication no\nSubsystem sftp internal-sftp\nUseDNS no\nPidFile /run/sshd.pid\n"
+        );
+        std::fs::write(files.join("etc/ssh/sshd_config"), sshd).expect("sshd config");
+        std::fs::write(files.join("etc/hostname"), format!("{name}\n")).expect("hostname");
+        std::fs::write(files.join("etc/machine-id"), format!("{:032x}\n", 0x77_0000 + u32::from(k))).expect("machine-id");
+        let key = std::fs::read_to_string(self.path("client_key.pub")).expect("public key");
+        std::fs::write(files.join("root/.ssh/authorized_keys"), &key).expect("authorized keys");
+        must(&format!("chmod 700 {0}/root/.ssh && chmod 600 {0}/root/.ssh/authorized_keys", files.display()));
+        match &spec.rill {
+            RillInstall::UnderTest => {
+                std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_rill"), files.join("usr/local/bin/rill")).expect("link");
+            }
+            RillInstall::Script(text) => {
+                std::fs::write(files.join("usr/local/bin/rill"), text).expect("script");
+                must(&format!("chmod 755 {}/usr/local/bin/rill", files.display()));
+            }
+            RillInstall::None => {}
+        }
+        let netns = format!("rill-t{}-{name}", self.n);
+        let veth = format!("rv{}{name}", self.n);
+        let mac = format!("02:77:00:00:{:02x}:{:02x}", self.n, k);
+        let host = Host {
+            name: name.clone(),
+            ip,
+            netns,
+            veth,
+            mac,
+            files,
+            mnt: self.path(&format!("{name}-mnt")),
+            init: None,
+            log: self.path(&format!("{name}-init.log")),
+        };
+        self.hosts.push(host);
+        let index = self.hosts.len() - 1;
+        self.start(index);
+        if let Some(user) = &spec.user {
+            let home = format!("/home/{user}");
+            self.root_ssh(index, &format!(
+                "useradd -m -s /bin/sh {user} && usermod -p '*' {user} && mkdir -p {home}/.ssh && \
+                 cp /root/.ssh/authorized_keys {home}/.ssh/ && chown -R {user}: {home}/.ssh && chmod 700 {home}/.ssh"
+            ));
+        }
+        index
+    }
+
+    /// Creates the namespace and link, starts the host's init, waits for sshd.
+    fn start(&mut self, index: usize) {
+        let bridge = self.bridge.clone();
+        let init_script = self.init_script.clone();
+        let host = &mut self.hosts[index];
+        let _ = sh(&format!("ip link del {} 2>/dev/null; ip netns del {} 2>/dev/null", host.veth, host.netns));
+        must(&format!(
+            "ip netns add {ns} && ip link add {veth} address 02:77:ff:00:{n:02x}:{k} type veth peer name eth0 netns {ns} && \
+             ip -n {ns} link set eth0 address {mac} && ip link set {veth} master {bridge} up && \
+             ip netns exec {ns} sysctl -qw net.ipv6.conf.all.disable_ipv6=1 && \
+             ip -n {ns} addr add {ip}/24 dev eth0 && ip -n {ns} link set eth0 up && ip -n {ns} link set lo up",
+            ns = host.netns,
+            veth = host.veth,
+            n = self.n,
+            k = &host.name[1..],
+            mac = host.mac,
+            ip = host.ip,
+        ));
+        let log = std::fs::File::create(&host.log).expect("init log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &host.netns, "unshare", "--mount", "--uts", "--ipc", "--pid", "--fork"])
+            .arg(&init_script)
+            .args([&host.name, &host.mnt.display().to_string(), &host.files.display().to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("host init starts");
+        host.init = Some(child);
+        let (ip, netns, name) = (host.ip.clone(), host.netns.clone(), host.name.clone());
+        poll_until(&format!("sshd of {name} listens on {ip}:22"), Duration::from_secs(10), || {
+            sh(&format!("ip netns exec {netns} ss -ltnH 'sport = :22' | grep -q '{ip}:22'")).status.success()
+        });
+    }
+
+    /// Runs `cmd` as root on host `index` over SSH (the test's key).
+    pub fn root_ssh(&self, index: usize, cmd: &str) -> String {
+        let host = &self.hosts[index];
+        let out = Command::new("ssh")
+            .args(["-F", &self.path("ssh_config").display().to_string(), "-o", "BatchMode=yes"])
+            .args(["-o", "StrictHostKeyChecking=accept-new", "-o", "ConnectTimeout=10", "-l", "root", "--", &host.ip, cmd])
+            .stdin(Stdio::null())
+            .output()
+            .expect("ssh runs");
+        assert!(
+            out.status.success(),
+            "`{cmd}` on {} failed: {}{}",
+            host.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// PIDs (in the root namespace) of every process of host `index`.
+    pub fn pids(&self, index: usize) -> Vec<u32> {
+        let out = sh(&format!("ip netns pids {}", self.hosts[index].netns));
+        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect()
+    }
+
+    /// `(pid, command line)` of every live `rill` process on host `index`
+    /// (zombies excluded: they are gone, only not reaped yet).
+    pub fn rill_processes(&self, index: usize) -> Vec<(u32, String)> {
+        self.pids(index)
+            .into_iter()
+            .filter_map(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                let state = stat.rsplit_once(") ")?.1.chars().next()?;
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                let exe = cmdline.split(' ').next().unwrap_or("");
+                (state != 'Z' && (exe.ends_with("/rill") || exe == "rill" || exe.ends_with("rill-test-node")))
+                    .then(|| (pid, cmdline.trim().to_owned()))
+            })
+            .collect()
+    }
+
+    /// The host's PID 1 (the init script), seen from here: the child of
+    /// `unshare` (which is the process the harness started).
+    fn root_pid(&self, index: usize) -> Option<u32> {
+        let unshare = self.hosts[index].init.as_ref()?.id();
+        self.pids(index).into_iter().find(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(1)?.parse::<u32>().ok());
+            ppid == Some(unshare)
+        })
+    }
+
+    /// A file on host `index`, read through its root.
+    pub fn read_file(&self, index: usize, path: &str) -> Option<String> {
+        std::fs::read_to_string(format!("/proc/{}/root{path}", self.root_pid(index)?)).ok()
+    }
+
+    /// Stops host `index` at once (every process of it), as a power cut.
+    pub fn power_off(&mut self, index: usize) {
+        let host = &mut self.hosts[index];
+        let _ = sh(&format!("ip link set {} down", host.veth));
+        for pid in String::from_utf8_lossy(&sh(&format!("ip netns pids {}", host.netns)).stdout).lines() {
+            let _ = sh(&format!("kill -9 {}", pid.trim()));
+        }
+        if let Some(mut child) = host.init.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let ns = host.netns.clone();
+        poll_until(&format!("every process of {} is gone", host.name), Duration::from_secs(10), || {
+            String::from_utf8_lossy(&sh(&format!("ip netns pids {ns}")).stdout).trim().is_empty()
+        });
+        let _ = sh(&format!("ip link del {} 2>/dev/null; ip netns del {} 2>/dev/null", host.veth, host.netns));
+    }
+
+    /// Boots a host that was powered off again (same files, a fresh root).
+    pub fn power_on(&mut self, index: usize) {
+        self.start(index);
+    }
+
+    /// A `cluster.yml` for hosts `machines`: (host index, machine id, user, labels).
+    pub fn cluster_yml(&self, machines: &[(usize, &str, &str, &str)]) -> PathBuf {
+        let mut text = format!("coordinator:\n  addr: {}\n  port: 6013\nmachines:\n", self.gateway);
+        for (index, id, user, labels) in machines {
+            text += &format!("  - id: {id}\n    host: {}\n    user: {user}\n", self.hosts[*index].ip);
+            if !labels.is_empty() {
+                text += "    labels:\n";
+                for pair in labels.split(',') {
+                    let (k, v) = pair.split_once('=').expect("k=v");
+                    text += &format!("      {k}: \"{v}\"\n");
+                }
+            }
+        }
+        self.write("cluster.yml", &text)
+    }
+
+    /// Everything worth reading when a test failed.
+    pub fn logs(&self) -> String {
+        let mut text = String::new();
+        for entry in std::fs::read_dir(self.path("home/state/rill")).into_iter().flatten().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "log") {
+                text += &format!("=== {}\n{}\n", entry.path().display(), std::fs::read_to_string(entry.path()).unwrap_or_default());
+            }
+        }
+        for (index, host) in self.hosts.iter().enumerate() {
+            text += &format!("=== {} init log\n{}\n", host.name, std::fs::read_to_string(&host.log).unwrap_or_default());
+            for home in ["/root", "/home/robot"] {
+                let Some(root) = self.root_pid(index) else { continue };
+                let listing = sh(&format!("ls -d /proc/{root}/root{home}/.local/state/rill/cluster-* 2>/dev/null"));
+                for dir in String::from_utf8_lossy(&listing.stdout).lines() {
+                    let log = std::fs::read_to_string(format!("{dir}/daemon.log")).unwrap_or_default();
+                    text += &format!("=== {} {dir}/daemon.log\n{log}\n", host.name);
+                }
+            }
+        }
+        text
+    }
+
+    /// The coordinator `cluster up` started, from its record.
+    fn coordinator_pid(&self) -> Option<u32> {
+        let record = std::fs::read_to_string(self.path("home/state/rill/cluster-6013.json")).ok()?;
+        let value: serde_json::Value = serde_json::from_str(&record).ok()?;
+        value["coordinator_pid"].as_u64().map(|p| p as u32)
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- logs of the cluster test ----\n{}", self.logs());
+        }
+        if let Some(pid) = self.coordinator_pid() {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+            if exe.to_string_lossy().trim_end_matches(" (deleted)") == env!("CARGO_BIN_EXE_rill") {
+                let _ = sh(&format!("kill -9 {pid}"));
+            }
+        }
+        for index in 0..self.hosts.len() {
+            self.power_off(index);
+        }
+        let _ = sh(&format!("ip link del {}", self.bridge));
+    }
+}
