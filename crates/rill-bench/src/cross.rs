@@ -81,8 +81,7 @@ pub fn run(yaml: &str, expected: usize, plaintext: bool) -> anyhow::Result<Vec<s
             descriptor,
             name: Some("bench".into()),
             base_dir: bin_dir.display().to_string(),
-            dry_run: false,
-        };
+            dry_run: false, wait_ms: None };
         client.request(&start).await?;
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {

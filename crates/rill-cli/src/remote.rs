@@ -282,6 +282,11 @@ pub struct StartArgs {
     /// Return once started (the default).
     #[arg(long)]
     detach: bool,
+    /// When some node has no daemon to run on yet, keep the dataflow
+    /// `pending` up to this long (e.g. 60s, 10m) and start it as soon as
+    /// matching daemons join, instead of failing at once.
+    #[arg(long, value_name = "DURATION", value_parser = crate::cluster::parse_duration)]
+    wait_for_daemons: Option<std::time::Duration>,
     #[command(flatten)]
     coordinator: ControlAccess,
     /// JSON on stdout.
@@ -350,7 +355,13 @@ pub fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
     let base_dir = base_dir.display().to_string();
     let response = request(
         &args.coordinator,
-        ControlRequest::Start { descriptor, name: args.name, base_dir, dry_run: args.dry_run },
+        ControlRequest::Start {
+            descriptor,
+            name: args.name,
+            base_dir,
+            dry_run: args.dry_run,
+            wait_ms: args.wait_for_daemons.map(|w| w.as_millis() as u64),
+        },
     )?;
     match response {
         ControlResponse::Plan { placement } if args.json => {
@@ -366,6 +377,19 @@ pub fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
             } else {
                 print_placement(&placement);
                 println!("started {name} ({uuid})");
+            }
+            if args.attach {
+                return attach(&args.coordinator, &uuid, args.json);
+            }
+        }
+        ControlResponse::Pending { uuid, name, waiting, wait_ms } => {
+            if args.json {
+                println!("{}", serde_json::json!({"uuid": uuid, "name": name, "status": "pending", "waiting": waiting, "wait_ms": wait_ms}));
+            } else {
+                println!("pending {name} ({uuid}): waiting up to {:.0}s for daemons:", wait_ms as f64 / 1000.0);
+                for problem in &waiting {
+                    println!("  {problem}");
+                }
             }
             if args.attach {
                 return attach(&args.coordinator, &uuid, args.json);
@@ -408,7 +432,10 @@ fn attach(coordinator: &ControlAccess, uuid: &str, json: bool) -> anyhow::Result
                     let code = match d.status {
                         DataflowStatus::Finished | DataflowStatus::Stopped => ExitCode::SUCCESS,
                         DataflowStatus::Failed => ExitCode::FAILURE,
-                        DataflowStatus::Running | DataflowStatus::Degraded | DataflowStatus::Stopping => continue,
+                        DataflowStatus::Pending
+                        | DataflowStatus::Running
+                        | DataflowStatus::Degraded
+                        | DataflowStatus::Stopping => continue,
                     };
                     // Its last lines may still be on their way: the coordinator
                     // ends the follow after sending them.
@@ -463,6 +490,7 @@ pub fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
                 .collect();
             let reason = match &d.reason {
                 Some(reason) => reason.clone(),
+                None if !d.waiting.is_empty() => format!("waiting: {}", d.waiting.join("; ")),
                 None if !lost.is_empty() => format!("lost: {}", lost.join(", ")),
                 None => String::new(),
             };

@@ -46,6 +46,19 @@ pub struct DataflowRecord {
     /// Since when some of its nodes are lost (`None`: none is).
     #[serde(skip)]
     lost_since: Option<Instant>,
+    /// While pending: until when it waits for daemons, and for what.
+    #[serde(default)]
+    pub waiting: Option<Waiting>,
+}
+
+/// What a pending dataflow waits for (`rill start --wait-for-daemons`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiting {
+    /// Wall-clock deadline (ms since the Unix epoch), so it survives a
+    /// coordinator restart.
+    pub until_ms: u64,
+    /// The placement problems, one per node that has no daemon yet.
+    pub problems: Vec<String>,
 }
 
 impl DataflowRecord {
@@ -57,7 +70,34 @@ impl DataflowRecord {
             placement: self.placement.clone(),
             reason: self.reason.clone(),
             nodes: self.nodes.clone(),
+            waiting: self.waiting.as_ref().map(|w| w.problems.clone()).unwrap_or_default(),
         }
+    }
+
+    /// What each daemon spawns of it.
+    fn spawns(&self) -> Vec<(String, SpawnDataflow)> {
+        self.running_on
+            .iter()
+            .map(|daemon| {
+                let nodes = self.nodes_on(daemon).map(|p| p.node.clone()).collect();
+                let spawn = SpawnDataflow {
+                    uuid: self.uuid.clone(),
+                    name: self.name.clone(),
+                    descriptor: self.descriptor.clone(),
+                    base_dir: self.base_dir.clone(),
+                    nodes,
+                };
+                (daemon.clone(), spawn)
+            })
+            .collect()
+    }
+
+    /// Placed: it runs on these daemons from now on.
+    fn place(&mut self, placement: Vec<NodePlacement>) {
+        self.running_on = placement.iter().map(|p| p.daemon_id.clone()).collect();
+        self.placement = placement;
+        self.status = DataflowStatus::Running;
+        self.waiting = None;
     }
 
     pub fn is_active(&self) -> bool {
@@ -157,6 +197,11 @@ pub fn plan(descriptor: &Dataflow, daemons: &[DaemonInfo]) -> Result<Vec<NodePla
         .collect())
 }
 
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 impl Default for Dataflows {
     fn default() -> Self {
         Dataflows::restore(Vec::new(), Instant::now(), LOST_TIMEOUT, RECOVERY_BACKOFF)
@@ -165,59 +210,88 @@ impl Default for Dataflows {
 
 impl Dataflows {
     /// Records a new dataflow and returns what each daemon must spawn.
+    /// With `wait`, a dataflow some node of which has no daemon is recorded
+    /// `Pending` (nothing to spawn yet) instead of refused.
     pub fn start(
         &mut self,
         descriptor: Dataflow,
         name: Option<String>,
         base_dir: String,
         daemons: &[DaemonInfo],
+        wait: Option<Duration>,
     ) -> Result<(DataflowRecord, Vec<(String, SpawnDataflow)>), StartError> {
-        let placement = plan(&descriptor, daemons)?;
+        let plan = plan(&descriptor, daemons);
         let uuid = uuid::Uuid::new_v4().to_string();
         let name = name.unwrap_or_else(|| format!("dataflow-{}", &uuid[..8]));
         // A stopping namesake is on its way out (that is how restart works).
-        if self
-            .records
-            .iter()
-            .any(|r| r.name == name && matches!(r.status, DataflowStatus::Running | DataflowStatus::Degraded))
-        {
+        if self.records.iter().any(|r| {
+            r.name == name && matches!(r.status, DataflowStatus::Pending | DataflowStatus::Running | DataflowStatus::Degraded)
+        }) {
             return Err(StartError::NameInUse(name));
         }
-        let running_on: BTreeSet<String> = placement.iter().map(|p| p.daemon_id.clone()).collect();
-        let spawns = running_on
-            .iter()
-            .map(|daemon| {
-                let nodes = placement.iter().filter(|p| &p.daemon_id == daemon).map(|p| p.node.clone()).collect();
-                let spawn = SpawnDataflow {
-                    uuid: uuid.clone(),
-                    name: name.clone(),
-                    descriptor: descriptor.clone(),
-                    base_dir: base_dir.clone(),
-                    nodes,
-                };
-                (daemon.clone(), spawn)
-            })
-            .collect();
-        let started_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let record = DataflowRecord {
+        let now_ms = now_ms();
+        let (placement, waiting) = match (plan, wait) {
+            (Ok(placement), _) => (Some(placement), None),
+            (Err(StartError::Placement(problems)), Some(wait)) => {
+                (None, Some(Waiting { until_ms: now_ms.saturating_add(wait.as_millis() as u64), problems }))
+            }
+            (Err(e), _) => return Err(e),
+        };
+        let mut record = DataflowRecord {
             uuid,
-            started_ms,
+            started_ms: now_ms,
             name,
             descriptor,
             base_dir,
-            placement,
-            status: DataflowStatus::Running,
+            placement: Vec::new(),
+            status: DataflowStatus::Pending,
             reason: None,
-            running_on,
+            running_on: BTreeSet::new(),
             ready: BTreeSet::new(),
             nodes: Default::default(),
             lost_since: None,
+            waiting,
         };
+        if let Some(placement) = placement {
+            record.place(placement);
+        }
+        let spawns = record.spawns();
         self.records.push(record.clone());
         Ok((record, spawns))
+    }
+
+    /// Places the pending dataflows that can be placed now; returns them
+    /// with what each daemon must spawn. The others keep waiting, for what
+    /// is missing now.
+    pub fn place_pending(&mut self, daemons: &[DaemonInfo]) -> Vec<(DataflowRecord, Vec<(String, SpawnDataflow)>)> {
+        let mut placed = Vec::new();
+        for record in self.records.iter_mut().filter(|r| r.status == DataflowStatus::Pending) {
+            match plan(&record.descriptor, daemons) {
+                Ok(placement) => {
+                    record.place(placement);
+                    placed.push((record.clone(), record.spawns()));
+                }
+                Err(StartError::Placement(problems)) => {
+                    if let Some(waiting) = record.waiting.as_mut() {
+                        waiting.problems = problems;
+                    }
+                }
+                Err(StartError::NameInUse(_)) => {}
+            }
+        }
+        placed
+    }
+
+    /// Pending dataflows whose wait is over fail, with what they waited for.
+    pub fn expire_pending(&mut self, now_ms: u64) -> Vec<DataflowRecord> {
+        let mut failed = Vec::new();
+        for record in self.records.iter_mut().filter(|r| r.status == DataflowStatus::Pending) {
+            let Some(waiting) = record.waiting.take_if(|w| w.until_ms <= now_ms) else { continue };
+            record.status = DataflowStatus::Failed;
+            record.reason = Some(format!("no daemon to run it on in time: {}", waiting.problems.join("; ")));
+            failed.push(record.clone());
+        }
+        failed
     }
 
     /// Records from the store after a restart. Every node of an active one
@@ -296,6 +370,16 @@ impl Dataflows {
         record.running_on.clear();
         record.ready.clear();
         record.settle(now);
+        Some(record.clone())
+    }
+
+    /// A pending dataflow placed but whose record could not be stored:
+    /// failed, nothing spawned.
+    pub fn fail_unstarted(&mut self, uuid: &str, reason: &str) -> Option<DataflowRecord> {
+        let record = self.records.iter_mut().find(|r| r.uuid == uuid)?;
+        record.running_on.clear();
+        record.status = DataflowStatus::Failed;
+        record.reason = Some(reason.to_owned());
         Some(record.clone())
     }
 
@@ -477,6 +561,7 @@ impl Dataflows {
             .rev()
             .find(|r| (r.uuid == name_or_uuid || r.name == name_or_uuid) && r.is_active())?;
         record.status = DataflowStatus::Stopping;
+        record.waiting = None;
         // Nobody runs it any more (every node lost): nothing to wait for.
         record.settle(Instant::now());
         Some((record.clone(), record.running_on.iter().cloned().collect()))
@@ -592,21 +677,57 @@ mod tests {
     #[test]
     fn start_splits_nodes_by_daemon_and_names_are_unique_while_active() {
         let mut d = Dataflows::default();
-        let (record, spawns) = d.start(flow(), Some("app".into()), "/tmp".into(), &daemons()).unwrap();
+        let (record, spawns) = d.start(flow(), Some("app".into()), "/tmp".into(), &daemons(), None).unwrap();
         assert_eq!(record.status, DataflowStatus::Running);
         assert_eq!(spawns.len(), 2);
         assert_eq!(spawns[0].1.nodes, ["src"]);
         assert_eq!(spawns[1].1.nodes, ["sink"]);
         assert_eq!(
-            d.start(flow(), Some("app".into()), "/tmp".into(), &daemons()).unwrap_err(),
+            d.start(flow(), Some("app".into()), "/tmp".into(), &daemons(), None).unwrap_err(),
             StartError::NameInUse("app".into())
         );
     }
 
     #[test]
+    fn a_pending_dataflow_starts_when_its_daemons_join_or_fails_at_its_deadline() {
+        let mut d = Dataflows::default();
+        let only_a = &daemons()[..1];
+        let wait = Some(Duration::from_secs(60));
+        let err = d.start(flow(), Some("now".into()), "/".into(), only_a, None).unwrap_err();
+        assert!(matches!(err, StartError::Placement(_)), "without a wait: refused at once");
+        let (record, spawns) = d.start(flow(), Some("app".into()), "/".into(), only_a, wait).unwrap();
+        assert_eq!((record.status, spawns.len()), (DataflowStatus::Pending, 0));
+        assert_eq!(record.summary().waiting, [r#"node `sink`: no daemon matches labels {"gpu": "true"}"#]);
+        assert!(record.is_active());
+        let again = d.start(flow(), Some("app".into()), "/".into(), only_a, wait).unwrap_err();
+        assert_eq!(again, StartError::NameInUse("app".into()), "a pending name is taken");
+        assert!(d.place_pending(only_a).is_empty(), "still nothing for sink");
+        let placed = d.place_pending(&daemons());
+        assert_eq!(placed.len(), 1);
+        let (record, spawns) = &placed[0];
+        assert_eq!((record.status, spawns.len()), (DataflowStatus::Running, 2));
+        assert!(record.waiting.is_none() && record.summary().waiting.is_empty());
+        assert!(d.place_pending(&daemons()).is_empty(), "placed once");
+
+        let (late, _) = d.start(flow(), Some("late".into()), "/".into(), &[], wait).unwrap();
+        let until = late.waiting.as_ref().unwrap().until_ms;
+        assert!(d.expire_pending(until - 1).is_empty());
+        let failed = d.expire_pending(until);
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].status, DataflowStatus::Failed);
+        let reason = failed[0].reason.clone().unwrap();
+        assert!(reason.starts_with("no daemon to run it on in time: node `src`: no daemon is connected"), "{reason}");
+
+        let (stopped, _) = d.start(flow(), Some("gone".into()), "/".into(), &[], wait).unwrap();
+        let (record, tell) = d.stop(&stopped.uuid).unwrap();
+        assert_eq!((record.status, tell.len()), (DataflowStatus::Stopped, 0), "a pending dataflow stops at once");
+        assert!(d.place_pending(&daemons()).is_empty(), "and is never placed");
+    }
+
+    #[test]
     fn a_daemon_may_report_only_on_nodes_placed_on_its_machine() {
         let mut d = Dataflows::default();
-        let (record, _) = d.start(flow(), None, "/".into(), &daemons()).unwrap();
+        let (record, _) = d.start(flow(), None, "/".into(), &daemons(), None).unwrap();
         assert!(d.placed_on(&record.uuid, "src", "a-1", Some("a")));
         assert!(d.placed_on(&record.uuid, "src", "a-7", Some("a")), "the same machine after a reconnect");
         assert!(!d.placed_on(&record.uuid, "src", "b-2", Some("b")), "b's claim on a's node");
@@ -621,7 +742,7 @@ mod tests {
     #[test]
     fn go_is_sent_once_every_daemon_is_ready() {
         let mut d = Dataflows::default();
-        let (record, _) = d.start(flow(), None, "/".into(), &daemons()).unwrap();
+        let (record, _) = d.start(flow(), None, "/".into(), &daemons(), None).unwrap();
         assert_eq!(d.daemon_ready(&record.uuid, "a-1"), Vec::<String>::new());
         assert_eq!(d.daemon_ready(&record.uuid, "b-2"), ["a-1", "b-2"]);
         assert_eq!(d.daemon_ready(&record.uuid, "b-2"), ["a-1", "b-2"], "a repeated ready: Go again, to all");
@@ -630,13 +751,13 @@ mod tests {
     #[test]
     fn lifecycle_transitions() {
         let mut d = Dataflows::default();
-        let (ok, _) = d.start(flow(), Some("ok".into()), "/".into(), &daemons()).unwrap();
+        let (ok, _) = d.start(flow(), Some("ok".into()), "/".into(), &daemons(), None).unwrap();
         d.daemon_finished(&ok.uuid, "a-1", ShareOutcome::Ended { success: true, summary: "" }, Instant::now());
         assert_eq!(d.find("ok").unwrap().status, DataflowStatus::Running, "b still runs");
         d.daemon_finished(&ok.uuid, "b-2", ShareOutcome::Ended { success: true, summary: "" }, Instant::now());
         assert_eq!(d.find("ok").unwrap().status, DataflowStatus::Finished);
 
-        let (bad, _) = d.start(flow(), Some("bad".into()), "/".into(), &daemons()).unwrap();
+        let (bad, _) = d.start(flow(), Some("bad".into()), "/".into(), &daemons(), None).unwrap();
         d.daemon_finished(
             &bad.uuid,
             "a-1",
@@ -650,7 +771,7 @@ mod tests {
             (DataflowStatus::Failed, Some("node `src` failed with exit code 3"))
         );
 
-        let (stopped, _) = d.start(flow(), Some("s".into()), "/".into(), &daemons()).unwrap();
+        let (stopped, _) = d.start(flow(), Some("s".into()), "/".into(), &daemons(), None).unwrap();
         let (_, tell) = d.stop("s").unwrap();
         assert_eq!(tell, ["a-1", "b-2"]);
         d.daemon_finished(&stopped.uuid, "a-1", ShareOutcome::Ended { success: true, summary: "" }, Instant::now());
@@ -662,7 +783,7 @@ mod tests {
     #[test]
     fn a_daemon_that_lost_its_nodes_gets_them_again_with_backoff() {
         let mut d = Dataflows::default();
-        let (record, _) = d.start(flow(), Some("app".into()), "/".into(), &daemons()).unwrap();
+        let (record, _) = d.start(flow(), Some("app".into()), "/".into(), &daemons(), None).unwrap();
         let t0 = Instant::now();
         assert!(d.recover("b-8", Some("b"), &[], t0).is_empty(), "nothing is lost yet");
         d.daemon_gone("b-2", DAEMON_UNREACHABLE, t0);
@@ -684,8 +805,8 @@ mod tests {
     #[test]
     fn after_a_restart_nodes_are_lost_until_reported_and_fail_after_the_lost_timeout() {
         let mut d = Dataflows::default();
-        let (kept, _) = d.start(flow(), Some("kept".into()), "/".into(), &daemons()).unwrap();
-        let (lost, _) = d.start(flow(), Some("lost".into()), "/".into(), &daemons()).unwrap();
+        let (kept, _) = d.start(flow(), Some("kept".into()), "/".into(), &daemons(), None).unwrap();
+        let (lost, _) = d.start(flow(), Some("lost".into()), "/".into(), &daemons(), None).unwrap();
         let stored: Vec<DataflowRecord> = d.records.clone();
         let t0 = Instant::now();
         let mut d = Dataflows::restore(stored, t0, LOST_TIMEOUT, RECOVERY_BACKOFF);
@@ -713,7 +834,7 @@ mod tests {
     #[test]
     fn a_share_whose_end_was_lost_with_a_connection_ends_its_lost_nodes_when_reported_again() {
         let mut d = Dataflows::default();
-        let (app, _) = d.start(flow(), Some("app".into()), "/".into(), &daemons()).unwrap();
+        let (app, _) = d.start(flow(), Some("app".into()), "/".into(), &daemons(), None).unwrap();
         let t0 = Instant::now();
         d.daemon_gone("b-2", DAEMON_UNREACHABLE, t0);
         // b comes back still owning the share (its end is not confirmed), then reports the end.
@@ -727,7 +848,7 @@ mod tests {
     #[test]
     fn a_daemon_that_leaves_makes_its_nodes_lost_until_they_run_again() {
         let mut d = Dataflows::default();
-        let (app, _) = d.start(flow(), Some("app".into()), "/".into(), &daemons()).unwrap();
+        let (app, _) = d.start(flow(), Some("app".into()), "/".into(), &daemons(), None).unwrap();
         let t0 = Instant::now();
         d.node_status(&app.uuid, "sink", NodeStatus::Running { pid: 1 }, "b-2");
         // Shutting down, b stops its nodes and reports its share: lost, not finished.
@@ -762,7 +883,7 @@ mod tests {
     #[test]
     fn a_node_end_reported_after_its_share_ended_does_not_revive_the_share() {
         let mut d = Dataflows::default();
-        let (app, _) = d.start(flow(), Some("app".into()), "/".into(), &daemons()).unwrap();
+        let (app, _) = d.start(flow(), Some("app".into()), "/".into(), &daemons(), None).unwrap();
         d.stop("app");
         let now = Instant::now();
         d.daemon_finished(&app.uuid, "a-1", ShareOutcome::Ended { success: true, summary: "" }, now);
@@ -777,13 +898,13 @@ mod tests {
         let now = Instant::now();
         let mut uuids = Vec::new();
         for n in 0..5 {
-            let (r, _) = d.start(flow(), Some(format!("f{n}")), "/".into(), &daemons()).unwrap();
+            let (r, _) = d.start(flow(), Some(format!("f{n}")), "/".into(), &daemons(), None).unwrap();
             for daemon in ["a-1", "b-2"] {
                 d.daemon_finished(&r.uuid, daemon, ShareOutcome::Ended { success: true, summary: "" }, now);
             }
             uuids.push(r.uuid);
         }
-        let (running, _) = d.start(flow(), Some("live".into()), "/".into(), &daemons()).unwrap();
+        let (running, _) = d.start(flow(), Some("live".into()), "/".into(), &daemons(), None).unwrap();
         assert_eq!(d.prune(2), uuids[..3].to_vec());
         assert!(d.knows(&uuids[3]) && d.knows(&uuids[4]) && d.knows(&running.uuid), "newest and active stay");
         assert!(d.prune(2).is_empty());
@@ -792,7 +913,7 @@ mod tests {
     #[test]
     fn a_replaced_connection_is_not_waited_for_and_finished_nodes_are_not_recovered() {
         let mut d = Dataflows::default();
-        let (app, _) = d.start(flow(), Some("app".into()), "/".into(), &daemons()).unwrap();
+        let (app, _) = d.start(flow(), Some("app".into()), "/".into(), &daemons(), None).unwrap();
         let now = Instant::now();
         // a-1 was replaced by a-3 without being written off.
         d.reclaimed(&app.uuid, "a-3", Some("a"));
@@ -801,7 +922,7 @@ mod tests {
         d.daemon_finished(&app.uuid, "b-2", ShareOutcome::Ended { success: true, summary: "" }, now);
         assert_eq!(d.find("app").unwrap().status, DataflowStatus::Finished, "a-1 is not waited for");
 
-        let (app, _) = d.start(flow(), Some("app2".into()), "/".into(), &daemons()).unwrap();
+        let (app, _) = d.start(flow(), Some("app2".into()), "/".into(), &daemons(), None).unwrap();
         d.node_status(&app.uuid, "src", NodeStatus::Finished, "a-1");
         d.daemon_finished(&app.uuid, "a-1", ShareOutcome::Ended { success: true, summary: "" }, now);
         assert!(d.recover("a-4", Some("a"), &[], now).is_empty(), "the finished source is not run again");
@@ -812,7 +933,7 @@ mod tests {
     #[test]
     fn a_connected_daemon_gets_its_lost_nodes_once_the_backoff_has_passed() {
         let mut d = Dataflows::default();
-        let (app, _) = d.start(flow(), Some("app".into()), "/".into(), &daemons()).unwrap();
+        let (app, _) = d.start(flow(), Some("app".into()), "/".into(), &daemons(), None).unwrap();
         let t0 = Instant::now();
         d.daemon_gone("b-2", DAEMON_UNREACHABLE, t0);
         assert_eq!(d.recover("b-3", Some("b"), &[], t0).len(), 1, "recovered at registration");
@@ -831,7 +952,7 @@ mod tests {
     #[test]
     fn a_late_ready_after_a_reclaim_still_gets_its_go() {
         let mut d = Dataflows::default();
-        let (app, _) = d.start(flow(), Some("app".into()), "/".into(), &daemons()).unwrap();
+        let (app, _) = d.start(flow(), Some("app".into()), "/".into(), &daemons(), None).unwrap();
         let mut d = Dataflows::restore(d.records.clone(), Instant::now(), LOST_TIMEOUT, RECOVERY_BACKOFF);
         d.reclaimed(&app.uuid, "a-7", Some("a"));
         d.reclaimed(&app.uuid, "b-8", Some("b"));

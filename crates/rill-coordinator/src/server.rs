@@ -264,6 +264,7 @@ pub async fn serve_until(
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
+            dispatch_pending(&expirer).await;
             retry_recovery(&expirer);
             disconnect_expired(&expirer);
             expirer.end_followers();
@@ -820,8 +821,9 @@ async fn handle_control(socket: WebSocket, app: Arc<App>) {
                 dataflows: app.dataflows().list(),
             },
             Ok(ControlRequest::Hello { .. }) => ControlResponse::Hello { version: VERSION.to_owned() },
-            Ok(ControlRequest::Start { descriptor, name, base_dir, dry_run }) => {
-                start(&app, descriptor, name, base_dir, dry_run).await
+            Ok(ControlRequest::Start { descriptor, name, base_dir, dry_run, wait_ms }) => {
+                let wait = wait_ms.map(Duration::from_millis);
+                start(&app, descriptor, name, base_dir, dry_run, wait).await
             }
             Ok(ControlRequest::List) => ControlResponse::List { dataflows: app.dataflows().list() },
             Ok(ControlRequest::Stop { dataflow }) => stop(&app, &dataflow).await,
@@ -976,6 +978,7 @@ async fn start(
     name: Option<String>,
     base_dir: String,
     dry_run: bool,
+    wait: Option<Duration>,
 ) -> ControlResponse {
     // The CLI checked the file, but anything that deserializes may arrive.
     let mut problems = rill_core::received_problems(&descriptor);
@@ -993,7 +996,7 @@ async fn start(
     }
     let (record, spawns, stored) = {
         let mut dataflows = app.dataflows();
-        let (record, spawns) = match dataflows.start(descriptor, name, base_dir, &daemons) {
+        let (record, spawns) = match dataflows.start(descriptor, name, base_dir, &daemons, wait) {
             Ok(started) => started,
             Err(e) => return start_error(e),
         };
@@ -1007,18 +1010,65 @@ async fn start(
         let message = format!("the dataflow was not started: its record cannot be stored ({e})");
         return ControlResponse::Error { code: ErrorCode::Internal, message };
     }
+    if let Some(waiting) = &record.waiting {
+        eprintln!("rill coordinator: dataflow {} ({}) waits for daemons: {}", record.name, record.uuid, waiting.problems.join("; "));
+        let wait_ms = wait.map_or(0, |w| w.as_millis() as u64);
+        return ControlResponse::Pending { uuid: record.uuid, name: record.name, waiting: waiting.problems.clone(), wait_ms };
+    }
     // A `rill stop` that came while the record was being stored: nothing is started.
     if app.update(|d| d.stopped_before_spawn(&record.uuid, Instant::now())).is_some() {
         return ControlResponse::Started { uuid: record.uuid, name: record.name, placement: record.placement };
     }
+    send_spawns(app, &record.uuid, spawns);
+    ControlResponse::Started { uuid: record.uuid, name: record.name, placement: record.placement }
+}
+
+/// Sends each daemon its share of a dataflow whose record is stored.
+fn send_spawns(app: &App, uuid: &str, spawns: Vec<(String, rill_proto::coord::SpawnDataflow)>) {
     for (daemon, spawn) in spawns {
         // A daemon that left since the plan: its part is lost, not silently dropped.
         let sent = app.cluster().send(&daemon, CoordinatorMessage::Spawn(spawn));
         if !sent {
-            app.update(|d| d.share_lost(&record.uuid, &daemon, DAEMON_UNREACHABLE, Instant::now()));
+            app.update(|d| d.share_lost(uuid, &daemon, DAEMON_UNREACHABLE, Instant::now()));
         }
     }
-    ControlResponse::Started { uuid: record.uuid, name: record.name, placement: record.placement }
+}
+
+/// Starts the pending dataflows that daemons have joined for, once their
+/// records are stored; fails those whose wait is over.
+async fn dispatch_pending(app: &App) {
+    let daemons = app.cluster().daemon_infos();
+    let (placed, expired) = {
+        let mut dataflows = app.dataflows();
+        let placed = dataflows.place_pending(&daemons);
+        let expired = dataflows.expire_pending(now_ms());
+        let placed: Vec<_> = placed
+            .into_iter()
+            .map(|(record, spawns)| {
+                let stored = app.persister.save_confirmed(&record);
+                (record, spawns, stored)
+            })
+            .collect();
+        expired.iter().for_each(|record| app.persist(record));
+        (placed, expired)
+    };
+    for record in expired {
+        eprintln!("rill coordinator: dataflow {} ({}) failed: {}", record.name, record.uuid, record.reason.unwrap_or_default());
+    }
+    for (record, spawns, stored) in placed {
+        if let Err(e) = stored.await {
+            let reason = format!("its record cannot be stored ({e})");
+            eprintln!("rill coordinator: pending dataflow {} not started: {reason}", record.name);
+            app.update(|d| d.fail_unstarted(&record.uuid, &reason));
+            continue;
+        }
+        // A `rill stop` that came while the record was being stored.
+        if app.update(|d| d.stopped_before_spawn(&record.uuid, Instant::now())).is_some() {
+            continue;
+        }
+        eprintln!("rill coordinator: pending dataflow {} ({}) placed; starting it", record.name, record.uuid);
+        send_spawns(app, &record.uuid, spawns);
+    }
 }
 
 async fn stop(app: &App, dataflow: &str) -> ControlResponse {
@@ -1061,7 +1111,7 @@ async fn restart(app: &App, dataflow: &str) -> ControlResponse {
             return ControlResponse::Error { code, message };
         }
     }
-    match start(app, old.descriptor, Some(old.name), old.base_dir, false).await {
+    match start(app, old.descriptor, Some(old.name), old.base_dir, false, None).await {
         ControlResponse::Started { uuid, name, placement } => {
             ControlResponse::Restarted { old_uuid: old.uuid, new_uuid: uuid, name, placement }
         }

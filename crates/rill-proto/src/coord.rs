@@ -210,6 +210,11 @@ pub enum ControlRequest {
         name: Option<String>,
         base_dir: String,
         dry_run: bool,
+        /// Milliseconds to wait for daemons its nodes can be placed on
+        /// (`rill start --wait-for-daemons`); without it a node that cannot
+        /// be placed fails the start at once.
+        #[serde(default)]
+        wait_ms: Option<u64>,
     },
     List,
     /// Stop by name or uuid.
@@ -293,6 +298,9 @@ pub struct NodePlacement {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DataflowStatus {
+    /// Started with `--wait-for-daemons`, some node has no daemon to run on
+    /// yet: it starts when matching daemons join, or fails at the deadline.
+    Pending,
     Running,
     /// Running, but some nodes are lost (their daemon shut down or went
     /// silent); back to `Running` when they run again.
@@ -324,7 +332,10 @@ pub enum NodeStatus {
 impl DataflowStatus {
     /// Not over yet: some of its nodes run or may run again.
     pub fn is_active(self) -> bool {
-        matches!(self, DataflowStatus::Running | DataflowStatus::Degraded | DataflowStatus::Stopping)
+        matches!(
+            self,
+            DataflowStatus::Pending | DataflowStatus::Running | DataflowStatus::Degraded | DataflowStatus::Stopping
+        )
     }
 }
 
@@ -340,6 +351,9 @@ pub struct DataflowSummary {
     /// Node id -> its last reported status.
     #[serde(default)]
     pub nodes: BTreeMap<String, NodeStatus>,
+    /// A pending dataflow: what each unplaced node waits for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<String>,
 }
 
 /// A connected daemon, as `rill status` shows it.
@@ -383,6 +397,15 @@ pub enum ControlResponse {
         uuid: String,
         name: String,
         placement: Vec<NodePlacement>,
+    },
+    /// Started with a wait, and some node has no daemon yet.
+    Pending {
+        uuid: String,
+        name: String,
+        /// What each unplaced node waits for.
+        waiting: Vec<String>,
+        /// Milliseconds until it fails if still unplaced.
+        wait_ms: u64,
     },
     List {
         dataflows: Vec<DataflowSummary>,

@@ -10,7 +10,7 @@
 //! Dropping a `Net` stops everything it started (by PID) and, when the test
 //! failed, prints the coordinator's log and every host's daemon log.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
