@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, end-to-end tests of `rill run` and of
-# coordinator + daemons with real processes, the 100,000-message leak test,
+# coordinator + daemons with real processes, `rill cluster` on real SSH
+# hosts (as root), the 100,000-message leak test,
 # then the README's commands exactly as written (benchmarks in --quick mode
 # included). Arguments are passed to `cargo test`, and then the README step
 # is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The multi-host tests (crates/rill-cli/tests/cluster-e2e) boot hosts in
+# network namespaces, each with its own sshd: as root, install what they
+# need when it is missing (as CI does on a fresh machine).
+if [ "$(id -u)" = 0 ] && { [ ! -x /usr/sbin/sshd ] || ! command -v nft >/dev/null || ! command -v ssh >/dev/null; }; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        openssh-server openssh-client sudo iproute2 nftables util-linux procps
+fi
 # The node binaries the end-to-end tests spawn (cargo test builds only test harnesses of bin targets).
 cargo build --workspace --locked
 cargo test --workspace --locked "$@"

@@ -6,6 +6,7 @@ mod dataplane;
 mod faults;
 mod leak;
 mod lifecycle;
+mod managed;
 mod newcomer;
 mod relay;
 mod run;
