@@ -178,7 +178,16 @@ fn check(file: &Path, ssh: bool, json: bool) -> anyhow::Result<ExitCode> {
     for (machine, result) in cluster.machines.iter().zip(&results) {
         let failures: Vec<Failure> = match result {
             Err(failure) => vec![failure.clone()],
-            Ok((_, gaps)) => gaps.iter().map(|g| Failure::of_gaps(std::slice::from_ref(g))).collect(),
+            Ok((_, gaps)) => gaps
+                .iter()
+                .map(|gap| {
+                    let mut failure = Failure::of_gaps(std::slice::from_ref(gap));
+                    if let Some(needed_by) = gap.needed_by() {
+                        failure.message += &format!(" (needed for {needed_by})");
+                    }
+                    failure
+                })
+                .collect(),
         };
         ok &= failures.is_empty();
         if json {

@@ -135,7 +135,7 @@ mod tests {
     fn documented_commands() -> Vec<(String, String)> {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
         let mut commands = Vec::new();
-        for doc in ["README.md", "docs/dataflow.md", "docs/distributed.md", "docs/security.md"] {
+        for doc in ["README.md", "docs/dataflow.md", "docs/distributed.md", "docs/security.md", "docs/cluster.md"] {
             let text = std::fs::read_to_string(format!("{root}/{doc}")).expect("docs are readable");
             let mut in_shell = false;
             for line in text.lines() {

@@ -138,6 +138,17 @@ pub enum Gap {
 }
 
 impl Gap {
+    /// What needs it, when not every command does (`cluster check --ssh`
+    /// reports every gap).
+    pub fn needed_by(&self) -> Option<&'static str> {
+        match self {
+            Gap::NoSudo | Gap::SudoRefused { .. } | Gap::NoSystemd => {
+                Some("daemons as systemd services; `rill cluster up` does not need it")
+            }
+            _ => None,
+        }
+    }
+
     /// A stable name for `--json`.
     pub fn kind(&self) -> &'static str {
         match self {

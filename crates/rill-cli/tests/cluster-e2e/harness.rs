@@ -44,7 +44,9 @@ pub fn unavailable() -> Option<String> {
             return Some(format!("`{tool}` is missing (scripts/test.sh installs openssh-server and nftables)"));
         }
     }
-    let probe = "rill-probe-ns";
+    // A name of its own: tests probe in parallel.
+    static PROBES: AtomicU8 = AtomicU8::new(0);
+    let probe = format!("rill-probe-{}-{}", std::process::id(), PROBES.fetch_add(1, Ordering::SeqCst));
     let ok = sh(&format!("ip netns add {probe} && ip netns del {probe}")).status.success();
     (!ok).then(|| "network namespaces are not available here".into())
 }
