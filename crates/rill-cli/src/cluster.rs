@@ -681,7 +681,10 @@ fn down(file: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
     // 2. Daemons, every machine at once.
     let ssh = Ssh::new()?;
     let machines: Vec<Machine> = inventory.machines.iter().map(InventoryMachine::machine).collect();
-    let results = each_machine(&machines, |m| ssh.run(&Target::of(m), &remote::stop_script(&m.id), b"", REMOTE_LIMIT));
+    // Without a coordinator the tokens cannot be revoked: the machines keep
+    // them and their identities, and the next `up` reuses both.
+    let leave = if control.is_some() { remote::Leave::Nothing } else { remote::Leave::Identity };
+    let results = each_machine(&machines, |m| ssh.run(&Target::of(m), &remote::stop_script(&m.id, leave), b"", REMOTE_LIMIT));
     let mut failed = Vec::new();
     let mut rows = Vec::new();
     for (machine, result) in machines.iter().zip(results) {
@@ -716,8 +719,12 @@ fn down(file: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    for machine in &mut inventory.machines {
-        machine.token = None;
+    if control.is_some() {
+        for machine in &mut inventory.machines {
+            machine.token = None;
+        }
+    } else if !json {
+        println!("The coordinator was not running: the machines' join tokens stay valid; `rill cluster up` reuses them");
     }
     // 4. The coordinator.
     let coordinator = match inventory.coordinator_pid.filter(|_| coordinator_alive) {
@@ -732,11 +739,13 @@ fn down(file: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
         None => "not_running",
     };
     inventory.coordinator_pid = None;
-    if failed.is_empty() {
+    let tokens_kept = inventory.machines.iter().any(|m| m.token.is_some());
+    if failed.is_empty() && !tokens_kept {
         std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
         crate::access::forget(&at)?;
     } else {
-        // Kept, so `down` can be run again for the machines not reached.
+        // Kept, so `down` can be run again for the machines not reached,
+        // or `up` finds the tokens that were not revoked.
         inventory.save(&path)?;
     }
     if json {

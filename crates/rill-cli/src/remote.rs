@@ -73,6 +73,10 @@ pub struct DaemonArgs {
     /// Print only errors.
     #[arg(long)]
     quiet: bool,
+    /// Do not print the nodes' output (the coordinator keeps it for `rill
+    /// logs`): a daemon whose output goes to a file keeps that file small.
+    #[arg(long)]
+    no_node_output: bool,
     /// File (mode 0600) with the join token `rill token create` printed
     /// [env: RILL_JOIN_TOKEN holds the token itself]. Needed once: the
     /// daemon enrolls its key and connects with its certificate afterwards.
@@ -164,7 +168,7 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         )?),
         data_port: args.data_port,
     };
-    let quiet = args.quiet;
+    let (quiet, node_output) = (args.quiet, !args.no_node_output);
     let addr = config.coordinator.addr().to_owned();
     let runtime = runtime()?;
     // SIGTERM (systemctl stop) or Ctrl-C: stop the nodes in order, report,
@@ -203,7 +207,7 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         ConnectionEvent::Local(LocalEvent::Started { name, nodes }) if !quiet => {
             note!("rill daemon: starting {} of dataflow {name}", nodes.join(", "))
         }
-        ConnectionEvent::Local(LocalEvent::Log { dataflow, node, stderr, line, .. }) => {
+        ConnectionEvent::Local(LocalEvent::Log { dataflow, node, stderr, line, .. }) if node_output => {
             if stderr {
                 note!("[{dataflow}/{node}] {line}");
             } else {

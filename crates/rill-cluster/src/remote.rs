@@ -3,8 +3,11 @@
 //!
 //! Everything lives in one directory per machine id on the remote host,
 //! `${XDG_STATE_HOME:-$HOME/.local/state}/rill/cluster-<id>/` (0700):
-//! `join.token` (0600, written from stdin), `daemon.pid`, `daemon.log`, and
-//! `cache/` (the daemon's key and certificate). `cluster down` removes it.
+//! `join.token` (0600, written from stdin), `daemon.pid`, `daemon.log` (the
+//! daemon's own messages: registrations, reconnects, errors; node output
+//! goes only to the coordinator, for `rill logs`; the previous start's log
+//! is kept as `daemon.log.1`), and `cache/` (the daemon's key and
+//! certificate). `cluster down` removes it.
 
 use std::net::IpAddr;
 
@@ -54,7 +57,8 @@ pid=$(cat "$d/daemon.pid" 2>/dev/null || true)
 if ours "$pid"; then cat > /dev/null; echo "running=$pid"; exit 0; fi
 cat > "$d/join.token.new"
 mv "$d/join.token.new" "$d/join.token"
-nohup {rill} daemon --machine-id {id} --coordinator-addr {addr} --coordinator-port {port} --labels {labels} --join-token-file "$d/join.token" --cache-dir "$d/cache" --quiet > "$d/daemon.log" 2>&1 < /dev/null &
+if [ -f "$d/daemon.log" ]; then mv "$d/daemon.log" "$d/daemon.log.1"; fi
+nohup {rill} daemon --machine-id {id} --coordinator-addr {addr} --coordinator-port {port} --labels {labels} --join-token-file "$d/join.token" --cache-dir "$d/cache" --no-node-output > "$d/daemon.log" 2>&1 < /dev/null &
 echo $! > "$d/daemon.pid"
 echo "started=$!"
 "#,
@@ -87,10 +91,20 @@ tail -n {LOG_TAIL_LINES} "$d/daemon.log" 2>/dev/null || true
 /// Seconds a daemon gets to stop its nodes after SIGTERM before SIGKILL.
 pub const STOP_GRACE_SECS: u32 = 15;
 
+/// What `stop_script` leaves of the machine's directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leave {
+    /// Nothing: the token is revoked, the identity useless.
+    Nothing,
+    /// The token and the enrolled identity (the coordinator could not
+    /// revoke the token, so the next `up` reuses both); the pid file goes.
+    Identity,
+}
+
 /// Stops the daemon (SIGTERM: it stops its nodes and tells the coordinator;
-/// SIGKILL after the grace) and removes its directory. Prints
-/// `stopped=PID`, `killed=PID` or `not_running`.
-pub fn stop_script(machine_id: &str) -> String {
+/// SIGKILL after the grace) and removes its directory, or all but its
+/// identity. Prints `stopped=PID`, `killed=PID` or `not_running`.
+pub fn stop_script(machine_id: &str, leave: Leave) -> String {
     format!(
         r#"d={d}
 {ours}
@@ -103,11 +117,15 @@ if ours "$pid"; then
 else
   echo "not_running"
 fi
-rm -rf "$d"
+{remove}
 "#,
         d = dir(machine_id),
         ours = ours(machine_id),
         ticks = STOP_GRACE_SECS * 10,
+        remove = match leave {
+            Leave::Nothing => r#"rm -rf "$d""#,
+            Leave::Identity => r#"rm -f "$d/daemon.pid""#,
+        },
     )
 }
 
@@ -166,10 +184,15 @@ mod tests {
         assert_eq!(field(&again, "running"), Some(pid.as_str()), "{again}");
         assert_eq!(std::fs::read_to_string(&token).unwrap(), "rill1.m1.secret.fp\n", "a running daemon's token stays");
         assert!(sh(&probe_script("m1"), home.path(), "").contains("alive=yes"));
-        let stopped = sh(&stop_script("m1"), home.path(), "");
+        let stopped = sh(&stop_script("m1", Leave::Identity), home.path(), "");
+        assert_eq!(field(&stopped, "stopped"), Some(pid.as_str()), "{stopped}");
+        assert!(token.exists() && !d.join("daemon.pid").exists(), "the token stays, the pid goes");
+        let started = sh(&start_script(&launch), home.path(), "rill1.m1.secret.fp\n");
+        let pid = field(&started, "started").unwrap_or_else(|| panic!("{started}")).to_owned();
+        let stopped = sh(&stop_script("m1", Leave::Nothing), home.path(), "");
         assert_eq!(field(&stopped, "stopped"), Some(pid.as_str()), "{stopped}");
         assert!(!d.exists(), "the machine's directory is gone");
-        assert_eq!(sh(&stop_script("m1"), home.path(), "").trim(), "not_running");
+        assert_eq!(sh(&stop_script("m1", Leave::Nothing), home.path(), "").trim(), "not_running");
         assert!(sh(&probe_script("m1"), home.path(), "").contains("alive=no"));
     }
 }

@@ -33,6 +33,16 @@ fn must(cmd: &str) {
     );
 }
 
+/// SIGKILL to `pid` (a process of this machine the test started), reaped
+/// or not, gone within 10 s.
+pub fn kill_pid(pid: u32) {
+    must(&format!("kill -9 {pid}"));
+    poll_until(&format!("process {pid} is gone"), Duration::from_secs(10), || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit_once(") ").is_none_or(|(_, rest)| rest.starts_with('Z'))
+    });
+}
+
 /// Why this machine cannot run the harness, if it cannot.
 pub fn unavailable() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
@@ -444,7 +454,7 @@ impl Net {
     }
 
     /// The coordinator `cluster up` started, from its record.
-    fn coordinator_pid(&self) -> Option<u32> {
+    pub fn coordinator_pid(&self) -> Option<u32> {
         let record = std::fs::read_to_string(self.path("home/state/rill/cluster-6013.json")).ok()?;
         let value: serde_json::Value = serde_json::from_str(&record).ok()?;
         value["coordinator_pid"].as_u64().map(|p| p as u32)

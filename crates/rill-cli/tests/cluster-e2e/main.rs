@@ -263,6 +263,20 @@ fn a_pending_dataflow_starts_when_its_machine_joins_and_up_again_starts_only_wha
         })
     });
 
+    // A coordinator that died: `down` still stops the daemons, and keeps
+    // the tokens it could not revoke so that `up` brings everything back.
+    let coordinator = net.coordinator_pid().expect("the coordinator's pid is recorded");
+    harness::kill_pid(coordinator);
+    let down = net.run(&["cluster", "down"], Duration::from_secs(60));
+    assert_eq!(down.code, Some(0), "{down}");
+    assert!(down.stdout.contains("join tokens stay valid"), "{down}");
+    for index in 0..3 {
+        assert!(net.rill_processes(index).is_empty(), "{:?}", net.rill_processes(index));
+    }
+    let up = net.run(&["cluster", "up", file], UP_LIMIT);
+    assert_eq!(up.code, Some(0), "{up}");
+    assert!(up.stdout.contains("All 3 daemons connected"), "{up}");
+
     let down = net.run(&["cluster", "down"], Duration::from_secs(60));
     assert_eq!(down.code, Some(0), "{down}");
     for index in 0..3 {
