@@ -11,7 +11,7 @@ use anyhow::Context;
 use rill_cluster::remote::{self, DaemonLaunch};
 use rill_cluster::{Facts, Gap, Inventory, InventoryMachine, Needs, Ssh, Target};
 use rill_core::{ClusterFile, Machine};
-use rill_proto::coord::{ControlRequest, ControlResponse, DaemonStatus, DataflowStatus, NodeStatus, TokenState};
+use rill_proto::coord::{ControlRequest, ControlResponse, DaemonStatus, DataflowStatus, NodeStatus, TokenInfo, TokenState};
 
 use crate::access::ControlAccess;
 
@@ -237,6 +237,9 @@ fn addr_port(inventory_addr: std::net::IpAddr, port: u16) -> String {
     std::net::SocketAddr::new(inventory_addr, port).to_string()
 }
 
+/// How long one request to the coordinator may take.
+const CONTROL_LIMIT: Duration = Duration::from_secs(30);
+
 /// A control connection to the coordinator at `addr:port`, with what the
 /// CLI config holds for it.
 struct Control {
@@ -253,7 +256,9 @@ impl Control {
 
     fn call(&mut self, request: ControlRequest) -> anyhow::Result<ControlResponse> {
         let client = &mut self.client;
-        Ok(self.runtime.block_on(client.request(&request))?)
+        // (The timer is made inside the runtime: it needs its reactor.)
+        let reply = self.runtime.block_on(async { tokio::time::timeout(CONTROL_LIMIT, client.request(&request)).await });
+        Ok(reply.map_err(|_| anyhow::anyhow!("the coordinator did not answer within {CONTROL_LIMIT:?}"))??)
     }
 
     fn daemons(&mut self) -> anyhow::Result<Vec<DaemonStatus>> {
@@ -276,7 +281,7 @@ const COORDINATOR_START: Duration = Duration::from_secs(20);
 /// and makes it the CLI's current one. Returns its pid.
 fn ensure_coordinator(cluster: &ClusterFile, earlier: Option<&Inventory>, json: bool) -> anyhow::Result<u32> {
     let at = addr_port(cluster.addr, cluster.port);
-    if let Some(pid) = earlier.and_then(|e| e.coordinator_pid).filter(|pid| crate::updown::is_rill(*pid)) {
+    if let Some(pid) = earlier.and_then(|e| e.coordinator_pid).filter(|pid| is_coordinator(*pid)) {
         Control::connect(&access_for(cluster.addr, cluster.port))
             .with_context(|| format!("the coordinator `cluster up` started (pid {pid}) does not answer on {at}"))?;
         if !json {
@@ -322,15 +327,32 @@ fn ensure_coordinator(cluster: &ClusterFile, earlier: Option<&Inventory>, json: 
     }
 }
 
+/// Is `pid` a running `rill coordinator` (of any rill binary: `down` may
+/// run from another build than `up`)?
+fn is_coordinator(pid: u32) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let mut args = cmdline.split(|b| *b == 0).map(String::from_utf8_lossy);
+    let program = args.next().unwrap_or_default();
+    let name = program.rsplit('/').next().unwrap_or_default().to_owned();
+    name.starts_with("rill") && args.next().as_deref() == Some("coordinator")
+}
+
 /// The join token for `machine`: the recorded one while the coordinator
 /// holds it live, else a new one (no expiry, the machine's labels).
-fn join_token(control: &mut Control, machine: &InventoryMachine, live: &BTreeMap<String, TokenState>) -> Result<String, Failure> {
+/// A token whose labels are not the machine's (the file changed) is
+/// revoked and minted again: its daemon could not claim the new ones.
+fn join_token(control: &mut Control, machine: &InventoryMachine, live: &BTreeMap<String, TokenInfo>) -> Result<String, Failure> {
     let name = rill_core::token_name(&machine.id);
-    let state = live.get(&name);
-    if let (Some(token), Some(TokenState::Unused | TokenState::Enrolled)) = (&machine.token, state) {
+    let info = live.get(&name).filter(|t| matches!(t.state, TokenState::Unused | TokenState::Enrolled));
+    let same_labels = info.is_some_and(|t| t.labels.as_ref() == Some(&machine.labels));
+    if let (Some(token), Some(_), true) = (&machine.token, info, same_labels) {
         return Ok(token.clone());
     }
-    if matches!(state, Some(TokenState::Unused | TokenState::Enrolled)) {
+    if info.is_some() && machine.token.is_some() {
+        if let Err(e) = control.call(ControlRequest::TokenRevoke { name: name.clone() }) {
+            return Err(Failure::new("token", format!("cannot revoke the token with the old labels: {e:#}")));
+        }
+    } else if info.is_some() {
         return Err(Failure::new(
             "token_in_use",
             format!(
@@ -369,7 +391,14 @@ fn up(file: &Path, timeout: Duration, json: bool) -> anyhow::Result<ExitCode> {
     inventory.coordinator_pid = Some(pid);
     inventory.save(&path)?;
     let mut control = Control::connect(&access_for(cluster.addr, cluster.port))?;
-    let connected: BTreeSet<String> = control.daemons()?.into_iter().filter_map(|d| d.machine_id).collect();
+    // Connected with the labels the file gives it; a daemon whose labels
+    // changed in the file is started again (with a token granting them).
+    let connected: BTreeSet<String> = control
+        .daemons()?
+        .into_iter()
+        .filter(|d| d.machine_id.as_deref().and_then(|id| cluster.machine(id)).is_some_and(|m| m.labels == d.labels))
+        .filter_map(|d| d.machine_id)
+        .collect();
     let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
     let missing: Vec<Machine> = cluster.machines.iter().filter(|m| !connected.contains(&m.id)).cloned().collect();
     for machine in cluster.machines.iter().filter(|m| connected.contains(&m.id)) {
@@ -386,8 +415,8 @@ fn up(file: &Path, timeout: Duration, json: bool) -> anyhow::Result<ExitCode> {
         })
     });
     // 2. Tokens, recorded before they are used (nothing minted is lost).
-    let live: BTreeMap<String, TokenState> = match control.call(ControlRequest::TokenList)? {
-        ControlResponse::Tokens { tokens } => tokens.into_iter().map(|t| (t.name, t.state)).collect(),
+    let live: BTreeMap<String, TokenInfo> = match control.call(ControlRequest::TokenList)? {
+        ControlResponse::Tokens { tokens } => tokens.into_iter().map(|t| (t.name.clone(), t)).collect(),
         other => anyhow::bail!("unexpected reply from the coordinator: {other:?}"),
     };
     let mut ready: Vec<(Machine, String, String)> = Vec::new();
@@ -465,21 +494,24 @@ fn up(file: &Path, timeout: Duration, json: bool) -> anyhow::Result<ExitCode> {
         if !waiting.is_empty() && (expired || last_probe.elapsed() > Duration::from_secs(2)) {
             last_probe = Instant::now();
             let pending: Vec<Machine> = waiting.values().map(|(m, _)| m.clone()).collect();
-            let probes = each_machine(&pending, |m| ssh.run(&Target::of(m), &remote::probe_script(&m.id), b"", REMOTE_LIMIT));
+            let probes = each_machine(&pending, |m| {
+                ssh.run(&Target::of(m), &remote::probe_script(cluster.port, &m.id), b"", REMOTE_LIMIT)
+            });
             for (machine, probe) in pending.iter().zip(probes) {
                 let (alive, log) = match probe {
                     Ok(out) => (
-                        remote::field(&out.stdout, "alive") == Some("yes"),
+                        Some(remote::field(&out.stdout, "alive") == Some("yes")),
                         out.stdout.lines().skip(1).map(str::to_owned).collect::<Vec<_>>(),
                     ),
-                    Err(e) => (false, vec![e.to_string()]),
+                    // Not an answer about the daemon: asked again later.
+                    Err(e) => (None, vec![e.to_string()]),
                 };
-                if alive && !expired {
+                if alive != Some(false) && !expired {
                     continue;
                 }
                 let message = match alive {
-                    true => format!("its daemon did not register within {timeout:?}"),
-                    false => "its daemon exited without registering".to_owned(),
+                    Some(false) => "its daemon exited without registering".to_owned(),
+                    _ => format!("its daemon did not register within {timeout:?}"),
                 };
                 waiting.remove(&machine.id);
                 report(json, machine, &format!("FAILED: {message}"));
@@ -626,7 +658,8 @@ fn machine_row(
     daemon: Option<&DaemonStatus>,
     running: &BTreeMap<String, usize>,
 ) -> serde_json::Value {
-    let labels = machine.map(|m| m.labels.clone()).or(daemon.map(|d| d.labels.clone())).unwrap_or_default();
+    // What the daemon registered with is what placement uses.
+    let labels = daemon.map(|d| d.labels.clone()).or(machine.map(|m| m.labels.clone())).unwrap_or_default();
     let arch = daemon.and_then(|d| d.platform.split_once('/').map(|(_, arch)| arch.to_owned()));
     serde_json::json!({
         "id": machine.map(|m| m.id.clone()).or(daemon.and_then(|d| d.machine_id.clone())),
@@ -650,11 +683,8 @@ const DATAFLOWS_STOP: Duration = Duration::from_secs(30);
 fn down(file: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
     let (mut inventory, path) = find_inventory(file)?;
     let at = addr_port(inventory.addr, inventory.port);
-    let coordinator_alive = inventory.coordinator_pid.is_some_and(crate::updown::is_rill);
-    let mut control = match coordinator_alive {
-        true => Some(Control::connect(&access_for(inventory.addr, inventory.port))?),
-        false => None,
-    };
+    // The coordinator is there if it answers (whichever rill binary runs it).
+    let mut control = Control::connect(&access_for(inventory.addr, inventory.port)).ok();
     // 1. Dataflows: stopped, so their nodes end in order.
     let mut stopped_dataflows = Vec::new();
     if let Some(control) = control.as_mut() {
@@ -678,13 +708,12 @@ fn down(file: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
             println!("Stopped {}: {}", crate::output::count(stopped_dataflows.len(), "dataflow"), stopped_dataflows.join(", "));
         }
     }
-    // 2. Daemons, every machine at once.
+    // 2. Daemons, every machine at once; their tokens and identities stay
+    // until the tokens are revoked.
     let ssh = Ssh::new()?;
+    let port = inventory.port;
     let machines: Vec<Machine> = inventory.machines.iter().map(InventoryMachine::machine).collect();
-    // Without a coordinator the tokens cannot be revoked: the machines keep
-    // them and their identities, and the next `up` reuses both.
-    let leave = if control.is_some() { remote::Leave::Nothing } else { remote::Leave::Identity };
-    let results = each_machine(&machines, |m| ssh.run(&Target::of(m), &remote::stop_script(&m.id, leave), b"", REMOTE_LIMIT));
+    let results = each_machine(&machines, |m| ssh.run(&Target::of(m), &remote::stop_script(port, &m.id), b"", REMOTE_LIMIT));
     let mut failed = Vec::new();
     let mut rows = Vec::new();
     for (machine, result) in machines.iter().zip(results) {
@@ -707,27 +736,38 @@ fn down(file: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
             if status == "failed" { eprintln!("{line}") } else { println!("{line}") }
         }
     }
-    // 3. Tokens: a machine that was not reached cannot come back with its token.
-    if let Some(control) = control.as_mut() {
-        for machine in &inventory.machines {
-            let name = rill_core::token_name(&machine.id);
-            if let Err(e) = control.call(ControlRequest::TokenRevoke { name: name.clone() })
-                && !e.to_string().contains("no token named")
-            {
-                eprintln!("error: cannot revoke the join token {name}: {e:#}");
-                failed.push(machine.id.clone());
+    // 3. Tokens: revoked, then the machine's directory (token, identity)
+    // goes. A token that cannot be revoked stays recorded, and its machine
+    // keeps its identity, so the next `up` reuses both.
+    let mut revoked = Vec::new();
+    match control.as_mut() {
+        Some(control) => {
+            for machine in &inventory.machines {
+                let name = rill_core::token_name(&machine.id);
+                match control.call(ControlRequest::TokenRevoke { name: name.clone() }) {
+                    Ok(_) => revoked.push(machine.id.clone()),
+                    Err(e) if e.to_string().contains("no token named") => revoked.push(machine.id.clone()),
+                    Err(e) => eprintln!("error: cannot revoke the join token {name}: {e:#}; it stays recorded"),
+                }
             }
         }
-    }
-    if control.is_some() {
-        for machine in &mut inventory.machines {
-            machine.token = None;
+        None if !json => {
+            println!("The coordinator is not running: the machines' join tokens stay valid; `rill cluster up` reuses them")
         }
-    } else if !json {
-        println!("The coordinator was not running: the machines' join tokens stay valid; `rill cluster up` reuses them");
+        None => {}
+    }
+    let purge: Vec<Machine> = machines.iter().filter(|m| revoked.contains(&m.id) && !failed.contains(&m.id)).cloned().collect();
+    let purged = each_machine(&purge, |m| ssh.run(&Target::of(m), &remote::purge_script(port, &m.id), b"", REMOTE_LIMIT));
+    for (machine, result) in purge.iter().zip(purged) {
+        if let Err(e) = result {
+            eprintln!("error: cannot remove rill's directory on {}: {e}", machine.id);
+        }
+    }
+    for machine in inventory.machines.iter_mut().filter(|m| revoked.contains(&m.id)) {
+        machine.token = None;
     }
     // 4. The coordinator.
-    let coordinator = match inventory.coordinator_pid.filter(|_| coordinator_alive) {
+    let coordinator = match inventory.coordinator_pid.filter(|pid| control.is_some() && is_coordinator(*pid)) {
         Some(pid) => {
             drop(control);
             crate::updown::terminate(pid);

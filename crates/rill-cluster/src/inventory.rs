@@ -61,9 +61,11 @@ impl Inventory {
     }
 
     /// The record for `cluster` (at `file`), keeping the tokens an earlier
-    /// record holds for machines of the same id.
+    /// record holds for machines of the same id. A machine no longer in the
+    /// file whose token is still recorded stays (after the file's), so
+    /// `down` still stops it and revokes its token.
     pub fn from_file(cluster: &ClusterFile, file: PathBuf, earlier: Option<&Inventory>) -> Inventory {
-        let machines = cluster
+        let mut machines: Vec<InventoryMachine> = cluster
             .machines
             .iter()
             .map(|m| InventoryMachine {
@@ -76,6 +78,13 @@ impl Inventory {
                 token: earlier.and_then(|e| e.machine(&m.id)).and_then(|e| e.token.clone()),
             })
             .collect();
+        let removed = earlier
+            .into_iter()
+            .flat_map(|e| &e.machines)
+            .filter(|m| m.token.is_some() && cluster.machine(&m.id).is_none())
+            .cloned()
+            .collect::<Vec<_>>();
+        machines.extend(removed);
         Inventory {
             file,
             addr: cluster.addr,
@@ -134,6 +143,14 @@ mod tests {
         assert_eq!(second.machine("a").unwrap().token.as_deref(), Some("rill1.a.s.f"));
         assert_eq!(second.machine("a").unwrap().host, "h9", "the file is what counts");
         assert!(second.machine("b").is_none() && second.machine("c").unwrap().token.is_none());
+        let with_b = {
+            let mut e = first.clone();
+            e.machine_mut("b").unwrap().token = Some("rill1.b.s.f".into());
+            e
+        };
+        let third = Inventory::from_file(&cluster, "/x/c.yml".into(), Some(&with_b));
+        let ids: Vec<&str> = third.machines.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["a", "c", "b"], "b left the file but its token is live: down must still reach it");
         assert_eq!(second.coordinator_pid, Some(42));
         assert!(Inventory::load(&dir.path().join("none.json")).unwrap().is_none());
         std::fs::write(&path, "{").unwrap();

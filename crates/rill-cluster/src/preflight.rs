@@ -112,7 +112,7 @@ impl Facts {
 /// What a command needs of every machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Needs {
-    /// The same rill version as here (everything but `upgrade`).
+    /// The same rill version as here (what starting a daemon needs).
     pub same_version: bool,
     /// Passwordless sudo (systemd units).
     pub sudo: bool,
@@ -173,8 +173,7 @@ impl fmt::Display for Gap {
             ),
             Gap::OtherVersion { path, remote, local } => write!(
                 f,
-                "{path} is `{remote}`, this machine's is `{local}`; install the same version, or run \
-                 `rill cluster upgrade` to roll it out"
+                "{path} is `{remote}`, this machine's is `{local}`; install the same version on both"
             ),
             Gap::NoSudo => write!(f, "sudo is not installed; install it and allow this user passwordless sudo"),
             Gap::SudoRefused { why } => write!(
@@ -213,7 +212,7 @@ mod tests {
         let gaps = Facts::parse(other).gaps(Needs::UP, "rill 0.1.0");
         assert_eq!(gaps.len(), 1);
         let text = gaps[0].to_string();
-        assert!(text.contains("rill 0.0.9") && text.contains("rill 0.1.0") && text.contains("cluster upgrade"), "{text}");
+        assert!(text.contains("rill 0.0.9") && text.contains("rill 0.1.0") && text.contains("same version"), "{text}");
         let mac = Facts::parse("os=Darwin\narch=arm64\n").gaps(Needs::UP, "rill 0.1.0");
         assert_eq!(mac.iter().map(Gap::kind).collect::<Vec<_>>(), ["not_linux"]);
     }

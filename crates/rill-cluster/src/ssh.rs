@@ -185,6 +185,9 @@ pub fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 
+/// How long output may still arrive after the command exited.
+const OUTPUT_GRACE: Duration = Duration::from_secs(1);
+
 enum RunError {
     Spawn(std::io::Error),
     Timeout,
@@ -206,14 +209,18 @@ fn run_with_limit(mut command: Command, stdin: &[u8], limit: Duration) -> Result
         }
         // Dropped: the remote side sees the end of its input.
     });
+    // Readers hand their text over a channel, so a pipe some other process
+    // keeps open (a wrapper's leftover child) cannot hold us past the limit.
     let read = |pipe: Option<Box<dyn Read + Send>>| {
+        let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut text = Vec::new();
             if let Some(mut pipe) = pipe {
                 let _ = pipe.read_to_end(&mut text);
             }
-            String::from_utf8_lossy(&text).into_owned()
-        })
+            let _ = tx.send(String::from_utf8_lossy(&text).into_owned());
+        });
+        rx
     };
     let stdout = read(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
     let stderr = read(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
@@ -232,7 +239,10 @@ fn run_with_limit(mut command: Command, stdin: &[u8], limit: Duration) -> Result
     };
     let _ = feeder.join();
     let code = status.code().unwrap_or(SSH_FAILED);
-    Ok(Output { code, stdout: stdout.join().unwrap_or_default(), stderr: stderr.join().unwrap_or_default() })
+    let collect = |rx: std::sync::mpsc::Receiver<String>| {
+        rx.recv_timeout(deadline.saturating_duration_since(Instant::now()).max(OUTPUT_GRACE)).unwrap_or_default()
+    };
+    Ok(Output { code, stdout: collect(stdout), stderr: collect(stderr) })
 }
 
 #[cfg(test)]
@@ -279,5 +289,12 @@ mod tests {
         command.args(["-c", "cat; echo err >&2; exit 3"]);
         let out = run_with_limit(command, b"in", Duration::from_secs(5)).ok().unwrap();
         assert_eq!((out.code, out.stdout.as_str(), out.stderr.as_str()), (3, "in", "err\n"));
+        // A leftover child that keeps stdout open does not hold the caller.
+        let mut command = Command::new("sh");
+        command.args(["-c", "echo early; sleep 5 & exit 0"]);
+        let started = Instant::now();
+        let out = run_with_limit(command, b"", Duration::from_millis(500)).ok().unwrap();
+        assert_eq!(out.code, 0);
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     }
 }

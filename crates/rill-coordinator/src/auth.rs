@@ -97,9 +97,24 @@ pub enum DaemonCredential {
     Admin,
     /// A join token, not enrolled with yet or enrolling again with the
     /// same key: the daemon sends its key and gets a certificate.
-    Join { token: String },
+    Join { token: TokenRef },
     /// The certificate issued under this token.
-    Certificate { token: String },
+    Certificate { token: TokenRef },
+}
+
+/// The token a daemon came in with: its name and the hash of its secret,
+/// so a token minted again under the same name (after a revoke) is not
+/// mistaken for the one the daemon holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRef {
+    pub name: String,
+    pub hash: String,
+}
+
+impl TokenRef {
+    pub fn of(record: &crate::tokens::TokenRecord) -> Self {
+        Self { name: record.name.clone(), hash: record.hash.clone() }
+    }
 }
 
 impl From<crate::tokens::Refused> for Refusal {
@@ -119,7 +134,7 @@ pub fn daemon(
 ) -> Result<DaemonCredential, Refusal> {
     if let Some(cert) = certificate {
         match tokens.by_cert(cert, now_ms) {
-            Ok(record) => return Ok(DaemonCredential::Certificate { token: record.name.clone() }),
+            Ok(record) => return Ok(DaemonCredential::Certificate { token: TokenRef::of(record) }),
             // Enrolled but no longer allowed: the refusal says why.
             Err(refused) if refused.code != ErrorCode::Unauthorized => return Err(refused.into()),
             // Unknown (say, the store was lost), and nothing else offered.
@@ -145,7 +160,7 @@ pub fn daemon(
                 ));
             }
             let record = tokens.check(&token.name, &token.secret, now_ms)?;
-            Ok(DaemonCredential::Join { token: record.name.clone() })
+            Ok(DaemonCredential::Join { token: TokenRef::of(record) })
         }
         Some(_) => Err(Refusal::new(
             ErrorCode::Unauthorized,

@@ -121,7 +121,7 @@ struct App {
     tokens: Mutex<Tokens>,
     /// The join token each connected daemon came in with (revoking or
     /// expiring it disconnects the daemon).
-    token_of: Mutex<BTreeMap<String, String>>,
+    token_of: Mutex<BTreeMap<String, crate::auth::TokenRef>>,
 }
 
 impl App {
@@ -144,7 +144,7 @@ impl App {
         self.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn token_of(&self) -> MutexGuard<'_, BTreeMap<String, String>> {
+    fn token_of(&self) -> MutexGuard<'_, BTreeMap<String, crate::auth::TokenRef>> {
         self.token_of.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -589,9 +589,12 @@ async fn authorize(
     let Some(machine) = hello.machine_id.clone() else {
         return refuse(ErrorCode::BadRequest, "a daemon that joins with a token needs --machine-id".into());
     };
-    let Some(record) = app.tokens().get(token).cloned() else {
-        return refuse(ErrorCode::Unauthorized, format!("token {token} is gone"));
+    let token_ref = token;
+    let record = app.tokens().get(&token_ref.name).filter(|r| r.hash == token_ref.hash).cloned();
+    let Some(record) = record else {
+        return refuse(ErrorCode::Revoked, format!("token {} was revoked", token_ref.name));
     };
+    let token = &token_ref.name;
     if let Some(allowed) = &record.labels {
         if hello.labels.is_empty() {
             hello.labels = allowed.clone();
@@ -633,6 +636,9 @@ async fn authorize(
     // once, one wins.
     let stored = {
         let mut tokens = app.tokens();
+        if tokens.get(token).is_none_or(|r| r.hash != token_ref.hash) {
+            return refuse(ErrorCode::Revoked, format!("token {token} was revoked"));
+        }
         let bound = tokens.enroll(token, binding, &key, now_ms())?;
         app.persister.save_token(&bound)
     };
@@ -695,8 +701,10 @@ fn disconnect_expired(app: &App) {
         connected
             .into_iter()
             .map(|(daemon, token)| {
-                let state = tokens.get(&token).map_or(TokenState::Revoked, |r| r.state(now));
-                (daemon, token, state)
+                // A record of that name with another secret is a new token: the daemon's is gone.
+                let record = tokens.get(&token.name).filter(|r| r.hash == token.hash);
+                let state = record.map_or(TokenState::Revoked, |r| r.state(now));
+                (daemon, token.name, state)
             })
             .filter(|(_, _, state)| matches!(state, TokenState::Expired | TokenState::Revoked))
             .collect()
@@ -888,7 +896,7 @@ async fn revoke_token(app: &App, name: &str) -> ControlResponse {
         return ControlResponse::Error { code: ErrorCode::Internal, message: format!("cannot store the revocation: {e}") };
     }
     let holders: Vec<String> =
-        app.token_of().iter().filter(|(_, token)| *token == name).map(|(daemon, _)| daemon.clone()).collect();
+        app.token_of().iter().filter(|(_, token)| token.name == name).map(|(daemon, _)| daemon.clone()).collect();
     for daemon in &holders {
         app.token_of().remove(daemon);
         let message = format!("token {name} was revoked");
@@ -1111,9 +1119,14 @@ async fn restart(app: &App, dataflow: &str) -> ControlResponse {
             return ControlResponse::Error { code, message };
         }
     }
-    match start(app, old.descriptor, Some(old.name), old.base_dir, false, None).await {
+    // A pending one keeps waiting, for what is left of its wait.
+    let wait = old.waiting.as_ref().map(|w| Duration::from_millis(w.until_ms.saturating_sub(now_ms())));
+    match start(app, old.descriptor, Some(old.name), old.base_dir, false, wait).await {
         ControlResponse::Started { uuid, name, placement } => {
             ControlResponse::Restarted { old_uuid: old.uuid, new_uuid: uuid, name, placement }
+        }
+        ControlResponse::Pending { uuid, name, .. } => {
+            ControlResponse::Restarted { old_uuid: old.uuid, new_uuid: uuid, name, placement: Vec::new() }
         }
         other => other,
     }

@@ -261,8 +261,10 @@ fn ssh_word(r: &mut Reader, text: &str, pos: Pos, what: &str, owner: &str) -> Op
         r.error_hint(pos, format!("`{what}` of {owner} starts with `-`: `{text}`"), hint);
         return None;
     }
-    if let Some(c) = text.chars().find(|c| c.is_whitespace() || c.is_control() || matches!(c, '@' | '\'' | '"' | '`' | '$' | '\\' | ';'))
-    {
+    // Letters, digits and what hostnames, IP addresses (`[::1]`, `fe80::1%eth0`)
+    // and user names use: nothing a shell or an ssh `%h` expansion could read.
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']' | '%');
+    if let Some(c) = text.chars().find(|c| !allowed(*c)) {
         let hint = match what {
             "host" => "a hostname or IP address; the user goes in `user`",
             _ => "a plain user name",
@@ -283,6 +285,8 @@ fn labels(r: &mut Reader, node: &Node, owner: &str) -> BTreeMap<String, String> 
             continue;
         }
         let Some(value) = r.scalar(entry.value, &format!("label `{}` of {owner}", entry.name)) else { continue };
+        // As `--labels` reads it (trimmed), so the token grants what the daemon claims.
+        let value = value.trim().to_owned();
         if let Some(c) = value.chars().find(|c| c.is_control() || *c == ',') {
             let hint = "labels travel as `key=value,key=value`: no commas or control characters in a value";
             r.error_hint(entry.value.pos, format!("label `{}` of {owner} contains {c:?}", entry.name), hint);
@@ -312,7 +316,7 @@ mod tests {
     fn the_reference_example_parses_with_defaults() {
         let c = parse(
             "coordinator:\n  addr: 10.0.0.1\nmachines:\n  - id: robot\n    host: 10.0.0.2\n    user: ubuntu\n    \
-             labels:\n      gpu: \"true\"\n      n: 3\n  - id: gpu-server\n    host: gpu.lan\n    port: 2222\n    \
+             labels:\n      gpu: \" true \"\n      n: 3\n  - id: gpu-server\n    host: gpu.lan\n    port: 2222\n    \
              identity_file: ~/.ssh/id_fleet\n",
         )
         .unwrap();
@@ -360,7 +364,7 @@ mod tests {
 
     #[test]
     fn hosts_and_users_are_single_plain_words() {
-        for host in ["\"a b\"", "\"a;b\"", "\"u@h\"", "\"$(x)\""] {
+        for host in ["\"a b\"", "\"a;b\"", "\"u@h\"", "\"$(x)\"", "\"a|b\"", "\"a&b\"", "\"h*\"", "\"<h>\""] {
             let found = errors(&format!("coordinator:\n  addr: ::1\nmachines:\n  - id: a\n    host: {host}\n"));
             assert_eq!(found.len(), 1, "{host}: {found:?}");
             assert!(found[0].contains("`host` of machine `a` contains"), "{found:?}");

@@ -84,7 +84,16 @@ impl Access {
             // under the same name (after the old one was revoked) gets a
             // fresh identity instead of the revoked certificate.
             let digest = &token.secret.hash().hex()[..12];
-            return Some(root.join(&token.ca.hex()[..16]).join(format!("{}-{digest}", token.name)));
+            let cluster = root.join(&token.ca.hex()[..16]);
+            let dir = cluster.join(format!("{}-{digest}", token.name));
+            // An identity enrolled before identities carried the digest
+            // (rill 0.1 before this change): kept, so an upgraded daemon
+            // is still the same member.
+            let legacy = cluster.join(&token.name);
+            if !dir.exists() && legacy.join(rill_auth::enroll::DAEMON_CERT).exists() {
+                return Some(legacy);
+            }
+            return Some(dir);
         }
         let clusters = match self.pin {
             Some(ca) => vec![root.join(&ca.hex()[..16])],
@@ -265,5 +274,24 @@ mod tests {
         let remote = Access { addr: "10.0.0.1:1".into(), ..Default::default() };
         let problem = remote.dial().unwrap_err();
         assert!(!problem.transient && problem.message.contains("--join-token-file"), "{problem}");
+    }
+
+    #[test]
+    fn identities_are_kept_per_token_secret_and_one_enrolled_before_that_is_still_found() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = Fingerprint::of(b"ca");
+        let token = |name: &str| rill_auth::JoinToken::mint(name, ca).unwrap();
+        let access = |join| Access { identity_root: Some(tmp.path().into()), join: Some(join), ..Default::default() };
+        let (first, again) = (token("robot"), token("robot"));
+        let (a, b) = (access(first).identity_dir().unwrap(), access(again.clone()).identity_dir().unwrap());
+        assert_ne!(a, b, "a token minted again under the same name gets a fresh identity");
+        assert!(a.file_name().unwrap().to_string_lossy().starts_with("robot-"));
+        // A daemon enrolled by an older rill kept its identity under the bare name.
+        let legacy = tmp.path().join(&ca.hex()[..16]).join("robot");
+        std::fs::create_dir_all(&legacy).unwrap();
+        std::fs::write(legacy.join(rill_auth::enroll::DAEMON_CERT), "cert").unwrap();
+        assert_eq!(access(again.clone()).identity_dir().unwrap(), legacy);
+        std::fs::create_dir_all(&b).unwrap();
+        assert_eq!(access(again).identity_dir().unwrap(), b, "once its own exists, that one");
     }
 }

@@ -116,6 +116,18 @@ fn cluster_up_places_nodes_on_the_right_hosts_restart_works_and_down_leaves_noth
     });
     assert!(logs(&net, &new_uuid).contains("[src] host h1"));
 
+    // The file changes: m3 gets a label, m2 leaves the file. `up` restarts
+    // m3's daemon with a token granting the label; m2 keeps running until down.
+    let changed = net.cluster_yml(&[(0, "m1", "root", "role=camera"), (2, "m3", "root", "zone=b")]);
+    let again = net.run(&["cluster", "up", changed.to_str().unwrap()], UP_LIMIT);
+    assert_eq!(again.code, Some(0), "{again}");
+    assert!(again.stdout.lines().any(|l| l.starts_with("Starting daemon on m1 (") && l.ends_with("already connected")));
+    assert!(again.stdout.lines().any(|l| l.starts_with("Starting daemon on m3 (") && l.ends_with("OK")), "{again}");
+    let json = net.run(&["cluster", "status", "--json"], CLI_LIMIT).json();
+    let m3 = json["machines"].as_array().expect("machines").iter().find(|m| m["id"] == "m3").cloned().expect("m3");
+    assert_eq!(m3["labels"], serde_json::json!({"zone": "b"}), "{json}");
+    assert!(net.rill_processes(1).iter().any(|(_, cmd)| cmd.contains(" daemon ")), "m2 still runs");
+
     // Down: nothing of rill on any host, no coordinator, tokens revoked.
     let down = net.run(&["cluster", "down", "--json"], Duration::from_secs(60));
     assert_eq!(down.code, Some(0), "{down}");
@@ -123,7 +135,7 @@ fn cluster_up_places_nodes_on_the_right_hosts_restart_works_and_down_leaves_noth
     for index in 0..3 {
         let left = net.rill_processes(index);
         assert!(left.is_empty(), "rill processes left on {}: {left:?}\n{down}", net.hosts[index].name);
-        assert!(net.read_file(index, "/root/.local/state/rill/cluster-m1/join.token").is_none());
+        assert!(net.read_file(index, &format!("/root/.local/state/rill/cluster-6013-m{}/join.token", index + 1)).is_none());
     }
     let status = net.run(&["cluster", "status"], CLI_LIMIT);
     assert_ne!(status.code, Some(0), "no cluster any more: {status}");
@@ -154,7 +166,7 @@ fn each_machine_with_a_gap_fails_with_its_own_error_while_the_others_come_up() {
     assert_eq!(up.code, Some(1), "{up}");
     let line = |id: &str| up.stderr.lines().find(|l| l.contains(&format!("on {id} ("))).unwrap_or("").to_owned();
     assert!(line("norill").contains("`rill` is not on the PATH"), "{up}");
-    assert!(line("oldrill").contains("rill 0.0.9") && line("oldrill").contains("cluster upgrade"), "{up}");
+    assert!(line("oldrill").contains("rill 0.0.9") && line("oldrill").contains("rill 0.1.0"), "{up}");
     assert!(line("gone").contains("cannot reach root@10.77."), "{up}");
     assert!(up.stdout.contains("Starting daemon on good ("), "{up}");
     assert!(up.stdout.contains("Starting daemon on nosudo (robot@"), "a daemon needs no sudo: {up}");
@@ -214,8 +226,11 @@ fn a_pending_dataflow_starts_when_its_machine_joins_and_up_again_starts_only_wha
     let start = net.run(&["start", flow, "--name", "app", "--wait-for-daemons", "2m", "--json"], CLI_LIMIT);
     assert_eq!(start.code, Some(0), "{start}");
     assert_eq!(start.json()["status"], "pending", "{start}");
+    // A pending dataflow restarted keeps waiting, for the rest of its wait.
+    let restart = net.run(&["restart", "app", "--json"], CLI_LIMIT);
+    assert_eq!(restart.code, Some(0), "{restart}");
     let list = net.run(&["list"], CLI_LIMIT);
-    let row = list.stdout.lines().find(|l| l.contains(" app ")).unwrap_or_default().to_owned();
+    let row = list.stdout.lines().rfind(|l| l.contains(" app ")).unwrap_or_default().to_owned();
     assert!(row.contains("pending") && row.contains("waiting: node `sink`: no matching daemon for machine id \"m3\""), "{list}");
 
     // m3's host comes back; `up` again starts only its daemon.
