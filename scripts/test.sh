@@ -8,12 +8,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The multi-host tests (crates/rill-cli/tests/cluster-e2e) boot hosts in
-# network namespaces, each with its own sshd: as root, install what they
-# need when it is missing (as CI does on a fresh machine).
-if [ "$(id -u)" = 0 ] && { [ ! -x /usr/sbin/sshd ] || ! command -v nft >/dev/null || ! command -v ssh >/dev/null; }; then
+# network namespaces, each with its own sshd (some booting systemd with
+# systemd-nspawn on a Debian rootfs that debootstrap fetches once): as root,
+# install what they need when it is missing (as CI does on a fresh machine).
+if [ "$(id -u)" = 0 ] && { [ ! -x /usr/sbin/sshd ] || ! command -v nft >/dev/null || ! command -v ssh >/dev/null \
+    || ! command -v systemd-nspawn >/dev/null || ! command -v debootstrap >/dev/null; }; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        openssh-server openssh-client sudo iproute2 nftables util-linux procps
+        openssh-server openssh-client sudo iproute2 nftables util-linux procps systemd-container debootstrap
 fi
 # The node binaries the end-to-end tests spawn (cargo test builds only test harnesses of bin targets).
 cargo build --workspace --locked

@@ -60,6 +60,25 @@ pub enum ClusterCommand {
     },
     /// Stop a dataflow and start it again from the stored descriptor.
     Restart(crate::remote::StopArgs),
+    /// Install the daemon of every machine as a systemd service
+    /// (rill-daemon-ID, enabled and started; needs passwordless sudo).
+    Install {
+        file: PathBuf,
+        /// How long to wait for every daemon to register, e.g. 30s, 2m.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop, disable and remove every machine's service, its token and state.
+    Uninstall {
+        /// The cluster file [default: the cluster `rill cluster up` started last].
+        file: Option<PathBuf>,
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// A positive duration with a unit (`30s`, `2m`), as `--ttl` takes it.
@@ -77,16 +96,18 @@ pub fn run(command: ClusterCommand) -> anyhow::Result<ExitCode> {
         ClusterCommand::Status { file, json } => status(file.as_deref(), json),
         ClusterCommand::Down { file, json } => down(file.as_deref(), json),
         ClusterCommand::Restart(args) => crate::remote::restart(args),
+        ClusterCommand::Install { file, timeout, json } => crate::services::install(&file, timeout, json),
+        ClusterCommand::Uninstall { file, json } => crate::services::uninstall(file.as_deref(), json),
     }
 }
 
 /// The local rill's `--version` line, which remote ones must match.
-fn local_version() -> String {
+pub(crate) fn local_version() -> String {
     format!("rill {}", env!("CARGO_PKG_VERSION"))
 }
 
 /// Loads a cluster file, printing its problems. `None`: it is invalid.
-fn load(file: &Path, json: bool) -> Option<ClusterFile> {
+pub(crate) fn load(file: &Path, json: bool) -> Option<ClusterFile> {
     match ClusterFile::load(file) {
         Ok(cluster) => Some(cluster),
         Err(diagnostics) => {
@@ -107,26 +128,26 @@ fn load(file: &Path, json: bool) -> Option<ClusterFile> {
 
 /// A machine's problem, for the output.
 #[derive(Debug, Clone, serde::Serialize)]
-struct Failure {
+pub(crate) struct Failure {
     /// `unreachable`, `no_rill`, `other_version`, ..., `not_registered`.
-    kind: String,
-    message: String,
+    pub(crate) kind: String,
+    pub(crate) message: String,
     /// The end of the daemon's log, when it was started.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    log: Vec<String>,
+    pub(crate) log: Vec<String>,
 }
 
 impl Failure {
-    fn new(kind: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(kind: &str, message: impl Into<String>) -> Self {
         Self { kind: kind.into(), message: message.into(), log: Vec::new() }
     }
 
-    fn of_gaps(gaps: &[Gap]) -> Self {
+    pub(crate) fn of_gaps(gaps: &[Gap]) -> Self {
         let message = gaps.iter().map(Gap::to_string).collect::<Vec<_>>().join("; ");
         Self::new(gaps.first().map_or("preflight", Gap::kind), message)
     }
 
-    fn of_ssh(e: &rill_cluster::SshError) -> Self {
+    pub(crate) fn of_ssh(e: &rill_cluster::SshError) -> Self {
         let kind = match e {
             rill_cluster::SshError::Unreachable { .. } => "unreachable",
             rill_cluster::SshError::Timeout { .. } => "timeout",
@@ -137,10 +158,10 @@ impl Failure {
 }
 
 /// How long one remote command may take (ssh's own connect timeout is 10 s).
-const REMOTE_LIMIT: Duration = Duration::from_secs(30);
+pub(crate) const REMOTE_LIMIT: Duration = Duration::from_secs(30);
 
 /// The preflight of one machine.
-fn preflight(ssh: &Ssh, machine: &Machine) -> Result<Facts, Failure> {
+pub(crate) fn preflight(ssh: &Ssh, machine: &Machine) -> Result<Facts, Failure> {
     let output = ssh
         .run(&Target::of(machine), rill_cluster::preflight::SCRIPT, b"", REMOTE_LIMIT)
         .map_err(|e| Failure::of_ssh(&e))?;
@@ -148,7 +169,7 @@ fn preflight(ssh: &Ssh, machine: &Machine) -> Result<Facts, Failure> {
 }
 
 /// Runs `work` for every machine at once; results in the machines' order.
-fn each_machine<'m, T: Send>(machines: &'m [Machine], work: impl Fn(&'m Machine) -> T + Sync) -> Vec<T> {
+pub(crate) fn each_machine<'m, T: Send>(machines: &'m [Machine], work: impl Fn(&'m Machine) -> T + Sync) -> Vec<T> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = machines.iter().map(|m| scope.spawn(|| work(m))).collect();
         handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
@@ -229,11 +250,11 @@ fn check(file: &Path, ssh: bool, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 /// The record of the cluster on `port`.
-fn inventory_path(port: u16) -> PathBuf {
+pub(crate) fn inventory_path(port: u16) -> PathBuf {
     Inventory::path(&crate::dirs::state_dir(), port)
 }
 
-fn addr_port(inventory_addr: std::net::IpAddr, port: u16) -> String {
+pub(crate) fn addr_port(inventory_addr: std::net::IpAddr, port: u16) -> String {
     std::net::SocketAddr::new(inventory_addr, port).to_string()
 }
 
@@ -242,26 +263,26 @@ const CONTROL_LIMIT: Duration = Duration::from_secs(30);
 
 /// A control connection to the coordinator at `addr:port`, with what the
 /// CLI config holds for it.
-struct Control {
+pub(crate) struct Control {
     runtime: tokio::runtime::Runtime,
     client: rill_coordinator::client::ControlClient,
 }
 
 impl Control {
-    fn connect(access: &ControlAccess) -> anyhow::Result<Self> {
+    pub(crate) fn connect(access: &ControlAccess) -> anyhow::Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let client = runtime.block_on(access.connect())?;
         Ok(Self { runtime, client })
     }
 
-    fn call(&mut self, request: ControlRequest) -> anyhow::Result<ControlResponse> {
+    pub(crate) fn call(&mut self, request: ControlRequest) -> anyhow::Result<ControlResponse> {
         let client = &mut self.client;
         // (The timer is made inside the runtime: it needs its reactor.)
         let reply = self.runtime.block_on(async { tokio::time::timeout(CONTROL_LIMIT, client.request(&request)).await });
         Ok(reply.map_err(|_| anyhow::anyhow!("the coordinator did not answer within {CONTROL_LIMIT:?}"))??)
     }
 
-    fn daemons(&mut self) -> anyhow::Result<Vec<DaemonStatus>> {
+    pub(crate) fn daemons(&mut self) -> anyhow::Result<Vec<DaemonStatus>> {
         match self.call(ControlRequest::Status)? {
             ControlResponse::Status { daemons, .. } => Ok(daemons),
             other => anyhow::bail!("unexpected reply from the coordinator: {other:?}"),
@@ -270,7 +291,7 @@ impl Control {
 }
 
 /// The access for `addr:port` (the CLI config entry `up` wrote).
-fn access_for(addr: std::net::IpAddr, port: u16) -> ControlAccess {
+pub(crate) fn access_for(addr: std::net::IpAddr, port: u16) -> ControlAccess {
     ControlAccess::at(&addr.to_string(), port)
 }
 
@@ -279,7 +300,7 @@ const COORDINATOR_START: Duration = Duration::from_secs(20);
 
 /// Starts the coordinator (unless the one `up` started earlier still runs)
 /// and makes it the CLI's current one. Returns its pid.
-fn ensure_coordinator(cluster: &ClusterFile, earlier: Option<&Inventory>, json: bool) -> anyhow::Result<u32> {
+pub(crate) fn ensure_coordinator(cluster: &ClusterFile, earlier: Option<&Inventory>, json: bool) -> anyhow::Result<u32> {
     let at = addr_port(cluster.addr, cluster.port);
     if let Some(pid) = earlier.and_then(|e| e.coordinator_pid).filter(|pid| is_coordinator(*pid)) {
         Control::connect(&access_for(cluster.addr, cluster.port))
@@ -329,7 +350,7 @@ fn ensure_coordinator(cluster: &ClusterFile, earlier: Option<&Inventory>, json: 
 
 /// Is `pid` a running `rill coordinator` (of any rill binary: `down` may
 /// run from another build than `up`)?
-fn is_coordinator(pid: u32) -> bool {
+pub(crate) fn is_coordinator(pid: u32) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
     let mut args = cmdline.split(|b| *b == 0).map(String::from_utf8_lossy);
     let program = args.next().unwrap_or_default();
@@ -341,7 +362,7 @@ fn is_coordinator(pid: u32) -> bool {
 /// holds it live, else a new one (no expiry, the machine's labels).
 /// A token whose labels are not the machine's (the file changed) is
 /// revoked and minted again: its daemon could not claim the new ones.
-fn join_token(control: &mut Control, machine: &InventoryMachine, live: &BTreeMap<String, TokenInfo>) -> Result<String, Failure> {
+pub(crate) fn join_token(control: &mut Control, machine: &InventoryMachine, live: &BTreeMap<String, TokenInfo>) -> Result<String, Failure> {
     let name = rill_core::token_name(&machine.id);
     let info = live.get(&name).filter(|t| matches!(t.state, TokenState::Unused | TokenState::Enrolled));
     let same_labels = info.is_some_and(|t| t.labels.as_ref() == Some(&machine.labels));
@@ -423,6 +444,10 @@ fn up(file: &Path, timeout: Duration, json: bool) -> anyhow::Result<ExitCode> {
     for (machine, facts) in missing.iter().zip(facts) {
         let prepared = facts.and_then(|facts| {
             let record = inventory.machine(&machine.id).cloned().ok_or_else(|| Failure::new("internal", "not recorded"))?;
+            if record.installed {
+                // Its service holds its own token.
+                return Ok((facts.rill.unwrap_or_else(|| "rill".into()), String::new()));
+            }
             let token = join_token(&mut control, &record, &live)?;
             if let Some(m) = inventory.machine_mut(&machine.id) {
                 m.token = Some(token.clone());
@@ -445,6 +470,8 @@ fn up(file: &Path, timeout: Duration, json: bool) -> anyhow::Result<ExitCode> {
         .map(|(m, ..)| (m.id.as_str(), m.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")))
         .collect();
     let machines: Vec<Machine> = ready.iter().map(|(m, ..)| m.clone()).collect();
+    // Machines whose daemon is a systemd service (`cluster install`): started with systemctl.
+    let installed: BTreeSet<String> = inventory.machines.iter().filter(|m| m.installed).map(|m| m.id.clone()).collect();
     let launches = each_machine(&machines, |machine| {
         let (_, rill, token) = ready.iter().find(|(m, ..)| m.id == machine.id).expect("every started machine is ready");
         let launch = DaemonLaunch {
@@ -454,8 +481,11 @@ fn up(file: &Path, timeout: Duration, json: bool) -> anyhow::Result<ExitCode> {
             port: cluster.port,
             labels: labels.get(machine.id.as_str()).map_or("", String::as_str),
         };
-        let script = remote::start_script(&launch);
-        let output = ssh.run(&Target::of(machine), &script, format!("{token}\n").as_bytes(), REMOTE_LIMIT);
+        let (script, stdin) = match installed.contains(&machine.id) {
+            true => (rill_cluster::service::start_script(&machine.id), String::new()),
+            false => (remote::start_script(&launch), format!("{token}\n")),
+        };
+        let output = ssh.run(&Target::of(machine), &script, stdin.as_bytes(), REMOTE_LIMIT);
         match output {
             Err(e) => Err(Failure::of_ssh(&e)),
             Ok(out) if out.code != 0 => Err(Failure::new(
@@ -493,7 +523,9 @@ fn up(file: &Path, timeout: Duration, json: bool) -> anyhow::Result<ExitCode> {
         // Every 2 s (and at the deadline): a daemon that exited will never register.
         if !waiting.is_empty() && (expired || last_probe.elapsed() > Duration::from_secs(2)) {
             last_probe = Instant::now();
-            let pending: Vec<Machine> = waiting.values().map(|(m, _)| m.clone()).collect();
+            // (A service is not probed: systemd restarts its daemon; it has until the deadline.)
+            let pending: Vec<Machine> =
+                waiting.values().map(|(m, _)| m.clone()).filter(|m| expired || !installed.contains(&m.id)).collect();
             let probes = each_machine(&pending, |m| {
                 ssh.run(&Target::of(m), &remote::probe_script(cluster.port, &m.id), b"", REMOTE_LIMIT)
             });
@@ -560,7 +592,7 @@ fn report(json: bool, machine: &Machine, what: &str) {
 }
 
 /// The record of the cluster in `file`, or of the current coordinator's.
-fn find_inventory(file: Option<&Path>) -> anyhow::Result<(Inventory, PathBuf)> {
+pub(crate) fn find_inventory(file: Option<&Path>) -> anyhow::Result<(Inventory, PathBuf)> {
     let port = match file {
         Some(file) => match ClusterFile::load(file) {
             Ok(cluster) => cluster.port,
@@ -713,7 +745,15 @@ fn down(file: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
     let ssh = Ssh::new()?;
     let port = inventory.port;
     let machines: Vec<Machine> = inventory.machines.iter().map(InventoryMachine::machine).collect();
-    let results = each_machine(&machines, |m| ssh.run(&Target::of(m), &remote::stop_script(port, &m.id), b"", REMOTE_LIMIT));
+    let installed: BTreeSet<String> = inventory.machines.iter().filter(|m| m.installed).map(|m| m.id.clone()).collect();
+    let results = each_machine(&machines, |m| {
+        let script = match installed.contains(&m.id) {
+            // Stopped, still installed (and enabled): its token stays for the next `up`.
+            true => rill_cluster::service::stop_script(&m.id),
+            false => remote::stop_script(port, &m.id),
+        };
+        ssh.run(&Target::of(m), &script, b"", REMOTE_LIMIT)
+    });
     let mut failed = Vec::new();
     let mut rows = Vec::new();
     for (machine, result) in machines.iter().zip(results) {
@@ -723,6 +763,7 @@ fn down(file: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
                 ("killed", format!("OK (killed: it did not stop within {} s)", remote::STOP_GRACE_SECS))
             }
             Ok(out) if out.stdout.contains("not_running") => ("not_running", "OK (was not running)".into()),
+            Ok(out) if out.stdout.contains("step=stop ok") => ("stopped", "OK (service stopped)".into()),
             Ok(out) => ("failed", format!("FAILED (exit {}): {}", out.code, out.stderr.trim())),
             Err(e) => ("failed", format!("FAILED: {e}")),
         };
@@ -742,7 +783,7 @@ fn down(file: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
     let mut revoked = Vec::new();
     match control.as_mut() {
         Some(control) => {
-            for machine in &inventory.machines {
+            for machine in inventory.machines.iter().filter(|m| !m.installed) {
                 let name = rill_core::token_name(&machine.id);
                 match control.call(ControlRequest::TokenRevoke { name: name.clone() }) {
                     Ok(_) => revoked.push(machine.id.clone()),

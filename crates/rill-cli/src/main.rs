@@ -14,6 +14,7 @@ mod dirs;
 mod output;
 mod remote;
 mod run;
+mod services;
 mod tokens;
 mod updown;
 

@@ -31,6 +31,11 @@ pub struct InventoryMachine {
     pub labels: BTreeMap<String, String>,
     /// The join token minted for it (`rill1.…`), reused while it is live.
     pub token: Option<String>,
+    #[serde(default)]
+    pub service_user: Option<String>,
+    /// Its daemon runs as the systemd service `rill cluster install` made.
+    #[serde(default)]
+    pub installed: bool,
 }
 
 impl InventoryMachine {
@@ -42,6 +47,7 @@ impl InventoryMachine {
             ssh_port: self.ssh_port,
             identity_file: self.identity_file.clone(),
             labels: self.labels.clone(),
+            service_user: self.service_user.clone(),
         }
     }
 }
@@ -76,12 +82,14 @@ impl Inventory {
                 identity_file: m.identity_file.clone(),
                 labels: m.labels.clone(),
                 token: earlier.and_then(|e| e.machine(&m.id)).and_then(|e| e.token.clone()),
+                service_user: m.service_user.clone(),
+                installed: earlier.and_then(|e| e.machine(&m.id)).is_some_and(|e| e.installed),
             })
             .collect();
         let removed = earlier
             .into_iter()
             .flat_map(|e| &e.machines)
-            .filter(|m| m.token.is_some() && cluster.machine(&m.id).is_none())
+            .filter(|m| (m.token.is_some() || m.installed) && cluster.machine(&m.id).is_none())
             .cloned()
             .collect::<Vec<_>>();
         machines.extend(removed);

@@ -6,6 +6,7 @@
 //! - `preflight.rs`: what a machine has (OS, arch, rill and its version,
 //!   sudo, systemd) and what each command needs of it.
 //! - `remote.rs`: the scripts that start, find and stop a machine's daemon.
+//! - `service.rs`: the daemon as a systemd service (`rill cluster install`).
 //! - `inventory.rs`: what `rill cluster up` records for later commands.
 //!
 //! Blocking (std processes and threads): the CLI runs one thread per machine.
@@ -13,6 +14,7 @@
 pub mod inventory;
 pub mod preflight;
 pub mod remote;
+pub mod service;
 pub mod ssh;
 
 pub use inventory::{Inventory, InventoryMachine};

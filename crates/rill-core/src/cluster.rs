@@ -20,7 +20,7 @@ pub const DEFAULT_CLUSTER_PORT: u16 = 6013;
 
 const TOP_FIELDS: &[&str] = &["coordinator", "machines"];
 const COORDINATOR_FIELDS: &[&str] = &["addr", "port"];
-const MACHINE_FIELDS: &[&str] = &["id", "host", "user", "port", "identity_file", "labels"];
+const MACHINE_FIELDS: &[&str] = &["id", "host", "user", "port", "identity_file", "labels", "service_user"];
 
 /// A validated `cluster.yml`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +43,9 @@ pub struct Machine {
     pub ssh_port: Option<u16>,
     pub identity_file: Option<PathBuf>,
     pub labels: BTreeMap<String, String>,
+    /// The user a daemon installed as a systemd service runs as
+    /// (`rill cluster install`); `None`: the SSH user.
+    pub service_user: Option<String>,
 }
 
 impl Machine {
@@ -216,6 +219,10 @@ fn machine(r: &mut Reader, item: &Node) -> (Option<Machine>, Option<(String, Pos
         .get("user")
         .and_then(|node| r.optional_text(node, &format!("`user` of {owner}")).map(|u| (u, node.pos)))
         .and_then(|(user, pos)| ssh_word(r, &user, pos, "user", &owner));
+    let service_user = fields
+        .get("service_user")
+        .and_then(|node| r.optional_text(node, &format!("`service_user` of {owner}")).map(|u| (u, node.pos)))
+        .and_then(|(user, pos)| ssh_word(r, &user, pos, "service_user", &owner));
     let ssh_port = fields.get("port").and_then(|node| port(r, node, &format!("`port` of {owner}")));
     let identity_file = fields.get("identity_file").and_then(|node| {
         let path = r.optional_text(node, &format!("`identity_file` of {owner}"))?;
@@ -227,7 +234,9 @@ fn machine(r: &mut Reader, item: &Node) -> (Option<Machine>, Option<(String, Pos
     });
     let labels = fields.get("labels").map(|node| labels(r, node, &owner)).unwrap_or_default();
     let machine = match (&id, host) {
-        (Some((id, _)), Some(host)) => Some(Machine { id: id.clone(), host, user, ssh_port, identity_file, labels }),
+        (Some((id, _)), Some(host)) => {
+            Some(Machine { id: id.clone(), host, user, ssh_port, identity_file, labels, service_user })
+        }
         _ => None,
     };
     (machine, id)

@@ -10,7 +10,7 @@
 //! Dropping a `Net` stops everything it started (by PID) and, when the test
 //! failed, prints the coordinator's log and every host's daemon log.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
@@ -61,6 +61,16 @@ pub fn unavailable() -> Option<String> {
     (!ok).then(|| "network namespaces are not available here".into())
 }
 
+/// Why this machine cannot boot systemd hosts, if it cannot.
+pub fn systemd_unavailable() -> Option<String> {
+    for tool in ["systemd-nspawn", "debootstrap"] {
+        if !sh(&format!("command -v {tool}")).status.success() {
+            return Some(format!("`{tool}` is missing (scripts/test.sh installs systemd-container and debootstrap)"));
+        }
+    }
+    None
+}
+
 /// Becomes true within `limit`, or panics naming `what`.
 pub fn poll_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
@@ -100,6 +110,8 @@ pub struct Host {
     mnt: PathBuf,
     init: Option<Child>,
     log: PathBuf,
+    /// Boots systemd (see [`HostSpec::systemd`]).
+    systemd: bool,
 }
 
 pub struct Net {
@@ -119,6 +131,9 @@ pub struct HostSpec {
     pub rill: RillInstall,
     /// A user besides root that may log in with the test key (no sudo rights).
     pub user: Option<String>,
+    /// Boot real systemd (systemd-nspawn on a Debian rootfs) instead of
+    /// running sshd alone: for `cluster install`, services, reboots.
+    pub systemd: bool,
 }
 
 #[derive(Clone, Default)]
@@ -265,6 +280,7 @@ impl Net {
             mnt: self.path(&format!("{name}-mnt")),
             init: None,
             log: self.path(&format!("{name}-init.log")),
+            systemd: spec.systemd,
         };
         self.hosts.push(host);
         let index = self.hosts.len() - 1;
@@ -298,10 +314,18 @@ impl Net {
             ip = host.ip,
         ));
         let log = std::fs::File::create(&host.log).expect("init log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &host.netns, "unshare", "--mount", "--uts", "--ipc", "--pid", "--fork"])
-            .arg(&init_script)
-            .args([&host.name, &host.mnt.display().to_string(), &host.files.display().to_string()])
+        let mut command = match host.systemd {
+            false => {
+                let mut command = Command::new("ip");
+                command
+                    .args(["netns", "exec", &host.netns, "unshare", "--mount", "--uts", "--ipc", "--pid", "--fork"])
+                    .arg(&init_script)
+                    .args([&host.name, &host.mnt.display().to_string(), &host.files.display().to_string()]);
+                command
+            }
+            true => systemd_boot(host),
+        };
+        let child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -309,8 +333,8 @@ impl Net {
             .expect("host init starts");
         host.init = Some(child);
         let (ip, netns, name) = (host.ip.clone(), host.netns.clone(), host.name.clone());
-        poll_until(&format!("sshd of {name} listens on {ip}:22"), Duration::from_secs(10), || {
-            sh(&format!("ip netns exec {netns} ss -ltnH 'sport = :22' | grep -q '{ip}:22'")).status.success()
+        poll_until(&format!("sshd of {name} listens on {ip}:22"), Duration::from_secs(30), || {
+            sh(&format!("ip netns exec {netns} ss -ltnH 'sport = :22' | grep -qE '({ip}|0.0.0.0|\\*):22'")).status.success()
         });
     }
 
@@ -356,14 +380,15 @@ impl Net {
             .collect()
     }
 
-    /// The host's PID 1 (the init script), seen from here: the child of
-    /// `unshare` (which is the process the harness started).
+    /// The host's PID 1 (its init script, or systemd), seen from here: the
+    /// process of its network namespace that is PID 1 in its own PID namespace.
     fn root_pid(&self, index: usize) -> Option<u32> {
-        let unshare = self.hosts[index].init.as_ref()?.id();
         self.pids(index).into_iter().find(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let ppid = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(1)?.parse::<u32>().ok());
-            ppid == Some(unshare)
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            status.lines().find_map(|l| l.strip_prefix("NSpid:")).is_some_and(|ids| {
+                let ids: Vec<&str> = ids.split_whitespace().collect();
+                ids.len() > 1 && ids.last() == Some(&"1")
+            })
         })
     }
 
@@ -408,9 +433,13 @@ impl Net {
             String::from_utf8_lossy(&sh(&format!("ip netns pids {ns}")).stdout).trim().is_empty()
         });
         let _ = sh(&format!("ip link del {} 2>/dev/null; ip netns del {} 2>/dev/null", host.veth, host.netns));
+        if host.systemd {
+            systemd_cleanup(host);
+        }
     }
 
-    /// Boots a host that was powered off again (same files, a fresh root).
+    /// Boots a host that was powered off again (same files; a systemd host
+    /// keeps its disk, a plain one gets a fresh root).
     pub fn power_on(&mut self, index: usize) {
         self.start(index);
     }
@@ -440,7 +469,18 @@ impl Net {
             }
         }
         for (index, host) in self.hosts.iter().enumerate() {
-            text += &format!("=== {} init log\n{}\n", host.name, std::fs::read_to_string(&host.log).unwrap_or_default());
+            let init_log = std::fs::read_to_string(&host.log).unwrap_or_default();
+            // A booting systemd's console is long: its end is what matters.
+            let tail: Vec<&str> = init_log.lines().rev().take(40).collect();
+            text += &format!("=== {} init log (end)\n{}\n", host.name, tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            if host.systemd
+                && let Some(root) = self.root_pid(index)
+            {
+                let journal = sh(&format!(
+                    "journalctl --no-pager -q --directory=/proc/{root}/root/run/log/journal -u 'rill-daemon-*' | tail -n 60"
+                ));
+                text += &format!("=== {} journal of rill-daemon-*\n{}\n", host.name, String::from_utf8_lossy(&journal.stdout));
+            }
             for home in ["/root", "/home/robot"] {
                 let Some(root) = self.root_pid(index) else { continue };
                 let listing = sh(&format!("ls -d /proc/{root}/root{home}/.local/state/rill/cluster-* 2>/dev/null"));
@@ -477,4 +517,91 @@ impl Drop for Net {
         }
         let _ = sh(&format!("ip link del {}", self.bridge));
     }
+}
+
+/// The Debian rootfs systemd hosts boot (debootstrap, once per target
+/// directory: about a minute, then cached).
+fn rootfs() -> PathBuf {
+    static ROOTFS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = ROOTFS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rootfs-bookworm");
+    if dir.join("etc/debian_version").exists() {
+        return dir;
+    }
+    let building = dir.with_extension("building");
+    let _ = std::fs::remove_dir_all(&building);
+    let started = Instant::now();
+    must(&format!(
+        "debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,openssh-server,iproute2,sudo,procps \
+         bookworm {} http://deb.debian.org/debian > {}.log 2>&1 || {{ tail -20 {}.log; exit 1; }}",
+        building.display(),
+        building.display(),
+        building.display()
+    ));
+    std::fs::rename(&building, &dir).expect("rootfs in place");
+    eprintln!("built the systemd hosts' rootfs in {:.0}s", started.elapsed().as_secs_f64());
+    dir
+}
+
+/// Where a systemd host's disk lives (kept across power cycles).
+fn disk(host: &Host) -> (PathBuf, PathBuf, PathBuf) {
+    (host.mnt.join("upper"), host.mnt.join("work"), host.mnt.join("root"))
+}
+
+/// Mounts the host's disk (an overlay over the rootfs), puts its files on
+/// it, and returns the command that boots it: systemd-nspawn in the host's
+/// network namespace, from a cgroup of its own (else all containers would
+/// share the test's), with the build directory mounted read-only at its
+/// own path (node binaries, the rill under test).
+fn systemd_boot(host: &Host) -> Command {
+    let lower = rootfs();
+    let (upper, work, root) = disk(host);
+    for dir in [&upper, &work, &root] {
+        std::fs::create_dir_all(dir).expect("host disk");
+    }
+    let _ = sh(&format!("umount -l {} 2>/dev/null", root.display()));
+    must(&format!(
+        "mount -t overlay overlay -o lowerdir={},upperdir={},workdir={} {}",
+        lower.display(),
+        upper.display(),
+        work.display(),
+        root.display()
+    ));
+    must(&format!(
+        "rm -f {r}/etc/ssh/ssh_host_*_key* && cp -a {f}/. {r}/ && ln -sf /lib/systemd/system/ssh.service {r}/etc/systemd/system/multi-user.target.wants/ssh.service",
+        r = root.display(),
+        f = host.files.display()
+    ));
+    let machine = host.netns.clone();
+    let bin = Path::new(env!("CARGO_BIN_EXE_rill")).parent().expect("bin dir").to_path_buf();
+    let cgroup_dirs = ["systemd", "unified"].map(|c| format!("/sys/fs/cgroup/{c}/rill-harness/{machine}"));
+    for dir in &cgroup_dirs {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let script = format!(
+        "for d in {dirs}; do echo $$ > $d/cgroup.procs 2>/dev/null || true; done; \
+         exec systemd-nspawn -q -b --keep-unit --register=no --network-namespace-path=/run/netns/{ns} -M {machine} \
+         -D {root} --bind-ro={bin}",
+        dirs = cgroup_dirs.join(" "),
+        ns = host.netns,
+        root = root.display(),
+        bin = bin.display(),
+    );
+    let mut command = Command::new("sh");
+    command.args(["-c", &script]);
+    command
+}
+
+/// After a systemd host stopped: its disk unmounted (kept), its cgroups and
+/// nspawn's propagation directory removed.
+fn systemd_cleanup(host: &Host) {
+    let (_, _, root) = disk(host);
+    let _ = sh(&format!("umount -l {} 2>/dev/null", root.display()));
+    for controller in ["systemd", "unified"] {
+        let _ = sh(&format!(
+            "find /sys/fs/cgroup/{controller}/rill-harness/{} -depth -type d -exec rmdir {{}} \\; 2>/dev/null",
+            host.netns
+        ));
+    }
+    let _ = std::fs::remove_dir_all(format!("/run/systemd/nspawn/propagate/{}", host.netns));
 }

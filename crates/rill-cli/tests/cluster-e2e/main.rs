@@ -298,3 +298,78 @@ fn a_pending_dataflow_starts_when_its_machine_joins_and_up_again_starts_only_wha
         assert!(net.rill_processes(index).is_empty(), "{:?}", net.rill_processes(index));
     }
 }
+
+/// A network of hosts that boot systemd, or `None` (skipped, with the
+/// reason) where that cannot run; in CI it must.
+fn systemd_net() -> Option<Net> {
+    let net = Net::new()?;
+    if let Some(why) = harness::systemd_unavailable() {
+        assert!(std::env::var("CI").is_err(), "the systemd host tests cannot run in CI: {why}");
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    Some(net)
+}
+
+#[test]
+fn install_runs_every_daemon_as_a_systemd_service_that_survives_a_crash_and_uninstall_removes_it() {
+    let Some(mut net) = systemd_net() else { return };
+    for k in 1..=2 {
+        net.boot(k, &HostSpec { systemd: true, ..Default::default() });
+    }
+    for index in 0..2 {
+        assert_eq!(net.root_ssh(index, "systemctl is-system-running --wait").trim(), "running");
+    }
+    let file = net.cluster_yml(&[(0, "s1", "root", "role=edge"), (1, "s2", "root", "")]);
+    let file = file.to_str().unwrap();
+    let install = net.run(&["cluster", "install", file], UP_LIMIT);
+    assert_eq!(install.code, Some(0), "{install}");
+    for (id, host) in [("s1", &net.hosts[0]), ("s2", &net.hosts[1])] {
+        assert!(install.stdout.contains(&format!("Installing rill-daemon-{id}.service on root@{}... OK", host.ip)), "{install}");
+    }
+    assert!(install.stdout.contains("2/2 succeeded."), "{install}");
+    assert_eq!(connected(&net), ["s1", "s2"]);
+    for (index, id) in [(0, "s1"), (1, "s2")] {
+        let unit = format!("/etc/systemd/system/rill-daemon-{id}.service");
+        let verify = net.root_ssh(index, &format!("systemd-analyze verify {unit} 2>&1; echo rc=$?"));
+        assert_eq!(verify.trim(), "rc=0", "systemd-analyze verify says nothing about {unit}");
+        assert_eq!(net.root_ssh(index, &format!("systemctl is-active rill-daemon-{id}")).trim(), "active");
+        let text = net.root_ssh(index, &format!("cat {unit}"));
+        assert!(!text.contains("rill1."), "no token in the unit:\n{text}");
+        assert_eq!(net.root_ssh(index, &format!("stat -c '%a %U' /etc/rill/{id}.token")).trim(), "600 root");
+        assert!(net.root_ssh(index, &format!("cat /etc/rill/{id}.token")).starts_with(&format!("rill1.{id}.")));
+        assert_eq!(net.root_ssh(index, &format!("stat -c '%a' /var/lib/rill/{id}")).trim(), "700");
+    }
+
+    // kill -9: systemd restarts the daemon (RestartSec=5), it registers again.
+    let daemon = net.rill_processes(0).into_iter().find(|(_, cmd)| cmd.contains(" daemon ")).expect("s1's daemon");
+    net.kill(0, daemon.0);
+    poll_until("systemd restarted s1's daemon and it registered", Duration::from_secs(30), || {
+        net.rill_processes(0).iter().any(|(pid, cmd)| cmd.contains(" daemon ") && *pid != daemon.0)
+            && connected(&net) == ["s1", "s2"]
+    });
+
+    // Again: the same result (a new service token; the daemons connect again).
+    let again = net.run(&["cluster", "install", file], UP_LIMIT);
+    assert_eq!(again.code, Some(0), "{again}");
+    assert!(again.stdout.contains("2/2 succeeded."), "{again}");
+
+    let uninstall = net.run(&["cluster", "uninstall", "--json"], UP_LIMIT);
+    assert_eq!(uninstall.code, Some(0), "{uninstall}");
+    assert_eq!(uninstall.json()["succeeded"], 2, "{uninstall}");
+    for (index, id) in [(0, "s1"), (1, "s2")] {
+        let left = net.root_ssh(
+            index,
+            &format!(
+                "ls /etc/systemd/system/rill-daemon-{id}.service /etc/rill/{id}.token /var/lib/rill/{id} 2>/dev/null; \
+                 systemctl is-active rill-daemon-{id} || true"
+            ),
+        );
+        assert_eq!(left.trim(), "inactive", "nothing of the service is left on {id}");
+        assert!(net.rill_processes(index).is_empty(), "{:?}", net.rill_processes(index));
+    }
+    let tokens = net.run(&["token", "list", "--json"], CLI_LIMIT).json();
+    assert!(tokens["tokens"].as_array().expect("tokens").iter().all(|t| t["state"] == "revoked"), "{tokens}");
+    let down = net.run(&["cluster", "down"], Duration::from_secs(60));
+    assert_eq!(down.code, Some(0), "{down}");
+}
