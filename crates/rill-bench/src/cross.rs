@@ -38,8 +38,7 @@ pub fn run(yaml: &str, expected: usize, plaintext: bool) -> anyhow::Result<Vec<s
                 machine_id: Some(machine.into()),
                 labels: Default::default(),
                 coordinator: Arc::new(rill_daemon::access::Access::fixed(dial.clone())),
-                data_port: 0,
-            };
+                data_port: 0, version: env!("CARGO_PKG_VERSION").to_owned() };
             let (results, failure) = (results.clone(), failure.clone());
             // No shutdown signal (the sender is dropped): the benchmark ends
             // with its runtime.

@@ -71,6 +71,28 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Roll a new rill binary out to the services, one machine at a time:
+    /// checked there, swapped in (the old one kept), restarted, and waited
+    /// for; a machine that fails is rolled back and the rollout stops.
+    Upgrade {
+        /// The cluster file [default: the cluster `rill cluster up` started last].
+        file: Option<PathBuf>,
+        /// The binary to roll out [default: this rill].
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Machines upgraded at once.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+        max_parallel: u16,
+        /// Put back the binary each machine had before its last upgrade.
+        #[arg(long, conflicts_with = "binary")]
+        rollback: bool,
+        /// How long each machine's daemon gets to come back, e.g. 30s.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop, disable and remove every machine's service, its token and state.
     Uninstall {
         /// The cluster file [default: the cluster `rill cluster up` started last].
@@ -98,12 +120,16 @@ pub fn run(command: ClusterCommand) -> anyhow::Result<ExitCode> {
         ClusterCommand::Restart(args) => crate::remote::restart(args),
         ClusterCommand::Install { file, timeout, json } => crate::services::install(&file, timeout, json),
         ClusterCommand::Uninstall { file, json } => crate::services::uninstall(file.as_deref(), json),
+        ClusterCommand::Upgrade { file, binary, max_parallel, rollback, timeout, json } => {
+            let how = crate::services::Upgrade { binary, max_parallel: usize::from(max_parallel), rollback, timeout, json };
+            crate::services::upgrade(file.as_deref(), how)
+        }
     }
 }
 
 /// The local rill's `--version` line, which remote ones must match.
 pub(crate) fn local_version() -> String {
-    format!("rill {}", env!("CARGO_PKG_VERSION"))
+    format!("rill {}", crate::version::full())
 }
 
 /// Loads a cluster file, printing its problems. `None`: it is invalid.
@@ -244,7 +270,7 @@ fn check(file: &Path, ssh: bool, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         println!("{}", serde_json::json!({"file": file, "ok": ok, "machines": rows}));
     } else if ok {
-        println!("ok: every machine is ready (rill {} everywhere)", env!("CARGO_PKG_VERSION"));
+        println!("ok: every machine is ready (rill {} everywhere)", crate::version::full());
     }
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -17,11 +17,12 @@ mod run;
 mod services;
 mod tokens;
 mod updown;
+mod version;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// rill: dataflows of node processes, on one machine or a fleet.
 #[derive(Parser)]
@@ -81,6 +82,12 @@ enum Commands {
         #[command(subcommand)]
         command: cluster::ClusterCommand,
     },
+    /// This binary's version (with its build stamp) and protocol.
+    Version {
+        /// `{"version", "protocol"}` on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Join tokens for daemons: create, list, revoke.
     Token {
         #[command(subcommand)]
@@ -89,7 +96,13 @@ enum Commands {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The version with its build stamp, if any (`rill --version`).
+    let version: &'static str = Box::leak(crate::version::full().into_boxed_str());
+    let matches = Cli::command().version(version).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     // Rust ignores SIGPIPE, so printing to a reader that went away
     // (`rill logs app | head -1`) would panic. Commands that only print die
     // quietly of SIGPIPE instead, as other CLI tools do (exit status 141 in
@@ -115,6 +128,14 @@ fn main() -> ExitCode {
         Commands::Up(args) => updown::up(args),
         Commands::Destroy(args) => updown::destroy(args),
         Commands::Token { command } => tokens::run(command),
+        Commands::Version { json } => {
+            let (version, protocol) = (crate::version::full(), rill_proto::coord::COORD_PROTOCOL_VERSION);
+            match json {
+                true => println!("{}", serde_json::json!({"version": version, "protocol": protocol})),
+                false => println!("rill {version} (protocol {protocol})"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Commands::Cluster { command } => cluster::run(command),
     };
     match result {

@@ -167,6 +167,7 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
             args.machine_id.as_deref(),
         )?),
         data_port: args.data_port,
+        version: crate::version::full(),
     };
     let (quiet, node_output) = (args.quiet, !args.no_node_output);
     let addr = config.coordinator.addr().to_owned();

@@ -243,3 +243,247 @@ pub fn uninstall(file: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
     }
     Ok(if ok == machines.len() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
+
+/// How `rill cluster upgrade` runs.
+pub struct Upgrade {
+    pub binary: Option<std::path::PathBuf>,
+    pub max_parallel: usize,
+    pub rollback: bool,
+    pub timeout: Duration,
+    pub json: bool,
+}
+
+/// One machine's upgrade: each step with its time, and how it ended.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Rollout {
+    id: String,
+    destination: String,
+    steps: Vec<(String, String, f64)>,
+    /// `upgraded`, `rolled_back`, `failed`, `restored`, `nothing_to_restore`.
+    status: String,
+    version: Option<String>,
+    error: Option<String>,
+}
+
+impl Rollout {
+    fn new(machine: &Machine) -> Self {
+        Self {
+            id: machine.id.clone(),
+            destination: machine.destination(),
+            steps: Vec::new(),
+            status: "failed".into(),
+            version: None,
+            error: None,
+        }
+    }
+
+    /// Records a step's result and time.
+    fn step<T>(&mut self, name: &str, started: Instant, result: Result<T, String>, ok: impl Fn(&T) -> String) -> Option<T> {
+        let seconds = started.elapsed().as_secs_f64();
+        match result {
+            Ok(value) => {
+                self.steps.push((name.to_owned(), ok(&value), seconds));
+                Some(value)
+            }
+            Err(e) => {
+                self.steps.push((name.to_owned(), format!("FAILED: {e}"), seconds));
+                self.error = Some(format!("{name}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn print(&self, json: bool) {
+        if json {
+            return;
+        }
+        println!("Upgrading {} ({})...", self.id, self.destination);
+        for (name, result, seconds) in &self.steps {
+            println!("  {name}... {result} ({seconds:.1}s)");
+        }
+    }
+}
+
+/// Runs a service script; `Err` names the failed steps (or the SSH problem).
+fn run_steps(ssh: &Ssh, machine: &Machine, script: &str) -> Result<String, String> {
+    let out = ssh.run(&Target::of(machine), script, b"", REMOTE_LIMIT).map_err(|e| e.to_string())?;
+    match failed_steps(&out.stdout) {
+        Some(failed) => Err(format!("{failed}: {}", out.stderr.trim())),
+        None if out.code != 0 => Err(format!("exit {}: {}", out.code, out.stderr.trim())),
+        None => Ok(out.stdout),
+    }
+}
+
+/// Waits until `machine`'s daemon is connected reporting `version` (any, if
+/// `None`) and no node of an active dataflow placed on it is lost.
+fn wait_back(control: &mut Control, machine: &str, version: Option<&str>, timeout: Duration) -> Result<String, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status = control.call(ControlRequest::Status).map_err(|e| e.to_string())?;
+        let ControlResponse::Status { daemons, dataflows, .. } = status else { return Err("unexpected reply".into()) };
+        let daemon = daemons.iter().find(|d| d.machine_id.as_deref() == Some(machine));
+        let lost = dataflows.iter().filter(|d| d.status.is_active()).any(|d| {
+            d.placement.iter().any(|p| {
+                p.machine_id.as_deref() == Some(machine)
+                    && matches!(d.nodes.get(&p.node), Some(rill_proto::coord::NodeStatus::Lost { .. }))
+            })
+        });
+        if let Some(daemon) = daemon
+            && version.is_none_or(|v| daemon.version == v)
+            && !lost
+        {
+            return Ok(daemon.version.clone());
+        }
+        if Instant::now() > deadline {
+            return Err(match daemon {
+                Some(d) if version.is_some_and(|v| d.version != v) => {
+                    format!("it came back as {} within {timeout:?}, not the new version", d.version)
+                }
+                Some(_) => format!("its dataflows' nodes did not run again within {timeout:?}"),
+                None => format!("its daemon did not reconnect within {timeout:?}"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Checks, swaps, restarts and waits for one machine; rolls it back if a
+/// step after the swap fails.
+fn upgrade_one(ssh: &Ssh, control: &mut Control, machine: &Machine, binary: &[u8], timeout: Duration) -> Rollout {
+    let mut rollout = Rollout::new(machine);
+    let started = Instant::now();
+    let upload = ssh
+        .run(&Target::of(machine), &service::upload_script(&machine.id), binary, REMOTE_LIMIT)
+        .map_err(|e| e.to_string())
+        .and_then(|out| {
+            let path = remote::field(&out.stdout, "path").unwrap_or_default().to_owned();
+            let tmp = remote::field(&out.stdout, "upload").unwrap_or_default().to_owned();
+            match (path.is_empty(), tmp.is_empty()) {
+                (true, _) => Err(format!("{} is not installed: run `rill cluster install` first", service::unit_name(&machine.id))),
+                (_, true) => Err(format!("the upload failed: {}", out.stderr.trim())),
+                _ => Ok((path, tmp, out.stdout)),
+            }
+        });
+    let Some((path, tmp, stdout)) = rollout.step("Upload binary", started, upload, |_| "OK".into()) else { return rollout };
+    let started = Instant::now();
+    let protocol = rill_proto::coord::COORD_PROTOCOL_VERSION;
+    let check = match (remote::field(&stdout, "check"), remote::field(&stdout, "check_failed")) {
+        (Some(json), _) => serde_json::from_str::<serde_json::Value>(json)
+            .map_err(|e| format!("`version --json` printed no version ({e})"))
+            .and_then(|v| match (v["version"].as_str(), v["protocol"].as_u64()) {
+                (Some(version), Some(p)) if p == u64::from(protocol) => Ok(version.to_owned()),
+                (Some(version), Some(p)) => Err(format!(
+                    "rill {version} speaks protocol {p}, the coordinator {protocol}: upgrade the coordinator first"
+                )),
+                _ => Err(format!("`version --json` printed {json}")),
+            }),
+        (_, Some(why)) => Err(format!("the new binary does not run there: {why}")),
+        _ => Err("the new binary was not checked".into()),
+    };
+    let Some(version) = rollout.step("Check binary", started, check, |v| format!("OK (rill {v}, protocol {protocol})")) else {
+        let _ = ssh.run(&Target::of(machine), &format!("rm -f {}", rill_cluster::ssh::quote(&tmp)), b"", REMOTE_LIMIT);
+        return rollout;
+    };
+    let started = Instant::now();
+    let swapped = run_steps(ssh, machine, &service::swap_script(&machine.id, &path, &tmp));
+    if rollout.step("Swap binary and restart", started, swapped, |_| "OK".into()).is_some() {
+        let started = Instant::now();
+        let back = wait_back(control, &machine.id, Some(&version), timeout);
+        if rollout.step("Waiting for reconnect", started, back, |_| "OK".into()).is_some() {
+            rollout.status = "upgraded".into();
+            rollout.version = Some(version);
+            return rollout;
+        }
+    }
+    // At once: the previous binary, and the daemon back with it.
+    let started = Instant::now();
+    let restored = run_steps(ssh, machine, &service::restore_script(&machine.id))
+        .and_then(|_| wait_back(control, &machine.id, None, timeout));
+    if let Some(v) = rollout.step("Roll back", started, restored, |v| format!("OK (back to {v})")) {
+        rollout.status = "rolled_back".into();
+        rollout.version = Some(v);
+    }
+    rollout
+}
+
+pub fn upgrade(file: Option<&Path>, how: Upgrade) -> anyhow::Result<ExitCode> {
+    use anyhow::Context as _;
+    let (inventory, _) = crate::cluster::find_inventory(file)?;
+    let mut control = Control::connect(&access_for(inventory.addr, inventory.port))?;
+    let ssh = Ssh::new()?;
+    let machines: Vec<Machine> = inventory.machines.iter().map(InventoryMachine::machine).collect();
+    let not_installed: Vec<&str> =
+        inventory.machines.iter().filter(|m| !m.installed).map(|m| m.id.as_str()).collect();
+    if !not_installed.is_empty() {
+        anyhow::bail!(
+            "{} not installed as a service: `rill cluster upgrade` replaces the binary of systemd services \
+             (run `rill cluster install` first)",
+            not_installed.join(", ")
+        );
+    }
+    let mut rollouts = Vec::new();
+    if how.rollback {
+        for machine in &machines {
+            let mut rollout = Rollout::new(machine);
+            let started = Instant::now();
+            let out = run_steps(&ssh, machine, &service::restore_script(&machine.id));
+            match out {
+                Ok(stdout) if stdout.contains("no_previous") => rollout.status = "nothing_to_restore".into(),
+                out => {
+                    let back = out.and_then(|_| wait_back(&mut control, &machine.id, None, how.timeout));
+                    if let Some(v) = rollout.step("Restore previous binary", started, back, |v| format!("OK (rill {v})")) {
+                        rollout.status = "restored".into();
+                        rollout.version = Some(v);
+                    }
+                }
+            }
+            rollout.print(how.json);
+            rollouts.push(rollout);
+        }
+    } else {
+        let path = match &how.binary {
+            Some(path) => path.clone(),
+            None => std::env::current_exe().context("cannot find this rill executable")?,
+        };
+        let binary = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        'rollout: for batch in machines.chunks(how.max_parallel) {
+            // (One control connection per machine of a batch: each waits on its own.)
+            let results = each_machine(batch, |machine| {
+                let mut control = match Control::connect(&access_for(inventory.addr, inventory.port)) {
+                    Ok(control) => control,
+                    Err(e) => {
+                        let mut r = Rollout::new(machine);
+                        r.error = Some(format!("cannot reach the coordinator: {e:#}"));
+                        return r;
+                    }
+                };
+                upgrade_one(&ssh, &mut control, machine, &binary, how.timeout)
+            });
+            for rollout in results {
+                rollout.print(how.json);
+                let failed = rollout.status != "upgraded";
+                rollouts.push(rollout);
+                if failed {
+                    break 'rollout;
+                }
+            }
+        }
+    }
+    let done = rollouts.iter().filter(|r| matches!(r.status.as_str(), "upgraded" | "restored" | "nothing_to_restore")).count();
+    let ok = done == machines.len();
+    if how.json {
+        println!("{}", serde_json::json!({"succeeded": done, "total": machines.len(), "machines": rollouts}));
+    } else {
+        let verb = if how.rollback { "restored" } else { "upgraded" };
+        println!("{done}/{} {verb}.", machines.len());
+        if let Some(failed) = rollouts.iter().find(|r| !matches!(r.status.as_str(), "upgraded" | "restored" | "nothing_to_restore")) {
+            let what = if failed.status == "rolled_back" { "was rolled back to its previous binary" } else { "failed" };
+            eprintln!(
+                "error: {} {what} ({}); the rollout stopped: the machines after it were not touched",
+                failed.id,
+                failed.error.as_deref().unwrap_or("see above")
+            );
+        }
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -173,7 +173,8 @@ impl fmt::Display for Gap {
             ),
             Gap::OtherVersion { path, remote, local } => write!(
                 f,
-                "{path} is `{remote}`, this machine's is `{local}`; install the same version on both"
+                "{path} is `{remote}`, this machine's is `{local}`; install the same version on both (`rill \
+                 cluster upgrade` rolls a binary out to installed services)"
             ),
             Gap::NoSudo => write!(f, "sudo is not installed; install it and allow this user passwordless sudo"),
             Gap::SudoRefused { why } => write!(

@@ -167,6 +167,57 @@ pub fn stop_script(machine_id: &str) -> String {
     format!("{PRELUDE}step stop $SUDO systemctl stop {}\n", quote(&unit_name(machine_id)))
 }
 
+/// Receives a new rill binary on stdin into a temporary file and runs its
+/// `version --json` there. Prints `path=` (the service's binary, from its
+/// unit; empty if not installed), `upload=TMP`, and `check=JSON` or
+/// `check_failed=WHY`.
+pub fn upload_script(machine_id: &str) -> String {
+    format!(
+        r#"set -e
+path=$(sed -n 's/^ExecStart="\([^"]*\)".*/\1/p' {unit} 2>/dev/null || true)
+echo "path=$path"
+tmp=$(mktemp /tmp/rill-upgrade.XXXXXX)
+cat > "$tmp"
+chmod 755 "$tmp"
+echo "upload=$tmp"
+if out=$("$tmp" version --json 2>&1); then echo "check=$out"; else echo "check_failed=$(printf %s "$out" | tail -n 1)"; rm -f "$tmp"; fi
+"#,
+        unit = quote(&unit_path(machine_id)),
+    )
+}
+
+/// Puts the uploaded binary `tmp` in place of the service's `path` (a
+/// running binary cannot be overwritten: it is renamed over), keeping the
+/// old one as `path.previous`, and restarts the service.
+pub fn swap_script(machine_id: &str, path: &str, tmp: &str) -> String {
+    format!(
+        r#"{PRELUDE}step keep-previous $SUDO cp -p {path} {previous} || exit 1
+step install-new sh -c '$0 cp $1 $2.new && $0 chmod 755 $2.new && $0 mv $2.new $2' "$SUDO" {tmp} {path} || exit 1
+rm -f {tmp}
+step restart $SUDO systemctl restart {name}
+"#,
+        path = quote(path),
+        previous = quote(&format!("{path}.previous")),
+        tmp = quote(tmp),
+        name = quote(&unit_name(machine_id)),
+    )
+}
+
+/// Puts `path.previous` back and restarts the service (a failed upgrade,
+/// or `rill cluster upgrade --rollback`). Prints `no_previous` if there is
+/// nothing to restore.
+pub fn restore_script(machine_id: &str) -> String {
+    format!(
+        r#"{PRELUDE}path=$(sed -n 's/^ExecStart="\([^"]*\)".*/\1/p' {unit} 2>/dev/null || true)
+if [ -z "$path" ] || [ ! -e "$path.previous" ]; then echo "no_previous"; exit 0; fi
+step restore sh -c '$0 cp -p $1.previous $1.new && $0 mv $1.new $1' "$SUDO" "$path" || exit 1
+step restart $SUDO systemctl restart {name}
+"#,
+        unit = quote(&unit_path(machine_id)),
+        name = quote(&unit_name(machine_id)),
+    )
+}
+
 /// The steps a script reported, in order: `(name, ok)`.
 pub fn steps(output: &str) -> Vec<(String, bool)> {
     output

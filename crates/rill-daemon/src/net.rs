@@ -51,6 +51,9 @@ pub struct DaemonConfig {
     pub coordinator: Arc<dyn crate::access::Dialer>,
     /// Port of the cross-machine data session; 0 picks a free one.
     pub data_port: u16,
+    /// The version it reports (the binary's, which a build stamp may extend:
+    /// what `rill cluster upgrade` waits to see).
+    pub version: String,
 }
 
 /// What the daemon tells its caller (the CLI prints these).
@@ -397,7 +400,7 @@ async fn connect_once(
     let (mut sink, mut stream) = ws.split();
     let register = DaemonMessage::Register {
         protocol: COORD_PROTOCOL_VERSION,
-        version: env!("CARGO_PKG_VERSION").to_owned(),
+        version: config.version.clone(),
         machine_id: config.machine_id.clone(),
         labels: config.labels.clone(),
         zenoh_endpoint: endpoint.clone(),

@@ -373,3 +373,102 @@ fn install_runs_every_daemon_as_a_systemd_service_that_survives_a_crash_and_unin
     let down = net.run(&["cluster", "down"], Duration::from_secs(60));
     assert_eq!(down.code, Some(0), "{down}");
 }
+
+/// A copy of the rill under test with another version: the build stamp
+/// written into a copy of the binary (what `rill --version` reads), as a
+/// release pipeline would stamp a new build.
+fn stamped_build(net: &Net, stamp: &str) -> std::path::PathBuf {
+    let mut bytes = std::fs::read(env!("CARGO_BIN_EXE_rill")).expect("the rill binary");
+    let marker = b"RILL-BUILD-STAMP:";
+    let at = bytes.windows(marker.len()).position(|w| w == marker).expect("the binary has a stamp marker") + marker.len();
+    bytes[at..at + stamp.len()].copy_from_slice(stamp.as_bytes());
+    let path = net.write(&format!("rill-{stamp}"), "");
+    std::fs::write(&path, bytes).expect("write the stamped build");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("executable");
+    path
+}
+
+/// `machine id -> version` from `cluster status --json`.
+fn versions(net: &Net) -> std::collections::BTreeMap<String, String> {
+    let json = net.run(&["cluster", "status", "--json"], CLI_LIMIT).json();
+    json["machines"]
+        .as_array()
+        .expect("machines")
+        .iter()
+        .filter_map(|m| Some((m["id"].as_str()?.to_owned(), m["version"].as_str()?.to_owned())))
+        .collect()
+}
+
+#[test]
+fn upgrade_rolls_a_new_build_out_one_machine_at_a_time_and_a_broken_one_is_rolled_back() {
+    let Some(mut net) = systemd_net() else { return };
+    for k in 1..=2 {
+        net.boot(k, &HostSpec { systemd: true, ..Default::default() });
+    }
+    let file = net.cluster_yml(&[(0, "s1", "root", ""), (1, "s2", "root", "")]);
+    let install = net.run(&["cluster", "install", file.to_str().unwrap()], UP_LIMIT);
+    assert_eq!(install.code, Some(0), "{install}");
+    let old = env!("CARGO_PKG_VERSION").to_owned();
+    let new = format!("{old}+b2");
+    // A dataflow on both hosts; s2's node prints a timer's ticks.
+    let node = test_node();
+    let flow = net.write(
+        "flow.yml",
+        &format!(
+            "nodes:\n  - id: idle\n    path: {node}\n    args: wait-stop\n    deploy:\n      machine: s1\n  \
+             - id: ticks\n    path: {node}\n    args: print\n    inputs:\n      t: rill/timer/millis/100\n    deploy:\n      machine: s2\n"
+        ),
+    );
+    let start = net.run(&["start", flow.to_str().unwrap(), "--name", "app"], CLI_LIMIT);
+    assert_eq!(start.code, Some(0), "{start}");
+    let ticks = |net: &Net| logs(net, "app").lines().filter(|l| l.starts_with("[ticks] input t")).count();
+    poll_until("ticks arrive", Duration::from_secs(20), || ticks(&net) > 0);
+
+    let b2 = stamped_build(&net, "b2");
+    let upgrade = std::thread::scope(|scope| {
+        let run = scope.spawn(|| net.run(&["cluster", "upgrade", "--binary", b2.to_str().unwrap()], Duration::from_secs(180)));
+        // While s1 is on the new build and s2 not yet, s2's node kept delivering.
+        let before = ticks(&net);
+        poll_until("s1 runs the new build before s2 does", Duration::from_secs(60), || {
+            let v = versions(&net);
+            v.get("s1") == Some(&new) && v.get("s2") == Some(&old)
+        });
+        assert!(ticks(&net) > before, "s2 delivered while s1 was upgraded");
+        run.join().expect("upgrade ran")
+    });
+    assert_eq!(upgrade.code, Some(0), "{upgrade}");
+    for id in ["s1", "s2"] {
+        assert!(upgrade.stdout.contains(&format!("Upgrading {id} (root@")), "{upgrade}");
+    }
+    assert!(upgrade.stdout.contains(&format!("Check binary... OK (rill {new}, protocol")), "{upgrade}");
+    assert!(upgrade.stdout.contains("2/2 upgraded."), "{upgrade}");
+    assert_eq!(versions(&net), [("s1".to_owned(), new.clone()), ("s2".to_owned(), new.clone())].into());
+    let after = ticks(&net);
+    poll_until("the dataflow delivers after the upgrade", Duration::from_secs(30), || ticks(&net) > after);
+
+    // --rollback: every machine back to the binary it had before.
+    let rollback = net.run(&["cluster", "upgrade", "--rollback"], Duration::from_secs(120));
+    assert_eq!(rollback.code, Some(0), "{rollback}");
+    assert!(rollback.stdout.contains("2/2 restored."), "{rollback}");
+    assert_eq!(versions(&net), [("s1".to_owned(), old.clone()), ("s2".to_owned(), old.clone())].into());
+
+    // A broken build (a stand-in, named as such: it answers `version` but
+    // no daemon starts): the first machine is rolled back, the rollout stops.
+    let broken = net.write(
+        "rill-broken",
+        &format!("#!/bin/sh\n[ \"$1\" = version ] && {{ echo '{{\"version\":\"{old}+broken\",\"protocol\":4}}'; exit 0; }}\nexit 1\n"),
+    );
+    let broken_upgrade =
+        net.run(&["cluster", "upgrade", "--binary", broken.to_str().unwrap(), "--timeout", "8s"], Duration::from_secs(120));
+    assert_eq!(broken_upgrade.code, Some(1), "{broken_upgrade}");
+    assert!(broken_upgrade.stdout.contains("Roll back... OK"), "{broken_upgrade}");
+    assert!(!broken_upgrade.stdout.contains("Upgrading s2"), "s2 was not touched: {broken_upgrade}");
+    assert!(broken_upgrade.stderr.contains("s1 was rolled back to its previous binary"), "{broken_upgrade}");
+    assert_eq!(versions(&net), [("s1".to_owned(), old.clone()), ("s2".to_owned(), old)].into());
+
+    let uninstall = net.run(&["cluster", "uninstall"], UP_LIMIT);
+    assert_eq!(uninstall.code, Some(0), "{uninstall}");
+    let down = net.run(&["cluster", "down"], Duration::from_secs(60));
+    assert_eq!(down.code, Some(0), "{down}");
+}
