@@ -95,6 +95,10 @@ pub fn unit(spec: &ServiceSpec) -> String {
          LoadCredential=join-token:{token}\n\
          StateDirectory=rill/{id}\n\
          StateDirectoryMode=0700\n\
+         # SIGTERM to the daemon only: it stops its nodes in order and tells\n\
+         # the coordinator (so they come back where it returns); then SIGKILL to all.\n\
+         KillMode=mixed\n\
+         TimeoutStopSec=30\n\
          Restart=on-failure\n\
          RestartSec=5\n\
          RestartPreventExitStatus={PERMANENT_EXITS}\n\
@@ -253,6 +257,8 @@ mod tests {
             "Restart=on-failure",
             "RestartSec=5",
             "RestartPreventExitStatus=2 3 4 5 6 7 8 9",
+            "KillMode=mixed",
+            "TimeoutStopSec=30",
             "After=network-online.target",
             "Wants=network-online.target",
             "WantedBy=multi-user.target",

@@ -446,11 +446,19 @@ fn upgrade_rolls_a_new_build_out_one_machine_at_a_time_and_a_broken_one_is_rolle
     assert_eq!(versions(&net), [("s1".to_owned(), new.clone()), ("s2".to_owned(), new.clone())].into());
     let after = ticks(&net);
     poll_until("the dataflow delivers after the upgrade", Duration::from_secs(30), || ticks(&net) > after);
+    let running = |net: &Net| {
+        let list = net.run(&["list", "--json"], CLI_LIMIT).json();
+        let app = list["dataflows"].as_array().expect("dataflows").iter().rev().find(|d| d["name"] == "app").cloned();
+        let app = app.expect("app is listed");
+        app["status"] == "running" && ["idle", "ticks"].iter().all(|n| app["nodes"][n]["state"] == "running")
+    };
+    assert!(running(&net), "every node runs again after the upgrade: {}", net.run(&["list", "--json"], CLI_LIMIT).stdout);
 
     // --rollback: every machine back to the binary it had before.
     let rollback = net.run(&["cluster", "upgrade", "--rollback"], Duration::from_secs(120));
     assert_eq!(rollback.code, Some(0), "{rollback}");
     assert!(rollback.stdout.contains("2/2 restored."), "{rollback}");
+    assert!(running(&net), "every node runs again after the rollback: {}", net.run(&["list", "--json"], CLI_LIMIT).stdout);
     assert_eq!(versions(&net), [("s1".to_owned(), old.clone()), ("s2".to_owned(), old.clone())].into());
 
     // A broken build (a stand-in, named as such: it answers `version` but
