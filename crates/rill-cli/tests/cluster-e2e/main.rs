@@ -480,3 +480,44 @@ fn upgrade_rolls_a_new_build_out_one_machine_at_a_time_and_a_broken_one_is_rolle
     let down = net.run(&["cluster", "down"], Duration::from_secs(60));
     assert_eq!(down.code, Some(0), "{down}");
 }
+
+#[test]
+fn a_host_that_loses_power_comes_back_by_systemd_and_the_dataflow_delivers_again() {
+    let Some(mut net) = systemd_net() else { return };
+    for k in 1..=2 {
+        net.boot(k, &HostSpec { systemd: true, ..Default::default() });
+    }
+    let file = net.cluster_yml(&[(0, "s1", "root", ""), (1, "s2", "root", "")]);
+    let install = net.run(&["cluster", "install", file.to_str().unwrap()], UP_LIMIT);
+    assert_eq!(install.code, Some(0), "{install}");
+    // s1 sends a count every 100 ms to s2.
+    let node = test_node();
+    let flow = net.write(
+        "flow.yml",
+        &format!(
+            "nodes:\n  - id: src\n    path: {node}\n    args: count-send\n    inputs:\n      t: rill/timer/millis/100\n    \
+             outputs: [out]\n    deploy:\n      machine: s1\n  - id: sink\n    path: {node}\n    args: print\n    \
+             inputs:\n      in: src/out\n    deploy:\n      machine: s2\n"
+        ),
+    );
+    let start = net.run(&["start", flow.to_str().unwrap(), "--name", "app"], CLI_LIMIT);
+    assert_eq!(start.code, Some(0), "{start}");
+    let received = |net: &Net| logs(net, "app").lines().filter(|l| l.starts_with("[sink] input in")).count();
+    poll_until("s2 receives from s1", Duration::from_secs(30), || received(&net) > 5);
+
+    // Power cut: link down, every process of s1 killed at once; then it boots again.
+    net.power_off(0);
+    poll_until("s1 is shown not connected", Duration::from_secs(20), || connected(&net) == ["s2"]);
+    let before = received(&net);
+    net.power_on(0);
+    poll_until("systemd started s1's daemon at boot and it registered", Duration::from_secs(60), || {
+        connected(&net) == ["s1", "s2"]
+    });
+    poll_until("the source was re-spawned on s1 and s2 receives again", Duration::from_secs(60), || {
+        received(&net) > before + 5
+    });
+    let uninstall = net.run(&["cluster", "uninstall"], UP_LIMIT);
+    assert_eq!(uninstall.code, Some(0), "{uninstall}");
+    let down = net.run(&["cluster", "down"], Duration::from_secs(60));
+    assert_eq!(down.code, Some(0), "{down}");
+}

@@ -14,6 +14,7 @@
 //!                      first run and 0 later (a consumer that restarts)
 //!   burst-once FILE N  count runs in FILE; send N messages, then exit 1 on
 //!                      the first run and 0 later (a producer that restarts)
+//!   count-send         on every input, send its count (a sequence number) on `out`
 //!   host MODE ...      print `host NAME` (this machine's hostname), then run MODE
 use std::time::Duration;
 
@@ -42,6 +43,7 @@ fn main() -> Result {
         "burst" => burst(arg(&args, 2)?.parse()?, arg(&args, 3)?.parse()?),
         "burst-sleep" => burst_sleep(arg(&args, 2)?.parse()?, arg(&args, 3)?),
         "flood" => flood(arg(&args, 2)?.parse()?),
+        "count-send" => count_send(),
         "wait-stop" => wait_stop(0),
         "chatty" => wait_stop(arg(&args, 2)?.parse()?),
         "bad-region" => bad_region(),
@@ -91,6 +93,18 @@ fn send_seq(node: &mut Node, seq: u64, size: usize) -> Result {
     let mut sample = node.allocate(size.max(8))?;
     sample[..8].copy_from_slice(&seq.to_le_bytes());
     node.send_sample("out", sample)?;
+    Ok(())
+}
+
+fn count_send() -> Result {
+    let mut node = Node::from_env()?;
+    let mut seq = 0;
+    while let Some(event) = node.next_event() {
+        if let Event::Input { .. } = event {
+            send_seq(&mut node, seq, 8)?;
+            seq += 1;
+        }
+    }
     Ok(())
 }
 
