@@ -521,3 +521,74 @@ fn a_host_that_loses_power_comes_back_by_systemd_and_the_dataflow_delivers_again
     let down = net.run(&["cluster", "down"], Duration::from_secs(60));
     assert_eq!(down.code, Some(0), "{down}");
 }
+
+/// `(daemon id of machine, pid of node)` from the coordinator's view.
+fn daemon_and_pid(net: &Net, machine: &str, node: &str) -> (Option<String>, Option<u64>) {
+    let status = net.run(&["status", "--json"], CLI_LIMIT).json();
+    let daemon = status["daemons"]
+        .as_array()
+        .expect("daemons")
+        .iter()
+        .find(|d| d["machine_id"] == machine)
+        .and_then(|d| d["daemon_id"].as_str().map(str::to_owned));
+    let list = net.run(&["list", "--json"], CLI_LIMIT).json();
+    let app = list["dataflows"].as_array().expect("dataflows").iter().rev().find(|d| d["name"] == "app").cloned();
+    let pid = app.and_then(|a| a["nodes"][node]["pid"].as_u64());
+    (daemon, pid)
+}
+
+#[test]
+fn a_blip_changes_nothing_and_a_partition_marks_nodes_lost_that_run_on_and_come_back_unrestarted() {
+    let Some(mut net) = systemd_net() else { return };
+    for k in 1..=2 {
+        net.boot(k, &HostSpec { systemd: true, ..Default::default() });
+    }
+    let file = net.cluster_yml(&[(0, "s1", "root", ""), (1, "s2", "root", "")]);
+    let install = net.run(&["cluster", "install", file.to_str().unwrap()], UP_LIMIT);
+    assert_eq!(install.code, Some(0), "{install}");
+    let node = test_node();
+    let flow = net.write(
+        "flow.yml",
+        &format!(
+            "nodes:\n  - id: src\n    path: {node}\n    args: count-send\n    inputs:\n      t: rill/timer/millis/100\n    \
+             outputs: [out]\n    deploy:\n      machine: s1\n  - id: sink\n    path: {node}\n    args: print\n    \
+             inputs:\n      in: src/out\n    deploy:\n      machine: s2\n"
+        ),
+    );
+    let start = net.run(&["start", flow.to_str().unwrap(), "--name", "app"], CLI_LIMIT);
+    assert_eq!(start.code, Some(0), "{start}");
+    let received = |net: &Net| logs(net, "app").lines().filter(|l| l.starts_with("[sink] input in")).count();
+    poll_until("s2 receives from s1", Duration::from_secs(30), || received(&net) > 5);
+    let (daemon, pid) = daemon_and_pid(&net, "s1", "src");
+    assert!(daemon.is_some() && pid.is_some());
+
+    // A blip shorter than silence detection (3 heartbeats): nothing changes.
+    net.cut(0);
+    std::thread::sleep(Duration::from_millis(1000)); // the fault's length, not a wait for a result
+    net.restore(0);
+    let before = received(&net);
+    poll_until("data flows again after the blip", Duration::from_secs(20), || received(&net) > before + 5);
+    assert_eq!(daemon_and_pid(&net, "s1", "src"), (daemon.clone(), pid), "same daemon, same node");
+
+    // A partition: s1's node is lost to the coordinator but keeps running there.
+    net.cut(0);
+    poll_until("s1's node is marked lost", Duration::from_secs(20), || {
+        let list = net.run(&["list", "--json"], CLI_LIMIT).json();
+        list["dataflows"][0]["nodes"]["src"]["state"] == "lost"
+    });
+    let pid = pid.expect("src pid") as u32;
+    let on_host = |net: &Net| net.rill_processes(0).iter().any(|(_, cmd)| cmd.contains("count-send"));
+    assert!(on_host(&net), "the node keeps running on s1 while it is cut off");
+    net.restore(0);
+    poll_until("s1's node is running again", Duration::from_secs(40), || {
+        let list = net.run(&["list", "--json"], CLI_LIMIT).json();
+        list["dataflows"][0]["nodes"]["src"]["state"] == "running"
+    });
+    assert_eq!(daemon_and_pid(&net, "s1", "src").1, Some(u64::from(pid)), "not re-spawned: the same process");
+    let before = received(&net);
+    poll_until("data flows again after the partition", Duration::from_secs(20), || received(&net) > before + 5);
+    let uninstall = net.run(&["cluster", "uninstall"], UP_LIMIT);
+    assert_eq!(uninstall.code, Some(0), "{uninstall}");
+    let down = net.run(&["cluster", "down"], Duration::from_secs(60));
+    assert_eq!(down.code, Some(0), "{down}");
+}
