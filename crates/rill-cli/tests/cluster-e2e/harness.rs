@@ -33,14 +33,24 @@ fn must(cmd: &str) {
     );
 }
 
-/// SIGKILL to `pid` (a process of this machine the test started), reaped
-/// or not, gone within 10 s.
-pub fn kill_pid(pid: u32) {
-    must(&format!("kill -9 {pid}"));
-    poll_until(&format!("process {pid} is gone"), Duration::from_secs(10), || {
+/// Sends `signal` to `pid` (a process of this machine the test started)
+/// and waits until it ended (gone, or a zombie nobody reaped yet).
+fn signal_and_wait(pid: u32, signal: &str, limit: Duration) {
+    must(&format!("kill -{signal} {pid}"));
+    poll_until(&format!("process {pid} ended after SIG{signal}"), limit, || {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         stat.rsplit_once(") ").is_none_or(|(_, rest)| rest.starts_with('Z'))
     });
+}
+
+/// SIGKILL (a crash).
+pub fn kill_pid(pid: u32) {
+    signal_and_wait(pid, "KILL", Duration::from_secs(10));
+}
+
+/// SIGTERM (a clean stop, as `systemctl stop` sends).
+pub fn terminate_pid(pid: u32) {
+    signal_and_wait(pid, "TERM", Duration::from_secs(30));
 }
 
 /// Why this machine cannot run the harness, if it cannot.

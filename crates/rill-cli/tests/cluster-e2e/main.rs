@@ -311,6 +311,29 @@ fn systemd_net() -> Option<Net> {
     Some(net)
 }
 
+/// Installs the services of `s1` and `s2` (hosts 0 and 1) and starts `app`:
+/// `src` on s1 sends a count every 100 ms to `sink` on s2.
+fn install_two(net: &Net) -> std::path::PathBuf {
+    let file = net.cluster_yml(&[(0, "s1", "root", ""), (1, "s2", "root", "")]);
+    let install = net.run(&["cluster", "install", file.to_str().unwrap()], UP_LIMIT);
+    assert_eq!(install.code, Some(0), "{install}");
+    file
+}
+
+fn start_counts(net: &Net) {
+    let node = test_node();
+    let flow = net.write(
+        "flow.yml",
+        &format!(
+            "nodes:\n  - id: src\n    path: {node}\n    args: count-send\n    inputs:\n      t: rill/timer/millis/100\n    \
+             outputs: [out]\n    deploy:\n      machine: s1\n  - id: sink\n    path: {node}\n    args: print\n    \
+             inputs:\n      in: src/out\n    deploy:\n      machine: s2\n"
+        ),
+    );
+    let start = net.run(&["start", flow.to_str().unwrap(), "--name", "app"], CLI_LIMIT);
+    assert_eq!(start.code, Some(0), "{start}");
+}
+
 #[test]
 fn install_runs_every_daemon_as_a_systemd_service_that_survives_a_crash_and_uninstall_removes_it() {
     let Some(mut net) = systemd_net() else { return };
@@ -491,17 +514,7 @@ fn a_host_that_loses_power_comes_back_by_systemd_and_the_dataflow_delivers_again
     let install = net.run(&["cluster", "install", file.to_str().unwrap()], UP_LIMIT);
     assert_eq!(install.code, Some(0), "{install}");
     // s1 sends a count every 100 ms to s2.
-    let node = test_node();
-    let flow = net.write(
-        "flow.yml",
-        &format!(
-            "nodes:\n  - id: src\n    path: {node}\n    args: count-send\n    inputs:\n      t: rill/timer/millis/100\n    \
-             outputs: [out]\n    deploy:\n      machine: s1\n  - id: sink\n    path: {node}\n    args: print\n    \
-             inputs:\n      in: src/out\n    deploy:\n      machine: s2\n"
-        ),
-    );
-    let start = net.run(&["start", flow.to_str().unwrap(), "--name", "app"], CLI_LIMIT);
-    assert_eq!(start.code, Some(0), "{start}");
+    start_counts(&net);
     let received = |net: &Net| logs(net, "app").lines().filter(|l| l.starts_with("[sink] input in")).count();
     poll_until("s2 receives from s1", Duration::from_secs(30), || received(&net) > 5);
 
@@ -543,20 +556,8 @@ fn a_blip_changes_nothing_and_a_partition_marks_nodes_lost_that_run_on_and_come_
     for k in 1..=2 {
         net.boot(k, &HostSpec { systemd: true, ..Default::default() });
     }
-    let file = net.cluster_yml(&[(0, "s1", "root", ""), (1, "s2", "root", "")]);
-    let install = net.run(&["cluster", "install", file.to_str().unwrap()], UP_LIMIT);
-    assert_eq!(install.code, Some(0), "{install}");
-    let node = test_node();
-    let flow = net.write(
-        "flow.yml",
-        &format!(
-            "nodes:\n  - id: src\n    path: {node}\n    args: count-send\n    inputs:\n      t: rill/timer/millis/100\n    \
-             outputs: [out]\n    deploy:\n      machine: s1\n  - id: sink\n    path: {node}\n    args: print\n    \
-             inputs:\n      in: src/out\n    deploy:\n      machine: s2\n"
-        ),
-    );
-    let start = net.run(&["start", flow.to_str().unwrap(), "--name", "app"], CLI_LIMIT);
-    assert_eq!(start.code, Some(0), "{start}");
+    install_two(&net);
+    start_counts(&net);
     let received = |net: &Net| logs(net, "app").lines().filter(|l| l.starts_with("[sink] input in")).count();
     poll_until("s2 receives from s1", Duration::from_secs(30), || received(&net) > 5);
     let (daemon, pid) = daemon_and_pid(&net, "s1", "src");
@@ -587,6 +588,39 @@ fn a_blip_changes_nothing_and_a_partition_marks_nodes_lost_that_run_on_and_come_
     assert_eq!(daemon_and_pid(&net, "s1", "src").1, Some(u64::from(pid)), "not re-spawned: the same process");
     let before = received(&net);
     poll_until("data flows again after the partition", Duration::from_secs(20), || received(&net) > before + 5);
+    let uninstall = net.run(&["cluster", "uninstall"], UP_LIMIT);
+    assert_eq!(uninstall.code, Some(0), "{uninstall}");
+    let down = net.run(&["cluster", "down"], Duration::from_secs(60));
+    assert_eq!(down.code, Some(0), "{down}");
+}
+
+#[test]
+fn a_restarted_coordinator_reclaims_the_services_and_their_running_nodes() {
+    let Some(mut net) = systemd_net() else { return };
+    for k in 1..=2 {
+        net.boot(k, &HostSpec { systemd: true, ..Default::default() });
+    }
+    let file = install_two(&net);
+    let file = file.to_str().unwrap();
+    start_counts(&net);
+    poll_until("both nodes run", Duration::from_secs(30), || {
+        daemon_and_pid(&net, "s1", "src").1.is_some() && daemon_and_pid(&net, "s2", "sink").1.is_some()
+    });
+    let (src, sink) = (daemon_and_pid(&net, "s1", "src").1, daemon_and_pid(&net, "s2", "sink").1);
+
+    // The coordinator stops (SIGTERM) and `cluster up` starts it again from its store.
+    let coordinator = net.coordinator_pid().expect("recorded");
+    harness::terminate_pid(coordinator);
+    let up = net.run(&["cluster", "up", file], UP_LIMIT);
+    assert_eq!(up.code, Some(0), "{up}");
+    assert!(up.stdout.contains("Starting coordinator on"), "a new coordinator: {up}");
+    poll_until("the services reconnected and reported their nodes", Duration::from_secs(60), || {
+        let list = net.run(&["list", "--json"], CLI_LIMIT).json();
+        let app = &list["dataflows"][0];
+        app["status"] == "running" && app["nodes"]["src"]["state"] == "running" && app["nodes"]["sink"]["state"] == "running"
+    });
+    assert_eq!(daemon_and_pid(&net, "s1", "src").1, src, "the same source process: reclaimed, not re-spawned");
+    assert_eq!(daemon_and_pid(&net, "s2", "sink").1, sink, "the same sink process");
     let uninstall = net.run(&["cluster", "uninstall"], UP_LIMIT);
     assert_eq!(uninstall.code, Some(0), "{uninstall}");
     let down = net.run(&["cluster", "down"], Duration::from_secs(60));
