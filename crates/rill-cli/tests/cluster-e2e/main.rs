@@ -484,6 +484,18 @@ fn upgrade_rolls_a_new_build_out_one_machine_at_a_time_and_a_broken_one_is_rolle
     assert!(running(&net), "every node runs again after the rollback: {}", net.run(&["list", "--json"], CLI_LIMIT).stdout);
     assert_eq!(versions(&net), [("s1".to_owned(), old.clone()), ("s2".to_owned(), old.clone())].into());
 
+    // A build of another protocol (a stand-in that only answers `version`):
+    // refused on the first machine before anything changes there.
+    let other = net.write(
+        "rill-other-protocol",
+        &format!("#!/bin/sh\necho '{{\"version\":\"{old}+p3\",\"protocol\":3}}'\n"),
+    );
+    let refused = net.run(&["cluster", "upgrade", "--binary", other.to_str().unwrap()], Duration::from_secs(60));
+    assert_eq!(refused.code, Some(1), "{refused}");
+    assert!(refused.stdout.contains("speaks protocol 3") && refused.stdout.contains("upgrade the coordinator first"), "{refused}");
+    assert!(!refused.stdout.contains("Swap binary"), "nothing was swapped: {refused}");
+    assert_eq!(versions(&net), [("s1".to_owned(), old.clone()), ("s2".to_owned(), old.clone())].into());
+
     // A broken build (a stand-in, named as such: it answers `version` but
     // no daemon starts): the first machine is rolled back, the rollout stops.
     let broken = net.write(
