@@ -142,6 +142,8 @@ pub enum DialError {
     Status { addr: String, status: u16, message: String, code: Option<String> },
     #[error("WebSocket with {addr}: {reason}")]
     WebSocket { addr: String, reason: String },
+    #[error("HTTP with {addr}: {reason}")]
+    Http { addr: String, reason: String },
 }
 
 impl DialError {
@@ -163,8 +165,9 @@ pub fn host_of(addr: &str) -> &str {
     host.trim_start_matches('[').trim_end_matches(']')
 }
 
-/// Opens a WebSocket to `path` (e.g. `/api/control`).
-pub async fn websocket(dial: &Dial, path: &str) -> Result<Ws, DialError> {
+/// TCP, then TLS checked against the pin (unless plaintext); also returns
+/// the URL scheme for WebSocket (`ws` or `wss`).
+async fn connect(dial: &Dial) -> Result<(Link, &'static str), DialError> {
     let addr = dial.addr.clone();
     let tcp = TcpStream::connect(&addr)
         .await
@@ -185,6 +188,13 @@ pub async fn websocket(dial: &Dial, path: &str) -> Result<Ws, DialError> {
             (MaybeTls::Tls(Box::new(tls)), "wss")
         }
     };
+    Ok((link, scheme))
+}
+
+/// Opens a WebSocket to `path` (e.g. `/api/control`).
+pub async fn websocket(dial: &Dial, path: &str) -> Result<Ws, DialError> {
+    let addr = dial.addr.clone();
+    let (link, scheme) = connect(dial).await?;
     let mut request = format!("{scheme}://{addr}{path}")
         .into_client_request()
         .map_err(|e| DialError::WebSocket { addr: addr.clone(), reason: e.to_string() })?;
@@ -207,6 +217,144 @@ pub async fn websocket(dial: &Dial, path: &str) -> Result<Ws, DialError> {
             })
         }
         Err(e) => Err(DialError::WebSocket { addr, reason: e.to_string() }),
+    }
+}
+
+/// Longest response head (status line and headers) read.
+const MAX_HEAD: usize = 16 * 1024;
+/// Longest error or JSON body read into memory.
+const MAX_TEXT: u64 = 64 * 1024;
+
+/// `PUT path` with `len` bytes from `body`; returns the answer's body
+/// (JSON) if the status is 2xx.
+pub async fn http_put(
+    dial: &Dial,
+    path: &str,
+    len: u64,
+    body: &mut (impl AsyncRead + Unpin),
+) -> Result<String, DialError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut link, _) = connect(dial).await?;
+    let io = |e: io::Error| DialError::Http { addr: dial.addr.clone(), reason: e.to_string() };
+    link.write_all(head(dial, "PUT", path, Some(len))?.as_bytes()).await.map_err(io)?;
+    let copied = tokio::io::copy(&mut (&mut *body).take(len), &mut link).await.map_err(io)?;
+    if copied != len {
+        return Err(io(io::Error::new(io::ErrorKind::UnexpectedEof, format!("the file ended after {copied} of {len} bytes"))));
+    }
+    link.flush().await.map_err(io)?;
+    let (length, rest) = read_head(dial, &mut link).await?;
+    let mut text = Vec::new();
+    read_body(dial, &mut link, rest, length, MAX_TEXT, &mut text).await?;
+    Ok(String::from_utf8_lossy(&text).into_owned())
+}
+
+/// `GET path` into `out`, at most `max` bytes; returns how many came.
+pub async fn http_get(
+    dial: &Dial,
+    path: &str,
+    out: &mut (impl AsyncWrite + Unpin),
+    max: u64,
+) -> Result<u64, DialError> {
+    use tokio::io::AsyncWriteExt;
+    let (mut link, _) = connect(dial).await?;
+    let io = |e: io::Error| DialError::Http { addr: dial.addr.clone(), reason: e.to_string() };
+    link.write_all(head(dial, "GET", path, None)?.as_bytes()).await.map_err(io)?;
+    link.flush().await.map_err(io)?;
+    let (length, rest) = read_head(dial, &mut link).await?;
+    read_body(dial, &mut link, rest, length, max, out).await
+}
+
+/// A request head; the credential only ever goes over a verified link.
+fn head(dial: &Dial, method: &str, path: &str, len: Option<u64>) -> Result<String, DialError> {
+    if !path.starts_with('/') || path.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(DialError::Http { addr: dial.addr.clone(), reason: format!("not a request path: {path:?}") });
+    }
+    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n", dial.addr);
+    if let Some(len) = len {
+        head.push_str(&format!("content-length: {len}\r\n"));
+    }
+    if let Some(bearer) = &dial.bearer {
+        if bearer.chars().any(|c| c.is_control()) {
+            return Err(DialError::Http { addr: dial.addr.clone(), reason: "the credential is not printable".into() });
+        }
+        head.push_str(&format!("authorization: Bearer {bearer}\r\n"));
+    }
+    head.push_str("\r\n");
+    Ok(head)
+}
+
+/// Reads the response head. A 2xx gives its `content-length` (if any) and
+/// the body bytes read with the head; any other status is an error with
+/// the body's first line and the refusal kind.
+async fn read_head(dial: &Dial, link: &mut Link) -> Result<(Option<u64>, Vec<u8>), DialError> {
+    use tokio::io::AsyncReadExt;
+    let addr = || dial.addr.clone();
+    let bad = |reason: String| DialError::Http { addr: dial.addr.clone(), reason };
+    let mut buf = Vec::new();
+    let end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(bad("the response head is too long".into()));
+        }
+        let mut chunk = [0u8; 4096];
+        let n = link.read(&mut chunk).await.map_err(|e| bad(e.to_string()))?;
+        if n == 0 {
+            return Err(bad("the connection closed before a response".into()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let text = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let rest = buf[end + 4..].to_vec();
+    let mut lines = text.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("not an HTTP response".into()))?;
+    let header = |name: &str| {
+        text.split("\r\n").skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    };
+    let length = header("content-length").and_then(|v| v.parse::<u64>().ok());
+    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        return Err(bad("chunked responses are not expected here".into()));
+    }
+    if (200..300).contains(&status) {
+        return Ok((length, rest));
+    }
+    let mut body = Vec::new();
+    let _ = read_body(dial, link, rest, length, MAX_TEXT, &mut body).await;
+    let message = String::from_utf8_lossy(&body).trim().lines().next().unwrap_or("").to_owned();
+    Err(DialError::Status { addr: addr(), status, message, code: header(REFUSAL_HEADER) })
+}
+
+/// Copies the body (`length` bytes, else up to EOF) into `out`, refusing
+/// more than `max`.
+async fn read_body(
+    dial: &Dial,
+    link: &mut Link,
+    rest: Vec<u8>,
+    length: Option<u64>,
+    max: u64,
+    out: &mut (impl AsyncWrite + Unpin),
+) -> Result<u64, DialError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let bad = |reason: String| DialError::Http { addr: dial.addr.clone(), reason };
+    if length.is_some_and(|len| len > max) {
+        return Err(bad(format!("the response is {} bytes, more than the {max} expected", length.unwrap_or(0))));
+    }
+    let limit = length.unwrap_or(max);
+    let mut body = io::Cursor::new(rest).chain(&mut *link).take(limit.saturating_add(1));
+    let copied = tokio::io::copy(&mut body, out).await.map_err(|e| bad(e.to_string()))?;
+    out.flush().await.map_err(|e| bad(e.to_string()))?;
+    match length {
+        Some(len) if copied != len => Err(bad(format!("the response ended after {copied} of {len} bytes"))),
+        None if copied > max => Err(bad(format!("the response is more than the {max} bytes expected"))),
+        _ => Ok(copied),
     }
 }
 

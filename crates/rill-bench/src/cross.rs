@@ -38,7 +38,10 @@ pub fn run(yaml: &str, expected: usize, plaintext: bool) -> anyhow::Result<Vec<s
                 machine_id: Some(machine.into()),
                 labels: Default::default(),
                 coordinator: Arc::new(rill_daemon::access::Access::fixed(dial.clone())),
-                data_port: 0, version: env!("CARGO_PKG_VERSION").to_owned() };
+                data_port: 0,
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                artifact_dir: None,
+            };
             let (results, failure) = (results.clone(), failure.clone());
             // No shutdown signal (the sender is dropped): the benchmark ends
             // with its runtime.

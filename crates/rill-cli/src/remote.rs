@@ -39,6 +39,11 @@ pub struct CoordinatorArgs {
     /// dataflow (so a node that crashes at start does not loop).
     #[arg(long, default_value_t = 30.0, value_name = "SECS")]
     recovery_backoff: f64,
+    /// MiB of uploaded node binaries (`distribute: http`) kept in the state
+    /// directory's `artifacts/`; the oldest builds no active dataflow uses
+    /// are removed first.
+    #[arg(long, default_value_t = rill_coordinator::artifacts::DEFAULT_LIMIT >> 20, value_name = "MIB")]
+    artifact_store_mib: u64,
     /// Where the cluster CA and the admin token live (0700; files 0600)
     /// [default: $XDG_DATA_HOME/rill/coordinator-PORT, by default
     /// ~/.local/share/rill/coordinator-PORT].
@@ -124,7 +129,12 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     let security = rill_coordinator::Security { identity: std::sync::Arc::new(identity), plaintext: args.insecure_plaintext };
     runtime()?.block_on(async move {
         let shown_store = store.to_string();
-        let settings = rill_coordinator::Settings { lost_timeout, keep_ended: args.keep_ended, recovery_backoff };
+        let settings = rill_coordinator::Settings {
+            lost_timeout,
+            keep_ended: args.keep_ended,
+            recovery_backoff,
+            artifact_store_limit: args.artifact_store_mib.saturating_mul(1 << 20),
+        };
         let config = rill_coordinator::CoordinatorConfig { bind, store, settings, security };
         let listening = rill_coordinator::Listening::bind(config).await?;
         if created {
@@ -158,6 +168,9 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
 pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     let labels = rill_core::parse_labels(&args.labels).map_err(|e| anyhow::anyhow!("--labels: {e}"))?;
     let cache_dir = args.cache_dir.clone().unwrap_or_else(|| crate::dirs::daemon_cache(args.machine_id.as_deref()));
+    // Shipped node binaries (`distribute: scp|http`); `rill start` pushes
+    // to this path, so it is absolute.
+    let artifact_dir = std::path::absolute(cache_dir.join("artifacts")).context("the daemon's cache directory")?;
     let config = DaemonConfig {
         machine_id: args.machine_id.clone(),
         labels,
@@ -168,6 +181,7 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         )?),
         data_port: args.data_port,
         version: crate::version::full(),
+        artifact_dir: Some(artifact_dir),
     };
     let (quiet, node_output) = (args.quiet, !args.no_node_output);
     let addr = config.coordinator.addr().to_owned();

@@ -40,7 +40,9 @@ impl From<DialError> for ClientError {
             DialError::Status { addr, status, message, .. } => {
                 ClientError::Connect { addr, reason: format!("it answered HTTP {status}: {message}") }
             }
-            DialError::WebSocket { addr, reason } => ClientError::Connect { addr, reason },
+            DialError::WebSocket { addr, reason } | DialError::Http { addr, reason } => {
+                ClientError::Connect { addr, reason }
+            }
         }
     }
 }

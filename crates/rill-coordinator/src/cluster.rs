@@ -16,6 +16,8 @@ pub struct Hello {
     pub zenoh_endpoint: Option<String>,
     /// `os/arch`, as the daemon reports it.
     pub platform: String,
+    /// Where it keeps shipped node binaries.
+    pub artifact_dir: Option<String>,
 }
 
 /// Why a registration is refused.
@@ -49,6 +51,7 @@ struct Connected {
     labels: BTreeMap<String, String>,
     version: String,
     platform: String,
+    artifact_dir: Option<String>,
     zenoh_endpoint: Option<String>,
     last_heartbeat: Instant,
     /// Probes sent to it (newest last, at most [`PROBES`]), and whether
@@ -85,7 +88,7 @@ impl Cluster {
         tx: mpsc::Sender<CoordinatorMessage>,
         now: Instant,
     ) -> Result<String, RegisterError> {
-        let Hello { protocol, version, machine_id, labels, zenoh_endpoint, platform } = hello;
+        let Hello { protocol, version, machine_id, labels, zenoh_endpoint, platform, artifact_dir } = hello;
         if protocol != rill_proto::coord::COORD_PROTOCOL_VERSION {
             return Err(RegisterError::ProtocolMismatch {
                 daemon: protocol,
@@ -110,6 +113,7 @@ impl Cluster {
                 labels,
                 version,
                 platform,
+                artifact_dir,
                 zenoh_endpoint,
                 last_heartbeat: now,
                 probes: Vec::new(),
@@ -197,6 +201,7 @@ impl Cluster {
                 version: d.version.clone(),
                 platform: d.platform.clone(),
                 last_heartbeat_ms: now.duration_since(d.last_heartbeat).as_millis() as u64,
+                artifact_dir: d.artifact_dir.clone(),
             })
             .collect();
         list.sort_by(|a, b| (&a.machine_id, &a.daemon_id).cmp(&(&b.machine_id, &b.daemon_id)));

@@ -212,6 +212,16 @@ impl Dataflows {
     /// Records a new dataflow and returns what each daemon must spawn.
     /// With `wait`, a dataflow some node of which has no daemon is recorded
     /// `Pending` (nothing to spawn yet) instead of refused.
+    /// Builds whose shipped binaries some active dataflow uses.
+    pub fn active_build_ids(&self) -> BTreeSet<String> {
+        self.records
+            .iter()
+            .filter(|r| r.status.is_active())
+            .flat_map(|r| r.descriptor.nodes.iter().filter_map(|n| n.deploy.artifact.as_ref()))
+            .map(|a| a.build_id.clone())
+            .collect()
+    }
+
     pub fn start(
         &mut self,
         descriptor: Dataflow,

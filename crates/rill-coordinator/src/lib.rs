@@ -3,6 +3,7 @@
 //! `/api/daemon` (daemons, with a credential), `/api/control` (the CLI,
 //! with the admin token).
 
+pub mod artifacts;
 mod auth;
 pub mod client;
 mod listener;

@@ -83,6 +83,8 @@ pub struct Settings {
     pub keep_ended: usize,
     /// At most one auto-recovery per machine and dataflow in this window.
     pub recovery_backoff: Duration,
+    /// Bytes of uploaded node binaries kept (oldest unused builds go first).
+    pub artifact_store_limit: u64,
 }
 
 impl Default for Settings {
@@ -91,6 +93,7 @@ impl Default for Settings {
             lost_timeout: crate::dataflows::LOST_TIMEOUT,
             keep_ended: crate::dataflows::KEEP_ENDED,
             recovery_backoff: crate::dataflows::RECOVERY_BACKOFF,
+            artifact_store_limit: crate::artifacts::DEFAULT_LIMIT,
         }
     }
 }
@@ -122,6 +125,8 @@ struct App {
     /// The join token each connected daemon came in with (revoking or
     /// expiring it disconnects the daemon).
     token_of: Mutex<BTreeMap<String, crate::auth::TokenRef>>,
+    /// Uploaded node binaries (`distribute: http`).
+    artifacts: crate::artifacts::ArtifactStore,
 }
 
 impl App {
@@ -248,6 +253,9 @@ pub async fn serve_until(
     let listener = SecureListener::start(listener, security.server_config()?)?;
     let dataflows = Dataflows::restore(store.load()?, Instant::now(), settings.lost_timeout, settings.recovery_backoff);
     let tokens = Tokens::restore(store.load_tokens()?);
+    let state_dir = &security.identity.dir;
+    let artifact_dir = (!state_dir.as_os_str().is_empty()).then(|| state_dir.join("artifacts"));
+    let artifacts = crate::artifacts::ArtifactStore::new(artifact_dir, settings.artifact_store_limit);
     let app = Arc::new(App {
         cluster: Mutex::new(Cluster::default()),
         dataflows: Mutex::new(dataflows),
@@ -258,6 +266,7 @@ pub async fn serve_until(
         security,
         tokens: Mutex::new(tokens),
         token_of: Mutex::default(),
+        artifacts,
     });
     let expirer = app.clone();
     tokio::spawn(async move {
@@ -300,6 +309,7 @@ pub async fn serve_until(
         .route("/api/health", get(health))
         .route("/api/daemon", get(daemon_ws))
         .route("/api/control", get(control_ws))
+        .route("/api/artifacts/{build_id}/{node_id}", get(get_artifact).put(put_artifact))
         .with_state(app.clone());
     tokio::select! {
         served = axum::serve(listener, router.into_make_service_with_connect_info::<Peer>()) => served?,
@@ -339,6 +349,85 @@ async fn daemon_ws(
     };
     ws.max_message_size(rill_proto::coord::MAX_DAEMON_MESSAGE)
         .on_upgrade(move |socket| handle_daemon(socket, app, credential, peer.addr.ip()))
+}
+
+/// `PUT /api/artifacts/{build_id}/{node_id}` (admin): stores a node binary
+/// for `distribute: http`; answers its SHA-256 and size.
+async fn put_artifact(
+    axum::extract::Path((build_id, node_id)): axum::extract::Path<(String, String)>,
+    headers: HeaderMap,
+    State(app): State<Arc<App>>,
+    body: axum::body::Body,
+) -> Response {
+    if let Err(refusal) = crate::auth::control(&app.security, &headers) {
+        return refusal.into_response();
+    }
+    let announced = headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|len| len > rill_core::MAX_ARTIFACT_SIZE) {
+        return artifact_error(crate::artifacts::ArtifactError::TooLarge);
+    }
+    let keep = app.dataflows().active_build_ids();
+    match app.artifacts.put(&build_id, &node_id, body.into_data_stream(), &keep).await {
+        Ok((sha256, size)) => {
+            eprintln!("rill coordinator: stored artifact {build_id}/{node_id} ({size} bytes, sha256 {sha256})");
+            axum::Json(serde_json::json!({ "build_id": build_id, "node_id": node_id, "sha256": sha256, "size": size }))
+                .into_response()
+        }
+        Err(e) => artifact_error(e),
+    }
+}
+
+/// `GET /api/artifacts/{build_id}/{node_id}` (a daemon or the admin): the
+/// binary as stored. Daemons check its SHA-256 against the one `rill start`
+/// computed before they run it.
+async fn get_artifact(
+    axum::extract::Path((build_id, node_id)): axum::extract::Path<(String, String)>,
+    headers: HeaderMap,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    State(app): State<Arc<App>>,
+) -> Response {
+    let checked = {
+        let tokens = app.tokens();
+        crate::auth::daemon(&app.security, &headers, peer.client_cert.as_ref(), &tokens, now_ms())
+    };
+    if let Err(refusal) = checked {
+        return refusal.into_response();
+    }
+    let (file, size) = match app.artifacts.open(&build_id, &node_id).await {
+        Ok(opened) => opened,
+        Err(e) => return artifact_error(e),
+    };
+    let chunks = futures_util::stream::unfold(Some(file), |file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut file = file?;
+        let mut buf = vec![0u8; 256 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(axum::body::Bytes::from(buf)), Some(file)))
+            }
+            // Ends the body short: the daemon sees fewer bytes than announced.
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    let headers = [(axum::http::header::CONTENT_LENGTH, size.to_string())];
+    (headers, axum::body::Body::from_stream(chunks)).into_response()
+}
+
+fn artifact_error(e: crate::artifacts::ArtifactError) -> Response {
+    use crate::artifacts::ArtifactError as E;
+    let status = match &e {
+        E::BadId(_) => axum::http::StatusCode::BAD_REQUEST,
+        E::NotFound { .. } => axum::http::StatusCode::NOT_FOUND,
+        E::TooLarge => axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+        E::NoStore => axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        E::Body(_) | E::Io(_) => axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    if status.is_server_error() {
+        eprintln!("rill coordinator: artifact request failed: {e}");
+    }
+    (status, format!("{e}\n")).into_response()
 }
 
 async fn control_ws(ws: WebSocketUpgrade, headers: HeaderMap, State(app): State<Arc<App>>) -> Response {
@@ -385,10 +474,14 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>, credential: DaemonCrede
             enroll_proof,
             platform,
             data_key,
+            artifact_dir,
         }) => {
             // Shown as it is: printable and short.
             let platform: String = platform.chars().filter(|c| !c.is_control()).take(64).collect();
-            let hello = crate::cluster::Hello { protocol, version, machine_id, labels, zenoh_endpoint, platform };
+            // A path the CLI quotes into a remote command: absolute, plain, bounded.
+            let artifact_dir = artifact_dir.filter(|d| d.starts_with('/') && d.len() <= 4096 && !d.chars().any(char::is_control));
+            let hello =
+                crate::cluster::Hello { protocol, version, machine_id, labels, zenoh_endpoint, platform, artifact_dir };
             (hello, running, (enroll_key, enroll_proof, data_key))
         }
         Ok(other) => {

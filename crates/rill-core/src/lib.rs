@@ -27,7 +27,7 @@ mod tests;
 pub use cluster::{ClusterFile, DEFAULT_CLUSTER_PORT, Machine, token_name};
 pub use diagnostics::{Diagnostic, Diagnostics, Severity};
 pub use model::{
-    DEFAULT_QUEUE_SIZE, DEFAULT_RESTART_DELAY, Dataflow, Deploy, Distribute, InputSource, InputSpec, NodeSpec,
+    Artifact, MAX_ARTIFACT_SIZE, artifact_id_problem, is_sha256_hex, DEFAULT_QUEUE_SIZE, DEFAULT_RESTART_DELAY, Dataflow, Deploy, Distribute, InputSource, InputSpec, NodeSpec,
     RestartPolicy, RestartSpec,
 };
 pub use parse::Positions;

@@ -114,6 +114,41 @@ pub struct Deploy {
     pub distribute: Distribute,
     /// Working directory on the target machine.
     pub working_dir: Option<PathBuf>,
+    /// With `scp` or `http`: the binary `rill start` built and shipped.
+    /// Never from the file; the CLI sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<Artifact>,
+}
+
+/// A node binary built by `rill start` and shipped to the daemons
+/// (`distribute: scp|http`): daemons run it only if its SHA-256 matches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artifact {
+    /// The build it belongs to (`http`: its directory on the coordinator).
+    pub build_id: String,
+    /// Lowercase hex SHA-256 of the binary.
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// Largest node binary that may be shipped (`distribute: scp|http`).
+pub const MAX_ARTIFACT_SIZE: u64 = 1 << 30;
+
+/// Why `id` cannot name an artifact file or directory (a build id, a node
+/// id in `/api/artifacts/{build_id}/{node_id}`): anything that could leave
+/// its directory (`..`, `/`, `\`, NUL, an absolute path) is refused.
+pub fn artifact_id_problem(id: &str) -> Option<String> {
+    let valid = !id.is_empty()
+        && id.len() <= 128
+        && id != "."
+        && id != ".."
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    (!valid).then(|| format!("{id:?} is not a valid artifact id: 1 to 128 letters, digits, '_', '-' or '.', not `.` or `..`"))
+}
+
+/// Whether `text` is a SHA-256 in lowercase hex.
+pub fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// How a node's binary is delivered to a remote daemon.

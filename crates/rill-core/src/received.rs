@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 
 use crate::ids::{self, RESERVED};
-use crate::model::{Dataflow, InputSource};
+use crate::model::{Dataflow, Distribute, InputSource, MAX_ARTIFACT_SIZE, artifact_id_problem, is_sha256_hex};
 
 /// Longest dataflow name and largest `queue_size` accepted from a peer.
 const MAX_NAME: usize = 128;
@@ -55,6 +55,23 @@ pub fn received_problems(dataflow: &Dataflow) -> Vec<String> {
         }
         if node.deploy.labels.iter().any(|(k, v)| k.is_empty() || k.contains('\0') || v.contains('\0')) {
             push(format!("node `{id}`: a label is empty or contains a NUL"));
+        }
+        match (&node.deploy.artifact, node.deploy.distribute) {
+            (None, _) | (Some(_), Distribute::Local) => {}
+            (Some(artifact), _) => {
+                if let Some(problem) = artifact_id_problem(&artifact.build_id) {
+                    push(format!("node `{id}`: build id {problem}"));
+                }
+                if artifact_id_problem(id).is_some() {
+                    push(format!("node `{id}`: this node id cannot name a shipped binary"));
+                }
+                if !is_sha256_hex(&artifact.sha256) {
+                    push(format!("node `{id}`: artifact sha256 {:?} is not 64 lowercase hex digits", artifact.sha256));
+                }
+                if artifact.size > MAX_ARTIFACT_SIZE {
+                    push(format!("node `{id}`: artifact of {} bytes is over the {MAX_ARTIFACT_SIZE} limit", artifact.size));
+                }
+            }
         }
         for (input, spec) in &node.inputs {
             if !ids::is_valid(input) {
@@ -131,5 +148,32 @@ mod tests {
         }
         assert!(name_problem("my-app").is_none());
         assert!(name_problem("a\0b").is_some() && name_problem("a*").is_some() && name_problem("").is_some());
+    }
+
+    #[test]
+    fn artifact_ids_that_could_leave_their_directory_are_refused() {
+        for good in ["sink", "b-1f2e", "node.v2", "a_b"] {
+            assert!(crate::artifact_id_problem(good).is_none(), "{good}");
+        }
+        let long = "a".repeat(129);
+        for bad in ["", ".", "..", "../x", "a/b", "a\\b", "/etc/passwd", "a\0b", "%2e%2e", "a b", long.as_str()] {
+            assert!(crate::artifact_id_problem(bad).is_some(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_shipped_binary_needs_a_sha256_a_safe_build_id_and_a_bounded_size() {
+        let mut bad = flow();
+        bad.nodes[0].deploy.distribute = crate::Distribute::Http;
+        bad.nodes[0].deploy.artifact =
+            Some(crate::Artifact { build_id: "..".into(), sha256: "ABC".into(), size: crate::MAX_ARTIFACT_SIZE + 1 });
+        let problems = received_problems(&bad).join("\n");
+        for expected in ["build id \"..\"", "sha256 \"ABC\"", "over the"] {
+            assert!(problems.contains(expected), "{expected}: {problems}");
+        }
+        let mut good = flow();
+        good.nodes[0].deploy.distribute = crate::Distribute::Scp;
+        good.nodes[0].deploy.artifact = Some(crate::Artifact { build_id: "b1".into(), sha256: "0".repeat(64), size: 10 });
+        assert!(received_problems(&good).is_empty());
     }
 }

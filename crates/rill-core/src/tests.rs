@@ -121,6 +121,7 @@ fn full_example_parses_into_the_expected_structs() {
                     labels: BTreeMap::new(),
                     distribute: Distribute::Scp,
                     working_dir: Some(PathBuf::from("/opt/app")),
+                    artifact: None,
                 },
             },
             NodeSpec {
@@ -145,6 +146,7 @@ fn full_example_parses_into_the_expected_structs() {
                     labels: map(&[("gpu", "true"), ("cores", "8")]),
                     distribute: Distribute::Http,
                     working_dir: None,
+                    artifact: None,
                 },
             },
             NodeSpec {

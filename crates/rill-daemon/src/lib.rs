@@ -3,6 +3,7 @@
 //! the networked daemon (later) drives the same parts.
 
 pub mod access;
+pub mod artifacts;
 pub mod bridge;
 pub mod lines;
 pub mod local;

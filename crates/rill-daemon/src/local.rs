@@ -45,6 +45,8 @@ pub struct LocalDataflows {
     /// Shares asked to stop: a repeated request (a second `rill stop`, a
     /// resent message) must not escalate to SIGKILL.
     stopping: BTreeSet<String>,
+    /// Where shipped node binaries are kept and fetched from.
+    artifacts: Option<crate::artifacts::Artifacts>,
 }
 
 /// What is wrong with a spawn request (empty: nothing).
@@ -72,6 +74,10 @@ fn uuid_like(text: &str) -> Option<()> {
 }
 
 impl LocalDataflows {
+    pub fn new(artifacts: Option<crate::artifacts::Artifacts>) -> Self {
+        Self { artifacts, ..Self::default() }
+    }
+
     /// Starts this daemon's share; reports to `finished` when it ends.
     pub fn spawn(
         &mut self,
@@ -159,13 +165,31 @@ impl LocalDataflows {
             }
             let _ = ready_reports.send(ShareReport::Ready { uuid: ready_uuid });
         });
-        let runtime =
+        // Nodes run from a binary `rill start` shipped (scp, http).
+        let shipped: Vec<(String, rill_core::Distribute, rill_core::Artifact)> = spawn
+            .descriptor
+            .nodes
+            .iter()
+            .filter(|n| nodes.contains(&n.id) && n.deploy.distribute != rill_core::Distribute::Local)
+            .filter_map(|n| n.deploy.artifact.clone().map(|a| (n.id.clone(), n.deploy.distribute, a)))
+            .collect();
+        let artifacts = self.artifacts.clone();
+        let mut runtime =
             Runtime::new(spawn.descriptor.clone(), PathBuf::from(&spawn.base_dir), RunOptions::default(), reporter)
                 .with_share(Share { local: nodes, remote_ends: ends_tx });
         self.running.insert(spawn.uuid.clone(), runtime.stop_handle());
         on_event(LocalEvent::Started { name: name.clone(), nodes: spawn.nodes.clone() });
         let uuid = spawn.uuid;
         let thread = std::thread::Builder::new().name(format!("dataflow-{name}")).spawn(move || {
+            // Fetched here, not on the connection's executor: a download may take a while.
+            let _held = artifacts.as_ref().map(|a| a.hold(shipped.iter().map(|(_, _, a)| a.sha256.clone()).collect()));
+            for (node, distribute, artifact) in &shipped {
+                let program = match &artifacts {
+                    Some(store) => store.prepare(node, *distribute, artifact),
+                    None => Err(format!("node `{node}` is shipped, but this daemon keeps no artifact directory")),
+                };
+                runtime.ship(node, program);
+            }
             let (success, summary) = match runtime.run() {
                 Ok(report) => {
                     let failed: Vec<String> = report

@@ -54,6 +54,9 @@ pub struct DaemonConfig {
     /// The version it reports (the binary's, which a build stamp may extend:
     /// what `rill cluster upgrade` waits to see).
     pub version: String,
+    /// Where shipped node binaries are kept (an absolute path); `None`:
+    /// nodes with `distribute: scp|http` cannot run here.
+    pub artifact_dir: Option<std::path::PathBuf>,
 }
 
 /// What the daemon tells its caller (the CLI prints these).
@@ -272,7 +275,9 @@ pub async fn run(
     let mut shares = Shares {
         stream_rx: Some(stream_rx),
         bridge: None,
-        local: LocalDataflows::default(),
+        local: LocalDataflows::new(
+            config.artifact_dir.clone().map(|dir| crate::artifacts::Artifacts::new(dir, config.coordinator.clone())),
+        ),
         finished_tx,
         finished_rx: Some(finished_rx),
         on_local: Arc::new(move |e| {
@@ -409,6 +414,7 @@ async fn connect_once(
         enroll_proof: attempt.enroll_proof,
         platform: format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
         data_key: tls.then(|| data_key.public_hex()),
+        artifact_dir: config.artifact_dir.as_ref().map(|d| d.display().to_string()),
     };
     if let Err(e) = send(&mut sink, &register).await {
         return lost(e, false);

@@ -151,6 +151,9 @@ pub struct Runtime {
     log_threads: Vec<JoinHandle<()>>,
     next_instance: Instance,
     share: Option<Share>,
+    /// Nodes whose binary was shipped (`distribute: scp|http`): the
+    /// verified file, or why there is none. Not built here.
+    shipped: HashMap<String, Result<PathBuf, String>>,
 }
 
 impl Runtime {
@@ -169,6 +172,7 @@ impl Runtime {
             log_threads: Vec::new(),
             next_instance: 0,
             share: None,
+            shipped: HashMap::new(),
         }
     }
 
@@ -177,6 +181,12 @@ impl Runtime {
     pub fn with_share(mut self, share: Share) -> Self {
         self.share = Some(share);
         self
+    }
+
+    /// Runs `node` from a shipped binary (or fails its start with the
+    /// reason) instead of its `path`, and skips its `build`.
+    pub fn ship(&mut self, node: &str, program: Result<PathBuf, String>) {
+        self.shipped.insert(node.to_owned(), program);
     }
 
     /// The nodes this runtime supervises.
@@ -286,7 +296,7 @@ impl Runtime {
 
     fn spawn(&mut self, node_id: &str, supervisor: &mut Supervisor, router: &RouterHandle) -> Vec<Action> {
         let Some(node) = self.dataflow.node(node_id).cloned() else { return Vec::new() };
-        let program = match resolve_program(&node.path, &self.base_dir) {
+        let program = match self.shipped.get(node_id).cloned().unwrap_or_else(|| resolve_program(&node.path, &self.base_dir)) {
             Ok(program) => program,
             Err(e) => return supervisor.spawn_failed(node_id, e),
         };
@@ -371,7 +381,12 @@ impl Runtime {
     fn build(&mut self) -> Result<(), RunError> {
         let mut done: Vec<String> = Vec::new();
         let builds: Vec<(String, String)> =
-            self.local_dataflow().nodes.iter().filter_map(|n| n.build.clone().map(|b| (n.id.clone(), b))).collect();
+            self.local_dataflow()
+                .nodes
+                .iter()
+                .filter(|n| !self.shipped.contains_key(&n.id))
+                .filter_map(|n| n.build.clone().map(|b| (n.id.clone(), b)))
+                .collect();
         for (node, command) in builds {
             if done.contains(&command) {
                 continue;

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 /// Version of the coordinator protocol (CLI and daemons). 2: heartbeats and
 /// probes both ways, `shutting_down`, lost nodes and degraded dataflows.
 /// 3: `finish_recorded`. 4: TLS and credentials, join tokens, enrollment.
-pub const COORD_PROTOCOL_VERSION: u32 = 4;
+/// 5: shipped node binaries (`deploy.artifact`, `artifact_dir`).
+pub const COORD_PROTOCOL_VERSION: u32 = 5;
 /// Default coordinator port (HTTP and WebSocket).
 pub const DEFAULT_PORT: u16 = 6013;
 /// How often daemons and the coordinator send each other a heartbeat, by
@@ -104,6 +105,10 @@ pub enum DaemonMessage {
         /// like `enroll_key`): the coordinator signs a certificate for it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         data_key: Option<String>,
+        /// Where it keeps shipped node binaries (an absolute path on its
+        /// machine): `rill start` pushes `distribute: scp` binaries there.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        artifact_dir: Option<String>,
     },
     Heartbeat,
     /// The answer to [`CoordinatorMessage::Ping`].
@@ -141,8 +146,7 @@ pub struct SpawnDataflow {
     pub name: String,
     pub descriptor: Dataflow,
     /// Directory of the dataflow file where `rill start` ran: relative node
-    /// paths and build commands start there (`deploy.working_dir` is not
-    /// used yet).
+    /// paths, build commands and `deploy.working_dir` start there.
     pub base_dir: String,
     /// The nodes this daemon runs.
     pub nodes: Vec<String>,
@@ -368,6 +372,9 @@ pub struct DaemonStatus {
     pub platform: String,
     /// Milliseconds since its last heartbeat.
     pub last_heartbeat_ms: u64,
+    /// Where it keeps shipped node binaries, if it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_dir: Option<String>,
 }
 
 /// Coordinator -> CLI.
@@ -470,6 +477,7 @@ mod tests {
             enroll_proof: None,
             platform: "linux/x86_64".into(),
             data_key: None,
+            artifact_dir: None,
         };
         let json = serde_json::to_string(&msg).unwrap();
         assert_eq!(
