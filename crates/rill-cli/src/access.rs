@@ -207,6 +207,13 @@ impl ControlAccess {
     pub fn host_port(&self) -> String {
         self.at.host_port()
     }
+
+    /// How to reach the coordinator as its admin, for plain HTTP requests.
+    pub fn admin_dial(&self) -> anyhow::Result<Dial> {
+        let addr = self.at.host_port();
+        let admin = self.admin(&addr)?;
+        self.at.dial(admin.secret.as_ref().map(Secret::expose))
+    }
 }
 
 /// Records `addr` in the CLI config as the current coordinator, with its

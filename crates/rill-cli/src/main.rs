@@ -15,6 +15,7 @@ mod output;
 mod remote;
 mod run;
 mod services;
+mod ship;
 mod tokens;
 mod updown;
 mod version;

@@ -103,7 +103,7 @@ pub struct StatusArgs {
     json: bool,
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -306,6 +306,10 @@ pub struct StartArgs {
     /// matching daemons join, instead of failing at once.
     #[arg(long, value_name = "DURATION", value_parser = crate::cluster::parse_duration)]
     wait_for_daemons: Option<std::time::Duration>,
+    /// The cluster file whose SSH details `distribute: scp` nodes are pushed
+    /// with [default: the one `rill cluster up` recorded for this coordinator].
+    #[arg(long, value_name = "FILE")]
+    cluster: Option<PathBuf>,
     #[command(flatten)]
     coordinator: ControlAccess,
     /// JSON on stdout.
@@ -368,9 +372,14 @@ pub fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
 }
 
 pub fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
-    let Some((descriptor, base_dir)) = crate::output::load_dataflow(&args.file)? else {
+    let Some((mut descriptor, base_dir)) = crate::output::load_dataflow(&args.file)? else {
         return Ok(ExitCode::FAILURE);
     };
+    // Nodes with `distribute: scp|http` are built here and shipped first
+    // (a dry run only shows the plan).
+    if !args.dry_run {
+        crate::ship::ship(&mut descriptor, &base_dir, &args.coordinator, args.cluster.as_deref())?;
+    }
     let base_dir = base_dir.display().to_string();
     let response = request(
         &args.coordinator,

@@ -7,12 +7,15 @@
 //!   sudo, systemd) and what each command needs of it.
 //! - `remote.rs`: the scripts that start, find and stop a machine's daemon.
 //! - `service.rs`: the daemon as a systemd service (`rill cluster install`).
+//! - `push.rs`: node binaries pushed into a daemon's artifact directory
+//!   (`distribute: scp`), and the machines each node may run on.
 //! - `inventory.rs`: what `rill cluster up` records for later commands.
 //!
 //! Blocking (std processes and threads): the CLI runs one thread per machine.
 
 pub mod inventory;
 pub mod preflight;
+pub mod push;
 pub mod remote;
 pub mod service;
 pub mod ssh;

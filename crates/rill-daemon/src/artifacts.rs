@@ -173,9 +173,13 @@ impl Artifacts {
 }
 
 /// Makes the file executable by its owner and others (a service may run
-/// as another user than the one who pushed it).
+/// as another user than the one who pushed it, who then owns it).
 fn executable(path: PathBuf) -> Result<PathBuf, String> {
     use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).map(|m| m.permissions().mode()).unwrap_or(0);
+    if mode & 0o555 == 0o555 {
+        return Ok(path);
+    }
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| format!("cannot make {} executable: {e}", path.display()))?;
     Ok(path)

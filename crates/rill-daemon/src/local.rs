@@ -166,12 +166,12 @@ impl LocalDataflows {
             let _ = ready_reports.send(ShareReport::Ready { uuid: ready_uuid });
         });
         // Nodes run from a binary `rill start` shipped (scp, http).
-        let shipped: Vec<(String, rill_core::Distribute, rill_core::Artifact)> = spawn
+        let shipped: Vec<(String, rill_core::Distribute, Option<rill_core::Artifact>)> = spawn
             .descriptor
             .nodes
             .iter()
             .filter(|n| nodes.contains(&n.id) && n.deploy.distribute != rill_core::Distribute::Local)
-            .filter_map(|n| n.deploy.artifact.clone().map(|a| (n.id.clone(), n.deploy.distribute, a)))
+            .map(|n| (n.id.clone(), n.deploy.distribute, n.deploy.artifact.clone()))
             .collect();
         let artifacts = self.artifacts.clone();
         let mut runtime =
@@ -182,11 +182,16 @@ impl LocalDataflows {
         let uuid = spawn.uuid;
         let thread = std::thread::Builder::new().name(format!("dataflow-{name}")).spawn(move || {
             // Fetched here, not on the connection's executor: a download may take a while.
-            let _held = artifacts.as_ref().map(|a| a.hold(shipped.iter().map(|(_, _, a)| a.sha256.clone()).collect()));
+            let hashes = shipped.iter().filter_map(|(_, _, a)| a.as_ref().map(|a| a.sha256.clone())).collect();
+            let _held = artifacts.as_ref().map(|a| a.hold(hashes));
             for (node, distribute, artifact) in &shipped {
-                let program = match &artifacts {
-                    Some(store) => store.prepare(node, *distribute, artifact),
-                    None => Err(format!("node `{node}` is shipped, but this daemon keeps no artifact directory")),
+                let program = match (&artifacts, artifact) {
+                    (Some(store), Some(artifact)) => store.prepare(node, *distribute, artifact),
+                    (None, _) => Err(format!("node `{node}` is shipped, but this daemon keeps no artifact directory")),
+                    (_, None) => Err(format!(
+                        "node `{node}` has `distribute: {}` but no binary was shipped with it",
+                        format!("{distribute:?}").to_lowercase()
+                    )),
                 };
                 runtime.ship(node, program);
             }

@@ -3,6 +3,7 @@ mod cgroup;
 mod check;
 mod cluster;
 mod dataplane;
+mod distribute;
 mod faults;
 mod leak;
 mod lifecycle;

@@ -12,7 +12,7 @@ use crate::relay::Relay;
 use crate::support::{Flow, Processes, free_port, join_token, machines, rill, rill_json, wait_status};
 
 /// A coordinator with a redb store in the test's directory; its port.
-fn coordinator(procs: &mut Processes, extra: &[&str]) -> u16 {
+pub(crate) fn coordinator(procs: &mut Processes, extra: &[&str]) -> u16 {
     let port = free_port();
     let store = format!("redb:{}", procs.dir.path().join("store.redb").display());
     let port_text = port.to_string();
@@ -25,7 +25,7 @@ fn coordinator(procs: &mut Processes, extra: &[&str]) -> u16 {
 
 /// `rill daemon` for `machine` joining with the token in `token`, keeping
 /// its identity in `cache`, connecting to `port`.
-fn daemon(port: u16, machine: &str, token: &Path, cache: &Path) -> Command {
+pub(crate) fn daemon(port: u16, machine: &str, token: &Path, cache: &Path) -> Command {
     let mut cmd = rill();
     cmd.args(["daemon", "--machine-id", machine, "--coordinator-port", &port.to_string()])
         .arg("--join-token-file")
