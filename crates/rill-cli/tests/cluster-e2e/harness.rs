@@ -187,7 +187,7 @@ impl Net {
         Some(Net { n, bridge, gateway, dir, hosts: Vec::new(), init_script })
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 

@@ -638,3 +638,78 @@ fn a_restarted_coordinator_reclaims_the_services_and_their_running_nodes() {
     let down = net.run(&["cluster", "down"], Duration::from_secs(60));
     assert_eq!(down.code, Some(0), "{down}");
 }
+
+#[test]
+fn scp_and_http_run_nodes_on_hosts_that_never_had_their_binary_and_a_tampered_one_is_refused() {
+    let Some(mut net) = systemd_net() else { return };
+    for k in 1..=2 {
+        net.boot(k, &HostSpec { systemd: true, ..Default::default() });
+    }
+    install_two(&net);
+    // The node binaries exist only here: a systemd host's root is its own
+    // disk, and it shares only the build directory.
+    let ship = net.path("ship");
+    std::fs::create_dir(&ship).expect("ship dir");
+    for name in ["src-node", "sink-node"] {
+        std::fs::copy(test_node(), ship.join(name)).expect("copy the node");
+        for index in 0..2 {
+            let path = ship.join(name).display().to_string();
+            let seen = net.root_ssh(index, &format!("test -e {path} && echo present || echo absent"));
+            assert_eq!(seen.trim(), "absent", "{path} on host {index}");
+        }
+    }
+    let flow = net.write(
+        "shipped.yml",
+        "nodes:\n  - id: src\n    path: ./ship/src-node\n    args: count-send\n    inputs:\n      t: rill/timer/millis/100\n    \
+         outputs: [out]\n    deploy:\n      machine: s1\n      distribute: scp\n  - id: sink\n    path: ./ship/sink-node\n    \
+         args: print\n    inputs:\n      in: src/out\n    deploy:\n      machine: s2\n      distribute: http\n",
+    );
+    let flow = flow.to_str().unwrap();
+    // No --cluster: the SSH details are the ones `cluster install` recorded.
+    let start = net.run(&["start", flow, "--name", "app"], CLI_LIMIT);
+    assert_eq!(start.code, Some(0), "{start}");
+    assert!(start.stderr.contains("Pushed node `src` to s1"), "{start}");
+    assert!(start.stderr.contains("Uploaded node `sink`"), "{start}");
+    let received = |net: &Net| logs(net, "app").lines().filter(|l| l.starts_with("[sink] input in")).count();
+    poll_until("s2's shipped sink receives from s1's shipped source", Duration::from_secs(30), || received(&net) > 5);
+    let sha = rill_daemon_sha(&ship.join("src-node"));
+    for (index, id) in [(0, "s1"), (1, "s2")] {
+        let exe = net.root_ssh(index, "for p in /proc/[0-9]*; do readlink $p/exe; done 2>/dev/null | grep artifacts");
+        assert!(exe.contains(&format!("/var/lib/rill/{id}/artifacts/{sha}")), "{id} runs the shipped binary: {exe}");
+    }
+
+    // s1's copy is changed on the host: at the next start of the node it is
+    // refused, not run.
+    let pushed = format!("/var/lib/rill/s1/artifacts/{sha}");
+    // (Replaced, not written in place: a running binary cannot be written.)
+    net.root_ssh(
+        0,
+        &format!("cp {pushed} {pushed}.t && printf 'X' | dd of={pushed}.t bs=1 seek=4096 conv=notrunc 2>/dev/null && mv {pushed}.t {pushed}"),
+    );
+    let restart = net.run(&["restart", "app"], CLI_LIMIT);
+    assert_eq!(restart.code, Some(0), "{restart}");
+    poll_until("the changed binary is refused", Duration::from_secs(30), || {
+        let list = net.run(&["list", "--json"], CLI_LIMIT).json();
+        let app = list["dataflows"].as_array().expect("dataflows").iter().rev().find(|d| d["name"] == "app").cloned();
+        let src = app.map(|a| a["nodes"]["src"].clone()).unwrap_or_default();
+        src["state"] == "failed" && src["reason"].as_str().is_some_and(|r| r.contains("refused, not run"))
+    });
+    // A new start pushes a good copy over it.
+    let stop = net.run(&["stop", "app"], CLI_LIMIT);
+    assert_eq!(stop.code, Some(0), "{stop}");
+    let again = net.run(&["start", flow, "--name", "app2"], CLI_LIMIT);
+    assert_eq!(again.code, Some(0), "{again}");
+    assert!(again.stderr.contains("Pushed node `src` to s1") && !again.stderr.contains("already there"), "{again}");
+    poll_until("app2 delivers", Duration::from_secs(30), || {
+        logs(&net, "app2").lines().filter(|l| l.starts_with("[sink] input in")).count() > 5
+    });
+    let uninstall = net.run(&["cluster", "uninstall"], UP_LIMIT);
+    assert_eq!(uninstall.code, Some(0), "{uninstall}");
+    let down = net.run(&["cluster", "down"], Duration::from_secs(60));
+    assert_eq!(down.code, Some(0), "{down}");
+}
+
+/// The sha256 a daemon files a shipped binary under.
+fn rill_daemon_sha(path: &std::path::Path) -> String {
+    rill_daemon::artifacts::sha256_of(path).expect("hash the node")
+}
