@@ -351,12 +351,7 @@ impl Net {
     /// Runs `cmd` as root on host `index` over SSH (the test's key).
     pub fn root_ssh(&self, index: usize, cmd: &str) -> String {
         let host = &self.hosts[index];
-        let out = Command::new("ssh")
-            .args(["-F", &self.path("ssh_config").display().to_string(), "-o", "BatchMode=yes"])
-            .args(["-o", "StrictHostKeyChecking=accept-new", "-o", "ConnectTimeout=10", "-l", "root", "--", &host.ip, cmd])
-            .stdin(Stdio::null())
-            .output()
-            .expect("ssh runs");
+        let out = self.root_ssh_status(index, cmd);
         assert!(
             out.status.success(),
             "`{cmd}` on {} failed: {}{}",
@@ -365,6 +360,17 @@ impl Net {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `cmd` as root on host `index`, whatever its outcome.
+    pub fn root_ssh_status(&self, index: usize, cmd: &str) -> std::process::Output {
+        Command::new("ssh")
+            .args(["-F", &self.path("ssh_config").display().to_string(), "-o", "BatchMode=yes"])
+            .args(["-o", "StrictHostKeyChecking=accept-new", "-o", "ConnectTimeout=10", "-l", "root", "--"])
+            .args([&self.hosts[index].ip, cmd])
+            .stdin(Stdio::null())
+            .output()
+            .expect("ssh runs")
     }
 
     /// PIDs (in the root namespace) of every process of host `index`.
@@ -446,6 +452,22 @@ impl Net {
         if host.systemd {
             systemd_cleanup(host);
         }
+    }
+
+    /// A graceful reboot of a systemd host: `systemctl reboot` inside it
+    /// (services get SIGTERM and stop in order), then, once the container
+    /// has shut down (nspawn exits, as a machine's power-cycle would), it
+    /// boots again from the same disk.
+    pub fn reboot(&mut self, index: usize) {
+        assert!(self.hosts[index].systemd, "only a systemd host reboots");
+        let _ = self.root_ssh_status(index, "systemctl reboot");
+        let name = self.hosts[index].name.clone();
+        let init = self.hosts[index].init.as_mut().expect("the host is running");
+        poll_until(&format!("{name} shut down for its reboot"), Duration::from_secs(60), || {
+            matches!(init.try_wait(), Ok(Some(_)))
+        });
+        self.power_off(index);
+        self.power_on(index);
     }
 
     /// Boots a host that was powered off again (same files; a systemd host

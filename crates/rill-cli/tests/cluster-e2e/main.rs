@@ -517,14 +517,12 @@ fn upgrade_rolls_a_new_build_out_one_machine_at_a_time_and_a_broken_one_is_rolle
 }
 
 #[test]
-fn a_host_that_loses_power_comes_back_by_systemd_and_the_dataflow_delivers_again() {
+fn a_host_that_loses_power_or_reboots_comes_back_by_systemd_and_the_dataflow_delivers_again() {
     let Some(mut net) = systemd_net() else { return };
     for k in 1..=2 {
         net.boot(k, &HostSpec { systemd: true, ..Default::default() });
     }
-    let file = net.cluster_yml(&[(0, "s1", "root", ""), (1, "s2", "root", "")]);
-    let install = net.run(&["cluster", "install", file.to_str().unwrap()], UP_LIMIT);
-    assert_eq!(install.code, Some(0), "{install}");
+    install_two(&net);
     // s1 sends a count every 100 ms to s2.
     start_counts(&net);
     let received = |net: &Net| logs(net, "app").lines().filter(|l| l.starts_with("[sink] input in")).count();
@@ -541,6 +539,24 @@ fn a_host_that_loses_power_comes_back_by_systemd_and_the_dataflow_delivers_again
     poll_until("the source was re-spawned on s1 and s2 receives again", Duration::from_secs(60), || {
         received(&net) > before + 5
     });
+
+    // A graceful reboot: systemd stops the daemon (SIGTERM), which says it
+    // is shutting down, so its node is lost, not finished; it comes back.
+    // (Pids restart in the host's new PID namespace: the daemon's id tells
+    // the re-spawn apart.)
+    let (daemon, _) = daemon_and_pid(&net, "s1", "src");
+    let before = received(&net);
+    net.reboot(0);
+    poll_until("the source was re-spawned after the reboot and s2 receives again", Duration::from_secs(90), || {
+        let (now, pid) = daemon_and_pid(&net, "s1", "src");
+        now.is_some() && now != daemon && pid.is_some() && received(&net) > before + 5
+    });
+    let daemon = daemon.expect("s1's daemon before the reboot");
+    let coordinator_log = std::fs::read_to_string(net.path("home/state/rill/coordinator-6013.log")).expect("coordinator log");
+    assert!(
+        coordinator_log.contains(&format!("daemon {daemon} is shutting down")),
+        "s1's daemon said it was shutting down before the reboot:\n{coordinator_log}"
+    );
     let uninstall = net.run(&["cluster", "uninstall"], UP_LIMIT);
     assert_eq!(uninstall.code, Some(0), "{uninstall}");
     let down = net.run(&["cluster", "down"], Duration::from_secs(60));
