@@ -505,13 +505,6 @@ impl Dataflows {
         self.records.iter().filter(|r| r.is_active() && r.running_on.contains(daemon)).map(|r| r.uuid.clone()).collect()
     }
 
-    /// The share on `machine` runs again: a later loss may be recovered at once.
-    pub fn recovered(&mut self, uuid: &str, machine_id: Option<&str>) {
-        if let Some(machine) = machine_id {
-            self.recovered_at.remove(&(machine.to_owned(), uuid.to_owned()));
-        }
-    }
-
     /// Dataflows whose nodes stayed lost for the lost timeout fail (or, if
     /// stopping, are stopped). Returns the changed records, each with the
     /// daemons that still run part of it and must stop it.
@@ -803,8 +796,13 @@ mod tests {
         assert_eq!(d.find("app").unwrap().placement[1].daemon_id, "b-9");
         assert!(d.recover("b-10", Some("b"), &[], t0 + Duration::from_secs(5)).is_empty(), "backoff");
         assert_eq!(d.recover("b-11", Some("b"), &[], t0 + RECOVERY_BACKOFF).len(), 1, "after the backoff");
-        d.recovered(&record.uuid, Some("b"));
-        assert_eq!(d.recover("b-12", Some("b"), &[], t0 + RECOVERY_BACKOFF).len(), 1, "cleared once running");
+        // The recovered share was wired, and its node took its daemon down
+        // at once: a crash loop is re-spawned once per backoff, no faster.
+        d.daemon_ready(&record.uuid, "b-11");
+        d.daemon_gone("b-11", DAEMON_UNREACHABLE, t0 + RECOVERY_BACKOFF);
+        let soon = t0 + RECOVERY_BACKOFF + Duration::from_secs(6);
+        assert!(d.recover("b-12", Some("b"), &[], soon).is_empty(), "within the backoff, though it had run");
+        assert_eq!(d.recover("b-12", Some("b"), &[], t0 + RECOVERY_BACKOFF * 2).len(), 1, "after it");
         assert!(
             d.recover("b-13", Some("b"), std::slice::from_ref(&record.uuid), t0 + RECOVERY_BACKOFF * 3).is_empty(),
             "it runs it"

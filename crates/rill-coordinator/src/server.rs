@@ -586,7 +586,6 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>, credential: DaemonCrede
                     }
                     Ok(DaemonMessage::DataflowReady { uuid }) => {
                         let mut cluster = app.cluster();
-                        app.dataflows().recovered(&uuid, machine_id.as_deref());
                         for daemon in app.dataflows().daemon_ready(&uuid, &daemon_id) {
                             cluster.send(&daemon, CoordinatorMessage::Go { uuid: uuid.clone() });
                         }
@@ -1354,12 +1353,14 @@ mod tests {
     async fn registered_daemons_appear_in_status() {
         let dial = start().await;
         let mut daemon = websocket(&dial, "/api/daemon").await.unwrap();
-        let register = r#"{"type":"register","protocol":4,"version":"0.1.0","machine_id":"b","labels":{"gpu":"true"}}"#;
+        let register = format!(
+            r#"{{"type":"register","protocol":{COORD_PROTOCOL_VERSION},"version":"0.1.0","machine_id":"b","labels":{{"gpu":"true"}}}}"#
+        );
         daemon.send(WsMessage::Text(register.into())).await.unwrap();
         let Some(Ok(WsMessage::Text(reply))) = daemon.next().await else { panic!("no reply") };
         assert!(reply.contains("registered"), "{reply}");
         let mut cli = websocket(&dial, "/api/control").await.unwrap();
-        cli.send(WsMessage::Text(r#"{"type":"hello","protocol":4}"#.into())).await.unwrap();
+        cli.send(WsMessage::Text(format!(r#"{{"type":"hello","protocol":{COORD_PROTOCOL_VERSION}}}"#).into())).await.unwrap();
         let _ = cli.next().await;
         cli.send(WsMessage::Text(r#"{"type":"status"}"#.into())).await.unwrap();
         let Some(Ok(WsMessage::Text(status))) = cli.next().await else { panic!("no status") };

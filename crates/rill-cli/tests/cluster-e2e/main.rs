@@ -729,3 +729,59 @@ fn scp_and_http_run_nodes_on_hosts_that_never_had_their_binary_and_a_tampered_on
 fn rill_daemon_sha(path: &std::path::Path) -> String {
     rill_daemon::artifacts::sha256_of(path).expect("hash the node")
 }
+
+#[test]
+fn a_node_that_takes_its_daemon_down_at_once_is_re_spawned_at_most_once_per_recovery_backoff() {
+    let Some(mut net) = systemd_net() else { return };
+    for k in 1..=2 {
+        net.boot(k, &HostSpec { systemd: true, ..Default::default() });
+    }
+    install_two(&net);
+    let node = test_node();
+    let flow = net.write(
+        "crashloop.yml",
+        &format!(
+            "nodes:\n  - id: src\n    path: {node}\n    args: count-send\n    inputs:\n      t: rill/timer/millis/100\n    \
+             outputs: [out]\n    deploy:\n      machine: s2\n  - id: crasher\n    path: {node}\n    args: kill-daemon\n    \
+             inputs:\n      in: src/out\n    deploy:\n      machine: s1\n"
+        ),
+    );
+    let start = net.run(&["start", flow.to_str().unwrap(), "--name", "app"], CLI_LIMIT);
+    assert_eq!(start.code, Some(0), "{start}");
+    let started = Instant::now();
+    // For 45 s: when each recovery happened, which daemons s1 registered
+    // as (systemd restarts it 5 s after each kill), and whether the node
+    // was seen `lost` while its daemon was back (held back by the backoff).
+    let coordinator_log = net.path("home/state/rill/coordinator-6013.log");
+    let mut recoveries: Vec<Duration> = Vec::new();
+    let mut held_back = false;
+    while started.elapsed() < Duration::from_secs(45) {
+        let log = std::fs::read_to_string(&coordinator_log).unwrap_or_default();
+        let count = log.lines().filter(|l| l.contains("auto-recovery: re-spawning crasher")).count();
+        while recoveries.len() < count {
+            recoveries.push(started.elapsed());
+        }
+        let (daemon, _) = daemon_and_pid(&net, "s1", "crasher");
+        let list = net.run(&["list", "--json"], CLI_LIMIT).json();
+        if daemon.is_some() && list["dataflows"][0]["nodes"]["crasher"]["state"] == "lost" {
+            held_back = true;
+        }
+        std::thread::sleep(Duration::from_millis(500)); // the sampling period, not a wait for a result
+    }
+    let log = std::fs::read_to_string(&coordinator_log).unwrap_or_default();
+    let kills = log.lines().filter(|l| l.contains("daemon unreachable (s1-")).count();
+    assert!(kills >= 3, "the node took s1's daemon down again and again: {kills} times\n{}", net.logs());
+    assert!(!recoveries.is_empty(), "it was recovered at all\n{}", net.logs());
+    for pair in recoveries.windows(2) {
+        // (Sampled every 0.5 s: a little slack below the 30 s backoff.)
+        assert!(pair[1] - pair[0] >= Duration::from_secs(29), "re-spawns {:?} apart: {recoveries:?}", pair[1] - pair[0]);
+    }
+    assert!(recoveries.len() <= 2, "at most once per 30 s in 45 s: {recoveries:?}");
+    assert!(held_back, "`rill list` showed the node lost while its daemon was back, waiting for the backoff");
+    let list = net.run(&["list", "--json"], CLI_LIMIT).json();
+    assert_ne!(list["dataflows"][0]["status"], "failed", "{list}");
+    let uninstall = net.run(&["cluster", "uninstall"], UP_LIMIT);
+    assert_eq!(uninstall.code, Some(0), "{uninstall}");
+    let down = net.run(&["cluster", "down"], Duration::from_secs(60));
+    assert_eq!(down.code, Some(0), "{down}");
+}

@@ -51,11 +51,23 @@ fn main() -> Result {
             eprintln!("something went badly wrong");
             std::process::exit(arg(&args, 2)?.parse()?)
         }
+        "kill-daemon" => kill_daemon(),
         "fail-until" => fail_until(arg(&args, 2)?, arg(&args, 3)?.parse()?),
         "crash-once" => crash_once(arg(&args, 2)?, arg(&args, 3)?.parse()?),
         "burst-once" => burst_once(arg(&args, 2)?, arg(&args, 3)?.parse()?),
         other => Err(format!("unknown mode {other}").into()),
     }
+}
+
+/// A node that takes its machine's daemon down as soon as it starts (the
+/// worst crash loop auto-recovery can meet): SIGKILL to its parent, the
+/// daemon that spawned it, then it fails.
+fn kill_daemon() -> Result {
+    let _node = Node::from_env()?;
+    let daemon = std::os::unix::process::parent_id().to_string();
+    println!("killing daemon {daemon}");
+    std::process::Command::new("sh").args(["-c", "kill -9 \"$1\"", "sh", &daemon]).status()?;
+    std::process::exit(1)
 }
 
 fn print(limit: Option<usize>) -> Result {
