@@ -343,8 +343,14 @@ pub(crate) fn ensure_coordinator(cluster: &ClusterFile, earlier: Option<&Invento
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let log = dir.join(format!("coordinator-{}.log", cluster.port));
     let (bind, port) = (cluster.addr.to_string(), cluster.port.to_string());
-    let mut child =
-        crate::updown::spawn_background(&["coordinator", "--bind", &bind, "--port", &port, "--store", "redb"], &log)?;
+    let mut args = vec!["coordinator".to_owned(), "--bind".into(), bind, "--port".into(), port, "--store".into(), "redb".into()];
+    for (flag, wait) in [("--lost-timeout", cluster.lost_timeout), ("--recovery-backoff", cluster.recovery_backoff)] {
+        if let Some(wait) = wait {
+            args.extend([flag.to_owned(), wait.as_secs_f64().to_string()]);
+        }
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = crate::updown::spawn_background(&args, &log)?;
     let state = crate::dirs::coordinator_state(cluster.port);
     let deadline = Instant::now() + COORDINATOR_START;
     loop {

@@ -19,7 +19,7 @@ use crate::yaml::{self, Node, Pos, Value};
 pub const DEFAULT_CLUSTER_PORT: u16 = 6013;
 
 const TOP_FIELDS: &[&str] = &["coordinator", "machines"];
-const COORDINATOR_FIELDS: &[&str] = &["addr", "port"];
+const COORDINATOR_FIELDS: &[&str] = &["addr", "port", "lost_timeout", "recovery_backoff"];
 const MACHINE_FIELDS: &[&str] = &["id", "host", "user", "port", "identity_file", "labels", "service_user"];
 
 /// A validated `cluster.yml`.
@@ -28,6 +28,10 @@ pub struct ClusterFile {
     /// The address the coordinator binds to and daemons connect to.
     pub addr: IpAddr,
     pub port: u16,
+    /// The coordinator's `--lost-timeout` and `--recovery-backoff` (`None`:
+    /// its defaults, 60 s and 30 s).
+    pub lost_timeout: Option<std::time::Duration>,
+    pub recovery_backoff: Option<std::time::Duration>,
     pub machines: Vec<Machine>,
 }
 
@@ -126,13 +130,22 @@ fn cluster(r: &mut Reader, root: &Node) -> Option<ClusterFile> {
             Vec::new()
         }
     };
-    let (addr, port) = coordinator?;
-    Some(ClusterFile { addr, port, machines })
+    let Coordinator { addr, port, lost_timeout, recovery_backoff } = coordinator?;
+    Some(ClusterFile { addr, port, lost_timeout, recovery_backoff, machines })
 }
 
-fn coordinator(r: &mut Reader, value: &Node) -> Option<(IpAddr, u16)> {
+struct Coordinator {
+    addr: IpAddr,
+    port: u16,
+    lost_timeout: Option<std::time::Duration>,
+    recovery_backoff: Option<std::time::Duration>,
+}
+
+fn coordinator(r: &mut Reader, value: &Node) -> Option<Coordinator> {
     let entries = r.map(value, "`coordinator`")?;
     let fields = r.fields(entries, COORDINATOR_FIELDS, "`coordinator`");
+    let lost_timeout = fields.get("lost_timeout").and_then(|node| wait(r, node, "lost_timeout"));
+    let recovery_backoff = fields.get("recovery_backoff").and_then(|node| wait(r, node, "recovery_backoff"));
     let port = match fields.get("port") {
         Some(node) => port(r, node, "`coordinator.port`"),
         None => Some(DEFAULT_CLUSTER_PORT),
@@ -150,7 +163,26 @@ fn coordinator(r: &mut Reader, value: &Node) -> Option<(IpAddr, u16)> {
             return None;
         }
     };
-    Some((addr, port?))
+    Some(Coordinator { addr, port: port?, lost_timeout, recovery_backoff })
+}
+
+/// A positive duration: seconds as a number, or a string with a unit.
+fn wait(r: &mut Reader, node: &Node, field: &str) -> Option<std::time::Duration> {
+    let spelled = node.scalar_text(r.source).unwrap_or_default();
+    let parsed = match &node.value {
+        Value::Int(secs) => crate::duration::delay_from_number(*secs as f64, &spelled),
+        Value::Float(secs) => crate::duration::delay_from_number(*secs, &spelled),
+        Value::Str(text) => crate::duration::parse_delay(text),
+        _ => return r.wrong_type(node, &format!("`coordinator.{field}`"), "a number of seconds or a string like \"30s\""),
+    };
+    match parsed {
+        Ok(duration) if !duration.is_zero() => Some(duration),
+        _ => {
+            let hint = "a positive number of seconds (`30`) or a string with a unit: \"500ms\", \"30s\", \"2m\"";
+            r.error_hint(node.pos, format!("invalid `coordinator.{field}` `{spelled}`"), hint);
+            None
+        }
+    }
 }
 
 fn port(r: &mut Reader, node: &Node, what: &str) -> Option<u16> {
@@ -378,5 +410,16 @@ mod tests {
             assert_eq!(found.len(), 1, "{host}: {found:?}");
             assert!(found[0].contains("`host` of machine `a` contains"), "{found:?}");
         }
+    }
+
+    #[test]
+    fn the_coordinator_waits_are_positive_durations() {
+        let c = parse("coordinator:\n  addr: ::1\n  lost_timeout: 20\n  recovery_backoff: \"1.5s\"\nmachines:\n  - id: a\n    host: h\n")
+            .unwrap();
+        assert_eq!(c.lost_timeout, Some(std::time::Duration::from_secs(20)));
+        assert_eq!(c.recovery_backoff, Some(std::time::Duration::from_millis(1500)));
+        assert_eq!(parse("coordinator:\n  addr: ::1\nmachines:\n  - id: a\n    host: h\n").unwrap().lost_timeout, None);
+        let found = errors("coordinator:\n  addr: ::1\n  lost_timeout: 0\n  recovery_backoff: soon\nmachines:\n  - id: a\n    host: h\n");
+        assert_eq!(found, ["3:17: invalid `coordinator.lost_timeout` `0`", "4:21: invalid `coordinator.recovery_backoff` `soon`"]);
     }
 }
