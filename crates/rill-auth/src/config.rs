@@ -80,8 +80,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("rill/config.json");
         assert_eq!(CliConfig::load(&path).unwrap(), CliConfig::default());
-        let mut config = CliConfig::default();
-        config.current = Some("127.0.0.1:6533".into());
+        let mut config = CliConfig { current: Some("127.0.0.1:6533".into()), ..CliConfig::default() };
         config.coordinators.insert(
             "127.0.0.1:6533".into(),
             Coordinator { fingerprint: "sha256:00".into(), token: "ab".into(), plaintext: false },

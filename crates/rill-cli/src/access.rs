@@ -276,7 +276,7 @@ impl CoordinatorAddr {
                 let text = rill_auth::files::read_private(path)?;
                 Some(text.parse().with_context(|| format!("--join-token-file {}", path.display()))?)
             }
-            (None, Some(text)) => Some(text.parse().with_context(|| format!("{JOIN_TOKEN_ENV}"))?),
+            (None, Some(text)) => Some(text.parse().with_context(|| JOIN_TOKEN_ENV.to_string())?),
             (None, None) => None,
         };
         let addr = self.host_port();

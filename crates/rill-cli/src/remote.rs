@@ -450,9 +450,8 @@ fn attach(coordinator: &ControlAccess, uuid: &str, json: bool) -> anyhow::Result
         };
         loop {
             tokio::select! {
-                reply = logs.next() => match reply? {
-                    ControlResponse::Log(line) => print(line),
-                    _ => {}
+                reply = logs.next() => if let ControlResponse::Log(line) = reply? {
+                    print(line);
                 },
                 _ = poll.tick() => {
                     let ControlResponse::List { dataflows } = control.request(&ControlRequest::List).await? else { continue };
