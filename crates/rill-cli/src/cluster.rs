@@ -185,6 +185,10 @@ impl Failure {
 
 /// How long one remote command may take (ssh's own connect timeout is 10 s).
 pub(crate) const REMOTE_LIMIT: Duration = Duration::from_secs(30);
+/// How long a remote command that stops or restarts a service may take: the
+/// unit lets its daemon stop for up to 30 s (`TimeoutStopSec`) before the
+/// kill, and the command must outlast that.
+pub(crate) const SERVICE_LIMIT: Duration = Duration::from_secs(60);
 
 /// The preflight of one machine.
 pub(crate) fn preflight(ssh: &Ssh, machine: &Machine) -> Result<Facts, Failure> {
@@ -784,7 +788,7 @@ fn down(file: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
             true => rill_cluster::service::stop_script(&m.id),
             false => remote::stop_script(port, &m.id),
         };
-        ssh.run(&Target::of(m), &script, b"", REMOTE_LIMIT)
+        ssh.run(&Target::of(m), &script, b"", SERVICE_LIMIT)
     });
     let mut failed = Vec::new();
     let mut rows = Vec::new();

@@ -12,7 +12,7 @@ use rill_cluster::{Inventory, InventoryMachine, Needs, Ssh, Target, remote};
 use rill_core::Machine;
 use rill_proto::coord::{ControlRequest, ControlResponse, TokenState};
 
-use crate::cluster::{Control, Failure, REMOTE_LIMIT, access_for, each_machine, load, preflight};
+use crate::cluster::{Control, Failure, REMOTE_LIMIT, SERVICE_LIMIT, access_for, each_machine, load, preflight};
 
 /// A new token for `machine`'s service (no expiry, its labels), after
 /// revoking the one of that name (a `cluster up` daemon's, or an earlier
@@ -110,7 +110,7 @@ pub fn install(file: &Path, timeout: Duration, json: bool) -> anyhow::Result<Exi
             labels: &labels,
             user: &user,
         };
-        match ssh.run(&target, &service::install_script(&spec), format!("{token}\n").as_bytes(), REMOTE_LIMIT) {
+        match ssh.run(&target, &service::install_script(&spec), format!("{token}\n").as_bytes(), SERVICE_LIMIT) {
             Err(e) => Err(Failure::of_ssh(&e)),
             Ok(out) => match failed_steps(&out.stdout) {
                 Some(failed) => Err(Failure::new("install", format!("{failed}: {}", out.stderr.trim()))),
@@ -202,7 +202,7 @@ pub fn uninstall(file: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
     let mut control = Control::connect(&access_for(inventory.addr, inventory.port)).ok();
     let ssh = Ssh::new()?;
     let machines: Vec<Machine> = inventory.machines.iter().map(InventoryMachine::machine).collect();
-    let results = each_machine(&machines, |m| ssh.run(&Target::of(m), &service::uninstall_script(&m.id), b"", REMOTE_LIMIT));
+    let results = each_machine(&machines, |m| ssh.run(&Target::of(m), &service::uninstall_script(&m.id), b"", SERVICE_LIMIT));
     let mut outcomes: BTreeMap<String, Result<(), Failure>> = BTreeMap::new();
     for (machine, result) in machines.iter().zip(results) {
         let outcome = match result {
@@ -306,7 +306,7 @@ impl Rollout {
 
 /// Runs a service script; `Err` names the failed steps (or the SSH problem).
 fn run_steps(ssh: &Ssh, machine: &Machine, script: &str) -> Result<String, String> {
-    let out = ssh.run(&Target::of(machine), script, b"", REMOTE_LIMIT).map_err(|e| e.to_string())?;
+    let out = ssh.run(&Target::of(machine), script, b"", SERVICE_LIMIT).map_err(|e| e.to_string())?;
     match failed_steps(&out.stdout) {
         Some(failed) => Err(format!("{failed}: {}", out.stderr.trim())),
         None if out.code != 0 => Err(format!("exit {}: {}", out.code, out.stderr.trim())),

@@ -218,13 +218,19 @@ fn push(
     if plan.is_empty() {
         bail!("no machine that may run the pushed nodes is connected to the coordinator");
     }
+    // Each binary read once, whatever the number of machines.
+    let mut contents: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for b in built {
+        let bytes = std::fs::read(&b.file).with_context(|| format!("cannot read {}", b.file.display()))?;
+        contents.insert(b.node.clone(), bytes);
+    }
     let ssh = rill_cluster::Ssh::new()?;
     let failures: Vec<String> = std::thread::scope(|scope| {
         let workers: Vec<_> = plan
             .values()
             .map(|(machine, dir, files)| {
-                let ssh = &ssh;
-                scope.spawn(move || push_to(ssh, machine, dir, files))
+                let (ssh, contents) = (&ssh, &contents);
+                scope.spawn(move || push_to(ssh, machine, dir, files, contents))
             })
             .collect();
         workers.into_iter().flat_map(|w| w.join().unwrap_or_else(|_| vec!["a push thread panicked".into()])).collect()
@@ -235,17 +241,30 @@ fn push(
     Ok(())
 }
 
-/// Pushes `files` to one machine; returns what failed.
-fn push_to(ssh: &rill_cluster::Ssh, machine: &Machine, dir: &str, files: &[&Built]) -> Vec<String> {
+/// Pushes `files` to one machine (each only if it is not there yet);
+/// returns what failed.
+fn push_to(
+    ssh: &rill_cluster::Ssh,
+    machine: &Machine,
+    dir: &str,
+    files: &[&Built],
+    contents: &BTreeMap<String, Vec<u8>>,
+) -> Vec<String> {
+    use rill_cluster::push::{Pushed, check_script, push_result, push_script};
     let target = rill_cluster::Target::of(machine);
     let mut failures = Vec::new();
     for b in files {
         let started = Instant::now();
-        let result = (|| -> Result<rill_cluster::push::Pushed, String> {
-            let script = rill_cluster::push::push_script(dir, &b.artifact.sha256)?;
-            let bytes = std::fs::read(&b.file).map_err(|e| format!("cannot read {}: {e}", b.file.display()))?;
-            let out = ssh.run(&target, &script, &bytes, PUSH_LIMIT).map_err(|e| e.to_string())?;
-            rill_cluster::push::push_result(&out.stdout, &out.stderr)
+        let result = (|| -> Result<Pushed, String> {
+            let check = ssh
+                .run(&target, &check_script(dir, &b.artifact.sha256)?, b"", crate::cluster::REMOTE_LIMIT)
+                .map_err(|e| e.to_string())?;
+            if push_result(&check.stdout, &check.stderr)? == Pushed::Cached {
+                return Ok(Pushed::Cached);
+            }
+            let bytes = contents.get(&b.node).map(Vec::as_slice).unwrap_or_default();
+            let out = ssh.run(&target, &push_script(dir, &b.artifact.sha256)?, bytes, PUSH_LIMIT).map_err(|e| e.to_string())?;
+            push_result(&out.stdout, &out.stderr)
         })();
         match result {
             Ok(how) => eprintln!(
@@ -253,7 +272,7 @@ fn push_to(ssh: &rill_cluster::Ssh, machine: &Machine, dir: &str, files: &[&Buil
                 b.node,
                 machine.id,
                 megabytes(b.artifact.size),
-                if how == rill_cluster::push::Pushed::Cached { ", already there" } else { "" },
+                if how == Pushed::Cached { ", already there" } else { "" },
                 started.elapsed().as_secs_f64()
             ),
             Err(why) => failures.push(format!("node `{}` to {} ({}): {why}", b.node, machine.id, target.destination())),

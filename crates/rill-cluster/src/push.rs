@@ -23,53 +23,69 @@ fn labels_match(have: &BTreeMap<String, String>, want: &BTreeMap<String, String>
     want.iter().all(|(k, v)| have.get(k) == Some(v))
 }
 
-/// Receives a binary on stdin into `dir/SHA256` unless a file with that
-/// hash is there already (then prints `cached`): written to a temporary
-/// file, its hash checked, made executable, renamed into place (`pushed`).
-/// Uses `sudo -n` when the directory is not writable by the SSH user (a
-/// service that runs as another user). Prints `error=WHY` on failure.
-pub fn push_script(dir: &str, sha256: &str) -> Result<String, String> {
+/// Checks the directory and paths a push would use.
+fn checked(dir: &str, sha256: &str) -> Result<(), String> {
     if !is_sha256_hex(sha256) {
         return Err(format!("{sha256:?} is not a sha256"));
     }
     if !dir.starts_with('/') || dir.chars().any(char::is_control) {
         return Err(format!("the daemon's artifact directory {dir:?} is not an absolute path"));
     }
+    Ok(())
+}
+
+/// Prints `cached` if `dir/SHA256` is there with that hash (nothing need be
+/// sent), else `missing`. Cheap: run before [`push_script`].
+pub fn check_script(dir: &str, sha256: &str) -> Result<String, String> {
+    checked(dir, sha256)?;
     Ok(format!(
-        r#"d={dir}; sha={sha256}; f="$d/$sha"
-hash_of() {{ $S sha256sum "$1" 2>/dev/null | cut -d' ' -f1; }}
-S=
-if [ -f "$f" ] && [ "$(hash_of "$f")" = "$sha" ]; then cat > /dev/null; echo cached; exit 0; fi
-if mkdir -p "$d" 2>/dev/null && [ -w "$d" ]; then S=
-elif command -v sudo > /dev/null 2>&1 && sudo -n true 2>/dev/null; then S="sudo -n"
-else cat > /dev/null; echo "error=cannot write $d as $(id -un), and sudo -n is refused"; exit 1
-fi
-if [ -n "$S" ] && [ -f "$f" ] && [ "$(hash_of "$f")" = "$sha" ]; then cat > /dev/null; echo cached; exit 0; fi
-tmp="$d/.$sha.push-$$"
-if ! $S sh -c 'mkdir -p "$1" && cat > "$2"' sh "$d" "$tmp"; then $S rm -f "$tmp"; echo "error=cannot write $tmp"; exit 1; fi
-got=$(hash_of "$tmp")
-if [ "$got" != "$sha" ]; then $S rm -f "$tmp"; echo "error=the copy arrived with sha256 ${{got:-unknown}}"; exit 1; fi
-$S chmod 755 "$tmp" && $S mv "$tmp" "$f" && echo pushed
+        r#"f={dir}/{sha256}
+if [ -f "$f" ] && [ "$(sha256sum < "$f" 2>/dev/null | cut -d' ' -f1)" = {sha256} ]; then echo cached; else echo missing; fi
 "#,
         dir = quote(dir),
     ))
 }
 
-/// What [`push_script`] reported.
+/// Receives a binary on stdin into `dir/SHA256`: written to a temporary
+/// file, its hash checked, made executable, renamed into place (prints
+/// `pushed`). Written as the SSH user, never with sudo: the directory is
+/// one a daemon reported, and the daemon (a service runs as its
+/// `service_user`) must own what is in it. Prints `error=WHY` on failure,
+/// leaving nothing behind.
+pub fn push_script(dir: &str, sha256: &str) -> Result<String, String> {
+    checked(dir, sha256)?;
+    Ok(format!(
+        r#"d={dir}; sha={sha256}; tmp="$d/.$sha.push-$$"
+fail() {{ rm -f "$tmp"; cat > /dev/null; echo "error=$1"; exit 1; }}
+mkdir -p "$d" 2>/dev/null; [ -w "$d" ] || fail "cannot write $d as $(id -un): run the daemon's service as the SSH user (service_user), or use distribute: http"
+cat > "$tmp" || fail "cannot write $tmp"
+got=$(sha256sum < "$tmp" | cut -d' ' -f1)
+[ "$got" = "$sha" ] || fail "the copy arrived with sha256 ${{got:-unknown}}"
+chmod 755 "$tmp" && mv -f "$tmp" "$d/$sha" || fail "cannot put it in place as $d/$sha"
+echo pushed
+"#,
+        dir = quote(dir),
+    ))
+}
+
+/// What [`check_script`] or [`push_script`] reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pushed {
     /// Sent and in place.
     Pushed,
-    /// A file with that hash was there already; nothing was written.
+    /// A file with that hash was there already; nothing was sent.
     Cached,
+    /// ([`check_script`]) Not there yet: push it.
+    Missing,
 }
 
-/// Reads what [`push_script`] printed.
+/// Reads what [`check_script`] or [`push_script`] printed.
 pub fn push_result(stdout: &str, stderr: &str) -> Result<Pushed, String> {
     for line in stdout.lines() {
         match line.trim() {
             "pushed" => return Ok(Pushed::Pushed),
             "cached" => return Ok(Pushed::Cached),
+            "missing" => return Ok(Pushed::Missing),
             other => {
                 if let Some(why) = other.strip_prefix("error=") {
                     return Err(why.to_owned());
@@ -128,14 +144,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("cache dir/artifacts");
         let sha = "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9";
+        let check = check_script(target.to_str().unwrap(), sha).unwrap();
+        let (out, err) = run(&check, b"");
+        assert_eq!(push_result(&out, &err), Ok(Pushed::Missing), "{out}{err}");
         let script = push_script(target.to_str().unwrap(), sha).unwrap();
         let (out, err) = run(&script, b"hello world");
         assert_eq!(push_result(&out, &err), Ok(Pushed::Pushed), "{out}{err}");
         use std::os::unix::fs::PermissionsExt;
         let meta = std::fs::metadata(target.join(sha)).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o755);
-        let (out, err) = run(&script, b"hello world");
-        assert_eq!(push_result(&out, &err), Ok(Pushed::Cached));
+        let (out, err) = run(&check, b"");
+        assert_eq!(push_result(&out, &err), Ok(Pushed::Cached), "not sent twice");
         // Damaged in transit (or a wrong hash): refused, nothing left behind.
         let other = "0".repeat(64);
         let (out, err) = run(&push_script(target.to_str().unwrap(), &other).unwrap(), b"hello world");

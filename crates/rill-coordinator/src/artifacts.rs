@@ -4,9 +4,11 @@
 //! Ids are checked before any path is made of them
 //! ([`rill_core::artifact_id_problem`]: no `..`, `/`, `\`, NUL), so a request
 //! cannot name a file outside this directory. Uploads are written to a
-//! temporary file, hashed while they arrive, and renamed into place when
-//! complete. The store is bounded: after each upload the oldest builds that
-//! no active dataflow uses are removed until it holds at most `limit` bytes.
+//! temporary file (removed if the upload fails or is cancelled), hashed
+//! while they arrive, and renamed into place when complete. The store is
+//! bounded: after each upload the oldest builds that no active dataflow uses
+//! and that are older than [`YOUNG`] (uploaded for a start that has not come
+//! yet) are removed until it holds at most `limit` bytes.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,20 @@ use tokio::io::AsyncWriteExt;
 
 /// Default bound of the store (`rill coordinator --artifact-store-mib`).
 pub const DEFAULT_LIMIT: u64 = 4 << 30;
+/// A build written this recently is never pruned: its `rill start` may still
+/// be uploading its other nodes, or on its way.
+pub const YOUNG: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A temporary file, removed when dropped unless it was kept.
+struct Part(Option<PathBuf>);
+
+impl Drop for Part {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
 
 /// Why an upload or download failed; each maps to an HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +88,8 @@ impl ArtifactStore {
         let build_dir = path.parent().map(Path::to_path_buf).ok_or(ArtifactError::NoStore)?;
         tokio::fs::create_dir_all(&build_dir).await?;
         let part = build_dir.join(format!(".{node_id}.part-{}", uuid::Uuid::new_v4().simple()));
+        // Removed however this ends (an error, or the request cancelled).
+        let mut guard = Part(Some(part.clone()));
         let written = async {
             let mut file = tokio::fs::File::create(&part).await?;
             let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
@@ -93,6 +111,7 @@ impl ArtifactStore {
         match written {
             Ok(done) => {
                 tokio::fs::rename(&part, &path).await?;
+                guard.0 = None;
                 let (dir, limit, current) = (self.dir.clone(), self.limit, build_id.to_owned());
                 let mut keep = keep.clone();
                 keep.insert(current);
@@ -101,10 +120,7 @@ impl ArtifactStore {
                 }
                 Ok(done)
             }
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&part).await;
-                Err(e)
-            }
+            Err(e) => Err(e),
         }
     }
 
@@ -131,9 +147,13 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// Removes whole builds, oldest first, until the store holds at most
-/// `limit` bytes; builds in `keep` stay whatever their size. Returns the
-/// builds removed.
+/// `limit` bytes; builds in `keep` and those written within [`YOUNG`] stay
+/// whatever their size. Returns the builds removed.
 pub fn prune(dir: &Path, limit: u64, keep: &BTreeSet<String>) -> Vec<String> {
+    prune_at(dir, limit, keep, std::time::SystemTime::now())
+}
+
+fn prune_at(dir: &Path, limit: u64, keep: &BTreeSet<String>, now: std::time::SystemTime) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
     let mut builds: Vec<(std::time::SystemTime, String, u64)> = Vec::new();
     let mut total = 0u64;
@@ -151,11 +171,12 @@ pub fn prune(dir: &Path, limit: u64, keep: &BTreeSet<String>) -> Vec<String> {
     }
     builds.sort();
     let mut removed = Vec::new();
-    for (_, name, size) in builds {
+    for (modified, name, size) in builds {
         if total <= limit {
             break;
         }
-        if keep.contains(&name) {
+        let young = now.duration_since(modified).map_or(true, |age| age < YOUNG);
+        if keep.contains(&name) || young {
             continue;
         }
         if std::fs::remove_dir_all(dir.join(&name)).is_ok() {
@@ -215,9 +236,12 @@ mod tests {
             std::fs::File::open(dir.path().join(build)).unwrap().set_modified(time).unwrap();
         }
         let keep: BTreeSet<String> = ["used".to_owned()].into();
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000) + YOUNG;
         // 400 bytes held, 250 allowed: `old` goes, `used` is kept, then `mid`.
-        assert_eq!(prune(dir.path(), 250, &keep), ["old", "mid"]);
+        assert_eq!(prune_at(dir.path(), 250, &keep, now + std::time::Duration::from_secs(2)), ["old", "mid"]);
         assert!(dir.path().join("used/n").exists() && dir.path().join("new/n").exists());
-        assert!(prune(dir.path(), 250, &keep).is_empty());
+        assert!(prune_at(dir.path(), 250, &keep, now + std::time::Duration::from_secs(2)).is_empty());
+        // Written within YOUNG: kept, as its start may not have come yet.
+        assert!(prune_at(dir.path(), 0, &BTreeSet::new(), now).is_empty());
     }
 }

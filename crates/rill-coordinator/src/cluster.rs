@@ -59,6 +59,8 @@ struct Connected {
     probes: Vec<(u64, bool)>,
     /// Messages to this daemon's connection.
     tx: mpsc::Sender<CoordinatorMessage>,
+    /// It said it is shutting down: nothing is placed or recovered on it.
+    leaving: bool,
 }
 
 /// Probes remembered per connection.
@@ -118,6 +120,7 @@ impl Cluster {
                 last_heartbeat: now,
                 probes: Vec::new(),
                 tx,
+                leaving: false,
             },
         );
         Ok(id)
@@ -209,10 +212,21 @@ impl Cluster {
     }
 
     /// The daemons as placement sees them, in registration order.
+    /// `id` is shutting down: from now on it is no candidate for placement
+    /// or auto-recovery (it would ignore a spawn, and the nodes would be
+    /// recorded on a daemon that is going away).
+    pub fn leaving(&mut self, id: &str) {
+        if let Some(daemon) = self.daemons.get_mut(id) {
+            daemon.leaving = true;
+        }
+    }
+
+    /// The daemons nodes may be placed on (not those shutting down).
     pub fn daemon_infos(&self) -> Vec<rill_core::DaemonInfo> {
         let mut infos: Vec<rill_core::DaemonInfo> = self
             .daemons
             .iter()
+            .filter(|(_, d)| !d.leaving)
             .map(|(id, d)| rill_core::DaemonInfo {
                 id: id.clone(),
                 machine_id: d.machine_id.clone(),
@@ -266,6 +280,18 @@ mod tests {
         assert!(c.is_empty(), "dropped");
         assert!(c.disconnected(&id), "its handler writes its dataflows off");
         assert!(!c.disconnected(&id), "once");
+    }
+
+    #[test]
+    fn a_daemon_shutting_down_is_no_candidate_for_placement_or_recovery() {
+        let mut c = Cluster::default();
+        let now = Instant::now();
+        let a = register(&mut c, Some("a"), now).unwrap();
+        register(&mut c, Some("b"), now).unwrap();
+        c.leaving(&a);
+        let candidates: Vec<String> = c.daemon_infos().into_iter().filter_map(|d| d.machine_id).collect();
+        assert_eq!(candidates, ["b"]);
+        assert_eq!(c.status(now).len(), 2, "still connected and shown until it is gone");
     }
 
     #[test]

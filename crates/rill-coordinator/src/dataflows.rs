@@ -209,9 +209,6 @@ impl Default for Dataflows {
 }
 
 impl Dataflows {
-    /// Records a new dataflow and returns what each daemon must spawn.
-    /// With `wait`, a dataflow some node of which has no daemon is recorded
-    /// `Pending` (nothing to spawn yet) instead of refused.
     /// Builds whose shipped binaries some active dataflow uses.
     pub fn active_build_ids(&self) -> BTreeSet<String> {
         self.records
@@ -222,6 +219,9 @@ impl Dataflows {
             .collect()
     }
 
+    /// Records a new dataflow and returns what each daemon must spawn.
+    /// With `wait`, a dataflow some node of which has no daemon is recorded
+    /// `Pending` (nothing to spawn yet) instead of refused.
     pub fn start(
         &mut self,
         descriptor: Dataflow,

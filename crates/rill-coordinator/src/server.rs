@@ -582,6 +582,7 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>, credential: DaemonCrede
                     Ok(DaemonMessage::Pong { nonce }) => app.cluster().ponged(&daemon_id, nonce),
                     Ok(DaemonMessage::ShuttingDown) => {
                         eprintln!("rill coordinator: daemon {daemon_id} is shutting down");
+                        app.cluster().leaving(&daemon_id);
                         leaving = true;
                     }
                     Ok(DaemonMessage::DataflowReady { uuid }) => {

@@ -8,8 +8,10 @@
 //!   with this daemon's credential) unless a file with that hash is here
 //!   already; written to a temporary file, verified, then renamed into place.
 //!
-//! The directory is bounded: after each fetch, the oldest binaries that no
-//! running share uses are removed until it holds at most [`KEEP_BYTES`].
+//! The directory is bounded: after each binary is prepared, the oldest ones
+//! that no running share uses are removed until it holds at most
+//! [`KEEP_BYTES`], and temporary files of pushes or fetches that broke off
+//! go after an hour.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -23,6 +25,10 @@ use rill_core::{Artifact, Distribute};
 pub const KEEP_BYTES: u64 = 2 << 30;
 /// Longest a download may take.
 const FETCH_LIMIT: Duration = Duration::from_secs(300);
+/// A temporary file this old belongs to a push or fetch that broke off.
+const STALE_PART: Duration = Duration::from_secs(3600);
+/// Makes every fetch's temporary file name unique within this daemon.
+static FETCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// This daemon's shipped binaries.
 #[derive(Clone, Debug)]
@@ -54,7 +60,9 @@ impl Drop for InUse {
 }
 
 impl Artifacts {
+    /// Creates `dir` if it can (so that pushes as the daemon's user find it).
     pub fn new(dir: PathBuf, dialer: Arc<dyn crate::access::Dialer>) -> Self {
+        let _ = std::fs::create_dir_all(&dir);
         Self { dir, dialer, in_use: Arc::default() }
     }
 
@@ -77,7 +85,10 @@ impl Artifacts {
         let path = self.dir.join(&artifact.sha256);
         if path.exists() {
             match sha256_of(&path) {
-                Ok(found) if found == artifact.sha256 => return executable(path),
+                Ok(found) if found == artifact.sha256 => {
+                    self.prune();
+                    return executable(path);
+                }
                 Ok(found) if distribute == Distribute::Scp => {
                     return Err(format!(
                         "the binary pushed for node `{node}` ({}) has sha256 {found}, not {}: refused, not run",
@@ -110,7 +121,8 @@ impl Artifacts {
     /// Downloads `artifact` to `path`, verified.
     fn fetch(&self, node: &str, artifact: &Artifact, path: &Path) -> Result<(), String> {
         std::fs::create_dir_all(&self.dir).map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
-        let part = self.dir.join(format!(".{}.part-{}", artifact.sha256, std::process::id()));
+        let n = FETCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let part = self.dir.join(format!(".{}.part-{}-{n}", artifact.sha256, std::process::id()));
         let url = format!("/api/artifacts/{}/{node}", artifact.build_id);
         let dial = self.dialer.attempt().map_err(|e| format!("cannot reach the coordinator for node `{node}`'s binary: {e}"))?.dial;
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -146,9 +158,18 @@ impl Artifacts {
         Ok(())
     }
 
-    /// Removes the oldest binaries no share uses while over [`KEEP_BYTES`].
+    /// Removes the oldest binaries no share uses while over [`KEEP_BYTES`],
+    /// and temporary files older than [`STALE_PART`].
     fn prune(&self) {
         let in_use = self.in_use.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let now = std::time::SystemTime::now();
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stale = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age > STALE_PART));
+            if name.starts_with('.') && (name.contains(".part-") || name.contains(".push-")) && stale {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
         let mut files: Vec<(std::time::SystemTime, PathBuf, u64)> = entries
             .flatten()
@@ -172,8 +193,8 @@ impl Artifacts {
     }
 }
 
-/// Makes the file executable by its owner and others (a service may run
-/// as another user than the one who pushed it, who then owns it).
+/// Makes the file executable (a push already made it 0755: then nothing to
+/// do, which matters when another user pushed it).
 fn executable(path: PathBuf) -> Result<PathBuf, String> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&path).map(|m| m.permissions().mode()).unwrap_or(0);

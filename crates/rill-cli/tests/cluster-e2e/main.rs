@@ -500,7 +500,10 @@ fn upgrade_rolls_a_new_build_out_one_machine_at_a_time_and_a_broken_one_is_rolle
     // no daemon starts): the first machine is rolled back, the rollout stops.
     let broken = net.write(
         "rill-broken",
-        &format!("#!/bin/sh\n[ \"$1\" = version ] && {{ echo '{{\"version\":\"{old}+broken\",\"protocol\":4}}'; exit 0; }}\nexit 1\n"),
+        &format!(
+            "#!/bin/sh\n[ \"$1\" = version ] && {{ echo '{{\"version\":\"{old}+broken\",\"protocol\":{}}}'; exit 0; }}\nexit 1\n",
+            rill_proto::coord::COORD_PROTOCOL_VERSION
+        ),
     );
     let broken_upgrade =
         net.run(&["cluster", "upgrade", "--binary", broken.to_str().unwrap(), "--timeout", "8s"], Duration::from_secs(120));
