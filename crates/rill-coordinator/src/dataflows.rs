@@ -500,6 +500,14 @@ impl Dataflows {
         out
     }
 
+    /// `machine`'s daemon is shutting down in order (SIGTERM: `systemctl
+    /// stop|restart`, an upgrade): that is no crash, so when it returns its
+    /// nodes are spawned again at once, whatever the backoff. The backoff
+    /// is for daemons that vanish (killed, crashed, unreachable).
+    pub fn left_in_order(&mut self, machine: &str) {
+        self.recovered_at.retain(|(m, _), _| m != machine);
+    }
+
     /// Dataflows `daemon` runs a share of (what it would report as running).
     pub fn shares_of(&self, daemon: &str) -> Vec<String> {
         self.records.iter().filter(|r| r.is_active() && r.running_on.contains(daemon)).map(|r| r.uuid.clone()).collect()
@@ -803,6 +811,12 @@ mod tests {
         let soon = t0 + RECOVERY_BACKOFF + Duration::from_secs(6);
         assert!(d.recover("b-12", Some("b"), &[], soon).is_empty(), "within the backoff, though it had run");
         assert_eq!(d.recover("b-12", Some("b"), &[], t0 + RECOVERY_BACKOFF * 2).len(), 1, "after it");
+        // A daemon that shuts down in order (a restart, an upgrade) gets its
+        // nodes at once when it returns, within the backoff.
+        d.daemon_ready(&record.uuid, "b-12");
+        d.left_in_order("b");
+        d.daemon_gone("b-12", DAEMON_SHUT_DOWN, t0 + RECOVERY_BACKOFF * 2);
+        assert_eq!(d.recover("b-14", Some("b"), &[], t0 + RECOVERY_BACKOFF * 2 + Duration::from_secs(1)).len(), 1);
         assert!(
             d.recover("b-13", Some("b"), std::slice::from_ref(&record.uuid), t0 + RECOVERY_BACKOFF * 3).is_empty(),
             "it runs it"

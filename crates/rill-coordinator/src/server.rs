@@ -583,6 +583,9 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>, credential: DaemonCrede
                     Ok(DaemonMessage::ShuttingDown) => {
                         eprintln!("rill coordinator: daemon {daemon_id} is shutting down");
                         app.cluster().leaving(&daemon_id);
+                        if let Some(machine) = &machine_id {
+                            app.dataflows().left_in_order(machine);
+                        }
                         leaving = true;
                     }
                     Ok(DaemonMessage::DataflowReady { uuid }) => {

@@ -139,6 +139,15 @@ impl StopHandle {
 
 type Tails = Arc<Mutex<HashMap<String, VecDeque<String>>>>;
 
+/// A shipped node binary and the hash it must have.
+#[derive(Debug, Clone)]
+pub struct Shipped {
+    pub path: PathBuf,
+    pub sha256: String,
+    /// Verified just now: the first start need not hash it again.
+    pub fresh: bool,
+}
+
 /// One dataflow running on this machine.
 pub struct Runtime {
     dataflow: Dataflow,
@@ -153,7 +162,7 @@ pub struct Runtime {
     share: Option<Share>,
     /// Nodes whose binary was shipped (`distribute: scp|http`): the
     /// verified file, or why there is none. Not built here.
-    shipped: HashMap<String, Result<PathBuf, String>>,
+    shipped: HashMap<String, Result<Shipped, String>>,
 }
 
 impl Runtime {
@@ -184,9 +193,30 @@ impl Runtime {
     }
 
     /// Runs `node` from a shipped binary (or fails its start with the
-    /// reason) instead of its `path`, and skips its `build`.
-    pub fn ship(&mut self, node: &str, program: Result<PathBuf, String>) {
+    /// reason) instead of its `path`, and skips its `build`. The file was
+    /// just verified; every later start (a restart) checks its hash again.
+    pub fn ship(&mut self, node: &str, program: Result<Shipped, String>) {
         self.shipped.insert(node.to_owned(), program);
+    }
+
+    /// The program of a shipped node, checked again if it ran before.
+    fn shipped_program(&mut self, node: &str) -> Option<Result<PathBuf, String>> {
+        let shipped = match self.shipped.get_mut(node)? {
+            Ok(shipped) => shipped,
+            Err(why) => return Some(Err(why.clone())),
+        };
+        if std::mem::replace(&mut shipped.fresh, false) {
+            return Some(Ok(shipped.path.clone()));
+        }
+        Some(match crate::artifacts::sha256_of(&shipped.path) {
+            Ok(found) if found == shipped.sha256 => Ok(shipped.path.clone()),
+            Ok(found) => Err(format!(
+                "{} changed since it was checked (sha256 {found}, not {}): refused, not run",
+                shipped.path.display(),
+                shipped.sha256
+            )),
+            Err(e) => Err(format!("cannot read {}: {e}", shipped.path.display())),
+        })
     }
 
     /// The nodes this runtime supervises.
@@ -296,7 +326,7 @@ impl Runtime {
 
     fn spawn(&mut self, node_id: &str, supervisor: &mut Supervisor, router: &RouterHandle) -> Vec<Action> {
         let Some(node) = self.dataflow.node(node_id).cloned() else { return Vec::new() };
-        let program = match self.shipped.get(node_id).cloned().unwrap_or_else(|| resolve_program(&node.path, &self.base_dir)) {
+        let program = match self.shipped_program(node_id).unwrap_or_else(|| resolve_program(&node.path, &self.base_dir)) {
             Ok(program) => program,
             Err(e) => return supervisor.spawn_failed(node_id, e),
         };
@@ -433,4 +463,26 @@ fn run_build(command: &str, dir: &Path, node: &str, reporter: &Reporter) -> std:
     }
     let _ = err_thread.join();
     Ok(child.wait()?.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shipped_binary_changed_after_its_first_start_is_refused_at_the_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node");
+        std::fs::write(&path, b"hello world").unwrap();
+        let flow = Dataflow::parse("nodes:\n  - id: a\n    path: ./x\n", Path::new("t.yml")).unwrap();
+        let mut runtime = Runtime::new(flow, dir.path().to_owned(), RunOptions::default(), Arc::new(|_| {}));
+        let sha256 = "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9".to_owned();
+        runtime.ship("a", Ok(Shipped { path: path.clone(), sha256, fresh: true }));
+        assert_eq!(runtime.shipped_program("a"), Some(Ok(path.clone())), "first start: just verified");
+        assert_eq!(runtime.shipped_program("a"), Some(Ok(path.clone())), "unchanged");
+        std::fs::write(&path, b"hello w0rld").unwrap();
+        let refused = runtime.shipped_program("a").unwrap().unwrap_err();
+        assert!(refused.contains("changed since it was checked"), "{refused}");
+        assert_eq!(runtime.shipped_program("b"), None, "not shipped: its path");
+    }
 }
