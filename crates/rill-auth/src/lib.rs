@@ -6,6 +6,7 @@
 
 pub mod ca;
 pub mod config;
+pub mod digest;
 pub mod enroll;
 #[cfg(feature = "dial")]
 pub mod dial;

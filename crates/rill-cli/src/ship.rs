@@ -121,7 +121,7 @@ fn binary_of(node: &str, path: &str, base_dir: &Path) -> anyhow::Result<PathBuf>
 }
 
 fn hash_file(file: &Path) -> anyhow::Result<(String, u64)> {
-    let sha = rill_daemon::artifacts::sha256_of(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let sha = rill_auth::digest::sha256_file(file).with_context(|| format!("cannot read {}", file.display()))?;
     let size = std::fs::metadata(file)?.len();
     Ok((sha, size))
 }

@@ -92,7 +92,7 @@ impl ArtifactStore {
         let mut guard = Part(Some(part.clone()));
         let written = async {
             let mut file = tokio::fs::File::create(&part).await?;
-            let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+            let mut digest = rill_auth::digest::Sha256::default();
             let mut size = 0u64;
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(|e| ArtifactError::Body(e.to_string()))?;
@@ -105,7 +105,7 @@ impl ArtifactStore {
                 file.write_all(chunk).await?;
             }
             file.sync_all().await?;
-            Ok::<_, ArtifactError>((hex(digest.finish().as_ref()), size))
+            Ok::<_, ArtifactError>((digest.finish_hex(), size))
         }
         .await;
         match written {
@@ -139,11 +139,6 @@ impl ArtifactStore {
         }
         Ok((file, meta.len()))
     }
-}
-
-/// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Removes whole builds, oldest first, until the store holds at most

@@ -14,11 +14,11 @@
 //! go after an hour.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rill_auth::digest::sha256_file;
 use rill_core::{Artifact, Distribute};
 
 /// Bytes of shipped binaries kept when no share uses them.
@@ -84,7 +84,7 @@ impl Artifacts {
     pub fn prepare(&self, node: &str, distribute: Distribute, artifact: &Artifact) -> Result<PathBuf, String> {
         let path = self.dir.join(&artifact.sha256);
         if path.exists() {
-            match sha256_of(&path) {
+            match sha256_file(&path) {
                 Ok(found) if found == artifact.sha256 => {
                     self.prune();
                     return executable(path);
@@ -142,7 +142,7 @@ impl Artifacts {
             if got != artifact.size {
                 return Err(format!("got {got} bytes, expected {}", artifact.size));
             }
-            let found = sha256_of(&part).map_err(|e| e.to_string())?;
+            let found = sha256_file(&part).map_err(|e| e.to_string())?;
             if found != artifact.sha256 {
                 return Err(format!(
                     "its sha256 is {found}, but `rill start` built {}: refused, not run (was it changed on the coordinator?)",
@@ -204,21 +204,6 @@ fn executable(path: PathBuf) -> Result<PathBuf, String> {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| format!("cannot make {} executable: {e}", path.display()))?;
     Ok(path)
-}
-
-/// The SHA-256 of a file, lowercase hex.
-pub fn sha256_of(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        digest.update(&buf[..n]);
-    }
-    Ok(digest.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]

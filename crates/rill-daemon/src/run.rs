@@ -208,7 +208,7 @@ impl Runtime {
         if std::mem::replace(&mut shipped.fresh, false) {
             return Some(Ok(shipped.path.clone()));
         }
-        Some(match crate::artifacts::sha256_of(&shipped.path) {
+        Some(match rill_auth::digest::sha256_file(&shipped.path) {
             Ok(found) if found == shipped.sha256 => Ok(shipped.path.clone()),
             Ok(found) => Err(format!(
                 "{} changed since it was checked (sha256 {found}, not {}): refused, not run",

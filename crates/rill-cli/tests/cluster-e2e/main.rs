@@ -691,7 +691,7 @@ fn scp_and_http_run_nodes_on_hosts_that_never_had_their_binary_and_a_tampered_on
     assert!(start.stderr.contains("Uploaded node `sink`"), "{start}");
     let received = |net: &Net| logs(net, "app").lines().filter(|l| l.starts_with("[sink] input in")).count();
     poll_until("s2's shipped sink receives from s1's shipped source", Duration::from_secs(30), || received(&net) > 5);
-    let sha = rill_daemon_sha(&ship.join("src-node"));
+    let sha = rill_auth::digest::sha256_file(&ship.join("src-node")).expect("hash the node");
     for (index, id) in [(0, "s1"), (1, "s2")] {
         let exe = net.root_ssh(index, "for p in /proc/[0-9]*; do readlink $p/exe; done 2>/dev/null | grep artifacts");
         assert!(exe.contains(&format!("/var/lib/rill/{id}/artifacts/{sha}")), "{id} runs the shipped binary: {exe}");
@@ -726,11 +726,6 @@ fn scp_and_http_run_nodes_on_hosts_that_never_had_their_binary_and_a_tampered_on
     assert_eq!(uninstall.code, Some(0), "{uninstall}");
     let down = net.run(&["cluster", "down"], Duration::from_secs(60));
     assert_eq!(down.code, Some(0), "{down}");
-}
-
-/// The sha256 a daemon files a shipped binary under.
-fn rill_daemon_sha(path: &std::path::Path) -> String {
-    rill_daemon::artifacts::sha256_of(path).expect("hash the node")
 }
 
 #[test]

@@ -68,7 +68,7 @@ fn an_http_node_runs_the_uploaded_binary_a_changed_one_is_refused_and_no_id_esca
     assert!(start.status.success(), "{stderr}\n{}", procs.logs());
     assert!(stderr.contains("Uploaded node `sink`"), "{stderr}");
 
-    let sha = rill_daemon::artifacts::sha256_of(&bin.join("sink-node")).unwrap();
+    let sha = rill_auth::digest::sha256_file(&bin.join("sink-node")).unwrap();
     let fetched = cache.join("artifacts").join(&sha);
     poll(&procs, "the sink runs the fetched binary and receives", Duration::from_secs(30), || {
         let app = list_app(port);
