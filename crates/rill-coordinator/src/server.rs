@@ -328,6 +328,12 @@ async fn health(State(app): State<Arc<App>>) -> axum::Json<Health> {
     })
 }
 
+/// How a request proves it comes from a daemon of this cluster (or the admin).
+fn daemon_credential(app: &App, headers: &HeaderMap, peer: &Peer) -> Result<DaemonCredential, crate::auth::Refusal> {
+    let tokens = app.tokens();
+    crate::auth::daemon(&app.security, headers, peer.client_cert.as_ref(), &tokens, now_ms())
+}
+
 // The credential is checked before the upgrade: a refused client gets a
 // 401 it can show, and never a WebSocket.
 async fn daemon_ws(
@@ -336,10 +342,7 @@ async fn daemon_ws(
     ConnectInfo(peer): ConnectInfo<Peer>,
     State(app): State<Arc<App>>,
 ) -> Response {
-    let checked = {
-        let tokens = app.tokens();
-        crate::auth::daemon(&app.security, &headers, peer.client_cert.as_ref(), &tokens, now_ms())
-    };
+    let checked = daemon_credential(&app, &headers, &peer);
     let credential = match checked {
         Ok(credential) => credential,
         Err(refusal) => {
@@ -386,10 +389,7 @@ async fn get_artifact(
     ConnectInfo(peer): ConnectInfo<Peer>,
     State(app): State<Arc<App>>,
 ) -> Response {
-    let checked = {
-        let tokens = app.tokens();
-        crate::auth::daemon(&app.security, &headers, peer.client_cert.as_ref(), &tokens, now_ms())
-    };
+    let checked = daemon_credential(&app, &headers, &peer);
     if let Err(refusal) = checked {
         return refusal.into_response();
     }
