@@ -311,6 +311,23 @@ fn systemd_net() -> Option<Net> {
     Some(net)
 }
 
+/// `systemd_net` with hosts 0 and 1 booted.
+fn two_systemd_hosts() -> Option<Net> {
+    let mut net = systemd_net()?;
+    for k in 1..=2 {
+        net.boot(k, &HostSpec { systemd: true, ..Default::default() });
+    }
+    Some(net)
+}
+
+/// The end of every services test: `uninstall` and `down` both succeed.
+fn uninstall_and_down(net: &Net) {
+    let uninstall = net.run(&["cluster", "uninstall"], UP_LIMIT);
+    assert_eq!(uninstall.code, Some(0), "{uninstall}");
+    let down = net.run(&["cluster", "down"], Duration::from_secs(60));
+    assert_eq!(down.code, Some(0), "{down}");
+}
+
 /// Installs the services of `s1` and `s2` (hosts 0 and 1) and starts `app`:
 /// `src` on s1 sends a count every 100 ms to `sink` on s2.
 fn install_two(net: &Net) -> std::path::PathBuf {
@@ -336,10 +353,7 @@ fn start_counts(net: &Net) {
 
 #[test]
 fn install_runs_every_daemon_as_a_systemd_service_that_survives_a_crash_and_uninstall_removes_it() {
-    let Some(mut net) = systemd_net() else { return };
-    for k in 1..=2 {
-        net.boot(k, &HostSpec { systemd: true, ..Default::default() });
-    }
+    let Some(net) = two_systemd_hosts() else { return };
     for index in 0..2 {
         assert_eq!(net.root_ssh(index, "systemctl is-system-running --wait").trim(), "running");
     }
@@ -425,10 +439,7 @@ fn versions(net: &Net) -> std::collections::BTreeMap<String, String> {
 
 #[test]
 fn upgrade_rolls_a_new_build_out_one_machine_at_a_time_and_a_broken_one_is_rolled_back() {
-    let Some(mut net) = systemd_net() else { return };
-    for k in 1..=2 {
-        net.boot(k, &HostSpec { systemd: true, ..Default::default() });
-    }
+    let Some(net) = two_systemd_hosts() else { return };
     let file = net.cluster_yml(&[(0, "s1", "root", ""), (1, "s2", "root", "")]);
     let install = net.run(&["cluster", "install", file.to_str().unwrap()], UP_LIMIT);
     assert_eq!(install.code, Some(0), "{install}");
@@ -513,18 +524,12 @@ fn upgrade_rolls_a_new_build_out_one_machine_at_a_time_and_a_broken_one_is_rolle
     assert!(broken_upgrade.stderr.contains("s1 was rolled back to its previous binary"), "{broken_upgrade}");
     assert_eq!(versions(&net), [("s1".to_owned(), old.clone()), ("s2".to_owned(), old)].into());
 
-    let uninstall = net.run(&["cluster", "uninstall"], UP_LIMIT);
-    assert_eq!(uninstall.code, Some(0), "{uninstall}");
-    let down = net.run(&["cluster", "down"], Duration::from_secs(60));
-    assert_eq!(down.code, Some(0), "{down}");
+    uninstall_and_down(&net);
 }
 
 #[test]
 fn a_host_that_loses_power_or_reboots_comes_back_by_systemd_and_the_dataflow_delivers_again() {
-    let Some(mut net) = systemd_net() else { return };
-    for k in 1..=2 {
-        net.boot(k, &HostSpec { systemd: true, ..Default::default() });
-    }
+    let Some(mut net) = two_systemd_hosts() else { return };
     install_two(&net);
     // s1 sends a count every 100 ms to s2.
     start_counts(&net);
@@ -560,10 +565,7 @@ fn a_host_that_loses_power_or_reboots_comes_back_by_systemd_and_the_dataflow_del
         coordinator_log.contains(&format!("daemon {daemon} is shutting down")),
         "s1's daemon said it was shutting down before the reboot:\n{coordinator_log}"
     );
-    let uninstall = net.run(&["cluster", "uninstall"], UP_LIMIT);
-    assert_eq!(uninstall.code, Some(0), "{uninstall}");
-    let down = net.run(&["cluster", "down"], Duration::from_secs(60));
-    assert_eq!(down.code, Some(0), "{down}");
+    uninstall_and_down(&net);
 }
 
 /// `(daemon id of machine, pid of node)` from the coordinator's view.
@@ -583,10 +585,7 @@ fn daemon_and_pid(net: &Net, machine: &str, node: &str) -> (Option<String>, Opti
 
 #[test]
 fn a_blip_changes_nothing_and_a_partition_marks_nodes_lost_that_run_on_and_come_back_unrestarted() {
-    let Some(mut net) = systemd_net() else { return };
-    for k in 1..=2 {
-        net.boot(k, &HostSpec { systemd: true, ..Default::default() });
-    }
+    let Some(net) = two_systemd_hosts() else { return };
     install_two(&net);
     start_counts(&net);
     let received = |net: &Net| logs(net, "app").lines().filter(|l| l.starts_with("[sink] input in")).count();
@@ -619,18 +618,12 @@ fn a_blip_changes_nothing_and_a_partition_marks_nodes_lost_that_run_on_and_come_
     assert_eq!(daemon_and_pid(&net, "s1", "src").1, Some(u64::from(pid)), "not re-spawned: the same process");
     let before = received(&net);
     poll_until("data flows again after the partition", Duration::from_secs(20), || received(&net) > before + 5);
-    let uninstall = net.run(&["cluster", "uninstall"], UP_LIMIT);
-    assert_eq!(uninstall.code, Some(0), "{uninstall}");
-    let down = net.run(&["cluster", "down"], Duration::from_secs(60));
-    assert_eq!(down.code, Some(0), "{down}");
+    uninstall_and_down(&net);
 }
 
 #[test]
 fn a_restarted_coordinator_reclaims_the_services_and_their_running_nodes() {
-    let Some(mut net) = systemd_net() else { return };
-    for k in 1..=2 {
-        net.boot(k, &HostSpec { systemd: true, ..Default::default() });
-    }
+    let Some(net) = two_systemd_hosts() else { return };
     let file = install_two(&net);
     let file = file.to_str().unwrap();
     start_counts(&net);
@@ -652,18 +645,12 @@ fn a_restarted_coordinator_reclaims_the_services_and_their_running_nodes() {
     });
     assert_eq!(daemon_and_pid(&net, "s1", "src").1, src, "the same source process: reclaimed, not re-spawned");
     assert_eq!(daemon_and_pid(&net, "s2", "sink").1, sink, "the same sink process");
-    let uninstall = net.run(&["cluster", "uninstall"], UP_LIMIT);
-    assert_eq!(uninstall.code, Some(0), "{uninstall}");
-    let down = net.run(&["cluster", "down"], Duration::from_secs(60));
-    assert_eq!(down.code, Some(0), "{down}");
+    uninstall_and_down(&net);
 }
 
 #[test]
 fn scp_and_http_run_nodes_on_hosts_that_never_had_their_binary_and_a_tampered_one_is_refused() {
-    let Some(mut net) = systemd_net() else { return };
-    for k in 1..=2 {
-        net.boot(k, &HostSpec { systemd: true, ..Default::default() });
-    }
+    let Some(net) = two_systemd_hosts() else { return };
     install_two(&net);
     // The node binaries exist only here: a systemd host's root is its own
     // disk, and it shares only the build directory.
@@ -722,18 +709,12 @@ fn scp_and_http_run_nodes_on_hosts_that_never_had_their_binary_and_a_tampered_on
     poll_until("app2 delivers", Duration::from_secs(30), || {
         logs(&net, "app2").lines().filter(|l| l.starts_with("[sink] input in")).count() > 5
     });
-    let uninstall = net.run(&["cluster", "uninstall"], UP_LIMIT);
-    assert_eq!(uninstall.code, Some(0), "{uninstall}");
-    let down = net.run(&["cluster", "down"], Duration::from_secs(60));
-    assert_eq!(down.code, Some(0), "{down}");
+    uninstall_and_down(&net);
 }
 
 #[test]
 fn a_node_that_takes_its_daemon_down_at_once_is_re_spawned_at_most_once_per_recovery_backoff() {
-    let Some(mut net) = systemd_net() else { return };
-    for k in 1..=2 {
-        net.boot(k, &HostSpec { systemd: true, ..Default::default() });
-    }
+    let Some(net) = two_systemd_hosts() else { return };
     // The waits are configurable: a 10 s backoff instead of 30 s keeps the
     // test short and still well apart from systemd's 5 s restarts.
     let file = net.cluster_yml(&[(0, "s1", "root", ""), (1, "s2", "root", "")]);
@@ -784,8 +765,5 @@ fn a_node_that_takes_its_daemon_down_at_once_is_re_spawned_at_most_once_per_reco
     assert!(held_back, "`rill list` showed the node lost while its daemon was back, waiting for the backoff");
     let list = net.run(&["list", "--json"], CLI_LIMIT).json();
     assert_ne!(list["dataflows"][0]["status"], "failed", "{list}");
-    let uninstall = net.run(&["cluster", "uninstall"], UP_LIMIT);
-    assert_eq!(uninstall.code, Some(0), "{uninstall}");
-    let down = net.run(&["cluster", "down"], Duration::from_secs(60));
-    assert_eq!(down.code, Some(0), "{down}");
+    uninstall_and_down(&net);
 }
