@@ -66,10 +66,6 @@ impl Artifacts {
         Self { dir, dialer, in_use: Arc::default() }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Marks `hashes` as used by a share until the returned guard drops.
     pub fn hold(&self, hashes: Vec<String>) -> InUse {
         let mut in_use = self.in_use.lock().unwrap_or_else(|p| p.into_inner());
