@@ -25,6 +25,12 @@ use crate::router::RemoteEnd;
 /// How long an outbound edge waits for its remote subscriber before the
 /// dataflow starts anyway.
 const MATCH_WAIT: Duration = Duration::from_secs(10);
+/// After its producer's end of the edge closed, how long an outbound edge
+/// waits to hear that the producer ended for good (the router says so
+/// within milliseconds; a restart replaces the edge instead).
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+/// Numbers outbound edge threads.
+static OUTBOUND: AtomicU64 = AtomicU64::new(0);
 
 /// Why the bridge could not start.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +51,21 @@ pub struct Bridge {
     /// Key -> the writer into the current local consumer end.
     inbound: Arc<Mutex<HashMap<String, Arc<EdgeWriter>>>>,
     subscribers: Arc<Mutex<HashMap<String, zenoh::pubsub::Subscriber<()>>>>,
+    /// Key -> how to tell its outbound thread that the producer ended for
+    /// good (it then publishes the close after what it forwarded), with the
+    /// thread's number. The thread removes its own entry when it ends: the
+    /// share may end here (and be forgotten) while it still forwards.
+    closers: Arc<Mutex<HashMap<String, (u64, std::sync::mpsc::Sender<()>)>>>,
+    /// Inbound keys whose producer ended for good: a consumer end that
+    /// comes later (a restarted consumer) is closed at once.
+    closed: Arc<Mutex<std::collections::HashSet<String>>>,
+}
+
+/// The message that closes an edge across machines.
+fn closed_message() -> Vec<u8> {
+    let mut out = Vec::new();
+    EdgeMsg::Closed { input: String::new() }.encode(&mut out);
+    out
 }
 
 fn json_list(items: &[String]) -> String {
@@ -85,7 +106,13 @@ impl Bridge {
             set(&mut config, &format!("{link}/close_link_on_expiration"), "true")?;
         }
         let session = zenoh::open(config).wait().map_err(|e| BridgeError(e.to_string()))?;
-        Ok(Self { session, inbound: Arc::default(), subscribers: Arc::default() })
+        Ok(Self {
+            session,
+            inbound: Arc::default(),
+            subscribers: Arc::default(),
+            closers: Arc::default(),
+            closed: Arc::default(),
+        })
     }
 
     /// Serves one far end of an edge of dataflow `uuid` (returns at once).
@@ -106,6 +133,20 @@ impl Bridge {
         }
     }
 
+    /// Local `producer` of dataflow `uuid` ended for good: `consumer`, on
+    /// another machine, gets `InputClosed` after every message it sent.
+    pub fn close(&self, uuid: &str, producer: &str, consumer: &str) {
+        let key = format!("rill/{uuid}/{producer}/{consumer}");
+        let closer = self.closers.lock().ok().and_then(|mut c| c.remove(&key));
+        let told = closer.is_some_and(|(_, closer)| closer.send(()).is_ok());
+        if !told {
+            // No edge thread (the producer never started): nothing to wait for.
+            if let Err(e) = self.session.put(key.clone(), closed_message()).wait() {
+                eprintln!("rill daemon: cannot close {key}: {e}");
+            }
+        }
+    }
+
     fn outbound(&self, key: String, fd: OwnedFd, ready: std::sync::mpsc::Sender<()>) -> Result<(), String> {
         let publisher = self
             .session
@@ -113,6 +154,12 @@ impl Bridge {
             .congestion_control(zenoh::qos::CongestionControl::Block)
             .wait()
             .map_err(|e| e.to_string())?;
+        // A restarted producer's end replaces the old one: the old thread
+        // then ends without closing anything.
+        let (close_tx, close_rx) = std::sync::mpsc::channel::<()>();
+        let number = OUTBOUND.fetch_add(1, Ordering::Relaxed);
+        self.closers.lock().map_err(|_| "poisoned")?.insert(key.clone(), (number, close_tx));
+        let closers = self.closers.clone();
         std::thread::Builder::new()
             .name("bridge-out".into())
             .spawn(move || {
@@ -124,6 +171,18 @@ impl Bridge {
                 }
                 let _ = ready.send(());
                 forward_out(&fd, |bytes| publisher.put(bytes).wait().map_err(|e| e.to_string()));
+                // Everything the producer sent is published. If it ended for
+                // good, the close follows it on the same key.
+                if close_rx.recv_timeout(CLOSE_WAIT).is_ok()
+                    && let Err(e) = publisher.put(closed_message()).wait()
+                {
+                    eprintln!("rill daemon: cannot close {key}: {e}");
+                }
+                if let Ok(mut closers) = closers.lock()
+                    && closers.get(&key).is_some_and(|(n, _)| *n == number)
+                {
+                    closers.remove(&key);
+                }
             })
             .map_err(|e| e.to_string())?;
         Ok(())
@@ -138,6 +197,9 @@ impl Bridge {
         ready: std::sync::mpsc::Sender<()>,
     ) -> Result<(), String> {
         let writer = EdgeWriter::new(consumer, fd, inputs, PoolLimits::from_env()).map_err(|e| e.to_string())?;
+        if self.closed.lock().is_ok_and(|closed| closed.contains(&key)) {
+            writer.close();
+        }
         // A restarted consumer: its new end replaces the old one, whose
         // writer (with its flusher and regions) goes.
         let old = self.inbound.lock().map_err(|_| "poisoned")?.insert(key.clone(), Arc::new(writer));
@@ -145,16 +207,27 @@ impl Bridge {
         let mut subscribers = self.subscribers.lock().map_err(|_| "poisoned")?;
         if let std::collections::hash_map::Entry::Vacant(slot) = subscribers.entry(key.clone()) {
             let writers = self.inbound.clone();
+            let closed = self.closed.clone();
             let sub_key = key;
             let dropped = AtomicU64::new(0);
             let subscriber = self
                 .session
                 .declare_subscriber(sub_key.clone())
                 .callback(move |sample| {
-                    let Some(writer) = writers.lock().ok().and_then(|w| w.get(&sub_key).cloned()) else { return };
+                    let writer = writers.lock().ok().and_then(|w| w.get(&sub_key).cloned());
                     // A contiguous payload is borrowed, not copied: the one
                     // copy of this hop is into the consumer's edge.
                     let bytes = sample.payload().to_bytes();
+                    if EdgeMsg::is_closed(&bytes) {
+                        if let Ok(mut closed) = closed.lock() {
+                            closed.insert(sub_key.clone());
+                        }
+                        if let Some(writer) = writer {
+                            writer.close();
+                        }
+                        return;
+                    }
+                    let Some(writer) = writer else { return };
                     let written = EdgeMsg::split_inline_data(&bytes).map_err(|e| e.to_string()).and_then(
                         |(input, metadata, data)| writer.send(input, metadata, data).map_err(|e| e.to_string()),
                     );
@@ -183,6 +256,9 @@ impl Bridge {
         }
         if let Ok(mut writers) = self.inbound.lock() {
             writers.retain(|key, _| !key.starts_with(&prefix));
+        }
+        if let Ok(mut closed) = self.closed.lock() {
+            closed.retain(|key| !key.starts_with(&prefix));
         }
     }
 }
@@ -232,7 +308,7 @@ fn forward_out(fd: &OwnedFd, publish: impl Fn(Vec<u8>) -> Result<(), String>) {
             EdgeMsg::Unmap { region } => {
                 regions.remove(&region);
             }
-            EdgeMsg::Release { .. } => {}
+            EdgeMsg::Release { .. } | EdgeMsg::Closed { .. } => {}
         }
     }
 }

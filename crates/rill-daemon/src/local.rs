@@ -133,12 +133,20 @@ impl LocalDataflows {
             .keys()
             .filter(|(p, c)| nodes.contains(p) != nodes.contains(c))
             .count();
-        let (ends_tx, ends_rx) = std::sync::mpsc::channel::<crate::router::RemoteEnd>();
+        let (ends_tx, ends_rx) = std::sync::mpsc::channel::<crate::router::Remote>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
         let bridge_uuid = spawn.uuid.clone();
         let ended_bridge = bridge.clone();
         let _ = std::thread::Builder::new().name("bridge-ends".into()).spawn(move || {
-            for end in ends_rx {
+            for event in ends_rx {
+                let end = match (event, &bridge) {
+                    (crate::router::Remote::Closed { producer, consumer }, Some(bridge)) => {
+                        bridge.close(&bridge_uuid, &producer, &consumer);
+                        continue;
+                    }
+                    (crate::router::Remote::Closed { .. }, None) => continue,
+                    (crate::router::Remote::End(end), _) => end,
+                };
                 match &bridge {
                     Some(bridge) => bridge.serve(&bridge_uuid, end, ready_tx.clone()),
                     None => {
@@ -238,6 +246,8 @@ impl LocalDataflows {
 
     /// Begins the stop sequence of every share (the daemon shuts down).
     pub fn stop_all(&mut self) {
+        // Before the stop: nodes that end now are lost, not ended.
+        self.running.values().for_each(StopHandle::leaving);
         let uuids: Vec<String> = self.running.keys().cloned().collect();
         uuids.iter().for_each(|uuid| self.stop(uuid));
     }

@@ -37,6 +37,9 @@ pub enum Command {
     Stop { node: Option<String> },
     /// Every machine is wired: nodes may start (see [`RouterHandle::start`]).
     Go,
+    /// The daemon shuts down: nodes that end now are lost, not ended, for
+    /// consumers on other machines (no `InputClosed` goes to them).
+    Leaving,
     /// End the router thread.
     Shutdown,
 }
@@ -53,11 +56,21 @@ pub struct RemoteEnd {
     pub fd: OwnedFd,
 }
 
+/// What the router tells the cross-machine bridge.
+#[derive(Debug)]
+pub enum Remote {
+    /// A new edge end to serve.
+    End(RemoteEnd),
+    /// Local `producer` ended for good: remote `consumer` gets
+    /// `InputClosed`, behind everything it sent.
+    Closed { producer: String, consumer: String },
+}
+
 /// Where edges to nodes on other machines go.
 pub struct RemotePeers {
     /// Nodes of the dataflow that run elsewhere.
     pub nodes: HashSet<String>,
-    pub ends: Sender<RemoteEnd>,
+    pub ends: Sender<Remote>,
 }
 
 /// Figures the router reports when it ends.
@@ -109,6 +122,7 @@ impl RouterHandle {
             stored_ends: HashMap::new(),
             gone: remote.is_none(),
             remote,
+            leaving: false,
             timers,
             stats: RouterStats::default(),
         };
@@ -175,6 +189,8 @@ struct Router {
     /// `(producer, consumer, holder)` -> the holder's end.
     stored_ends: HashMap<(String, String, String), OwnedFd>,
     remote: Option<RemotePeers>,
+    /// The daemon shuts down (see [`Command::Leaving`]).
+    leaving: bool,
     /// Nodes may start (always, for a dataflow that runs only here).
     gone: bool,
     timers: Vec<Timer>,
@@ -233,8 +249,20 @@ impl Router {
                 Command::Attach { node, instance, socket } => self.attach(node, instance, socket),
                 Command::CloseOutputs { node } => {
                     let targets: Vec<_> = self.routes.fed_by(&node).cloned().collect();
+                    let mut remote_consumers = HashSet::new();
                     for (receiver, input) in targets {
-                        self.send_to_node(&receiver, None, DaemonMsg::InputClosed { input }, None);
+                        match self.remote.as_ref().filter(|r| r.nodes.contains(&receiver)) {
+                            Some(_) => {
+                                remote_consumers.insert(receiver);
+                            }
+                            None => self.send_to_node(&receiver, None, DaemonMsg::InputClosed { input }, None),
+                        }
+                    }
+                    // A daemon shutting down: its nodes are lost, not ended.
+                    if let Some(remote) = self.remote.as_ref().filter(|_| !self.leaving) {
+                        for consumer in remote_consumers {
+                            let _ = remote.ends.send(Remote::Closed { producer: node.clone(), consumer });
+                        }
                     }
                     // Ends kept for it will never be picked up.
                     self.stored_ends.retain(|(_, _, holder), _| holder != &node);
@@ -256,6 +284,7 @@ impl Router {
                         self.send_to_node(&node, None, DaemonMsg::Start, None);
                     }
                 }
+                Command::Leaving => self.leaving = true,
                 Command::Shutdown => return Flow::Shutdown,
             }
         }
@@ -341,7 +370,7 @@ impl Router {
                 outbound: node == producer,
                 fd: theirs,
             };
-            let _ = remote.ends.send(end);
+            let _ = remote.ends.send(Remote::End(end));
         } else if self.by_node.contains_key(peer) {
             self.send_to_node(peer, None, edge_msg(peer), Some(theirs));
         } else if !self.finished.contains(peer) {

@@ -37,7 +37,7 @@ pub struct Share {
     /// The nodes that run here.
     pub local: std::collections::BTreeSet<String>,
     /// Receives the far ends of edges to nodes elsewhere.
-    pub remote_ends: Sender<crate::router::RemoteEnd>,
+    pub remote_ends: Sender<crate::router::Remote>,
 }
 
 impl Default for RunOptions {
@@ -116,6 +116,9 @@ enum RunEvent {
     Stop,
     Kill,
     Go,
+    /// The daemon is shutting down: its nodes will run again elsewhere or
+    /// later, so consumers on other machines are not told their inputs closed.
+    Leaving,
 }
 
 /// Asks a running [`Runtime`] to stop (first call) or to kill (`kill`).
@@ -134,6 +137,11 @@ impl StopHandle {
     /// Every machine of a shared dataflow is wired: nodes may start.
     pub fn go(&self) {
         let _ = self.0.send(RunEvent::Go);
+    }
+    /// The daemon shuts down (then [`StopHandle::stop`]): its nodes are lost,
+    /// not ended, for consumers on other machines.
+    pub fn leaving(&self) {
+        let _ = self.0.send(RunEvent::Leaving);
     }
 }
 
@@ -278,6 +286,7 @@ impl Runtime {
                     pending.extend(supervisor.kill_all(now()));
                 }
                 Ok(RunEvent::Go) => router.send(Command::Go),
+                Ok(RunEvent::Leaving) => router.send(Command::Leaving),
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
             }
             pending.extend(supervisor.tick(now()));

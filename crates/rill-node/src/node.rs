@@ -49,6 +49,8 @@ pub struct Node {
     inputs: HashMap<String, usize>,
     outputs: HashSet<String>,
     open_inputs: HashSet<String>,
+    /// Inputs whose `InputClosed` is queued (at most one each).
+    closing: HashSet<String>,
     queue: BoundedQueue<String, Event>,
     in_edges: Vec<InEdge>,
     outbound: Arc<Outbound>,
@@ -100,6 +102,7 @@ impl Node {
             id: env_var(env::NODE_ID)?,
             control,
             open_inputs: inputs.keys().cloned().collect(),
+            closing: HashSet::new(),
             inputs,
             outputs,
             queue: BoundedQueue::default(),
@@ -286,7 +289,9 @@ impl Node {
                 if let Some(i) = self.in_edges.iter().position(|e| e.inputs.contains(&input)) {
                     self.drain_in_edge(i);
                 }
-                self.queue.push(None, 0, Event::InputClosed { id: input });
+                if self.closing.insert(input.clone()) {
+                    self.queue.push(None, 0, Event::InputClosed { id: input });
+                }
             }
             DaemonMsg::Stop => {
                 // Stop is not kept waiting behind a deep input queue.
@@ -375,6 +380,12 @@ impl Node {
                 }
                 EdgeMsg::Unmap { region } => {
                     edge.mappings.remove(&region);
+                }
+                // From the bridge, behind everything the remote producer sent.
+                EdgeMsg::Closed { input } => {
+                    if edge.inputs.contains(&input) && self.closing.insert(input.clone()) {
+                        self.queue.push(None, 0, Event::InputClosed { id: input });
+                    }
                 }
                 EdgeMsg::Release { .. } => {}
             }

@@ -266,6 +266,21 @@ impl Sending {
         self.settle(destroyed, void, now);
     }
 
+    /// Tells every consumer that `output`'s inputs are closed for good,
+    /// behind what waits for them (never dropped).
+    pub(crate) fn close(&mut self, output: &str) {
+        let mut void = Vec::new();
+        for i in 0..self.edges.len() {
+            let inputs: Vec<String> =
+                self.edges[i].routes.get(output).into_iter().flatten().map(|(input, _)| input.clone()).collect();
+            for input in inputs {
+                let msg = EdgeMsg::Closed { input };
+                self.backlog_started |= self.edges[i].offer(&self.pool, None, usize::MAX, msg, &mut void);
+            }
+        }
+        self.settle(Vec::new(), void, Instant::now());
+    }
+
     /// Reads releases, writes backlogs, and gives up on consumers that left.
     pub(crate) fn service(&mut self, now: Instant) {
         self.read_releases(now);

@@ -75,6 +75,16 @@ impl EdgeWriter {
     }
 }
 
+impl EdgeWriter {
+    /// The producer ended for good (on its machine): each input gets
+    /// `InputClosed` after every message written before.
+    pub fn close(&self) {
+        for input in &self.inputs {
+            self.outbound.with(|s| s.close(input));
+        }
+    }
+}
+
 impl Drop for EdgeWriter {
     fn drop(&mut self) {
         self.outbound.stop_flusher();

@@ -110,6 +110,10 @@ pub enum EdgeMsg {
     Unmap { region: u64 },
     /// Consumer -> producer: `count` deliveries of `region` are done with.
     Release { region: u64, count: u32 },
+    /// Producer -> consumer, after everything it sent: `input` is closed
+    /// for good (its producer ran on another machine and ended there; the
+    /// bridge says so in the edge, so the close cannot pass its data).
+    Closed { input: String },
 }
 
 const TAG_EDGE: u8 = 10;
@@ -120,6 +124,7 @@ const TAG_STOP: u8 = 14;
 const TAG_DATA: u8 = 20;
 const TAG_UNMAP: u8 = 21;
 const TAG_RELEASE: u8 = 22;
+const TAG_CLOSED: u8 = 23;
 const PAYLOAD_INLINE: u8 = 0;
 const PAYLOAD_SHARED: u8 = 1;
 
@@ -232,7 +237,17 @@ impl EdgeMsg {
                 w.u64(*region);
                 w.u64(u64::from(*count));
             }
+            EdgeMsg::Closed { input } => {
+                w.u8(TAG_CLOSED);
+                w.str(input);
+            }
         }
+    }
+
+    /// Whether an encoded message is a [`EdgeMsg::Closed`] (checked without
+    /// decoding, on the data path).
+    pub fn is_closed(buf: &[u8]) -> bool {
+        buf.first() == Some(&TAG_CLOSED)
     }
 
     /// Encodes `Data` with an inline payload copied straight from `payload`
@@ -279,6 +294,7 @@ impl EdgeMsg {
             }
             TAG_UNMAP => EdgeMsg::Unmap { region: r.u64()? },
             TAG_RELEASE => EdgeMsg::Release { region: r.u64()?, count: u32::try_from(r.u64()?).unwrap_or(u32::MAX) },
+            TAG_CLOSED => EdgeMsg::Closed { input: r.str()?.to_owned() },
             other => return Err(DecodeError::UnknownTag(other)),
         };
         r.finish()?;
@@ -329,6 +345,10 @@ mod tests {
         });
         edge_roundtrip(EdgeMsg::Unmap { region: 3 });
         edge_roundtrip(EdgeMsg::Release { region: 3, count: 2 });
+        edge_roundtrip(EdgeMsg::Closed { input: "frames".into() });
+        let mut closed = Vec::new();
+        EdgeMsg::Closed { input: String::new() }.encode(&mut closed);
+        assert!(EdgeMsg::is_closed(&closed) && !EdgeMsg::is_closed(&[TAG_DATA]) && !EdgeMsg::is_closed(&[]));
     }
 
     #[test]

@@ -193,6 +193,125 @@ fn a_sink_on_another_daemon_receives_every_message() {
     assert!(log_b().contains("input large len=1048576"), "{}", procs.logs());
 }
 
+/// Lines daemon `b` printed for `flow`'s sink: (input, seq, len) per
+/// message, and "closed INPUT" lines, in order.
+fn sink_lines(procs: &Processes, flow: &str) -> Vec<String> {
+    let prefix = format!("[{flow}/sink] ");
+    std::fs::read_to_string(procs.log_path("daemon-b"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+        .collect()
+}
+
+fn seqs_of(lines: &[String], input: &str) -> Vec<u64> {
+    lines
+        .iter()
+        .filter(|l| l.starts_with(&format!("input {input} ")))
+        .filter_map(|l| l.split("seq=").nth(1)?.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_producer_that_ends_on_another_machine_closes_the_input_after_everything_it_sent() {
+    let (procs, port) = two_daemons();
+    let flow = crate::support::Flow::new(
+        "nodes:\n  - id: source\n    path: {node}\n    args: [burst, '300', '8']\n    outputs: [out]\n    deploy: { machine: a }\n  - id: frames\n    path: {node}\n    args: [burst, '12', '1048576']\n    outputs: [out]\n    deploy: { machine: a }\n  - id: sink\n    path: {node}\n    args: [print]\n    inputs:\n      small: { source: source/out, queue_size: 1000 }\n      large: { source: frames/out, queue_size: 100 }\n    deploy: { machine: b }\n",
+    );
+    let (code, _, stderr) = rill_json(&[
+        "start",
+        &flow.file.display().to_string(),
+        "--name",
+        "closing",
+        "--coordinator-port",
+        &port.to_string(),
+        "--json",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}\n{}", procs.logs());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let closed = |lines: &[String]| lines.iter().any(|l| l == "closed small") && lines.iter().any(|l| l == "closed large");
+    while !closed(&sink_lines(&procs, "closing")) {
+        assert!(Instant::now() < deadline, "the sink's inputs were not closed\n{}", procs.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let lines = sink_lines(&procs, "closing");
+    assert_eq!(seqs_of(&lines, "small"), (0..300).collect::<Vec<_>>(), "{}", procs.logs());
+    assert_eq!(seqs_of(&lines, "large"), (0..12).collect::<Vec<_>>(), "{}", procs.logs());
+    for input in ["small", "large"] {
+        let close = lines.iter().position(|l| *l == format!("closed {input}")).unwrap_or(0);
+        let last = lines.iter().rposition(|l| l.starts_with(&format!("input {input} "))).unwrap_or(usize::MAX);
+        assert!(last < close, "InputClosed for {input} came after its last message:\n{}", lines.join("\n"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sink_lines(&procs, "closing").iter().any(|l| l.starts_with("done after 312 inputs")) {
+        assert!(Instant::now() < deadline, "the sink did not end once its inputs closed\n{}", procs.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_producer_whose_daemon_shuts_down_is_lost_not_ended_for_a_consumer_on_another_machine() {
+    let (mut procs, port) = two_daemons();
+    let flow = crate::support::Flow::new(
+        "nodes:\n  - id: source\n    path: {node}\n    args: count-send\n    inputs: { t: rill/timer/millis/50 }\n    outputs: [out]\n    deploy: { machine: a }\n  - id: sink\n    path: {node}\n    args: [print]\n    inputs: { in: source/out }\n    deploy: { machine: b }\n",
+    );
+    let (code, _, stderr) =
+        rill_json(&["start", &flow.file.display().to_string(), "--name", "lost", "--coordinator-port", &port.to_string(), "--json"]);
+    assert_eq!(code, Some(0), "{stderr}\n{}", procs.logs());
+    let received = |procs: &Processes| seqs_of(&sink_lines(procs, "lost"), "in").len();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while received(&procs) < 5 {
+        assert!(Instant::now() < deadline, "nothing crossed\n{}", procs.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    procs.signal("daemon-a", libc::SIGTERM);
+    assert_eq!(procs.wait_exit("daemon-a", Duration::from_secs(20)), Some(0), "{}", procs.logs());
+    let before = received(&procs);
+    procs.start("daemon-a2", &["daemon", "--machine-id", "a", "--coordinator-port", &port.to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received(&procs) < before + 5 {
+        assert!(Instant::now() < deadline, "the source did not come back to the sink\n{}", procs.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let lines = sink_lines(&procs, "lost");
+    assert!(!lines.iter().any(|l| l.starts_with("closed") || l.starts_with("done")), "{}", lines.join("\n"));
+}
+
+#[test]
+fn a_burst_of_4_mib_messages_crosses_machines_complete_in_order_with_the_marker_last() {
+    let (procs, port) = two_daemons();
+    let flow = crate::support::Flow::new(
+        "nodes:\n  - id: source\n    path: {node}\n    args: [burst-sleep, '60', '100:4194304,1:1']\n    outputs: [out]\n    deploy: { machine: a }\n  - id: sink\n    path: {node}\n    args: [print]\n    inputs:\n      frames: { source: source/out, queue_size: 128 }\n    deploy: { machine: b }\n",
+    );
+    let (code, _, stderr) = rill_json(&[
+        "start",
+        &flow.file.display().to_string(),
+        "--name",
+        "burst",
+        "--coordinator-port",
+        &port.to_string(),
+        "--json",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}\n{}", procs.logs());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seqs_of(&sink_lines(&procs, "burst"), "frames").len() < 101 {
+        assert!(
+            Instant::now() < deadline,
+            "{} of 101 arrived\n{}",
+            seqs_of(&sink_lines(&procs, "burst"), "frames").len(),
+            procs.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let lines = sink_lines(&procs, "burst");
+    let frames: Vec<&String> = lines.iter().filter(|l| l.starts_with("input frames ")).collect();
+    assert_eq!(frames.len(), 101, "{}", lines.join("\n"));
+    assert_eq!(seqs_of(&lines, "frames"), (0..=100).collect::<Vec<_>>(), "complete and in order");
+    assert!(frames[..100].iter().all(|l| l.contains("len=4194304")), "every frame whole");
+    // (The smallest message the test node sends holds its sequence number: 8 bytes.)
+    assert!(frames[100].contains("len=8 seq=100"), "the marker last: {}", frames[100]);
+}
+
 #[test]
 fn restart_needs_no_yaml_and_reports_old_and_new_uuid() {
     let (procs, port) = two_daemons();
