@@ -55,11 +55,14 @@ pub struct Bridge {
     /// good (it then publishes the close after what it forwarded), with the
     /// thread's number. The thread removes its own entry when it ends: the
     /// share may end here (and be forgotten) while it still forwards.
-    closers: Arc<Mutex<HashMap<String, (u64, std::sync::mpsc::Sender<()>)>>>,
+    closers: Arc<Mutex<HashMap<String, Closer>>>,
     /// Inbound keys whose producer ended for good: a consumer end that
     /// comes later (a restarted consumer) is closed at once.
     closed: Arc<Mutex<std::collections::HashSet<String>>>,
 }
+
+/// An outbound edge thread's number, and how to tell it its producer ended.
+type Closer = (u64, std::sync::mpsc::Sender<()>);
 
 /// The message that closes an edge across machines.
 fn closed_message() -> Vec<u8> {
@@ -139,11 +142,29 @@ impl Bridge {
         let key = format!("rill/{uuid}/{producer}/{consumer}");
         let closer = self.closers.lock().ok().and_then(|mut c| c.remove(&key));
         let told = closer.is_some_and(|(_, closer)| closer.send(()).is_ok());
-        if !told {
-            // No edge thread (the producer never started): nothing to wait for.
-            if let Err(e) = self.session.put(key.clone(), closed_message()).wait() {
+        if told {
+            return;
+        }
+        // No edge thread (the producer never started): nothing to wait for
+        // but the consumer's subscription, which may not be there yet.
+        let session = self.session.clone();
+        let closing = std::thread::Builder::new().name("bridge-close".into()).spawn(move || {
+            let publisher = match session.declare_publisher(key.clone()).wait() {
+                Ok(publisher) => publisher,
+                Err(e) => return eprintln!("rill daemon: cannot close {key}: {e}"),
+            };
+            let deadline = std::time::Instant::now() + MATCH_WAIT;
+            while std::time::Instant::now() < deadline
+                && !publisher.matching_status().wait().is_ok_and(|m| m.matching())
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if let Err(e) = publisher.put(closed_message()).wait() {
                 eprintln!("rill daemon: cannot close {key}: {e}");
             }
+        });
+        if let Err(e) = closing {
+            eprintln!("rill daemon: cannot close an edge: {e}");
         }
     }
 
