@@ -796,7 +796,11 @@ fn down(file: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
         let (status, detail) = match &result {
             Ok(out) if remote::field(&out.stdout, "stopped").is_some() => ("stopped", String::from("OK")),
             Ok(out) if remote::field(&out.stdout, "killed").is_some() => {
-                ("killed", format!("OK (killed: it did not stop within {} s)", remote::STOP_GRACE_SECS))
+                let grace = match installed.contains(&machine.id) {
+                    true => rill_cluster::service::STOP_TIMEOUT_SECS,
+                    false => remote::STOP_GRACE_SECS,
+                };
+                ("killed", format!("OK (killed: it did not stop within {grace} s)"))
             }
             Ok(out) if out.stdout.contains("not_running") => ("not_running", "OK (was not running)".into()),
             Ok(out) if out.stdout.contains("step=stop ok") => ("stopped", "OK (service stopped)".into()),

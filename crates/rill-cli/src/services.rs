@@ -205,6 +205,7 @@ pub fn uninstall(file: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
     let results = each_machine(&machines, |m| ssh.run(&Target::of(m), &service::uninstall_script(&m.id), b"", SERVICE_LIMIT));
     let mut outcomes: BTreeMap<String, Result<(), Failure>> = BTreeMap::new();
     for (machine, result) in machines.iter().zip(results) {
+        let killed = result.as_ref().is_ok_and(|out| remote::field(&out.stdout, "killed").is_some());
         let outcome = match result {
             Err(e) => Err(Failure::of_ssh(&e)),
             Ok(out) => match failed_steps(&out.stdout) {
@@ -214,6 +215,12 @@ pub fn uninstall(file: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
             },
         };
         match &outcome {
+            Ok(()) if killed => line(
+                json,
+                "Uninstalling",
+                machine,
+                &format!("OK (the daemon did not stop within {} s; systemd killed it)", service::STOP_TIMEOUT_SECS),
+            ),
             Ok(()) => line(json, "Uninstalling", machine, "OK"),
             Err(failure) => line(json, "Uninstalling", machine, &format!("FAILED: {}", failure.message)),
         }

@@ -98,7 +98,7 @@ pub fn unit(spec: &ServiceSpec) -> String {
          # SIGTERM to the daemon only: it stops its nodes in order and tells\n\
          # the coordinator (so they come back where it returns); then SIGKILL to all.\n\
          KillMode=mixed\n\
-         TimeoutStopSec=30\n\
+         TimeoutStopSec={STOP_TIMEOUT_SECS}\n\
          Restart=on-failure\n\
          RestartSec=5\n\
          RestartPreventExitStatus={PERMANENT_EXITS}\n\
@@ -112,10 +112,17 @@ pub fn unit(spec: &ServiceSpec) -> String {
     )
 }
 
-/// `sudo -n` unless root; then the step helper.
+/// `sudo -n` unless root; the step helper; and `stop_unit`, which prints
+/// `killed=1` when systemd had to SIGKILL the daemon because it did not
+/// stop within `TimeoutStopSec` of SIGTERM (its nodes were not stopped in
+/// order: worth telling, and a test can see it).
 const PRELUDE: &str = r#"if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi
 step() { name=$1; shift; if "$@"; then echo "step=$name ok"; else echo "step=$name failed"; return 1; fi; }
+stop_unit() { $SUDO systemctl stop "$1" || return 1; [ "$($SUDO systemctl show -p Result --value "$1" 2>/dev/null)" != timeout ] || echo "killed=1"; }
 "#;
+
+/// Seconds systemd gives the daemon between SIGTERM and SIGKILL.
+pub const STOP_TIMEOUT_SECS: u32 = 30;
 
 /// Installs (or updates) the service and (re)starts it; the join token is
 /// the script's stdin. Stops at the first failed step.
@@ -143,7 +150,7 @@ pub fn uninstall_script(machine_id: &str) -> String {
     format!(
         r#"{PRELUDE}failed=0
 if $SUDO systemctl cat {name} > /dev/null 2>&1; then
-  step stop $SUDO systemctl stop {name} || failed=1
+  step stop stop_unit {name} || failed=1
   step disable $SUDO systemctl disable --quiet {name} || failed=1
 else
   echo "step=stop ok"; echo "step=disable ok"
@@ -168,7 +175,7 @@ pub fn start_script(machine_id: &str) -> String {
 
 /// Stops the service (`rill cluster down`), leaving it installed.
 pub fn stop_script(machine_id: &str) -> String {
-    format!("{PRELUDE}step stop $SUDO systemctl stop {}\n", quote(&unit_name(machine_id)))
+    format!("{PRELUDE}step stop stop_unit {}\n", quote(&unit_name(machine_id)))
 }
 
 /// Receives a new rill binary on stdin into a temporary file and runs its

@@ -167,8 +167,11 @@ impl LocalDataflows {
             let deadline = std::time::Instant::now() + READY_WAIT;
             for _ in 0..expected {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
-                if ready_rx.recv_timeout(left).is_err() {
-                    break;
+                match ready_rx.recv_timeout(left) {
+                    Ok(()) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+                    // The share ended before it was wired.
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
                 }
             }
             let _ = ready_reports.send(ShareReport::Ready { uuid: ready_uuid });

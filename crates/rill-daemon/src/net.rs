@@ -164,6 +164,19 @@ impl Shares {
         self.local.ended(uuid);
     }
 
+    /// A share's report, to be sent. A share that ended before it was
+    /// wired may still say it is ready afterwards: that is dropped, since
+    /// the coordinator never confirms it and a daemon shutting down would
+    /// wait for the confirmation forever.
+    fn queue(&mut self, report: ShareReport) {
+        match &report {
+            ShareReport::Finished((uuid, _, _)) => self.ended(uuid),
+            ShareReport::Ready { uuid } if !self.local.running().contains(uuid) => return,
+            ShareReport::Ready { .. } => {}
+        }
+        self.unreported.push(report);
+    }
+
     /// What a registration reports as ours: running shares, and ended ones
     /// whose end the coordinator has not heard yet (so it reclaims them and
     /// hears the end, instead of starting them again).
@@ -435,10 +448,7 @@ async fn connect_once(
             }
             done = finished_rx.recv() => {
                 if let Some(report) = done {
-                    if let ShareReport::Finished((uuid, _, _)) = &report {
-                        shares.ended(uuid);
-                    }
-                    shares.unreported.push(report);
+                    shares.queue(report);
                 }
                 // The share's node statuses were queued before its end: send
                 // them first, so the coordinator sees them in that order.
@@ -584,6 +594,33 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_share_that_says_ready_after_its_end_does_not_keep_a_leaving_daemon_waiting() {
+        let (_stream_tx, stream_rx) = mpsc::channel(1);
+        let (finished_tx, finished_rx) = mpsc::unbounded_channel();
+        let mut shares = Shares {
+            stream_rx: Some(stream_rx),
+            bridge: None,
+            local: LocalDataflows::default(),
+            finished_tx,
+            finished_rx: Some(finished_rx),
+            on_local: Arc::new(|_| {}),
+            unreported: Vec::new(),
+            unconfirmed: Vec::new(),
+            statuses: Arc::default(),
+            leaving: true,
+        };
+        let uuid = "00000000-0000-0000-0000-000000000001".to_owned();
+        shares.queue(ShareReport::Finished((uuid.clone(), false, "node `src` failed".into())));
+        // Its ready wait timed out after the share ended.
+        shares.queue(ShareReport::Ready { uuid: uuid.clone() });
+        let mut sent: Vec<Message> = Vec::new();
+        shares.report(&mut sent).await.expect("sent");
+        assert_eq!(sent.len(), 1, "only the end is reported: {sent:?}");
+        shares.confirmed(&uuid, true);
+        assert!(shares.done_leaving(), "nothing left to wait for: {:?}", shares.unconfirmed);
+    }
 
     #[test]
     fn backoff_doubles_caps_and_jitters_down_by_at_most_a_fifth() {

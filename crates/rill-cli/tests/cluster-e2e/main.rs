@@ -324,6 +324,8 @@ fn two_systemd_hosts() -> Option<Net> {
 fn uninstall_and_down(net: &Net) {
     let uninstall = net.run(&["cluster", "uninstall"], UP_LIMIT);
     assert_eq!(uninstall.code, Some(0), "{uninstall}");
+    // A daemon stops by itself on SIGTERM: systemd's SIGKILL means it hung.
+    assert!(!uninstall.stdout.contains("systemd killed it"), "{uninstall}\n{}", net.logs());
     let down = net.run(&["cluster", "down"], Duration::from_secs(60));
     assert_eq!(down.code, Some(0), "{down}");
 }
