@@ -176,15 +176,15 @@ async fn connect(dial: &Dial) -> Result<(Link, &'static str), DialError> {
     let (link, scheme) = match &dial.tls {
         None => (MaybeTls::Plain(Quiet(tcp)), "ws"),
         Some(config) => {
-            let name = ServerName::try_from(host_of(&addr).to_owned())
-                .map_err(|e| DialError::Tls {
-                    addr: addr.clone(),
-                    reason: format!("not a host name: {e}"),
-                    untrusted: true,
-                })?;
-            let tls = tokio_rustls::TlsConnector::from(config.clone()).connect(name, Quiet(tcp)).await.map_err(|e| {
-                DialError::Tls { addr: addr.clone(), reason: tls_reason(&e), untrusted: certificate_refused(&e) }
+            let name = ServerName::try_from(host_of(&addr).to_owned()).map_err(|e| DialError::Tls {
+                addr: addr.clone(),
+                reason: format!("not a host name: {e}"),
+                untrusted: true,
             })?;
+            let tls =
+                tokio_rustls::TlsConnector::from(config.clone()).connect(name, Quiet(tcp)).await.map_err(|e| {
+                    DialError::Tls { addr: addr.clone(), reason: tls_reason(&e), untrusted: certificate_refused(&e) }
+                })?;
             (MaybeTls::Tls(Box::new(tls)), "wss")
         }
     };

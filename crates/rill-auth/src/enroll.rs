@@ -72,7 +72,8 @@ impl DaemonKey {
         let rng = ring::rand::SystemRandom::new();
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, der.secret_pkcs8_der(), &rng)
             .map_err(|e| AuthError::Tls(rustls::Error::General(format!("the daemon key: {e}"))))?;
-        let signature = pair.sign(&rng, proof_message(token, machine_id, ca).as_bytes()).map_err(|_| AuthError::Random)?;
+        let signature =
+            pair.sign(&rng, proof_message(token, machine_id, ca).as_bytes()).map_err(|_| AuthError::Random)?;
         Ok(crate::hex(signature.as_ref()))
     }
 

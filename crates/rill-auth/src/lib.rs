@@ -6,10 +6,10 @@
 
 pub mod ca;
 pub mod config;
-pub mod digest;
-pub mod enroll;
 #[cfg(feature = "dial")]
 pub mod dial;
+pub mod digest;
+pub mod enroll;
 pub mod files;
 pub mod fingerprint;
 pub mod identity;

@@ -87,7 +87,8 @@ impl ServerCertVerifier for PinnedCa {
                 .map_err(|e| rustls::Error::General(e.to_string()))?;
         webpki.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)?;
         // And it is the coordinator's: no other certificate of the CA has this name.
-        let coordinator = ServerName::try_from(crate::ca::COORDINATOR_NAME).map_err(|e| rustls::Error::General(e.to_string()))?;
+        let coordinator =
+            ServerName::try_from(crate::ca::COORDINATOR_NAME).map_err(|e| rustls::Error::General(e.to_string()))?;
         webpki.verify_server_cert(end_entity, &[], &coordinator, ocsp_response, now).map_err(|_| {
             rustls::Error::General(format!(
                 "the server's certificate is from the pinned cluster CA but is not a coordinator's (no {})",

@@ -3,7 +3,9 @@
 //! process, data between them over the real bridge (Zenoh on loopback); the
 //! baseline is a raw TCP ping-pong on loopback in the same run.
 
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,7 +34,12 @@ pub fn run(yaml: &str, expected: usize, plaintext: bool) -> anyhow::Result<Vec<s
         };
         let dial = rill_auth::dial::Dial { addr: addr.clone(), tls, bearer: Some(identity.admin.expose()) };
         let security = rill_coordinator::Security { identity: Arc::new(identity), plaintext };
-        tokio::spawn(rill_coordinator::serve_on(listener, rill_coordinator::Store::Memory, Default::default(), security));
+        tokio::spawn(rill_coordinator::serve_on(
+            listener,
+            rill_coordinator::Store::Memory,
+            Default::default(),
+            security,
+        ));
         for machine in ["a", "b"] {
             let config = DaemonConfig {
                 machine_id: Some(machine.into()),
@@ -83,7 +90,9 @@ pub fn run(yaml: &str, expected: usize, plaintext: bool) -> anyhow::Result<Vec<s
             descriptor,
             name: Some("bench".into()),
             base_dir: bin_dir.display().to_string(),
-            dry_run: false, wait_ms: None };
+            dry_run: false,
+            wait_ms: None,
+        };
         client.request(&start).await?;
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
@@ -106,6 +115,135 @@ pub fn run(yaml: &str, expected: usize, plaintext: bool) -> anyhow::Result<Vec<s
     runtime.shutdown_timeout(Duration::from_secs(2));
     let lines = results.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
     lines.iter().map(|l| serde_json::from_str(l).context("bad RESULT line")).collect()
+}
+
+/// The link between the two relays of [`relay_baseline`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    Tcp,
+    /// TLS with the data plane's rustls settings (see [`tls_baseline`]).
+    Tls,
+}
+
+/// p50 one-way latency (round trip / 2) of the floor of the bridge's
+/// architecture, three hops each way: ping → Unix socket → relay → TCP or
+/// TLS on loopback → relay → Unix socket → an echo process, and back. Each
+/// relay is a thread that blocks on its sockets, as the daemons' bridge
+/// threads do; the echo runs in a process of its own, as the pong node does.
+pub fn relay_baseline(size: usize, iters: usize, link: Link) -> anyhow::Result<f64> {
+    let (ping_end, near_unix) = UnixStream::pair()?;
+    let (echo_end, far_unix) = UnixStream::pair()?;
+    let mut echo = std::process::Command::new(std::env::current_exe()?)
+        .args(["echo-server", &size.to_string()])
+        .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(echo_end)))
+        .spawn()?;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let tls = match link {
+        Link::Tcp => None,
+        Link::Tls => {
+            let ca = rill_auth::ClusterCa::generate()?;
+            let issued = ca.issue_server(&["127.0.0.1".into()])?;
+            Some((rill_auth::tls::server_config(&ca, &issued)?, rill_auth::tls::client_config(ca.fingerprint(), None)?))
+        }
+    };
+    let server = tls.as_ref().map(|(server, _)| server.clone());
+    let far = std::thread::spawn(move || -> anyhow::Result<()> {
+        let (stream, _) = listener.accept()?;
+        stream.set_nodelay(true)?;
+        match server {
+            None => relay(far_unix, stream, size, false),
+            Some(config) => {
+                relay(far_unix, rustls::StreamOwned::new(rustls::ServerConnection::new(config)?, stream), size, false)
+            }
+        }
+        Ok(())
+    });
+    let stream = TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    let near = match tls {
+        None => std::thread::spawn(move || relay(near_unix, stream, size, true)),
+        Some((_, client)) => {
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+            let conn = rustls::ClientConnection::new(client, name)?;
+            std::thread::spawn(move || relay(near_unix, rustls::StreamOwned::new(conn, stream), size, true))
+        }
+    };
+    let p50 = rill_bench::ping_pong(ping_end, size, iters);
+    // The ping's end is closed: each relay in turn sees the end.
+    let _ = near.join();
+    let _ = far.join();
+    let _ = echo.wait();
+    Ok(p50?)
+}
+
+/// Forwards `size`-byte messages between a Unix socket and the link, one
+/// at a time each way (a ping-pong): the near relay reads the ping's Unix
+/// socket first, the far one the link. Returns when either side ends.
+fn relay(mut unix: UnixStream, mut link: impl Read + Write, size: usize, near: bool) {
+    let mut buf = vec![0u8; size];
+    let forward = |from: &mut dyn Read, to: &mut dyn Write, buf: &mut [u8]| {
+        from.read_exact(buf).is_ok() && to.write_all(buf).is_ok() && to.flush().is_ok()
+    };
+    // The far relay first passes the ping on; then both answer in turn.
+    if !near && !forward(&mut link, &mut unix, &mut buf) {
+        return;
+    }
+    while forward(&mut unix, &mut link, &mut buf) && forward(&mut link, &mut unix, &mut buf) {}
+}
+
+/// MB/s of `count` messages of `size` bytes streamed one way over one
+/// loopback hop (TCP, or TLS with the data plane's settings), from the
+/// first write to the last byte read.
+pub fn stream_baseline(size: usize, count: usize, link: Link) -> anyhow::Result<f64> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let configs = match link {
+        Link::Tcp => None,
+        Link::Tls => {
+            let ca = rill_auth::ClusterCa::generate()?;
+            let issued = ca.issue_server(&["127.0.0.1".into()])?;
+            Some((rill_auth::tls::server_config(&ca, &issued)?, rill_auth::tls::client_config(ca.fingerprint(), None)?))
+        }
+    };
+    let server = configs.as_ref().map(|(server, _)| server.clone());
+    let reader = std::thread::spawn(move || -> anyhow::Result<Instant> {
+        let (stream, _) = listener.accept()?;
+        let mut buf = vec![0u8; size];
+        let mut read_all = |mut from: Box<dyn Read>| -> std::io::Result<()> {
+            for _ in 0..count {
+                from.read_exact(&mut buf)?;
+            }
+            Ok(())
+        };
+        match server {
+            None => read_all(Box::new(stream))?,
+            Some(config) => {
+                read_all(Box::new(rustls::StreamOwned::new(rustls::ServerConnection::new(config)?, stream)))?
+            }
+        }
+        Ok(Instant::now())
+    });
+    let stream = TcpStream::connect(addr)?;
+    let payload = vec![1u8; size];
+    let mut writer: Box<dyn Write> = match configs {
+        None => Box::new(stream),
+        Some((_, client)) => {
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+            Box::new(rustls::StreamOwned::new(rustls::ClientConnection::new(client, name)?, stream))
+        }
+    };
+    // (The TLS handshake completes with the first write, before the clock starts.)
+    writer.write_all(&[])?;
+    writer.flush()?;
+    let start = Instant::now();
+    for _ in 0..count {
+        writer.write_all(&payload)?;
+    }
+    writer.flush()?;
+    let end = reader.join().map_err(|_| anyhow::anyhow!("the reader panicked"))??;
+    drop(writer);
+    Ok((size * count) as f64 / end.duration_since(start).as_secs_f64() / 1e6)
 }
 
 /// p50 one-way latency (round trip / 2) of a raw TCP ping-pong on loopback.

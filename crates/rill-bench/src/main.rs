@@ -93,7 +93,18 @@ fn main() -> anyhow::Result<()> {
         Command::Latency { quick, json, sizes, cross, insecure_plaintext } => {
             latency(quick, json, &sizes, cross.then_some(insecure_plaintext))
         }
-        Command::Burst { quick, json, sizes, count, rounds, idle_ms, touch, rss_after_s, cross, insecure_plaintext } => {
+        Command::Burst {
+            quick,
+            json,
+            sizes,
+            count,
+            rounds,
+            idle_ms,
+            touch,
+            rss_after_s,
+            cross,
+            insecure_plaintext,
+        } => {
             let idle_ms = idle_ms.unwrap_or(if quick { 300 } else { 2000 });
             let plan = BurstPlan { sizes, rounds, count, idle_ms, rss_wait_s: rss_after_s };
             burst(&plan, touch, cross.then_some(insecure_plaintext), json)
@@ -141,25 +152,57 @@ fn latency_cross(quick: bool, json: bool, sizes: &[usize], plaintext: bool) -> a
     let (hot, paced, bursts) = if quick { (300, 50, 5) } else { (3000, 300, 50) };
     let yaml = rill_bench::ping_pong_yaml(sizes, hot, paced, bursts, true)?;
     let results = cross::run(&yaml, sizes.len(), plaintext)?;
-    let transport = if plaintext { "plaintext" } else { "tls" };
+    let (transport, link) = if plaintext { ("plaintext", cross::Link::Tcp) } else { ("tls", cross::Link::Tls) };
     if !json {
         println!("cross-daemon (bridge over loopback), data links: {transport}");
         println!(
-            "{:>9} {:>9} {:>9} {:>12} {:>12} {:>11} {:>14} {:>14}",
-            "size", "p50_us", "p99_us", "paced_p50", "paced_p99", "msgs/s", "tcp_base_p50", "tls_base_p50"
+            "baseline: the same three hops with raw relays ({transport}); tcp: one hop of raw TCP (latency and streamed MB/s)"
+        );
+        println!(
+            "{:>9} {:>9} {:>9} {:>12} {:>12} {:>11} {:>9} {:>12} {:>7} {:>9} {:>9} {:>7}",
+            "size",
+            "p50_us",
+            "p99_us",
+            "paced_p50",
+            "paced_p99",
+            "msgs/s",
+            "MB/s",
+            "baseline_p50",
+            "ratio",
+            "tcp_p50",
+            "tcp_MB/s",
+            "of_tcp"
         );
     }
+    let stream_bytes: usize = if quick { 16 << 20 } else { 128 << 20 };
     for (size, mut result) in sizes.iter().zip(results) {
-        let baseline = cross::tcp_baseline(*size, iterations(*size, hot))?;
-        let tls = cross::tls_baseline(*size, iterations(*size, hot))?;
+        let iters = iterations(*size, hot);
+        let baseline = cross::relay_baseline(*size, iters, link)?;
+        let tcp = cross::tcp_baseline(*size, iters)?;
+        let tls = cross::tls_baseline(*size, iters)?;
+        let tcp_mb_s =
+            cross::stream_baseline(*size, (stream_bytes / (*size).max(1)).clamp(20, 20_000), cross::Link::Tcp)?;
+        let p50 = result["p50_us"].as_f64().unwrap_or(f64::NAN);
+        let mb_s = result["msgs_per_s"].as_f64().unwrap_or(f64::NAN) * *size as f64 / 1e6;
+        let round1 = |x: f64| (x * 10.0).round() / 10.0;
         result["mode"] = serde_json::json!("cross");
         result["transport"] = serde_json::json!(transport);
-        result["baseline_p50_us"] = serde_json::json!((baseline * 10.0).round() / 10.0);
-        result["tls_baseline_p50_us"] = serde_json::json!((tls * 10.0).round() / 10.0);
+        result["mb_per_s"] = serde_json::json!(round1(mb_s));
+        result["baseline_p50_us"] = serde_json::json!(round1(baseline));
+        result["ratio"] = serde_json::json!((p50 / baseline * 100.0).round() / 100.0);
+        result["tcp_p50_us"] = serde_json::json!(round1(tcp));
+        result["tls_p50_us"] = serde_json::json!(round1(tls));
+        result["tcp_mb_per_s"] = serde_json::json!(round1(tcp_mb_s));
+        result["of_tcp_mb_per_s"] = serde_json::json!((mb_s / tcp_mb_s * 1000.0).round() / 1000.0);
         if json {
             println!("{result}");
         } else {
-            println!("{} {baseline:>14.1} {tls:>14.1}", common_cells(*size, &result));
+            println!(
+                "{} {mb_s:>9.1} {baseline:>12.1} {:>6.2}x {tcp:>9.1} {tcp_mb_s:>9.0} {:>6.1}%",
+                common_cells(*size, &result),
+                p50 / baseline,
+                mb_s / tcp_mb_s * 100.0
+            );
         }
     }
     Ok(())

@@ -246,7 +246,8 @@ pub fn forget(addr: &str) -> anyhow::Result<()> {
 impl ControlAccess {
     /// The coordinator at `host:port`, with what the CLI config holds for it.
     pub fn at(host: &str, port: u16) -> Self {
-        let at = CoordinatorAddr { coordinator_port: Some(port), coordinator_addr: Some(host.into()), ..Default::default() };
+        let at =
+            CoordinatorAddr { coordinator_port: Some(port), coordinator_addr: Some(host.into()), ..Default::default() };
         Self { at, token_file: None }
     }
 

@@ -11,7 +11,9 @@ use anyhow::Context;
 use rill_cluster::remote::{self, DaemonLaunch};
 use rill_cluster::{Facts, Gap, Inventory, InventoryMachine, Needs, Ssh, Target};
 use rill_core::{ClusterFile, Machine};
-use rill_proto::coord::{ControlRequest, ControlResponse, DaemonStatus, DataflowStatus, NodeStatus, TokenInfo, TokenState};
+use rill_proto::coord::{
+    ControlRequest, ControlResponse, DaemonStatus, DataflowStatus, NodeStatus, TokenInfo, TokenState,
+};
 
 use crate::access::ControlAccess;
 
@@ -121,7 +123,8 @@ pub fn run(command: ClusterCommand) -> anyhow::Result<ExitCode> {
         ClusterCommand::Install { file, timeout, json } => crate::services::install(&file, timeout, json),
         ClusterCommand::Uninstall { file, json } => crate::services::uninstall(file.as_deref(), json),
         ClusterCommand::Upgrade { file, binary, max_parallel, rollback, timeout, json } => {
-            let how = crate::services::Upgrade { binary, max_parallel: usize::from(max_parallel), rollback, timeout, json };
+            let how =
+                crate::services::Upgrade { binary, max_parallel: usize::from(max_parallel), rollback, timeout, json };
             crate::services::upgrade(file.as_deref(), how)
         }
     }
@@ -243,8 +246,10 @@ fn check(file: &Path, ssh: bool, json: bool) -> anyhow::Result<ExitCode> {
         ok &= failures.is_empty();
         if json {
             let facts = result.as_ref().ok().map(|(f, _)| f);
-            rows.push(serde_json::json!({"id": machine.id, "destination": machine.destination(), "ok": failures.is_empty(),
-                "facts": facts, "problems": failures}));
+            rows.push(
+                serde_json::json!({"id": machine.id, "destination": machine.destination(), "ok": failures.is_empty(),
+                "facts": facts, "problems": failures}),
+            );
             continue;
         }
         match result {
@@ -308,7 +313,8 @@ impl Control {
     pub(crate) fn call(&mut self, request: ControlRequest) -> anyhow::Result<ControlResponse> {
         let client = &mut self.client;
         // (The timer is made inside the runtime: it needs its reactor.)
-        let reply = self.runtime.block_on(async { tokio::time::timeout(CONTROL_LIMIT, client.request(&request)).await });
+        let reply =
+            self.runtime.block_on(async { tokio::time::timeout(CONTROL_LIMIT, client.request(&request)).await });
         Ok(reply.map_err(|_| anyhow::anyhow!("the coordinator did not answer within {CONTROL_LIMIT:?}"))??)
     }
 
@@ -330,7 +336,11 @@ const COORDINATOR_START: Duration = Duration::from_secs(20);
 
 /// Starts the coordinator (unless the one `up` started earlier still runs)
 /// and makes it the CLI's current one. Returns its pid.
-pub(crate) fn ensure_coordinator(cluster: &ClusterFile, earlier: Option<&Inventory>, json: bool) -> anyhow::Result<u32> {
+pub(crate) fn ensure_coordinator(
+    cluster: &ClusterFile,
+    earlier: Option<&Inventory>,
+    json: bool,
+) -> anyhow::Result<u32> {
     let at = addr_port(cluster.addr, cluster.port);
     if let Some(pid) = earlier.and_then(|e| e.coordinator_pid).filter(|pid| is_coordinator(*pid)) {
         Control::connect(&access_for(cluster.addr, cluster.port))
@@ -347,7 +357,8 @@ pub(crate) fn ensure_coordinator(cluster: &ClusterFile, earlier: Option<&Invento
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let log = dir.join(format!("coordinator-{}.log", cluster.port));
     let (bind, port) = (cluster.addr.to_string(), cluster.port.to_string());
-    let mut args = vec!["coordinator".to_owned(), "--bind".into(), bind, "--port".into(), port, "--store".into(), "redb".into()];
+    let mut args =
+        vec!["coordinator".to_owned(), "--bind".into(), bind, "--port".into(), port, "--store".into(), "redb".into()];
     for (flag, wait) in [("--lost-timeout", cluster.lost_timeout), ("--recovery-backoff", cluster.recovery_backoff)] {
         if let Some(wait) = wait {
             args.extend([flag.to_owned(), wait.as_secs_f64().to_string()]);
@@ -359,11 +370,16 @@ pub(crate) fn ensure_coordinator(cluster: &ClusterFile, earlier: Option<&Invento
     let deadline = Instant::now() + COORDINATOR_START;
     loop {
         if !matches!(child.try_wait(), Ok(None)) {
-            anyhow::bail!("the coordinator exited at once; the end of {}:\n{}", log.display(), crate::updown::log_tail(&log));
+            anyhow::bail!(
+                "the coordinator exited at once; the end of {}:\n{}",
+                log.display(),
+                crate::updown::log_tail(&log)
+            );
         }
         // Its CA and admin token exist once it started; then the CLI config
         // gets them and the coordinator must answer with them.
-        let ready = state.join(rill_auth::identity::ADMIN_TOKEN).exists() && state.join(rill_auth::ca::CA_CERT).exists();
+        let ready =
+            state.join(rill_auth::identity::ADMIN_TOKEN).exists() && state.join(rill_auth::ca::CA_CERT).exists();
         if ready {
             let fingerprint = rill_auth::ClusterCa::fingerprint_in(&state)?;
             let admin = rill_auth::identity::read_admin(&state.join(rill_auth::identity::ADMIN_TOKEN))?;
@@ -398,7 +414,11 @@ pub(crate) fn is_coordinator(pid: u32) -> bool {
 /// holds it live, else a new one (no expiry, the machine's labels).
 /// A token whose labels are not the machine's (the file changed) is
 /// revoked and minted again: its daemon could not claim the new ones.
-pub(crate) fn join_token(control: &mut Control, machine: &InventoryMachine, live: &BTreeMap<String, TokenInfo>) -> Result<String, Failure> {
+pub(crate) fn join_token(
+    control: &mut Control,
+    machine: &InventoryMachine,
+    live: &BTreeMap<String, TokenInfo>,
+) -> Result<String, Failure> {
     let name = rill_core::token_name(&machine.id);
     let info = live.get(&name).filter(|t| matches!(t.state, TokenState::Unused | TokenState::Enrolled));
     let same_labels = info.is_some_and(|t| t.labels.as_ref() == Some(&machine.labels));
@@ -433,7 +453,10 @@ enum Outcome {
     /// Its daemon was connected before.
     AlreadyConnected,
     /// Started now (or found running) and registered.
-    Connected { pid: Option<u32>, seconds: f64 },
+    Connected {
+        pid: Option<u32>,
+        seconds: f64,
+    },
     Failed(Failure),
 }
 
@@ -479,7 +502,8 @@ fn up(file: &Path, timeout: Duration, json: bool) -> anyhow::Result<ExitCode> {
     let mut ready: Vec<(Machine, String, String)> = Vec::new();
     for (machine, facts) in missing.iter().zip(facts) {
         let prepared = facts.and_then(|facts| {
-            let record = inventory.machine(&machine.id).cloned().ok_or_else(|| Failure::new("internal", "not recorded"))?;
+            let record =
+                inventory.machine(&machine.id).cloned().ok_or_else(|| Failure::new("internal", "not recorded"))?;
             if record.installed {
                 // Its service holds its own token.
                 return Ok((facts.rill.unwrap_or_else(|| "rill".into()), String::new()));
@@ -588,14 +612,18 @@ fn up(file: &Path, timeout: Duration, json: bool) -> anyhow::Result<ExitCode> {
                         eprintln!("    {line}");
                     }
                 }
-                outcomes.insert(machine.id.clone(), Outcome::Failed(Failure { kind: "not_registered".into(), message, log }));
+                outcomes.insert(
+                    machine.id.clone(),
+                    Outcome::Failed(Failure { kind: "not_registered".into(), message, log }),
+                );
             }
         }
         if !waiting.is_empty() {
             std::thread::sleep(Duration::from_millis(250));
         }
     }
-    let failed: Vec<&String> = outcomes.iter().filter(|(_, o)| matches!(o, Outcome::Failed(_))).map(|(id, _)| id).collect();
+    let failed: Vec<&String> =
+        outcomes.iter().filter(|(_, o)| matches!(o, Outcome::Failed(_))).map(|(id, _)| id).collect();
     let total = cluster.machines.len();
     let up = total - failed.len();
     if json {
@@ -708,7 +736,10 @@ fn status(file: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
             ]
         })
         .collect();
-    crate::remote::print_table(["MACHINE", "HOST", "LABELS", "ARCH", "VERSION", "LAST HEARTBEAT", "NODES", "DAEMON"], &table);
+    crate::remote::print_table(
+        ["MACHINE", "HOST", "LABELS", "ARCH", "VERSION", "LAST HEARTBEAT", "NODES", "DAEMON"],
+        &table,
+    );
     println!(
         "{} of {} connected; {} (coordinator {} on {})",
         connected,
@@ -773,7 +804,11 @@ fn down(file: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
             std::thread::sleep(Duration::from_millis(200));
         }
         if !json && !stopped_dataflows.is_empty() {
-            println!("Stopped {}: {}", crate::output::count(stopped_dataflows.len(), "dataflow"), stopped_dataflows.join(", "));
+            println!(
+                "Stopped {}: {}",
+                crate::output::count(stopped_dataflows.len(), "dataflow"),
+                stopped_dataflows.join(", ")
+            );
         }
     }
     // 2. Daemons, every machine at once; their tokens and identities stay
@@ -833,12 +868,16 @@ fn down(file: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
             }
         }
         None if !json => {
-            println!("The coordinator is not running: the machines' join tokens stay valid; `rill cluster up` reuses them")
+            println!(
+                "The coordinator is not running: the machines' join tokens stay valid; `rill cluster up` reuses them"
+            )
         }
         None => {}
     }
-    let purge: Vec<Machine> = machines.iter().filter(|m| revoked.contains(&m.id) && !failed.contains(&m.id)).cloned().collect();
-    let purged = each_machine(&purge, |m| ssh.run(&Target::of(m), &remote::purge_script(port, &m.id), b"", REMOTE_LIMIT));
+    let purge: Vec<Machine> =
+        machines.iter().filter(|m| revoked.contains(&m.id) && !failed.contains(&m.id)).cloned().collect();
+    let purged =
+        each_machine(&purge, |m| ssh.run(&Target::of(m), &remote::purge_script(port, &m.id), b"", REMOTE_LIMIT));
     for (machine, result) in purge.iter().zip(purged) {
         if let Err(e) = result {
             eprintln!("error: cannot remove rill's directory on {}: {e}", machine.id);

@@ -126,7 +126,8 @@ pub fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     let fingerprint = identity.ca.fingerprint();
     let created = identity.created;
     rill_auth::identity::mark_transport(&state_dir, args.insecure_plaintext)?;
-    let security = rill_coordinator::Security { identity: std::sync::Arc::new(identity), plaintext: args.insecure_plaintext };
+    let security =
+        rill_coordinator::Security { identity: std::sync::Arc::new(identity), plaintext: args.insecure_plaintext };
     runtime()?.block_on(async move {
         let shown_store = store.to_string();
         let settings = rill_coordinator::Settings {
@@ -412,7 +413,10 @@ pub fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
         }
         ControlResponse::Pending { uuid, name, waiting, wait_ms } => {
             if args.json {
-                println!("{}", serde_json::json!({"uuid": uuid, "name": name, "status": "pending", "waiting": waiting, "wait_ms": wait_ms}));
+                println!(
+                    "{}",
+                    serde_json::json!({"uuid": uuid, "name": name, "status": "pending", "waiting": waiting, "wait_ms": wait_ms})
+                );
             } else {
                 println!("pending {name} ({uuid}): waiting up to {:.0}s for daemons:", wait_ms as f64 / 1000.0);
                 for problem in &waiting {

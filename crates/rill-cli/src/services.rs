@@ -31,8 +31,7 @@ fn service_token(control: &mut Control, machine: &Machine, live: bool) -> Result
 
 /// The `step=` lines of a script as `name: failed` text, or `None` if all passed.
 fn failed_steps(stdout: &str) -> Option<String> {
-    let failed: Vec<String> =
-        service::steps(stdout).into_iter().filter(|(_, ok)| !ok).map(|(name, _)| name).collect();
+    let failed: Vec<String> = service::steps(stdout).into_iter().filter(|(_, ok)| !ok).map(|(name, _)| name).collect();
     (!failed.is_empty()).then(|| format!("failed step(s): {}", failed.join(", ")))
 }
 
@@ -95,7 +94,8 @@ pub fn install(file: &Path, timeout: Duration, json: bool) -> anyhow::Result<Exi
     // is revoked now), its directory goes; the service is written and started.
     let machines: Vec<Machine> = ready.iter().map(|(m, ..)| m.clone()).collect();
     let installs = each_machine(&machines, |machine| {
-        let (_, rill, token) = ready.iter().find(|(m, ..)| m.id == machine.id).expect("every installed machine is ready");
+        let (_, rill, token) =
+            ready.iter().find(|(m, ..)| m.id == machine.id).expect("every installed machine is ready");
         let target = Target::of(machine);
         let _ = ssh.run(&target, &remote::stop_script(cluster.port, &machine.id), b"", REMOTE_LIMIT);
         let _ = ssh.run(&target, &remote::purge_script(cluster.port, &machine.id), b"", REMOTE_LIMIT);
@@ -114,9 +114,10 @@ pub fn install(file: &Path, timeout: Duration, json: bool) -> anyhow::Result<Exi
             Err(e) => Err(Failure::of_ssh(&e)),
             Ok(out) => match failed_steps(&out.stdout) {
                 Some(failed) => Err(Failure::new("install", format!("{failed}: {}", out.stderr.trim()))),
-                None if out.code != 0 => {
-                    Err(Failure::new("install", format!("the install script failed (exit {}): {}", out.code, out.stderr.trim())))
-                }
+                None if out.code != 0 => Err(Failure::new(
+                    "install",
+                    format!("the install script failed (exit {}): {}", out.code, out.stderr.trim()),
+                )),
                 None => Ok(()),
             },
         }
@@ -176,7 +177,13 @@ pub fn install(file: &Path, timeout: Duration, json: bool) -> anyhow::Result<Exi
     Ok(if ok == total { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn summary(json: bool, done: &str, machines: &[Machine], outcomes: &BTreeMap<String, Result<(), Failure>>, started: Instant) {
+fn summary(
+    json: bool,
+    done: &str,
+    machines: &[Machine],
+    outcomes: &BTreeMap<String, Result<(), Failure>>,
+    started: Instant,
+) {
     if !json {
         return;
     }
@@ -202,7 +209,8 @@ pub fn uninstall(file: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
     let mut control = Control::connect(&access_for(inventory.addr, inventory.port)).ok();
     let ssh = Ssh::new()?;
     let machines: Vec<Machine> = inventory.machines.iter().map(InventoryMachine::machine).collect();
-    let results = each_machine(&machines, |m| ssh.run(&Target::of(m), &service::uninstall_script(&m.id), b"", SERVICE_LIMIT));
+    let results =
+        each_machine(&machines, |m| ssh.run(&Target::of(m), &service::uninstall_script(&m.id), b"", SERVICE_LIMIT));
     let mut outcomes: BTreeMap<String, Result<(), Failure>> = BTreeMap::new();
     for (machine, result) in machines.iter().zip(results) {
         let killed = result.as_ref().is_ok_and(|out| remote::field(&out.stdout, "killed").is_some());
@@ -210,7 +218,9 @@ pub fn uninstall(file: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
             Err(e) => Err(Failure::of_ssh(&e)),
             Ok(out) => match failed_steps(&out.stdout) {
                 Some(failed) => Err(Failure::new("uninstall", format!("{failed}: {}", out.stderr.trim()))),
-                None if out.code != 0 => Err(Failure::new("uninstall", format!("exit {}: {}", out.code, out.stderr.trim()))),
+                None if out.code != 0 => {
+                    Err(Failure::new("uninstall", format!("exit {}: {}", out.code, out.stderr.trim())))
+                }
                 None => Ok(()),
             },
         };
@@ -285,7 +295,13 @@ impl Rollout {
     }
 
     /// Records a step's result and time.
-    fn step<T>(&mut self, name: &str, started: Instant, result: Result<T, String>, ok: impl Fn(&T) -> String) -> Option<T> {
+    fn step<T>(
+        &mut self,
+        name: &str,
+        started: Instant,
+        result: Result<T, String>,
+        ok: impl Fn(&T) -> String,
+    ) -> Option<T> {
         let seconds = started.elapsed().as_secs_f64();
         match result {
             Ok(value) => {
@@ -366,12 +382,17 @@ fn upgrade_one(ssh: &Ssh, control: &mut Control, machine: &Machine, binary: &[u8
             let path = remote::field(&out.stdout, "path").unwrap_or_default().to_owned();
             let tmp = remote::field(&out.stdout, "upload").unwrap_or_default().to_owned();
             match (path.is_empty(), tmp.is_empty()) {
-                (true, _) => Err(format!("{} is not installed: run `rill cluster install` first", service::unit_name(&machine.id))),
+                (true, _) => Err(format!(
+                    "{} is not installed: run `rill cluster install` first",
+                    service::unit_name(&machine.id)
+                )),
                 (_, true) => Err(format!("the upload failed: {}", out.stderr.trim())),
                 _ => Ok((path, tmp, out.stdout)),
             }
         });
-    let Some((path, tmp, stdout)) = rollout.step("Upload binary", started, upload, |_| "OK".into()) else { return rollout };
+    let Some((path, tmp, stdout)) = rollout.step("Upload binary", started, upload, |_| "OK".into()) else {
+        return rollout;
+    };
     let started = Instant::now();
     let protocol = rill_proto::coord::COORD_PROTOCOL_VERSION;
     let check = match (remote::field(&stdout, "check"), remote::field(&stdout, "check_failed")) {
@@ -387,7 +408,8 @@ fn upgrade_one(ssh: &Ssh, control: &mut Control, machine: &Machine, binary: &[u8
         (_, Some(why)) => Err(format!("the new binary does not run there: {why}")),
         _ => Err("the new binary was not checked".into()),
     };
-    let Some(version) = rollout.step("Check binary", started, check, |v| format!("OK (rill {v}, protocol {protocol})")) else {
+    let Some(version) = rollout.step("Check binary", started, check, |v| format!("OK (rill {v}, protocol {protocol})"))
+    else {
         let _ = ssh.run(&Target::of(machine), &format!("rm -f {}", rill_cluster::ssh::quote(&tmp)), b"", REMOTE_LIMIT);
         return rollout;
     };
@@ -419,8 +441,7 @@ pub fn upgrade(file: Option<&Path>, how: Upgrade) -> anyhow::Result<ExitCode> {
     let mut control = Control::connect(&access_for(inventory.addr, inventory.port))?;
     let ssh = Ssh::new()?;
     let machines: Vec<Machine> = inventory.machines.iter().map(InventoryMachine::machine).collect();
-    let not_installed: Vec<&str> =
-        inventory.machines.iter().filter(|m| !m.installed).map(|m| m.id.as_str()).collect();
+    let not_installed: Vec<&str> = inventory.machines.iter().filter(|m| !m.installed).map(|m| m.id.as_str()).collect();
     if !not_installed.is_empty() {
         anyhow::bail!(
             "{} not installed as a service: `rill cluster upgrade` replaces the binary of systemd services \
@@ -438,7 +459,9 @@ pub fn upgrade(file: Option<&Path>, how: Upgrade) -> anyhow::Result<ExitCode> {
                 Ok(stdout) if stdout.contains("no_previous") => rollout.status = "nothing_to_restore".into(),
                 out => {
                     let back = out.and_then(|_| wait_back(&mut control, &machine.id, None, how.timeout));
-                    if let Some(v) = rollout.step("Restore previous binary", started, back, |v| format!("OK (rill {v})")) {
+                    if let Some(v) =
+                        rollout.step("Restore previous binary", started, back, |v| format!("OK (rill {v})"))
+                    {
                         rollout.status = "restored".into();
                         rollout.version = Some(v);
                     }
@@ -476,14 +499,17 @@ pub fn upgrade(file: Option<&Path>, how: Upgrade) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let done = rollouts.iter().filter(|r| matches!(r.status.as_str(), "upgraded" | "restored" | "nothing_to_restore")).count();
+    let done =
+        rollouts.iter().filter(|r| matches!(r.status.as_str(), "upgraded" | "restored" | "nothing_to_restore")).count();
     let ok = done == machines.len();
     if how.json {
         println!("{}", serde_json::json!({"succeeded": done, "total": machines.len(), "machines": rollouts}));
     } else {
         let verb = if how.rollback { "restored" } else { "upgraded" };
         println!("{done}/{} {verb}.", machines.len());
-        if let Some(failed) = rollouts.iter().find(|r| !matches!(r.status.as_str(), "upgraded" | "restored" | "nothing_to_restore")) {
+        if let Some(failed) =
+            rollouts.iter().find(|r| !matches!(r.status.as_str(), "upgraded" | "restored" | "nothing_to_restore"))
+        {
             let what = if failed.status == "rolled_back" { "was rolled back to its previous binary" } else { "failed" };
             eprintln!(
                 "error: {} {what} ({}); the rollout stopped: the machines after it were not touched",

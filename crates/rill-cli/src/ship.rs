@@ -115,7 +115,11 @@ fn binary_of(node: &str, path: &str, base_dir: &Path) -> anyhow::Result<PathBuf>
         bail!("node `{node}`: {} is not a file", file.display());
     }
     if meta.len() > MAX_ARTIFACT_SIZE {
-        bail!("node `{node}`: {} is {} bytes, more than the {MAX_ARTIFACT_SIZE} that may be shipped", file.display(), meta.len());
+        bail!(
+            "node `{node}`: {} is {} bytes, more than the {MAX_ARTIFACT_SIZE} that may be shipped",
+            file.display(),
+            meta.len()
+        );
     }
     Ok(file)
 }
@@ -138,7 +142,8 @@ fn upload(coordinator: &ControlAccess, built: &[&Built]) -> anyhow::Result<()> {
         for b in built {
             let started = Instant::now();
             let path = format!("/api/artifacts/{}/{}", b.artifact.build_id, b.node);
-            let mut file = tokio::fs::File::open(&b.file).await.with_context(|| format!("cannot read {}", b.file.display()))?;
+            let mut file =
+                tokio::fs::File::open(&b.file).await.with_context(|| format!("cannot read {}", b.file.display()))?;
             let answer = rill_auth::dial::http_put(&dial, &path, b.artifact.size, &mut file)
                 .await
                 .with_context(|| format!("cannot upload node `{}`'s binary", b.node))?;
@@ -169,7 +174,8 @@ fn machines(coordinator: &ControlAccess, cluster: Option<&Path>) -> anyhow::Resu
         };
     }
     let host_port = coordinator.host_port();
-    let port = host_port.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).context("the coordinator address has no port")?;
+    let port =
+        host_port.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).context("the coordinator address has no port")?;
     let path = crate::cluster::inventory_path(port);
     match rill_cluster::Inventory::load(&path)? {
         Some(inventory) => Ok(inventory.machines.iter().map(|m| m.machine()).collect()),
@@ -205,7 +211,8 @@ fn push(
         for machine in candidates {
             match dirs.get(&machine.id) {
                 Some(dir) => {
-                    let entry = plan.entry(machine.id.clone()).or_insert_with(|| (machine.clone(), dir.clone(), Vec::new()));
+                    let entry =
+                        plan.entry(machine.id.clone()).or_insert_with(|| (machine.clone(), dir.clone(), Vec::new()));
                     entry.2.push(b);
                 }
                 None => eprintln!(
@@ -263,7 +270,9 @@ fn push_to(
                 return Ok(Pushed::Cached);
             }
             let bytes = contents.get(&b.node).map(Vec::as_slice).unwrap_or_default();
-            let out = ssh.run(&target, &push_script(dir, &b.artifact.sha256)?, bytes, PUSH_LIMIT).map_err(|e| e.to_string())?;
+            let out = ssh
+                .run(&target, &push_script(dir, &b.artifact.sha256)?, bytes, PUSH_LIMIT)
+                .map_err(|e| e.to_string())?;
             push_result(&out.stdout, &out.stderr)
         })();
         match result {

@@ -67,11 +67,8 @@ fn create(args: CreateArgs) -> anyhow::Result<ExitCode> {
         Some(text) => Some(rill_core::parse_labels(text).map_err(|e| anyhow::anyhow!("--labels: {e}"))?),
         None => None,
     };
-    let request = ControlRequest::TokenCreate {
-        name: args.name,
-        ttl_ms: ttl.map(|ttl| ttl.as_millis() as u64),
-        labels,
-    };
+    let request =
+        ControlRequest::TokenCreate { name: args.name, ttl_ms: ttl.map(|ttl| ttl.as_millis() as u64), labels };
     let ControlResponse::TokenCreated { token, info } = crate::remote::request(&args.coordinator, request)? else {
         anyhow::bail!("unexpected reply from the coordinator");
     };

@@ -123,7 +123,8 @@ impl Inventory {
         if let Some(dir) = path.parent() {
             rill_auth::files::private_dir(dir)?;
         }
-        let text = serde_json::to_string_pretty(self).map_err(|source| InventoryError::Corrupt { path: path.into(), source })?;
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|source| InventoryError::Corrupt { path: path.into(), source })?;
         Ok(rill_auth::files::write_private(path, text.as_bytes())?)
     }
 }

@@ -90,9 +90,8 @@ impl Facts {
         }
         match (&self.rill, &self.version) {
             (None, _) => gaps.push(Gap::NoRill),
-            (Some(path), Some(version)) if version.trim() != local_version.trim() && needs.same_version => {
-                gaps.push(Gap::OtherVersion { path: path.clone(), remote: version.clone(), local: local_version.into() })
-            }
+            (Some(path), Some(version)) if version.trim() != local_version.trim() && needs.same_version => gaps
+                .push(Gap::OtherVersion { path: path.clone(), remote: version.clone(), local: local_version.into() }),
             _ => {}
         }
         if needs.sudo {

@@ -331,6 +331,9 @@ mod tests {
         assert_eq!(unit_text, unit(&spec()).replace("/etc/", &format!("{}/etc/", root.display())));
         assert!(!unit_text.contains("secret"));
         let calls = std::fs::read_to_string(&calls).unwrap();
-        assert_eq!(calls, "daemon-reload\nenable --quiet rill-daemon-robot.service\nrestart rill-daemon-robot.service\n");
+        assert_eq!(
+            calls,
+            "daemon-reload\nenable --quiet rill-daemon-robot.service\nrestart rill-daemon-robot.service\n"
+        );
     }
 }

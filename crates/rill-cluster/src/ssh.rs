@@ -195,12 +195,8 @@ enum RunError {
 
 /// Runs `command` with `stdin` as its input, collecting output; killed at `limit`.
 fn run_with_limit(mut command: Command, stdin: &[u8], limit: Duration) -> Result<Output, RunError> {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(RunError::Spawn)?;
+    let mut child =
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(RunError::Spawn)?;
     let input = stdin.to_vec();
     let mut writer = child.stdin.take();
     let feeder = std::thread::spawn(move || {
@@ -258,7 +254,12 @@ mod tests {
     }
 
     fn target(host: &str, user: Option<&str>) -> Target {
-        Target { host: host.into(), user: user.map(Into::into), port: Some(2222), identity_file: Some("~/.ssh/k".into()) }
+        Target {
+            host: host.into(),
+            user: user.map(Into::into),
+            port: Some(2222),
+            identity_file: Some("~/.ssh/k".into()),
+        }
     }
 
     #[test]

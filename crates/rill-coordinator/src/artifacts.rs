@@ -200,7 +200,9 @@ mod tests {
         assert_eq!(std::fs::read(dir.path().join("b1/sink")).unwrap(), b"hello world");
         let (_, len) = store.open("b1", "sink").await.unwrap();
         assert_eq!(len, 11);
-        for (build, node) in [("..", "x"), ("b1", ".."), ("a/b", "x"), ("b1", "/etc/passwd"), ("b1", "a\\b"), ("b\0", "x")] {
+        for (build, node) in
+            [("..", "x"), ("b1", ".."), ("a/b", "x"), ("b1", "/etc/passwd"), ("b1", "a\\b"), ("b\0", "x")]
+        {
             assert!(matches!(store.open(build, node).await, Err(ArtifactError::BadId(_))), "{build:?}/{node:?}");
             let put = store.put(build, node, chunks(&[b"x"]), &BTreeSet::new()).await;
             assert!(matches!(put, Err(ArtifactError::BadId(_))), "{build:?}/{node:?}");

@@ -156,7 +156,11 @@ pub fn daemon(
             if token.ca != security.fingerprint() {
                 return Err(Refusal::new(
                     ErrorCode::Unauthorized,
-                    format!("this join token is for another cluster (CA {}, this one is {})", token.ca, security.fingerprint()),
+                    format!(
+                        "this join token is for another cluster (CA {}, this one is {})",
+                        token.ca,
+                        security.fingerprint()
+                    ),
                 ));
             }
             let record = tokens.check(&token.name, &token.secret, now_ms)?;

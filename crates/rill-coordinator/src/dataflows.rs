@@ -235,7 +235,8 @@ impl Dataflows {
         let name = name.unwrap_or_else(|| format!("dataflow-{}", &uuid[..8]));
         // A stopping namesake is on its way out (that is how restart works).
         if self.records.iter().any(|r| {
-            r.name == name && matches!(r.status, DataflowStatus::Pending | DataflowStatus::Running | DataflowStatus::Degraded)
+            r.name == name
+                && matches!(r.status, DataflowStatus::Pending | DataflowStatus::Running | DataflowStatus::Degraded)
         }) {
             return Err(StartError::NameInUse(name));
         }

@@ -6,19 +6,19 @@
 pub mod artifacts;
 mod auth;
 pub mod client;
-mod listener;
-mod names;
 mod cluster;
 pub mod dataflows;
+mod listener;
 mod logs;
+mod names;
 mod persist;
 mod server;
 mod store;
 mod tokens;
 
 pub use auth::Security;
-pub use names::server_names;
-pub use listener::{PLAINTEXT_REFUSED, Peer};
 pub use cluster::{Cluster, Hello, RegisterError};
+pub use listener::{PLAINTEXT_REFUSED, Peer};
+pub use names::server_names;
 pub use server::{CoordinatorConfig, Listening, ServeError, Settings, StoreConfig, serve, serve_on, serve_until};
 pub use store::{Store, StoreError};

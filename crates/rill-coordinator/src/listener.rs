@@ -124,8 +124,10 @@ async fn refuse_plaintext(mut tcp: TcpStream) {
     let _ = tcp.write_all(response.as_bytes()).await;
     let _ = tcp.shutdown().await;
     // Until the client closes (bounded), so nothing it still sends resets the answer.
-    let _ = tokio::time::timeout(Duration::from_secs(1), async { while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {} })
-        .await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 impl axum::serve::Listener for SecureListener {

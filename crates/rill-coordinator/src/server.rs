@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
@@ -22,10 +22,10 @@ use tokio::sync::mpsc;
 
 use crate::auth::{DaemonCredential, Security};
 use crate::cluster::Cluster;
-use crate::listener::{Peer, SecureListener};
 use crate::dataflows::{
     DAEMON_SHUT_DOWN, DAEMON_UNREACHABLE, DataflowRecord, Dataflows, ShareOutcome, StartError, plan,
 };
+use crate::listener::{Peer, SecureListener};
 use crate::persist::Persister;
 use crate::store::Store;
 use crate::tokens::{Binding, Refused, Tokens};
@@ -479,7 +479,8 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>, credential: DaemonCrede
             // Shown as it is: printable and short.
             let platform: String = platform.chars().filter(|c| !c.is_control()).take(64).collect();
             // A path the CLI quotes into a remote command: absolute, plain, bounded.
-            let artifact_dir = artifact_dir.filter(|d| d.starts_with('/') && d.len() <= 4096 && !d.chars().any(char::is_control));
+            let artifact_dir =
+                artifact_dir.filter(|d| d.starts_with('/') && d.len() <= 4096 && !d.chars().any(char::is_control));
             let hello =
                 crate::cluster::Hello { protocol, version, machine_id, labels, zenoh_endpoint, platform, artifact_dir };
             (hello, running, (enroll_key, enroll_proof, data_key))
@@ -713,13 +714,15 @@ async fn authorize(
         };
     }
     let Some(key_hex) = enroll_key else {
-        return refuse(ErrorCode::BadRequest, "a daemon enrolling with a join token sends its key; this one sent none".into());
+        return refuse(
+            ErrorCode::BadRequest,
+            "a daemon enrolling with a join token sends its key; this one sent none".into(),
+        );
     };
     let bad_key = |e: rill_auth::AuthError| Refused { code: ErrorCode::BadRequest, message: e.to_string() };
     let (raw, key) = rill_auth::enroll::key_fingerprint(key_hex).map_err(bad_key)?;
-    let proven = enroll_proof.is_some_and(|proof| {
-        rill_auth::enroll::proof_holds(&raw, proof, token, &machine, &app.security.fingerprint())
-    });
+    let proven = enroll_proof
+        .is_some_and(|proof| rill_auth::enroll::proof_holds(&raw, proof, token, &machine, &app.security.fingerprint()));
     if !proven {
         return refuse(ErrorCode::Unauthorized, "the enrolling daemon did not prove it holds its key".into());
     }
@@ -989,7 +992,10 @@ async fn revoke_token(app: &App, name: &str) -> ControlResponse {
     if let Some(stored) = changed
         && let Err(e) = stored.await
     {
-        return ControlResponse::Error { code: ErrorCode::Internal, message: format!("cannot store the revocation: {e}") };
+        return ControlResponse::Error {
+            code: ErrorCode::Internal,
+            message: format!("cannot store the revocation: {e}"),
+        };
     }
     let holders: Vec<String> =
         app.token_of().iter().filter(|(_, token)| token.name == name).map(|(daemon, _)| daemon.clone()).collect();
@@ -1001,7 +1007,11 @@ async fn revoke_token(app: &App, name: &str) -> ControlResponse {
     if was_revoked_now {
         eprintln!("rill coordinator: token {name} revoked");
     }
-    ControlResponse::TokenRevoked { name: name.to_owned(), changed: was_revoked_now, disconnected: holders.into_iter().next() }
+    ControlResponse::TokenRevoked {
+        name: name.to_owned(),
+        changed: was_revoked_now,
+        disconnected: holders.into_iter().next(),
+    }
 }
 
 /// Sends the kept lines, then (with `follow`) each new one until the
@@ -1115,9 +1125,19 @@ async fn start(
         return ControlResponse::Error { code: ErrorCode::Internal, message };
     }
     if let Some(waiting) = &record.waiting {
-        eprintln!("rill coordinator: dataflow {} ({}) waits for daemons: {}", record.name, record.uuid, waiting.problems.join("; "));
+        eprintln!(
+            "rill coordinator: dataflow {} ({}) waits for daemons: {}",
+            record.name,
+            record.uuid,
+            waiting.problems.join("; ")
+        );
         let wait_ms = wait.map_or(0, |w| w.as_millis() as u64);
-        return ControlResponse::Pending { uuid: record.uuid, name: record.name, waiting: waiting.problems.clone(), wait_ms };
+        return ControlResponse::Pending {
+            uuid: record.uuid,
+            name: record.name,
+            waiting: waiting.problems.clone(),
+            wait_ms,
+        };
     }
     // A `rill stop` that came while the record was being stored: nothing is started.
     if app.update(|d| d.stopped_before_spawn(&record.uuid, Instant::now())).is_some() {
@@ -1157,7 +1177,12 @@ async fn dispatch_pending(app: &App) {
         (placed, expired)
     };
     for record in expired {
-        eprintln!("rill coordinator: dataflow {} ({}) failed: {}", record.name, record.uuid, record.reason.unwrap_or_default());
+        eprintln!(
+            "rill coordinator: dataflow {} ({}) failed: {}",
+            record.name,
+            record.uuid,
+            record.reason.unwrap_or_default()
+        );
     }
     for (record, spawns, stored) in placed {
         if let Err(e) = stored.await {
@@ -1364,7 +1389,9 @@ mod tests {
         let Some(Ok(WsMessage::Text(reply))) = daemon.next().await else { panic!("no reply") };
         assert!(reply.contains("registered"), "{reply}");
         let mut cli = websocket(&dial, "/api/control").await.unwrap();
-        cli.send(WsMessage::Text(format!(r#"{{"type":"hello","protocol":{COORD_PROTOCOL_VERSION}}}"#).into())).await.unwrap();
+        cli.send(WsMessage::Text(format!(r#"{{"type":"hello","protocol":{COORD_PROTOCOL_VERSION}}}"#).into()))
+            .await
+            .unwrap();
         let _ = cli.next().await;
         cli.send(WsMessage::Text(r#"{"type":"status"}"#.into())).await.unwrap();
         let Some(Ok(WsMessage::Text(status))) = cli.next().await else { panic!("no status") };
@@ -1381,7 +1408,10 @@ mod tests {
         for path in ["/api/control", "/api/daemon"] {
             let anonymous = Dial { bearer: None, ..admin.clone() };
             let err = websocket(&anonymous, path).await.err().expect("refused");
-            assert!(matches!(&err, DialError::Status { status: 401, message, .. } if message.contains("no credential")), "{path}: {err}");
+            assert!(
+                matches!(&err, DialError::Status { status: 401, message, .. } if message.contains("no credential")),
+                "{path}: {err}"
+            );
             let wrong = Dial { bearer: Some(rill_auth::Secret::generate().unwrap().expose()), ..admin.clone() };
             let err = websocket(&wrong, path).await.err().expect("refused");
             assert_eq!(err.status(), Some(401), "{path}: {err}");
@@ -1403,6 +1433,9 @@ mod tests {
         let other = rill_auth::ClusterCa::generate().unwrap().fingerprint();
         let pinned_elsewhere = Dial { tls: Some(rill_auth::tls::client_config(other, None).unwrap()), ..admin };
         let err = websocket(&pinned_elsewhere, "/api/control").await.err().expect("refused");
-        assert!(matches!(&err, DialError::Tls { reason, .. } if reason.contains("not from the pinned cluster CA")), "{err}");
+        assert!(
+            matches!(&err, DialError::Tls { reason, .. } if reason.contains("not from the pinned cluster CA")),
+            "{err}"
+        );
     }
 }

@@ -24,7 +24,9 @@ fn labels_problem(labels: &BTreeMap<String, String>) -> Option<String> {
     }
     let bad = |text: &str| text.len() > MAX_LABEL_LEN || text.chars().any(char::is_control);
     labels.iter().find(|(k, v)| k.is_empty() || bad(k) || bad(v)).map(|(k, _)| {
-        format!("label {k:?}: keys are not empty; keys and values have at most {MAX_LABEL_LEN} bytes, no control characters")
+        format!(
+            "label {k:?}: keys are not empty; keys and values have at most {MAX_LABEL_LEN} bytes, no control characters"
+        )
     })
 }
 
@@ -170,10 +172,9 @@ impl Tokens {
 
     /// Revokes `name` (again is fine); the changed record, if it changed.
     pub fn revoke(&mut self, name: &str) -> Result<Option<TokenRecord>, Refused> {
-        let record = self
-            .records
-            .get_mut(name)
-            .ok_or_else(|| Refused::new(ErrorCode::NotFound, format!("no token named {name} (see `rill token list`)")))?;
+        let record = self.records.get_mut(name).ok_or_else(|| {
+            Refused::new(ErrorCode::NotFound, format!("no token named {name} (see `rill token list`)"))
+        })?;
         if record.revoked {
             return Ok(None);
         }
@@ -197,11 +198,10 @@ impl Tokens {
     /// may be used now.
     pub fn by_cert(&self, cert: &Fingerprint, now_ms: u64) -> Result<&TokenRecord, Refused> {
         let cert = cert.to_string();
-        let record = self
-            .records
-            .values()
-            .find(|r| r.bound.as_ref().is_some_and(|b| b.cert == cert))
-            .ok_or_else(|| Refused::new(ErrorCode::Unauthorized, "this certificate is not enrolled in this cluster"))?;
+        let record =
+            self.records.values().find(|r| r.bound.as_ref().is_some_and(|b| b.cert == cert)).ok_or_else(|| {
+                Refused::new(ErrorCode::Unauthorized, "this certificate is not enrolled in this cluster")
+            })?;
         record.usable(now_ms)?;
         Ok(record)
     }
@@ -245,9 +245,16 @@ impl Tokens {
 
     /// Binds `name` to the enrolling key `key` and its new certificate,
     /// if it may enroll it ([`Tokens::may_enroll`]).
-    pub fn enroll(&mut self, name: &str, binding: Binding, key: &Fingerprint, now_ms: u64) -> Result<TokenRecord, Refused> {
+    pub fn enroll(
+        &mut self,
+        name: &str,
+        binding: Binding,
+        key: &Fingerprint,
+        now_ms: u64,
+    ) -> Result<TokenRecord, Refused> {
         self.may_enroll(name, &binding.machine_id, key, now_ms)?;
-        let record = self.records.get_mut(name).ok_or_else(|| Refused::new(ErrorCode::Unauthorized, "unknown token"))?;
+        let record =
+            self.records.get_mut(name).ok_or_else(|| Refused::new(ErrorCode::Unauthorized, "unknown token"))?;
         record.bound = Some(binding);
         Ok(record.clone())
     }

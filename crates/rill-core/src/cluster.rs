@@ -158,7 +158,8 @@ fn coordinator(r: &mut Reader, value: &Node) -> Option<Coordinator> {
     let addr = match text.parse::<IpAddr>() {
         Ok(addr) => addr,
         Err(_) => {
-            let hint = "the coordinator binds to this address and daemons connect to it: an IP address such as 10.0.0.1";
+            let hint =
+                "the coordinator binds to this address and daemons connect to it: an IP address such as 10.0.0.1";
             r.error_hint(addr_node.pos, format!("`coordinator.addr` `{text}` is not an IP address"), hint);
             return None;
         }
@@ -173,7 +174,13 @@ fn wait(r: &mut Reader, node: &Node, field: &str) -> Option<std::time::Duration>
         Value::Int(secs) => crate::duration::delay_from_number(*secs as f64, &spelled),
         Value::Float(secs) => crate::duration::delay_from_number(*secs, &spelled),
         Value::Str(text) => crate::duration::parse_delay(text),
-        _ => return r.wrong_type(node, &format!("`coordinator.{field}`"), "a number of seconds or a string like \"30s\""),
+        _ => {
+            return r.wrong_type(
+                node,
+                &format!("`coordinator.{field}`"),
+                "a number of seconds or a string like \"30s\"",
+            );
+        }
     };
     match parsed {
         Ok(duration) if !duration.is_zero() => Some(duration),
@@ -233,7 +240,9 @@ fn machine(r: &mut Reader, item: &Node) -> (Option<Machine>, Option<(String, Pos
             r.error_hint(item.pos, format!("{owner} is missing the required field `id`"), "add `id: <unique-name>`");
             None
         }
-        Some(node) => r.text(node, "machine `id`").and_then(|id| machine_id(r, &id, node.pos).then_some((id, node.pos))),
+        Some(node) => {
+            r.text(node, "machine `id`").and_then(|id| machine_id(r, &id, node.pos).then_some((id, node.pos)))
+        }
     };
     let owner = match &id {
         Some((id, _)) => format!("machine `{id}`"),
@@ -245,7 +254,9 @@ fn machine(r: &mut Reader, item: &Node) -> (Option<Machine>, Option<(String, Pos
             r.error_hint(item.pos, format!("{owner} is missing the required field `host`"), hint);
             None
         }
-        Some(node) => r.text(node, &format!("`host` of {owner}")).and_then(|h| ssh_word(r, &h, node.pos, "host", &owner)),
+        Some(node) => {
+            r.text(node, &format!("`host` of {owner}")).and_then(|h| ssh_word(r, &h, node.pos, "host", &owner))
+        }
     };
     let user = fields
         .get("user")
@@ -419,7 +430,12 @@ mod tests {
         assert_eq!(c.lost_timeout, Some(std::time::Duration::from_secs(20)));
         assert_eq!(c.recovery_backoff, Some(std::time::Duration::from_millis(1500)));
         assert_eq!(parse("coordinator:\n  addr: ::1\nmachines:\n  - id: a\n    host: h\n").unwrap().lost_timeout, None);
-        let found = errors("coordinator:\n  addr: ::1\n  lost_timeout: 0\n  recovery_backoff: soon\nmachines:\n  - id: a\n    host: h\n");
-        assert_eq!(found, ["3:17: invalid `coordinator.lost_timeout` `0`", "4:21: invalid `coordinator.recovery_backoff` `soon`"]);
+        let found = errors(
+            "coordinator:\n  addr: ::1\n  lost_timeout: 0\n  recovery_backoff: soon\nmachines:\n  - id: a\n    host: h\n",
+        );
+        assert_eq!(
+            found,
+            ["3:17: invalid `coordinator.lost_timeout` `0`", "4:21: invalid `coordinator.recovery_backoff` `soon`"]
+        );
     }
 }

@@ -143,7 +143,9 @@ pub fn artifact_id_problem(id: &str) -> Option<String> {
         && id != "."
         && id != ".."
         && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    (!valid).then(|| format!("{id:?} is not a valid artifact id: 1 to 128 letters, digits, '_', '-' or '.', not `.` or `..`"))
+    (!valid).then(|| {
+        format!("{id:?} is not a valid artifact id: 1 to 128 letters, digits, '_', '-' or '.', not `.` or `..`")
+    })
 }
 
 /// Whether `text` is a SHA-256 in lowercase hex.

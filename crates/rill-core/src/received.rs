@@ -69,7 +69,10 @@ pub fn received_problems(dataflow: &Dataflow) -> Vec<String> {
                     push(format!("node `{id}`: artifact sha256 {:?} is not 64 lowercase hex digits", artifact.sha256));
                 }
                 if artifact.size > MAX_ARTIFACT_SIZE {
-                    push(format!("node `{id}`: artifact of {} bytes is over the {MAX_ARTIFACT_SIZE} limit", artifact.size));
+                    push(format!(
+                        "node `{id}`: artifact of {} bytes is over the {MAX_ARTIFACT_SIZE} limit",
+                        artifact.size
+                    ));
                 }
             }
         }
@@ -173,7 +176,8 @@ mod tests {
         }
         let mut good = flow();
         good.nodes[0].deploy.distribute = crate::Distribute::Scp;
-        good.nodes[0].deploy.artifact = Some(crate::Artifact { build_id: "b1".into(), sha256: "0".repeat(64), size: 10 });
+        good.nodes[0].deploy.artifact =
+            Some(crate::Artifact { build_id: "b1".into(), sha256: "0".repeat(64), size: 10 });
         assert!(received_problems(&good).is_empty());
     }
 }

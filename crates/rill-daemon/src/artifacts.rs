@@ -120,7 +120,11 @@ impl Artifacts {
         let n = FETCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let part = self.dir.join(format!(".{}.part-{}-{n}", artifact.sha256, std::process::id()));
         let url = format!("/api/artifacts/{}/{node}", artifact.build_id);
-        let dial = self.dialer.attempt().map_err(|e| format!("cannot reach the coordinator for node `{node}`'s binary: {e}"))?.dial;
+        let dial = self
+            .dialer
+            .attempt()
+            .map_err(|e| format!("cannot reach the coordinator for node `{node}`'s binary: {e}"))?
+            .dial;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -161,7 +165,10 @@ impl Artifacts {
         let now = std::time::SystemTime::now();
         for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let stale = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age > STALE_PART));
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age > STALE_PART));
             if name.starts_with('.') && (name.contains(".part-") || name.contains(".push-")) && stale {
                 let _ = std::fs::remove_file(entry.path());
             }
@@ -269,6 +276,9 @@ mod tests {
         std::fs::write(dir.path().join(&b), b"x").unwrap();
         drop(held);
         artifacts.prune();
-        assert!(!dir.path().join(&a).exists() && dir.path().join(&b).exists(), "oldest unused first, until under the bound");
+        assert!(
+            !dir.path().join(&a).exists() && dir.path().join(&b).exists(),
+            "oldest unused first, until under the bound"
+        );
     }
 }

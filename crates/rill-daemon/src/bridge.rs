@@ -9,6 +9,7 @@
 //! daemon, with explicit endpoints (no multicast scouting).
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -90,6 +91,17 @@ impl Bridge {
         // Keep trying peers that are not up yet instead of giving up.
         set(&mut config, "connect/timeout_ms", "-1")?;
         set(&mut config, "connect/exit_on_failure", "false")?;
+        // A message larger than a batch (64 KiB) crosses in fragments, one
+        // batch each. The publishing thread fills batches and Zenoh's
+        // transmit task writes them: with the default 2 batches in the queue
+        // they hand over every 128 KiB (32 waits per 4 MiB message); 16
+        // batches (1 MiB, the most Zenoh allows) let the two run apart.
+        set(&mut config, "transport/link/tx/queue/size/data", "16")?;
+        // The receiving side keeps a fragmented message's batches until it
+        // is delivered; a pool of 64 (4 MiB per link, allocated when the
+        // link opens) spares allocating and zeroing a batch for each
+        // fragment of messages up to that size.
+        set(&mut config, "transport/link/rx/buffer_size", &(4usize << 20).to_string())?;
         if let Some(tls) = tls {
             use base64::Engine as _;
             let b64 = |pem: &str| {
@@ -236,10 +248,14 @@ impl Bridge {
                 .declare_subscriber(sub_key.clone())
                 .callback(move |sample| {
                     let writer = writers.lock().ok().and_then(|w| w.get(&sub_key).cloned());
-                    // A contiguous payload is borrowed, not copied: the one
-                    // copy of this hop is into the consumer's edge.
-                    let bytes = sample.payload().to_bytes();
-                    if EdgeMsg::is_closed(&bytes) {
+                    let payload = sample.payload();
+                    let mut head = [0u8; HEAD_PREFIX];
+                    let head = &mut head[..payload.len().min(HEAD_PREFIX)];
+                    let mut reader = payload.reader();
+                    if reader.read_exact(head).is_err() {
+                        return;
+                    }
+                    if EdgeMsg::is_closed(head) {
                         if let Ok(mut closed) = closed.lock() {
                             closed.insert(sub_key.clone());
                         }
@@ -249,10 +265,7 @@ impl Bridge {
                         return;
                     }
                     let Some(writer) = writer else { return };
-                    let written = EdgeMsg::split_inline_data(&bytes).map_err(|e| e.to_string()).and_then(
-                        |(input, metadata, data)| writer.send(input, metadata, data).map_err(|e| e.to_string()),
-                    );
-                    if let Err(e) = written {
+                    if let Err(e) = deliver(&writer, payload, head, reader) {
                         // Said once, then every 1,000th time: a flood of
                         // identical lines helps nobody.
                         let n = dropped.fetch_add(1, Ordering::Relaxed);
@@ -284,11 +297,72 @@ impl Bridge {
     }
 }
 
+/// How much of a message is read first to find its head (an input id is
+/// far shorter); a longer head is read the slow way.
+const HEAD_PREFIX: usize = 1024;
+
+/// Writes one message that arrived from another machine into the local
+/// consumer's edge. Its payload, in as many pieces as Zenoh received it, is
+/// copied once: straight into the consumer's pooled region (or message).
+/// `head` is the message's first bytes; `rest` reads what follows them.
+fn deliver(
+    writer: &EdgeWriter,
+    payload: &zenoh::bytes::ZBytes,
+    head: &[u8],
+    mut rest: zenoh::bytes::ZBytesReader<'_>,
+) -> Result<(), String> {
+    let total = payload.len();
+    let (input, metadata, start) = match EdgeMsg::split_inline_head(head, total) {
+        Ok(parts) => parts,
+        Err(rill_proto::DecodeError::Truncated) if head.len() < total => {
+            // A head longer than the prefix: the whole message, contiguous.
+            let bytes = payload.to_bytes();
+            let (input, metadata, data) = EdgeMsg::split_inline_data(&bytes).map_err(|e| e.to_string())?;
+            return writer.send(input, metadata, data).map_err(|e| e.to_string());
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    writer
+        .send_with(input, metadata, total - start, |buf| {
+            // The payload's first bytes came with the head; the rest follows.
+            let first = head.len() - start;
+            buf[..first].copy_from_slice(&head[start..]);
+            rest.read_exact(&mut buf[first..])
+        })
+        .map_err(|e| e.to_string())
+}
+
+/// A payload in a producer's shared region, lent to Zenoh by reference.
+#[derive(Debug)]
+struct Lent {
+    region: Arc<Region>,
+    len: usize,
+}
+
+impl zenoh_buffers::ZSliceBuffer for Lent {
+    fn as_slice(&self) -> &[u8] {
+        self.region.bytes(self.len)
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+/// How long a region Zenoh still holds after `put` returned is waited for
+/// before it is given back anyway (Zenoh copies a payload into its batches
+/// before `put` returns, so this is a safety net, never the normal path).
+const LENT_WAIT: Duration = Duration::from_secs(1);
+
 /// Reads the local producer's messages and publishes each as one inline
-/// `EdgeMsg::Data`; shared payloads are copied out once and released.
-fn forward_out(fd: &OwnedFd, publish: impl Fn(Vec<u8>) -> Result<(), String>) {
+/// `EdgeMsg::Data`. A shared payload goes to Zenoh by reference (Zenoh's
+/// copy into its batches is the one copy of this hop) and is released to
+/// the producer once Zenoh let go of it.
+fn forward_out(fd: &OwnedFd, publish: impl Fn(zenoh::bytes::ZBytes) -> Result<(), String>) {
     let mut buf = vec![0u8; rill_proto::MAX_PACKET];
-    let mut regions: HashMap<u64, Region> = HashMap::new();
+    let mut regions: HashMap<u64, Arc<Region>> = HashMap::new();
     loop {
         let (n, fds) = match transport::recv_packet(fd.as_fd(), &mut buf, false) {
             Ok((n, fds)) if n > 0 => (n, fds),
@@ -300,7 +374,7 @@ fn forward_out(fd: &OwnedFd, publish: impl Fn(Vec<u8>) -> Result<(), String>) {
         match msg {
             EdgeMsg::Data { payload: Payload::Inline(_), .. } => {
                 // Already an inline message: publish the packet as it is.
-                if let Err(e) = publish(buf[..n].to_vec()) {
+                if let Err(e) = publish(buf[..n].to_vec().into()) {
                     eprintln!("rill daemon: cannot publish: {e}");
                 }
             }
@@ -308,18 +382,25 @@ fn forward_out(fd: &OwnedFd, publish: impl Fn(Vec<u8>) -> Result<(), String>) {
                 if new_region {
                     match fds.into_iter().next().map(|fd| Region::open(fd, region_len as usize)) {
                         Some(Ok(mapped)) => {
-                            regions.insert(region, mapped);
+                            regions.insert(region, Arc::new(mapped));
                         }
                         Some(Err(e)) => eprintln!("rill daemon: refusing a shared region from a local producer: {e}"),
                         None => eprintln!("rill daemon: a local producer sent a shared region without its fd"),
                     }
                 }
-                if let Some(mapped) = regions.get(&region) {
-                    // The one copy of this hop: from the shared region into the message.
-                    let mut out = Vec::new();
-                    EdgeMsg::encode_inline_data(&input, metadata, mapped.bytes(len as usize), &mut out);
-                    if let Err(e) = publish(out) {
+                // (A length beyond the region is the producer's error: not sent.)
+                if let Some(mapped) = regions.get(&region).filter(|m| len <= m.len() as u64) {
+                    let mut head = Vec::new();
+                    EdgeMsg::encode_inline_head(&input, metadata, len as usize, &mut head);
+                    let lent = Arc::new(Lent { region: mapped.clone(), len: len as usize });
+                    let mut message = zenoh_buffers::ZBuf::from(zenoh_buffers::ZSlice::from(head));
+                    message.push_zslice(zenoh_buffers::ZSlice::from(lent.clone()));
+                    if let Err(e) = publish(message.into()) {
                         eprintln!("rill daemon: cannot publish: {e}");
+                    }
+                    let deadline = std::time::Instant::now() + LENT_WAIT;
+                    while Arc::strong_count(&lent) > 1 && std::time::Instant::now() < deadline {
+                        std::thread::yield_now();
                     }
                 }
                 let mut release = Vec::new();

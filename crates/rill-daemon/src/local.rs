@@ -197,9 +197,9 @@ impl LocalDataflows {
             let _held = artifacts.as_ref().map(|a| a.hold(hashes));
             for (node, distribute, artifact) in &shipped {
                 let program = match (&artifacts, artifact) {
-                    (Some(store), Some(artifact)) => store.prepare(node, *distribute, artifact).map(|path| {
-                        crate::run::Shipped { path, sha256: artifact.sha256.clone(), fresh: true }
-                    }),
+                    (Some(store), Some(artifact)) => store
+                        .prepare(node, *distribute, artifact)
+                        .map(|path| crate::run::Shipped { path, sha256: artifact.sha256.clone(), fresh: true }),
                     (None, _) => Err(format!("node `{node}` is shipped, but this daemon keeps no artifact directory")),
                     (_, None) => Err(format!(
                         "node `{node}` has `distribute: {}` but no binary was shipped with it",

@@ -112,7 +112,11 @@ impl RunReport {
 }
 
 enum RunEvent {
-    Exited { node: String, instance: Instance, status: ExitStatus },
+    Exited {
+        node: String,
+        instance: Instance,
+        status: ExitStatus,
+    },
     Stop,
     Kill,
     Go,
@@ -335,7 +339,8 @@ impl Runtime {
 
     fn spawn(&mut self, node_id: &str, supervisor: &mut Supervisor, router: &RouterHandle) -> Vec<Action> {
         let Some(node) = self.dataflow.node(node_id).cloned() else { return Vec::new() };
-        let program = match self.shipped_program(node_id).unwrap_or_else(|| resolve_program(&node.path, &self.base_dir)) {
+        let program = match self.shipped_program(node_id).unwrap_or_else(|| resolve_program(&node.path, &self.base_dir))
+        {
             Ok(program) => program,
             Err(e) => return supervisor.spawn_failed(node_id, e),
         };
@@ -419,13 +424,13 @@ impl Runtime {
     /// Runs every distinct `build` command once, in file order.
     fn build(&mut self) -> Result<(), RunError> {
         let mut done: Vec<String> = Vec::new();
-        let builds: Vec<(String, String)> =
-            self.local_dataflow()
-                .nodes
-                .iter()
-                .filter(|n| !self.shipped.contains_key(&n.id))
-                .filter_map(|n| n.build.clone().map(|b| (n.id.clone(), b)))
-                .collect();
+        let builds: Vec<(String, String)> = self
+            .local_dataflow()
+            .nodes
+            .iter()
+            .filter(|n| !self.shipped.contains_key(&n.id))
+            .filter_map(|n| n.build.clone().map(|b| (n.id.clone(), b)))
+            .collect();
         for (node, command) in builds {
             if done.contains(&command) {
                 continue;

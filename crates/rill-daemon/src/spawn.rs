@@ -122,11 +122,16 @@ mod working_dir_tests {
     #[test]
     fn a_node_runs_in_its_working_dir_else_the_dataflow_dir_else_home() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut node = rill_core::Dataflow::parse("nodes:\n  - id: n\n    path: x\n", Path::new("d.yml")).unwrap().nodes.remove(0);
+        let mut node =
+            rill_core::Dataflow::parse("nodes:\n  - id: n\n    path: x\n", Path::new("d.yml")).unwrap().nodes.remove(0);
         assert_eq!(working_dir(&node, tmp.path()).unwrap(), tmp.path());
         let elsewhere = Path::new("/nonexistent/dataflow/dir");
         let home = std::env::var_os("HOME").map(PathBuf::from).filter(|h| h.is_dir()).unwrap_or_else(|| "/".into());
-        assert_eq!(working_dir(&node, elsewhere).unwrap(), home, "a dataflow from another machine runs in the home dir");
+        assert_eq!(
+            working_dir(&node, elsewhere).unwrap(),
+            home,
+            "a dataflow from another machine runs in the home dir"
+        );
         node.deploy.working_dir = Some("sub".into());
         let err = working_dir(&node, tmp.path()).unwrap_err();
         assert!(err.contains("sub does not exist on this machine"), "{err}");

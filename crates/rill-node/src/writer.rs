@@ -53,25 +53,47 @@ impl EdgeWriter {
     /// into a pooled shared region from [`SHM_THRESHOLD`] bytes on. Never
     /// blocks: at the pool's limits the message is dropped with an error.
     pub fn send(&self, input: &str, metadata: Metadata, payload: &[u8]) -> Result<(), WriteError> {
+        self.send_with(input, metadata, payload.len(), |buf| {
+            buf.copy_from_slice(payload);
+            Ok(())
+        })
+    }
+
+    /// Writes a `len`-byte payload for `input` that `fill` writes in place:
+    /// straight into a pooled shared region from [`SHM_THRESHOLD`] bytes on
+    /// (outside the writer's lock, so a large copy holds up nothing else).
+    /// Never blocks; a failed `fill` drops the message (the region is free
+    /// again).
+    pub fn send_with(
+        &self,
+        input: &str,
+        metadata: Metadata,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> std::io::Result<()>,
+    ) -> Result<(), WriteError> {
         if !self.inputs.iter().any(|i| i == input) {
             return Err(WriteError::UnknownInput(input.to_owned()));
         }
-        self.outbound.with(|s| {
-            let payload = if payload.len() < SHM_THRESHOLD {
-                Payload::Inline(payload.to_vec())
-            } else {
-                // Never waits: this runs on the network's receive thread.
-                let Take::Got(id, region) = s.take(payload.len(), true)? else {
-                    return Err(WriteError::Exhausted);
-                };
-                // SAFETY: the pool just lent this region to us alone; no
-                // receiver holds it until it is sent below.
-                unsafe { region.bytes_mut(payload.len()) }.copy_from_slice(payload);
-                Payload::Shared { region: id, len: payload.len() as u64, region_len: region.len() as u64 }
-            };
-            s.send(input, metadata, payload);
-            Ok(())
-        })
+        if len < SHM_THRESHOLD {
+            let mut payload = vec![0; len];
+            fill(&mut payload)?;
+            self.outbound.with(|s| s.send(input, metadata, Payload::Inline(payload)));
+            return Ok(());
+        }
+        // Never waits: this runs on the network's receive thread.
+        let (id, region) = self.outbound.with(|s| match s.take(len, true)? {
+            Take::Got(id, region) => Ok((id, region)),
+            Take::Wait(_) | Take::Full => Err(WriteError::Exhausted),
+        })?;
+        // SAFETY: the pool just lent this region to us alone; no receiver
+        // holds it until it is sent below.
+        if let Err(e) = fill(unsafe { region.bytes_mut(len) }) {
+            self.outbound.with(|s| s.give_back(id));
+            return Err(e.into());
+        }
+        let payload = Payload::Shared { region: id, len: len as u64, region_len: region.len() as u64 };
+        self.outbound.with(|s| s.send(input, metadata, payload));
+        Ok(())
     }
 }
 

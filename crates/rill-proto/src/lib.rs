@@ -263,6 +263,45 @@ impl EdgeMsg {
         w.bytes(payload);
     }
 
+    /// The head of an inline `Data` message whose `len` payload bytes
+    /// follow it: `head ++ payload` is what [`EdgeMsg::encode_inline_data`]
+    /// writes, so a payload can travel by reference behind it.
+    pub fn encode_inline_head(input: &str, metadata: Metadata, len: usize, out: &mut Vec<u8>) {
+        let mut w = Writer::new(out);
+        w.u8(TAG_DATA);
+        w.str(input);
+        w.u64(metadata.timestamp_ns);
+        w.u8(0);
+        w.u8(PAYLOAD_INLINE);
+        w.u64(len as u64);
+    }
+
+    /// The head of an inline `Data` message of `total` bytes, read from a
+    /// `prefix` of it: the input, the metadata, and where the payload
+    /// starts. The payload must fill the rest of the message exactly, so
+    /// its length is `total - start`. (A prefix too short for the head is
+    /// `Truncated`.)
+    pub fn split_inline_head(prefix: &[u8], total: usize) -> Result<(&str, Metadata, usize), DecodeError> {
+        let mut r = Reader::new(prefix);
+        if r.u8()? != TAG_DATA {
+            return Err(DecodeError::UnknownTag(prefix[0]));
+        }
+        let input = r.str()?;
+        let metadata = Metadata { timestamp_ns: r.u64()? };
+        let _new_region = r.u8()?;
+        match r.u8()? {
+            PAYLOAD_INLINE => {}
+            other => return Err(DecodeError::UnknownTag(other)),
+        }
+        let len = r.u64()?;
+        let start = prefix.len() - r.remaining();
+        match (total.checked_sub(start), usize::try_from(len)) {
+            (Some(rest), Ok(len)) if rest == len => Ok((input, metadata, start)),
+            (Some(rest), Ok(len)) if rest > len => Err(DecodeError::TrailingBytes),
+            _ => Err(DecodeError::Truncated),
+        }
+    }
+
     /// The parts of an encoded inline `Data` message, borrowed from `buf`.
     pub fn split_inline_data(buf: &[u8]) -> Result<(&str, Metadata, &[u8]), DecodeError> {
         let mut r = Reader::new(buf);
@@ -361,6 +400,14 @@ mod tests {
             .encode(&mut via_enum);
         assert_eq!(direct, via_enum);
         assert_eq!(EdgeMsg::split_inline_data(&direct), Ok(("in", metadata, &[1u8, 2, 3][..])));
+        let mut head = Vec::new();
+        EdgeMsg::encode_inline_head("in", metadata, 3, &mut head);
+        assert_eq!([head.as_slice(), &[1, 2, 3]].concat(), direct, "head ++ payload is the message");
+        assert_eq!(EdgeMsg::split_inline_head(&direct[..head.len()], direct.len()), Ok(("in", metadata, head.len())));
+        // A length that does not match the message, or a head cut short.
+        assert_eq!(EdgeMsg::split_inline_head(&direct, direct.len() + 1), Err(DecodeError::TrailingBytes));
+        assert_eq!(EdgeMsg::split_inline_head(&direct, direct.len() - 1), Err(DecodeError::Truncated));
+        assert_eq!(EdgeMsg::split_inline_head(&direct[..head.len() - 1], direct.len()), Err(DecodeError::Truncated));
         let mut shared = Vec::new();
         EdgeMsg::Data {
             input: "in".into(),

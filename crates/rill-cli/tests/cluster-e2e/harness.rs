@@ -206,7 +206,8 @@ impl Net {
 
     /// Runs `rill ARGS` to its end (bounded by `limit`).
     pub fn run(&self, args: &[&str], limit: Duration) -> RillOutput {
-        let mut child = self.rill().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("rill starts");
+        let mut child =
+            self.rill().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("rill starts");
         let (out, err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
         let read = |mut pipe: Box<dyn std::io::Read + Send>| {
             std::thread::spawn(move || {
@@ -253,17 +254,15 @@ impl Net {
         for dir in ["etc/ssh", "root/.ssh", "usr/local/bin"] {
             std::fs::create_dir_all(files.join(dir)).expect("host files");
         }
-        must(&format!(
-            "ssh-keygen -q -t ed25519 -N '' -C {name} -f {}/etc/ssh/ssh_host_ed25519_key",
-            files.display()
-        ));
+        must(&format!("ssh-keygen -q -t ed25519 -N '' -C {name} -f {}/etc/ssh/ssh_host_ed25519_key", files.display()));
         let sshd = format!(
             "ListenAddress {ip}\nHostKey /etc/ssh/ssh_host_ed25519_key\nUsePAM no\nPermitRootLogin prohibit-password\n\
              PasswordAuthentication no\nSubsystem sftp internal-sftp\nUseDNS no\nPidFile /run/sshd.pid\n"
         );
         std::fs::write(files.join("etc/ssh/sshd_config"), sshd).expect("sshd config");
         std::fs::write(files.join("etc/hostname"), format!("{name}\n")).expect("hostname");
-        std::fs::write(files.join("etc/machine-id"), format!("{:032x}\n", 0x77_0000 + u32::from(k))).expect("machine-id");
+        std::fs::write(files.join("etc/machine-id"), format!("{:032x}\n", 0x77_0000 + u32::from(k)))
+            .expect("machine-id");
         let key = std::fs::read_to_string(self.path("client_key.pub")).expect("public key");
         std::fs::write(files.join("root/.ssh/authorized_keys"), &key).expect("authorized keys");
         must(&format!("chmod 700 {0}/root/.ssh && chmod 600 {0}/root/.ssh/authorized_keys", files.display()));
@@ -297,10 +296,13 @@ impl Net {
         self.start(index);
         if let Some(user) = &spec.user {
             let home = format!("/home/{user}");
-            self.root_ssh(index, &format!(
-                "useradd -m -s /bin/sh {user} && usermod -p '*' {user} && mkdir -p {home}/.ssh && \
+            self.root_ssh(
+                index,
+                &format!(
+                    "useradd -m -s /bin/sh {user} && usermod -p '*' {user} && mkdir -p {home}/.ssh && \
                  cp /root/.ssh/authorized_keys {home}/.ssh/ && chown -R {user}: {home}/.ssh && chmod 700 {home}/.ssh"
-            ));
+                ),
+            );
         }
         index
     }
@@ -344,7 +346,9 @@ impl Net {
         host.init = Some(child);
         let (ip, netns, name) = (host.ip.clone(), host.netns.clone(), host.name.clone());
         poll_until(&format!("sshd of {name} listens on {ip}:22"), Duration::from_secs(30), || {
-            sh(&format!("ip netns exec {netns} ss -ltnH 'sport = :22' | grep -qE '({ip}|0.0.0.0|\\*):22'")).status.success()
+            sh(&format!("ip netns exec {netns} ss -ltnH 'sport = :22' | grep -qE '({ip}|0.0.0.0|\\*):22'"))
+                .status
+                .success()
         });
     }
 
@@ -497,21 +501,33 @@ impl Net {
         let mut text = String::new();
         for entry in std::fs::read_dir(self.path("home/state/rill")).into_iter().flatten().flatten() {
             if entry.path().extension().is_some_and(|e| e == "log") {
-                text += &format!("=== {}\n{}\n", entry.path().display(), std::fs::read_to_string(entry.path()).unwrap_or_default());
+                text += &format!(
+                    "=== {}\n{}\n",
+                    entry.path().display(),
+                    std::fs::read_to_string(entry.path()).unwrap_or_default()
+                );
             }
         }
         for (index, host) in self.hosts.iter().enumerate() {
             let init_log = std::fs::read_to_string(&host.log).unwrap_or_default();
             // A booting systemd's console is long: its end is what matters.
             let tail: Vec<&str> = init_log.lines().rev().take(40).collect();
-            text += &format!("=== {} init log (end)\n{}\n", host.name, tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            text += &format!(
+                "=== {} init log (end)\n{}\n",
+                host.name,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
             if host.systemd
                 && let Some(root) = self.root_pid(index)
             {
                 let journal = sh(&format!(
                     "journalctl --no-pager -q --directory=/proc/{root}/root/run/log/journal -u 'rill-daemon-*' | tail -n 60"
                 ));
-                text += &format!("=== {} journal of rill-daemon-*\n{}\n", host.name, String::from_utf8_lossy(&journal.stdout));
+                text += &format!(
+                    "=== {} journal of rill-daemon-*\n{}\n",
+                    host.name,
+                    String::from_utf8_lossy(&journal.stdout)
+                );
             }
             for home in ["/root", "/home/robot"] {
                 let Some(root) = self.root_pid(index) else { continue };

@@ -45,7 +45,8 @@ fn cluster_up_places_nodes_on_the_right_hosts_restart_works_and_down_leaves_noth
     for k in 1..=3 {
         net.boot(k, &HostSpec::default());
     }
-    let file = net.cluster_yml(&[(0, "m1", "root", "role=camera"), (1, "m2", "root", "gpu=true"), (2, "m3", "root", "")]);
+    let file =
+        net.cluster_yml(&[(0, "m1", "root", "role=camera"), (1, "m2", "root", "gpu=true"), (2, "m3", "root", "")]);
     let started = Instant::now();
     let up = net.run(&["cluster", "up", file.to_str().unwrap()], UP_LIMIT);
     let up_secs = started.elapsed().as_secs_f64();
@@ -135,7 +136,9 @@ fn cluster_up_places_nodes_on_the_right_hosts_restart_works_and_down_leaves_noth
     for index in 0..3 {
         let left = net.rill_processes(index);
         assert!(left.is_empty(), "rill processes left on {}: {left:?}\n{down}", net.hosts[index].name);
-        assert!(net.read_file(index, &format!("/root/.local/state/rill/cluster-6013-m{}/join.token", index + 1)).is_none());
+        assert!(
+            net.read_file(index, &format!("/root/.local/state/rill/cluster-6013-m{}/join.token", index + 1)).is_none()
+        );
     }
     let status = net.run(&["cluster", "status"], CLI_LIMIT);
     assert_ne!(status.code, Some(0), "no cluster any more: {status}");
@@ -180,7 +183,12 @@ fn each_machine_with_a_gap_fails_with_its_own_error_while_the_others_come_up() {
     let problems = |id: &str| -> Vec<String> {
         let machine = json["machines"].as_array().expect("machines").iter().find(|m| m["id"] == id).cloned();
         let machine = machine.unwrap_or_else(|| panic!("{id} missing: {check}"));
-        machine["problems"].as_array().expect("problems").iter().map(|p| p["kind"].as_str().unwrap_or("").to_owned()).collect()
+        machine["problems"]
+            .as_array()
+            .expect("problems")
+            .iter()
+            .map(|p| p["kind"].as_str().unwrap_or("").to_owned())
+            .collect()
     };
     assert!(problems("nosudo").iter().any(|p| p == "sudo_refused" || p == "no_sudo"), "{check}");
     assert_eq!(problems("norill")[0], "no_rill", "{check}");
@@ -231,7 +239,10 @@ fn a_pending_dataflow_starts_when_its_machine_joins_and_up_again_starts_only_wha
     assert_eq!(restart.code, Some(0), "{restart}");
     let list = net.run(&["list"], CLI_LIMIT);
     let row = list.stdout.lines().rfind(|l| l.contains(" app ")).unwrap_or_default().to_owned();
-    assert!(row.contains("pending") && row.contains("waiting: node `sink`: no matching daemon for machine id \"m3\""), "{list}");
+    assert!(
+        row.contains("pending") && row.contains("waiting: node `sink`: no matching daemon for machine id \"m3\""),
+        "{list}"
+    );
 
     // m3's host comes back; `up` again starts only its daemon.
     net.power_on(2);
@@ -239,10 +250,20 @@ fn a_pending_dataflow_starts_when_its_machine_joins_and_up_again_starts_only_wha
     assert_eq!(again.code, Some(0), "{again}");
     for id in ["m1", "m2"] {
         assert!(again.stdout.contains(&format!("Starting daemon on {id} (root@10.77.{}.1", net.n)), "{again}");
-        assert!(again.stdout.lines().any(|l| l.contains(&format!(" {id} (")) && l.ends_with("already connected")), "{again}");
+        assert!(
+            again.stdout.lines().any(|l| l.contains(&format!(" {id} (")) && l.ends_with("already connected")),
+            "{again}"
+        );
     }
-    assert!(again.stdout.contains("Starting daemon on m3 (") && again.stdout.contains("All 3 daemons connected"), "{again}");
-    assert_eq!(net.rill_processes(0).iter().filter(|(_, cmd)| cmd.contains(" daemon ")).count(), 1, "still one daemon on h1");
+    assert!(
+        again.stdout.contains("Starting daemon on m3 (") && again.stdout.contains("All 3 daemons connected"),
+        "{again}"
+    );
+    assert_eq!(
+        net.rill_processes(0).iter().filter(|(_, cmd)| cmd.contains(" daemon ")).count(),
+        1,
+        "still one daemon on h1"
+    );
     poll_until("the pending dataflow started once m3 joined", Duration::from_secs(30), || {
         logs(&net, "app").contains("[sink] input in len=8 seq=2")
     });
@@ -274,7 +295,9 @@ fn a_pending_dataflow_starts_when_its_machine_joins_and_up_again_starts_only_wha
         list["dataflows"].as_array().expect("dataflows").iter().any(|d| {
             d["name"] == "late"
                 && d["status"] == "failed"
-                && d["reason"].as_str().is_some_and(|r| r.contains("no daemon to run it on in time") && r.contains("m9"))
+                && d["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("no daemon to run it on in time") && r.contains("m9"))
         })
     });
 
@@ -364,7 +387,10 @@ fn install_runs_every_daemon_as_a_systemd_service_that_survives_a_crash_and_unin
     let install = net.run(&["cluster", "install", file], UP_LIMIT);
     assert_eq!(install.code, Some(0), "{install}");
     for (id, host) in [("s1", &net.hosts[0]), ("s2", &net.hosts[1])] {
-        assert!(install.stdout.contains(&format!("Installing rill-daemon-{id}.service on root@{}... OK", host.ip)), "{install}");
+        assert!(
+            install.stdout.contains(&format!("Installing rill-daemon-{id}.service on root@{}... OK", host.ip)),
+            "{install}"
+        );
     }
     assert!(install.stdout.contains("2/2 succeeded."), "{install}");
     assert_eq!(connected(&net), ["s1", "s2"]);
@@ -419,7 +445,8 @@ fn install_runs_every_daemon_as_a_systemd_service_that_survives_a_crash_and_unin
 fn stamped_build(net: &Net, stamp: &str) -> std::path::PathBuf {
     let mut bytes = std::fs::read(env!("CARGO_BIN_EXE_rill")).expect("the rill binary");
     let marker = b"RILL-BUILD-STAMP:";
-    let at = bytes.windows(marker.len()).position(|w| w == marker).expect("the binary has a stamp marker") + marker.len();
+    let at =
+        bytes.windows(marker.len()).position(|w| w == marker).expect("the binary has a stamp marker") + marker.len();
     bytes[at..at + stamp.len()].copy_from_slice(stamp.as_bytes());
     let path = net.write(&format!("rill-{stamp}"), "");
     std::fs::write(&path, bytes).expect("write the stamped build");
@@ -463,7 +490,8 @@ fn upgrade_rolls_a_new_build_out_one_machine_at_a_time_and_a_broken_one_is_rolle
 
     let b2 = stamped_build(&net, "b2");
     let upgrade = std::thread::scope(|scope| {
-        let run = scope.spawn(|| net.run(&["cluster", "upgrade", "--binary", b2.to_str().unwrap()], Duration::from_secs(180)));
+        let run = scope
+            .spawn(|| net.run(&["cluster", "upgrade", "--binary", b2.to_str().unwrap()], Duration::from_secs(180)));
         // While s1 is on the new build and s2 not yet, s2's node kept delivering.
         let before = ticks(&net);
         poll_until("s1 runs the new build before s2 does", Duration::from_secs(60), || {
@@ -488,24 +516,33 @@ fn upgrade_rolls_a_new_build_out_one_machine_at_a_time_and_a_broken_one_is_rolle
         let app = app.expect("app is listed");
         app["status"] == "running" && ["idle", "ticks"].iter().all(|n| app["nodes"][n]["state"] == "running")
     };
-    assert!(running(&net), "every node runs again after the upgrade: {}", net.run(&["list", "--json"], CLI_LIMIT).stdout);
+    assert!(
+        running(&net),
+        "every node runs again after the upgrade: {}",
+        net.run(&["list", "--json"], CLI_LIMIT).stdout
+    );
 
     // --rollback: every machine back to the binary it had before.
     let rollback = net.run(&["cluster", "upgrade", "--rollback"], Duration::from_secs(120));
     assert_eq!(rollback.code, Some(0), "{rollback}");
     assert!(rollback.stdout.contains("2/2 restored."), "{rollback}");
-    assert!(running(&net), "every node runs again after the rollback: {}", net.run(&["list", "--json"], CLI_LIMIT).stdout);
+    assert!(
+        running(&net),
+        "every node runs again after the rollback: {}",
+        net.run(&["list", "--json"], CLI_LIMIT).stdout
+    );
     assert_eq!(versions(&net), [("s1".to_owned(), old.clone()), ("s2".to_owned(), old.clone())].into());
 
     // A build of another protocol (a stand-in that only answers `version`):
     // refused on the first machine before anything changes there.
-    let other = net.write(
-        "rill-other-protocol",
-        &format!("#!/bin/sh\necho '{{\"version\":\"{old}+p3\",\"protocol\":3}}'\n"),
-    );
+    let other =
+        net.write("rill-other-protocol", &format!("#!/bin/sh\necho '{{\"version\":\"{old}+p3\",\"protocol\":3}}'\n"));
     let refused = net.run(&["cluster", "upgrade", "--binary", other.to_str().unwrap()], Duration::from_secs(60));
     assert_eq!(refused.code, Some(1), "{refused}");
-    assert!(refused.stdout.contains("speaks protocol 3") && refused.stdout.contains("upgrade the coordinator first"), "{refused}");
+    assert!(
+        refused.stdout.contains("speaks protocol 3") && refused.stdout.contains("upgrade the coordinator first"),
+        "{refused}"
+    );
     assert!(!refused.stdout.contains("Swap binary"), "nothing was swapped: {refused}");
     assert_eq!(versions(&net), [("s1".to_owned(), old.clone()), ("s2".to_owned(), old.clone())].into());
 
@@ -518,8 +555,10 @@ fn upgrade_rolls_a_new_build_out_one_machine_at_a_time_and_a_broken_one_is_rolle
             rill_proto::coord::COORD_PROTOCOL_VERSION
         ),
     );
-    let broken_upgrade =
-        net.run(&["cluster", "upgrade", "--binary", broken.to_str().unwrap(), "--timeout", "8s"], Duration::from_secs(120));
+    let broken_upgrade = net.run(
+        &["cluster", "upgrade", "--binary", broken.to_str().unwrap(), "--timeout", "8s"],
+        Duration::from_secs(120),
+    );
     assert_eq!(broken_upgrade.code, Some(1), "{broken_upgrade}");
     assert!(broken_upgrade.stdout.contains("Roll back... OK"), "{broken_upgrade}");
     assert!(!broken_upgrade.stdout.contains("Upgrading s2"), "s2 was not touched: {broken_upgrade}");
@@ -562,7 +601,8 @@ fn a_host_that_loses_power_or_reboots_comes_back_by_systemd_and_the_dataflow_del
         now.is_some() && now != daemon && pid.is_some() && received(&net) > before + 5
     });
     let daemon = daemon.expect("s1's daemon before the reboot");
-    let coordinator_log = std::fs::read_to_string(net.path("home/state/rill/coordinator-6013.log")).expect("coordinator log");
+    let coordinator_log =
+        std::fs::read_to_string(net.path("home/state/rill/coordinator-6013.log")).expect("coordinator log");
     assert!(
         coordinator_log.contains(&format!("daemon {daemon} is shutting down")),
         "s1's daemon said it was shutting down before the reboot:\n{coordinator_log}"
@@ -643,7 +683,9 @@ fn a_restarted_coordinator_reclaims_the_services_and_their_running_nodes() {
     poll_until("the services reconnected and reported their nodes", Duration::from_secs(60), || {
         let list = net.run(&["list", "--json"], CLI_LIMIT).json();
         let app = &list["dataflows"][0];
-        app["status"] == "running" && app["nodes"]["src"]["state"] == "running" && app["nodes"]["sink"]["state"] == "running"
+        app["status"] == "running"
+            && app["nodes"]["src"]["state"] == "running"
+            && app["nodes"]["sink"]["state"] == "running"
     });
     assert_eq!(daemon_and_pid(&net, "s1", "src").1, src, "the same source process: reclaimed, not re-spawned");
     assert_eq!(daemon_and_pid(&net, "s2", "sink").1, sink, "the same sink process");
@@ -719,7 +761,9 @@ fn a_node_that_takes_its_daemon_down_at_once_is_re_spawned_at_most_once_per_reco
     // The waits are configurable: a 10 s backoff instead of 30 s keeps the
     // test short and still well apart from systemd's 5 s restarts.
     let file = net.cluster_yml(&[(0, "s1", "root", ""), (1, "s2", "root", "")]);
-    let text = std::fs::read_to_string(&file).expect("cluster.yml").replace("  port: 6013\n", "  port: 6013\n  recovery_backoff: 10\n");
+    let text = std::fs::read_to_string(&file)
+        .expect("cluster.yml")
+        .replace("  port: 6013\n", "  port: 6013\n  recovery_backoff: 10\n");
     std::fs::write(&file, text).expect("cluster.yml");
     let install = net.run(&["cluster", "install", file.to_str().unwrap()], UP_LIMIT);
     assert_eq!(install.code, Some(0), "{install}");

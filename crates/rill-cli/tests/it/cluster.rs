@@ -229,7 +229,8 @@ fn a_producer_that_ends_on_another_machine_closes_the_input_after_everything_it_
     ]);
     assert_eq!(code, Some(0), "{stderr}\n{}", procs.logs());
     let deadline = Instant::now() + Duration::from_secs(30);
-    let closed = |lines: &[String]| lines.iter().any(|l| l == "closed small") && lines.iter().any(|l| l == "closed large");
+    let closed =
+        |lines: &[String]| lines.iter().any(|l| l == "closed small") && lines.iter().any(|l| l == "closed large");
     while !closed(&sink_lines(&procs, "closing")) {
         assert!(Instant::now() < deadline, "the sink's inputs were not closed\n{}", procs.logs());
         std::thread::sleep(Duration::from_millis(100));
@@ -255,8 +256,15 @@ fn a_producer_whose_daemon_shuts_down_is_lost_not_ended_for_a_consumer_on_anothe
     let flow = crate::support::Flow::new(
         "nodes:\n  - id: source\n    path: {node}\n    args: count-send\n    inputs: { t: rill/timer/millis/50 }\n    outputs: [out]\n    deploy: { machine: a }\n  - id: sink\n    path: {node}\n    args: [print]\n    inputs: { in: source/out }\n    deploy: { machine: b }\n",
     );
-    let (code, _, stderr) =
-        rill_json(&["start", &flow.file.display().to_string(), "--name", "lost", "--coordinator-port", &port.to_string(), "--json"]);
+    let (code, _, stderr) = rill_json(&[
+        "start",
+        &flow.file.display().to_string(),
+        "--name",
+        "lost",
+        "--coordinator-port",
+        &port.to_string(),
+        "--json",
+    ]);
     assert_eq!(code, Some(0), "{stderr}\n{}", procs.logs());
     let received = |procs: &Processes| seqs_of(&sink_lines(procs, "lost"), "in").len();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -308,6 +316,9 @@ fn a_burst_of_4_mib_messages_crosses_machines_complete_in_order_with_the_marker_
     assert_eq!(frames.len(), 101, "{}", lines.join("\n"));
     assert_eq!(seqs_of(&lines, "frames"), (0..=100).collect::<Vec<_>>(), "complete and in order");
     assert!(frames[..100].iter().all(|l| l.contains("len=4194304")), "every frame whole");
+    // Every word of a frame is its seq: no payload was overwritten in flight
+    // (the bridge lends a producer's region to Zenoh by reference).
+    assert!(!lines.iter().any(|l| l.starts_with("corrupt")), "{}", lines.join("\n"));
     // (The smallest message the test node sends holds its sequence number: 8 bytes.)
     assert!(frames[100].contains("len=8 seq=100"), "the marker last: {}", frames[100]);
 }
@@ -587,7 +598,7 @@ fn up_starts_a_local_coordinator_and_daemon_and_destroy_stops_them() {
 }
 
 #[test]
-fn the_cross_daemon_benchmark_reports_figures_and_its_tcp_baseline() {
+fn the_cross_daemon_benchmark_reports_figures_and_its_relay_and_tcp_baselines() {
     let bench = crate::support::bin_dir().join("rill-bench");
     let out = std::process::Command::new(&bench)
         .args(["latency", "--cross", "--quick", "--json", "--sizes", "8,65536"])
@@ -600,7 +611,19 @@ fn the_cross_daemon_benchmark_reports_figures_and_its_tcp_baseline() {
     for (row, size) in rows.iter().zip([8, 65536]) {
         assert_eq!(row["size"], size);
         assert_eq!(row["mode"], "cross");
-        for key in ["p50_us", "p99_us", "paced_p50_us", "msgs_per_s", "baseline_p50_us"] {
+        assert_eq!(row["transport"], "tls", "TLS is the default: {row}");
+        for key in [
+            "p50_us",
+            "p99_us",
+            "paced_p50_us",
+            "paced_p99_us",
+            "msgs_per_s",
+            "mb_per_s",
+            "baseline_p50_us",
+            "ratio",
+            "tcp_p50_us",
+            "tcp_mb_per_s",
+        ] {
             assert!(row[key].as_f64().is_some_and(|v| v > 0.0), "{key} in {row}");
         }
     }

@@ -63,7 +63,8 @@ fn an_http_node_runs_the_uploaded_binary_a_changed_one_is_refused_and_no_id_esca
         ),
     )
     .unwrap();
-    let start = rill().args(["start"]).arg(&flow).args(["--name", "app", "--coordinator-port", &port_text]).output().unwrap();
+    let start =
+        rill().args(["start"]).arg(&flow).args(["--name", "app", "--coordinator-port", &port_text]).output().unwrap();
     let stderr = String::from_utf8_lossy(&start.stderr);
     assert!(start.status.success(), "{stderr}\n{}", procs.logs());
     assert!(stderr.contains("Uploaded node `sink`"), "{stderr}");
@@ -114,7 +115,10 @@ fn an_http_node_runs_the_uploaded_binary_a_changed_one_is_refused_and_no_id_esca
     assert_eq!(refused(get(&anonymous, &format!("/api/artifacts/{build}/sink"))), 401);
     let token_text = std::fs::read_to_string(&token).unwrap();
     let as_daemon = rill_auth::dial::Dial { bearer: Some(token_text.trim().to_owned()), ..admin.clone() };
-    assert_eq!(get(&as_daemon, &format!("/api/artifacts/{build}/sink")).expect("a daemon may fetch"), std::fs::metadata(bin.join("sink-node")).unwrap().len());
+    assert_eq!(
+        get(&as_daemon, &format!("/api/artifacts/{build}/sink")).expect("a daemon may fetch"),
+        std::fs::metadata(bin.join("sink-node")).unwrap().len()
+    );
     let mut body = std::io::Cursor::new(b"evil".to_vec());
     assert_eq!(refused(rt.block_on(http_put(&as_daemon, &format!("/api/artifacts/{build}/sink"), 4, &mut body))), 401);
 

@@ -599,7 +599,8 @@ fn a_daemon_flooding_log_lines_cannot_grow_the_coordinator() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     // A daemon that never runs anything, only talks.
     let mut ws = runtime.block_on(async {
-        let mut ws = rill_auth::dial::websocket(&crate::support::admin_dial(port), "/api/daemon").await.expect("connect");
+        let mut ws =
+            rill_auth::dial::websocket(&crate::support::admin_dial(port), "/api/daemon").await.expect("connect");
         let register = format!(
             r#"{{"type":"register","protocol":{},"version":"0","machine_id":"x","labels":{{}}}}"#,
             rill_proto::coord::COORD_PROTOCOL_VERSION

@@ -60,7 +60,11 @@ fn a_host_that_is_an_ssh_option_is_refused_before_anything_runs() {
 fn a_valid_cluster_file_checks_and_commands_without_a_cluster_say_how_to_start_one() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("cluster.yml");
-    std::fs::write(&file, "coordinator:\n  addr: 10.0.0.1\nmachines:\n  - id: a\n    host: h1\n  - id: b\n    host: h2\n").unwrap();
+    std::fs::write(
+        &file,
+        "coordinator:\n  addr: 10.0.0.1\nmachines:\n  - id: a\n    host: h1\n  - id: b\n    host: h2\n",
+    )
+    .unwrap();
     let out = in_dir(dir.path(), &["cluster", "check", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("ok: {} (2 machines)", file.display()));

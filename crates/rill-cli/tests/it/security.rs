@@ -188,7 +188,12 @@ fn enrollment_binds_a_token_to_one_machine_and_its_cache_dir() {
     assert!(procs.log("other").contains("already bound to another machine"), "{}", procs.logs());
     // The same identity twice at once: the second is refused, the first stays.
     procs.start_command("twin", daemon(port, "edge", &file, &cache));
-    assert_eq!(procs.wait_exit("twin", Duration::from_secs(15)), Some(2), "exit 2: already_connected\n{}", procs.logs());
+    assert_eq!(
+        procs.wait_exit("twin", Duration::from_secs(15)),
+        Some(2),
+        "exit 2: already_connected\n{}",
+        procs.logs()
+    );
     assert!(crate::support::alive(procs.pid("daemon-again")), "the first is unaffected\n{}", procs.logs());
     wait_status(&procs, port, "edge still there", Duration::from_secs(5), |v| machines(v) == ["edge"]);
 
@@ -200,17 +205,21 @@ fn enrollment_binds_a_token_to_one_machine_and_its_cache_dir() {
     // The token and the (public) key are not enough: the enrolling daemon
     // proves it holds the private key.
     let joined: rill_auth::JoinToken = std::fs::read_to_string(&file).expect("token").parse().expect("token");
-    let victim = rill_auth::enroll::DaemonKey::load_or_create(&cache.join("identity").join(&joined.ca.hex()[..16]).join("edge"))
-        .expect("the enrolled key");
+    let victim =
+        rill_auth::enroll::DaemonKey::load_or_create(&cache.join("identity").join(&joined.ca.hex()[..16]).join("edge"))
+            .expect("the enrolled key");
     let forger = rill_auth::enroll::DaemonKey::ephemeral().expect("key");
     let dial = rill_auth::dial::Dial {
         addr: format!("127.0.0.1:{port}"),
         tls: Some(rill_auth::tls::client_config(joined.ca, None).expect("TLS")),
         bearer: Some(joined.expose()),
     };
-    let reply = first_reply(&dial, serde_json::json!({"type": "register",
+    let reply = first_reply(
+        &dial,
+        serde_json::json!({"type": "register",
         "protocol": rill_proto::coord::COORD_PROTOCOL_VERSION, "version": "0", "machine_id": "edge", "labels": {},
-        "enroll_key": victim.public_hex(), "enroll_proof": forger.prove("edge", "edge", &joined.ca).expect("proof")}));
+        "enroll_key": victim.public_hex(), "enroll_proof": forger.prove("edge", "edge", &joined.ca).expect("proof")}),
+    );
     assert!(reply.contains("unauthorized") && reply.contains("did not prove it holds its key"), "{reply}");
 
     // A label the token does not grant cannot be claimed.
@@ -288,7 +297,8 @@ fn another_protocol_is_refused_and_stops_the_daemon_cleanly() {
     cmd.env("RILL_JOIN_TOKEN", &made_up).arg("--cache-dir").arg(procs.dir.path().join("cache"));
     procs.start_command("daemon", cmd);
     let mismatch = r#"{"type":"error","code":"protocol_mismatch","message":"this coordinator speaks protocol 99"}"#;
-    runtime.block_on(async { tokio::time::timeout(Duration::from_secs(15), answer_once(listener, mismatch)).await })
+    runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(15), answer_once(listener, mismatch)).await })
         .unwrap_or_else(|_| panic!("the daemon did not connect\n{}", procs.logs()));
     assert_eq!(procs.wait_exit("daemon", Duration::from_secs(15)), Some(3), "exit 3\n{}", procs.logs());
     assert!(procs.log("daemon").contains("(protocol_mismatch)"), "{}", procs.logs());
@@ -303,9 +313,12 @@ fn another_protocol_is_refused_and_stops_the_daemon_cleanly() {
         bearer: Some(joined.expose()),
     };
     let key = rill_auth::enroll::DaemonKey::ephemeral().expect("key");
-    let reply = first_reply(&dial, serde_json::json!({"type": "register", "protocol": 3, "version": "0.0.1",
+    let reply = first_reply(
+        &dial,
+        serde_json::json!({"type": "register", "protocol": 3, "version": "0.0.1",
         "machine_id": "old", "labels": {}, "enroll_key": key.public_hex(),
-        "enroll_proof": key.prove("old", "old", &joined.ca).expect("proof")}));
+        "enroll_proof": key.prove("old", "old", &joined.ca).expect("proof")}),
+    );
     assert!(reply.contains("protocol_mismatch"), "{reply}");
     assert_eq!(token(port, "old")["state"], "unused", "nothing was enrolled");
 }
@@ -356,7 +369,10 @@ fn tls_pins_the_cluster_ca_and_control_needs_the_admin_token() {
     assert!(stderr.contains("looked in --token-file, RILL_TOKEN"), "{stderr}");
     let out = away(&pinned).env("RILL_TOKEN", "ab".repeat(32)).output().expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("wrong admin token") && stderr.contains("sent the admin token from RILL_TOKEN"), "{stderr}");
+    assert!(
+        stderr.contains("wrong admin token") && stderr.contains("sent the admin token from RILL_TOKEN"),
+        "{stderr}"
+    );
 
     // Someone else's server: refused in the handshake, before the token is
     // sent. (A worker thread serves it while this one waits for the CLI.)
@@ -400,9 +416,18 @@ fn an_insecure_plaintext_cluster_works_and_says_it_is_insecure() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("transport plaintext"), "{}", procs.logs());
     // A fingerprint given explicitly means TLS: the token is not sent in clear.
     let fingerprint = format!("sha256:{}", "0".repeat(64));
-    let out = rill().args(["status", "--coordinator-port", &port_text, "--coordinator-fingerprint", &fingerprint]).output().expect("run");
+    let out = rill()
+        .args(["status", "--coordinator-port", &port_text, "--coordinator-fingerprint", &fingerprint])
+        .output()
+        .expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.code() == Some(1) && stderr.contains("does not speak TLS"), "{:?} {stderr} {}\n{}", out.status, String::from_utf8_lossy(&out.stdout), procs.logs());
+    assert!(
+        out.status.code() == Some(1) && stderr.contains("does not speak TLS"),
+        "{:?} {stderr} {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        procs.logs()
+    );
 }
 
 #[test]
@@ -414,8 +439,15 @@ fn a_daemon_cannot_report_on_another_daemons_nodes() {
     procs.start("daemon-a", &["daemon", "--machine-id", "a", "--coordinator-port", &port_text]);
     wait_status(&procs, port, "a registered", Duration::from_secs(15), |v| machines(v) == ["a"]);
     let flow = Flow::new("nodes:\n  - id: w\n    path: {node}\n    args: [wait-stop]\n    deploy: { machine: a }\n");
-    let (code, started, stderr) =
-        rill_json(&["start", &flow.file.display().to_string(), "--name", "app", "--json", "--coordinator-port", &port_text]);
+    let (code, started, stderr) = rill_json(&[
+        "start",
+        &flow.file.display().to_string(),
+        "--name",
+        "app",
+        "--json",
+        "--coordinator-port",
+        &port_text,
+    ]);
     assert_eq!(code, Some(0), "{stderr}");
     let uuid = started["uuid"].as_str().expect("uuid").to_owned();
     procs.wait_log("daemon-a", "w runs", Duration::from_secs(20), |l| l.contains("[app/w] waiting"));
@@ -434,7 +466,9 @@ fn a_daemon_cannot_report_on_another_daemons_nodes() {
         }
         ws
     });
-    procs.wait_log("coordinator", "the lie refused", Duration::from_secs(10), |l| l.contains("refused a status from x-"));
+    procs.wait_log("coordinator", "the lie refused", Duration::from_secs(10), |l| {
+        l.contains("refused a status from x-")
+    });
     let (_, list, _) = rill_json(&["list", "--json", "--coordinator-port", &port_text]);
     assert_eq!(list["dataflows"][0]["status"], "running", "{list}");
     assert_eq!(list["dataflows"][0]["nodes"]["w"]["state"], "running", "{list}");
@@ -490,7 +524,10 @@ fn a_zenoh_peer_without_a_cluster_certificate_gets_nothing_from_the_data_plane()
     let port = coordinator(&mut procs, &[]);
     let port_text = port.to_string();
     let data_port = free_port().to_string();
-    procs.start("daemon-a", &["daemon", "--machine-id", "a", "--coordinator-port", &port_text, "--data-port", &data_port]);
+    procs.start(
+        "daemon-a",
+        &["daemon", "--machine-id", "a", "--coordinator-port", &port_text, "--data-port", &data_port],
+    );
     procs.start("daemon-b", &["daemon", "--machine-id", "b", "--coordinator-port", &port_text]);
     wait_status(&procs, port, "two daemons", Duration::from_secs(15), |v| machines(v).len() == 2);
     let state = crate::support::xdg_home().join(format!("data/rill/coordinator-{port}"));
@@ -515,10 +552,13 @@ fn a_zenoh_peer_without_a_cluster_certificate_gets_nothing_from_the_data_plane()
     let flow = Flow::new(
         "nodes:\n  - id: source\n    path: {node}\n    args: [flood, '8']\n    outputs: [out]\n    deploy: { machine: a }\n  - id: sink\n    path: {node}\n    args: [slow, '1']\n    inputs: { in: source/out }\n    deploy: { machine: b }\n",
     );
-    let (code, _, stderr) = rill_json(&["start", &flow.file.display().to_string(), "--name", "app", "--coordinator-port", &port_text]);
+    let (code, _, stderr) =
+        rill_json(&["start", &flow.file.display().to_string(), "--name", "app", "--coordinator-port", &port_text]);
     assert_eq!(code, Some(0), "{stderr}");
     // The data flows between the daemons (over their mutual TLS) ...
-    procs.wait_log("daemon-b", "the sink receives", Duration::from_secs(30), |l| l.matches("[app/sink] seq").count() >= 500);
+    procs.wait_log("daemon-b", "the sink receives", Duration::from_secs(30), |l| {
+        l.matches("[app/sink] seq").count() >= 500
+    });
     // ... and not to the intruders, during all of that and a while more.
     let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline {
@@ -544,10 +584,17 @@ fn nodes_do_not_inherit_the_daemons_credentials() {
         .env("RILL_TOKEN", "ab".repeat(32));
     procs.start_command("daemon", cmd);
     wait_status(&procs, port, "edge enrolled", Duration::from_secs(15), |v| machines(v) == ["edge"]);
-    let flow = Flow::new("nodes:\n  - id: env\n    path: /usr/bin/env\n    build: env\n    deploy: { machine: edge }\n");
-    let (code, _, stderr) = rill_json(&["start", &flow.file.display().to_string(), "--name", "app", "--coordinator-port", &port_text]);
+    let flow =
+        Flow::new("nodes:\n  - id: env\n    path: /usr/bin/env\n    build: env\n    deploy: { machine: edge }\n");
+    let (code, _, stderr) =
+        rill_json(&["start", &flow.file.display().to_string(), "--name", "app", "--coordinator-port", &port_text]);
     assert_eq!(code, Some(0), "{stderr}");
-    procs.wait_log("daemon", "the node printed its environment", Duration::from_secs(20), |l| l.contains("[app/env] RILL_NODE_ID=env"));
+    procs.wait_log("daemon", "the node printed its environment", Duration::from_secs(20), |l| {
+        l.contains("[app/env] RILL_NODE_ID=env")
+    });
     let log = procs.log("daemon");
-    assert!(!log.contains("RILL_JOIN_TOKEN") && !log.contains("RILL_TOKEN"), "a credential reached the node or its build:\n{log}");
+    assert!(
+        !log.contains("RILL_JOIN_TOKEN") && !log.contains("RILL_TOKEN"),
+        "a credential reached the node or its build:\n{log}"
+    );
 }

@@ -47,7 +47,8 @@ pub fn join_token(procs: &Processes, port: u16, name: &str, extra: &[&str]) -> P
     let token = created["token"].as_str().expect("the token").to_owned();
     let path = procs.dir.path().join(format!("{name}.token"));
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).expect("token file");
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).expect("token file");
     std::io::Write::write_all(&mut file, token.as_bytes()).expect("write the token");
     path
 }

@@ -1,6 +1,7 @@
 //! One node binary with the behaviours the integration tests and the leak
 //! test need; the mode is the first argument:
-//!   print [N]          print every event; exit after N inputs (default: never)
+//!   print [N]          print every event (and `corrupt ...` for a payload whose words
+//!                      are not all its seq); exit after N inputs (default: never)
 //!   slow MS            print every input's sequence number, sleeping MS after each
 //!   burst N SIZE       send N messages of SIZE bytes (sequence number first), then exit
 //!   burst-sleep S N:SIZE[,N:SIZE..]  send N messages of SIZE bytes per pair,
@@ -77,7 +78,11 @@ fn print(limit: Option<usize>) -> Result {
         match event {
             Event::Input { id, data, .. } => {
                 inputs += 1;
-                println!("input {id} len={} seq={} shared={}", data.len(), seq_of(&data), data.is_shared());
+                let seq = seq_of(&data);
+                println!("input {id} len={} seq={seq} shared={}", data.len(), data.is_shared());
+                if !data.chunks_exact(8).all(|word| word == seq.to_le_bytes()) {
+                    println!("corrupt input {id} seq={seq}: a word of its payload is not its seq");
+                }
                 if limit == Some(inputs) {
                     break;
                 }
@@ -101,9 +106,13 @@ fn slow(ms: u64) -> Result {
     Ok(())
 }
 
+/// Every 8-byte word of the payload is `seq` (a consumer can tell a
+/// payload overwritten in flight by another message's).
 fn send_seq(node: &mut Node, seq: u64, size: usize) -> Result {
     let mut sample = node.allocate(size.max(8))?;
-    sample[..8].copy_from_slice(&seq.to_le_bytes());
+    for word in sample.chunks_exact_mut(8) {
+        word.copy_from_slice(&seq.to_le_bytes());
+    }
     node.send_sample("out", sample)?;
     Ok(())
 }
