@@ -16,11 +16,12 @@ use rill_daemon::net::{ConnectionEvent, DaemonConfig};
 use rill_proto::coord::{ControlRequest, ControlResponse};
 
 /// Runs `yaml` (nodes placed on machines `a` and `b`) on two daemons and
-/// collects the `RESULT` lines its nodes print (`expected` of them).
+/// collects the `RESULT` lines its nodes print (`expected` of them), each
+/// with the `node` that printed it.
 pub fn run(yaml: &str, expected: usize, plaintext: bool) -> anyhow::Result<Vec<serde_json::Value>> {
     let bin_dir = rill_bench::bin_dir()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let results: Arc<Mutex<Vec<String>>> = Arc::default();
+    let results: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     let failure: Arc<Mutex<Option<String>>> = Arc::default();
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -54,11 +55,11 @@ pub fn run(yaml: &str, expected: usize, plaintext: bool) -> anyhow::Result<Vec<s
             // with its runtime.
             let (_, shutdown) = tokio::sync::mpsc::unbounded_channel();
             tokio::spawn(rill_daemon::net::run(config, shutdown, move |event| match event {
-                ConnectionEvent::Local(LocalEvent::Log { line, stderr: false, .. }) => {
+                ConnectionEvent::Local(LocalEvent::Log { node, line, stderr: false, .. }) => {
                     if let Some(json) = line.strip_prefix("RESULT ")
                         && let Ok(mut r) = results.lock()
                     {
-                        r.push(json.to_owned());
+                        r.push((node, json.to_owned()));
                     }
                 }
                 ConnectionEvent::Local(LocalEvent::Log { node, line, stderr: true, .. }) => {
@@ -114,7 +115,14 @@ pub fn run(yaml: &str, expected: usize, plaintext: bool) -> anyhow::Result<Vec<s
     std::thread::sleep(Duration::from_millis(300));
     runtime.shutdown_timeout(Duration::from_secs(2));
     let lines = results.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
-    lines.iter().map(|l| serde_json::from_str(l).context("bad RESULT line")).collect()
+    lines
+        .iter()
+        .map(|(node, line)| {
+            let mut value: serde_json::Value = serde_json::from_str(line).context("bad RESULT line")?;
+            value["node"] = serde_json::json!(node);
+            Ok(value)
+        })
+        .collect()
 }
 
 /// The link between the two relays of [`relay_baseline`].

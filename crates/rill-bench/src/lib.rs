@@ -172,9 +172,9 @@ struct BenchNode<'a> {
     machine: &'a str,
 }
 
-/// The YAML of a two-node benchmark; `cross` places the first node on
-/// machine `a` and the second on `b`.
-fn two_node_yaml(nodes: [BenchNode<'_>; 2], cross: bool) -> std::io::Result<String> {
+/// The YAML of a benchmark dataflow; `cross` places each node on its
+/// `machine` (`a` or `b`).
+fn nodes_yaml(nodes: Vec<BenchNode<'_>>, cross: bool) -> std::io::Result<String> {
     let dir = bin_dir()?;
     let mut yaml = String::from("nodes:\n");
     for node in nodes {
@@ -217,8 +217,8 @@ pub fn ping_pong_yaml(
     cross: bool,
 ) -> std::io::Result<String> {
     let sizes = sizes.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
-    two_node_yaml(
-        [
+    nodes_yaml(
+        vec![
             BenchNode {
                 id: "ping",
                 binary: "rill-bench-ping",
@@ -246,8 +246,8 @@ pub fn burst_yaml(plan: &BurstPlan, touch: bool, cross: bool) -> std::io::Result
     if touch {
         drain_args.push("touch".into());
     }
-    two_node_yaml(
-        [
+    nodes_yaml(
+        vec![
             BenchNode {
                 id: "burst",
                 binary: "rill-bench-burst",
@@ -267,6 +267,29 @@ pub fn burst_yaml(plan: &BurstPlan, touch: bool, cross: bool) -> std::io::Result
         ],
         cross,
     )
+}
+
+/// One burst producer on machine `a` and `consumers` draining consumers
+/// (`drain0`, `drain1`, ...) of the same output on `b`.
+pub fn fan_out_yaml(plan: &BurstPlan, consumers: usize) -> std::io::Result<String> {
+    let ids: Vec<String> = (0..consumers).map(|i| format!("drain{i}")).collect();
+    let mut nodes = vec![BenchNode {
+        id: "burst",
+        binary: "rill-bench-burst",
+        args: plan.to_args(),
+        inputs: vec![],
+        outputs: &["out"],
+        machine: "a",
+    }];
+    nodes.extend(ids.iter().map(|id| BenchNode {
+        id,
+        binary: "rill-bench-drain",
+        args: plan.to_args(),
+        inputs: vec![("in", "burst/out")],
+        outputs: &[],
+        machine: "b",
+    }));
+    nodes_yaml(nodes, true)
 }
 
 #[cfg(test)]

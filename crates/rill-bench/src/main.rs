@@ -82,6 +82,32 @@ enum Command {
         #[arg(long, requires = "cross")]
         insecure_plaintext: bool,
     },
+    /// One producer on one daemon, several consumers of its output on
+    /// another (the cross-machine bridge): does every consumer get every
+    /// message, and at what rate.
+    Fanout {
+        /// One round of 50 messages (a few seconds).
+        #[arg(long)]
+        quick: bool,
+        /// One JSON object per consumer, then a summary.
+        #[arg(long)]
+        json: bool,
+        /// Consumers, all on the other daemon.
+        #[arg(long, default_value_t = 4)]
+        consumers: usize,
+        /// Payload size in bytes.
+        #[arg(long, default_value_t = 1 << 20)]
+        size: usize,
+        /// Messages per burst (each consumer's input keeps 1,000).
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        /// Bursts, 300 ms apart.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// No TLS (see `latency --insecure-plaintext`).
+        #[arg(long)]
+        insecure_plaintext: bool,
+    },
     /// (internal) echo SIZE-byte messages on stdin back to it, for the
     /// two-process baseline.
     #[command(hide = true)]
@@ -108,6 +134,11 @@ fn main() -> anyhow::Result<()> {
             let idle_ms = idle_ms.unwrap_or(if quick { 300 } else { 2000 });
             let plan = BurstPlan { sizes, rounds, count, idle_ms, rss_wait_s: rss_after_s };
             burst(&plan, touch, cross.then_some(insecure_plaintext), json)
+        }
+        Command::Fanout { quick, json, consumers, size, count, rounds, insecure_plaintext } => {
+            let (count, rounds) = if quick { (50, 1) } else { (count, rounds) };
+            let plan = BurstPlan { sizes: vec![size], rounds, count, idle_ms: 300, rss_wait_s: 0 };
+            fan_out(&plan, consumers, insecure_plaintext, json)
         }
         Command::EchoServer { size } => {
             // SAFETY: fd 0 is the socket the parent gave us.
@@ -180,8 +211,14 @@ fn latency_cross(quick: bool, json: bool, sizes: &[usize], plaintext: bool) -> a
         let baseline = cross::relay_baseline(*size, iters, link)?;
         let tcp = cross::tcp_baseline(*size, iters)?;
         let tls = cross::tls_baseline(*size, iters)?;
-        let tcp_mb_s =
-            cross::stream_baseline(*size, (stream_bytes / (*size).max(1)).clamp(20, 20_000), cross::Link::Tcp)?;
+        let stream_count = (stream_bytes / (*size).max(1)).clamp(20, 20_000);
+        let tcp_mb_s = cross::stream_baseline(*size, stream_count, cross::Link::Tcp)?;
+        // What one TLS connection streams here (JSON only): the ceiling of a
+        // TLS data plane.
+        let tls_mb_s = match link {
+            cross::Link::Tls => Some(cross::stream_baseline(*size, stream_count, cross::Link::Tls)?),
+            cross::Link::Tcp => None,
+        };
         let p50 = result["p50_us"].as_f64().unwrap_or(f64::NAN);
         let mb_s = result["msgs_per_s"].as_f64().unwrap_or(f64::NAN) * *size as f64 / 1e6;
         let round1 = |x: f64| (x * 10.0).round() / 10.0;
@@ -193,6 +230,9 @@ fn latency_cross(quick: bool, json: bool, sizes: &[usize], plaintext: bool) -> a
         result["tcp_p50_us"] = serde_json::json!(round1(tcp));
         result["tls_p50_us"] = serde_json::json!(round1(tls));
         result["tcp_mb_per_s"] = serde_json::json!(round1(tcp_mb_s));
+        if let Some(tls_mb_s) = tls_mb_s {
+            result["tls_mb_per_s"] = serde_json::json!(round1(tls_mb_s));
+        }
         result["of_tcp_mb_per_s"] = serde_json::json!((mb_s / tcp_mb_s * 1000.0).round() / 1000.0);
         if json {
             println!("{result}");
@@ -276,6 +316,67 @@ fn burst(plan: &BurstPlan, touch: bool, cross: Option<bool>, json: bool) -> anyh
                 plan.rss_wait_s
             );
         }
+    }
+    Ok(())
+}
+
+fn fan_out(plan: &BurstPlan, consumers: usize, plaintext: bool, json: bool) -> anyhow::Result<()> {
+    if consumers == 0 || plan.count == 0 || plan.rounds == 0 {
+        bail!("--consumers, --count and --rounds must not be zero");
+    }
+    let size = plan.sizes.first().copied().unwrap_or(0);
+    let yaml = rill_bench::fan_out_yaml(plan, consumers)?;
+    let results = cross::run(&yaml, consumers * plan.rounds, plaintext)?;
+    let transport = if plaintext { "plaintext" } else { "tls" };
+    let sent = plan.count * plan.rounds;
+    if !json {
+        println!(
+            "fan-out across daemons ({transport}): 1 producer, {consumers} consumers on the other daemon, \
+             {} bursts of {} x {size} B",
+            plan.rounds, plan.count
+        );
+        println!("{:>8} {:>9} {:>6} {:>11} {:>9} {:>10}", "consumer", "received", "lost", "msgs/s", "MB/s", "worst_ms");
+    }
+    let field = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+    let mut total_received = 0usize;
+    let mut rates = Vec::new();
+    for i in 0..consumers {
+        let node = format!("drain{i}");
+        let rows: Vec<&serde_json::Value> = results.iter().filter(|r| r["node"] == node.as_str()).collect();
+        let received = rows.iter().map(|r| r["received"].as_u64().unwrap_or(0) as usize).sum::<usize>();
+        let msgs_per_s = median(rows.iter().map(|r| field(r, "msgs_per_s")).collect());
+        let worst_us = rows.iter().map(|r| field(r, "worst_latency_us")).fold(0.0, f64::max);
+        let mb_s = msgs_per_s * size as f64 / 1e6;
+        total_received += received;
+        rates.push(mb_s);
+        let lost = sent.saturating_sub(received);
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"mode": "fanout", "transport": transport, "consumer": node, "size": size,
+                    "sent": sent, "received": received, "lost": lost, "msgs_per_s": msgs_per_s.round(),
+                    "mb_per_s": (mb_s * 10.0).round() / 10.0, "worst_latency_us": (worst_us * 10.0).round() / 10.0})
+            );
+        } else {
+            println!("{node:>8} {received:>9} {lost:>6} {msgs_per_s:>11.0} {mb_s:>9.1} {:>10.2}", worst_us / 1000.0);
+        }
+    }
+    let every = total_received == sent * consumers;
+    let aggregate: f64 = rates.iter().sum();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"mode": "fanout-summary", "transport": transport, "consumers": consumers, "size": size,
+                "sent": sent, "every_message_to_every_consumer": every, "aggregate_mb_per_s": (aggregate * 10.0).round() / 10.0})
+        );
+    } else {
+        println!(
+            "every message to every consumer: {}; aggregate {aggregate:.0} MB/s",
+            if every { "yes" } else { "NO" }
+        );
+    }
+    if !every {
+        bail!("{} of {} deliveries were lost", sent * consumers - total_received, sent * consumers);
     }
     Ok(())
 }

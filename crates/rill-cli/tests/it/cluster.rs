@@ -630,6 +630,25 @@ fn the_cross_daemon_benchmark_reports_figures_and_its_relay_and_tcp_baselines() 
 }
 
 #[test]
+fn the_fan_out_benchmark_delivers_every_message_to_each_of_4_consumers_on_another_daemon() {
+    let bench = crate::support::bin_dir().join("rill-bench");
+    let out =
+        std::process::Command::new(&bench).args(["fanout", "--quick", "--json"]).output().expect("run rill-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let consumers: Vec<&serde_json::Value> = rows.iter().filter(|r| r["mode"] == "fanout").collect();
+    assert_eq!(consumers.len(), 4, "{stdout}");
+    for row in consumers {
+        assert_eq!(row["size"], 1 << 20, "{row}");
+        assert_eq!(row["received"], row["sent"], "{row}");
+        assert_eq!(row["lost"], 0, "{row}");
+    }
+    let summary = rows.iter().find(|r| r["mode"] == "fanout-summary").expect("a summary");
+    assert_eq!(summary["every_message_to_every_consumer"], true, "{summary}");
+}
+
+#[test]
 fn start_attach_prints_output_until_the_end_and_ctrl_c_stops_the_dataflow() {
     let (procs, port) = two_daemons();
     let port_text = port.to_string();
