@@ -598,6 +598,18 @@ impl Dataflows {
         record.running_on.iter().cloned().collect()
     }
 
+    /// After a share ended: the daemons to send `Go` to if every share
+    /// still running is ready. A share that ended before it was wired (a
+    /// node that could not start) never says it is ready; the others must
+    /// not wait for it.
+    pub fn go_after_end(&self, uuid: &str) -> Vec<String> {
+        let Some(record) = self.records.iter().find(|r| r.uuid == uuid) else { return Vec::new() };
+        if !record.is_active() || record.running_on.is_empty() || !record.running_on.is_subset(&record.ready) {
+            return Vec::new();
+        }
+        record.running_on.iter().cloned().collect()
+    }
+
     /// `daemon` reports a node's status (it runs that node now, also after
     /// a reconnect). Returns the record (to store).
     pub fn node_status(&mut self, uuid: &str, node: &str, status: NodeStatus, daemon: &str) -> Option<DataflowRecord> {
@@ -758,6 +770,17 @@ mod tests {
         assert_eq!(d.daemon_ready(&record.uuid, "a-1"), Vec::<String>::new());
         assert_eq!(d.daemon_ready(&record.uuid, "b-2"), ["a-1", "b-2"]);
         assert_eq!(d.daemon_ready(&record.uuid, "b-2"), ["a-1", "b-2"], "a repeated ready: Go again, to all");
+    }
+
+    #[test]
+    fn a_share_that_ends_before_it_is_wired_does_not_hold_the_others_back() {
+        let mut d = Dataflows::default();
+        let (record, _) = d.start(flow(), None, "/".into(), &daemons(), None).unwrap();
+        assert_eq!(d.daemon_ready(&record.uuid, "b-2"), Vec::<String>::new(), "a-1 is not wired yet");
+        assert_eq!(d.go_after_end(&record.uuid), Vec::<String>::new(), "nothing ended: still waiting");
+        let failed = ShareOutcome::Ended { success: false, summary: "node `src` failed" };
+        d.daemon_finished(&record.uuid, "a-1", failed, Instant::now());
+        assert_eq!(d.go_after_end(&record.uuid), ["b-2"], "b-2's nodes start");
     }
 
     #[test]

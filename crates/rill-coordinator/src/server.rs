@@ -627,7 +627,12 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>, credential: DaemonCrede
                             ShareOutcome::Ended { success, summary: &summary }
                         };
                         app.update(|d| d.daemon_finished(&uuid, &daemon_id, outcome, Instant::now()));
-                        app.cluster().send(&daemon_id, CoordinatorMessage::FinishRecorded { uuid });
+                        let go = app.dataflows().go_after_end(&uuid);
+                        let mut cluster = app.cluster();
+                        for daemon in go {
+                            cluster.send(&daemon, CoordinatorMessage::Go { uuid: uuid.clone() });
+                        }
+                        cluster.send(&daemon_id, CoordinatorMessage::FinishRecorded { uuid });
                     }
                     Ok(DaemonMessage::Heartbeat | DaemonMessage::Register { .. }) | Err(_) => {}
                 }

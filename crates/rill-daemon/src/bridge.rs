@@ -314,7 +314,9 @@ fn deliver(
     let total = payload.len();
     let (input, metadata, start) = match EdgeMsg::split_inline_head(head, total) {
         Ok(parts) => parts,
-        Err(rill_proto::DecodeError::Truncated) if head.len() < total => {
+        // Only a head cut off by the prefix: a length that does not match
+        // the message is refused without reading the rest.
+        Err(rill_proto::DecodeError::Truncated) if head.len() == HEAD_PREFIX && head.len() < total => {
             // A head longer than the prefix: the whole message, contiguous.
             let bytes = payload.to_bytes();
             let (input, metadata, data) = EdgeMsg::split_inline_data(&bytes).map_err(|e| e.to_string())?;
@@ -351,9 +353,11 @@ impl zenoh_buffers::ZSliceBuffer for Lent {
     }
 }
 
-/// How long a region Zenoh still holds after `put` returned is waited for
-/// before it is given back anyway (Zenoh copies a payload into its batches
-/// before `put` returns, so this is a safety net, never the normal path).
+/// How long a region Zenoh still holds after `put` returned is waited for.
+/// Zenoh 1.10 copies a payload into its batches before `put` returns, so
+/// this is a safety net, never the normal path: a region still held after
+/// it is kept from the producer for good (its pool counts it in flight)
+/// rather than overwritten while Zenoh may read it.
 const LENT_WAIT: Duration = Duration::from_secs(1);
 
 /// Reads the local producer's messages and publishes each as one inline
@@ -400,7 +404,11 @@ fn forward_out(fd: &OwnedFd, publish: impl Fn(zenoh::bytes::ZBytes) -> Result<()
                     }
                     let deadline = std::time::Instant::now() + LENT_WAIT;
                     while Arc::strong_count(&lent) > 1 && std::time::Instant::now() < deadline {
-                        std::thread::yield_now();
+                        std::thread::sleep(Duration::from_micros(100));
+                    }
+                    if Arc::strong_count(&lent) > 1 {
+                        eprintln!("rill daemon: Zenoh still holds a sent payload; its shared region is not reused");
+                        continue;
                     }
                 }
                 let mut release = Vec::new();
@@ -412,5 +420,85 @@ fn forward_out(fd: &OwnedFd, publish: impl Fn(zenoh::bytes::ZBytes) -> Result<()
             }
             EdgeMsg::Release { .. } | EdgeMsg::Closed { .. } => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rill_proto::Metadata;
+
+    /// `parts` as one Zenoh payload in that many pieces (as fragments arrive).
+    fn pieces(parts: &[&[u8]]) -> zenoh::bytes::ZBytes {
+        let mut buf = zenoh_buffers::ZBuf::empty();
+        for part in parts {
+            buf.push_zslice(zenoh_buffers::ZSlice::from(part.to_vec()));
+        }
+        buf.into()
+    }
+
+    /// What the subscription's callback does with a data message.
+    fn deliver_all(writer: &EdgeWriter, payload: &zenoh::bytes::ZBytes) -> Result<(), String> {
+        let mut head = [0u8; HEAD_PREFIX];
+        let head = &mut head[..payload.len().min(HEAD_PREFIX)];
+        let mut reader = payload.reader();
+        reader.read_exact(head).map_err(|e| e.to_string())?;
+        deliver(writer, payload, head, reader)
+    }
+
+    /// The input and payload of the next message the consumer's end gets.
+    fn received(fd: &OwnedFd) -> (String, Vec<u8>) {
+        let mut buf = vec![0u8; rill_proto::MAX_PACKET];
+        let (n, fds) = transport::recv_packet(fd.as_fd(), &mut buf, false).expect("a message");
+        match EdgeMsg::decode(&buf[..n]).expect("it decodes") {
+            EdgeMsg::Data { input, payload: Payload::Inline(bytes), .. } => (input, bytes),
+            EdgeMsg::Data { input, payload: Payload::Shared { len, region_len, .. }, .. } => {
+                let fd = fds.into_iter().next().expect("the region's fd with its first use");
+                let region = Region::open(fd, region_len as usize).expect("it maps");
+                (input, region.bytes(len as usize).to_vec())
+            }
+            other => panic!("not data: {other:?}"),
+        }
+    }
+
+    fn message(input: &str, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        EdgeMsg::encode_inline_data(input, Metadata { timestamp_ns: 1 }, payload, &mut out);
+        out
+    }
+
+    #[test]
+    fn a_payload_in_pieces_lands_whole_a_long_head_too_and_a_wrong_length_is_refused() {
+        let long_input = "i".repeat(2000);
+        let (ours, theirs) = transport::socket_pair().expect("a socket pair");
+        let inputs = [("in".to_owned(), 10), (long_input.clone(), 10)];
+        let writer = EdgeWriter::new("sink", ours, &inputs, PoolLimits::default()).expect("a writer");
+
+        // Large, in three pieces, the first shorter than the head: it lands
+        // in shared memory byte for byte.
+        let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let whole = message("in", &payload);
+        deliver_all(&writer, &pieces(&[&whole[..5], &whole[5..70_000], &whole[70_000..]])).expect("delivered");
+        assert_eq!(received(&theirs), ("in".to_owned(), payload));
+
+        // Small, in one piece: inline.
+        deliver_all(&writer, &pieces(&[&message("in", b"tiny")])).expect("delivered");
+        assert_eq!(received(&theirs), ("in".to_owned(), b"tiny".to_vec()));
+
+        // A head longer than the prefix read first: read the slow way.
+        let payload = vec![7u8; 5000];
+        deliver_all(&writer, &pieces(&[&message(&long_input, &payload)])).expect("delivered");
+        assert_eq!(received(&theirs), (long_input, payload));
+
+        // A declared length that does not match what follows: refused, and
+        // nothing reaches the consumer.
+        for actual in [0usize, 9, 11, 5000] {
+            let mut bad = Vec::new();
+            EdgeMsg::encode_inline_head("in", Metadata { timestamp_ns: 1 }, 10, &mut bad);
+            bad.extend(std::iter::repeat_n(0u8, actual));
+            let refused = deliver_all(&writer, &pieces(&[&bad])).expect_err("refused");
+            assert!(refused.contains("does not match"), "{refused}");
+        }
+        assert!(!transport::wait_readable(&theirs, Some(Duration::from_millis(50))).expect("poll"), "nothing sent");
     }
 }

@@ -11,6 +11,8 @@ pub enum DecodeError {
     BadUtf8,
     #[error("packet has trailing bytes")]
     TrailingBytes,
+    #[error("payload length {declared} does not match the {actual} bytes that follow")]
+    LengthMismatch { declared: u64, actual: u64 },
 }
 
 /// Appends primitive values to a buffer.

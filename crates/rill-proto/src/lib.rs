@@ -279,8 +279,8 @@ impl EdgeMsg {
     /// The head of an inline `Data` message of `total` bytes, read from a
     /// `prefix` of it: the input, the metadata, and where the payload
     /// starts. The payload must fill the rest of the message exactly, so
-    /// its length is `total - start`. (A prefix too short for the head is
-    /// `Truncated`.)
+    /// its length is `total - start` (else `LengthMismatch`). A prefix too
+    /// short for the head is `Truncated`.
     pub fn split_inline_head(prefix: &[u8], total: usize) -> Result<(&str, Metadata, usize), DecodeError> {
         let mut r = Reader::new(prefix);
         if r.u8()? != TAG_DATA {
@@ -295,11 +295,11 @@ impl EdgeMsg {
         }
         let len = r.u64()?;
         let start = prefix.len() - r.remaining();
-        match (total.checked_sub(start), usize::try_from(len)) {
-            (Some(rest), Ok(len)) if rest == len => Ok((input, metadata, start)),
-            (Some(rest), Ok(len)) if rest > len => Err(DecodeError::TrailingBytes),
-            _ => Err(DecodeError::Truncated),
+        let rest = total.saturating_sub(start) as u64;
+        if rest != len {
+            return Err(DecodeError::LengthMismatch { declared: len, actual: rest });
         }
+        Ok((input, metadata, start))
     }
 
     /// The parts of an encoded inline `Data` message, borrowed from `buf`.
@@ -405,8 +405,10 @@ mod tests {
         assert_eq!([head.as_slice(), &[1, 2, 3]].concat(), direct, "head ++ payload is the message");
         assert_eq!(EdgeMsg::split_inline_head(&direct[..head.len()], direct.len()), Ok(("in", metadata, head.len())));
         // A length that does not match the message, or a head cut short.
-        assert_eq!(EdgeMsg::split_inline_head(&direct, direct.len() + 1), Err(DecodeError::TrailingBytes));
-        assert_eq!(EdgeMsg::split_inline_head(&direct, direct.len() - 1), Err(DecodeError::Truncated));
+        let mismatch = |actual| Err(DecodeError::LengthMismatch { declared: 3, actual });
+        assert_eq!(EdgeMsg::split_inline_head(&direct, direct.len() + 1), mismatch(4));
+        assert_eq!(EdgeMsg::split_inline_head(&direct, direct.len() - 1), mismatch(2));
+        assert_eq!(EdgeMsg::split_inline_head(&direct, 0), mismatch(0), "a total shorter than the head");
         assert_eq!(EdgeMsg::split_inline_head(&direct[..head.len() - 1], direct.len()), Err(DecodeError::Truncated));
         let mut shared = Vec::new();
         EdgeMsg::Data {

@@ -57,9 +57,8 @@ pub struct LinkUnicastTls {
     // rill's patch: the stream is split into halves, each behind its own
     // lock (`tokio::io::split` serializes the halves' polls on the one TLS
     // session). Upstream reads and writes one TLS session through an
-    // UnsafeCell from the RX and TX tasks at once: both mutate the rustls
-    // connection concurrently, and on loopback a message sometimes sat
-    // unread until the next keep-alive (2.5 s with the default lease).
+    // UnsafeCell from the RX and TX tasks at once, so both mutate the rustls
+    // connection concurrently (undefined behaviour).
     reader: AsyncMutex<ReadHalf<TlsStream<TcpStream>>>,
     writer: AsyncMutex<WriteHalf<TlsStream<TcpStream>>>,
     // A duplicate of the TCP socket, to shut it down on close and drop.
@@ -74,7 +73,6 @@ pub struct LinkUnicastTls {
     mtu: BatchSize,
     expiration_manager: Option<LinkCertExpirationManager>,
 }
-
 
 impl LinkUnicastTls {
     fn new(
@@ -131,7 +129,13 @@ impl LinkUnicastTls {
             mtu = (mtu as u32).min(tgt) as BatchSize;
         }
 
-        let duplicate = socket2::SockRef::from(&tcp_stream).try_clone().ok();
+        let duplicate = match socket2::SockRef::from(&tcp_stream).try_clone() {
+            Ok(duplicate) => Some(duplicate),
+            Err(err) => {
+                tracing::warn!("TLS link {} => {}: no duplicate of its socket to shut it down with: {}", src_addr, dst_addr, err);
+                None
+            }
+        };
         let (reader, writer) = tokio::io::split(socket);
         // Build the Tls object
         LinkUnicastTls {
