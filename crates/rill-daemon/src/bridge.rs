@@ -33,6 +33,9 @@ const CLOSE_WAIT: Duration = Duration::from_secs(10);
 /// Numbers outbound edge threads.
 static OUTBOUND: AtomicU64 = AtomicU64::new(0);
 
+/// The largest message that crosses machines (1 GiB).
+pub const MAX_MESSAGE: usize = 1 << 30;
+
 /// Why the bridge could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot open the cross-machine data session: {0}")]
@@ -102,6 +105,11 @@ impl Bridge {
         // link opens) spares allocating and zeroing a batch for each
         // fragment of messages up to that size.
         set(&mut config, "transport/link/rx/buffer_size", &(4usize << 20).to_string())?;
+        // The largest message a peer may send (Zenoh's default, written out
+        // because it is our bound): a larger one is dropped on arrival, so
+        // no peer makes this daemon reassemble or map more than this for one
+        // message. It matches the consumer pool's byte limit.
+        set(&mut config, "transport/link/rx/max_message_size", &MAX_MESSAGE.to_string())?;
         if let Some(tls) = tls {
             use base64::Engine as _;
             let b64 = |pem: &str| {
