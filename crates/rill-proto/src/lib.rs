@@ -216,6 +216,22 @@ impl DaemonMsg {
     }
 }
 
+/// An inline `Data` message's input and metadata, up to its payload's
+/// length (what [`EdgeMsg::encode_inline_head`] writes but the length).
+fn read_inline_head<'a>(r: &mut Reader<'a>) -> Result<(&'a str, Metadata), DecodeError> {
+    let tag = r.u8()?;
+    if tag != TAG_DATA {
+        return Err(DecodeError::UnknownTag(tag));
+    }
+    let input = r.str()?;
+    let metadata = Metadata { timestamp_ns: r.u64()? };
+    let _new_region = r.u8()?;
+    match r.u8()? {
+        PAYLOAD_INLINE => Ok((input, metadata)),
+        other => Err(DecodeError::UnknownTag(other)),
+    }
+}
+
 impl EdgeMsg {
     /// Appends the encoding to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -254,13 +270,8 @@ impl EdgeMsg {
     /// (one copy, no intermediate `Vec`).
     pub fn encode_inline_data(input: &str, metadata: Metadata, payload: &[u8], out: &mut Vec<u8>) {
         out.reserve(payload.len() + input.len() + 32);
-        let mut w = Writer::new(out);
-        w.u8(TAG_DATA);
-        w.str(input);
-        w.u64(metadata.timestamp_ns);
-        w.u8(0);
-        w.u8(PAYLOAD_INLINE);
-        w.bytes(payload);
+        Self::encode_inline_head(input, metadata, payload.len(), out);
+        out.extend_from_slice(payload);
     }
 
     /// The head of an inline `Data` message whose `len` payload bytes
@@ -283,16 +294,7 @@ impl EdgeMsg {
     /// short for the head is `Truncated`.
     pub fn split_inline_head(prefix: &[u8], total: usize) -> Result<(&str, Metadata, usize), DecodeError> {
         let mut r = Reader::new(prefix);
-        if r.u8()? != TAG_DATA {
-            return Err(DecodeError::UnknownTag(prefix[0]));
-        }
-        let input = r.str()?;
-        let metadata = Metadata { timestamp_ns: r.u64()? };
-        let _new_region = r.u8()?;
-        match r.u8()? {
-            PAYLOAD_INLINE => {}
-            other => return Err(DecodeError::UnknownTag(other)),
-        }
+        let (input, metadata) = read_inline_head(&mut r)?;
         let len = r.u64()?;
         let start = prefix.len() - r.remaining();
         let rest = total.saturating_sub(start) as u64;
@@ -305,16 +307,7 @@ impl EdgeMsg {
     /// The parts of an encoded inline `Data` message, borrowed from `buf`.
     pub fn split_inline_data(buf: &[u8]) -> Result<(&str, Metadata, &[u8]), DecodeError> {
         let mut r = Reader::new(buf);
-        if r.u8()? != TAG_DATA {
-            return Err(DecodeError::UnknownTag(buf[0]));
-        }
-        let input = r.str()?;
-        let metadata = Metadata { timestamp_ns: r.u64()? };
-        let _new_region = r.u8()?;
-        match r.u8()? {
-            PAYLOAD_INLINE => {}
-            other => return Err(DecodeError::UnknownTag(other)),
-        }
+        let (input, metadata) = read_inline_head(&mut r)?;
         let payload = r.bytes()?;
         r.finish()?;
         Ok((input, metadata, payload))
