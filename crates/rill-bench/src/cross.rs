@@ -149,11 +149,7 @@ pub fn relay_baseline(size: usize, iters: usize, link: Link) -> anyhow::Result<f
     let addr = listener.local_addr()?;
     let tls = match link {
         Link::Tcp => None,
-        Link::Tls => {
-            let ca = rill_auth::ClusterCa::generate()?;
-            let issued = ca.issue_server(&["127.0.0.1".into()])?;
-            Some((rill_auth::tls::server_config(&ca, &issued)?, rill_auth::tls::client_config(ca.fingerprint(), None)?))
-        }
+        Link::Tls => Some(loopback_tls()?),
     };
     let server = tls.as_ref().map(|(server, _)| server.clone());
     let far = std::thread::spawn(move || -> anyhow::Result<()> {
@@ -172,9 +168,8 @@ pub fn relay_baseline(size: usize, iters: usize, link: Link) -> anyhow::Result<f
     let near = match tls {
         None => std::thread::spawn(move || relay(near_unix, stream, size, true)),
         Some((_, client)) => {
-            let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
-            let conn = rustls::ClientConnection::new(client, name)?;
-            std::thread::spawn(move || relay(near_unix, rustls::StreamOwned::new(conn, stream), size, true))
+            let stream = tls_client(client, stream)?;
+            std::thread::spawn(move || relay(near_unix, stream, size, true))
         }
     };
     let p50 = rill_bench::ping_pong(ping_end, size, iters);
@@ -208,11 +203,7 @@ pub fn stream_baseline(size: usize, count: usize, link: Link) -> anyhow::Result<
     let addr = listener.local_addr()?;
     let configs = match link {
         Link::Tcp => None,
-        Link::Tls => {
-            let ca = rill_auth::ClusterCa::generate()?;
-            let issued = ca.issue_server(&["127.0.0.1".into()])?;
-            Some((rill_auth::tls::server_config(&ca, &issued)?, rill_auth::tls::client_config(ca.fingerprint(), None)?))
-        }
+        Link::Tls => Some(loopback_tls()?),
     };
     let server = configs.as_ref().map(|(server, _)| server.clone());
     let reader = std::thread::spawn(move || -> anyhow::Result<Instant> {
@@ -236,10 +227,7 @@ pub fn stream_baseline(size: usize, count: usize, link: Link) -> anyhow::Result<
     let payload = vec![1u8; size];
     let mut writer: Box<dyn Write> = match configs {
         None => Box::new(stream),
-        Some((_, client)) => {
-            let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
-            Box::new(rustls::StreamOwned::new(rustls::ClientConnection::new(client, name)?, stream))
-        }
+        Some((_, client)) => Box::new(tls_client(client, stream)?),
     };
     // (The TLS handshake completes with the first write, before the clock starts.)
     writer.write_all(&[])?;
@@ -275,10 +263,7 @@ pub fn tcp_baseline(size: usize, iters: usize) -> anyhow::Result<f64> {
 /// cluster's rustls settings (ring, TLS 1.3, a P-256 certificate from a
 /// cluster CA): one hop of an encrypted link, and nothing else.
 pub fn tls_baseline(size: usize, iters: usize) -> anyhow::Result<f64> {
-    let ca = rill_auth::ClusterCa::generate()?;
-    let issued = ca.issue_server(&["127.0.0.1".into()])?;
-    let server = rill_auth::tls::server_config(&ca, &issued)?;
-    let client = rill_auth::tls::client_config(ca.fingerprint(), None)?;
+    let (server, client) = loopback_tls()?;
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let echo = std::thread::spawn(move || -> anyhow::Result<()> {
@@ -290,9 +275,24 @@ pub fn tls_baseline(size: usize, iters: usize) -> anyhow::Result<f64> {
     });
     let stream = TcpStream::connect(addr)?;
     stream.set_nodelay(true)?;
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
-    let conn = rustls::ClientConnection::new(client, name)?;
-    let p50 = rill_bench::ping_pong(rustls::StreamOwned::new(conn, stream), size, iters)?;
+    let p50 = rill_bench::ping_pong(tls_client(client, stream)?, size, iters)?;
     let _ = echo.join();
     Ok(p50)
+}
+
+/// Server and client TLS settings as the cluster's (ring, TLS 1.3, a P-256
+/// certificate from a fresh cluster CA) for a server on 127.0.0.1.
+fn loopback_tls() -> anyhow::Result<(Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>)> {
+    let ca = rill_auth::ClusterCa::generate()?;
+    let issued = ca.issue_server(&["127.0.0.1".into()])?;
+    Ok((rill_auth::tls::server_config(&ca, &issued)?, rill_auth::tls::client_config(ca.fingerprint(), None)?))
+}
+
+/// The client end of a TLS connection to 127.0.0.1 over `stream`.
+fn tls_client(
+    config: Arc<rustls::ClientConfig>,
+    stream: TcpStream,
+) -> anyhow::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+    Ok(rustls::StreamOwned::new(rustls::ClientConnection::new(config, name)?, stream))
 }

@@ -240,55 +240,38 @@ pub fn ping_pong_yaml(
     )
 }
 
-/// The burst producer and its draining consumer (`touch`: it reads every byte).
-pub fn burst_yaml(plan: &BurstPlan, touch: bool, cross: bool) -> std::io::Result<String> {
-    let mut drain_args = plan.to_args();
-    if touch {
-        drain_args.push("touch".into());
-    }
-    nodes_yaml(
-        vec![
-            BenchNode {
-                id: "burst",
-                binary: "rill-bench-burst",
-                args: plan.to_args(),
-                inputs: vec![],
-                outputs: &["out"],
-                machine: "a",
-            },
-            BenchNode {
-                id: "drain",
-                binary: "rill-bench-drain",
-                args: drain_args,
-                inputs: vec![("in", "burst/out")],
-                outputs: &[],
-                machine: "b",
-            },
-        ],
-        cross,
-    )
-}
-
-/// One burst producer on machine `a` and `consumers` draining consumers
-/// (`drain0`, `drain1`, ...) of the same output on `b`.
-pub fn fan_out_yaml(plan: &BurstPlan, consumers: usize) -> std::io::Result<String> {
-    let ids: Vec<String> = (0..consumers).map(|i| format!("drain{i}")).collect();
-    let mut nodes = vec![BenchNode {
+/// The burst producer, on machine `a`.
+fn burst_node(plan: &BurstPlan) -> BenchNode<'static> {
+    BenchNode {
         id: "burst",
         binary: "rill-bench-burst",
         args: plan.to_args(),
         inputs: vec![],
         outputs: &["out"],
         machine: "a",
-    }];
-    nodes.extend(ids.iter().map(|id| BenchNode {
-        id,
-        binary: "rill-bench-drain",
-        args: plan.to_args(),
-        inputs: vec![("in", "burst/out")],
-        outputs: &[],
-        machine: "b",
-    }));
+    }
+}
+
+/// A consumer `id` draining the burst producer, on machine `b`.
+fn drain_node(id: &str, args: Vec<String>) -> BenchNode<'_> {
+    BenchNode { id, binary: "rill-bench-drain", args, inputs: vec![("in", "burst/out")], outputs: &[], machine: "b" }
+}
+
+/// The burst producer and its draining consumer (`touch`: it reads every byte).
+pub fn burst_yaml(plan: &BurstPlan, touch: bool, cross: bool) -> std::io::Result<String> {
+    let mut drain_args = plan.to_args();
+    if touch {
+        drain_args.push("touch".into());
+    }
+    nodes_yaml(vec![burst_node(plan), drain_node("drain", drain_args)], cross)
+}
+
+/// One burst producer on machine `a` and `consumers` draining consumers
+/// (`drain0`, `drain1`, ...) of the same output on `b`.
+pub fn fan_out_yaml(plan: &BurstPlan, consumers: usize) -> std::io::Result<String> {
+    let ids: Vec<String> = (0..consumers).map(|i| format!("drain{i}")).collect();
+    let mut nodes = vec![burst_node(plan)];
+    nodes.extend(ids.iter().map(|id| drain_node(id, plan.to_args())));
     nodes_yaml(nodes, true)
 }
 
