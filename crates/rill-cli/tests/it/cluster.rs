@@ -16,6 +16,16 @@ fn two_daemons() -> (Processes, u16) {
     (procs, port)
 }
 
+/// Starts `flow` as `name` on the coordinator at `port` and returns the
+/// `--json` reply; fails the test (with every log) if it did not start.
+fn start_flow(procs: &Processes, port: u16, flow: &crate::support::Flow, name: &str) -> serde_json::Value {
+    let file = flow.file.display().to_string();
+    let (code, started, stderr) =
+        rill_json(&["start", &file, "--name", name, "--coordinator-port", &port.to_string(), "--json"]);
+    assert_eq!(code, Some(0), "{stderr}\n{}", procs.logs());
+    started
+}
+
 #[test]
 fn daemons_register_with_labels_and_come_back_after_a_coordinator_restart() {
     let port = free_port();
@@ -154,20 +164,10 @@ fn placement_errors_name_the_node_and_use_the_reference_texts() {
 #[test]
 fn a_sink_on_another_daemon_receives_every_message() {
     let (procs, port) = two_daemons();
-    let port_text = port.to_string();
     let flow = crate::support::Flow::new(
         "nodes:\n  - id: source\n    path: {node}\n    args: [burst, '500', '8']\n    outputs: [out]\n    deploy: { machine: a }\n  - id: frames\n    path: {node}\n    args: [burst, '20', '1048576']\n    outputs: [out]\n    deploy: { machine: a }\n  - id: sink\n    path: {node}\n    args: [print]\n    inputs:\n      small: { source: source/out, queue_size: 1000 }\n      large: { source: frames/out, queue_size: 100 }\n    _unstable_deploy: { labels: { gpu: 'true' } }\n",
     );
-    let (code, started, stderr) = rill_json(&[
-        "start",
-        &flow.file.display().to_string(),
-        "--name",
-        "cross",
-        "--coordinator-port",
-        &port_text,
-        "--json",
-    ]);
-    assert_eq!(code, Some(0), "{stderr}\n{}", procs.logs());
+    let started = start_flow(&procs, port, &flow, "cross");
     assert_eq!(started["placement"][2]["machine_id"], "b", "{started}");
     let log_b = || std::fs::read_to_string(procs.log_path("daemon-b")).unwrap_or_default();
     let seqs = |input: &str| -> Vec<u64> {
@@ -218,16 +218,7 @@ fn a_producer_that_ends_on_another_machine_closes_the_input_after_everything_it_
     let flow = crate::support::Flow::new(
         "nodes:\n  - id: source\n    path: {node}\n    args: [burst, '300', '8']\n    outputs: [out]\n    deploy: { machine: a }\n  - id: frames\n    path: {node}\n    args: [burst, '12', '1048576']\n    outputs: [out]\n    deploy: { machine: a }\n  - id: sink\n    path: {node}\n    args: [print]\n    inputs:\n      small: { source: source/out, queue_size: 1000 }\n      large: { source: frames/out, queue_size: 100 }\n    deploy: { machine: b }\n",
     );
-    let (code, _, stderr) = rill_json(&[
-        "start",
-        &flow.file.display().to_string(),
-        "--name",
-        "closing",
-        "--coordinator-port",
-        &port.to_string(),
-        "--json",
-    ]);
-    assert_eq!(code, Some(0), "{stderr}\n{}", procs.logs());
+    start_flow(&procs, port, &flow, "closing");
     let deadline = Instant::now() + Duration::from_secs(30);
     let closed =
         |lines: &[String]| lines.iter().any(|l| l == "closed small") && lines.iter().any(|l| l == "closed large");
@@ -256,16 +247,7 @@ fn a_producer_whose_daemon_shuts_down_is_lost_not_ended_for_a_consumer_on_anothe
     let flow = crate::support::Flow::new(
         "nodes:\n  - id: source\n    path: {node}\n    args: count-send\n    inputs: { t: rill/timer/millis/50 }\n    outputs: [out]\n    deploy: { machine: a }\n  - id: sink\n    path: {node}\n    args: [print]\n    inputs: { in: source/out }\n    deploy: { machine: b }\n",
     );
-    let (code, _, stderr) = rill_json(&[
-        "start",
-        &flow.file.display().to_string(),
-        "--name",
-        "lost",
-        "--coordinator-port",
-        &port.to_string(),
-        "--json",
-    ]);
-    assert_eq!(code, Some(0), "{stderr}\n{}", procs.logs());
+    start_flow(&procs, port, &flow, "lost");
     let received = |procs: &Processes| seqs_of(&sink_lines(procs, "lost"), "in").len();
     let deadline = Instant::now() + Duration::from_secs(20);
     while received(&procs) < 5 {
@@ -291,16 +273,7 @@ fn a_burst_of_4_mib_messages_crosses_machines_complete_in_order_with_the_marker_
     let flow = crate::support::Flow::new(
         "nodes:\n  - id: source\n    path: {node}\n    args: [burst-sleep, '60', '100:4194304,1:1']\n    outputs: [out]\n    deploy: { machine: a }\n  - id: sink\n    path: {node}\n    args: [print]\n    inputs:\n      frames: { source: source/out, queue_size: 128 }\n    deploy: { machine: b }\n",
     );
-    let (code, _, stderr) = rill_json(&[
-        "start",
-        &flow.file.display().to_string(),
-        "--name",
-        "burst",
-        "--coordinator-port",
-        &port.to_string(),
-        "--json",
-    ]);
-    assert_eq!(code, Some(0), "{stderr}\n{}", procs.logs());
+    start_flow(&procs, port, &flow, "burst");
     let deadline = Instant::now() + Duration::from_secs(60);
     while seqs_of(&sink_lines(&procs, "burst"), "frames").len() < 101 {
         assert!(
