@@ -173,12 +173,7 @@ impl Bridge {
                 Ok(publisher) => publisher,
                 Err(e) => return eprintln!("rill daemon: cannot close {key}: {e}"),
             };
-            let deadline = std::time::Instant::now() + MATCH_WAIT;
-            while std::time::Instant::now() < deadline
-                && !publisher.matching_status().wait().is_ok_and(|m| m.matching())
-            {
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            wait_for_subscriber(&publisher);
             if let Err(e) = publisher.put(closed_message()).wait() {
                 eprintln!("rill daemon: cannot close {key}: {e}");
             }
@@ -204,12 +199,7 @@ impl Bridge {
         std::thread::Builder::new()
             .name("bridge-out".into())
             .spawn(move || {
-                let deadline = std::time::Instant::now() + MATCH_WAIT;
-                while std::time::Instant::now() < deadline
-                    && !publisher.matching_status().wait().is_ok_and(|m| m.matching())
-                {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
+                wait_for_subscriber(&publisher);
                 let _ = ready.send(());
                 forward_out(&fd, |bytes| publisher.put(bytes).wait().map_err(|e| e.to_string()));
                 // Everything the producer sent is published. If it ended for
@@ -257,12 +247,8 @@ impl Bridge {
                 .callback(move |sample| {
                     let writer = writers.lock().ok().and_then(|w| w.get(&sub_key).cloned());
                     let payload = sample.payload();
-                    let mut head = [0u8; HEAD_PREFIX];
-                    let head = &mut head[..payload.len().min(HEAD_PREFIX)];
-                    let mut reader = payload.reader();
-                    if reader.read_exact(head).is_err() {
-                        return;
-                    }
+                    let mut prefix = [0u8; HEAD_PREFIX];
+                    let Some((head, reader)) = read_head(payload, &mut prefix) else { return };
                     if EdgeMsg::is_closed(head) {
                         if let Ok(mut closed) = closed.lock() {
                             closed.insert(sub_key.clone());
@@ -308,6 +294,26 @@ impl Bridge {
 /// How much of a message is read first to find its head (an input id is
 /// far shorter); a longer head is read the slow way.
 const HEAD_PREFIX: usize = 1024;
+
+/// Waits until `publisher` has a subscriber, at most [`MATCH_WAIT`].
+fn wait_for_subscriber(publisher: &zenoh::pubsub::Publisher<'_>) {
+    let deadline = std::time::Instant::now() + MATCH_WAIT;
+    while std::time::Instant::now() < deadline && !publisher.matching_status().wait().is_ok_and(|m| m.matching()) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A message's first bytes (up to [`HEAD_PREFIX`], read into `prefix`),
+/// and a reader of what follows them.
+fn read_head<'a>(
+    payload: &'a zenoh::bytes::ZBytes,
+    prefix: &'a mut [u8; HEAD_PREFIX],
+) -> Option<(&'a [u8], zenoh::bytes::ZBytesReader<'a>)> {
+    let head = &mut prefix[..payload.len().min(HEAD_PREFIX)];
+    let mut reader = payload.reader();
+    reader.read_exact(head).ok()?;
+    Some((head, reader))
+}
 
 /// Writes one message that arrived from another machine into the local
 /// consumer's edge. Its payload, in as many pieces as Zenoh received it, is
@@ -447,10 +453,8 @@ mod tests {
 
     /// What the subscription's callback does with a data message.
     fn deliver_all(writer: &EdgeWriter, payload: &zenoh::bytes::ZBytes) -> Result<(), String> {
-        let mut head = [0u8; HEAD_PREFIX];
-        let head = &mut head[..payload.len().min(HEAD_PREFIX)];
-        let mut reader = payload.reader();
-        reader.read_exact(head).map_err(|e| e.to_string())?;
+        let mut prefix = [0u8; HEAD_PREFIX];
+        let (head, reader) = read_head(payload, &mut prefix).ok_or("unreadable")?;
         deliver(writer, payload, head, reader)
     }
 
