@@ -350,6 +350,15 @@ impl Runtime {
         };
         let mut spawned = match spawn_node(&node, &program, &dir) {
             Ok(spawned) => spawned,
+            Err(e) if crate::spawn::is_python(std::path::Path::new(&node.path)) => {
+                let python = crate::spawn::python_for(&node);
+                let hint = format!(
+                    "a .py node runs with `{}` (set {} in the node's env or the daemon's environment to choose another)",
+                    python.to_string_lossy(),
+                    crate::spawn::PYTHON_ENV
+                );
+                return supervisor.spawn_failed(node_id, format!("{}: {e}; {hint}", program.display()));
+            }
             Err(e) => return supervisor.spawn_failed(node_id, format!("{}: {e}", program.display())),
         };
         self.next_instance += 1;

@@ -20,9 +20,36 @@ pub struct SpawnedNode {
     pub socket: OwnedFd,
 }
 
+/// The environment variable naming the interpreter of `.py` nodes (in the
+/// node's `env`, else the daemon's environment); default `python3`.
+pub const PYTHON_ENV: &str = "RILL_PYTHON";
+
+/// True for a node whose `path` is a Python script, run by an interpreter.
+pub fn is_python(path: &Path) -> bool {
+    path.extension().is_some_and(|ext| ext == "py")
+}
+
+/// The interpreter that runs `node` when its path is a Python script.
+pub fn python_for(node: &NodeSpec) -> std::ffi::OsString {
+    node.env
+        .get(PYTHON_ENV)
+        .map(Into::into)
+        .or_else(|| std::env::var_os(PYTHON_ENV))
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "python3".into())
+}
+
 /// Finds the executable for `path`: relative paths are taken from the
-/// dataflow's directory, bare names from `PATH`.
+/// dataflow's directory, bare names from `PATH`. A `.py` script need not be
+/// executable: it runs with Python (see [`python_for`]).
 pub fn resolve_program(path: &str, base_dir: &Path) -> Result<PathBuf, String> {
+    if is_python(Path::new(path)) {
+        let script = base_dir.join(path);
+        return match script.is_file() {
+            true => Ok(script),
+            false => Err(format!("Python script {} does not exist (is `path` right?)", script.display())),
+        };
+    }
     if !path.contains('/') {
         let search = std::env::var_os("PATH").unwrap_or_default();
         return std::env::split_paths(&search)
@@ -70,11 +97,23 @@ fn is_executable(path: &Path) -> bool {
 /// not inherit.
 pub const SECRET_ENV: [&str; 2] = ["RILL_JOIN_TOKEN", "RILL_TOKEN"];
 
-/// Starts `node` from `program` in `working_dir`.
+/// Starts `node` from `program` in `working_dir`; a node whose `path` is a
+/// `.py` script runs `program` with its Python interpreter (a shipped script
+/// is stored under its digest, without the extension).
 pub fn spawn_node(node: &NodeSpec, program: &Path, working_dir: &Path) -> std::io::Result<SpawnedNode> {
     let (daemon_end, node_end) = transport::socket_pair()?;
     let inputs: Vec<String> = node.inputs.iter().map(|(id, input)| format!("{id}:{}", input.queue_size)).collect();
-    let mut command = Command::new(program);
+    let mut command = match is_python(Path::new(&node.path)) {
+        true => {
+            let python = python_for(node);
+            let mut command = Command::new(&python);
+            // Unbuffered, so what the node prints reaches `rill logs` as it
+            // happens, not when a buffer fills or the node exits.
+            command.arg("-u").arg(program).env("PYTHONUNBUFFERED", "1");
+            command
+        }
+        false => Command::new(program),
+    };
     SECRET_ENV.iter().for_each(|var| {
         command.env_remove(var);
     });
