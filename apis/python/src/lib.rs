@@ -234,7 +234,8 @@ impl Event {
                 let buffer = pa.call_method1("py_buffer", (view,))?;
                 let len = view.len()?;
                 let buffers = PyList::new(py, [py.None().into_bound(py), buffer])?;
-                let array = pa.getattr("Array")?.call_method1("from_buffers", (pa.call_method0("uint8")?, len, buffers))?;
+                let array =
+                    pa.getattr("Array")?.call_method1("from_buffers", (pa.call_method0("uint8")?, len, buffers))?;
                 Ok(Some(array))
             }
             None => Ok(Some(view.clone())),

@@ -161,10 +161,18 @@ pub fn bin_dir() -> std::io::Result<std::path::PathBuf> {
     exe.parent().map(std::path::Path::to_path_buf).ok_or_else(|| std::io::Error::other("executable has no directory"))
 }
 
-/// One node of a benchmark dataflow: a binary next to this one.
+/// The benchmark's Python nodes (crates/rill-bench/py), in the source tree
+/// this binary was built from.
+pub fn py_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("py")
+}
+
+/// One node of a benchmark dataflow: a binary next to this one, or a
+/// Python script of [`py_dir`] (`*.py`, run by `python`).
 struct BenchNode<'a> {
     id: &'a str,
     binary: &'a str,
+    python: Option<&'a str>,
     args: Vec<String>,
     /// `(input, source)`; every input keeps 1,000 messages.
     inputs: Vec<(&'a str, &'a str)>,
@@ -178,7 +186,13 @@ fn nodes_yaml(nodes: Vec<BenchNode<'_>>, cross: bool) -> std::io::Result<String>
     let dir = bin_dir()?;
     let mut yaml = String::from("nodes:\n");
     for node in nodes {
-        let binary = dir.join(node.binary);
+        let binary = match node.python {
+            Some(_) => py_dir().join(node.binary),
+            None => dir.join(node.binary),
+        };
+        if node.python.is_some() && !binary.exists() {
+            return Err(std::io::Error::other(format!("{} is missing", binary.display())));
+        }
         if !binary.exists() {
             // `cargo run -p rill-bench` builds only this binary, not its nodes.
             let release = if cfg!(debug_assertions) { "" } else { " --release" };
@@ -191,10 +205,13 @@ fn nodes_yaml(nodes: Vec<BenchNode<'_>>, cross: bool) -> std::io::Result<String>
         yaml += &format!(
             "  - id: {}\n    path: {:?}\n    args: [{}]\n    outputs: [{}]\n",
             node.id,
-            dir.join(node.binary).display().to_string(),
+            binary.display().to_string(),
             args.join(", "),
             node.outputs.join(", ")
         );
+        if let Some(python) = node.python {
+            yaml += &format!("    env: {{ RILL_PYTHON: {python:?} }}\n");
+        }
         if !node.inputs.is_empty() {
             yaml += "    inputs:\n";
             for (input, source) in node.inputs {
@@ -216,28 +233,63 @@ pub fn ping_pong_yaml(
     bursts: usize,
     cross: bool,
 ) -> std::io::Result<String> {
+    nodes_yaml(ping_and_pong(sizes, hot, paced, bursts, [None, None]), cross)
+}
+
+/// Which end of a ping-pong is Python: the ping (Python → Rust) or the
+/// pong (Rust → Python).
+#[derive(Clone, Copy, Debug)]
+pub enum PythonEnd {
+    Ping,
+    Pong,
+}
+
+/// [`ping_pong_yaml`] on one machine with one end in Python (`python`,
+/// which must have the `rill` package).
+pub fn python_ping_pong_yaml(
+    sizes: &[usize],
+    hot: usize,
+    paced: usize,
+    bursts: usize,
+    end: PythonEnd,
+    python: &str,
+) -> std::io::Result<String> {
+    let ends = match end {
+        PythonEnd::Ping => [Some(python), None],
+        PythonEnd::Pong => [None, Some(python)],
+    };
+    nodes_yaml(ping_and_pong(sizes, hot, paced, bursts, ends), false)
+}
+
+/// The ping and pong nodes; `python[i]` makes that one the Python script.
+fn ping_and_pong<'a>(
+    sizes: &[usize],
+    hot: usize,
+    paced: usize,
+    bursts: usize,
+    python: [Option<&'a str>; 2],
+) -> Vec<BenchNode<'a>> {
     let sizes = sizes.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
-    nodes_yaml(
-        vec![
-            BenchNode {
-                id: "ping",
-                binary: "rill-bench-ping",
-                args: vec![sizes, hot.to_string(), paced.to_string(), bursts.to_string()],
-                inputs: vec![("pong", "pong/pong")],
-                outputs: &["ping"],
-                machine: "a",
-            },
-            BenchNode {
-                id: "pong",
-                binary: "rill-bench-pong",
-                args: vec![],
-                inputs: vec![("ping", "ping/ping")],
-                outputs: &["pong"],
-                machine: "b",
-            },
-        ],
-        cross,
-    )
+    vec![
+        BenchNode {
+            id: "ping",
+            binary: if python[0].is_some() { "ping.py" } else { "rill-bench-ping" },
+            python: python[0],
+            args: vec![sizes, hot.to_string(), paced.to_string(), bursts.to_string()],
+            inputs: vec![("pong", "pong/pong")],
+            outputs: &["ping"],
+            machine: "a",
+        },
+        BenchNode {
+            id: "pong",
+            binary: if python[1].is_some() { "pong.py" } else { "rill-bench-pong" },
+            python: python[1],
+            args: vec![],
+            inputs: vec![("ping", "ping/ping")],
+            outputs: &["pong"],
+            machine: "b",
+        },
+    ]
 }
 
 /// The burst producer, on machine `a`.
@@ -245,6 +297,7 @@ fn burst_node(plan: &BurstPlan) -> BenchNode<'static> {
     BenchNode {
         id: "burst",
         binary: "rill-bench-burst",
+        python: None,
         args: plan.to_args(),
         inputs: vec![],
         outputs: &["out"],
@@ -254,7 +307,15 @@ fn burst_node(plan: &BurstPlan) -> BenchNode<'static> {
 
 /// A consumer `id` draining the burst producer, on machine `b`.
 fn drain_node(id: &str, args: Vec<String>) -> BenchNode<'_> {
-    BenchNode { id, binary: "rill-bench-drain", args, inputs: vec![("in", "burst/out")], outputs: &[], machine: "b" }
+    BenchNode {
+        id,
+        binary: "rill-bench-drain",
+        python: None,
+        args,
+        inputs: vec![("in", "burst/out")],
+        outputs: &[],
+        machine: "b",
+    }
 }
 
 /// The burst producer and its draining consumer (`touch`: it reads every byte).

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 mod cross;
 
-use rill_bench::{BurstPlan, common_cells, echo, iterations, median, memcpy_seconds, ping_pong};
+use rill_bench::{BurstPlan, PythonEnd, common_cells, echo, iterations, median, memcpy_seconds, ping_pong};
 use rill_core::Dataflow;
 use rill_daemon::{Report, RunOptions, Runtime, Stream};
 
@@ -82,6 +82,22 @@ enum Command {
         #[arg(long, requires = "cross")]
         insecure_plaintext: bool,
     },
+    /// One-way latency with a Python node at one end (Python → Rust and
+    /// Rust → Python), next to Rust → Rust in the same run.
+    Python {
+        /// Finish in well under 30 s (fewer iterations).
+        #[arg(long)]
+        quick: bool,
+        /// One JSON object per size and direction.
+        #[arg(long)]
+        json: bool,
+        /// Payload sizes in bytes.
+        #[arg(long, value_delimiter = ',', default_value = "8,4194304")]
+        sizes: Vec<usize>,
+        /// The interpreter that has the `rill` package (default: $RILL_PYTHON, else python3).
+        #[arg(long)]
+        python: Option<String>,
+    },
     /// One producer on one daemon, several consumers of its output on
     /// another (the cross-machine bridge): does every consumer get every
     /// message, and at what rate.
@@ -140,6 +156,20 @@ fn main() -> anyhow::Result<()> {
             let plan = BurstPlan { sizes: vec![size], rounds, count, idle_ms: 300, rss_wait_s: 0 };
             fan_out(&plan, consumers, insecure_plaintext, json)
         }
+        Command::Python { quick, json, sizes, python } => {
+            let python = python
+                .or_else(|| std::env::var("RILL_PYTHON").ok().filter(|p| !p.is_empty()))
+                .unwrap_or_else(|| "python3".into());
+            // The nodes run in another directory: a relative path must not be.
+            let python = match python.contains('/') {
+                // (Not canonicalize: a venv's python is a symlink that must stay one.)
+                true => {
+                    std::path::absolute(&python).with_context(|| format!("bad path {python}"))?.display().to_string()
+                }
+                false => python,
+            };
+            python_latency(quick, json, &sizes, &python)
+        }
         Command::EchoServer { size } => {
             // SAFETY: fd 0 is the socket the parent gave us.
             let stream = unsafe { <UnixStream as std::os::fd::FromRawFd>::from_raw_fd(0) };
@@ -174,6 +204,46 @@ fn latency(quick: bool, json: bool, sizes: &[usize], cross: Option<bool>) -> any
         } else {
             let ratio = result["p50_us"].as_f64().unwrap_or(f64::NAN) / baseline;
             println!("{} {baseline:>13.1} {ratio:>6.2}x {process_baseline:>12.1}", common_cells(*size, &result));
+        }
+    }
+    Ok(())
+}
+
+/// Rust → Rust, Python → Rust and Rust → Python, one dataflow each.
+fn python_latency(quick: bool, json: bool, sizes: &[usize], python: &str) -> anyhow::Result<()> {
+    let imports = std::process::Command::new(python).args(["-c", "import rill, numpy"]).output();
+    if !imports.is_ok_and(|out| out.status.success()) {
+        bail!(
+            "`{python}` cannot import rill and numpy: install them with `pip install ./apis/python numpy` \
+             (docs/python.md), or name another interpreter with --python"
+        );
+    }
+    let (hot, paced, bursts) = if quick { (1000, 150, 20) } else { (10_000, 1000, 200) };
+    let rust = run_dataflow(&rill_bench::ping_pong_yaml(sizes, hot, paced, bursts, false)?, sizes.len())?;
+    let mut rows = Vec::new();
+    for (direction, end) in [("python->rust", PythonEnd::Ping), ("rust->python", PythonEnd::Pong)] {
+        let yaml = rill_bench::python_ping_pong_yaml(sizes, hot, paced, bursts, end, python)?;
+        rows.push((direction, run_dataflow(&yaml, sizes.len())?));
+    }
+    rows.insert(0, ("rust->rust", rust.clone()));
+    if !json {
+        println!("one machine; python: {python}; ratio = p50 / rust->rust p50 of the same size");
+        println!(
+            "{:>13} {:>9} {:>9} {:>9} {:>12} {:>12} {:>11} {:>7}",
+            "direction", "size", "p50_us", "p99_us", "paced_p50", "paced_p99", "msgs/s", "ratio"
+        );
+    }
+    for (direction, results) in rows {
+        for ((size, mut result), base) in sizes.iter().zip(results).zip(&rust) {
+            let ratio = result["p50_us"].as_f64().unwrap_or(f64::NAN) / base["p50_us"].as_f64().unwrap_or(f64::NAN);
+            result["direction"] = serde_json::json!(direction);
+            result["rust_p50_us"] = base["p50_us"].clone();
+            result["ratio"] = serde_json::json!((ratio * 100.0).round() / 100.0);
+            if json {
+                println!("{result}");
+            } else {
+                println!("{direction:>13} {} {ratio:>6.2}x", common_cells(*size, &result));
+            }
         }
     }
     Ok(())

@@ -21,7 +21,7 @@ fn waiter_on_a(coordinator_args: &[&str]) -> (Processes, u16, Flow) {
 /// `{store}` becomes a redb file of the test) and daemon `a`, running `yaml`
 /// as `app` until daemon a's log shows `ready`. Also returns the
 /// coordinator's arguments, to start it again.
-fn app_on_a(coordinator_args: &[&str], yaml: &str, ready: &str) -> (Processes, u16, Vec<String>, Flow) {
+pub(crate) fn app_on_a(coordinator_args: &[&str], yaml: &str, ready: &str) -> (Processes, u16, Vec<String>, Flow) {
     let (procs, port, coordinator, flow, _) = app_on_a_through(coordinator_args, yaml, ready, None);
     (procs, port, coordinator, flow)
 }
@@ -68,7 +68,7 @@ fn app_on_a_through(
 }
 
 /// `rill list --json`'s first dataflow once `pred` holds (at most 20 s).
-fn dataflow_when(
+pub(crate) fn dataflow_when(
     procs: &Processes,
     port: u16,
     what: &str,

@@ -9,6 +9,7 @@ mod leak;
 mod lifecycle;
 mod managed;
 mod newcomer;
+mod python;
 mod relay;
 mod run;
 mod security;
