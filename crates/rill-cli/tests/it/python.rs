@@ -71,11 +71,20 @@ fn a_python_source_feeds_a_rust_sink_every_message_in_order_and_gets_stop() {
     inputs:
       small: { source: small/out, queue_size: 100 }
       big: { source: big/out, queue_size: 100 }
+  - id: pysink
+    path: {py}
+    args: [print]
+    env: { RILL_PYTHON: {python} }
+    inputs:
+      small: { source: small/out, queue_size: 100 }
+      big: { source: big/out, queue_size: 100 }
 ",
     );
     let mut running = flow.spawn(&[]);
-    running.wait_for("80 messages at the sink", Duration::from_secs(30), |out| {
-        out.matches("[sink] input ").count() >= 80 && out.matches("sent 40").count() == 2
+    running.wait_for("80 messages at each sink", Duration::from_secs(30), |out| {
+        out.matches("[sink] input ").count() >= 80
+            && out.matches("[pysink] input ").count() >= 80
+            && out.matches("sent 40").count() == 2
     });
     running.signal(libc::SIGINT);
     let run = running.wait(Duration::from_secs(20));
@@ -87,6 +96,10 @@ fn a_python_source_feeds_a_rust_sink_every_message_in_order_and_gets_stop() {
     check!(run, lines.iter().filter(|l| l.starts_with("input big len=65536 ")).count() == 40, "64 KiB each");
     check!(run, lines.iter().filter(|l| l.starts_with("input big ")).all(|l| l.ends_with("shared=true")), "");
     check!(run, !run.stdout.contains("corrupt"), "every word of every payload is its seq");
+    check!(run, seqs(&run, "pysink", "small") == expected, "Python sink, small: every message, in order");
+    check!(run, seqs(&run, "pysink", "big") == expected, "Python sink, big: every message, in order");
+    let py_lines = run.node_lines("pysink");
+    check!(run, py_lines.ends_with(&["stop".into(), "done after 80 inputs".into()]), "the Python sink got Stop");
     check!(run, run.node_lines("small") == ["sent 40", "got stop"], "the Python source got Stop");
     check!(run, run.node_lines("big") == ["sent 40", "got stop"], "the Python source got Stop");
 }
@@ -101,7 +114,7 @@ fn a_rust_source_feeds_a_python_sink_every_message_in_order_then_input_closed() 
     outputs: [out]
   - id: big
     path: {node}
-    args: [burst, '50', '8192']
+    args: [burst, '300', '8192']
     outputs: [out]
   - id: sink
     path: {py}
@@ -109,14 +122,15 @@ fn a_rust_source_feeds_a_python_sink_every_message_in_order_then_input_closed() 
     env: { RILL_PYTHON: {python} }
     inputs:
       small: { source: small/out, queue_size: 100 }
-      big: { source: big/out, queue_size: 100 }
+      big: { source: big/out, queue_size: 1000 }
 ",
     );
+    // 300 shared messages: more than a producer may lend at once (128), so
+    // they all arrive only if the Python sink's regions go back to it.
     let run = flow.run(&[], Duration::from_secs(30));
     check!(run, run.code == Some(0), "the dataflow ends by itself");
-    let expected: Vec<u64> = (0..50).collect();
-    check!(run, seqs(&run, "sink", "small") == expected, "small: every message, in order");
-    check!(run, seqs(&run, "sink", "big") == expected, "big: every message, in order");
+    check!(run, seqs(&run, "sink", "small") == (0..50).collect::<Vec<u64>>(), "small: every message, in order");
+    check!(run, seqs(&run, "sink", "big") == (0..300).collect::<Vec<u64>>(), "big: every message, in order");
     let lines = run.node_lines("sink");
     check!(run, lines.iter().filter(|l| l.starts_with("input small len=16 ")).all(|l| l.ends_with("shared=False")), "");
     check!(run, lines.iter().filter(|l| l.starts_with("input big len=8192 ")).all(|l| l.ends_with("shared=True")), "");
@@ -126,7 +140,7 @@ fn a_rust_source_feeds_a_python_sink_every_message_in_order_then_input_closed() 
         let last = lines.iter().rposition(|l| l.starts_with(&format!("input {input} ")));
         check!(run, closed.is_some() && closed > last, "InputClosed for {input}, after its last message");
     }
-    check!(run, lines.last().map(String::as_str) == Some("done after 100 inputs"), "the stream ends after both close");
+    check!(run, lines.last().map(String::as_str) == Some("done after 350 inputs"), "the stream ends after both close");
 }
 
 #[test]
@@ -272,4 +286,18 @@ fn pyarrow_arrays_are_sent_as_their_bytes() {
     let lines = run.node_lines("sink");
     check!(run, lines.iter().filter(|l| l.starts_with("input in len=16 ")).count() == 10, "16 bytes each");
     check!(run, !run.stdout.contains("corrupt"), "every word of every payload is its seq");
+}
+
+#[test]
+fn the_python_example_pipeline_runs_as_documented() {
+    let file = repo_root().join("examples/python-pipeline/dataflow.yml");
+    let mut cmd = crate::support::rill();
+    cmd.arg("run").arg(&file).env("RILL_PYTHON", python());
+    let run = crate::support::Running::start(cmd).wait(Duration::from_secs(120));
+    check!(run, run.code == Some(0), "the pipeline ends by itself");
+    let sink = run.node_lines("sink");
+    check!(run, sink.first().is_some_and(|l| l.starts_with("received 1^2 = 1 (")), "{sink:?}");
+    check!(run, sink.iter().filter(|l| l.starts_with("received ")).count() == 10, "{sink:?}");
+    check!(run, sink.iter().any(|l| l.starts_with("received 10^2 = 100 (")), "{sink:?}");
+    check!(run, sink.last().map(String::as_str) == Some("input `value` closed after 10 messages"), "{sink:?}");
 }
