@@ -15,7 +15,7 @@
 
 use std::ffi::{CString, c_int, c_void};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use pyo3::buffer::PyUntypedBuffer;
@@ -54,7 +54,7 @@ impl Node {
     /// The next event within `timeout` (forever if `None`); `None` on
     /// timeout or when the event stream has ended.
     fn wait(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Option<Event>> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
             let slice =
                 deadline.map_or(SIGNAL_CHECK, |d| d.saturating_duration_since(Instant::now()).min(SIGNAL_CHECK));
@@ -80,6 +80,13 @@ impl Node {
 impl Node {
     #[new]
     fn new(py: Python<'_>) -> PyResult<Self> {
+        // The daemon's socket is one fd that `from_env` takes over: a second
+        // Node would wait for a start that came and then close the fd the
+        // first one uses.
+        static CREATED: AtomicBool = AtomicBool::new(false);
+        if CREATED.swap(true, Ordering::AcqRel) {
+            return Err(rill_error("this process already created its rill.Node: create it once and pass it around"));
+        }
         let node = py.detach(rill_node::Node::from_env).map_err(rill_error)?;
         Ok(Self { id: node.id().to_owned(), inner: Mutex::new(node) })
     }
@@ -103,10 +110,11 @@ impl Node {
     #[pyo3(signature = (timeout = None))]
     fn next(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Event>> {
         let timeout = match timeout {
-            Some(t) if !(t.is_finite() && t >= 0.0) => {
+            Some(t) if t.is_nan() || t < 0.0 => {
                 return Err(PyValueError::new_err(format!("timeout must be a number of seconds >= 0, not {t}")));
             }
-            Some(t) => Some(Duration::from_secs_f64(t)),
+            // Too long to represent (or infinite): forever.
+            Some(t) => Duration::try_from_secs_f64(t).ok(),
             None => None,
         };
         self.wait(py, timeout)
@@ -129,40 +137,45 @@ impl Node {
             ));
         }
         let len = buffer.len_bytes();
+        self.with(|node| node.check_output(output))?.map_err(rill_error)?;
         let mut sample = self.allocate_sample(py, len)?;
-        // SAFETY: the exported buffer stays valid and `len` bytes long while
-        // `buffer` is held, and the GIL is held, so Python code cannot
-        // release or resize it.
-        let bytes = unsafe { std::slice::from_raw_parts(buffer.buf_ptr().cast::<u8>(), len) };
-        sample.copy_from_slice(bytes);
+        if len > 0 {
+            // SAFETY: the exported buffer stays valid and `len` bytes long
+            // while `buffer` is held (an exporter may give a null pointer only
+            // for an empty buffer).
+            let bytes = unsafe { std::slice::from_raw_parts(buffer.buf_ptr().cast::<u8>(), len) };
+            sample.copy_from_slice(bytes);
+        }
         drop(buffer);
-        self.with(|node| node.send_sample(output, sample))?.map_err(rill_error)
+        py.detach(|| self.with(|node| node.send_sample(output, sample)))?.map_err(rill_error)
     }
 
     /// A writable buffer of `n` bytes (shared memory from 4 KiB on) to fill,
     /// e.g. through `numpy.frombuffer(buf, dtype)`, and send with `send`.
     fn allocate(&self, py: Python<'_>, n: usize) -> PyResult<Sample> {
-        let sample = self.allocate_sample(py, n)?;
-        Ok(Sample { inner: Mutex::new(Some(sample)), views: AtomicUsize::new(0) })
+        if n < rill_node::SHM_THRESHOLD {
+            return Ok(Sample::inline(n));
+        }
+        Ok(Sample::shared(self.allocate_sample(py, n)?))
     }
 
-    /// Sends a buffer from `allocate` on `output` without copying it. Views
-    /// of it (numpy arrays, memoryviews) must be gone first: the receivers
-    /// read this memory in place, so it must not change after sending.
-    fn send(&self, output: &str, sample: &Bound<'_, Sample>) -> PyResult<()> {
+    /// Sends a buffer from `allocate` on `output` without copying it (a
+    /// buffer under 4 KiB is copied into the message). Views of it (numpy
+    /// arrays, memoryviews) must be gone first: the receivers read this
+    /// memory in place, so it must not change after sending.
+    fn send(&self, py: Python<'_>, output: &str, sample: &Bound<'_, Sample>) -> PyResult<()> {
+        // A wrong name must not cost the filled buffer.
+        self.with(|node| node.check_output(output))?.map_err(rill_error)?;
         let sample = sample.get();
-        let views = sample.views.load(Ordering::Acquire);
-        if views > 0 {
-            return Err(rill_error(format!(
-                "this buffer is still viewed by {views} object(s) (a numpy array or memoryview made from it): \
-                 delete them before sending (`del array`), since receivers read this memory in place"
-            )));
+        match sample.take_for_send()? {
+            Some(shared) => py.detach(|| self.with(|node| node.send_sample(output, shared)))?.map_err(rill_error),
+            None => {
+                // SAFETY: the buffer is ours (inline) and no view of it is
+                // exported any more: nothing writes it now.
+                let bytes = unsafe { std::slice::from_raw_parts(sample.ptr as *const u8, sample.len) };
+                py.detach(|| self.with(|node| node.send_output(output, bytes)))?.map_err(rill_error)
+            }
         }
-        let taken = sample.inner.lock().map_err(|_| rill_error("the buffer's lock is poisoned"))?.take();
-        let Some(taken) = taken else {
-            return Err(rill_error("this buffer was already sent: allocate a new one for each message"));
-        };
-        self.with(|node| node.send_sample(output, taken))?.map_err(rill_error)
     }
 
     fn __repr__(&self) -> String {
@@ -170,16 +183,28 @@ impl Node {
     }
 }
 
-/// A pyarrow array becomes a buffer through numpy (zero-copy for
-/// fixed-width types without nulls); anything else is taken as it is.
+/// A pyarrow array is sent as its values' bytes, viewed through numpy
+/// without conversion: fixed-width types without nulls only (anything else
+/// would silently change, e.g. integers with nulls become floats).
 fn as_buffer_source<'py>(data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let is_arrow = type_module(data).is_some_and(|m| m.starts_with("pyarrow"));
-    if is_arrow && data.hasattr("to_numpy")? {
-        let kwargs = PyDict::new(data.py());
-        kwargs.set_item("zero_copy_only", false)?;
-        return data.call_method("to_numpy", (), Some(&kwargs));
+    if !(is_arrow && data.hasattr("to_numpy")?) {
+        return Ok(data.clone());
     }
-    Ok(data.clone())
+    let nulls: usize = data.getattr("null_count").and_then(|n| n.extract()).unwrap_or(0);
+    if nulls > 0 {
+        return Err(PyValueError::new_err(format!(
+            "this pyarrow array has {nulls} null(s), which have no bytes to send: fill them (array.fill_null(...)) or send bytes you encode"
+        )));
+    }
+    let kwargs = PyDict::new(data.py());
+    kwargs.set_item("zero_copy_only", true)?;
+    data.call_method("to_numpy", (), Some(&kwargs)).map_err(|e| {
+        PyTypeError::new_err(format!(
+            "only pyarrow arrays of a fixed-width type (integers, floats) are sent as their bytes, not {}: {e}",
+            type_name(data)
+        ))
+    })
 }
 
 fn type_module(data: &Bound<'_, PyAny>) -> Option<String> {
@@ -355,36 +380,103 @@ impl Payload {
 }
 
 /// A writable buffer from `node.allocate(n)`, sent with `node.send`.
+///
+/// Its memory lives as long as this object, sent or not, so no view of it
+/// can ever point at freed or unmapped memory: under 4 KiB it is a buffer of
+/// its own (copied into the message at send), from 4 KiB on a region of the
+/// node's shared-memory pool, kept mapped through `_mapping`.
 #[pyclass(module = "rill", name = "Sample", frozen)]
 struct Sample {
-    inner: Mutex<Option<rill_node::Sample>>,
-    /// Live buffer exports (memoryviews, numpy arrays): sending waits for 0.
-    views: AtomicUsize,
+    /// The exported bytes: fixed at creation.
+    ptr: usize,
+    len: usize,
+    /// Whether it is sent and how many views are exported, under one lock
+    /// so a view cannot appear between `send`'s check and its hand-over.
+    state: Mutex<SampleState>,
+    _mapping: Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
+    /// Inline: the allocation behind `ptr` (freed on drop).
+    owned: bool,
+}
+
+struct SampleState {
+    /// The pool's sample until sent (None when inline).
+    shared: Option<rill_node::Sample>,
+    sent: bool,
+    views: usize,
+}
+
+impl Sample {
+    fn inline(len: usize) -> Self {
+        let bytes: Box<[u8]> = vec![0u8; len].into_boxed_slice();
+        let ptr = Box::into_raw(bytes).cast::<u8>() as usize;
+        let state = SampleState { shared: None, sent: false, views: 0 };
+        Self { ptr, len, state: Mutex::new(state), _mapping: None, owned: true }
+    }
+
+    fn shared(mut sample: rill_node::Sample) -> Self {
+        let ptr = sample.as_mut_ptr() as usize;
+        let len = sample.len();
+        let mapping = sample.mapping();
+        let state = SampleState { shared: Some(sample), sent: false, views: 0 };
+        Self { ptr, len, state: Mutex::new(state), _mapping: mapping, owned: false }
+    }
+
+    fn lock(&self) -> PyResult<std::sync::MutexGuard<'_, SampleState>> {
+        self.state.lock().map_err(|_| rill_error("the buffer's lock is poisoned"))
+    }
+
+    /// Marks it sent and returns the pool's sample (None when inline),
+    /// unless it is viewed or was sent already.
+    fn take_for_send(&self) -> PyResult<Option<rill_node::Sample>> {
+        let mut state = self.lock()?;
+        if state.sent {
+            return Err(rill_error("this buffer was already sent: allocate a new one for each message"));
+        }
+        if state.views > 0 {
+            return Err(rill_error(format!(
+                "this buffer is still viewed by {} object(s) (a numpy array or memoryview made from it): \
+                 delete them before sending (`del array`), since receivers read this memory in place",
+                state.views
+            )));
+        }
+        state.sent = true;
+        Ok(state.shared.take())
+    }
+}
+
+impl Drop for Sample {
+    fn drop(&mut self) {
+        if self.owned {
+            // SAFETY: `ptr` and `len` came from `Box::into_raw` of a
+            // `Box<[u8]>` of that length in `inline`, and are freed once.
+            drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr as *mut u8, self.len)) });
+        }
+    }
 }
 
 #[pymethods]
 impl Sample {
     fn __len__(&self) -> usize {
-        self.inner.lock().ok().and_then(|s| s.as_ref().map(|s| s.len())).unwrap_or(0)
+        self.len
     }
 
     unsafe fn __getbuffer__(slf: Bound<'_, Self>, view: *mut ffi::Py_buffer, flags: c_int) -> PyResult<()> {
         let this = slf.get();
-        let (ptr, len) = {
-            let mut inner = this.inner.lock().map_err(|_| rill_error("the buffer's lock is poisoned"))?;
-            let Some(sample) = inner.as_mut() else {
-                return Err(PyBufferError::new_err("this buffer was sent: allocate a new one"));
-            };
-            (sample.as_mut_ptr(), sample.len())
-        };
-        this.views.fetch_add(1, Ordering::AcqRel);
-        // SAFETY: the sample is not taken (sent) while a view exists, so
-        // its bytes live at least as long as the view.
-        unsafe { fill_view(view, flags, ptr, len, false, slf.into_any()) }
+        let mut state = this.lock()?;
+        if state.sent {
+            return Err(PyBufferError::new_err("this buffer was sent: allocate a new one"));
+        }
+        // SAFETY: the memory lives as long as this object, which the view
+        // keeps alive through `obj`.
+        unsafe { fill_view(view, flags, this.ptr as *mut u8, this.len, false, slf.clone().into_any())? };
+        state.views += 1;
+        Ok(())
     }
 
     unsafe fn __releasebuffer__(&self, view: *mut ffi::Py_buffer) {
-        self.views.fetch_sub(1, Ordering::AcqRel);
+        if let Ok(mut state) = self.state.lock() {
+            state.views = state.views.saturating_sub(1);
+        }
         // SAFETY: `view` is one this object filled in `__getbuffer__`.
         unsafe { release_view(view) }
     }

@@ -211,11 +211,11 @@ fn latency(quick: bool, json: bool, sizes: &[usize], cross: Option<bool>) -> any
 
 /// Rust → Rust, Python → Rust and Rust → Python, one dataflow each.
 fn python_latency(quick: bool, json: bool, sizes: &[usize], python: &str) -> anyhow::Result<()> {
-    let imports = std::process::Command::new(python).args(["-c", "import rill, numpy"]).output();
+    let imports = std::process::Command::new(python).args(["-c", "import rill"]).output();
     if !imports.is_ok_and(|out| out.status.success()) {
         bail!(
-            "`{python}` cannot import rill and numpy: install them with `pip install ./apis/python numpy` \
-             (docs/python.md), or name another interpreter with --python"
+            "`{python}` cannot import rill: install it with `pip install ./apis/python` (docs/python.md), \
+             or name another interpreter with --python"
         );
     }
     let (hot, paced, bursts) = if quick { (1000, 150, 20) } else { (10_000, 1000, 200) };

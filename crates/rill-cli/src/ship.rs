@@ -99,9 +99,9 @@ fn build_id() -> String {
 
 /// The file a shipped node runs: its `path`, relative to the dataflow's
 /// directory. A bare command name is looked up on each machine, so it
-/// cannot be shipped.
+/// cannot be shipped (a `.py` script is always a file).
 fn binary_of(node: &str, path: &str, base_dir: &Path) -> anyhow::Result<PathBuf> {
-    if !path.contains('/') {
+    if !path.contains('/') && !rill_daemon::spawn::is_python(Path::new(path)) {
         bail!(
             "node `{node}`: `path: {path}` is a command found on each machine's PATH, so there is nothing to ship; \
              use `distribute: local`, or a path such as ./{path}"

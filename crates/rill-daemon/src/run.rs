@@ -348,10 +348,13 @@ impl Runtime {
             Ok(dir) => dir,
             Err(e) => return supervisor.spawn_failed(node_id, e),
         };
-        let mut spawned = match spawn_node(&node, &program, &dir) {
+        // A shipped script is stored under its digest: the node's own path
+        // says whether it is one.
+        let interpreter = crate::spawn::is_python(std::path::Path::new(&node.path))
+            .then(|| crate::spawn::python_for(&node, &self.base_dir));
+        let mut spawned = match spawn_node(&node, &program, interpreter.as_deref(), &dir) {
             Ok(spawned) => spawned,
-            Err(e) if crate::spawn::is_python(std::path::Path::new(&node.path)) => {
-                let python = crate::spawn::python_for(&node);
+            Err(e) if let Some(python) = &interpreter => {
                 let hint = format!(
                     "a .py node runs with `{}` (set {} in the node's env or the daemon's environment to choose another)",
                     python.to_string_lossy(),

@@ -3,6 +3,7 @@
 //! (so a terminal's Ctrl-C reaches only `rill`, which then stops nodes in
 //! order) and death with its parent.
 
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -29,14 +30,23 @@ pub fn is_python(path: &Path) -> bool {
     path.extension().is_some_and(|ext| ext == "py")
 }
 
-/// The interpreter that runs `node` when its path is a Python script.
-pub fn python_for(node: &NodeSpec) -> std::ffi::OsString {
-    node.env
-        .get(PYTHON_ENV)
-        .map(Into::into)
-        .or_else(|| std::env::var_os(PYTHON_ENV))
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| "python3".into())
+/// The interpreter that runs `node` when its path is a Python script:
+/// [`PYTHON_ENV`] from the node's `env` (a relative path is taken from the
+/// dataflow's directory `base_dir`), else from this process's environment
+/// (relative to its current directory), else `python3` from `PATH`.
+pub fn python_for(node: &NodeSpec, base_dir: &Path) -> OsString {
+    let from_node = node.env.get(PYTHON_ENV).filter(|p| !p.is_empty()).map(|p| (OsString::from(p), base_dir));
+    let here = std::env::current_dir().unwrap_or_default();
+    let from_env = || std::env::var_os(PYTHON_ENV).filter(|p| !p.is_empty()).map(|p| (p, here.as_path()));
+    match from_node.or_else(from_env) {
+        // A bare name is a command on PATH; a relative path would otherwise
+        // be looked up from the node's working directory.
+        Some((python, dir)) if Path::new(&python).is_relative() && python.as_encoded_bytes().contains(&b'/') => {
+            dir.join(python).into_os_string()
+        }
+        Some((python, _)) => python,
+        None => "python3".into(),
+    }
 }
 
 /// Finds the executable for `path`: relative paths are taken from the
@@ -97,22 +107,25 @@ fn is_executable(path: &Path) -> bool {
 /// not inherit.
 pub const SECRET_ENV: [&str; 2] = ["RILL_JOIN_TOKEN", "RILL_TOKEN"];
 
-/// Starts `node` from `program` in `working_dir`; a node whose `path` is a
-/// `.py` script runs `program` with its Python interpreter (a shipped script
-/// is stored under its digest, without the extension).
-pub fn spawn_node(node: &NodeSpec, program: &Path, working_dir: &Path) -> std::io::Result<SpawnedNode> {
+/// Starts `node` from `program` in `working_dir`; with an `interpreter`
+/// (a `.py` node: see [`python_for`]), `program` is the script it runs.
+pub fn spawn_node(
+    node: &NodeSpec,
+    program: &Path,
+    interpreter: Option<&OsStr>,
+    working_dir: &Path,
+) -> std::io::Result<SpawnedNode> {
     let (daemon_end, node_end) = transport::socket_pair()?;
     let inputs: Vec<String> = node.inputs.iter().map(|(id, input)| format!("{id}:{}", input.queue_size)).collect();
-    let mut command = match is_python(Path::new(&node.path)) {
-        true => {
-            let python = python_for(node);
-            let mut command = Command::new(&python);
+    let mut command = match interpreter {
+        Some(python) => {
+            let mut command = Command::new(python);
             // Unbuffered, so what the node prints reaches `rill logs` as it
             // happens, not when a buffer fills or the node exits.
             command.arg("-u").arg(program).env("PYTHONUNBUFFERED", "1");
             command
         }
-        false => Command::new(program),
+        None => Command::new(program),
     };
     SECRET_ENV.iter().for_each(|var| {
         command.env_remove(var);
@@ -157,6 +170,34 @@ pub fn spawn_node(node: &NodeSpec, program: &Path, working_dir: &Path) -> std::i
 #[cfg(test)]
 mod working_dir_tests {
     use super::*;
+
+    #[test]
+    fn a_python_node_runs_with_its_env_interpreter_relative_to_the_dataflow_else_the_daemons_else_python3() {
+        let parse = |env: &str| {
+            let yaml = format!("nodes:\n  - id: n\n    path: n.py\n    env: {{ {env} }}\n");
+            rill_core::Dataflow::parse(&yaml, Path::new("d.yml")).unwrap().nodes.remove(0)
+        };
+        let base = Path::new("/flows/demo");
+        assert!(is_python(Path::new("n.py")) && !is_python(Path::new("n.pyc")) && !is_python(Path::new("py")));
+        assert_eq!(python_for(&parse("RILL_PYTHON: /opt/venv/bin/python"), base), "/opt/venv/bin/python");
+        assert_eq!(python_for(&parse("RILL_PYTHON: venv/bin/python"), base), "/flows/demo/venv/bin/python");
+        assert_eq!(python_for(&parse("RILL_PYTHON: python3.11"), base), "python3.11", "a command on PATH");
+        // Empty or unset in the node: the daemon's own setting, else python3.
+        let daemons = match std::env::var_os(PYTHON_ENV).filter(|p| !p.is_empty()) {
+            Some(p) if Path::new(&p).is_relative() && p.as_encoded_bytes().contains(&b'/') => {
+                std::env::current_dir().unwrap().join(p).into_os_string()
+            }
+            Some(p) => p,
+            None => "python3".into(),
+        };
+        assert_eq!(python_for(&parse("RILL_PYTHON: ''"), base), daemons);
+        assert_eq!(python_for(&parse("OTHER: x"), base), daemons);
+        let script = tempfile::tempdir().unwrap();
+        std::fs::write(script.path().join("n.py"), "print('hi')\n").unwrap();
+        assert_eq!(resolve_program("n.py", script.path()).unwrap(), script.path().join("n.py"), "no exec bit needed");
+        let missing = resolve_program("gone.py", script.path()).unwrap_err();
+        assert!(missing.contains("Python script") && missing.contains("gone.py does not exist"), "{missing}");
+    }
 
     #[test]
     fn a_node_runs_in_its_working_dir_else_the_dataflow_dir_else_home() {

@@ -86,6 +86,17 @@ impl Sample {
     pub(crate) fn new(inner: SampleInner, outbound: Arc<Outbound>) -> Self {
         Self { inner, outbound }
     }
+
+    /// For language bindings whose buffers may outlive the sample (Python
+    /// views): the shared mapping behind it, kept mapped while the returned
+    /// handle lives, even after the sample was sent. `None` when inline.
+    #[doc(hidden)]
+    pub fn mapping(&self) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        match &self.inner {
+            SampleInner::Shared { region, .. } => Some(region.clone()),
+            SampleInner::Inline(_) | SampleInner::Sent => None,
+        }
+    }
 }
 
 impl Deref for Sample {

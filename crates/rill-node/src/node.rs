@@ -460,7 +460,9 @@ impl Node {
         self.send_sample(output, sample)
     }
 
-    fn check_output(&self, output: &str) -> Result<(), NodeError> {
+    /// Checks that `output` is declared under this node's `outputs:`, as
+    /// sending does (so a caller can check before giving up a sample).
+    pub fn check_output(&self, output: &str) -> Result<(), NodeError> {
         if self.outputs.contains(output) { Ok(()) } else { Err(NodeError::UnknownOutput(output.to_owned())) }
     }
 }

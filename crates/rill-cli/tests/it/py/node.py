@@ -137,18 +137,33 @@ def api(node):
     during = counted - before
     stop.set()
     thread.join()
-    print(f"next(timeout=0.5) returned {event} after {waited:.1f} s; another thread counted while waiting: {during > 1000}")
+    print(f"next(timeout=0.5) returned {event} after 0.5 s or more: {0.5 <= waited < 5}")
+    print(f"another thread counted while waiting: {during > 1000}")
+    import pyarrow as pa
+
+    buf = node.allocate(8192)
     for call in (
         lambda: node.send_output("nope", b"x"),
         lambda: node.next(timeout=-1),
         lambda: node.send_output("out", np.zeros((4, 4), dtype="<u8")[:, 0]),
         lambda: node.send_output("out", 42),
+        lambda: node.send_output("out", pa.array([1, None, 3], type=pa.uint64())),
+        lambda: node.send_output("out", pa.array(["a", "b"])),
+        lambda: node.send("nope", buf),
+        lambda: rill.Node(),
     ):
         try:
             call()
             print("no error")
         except Exception as e:
             print(f"{type(e).__name__}: {e}")
+    # The wrong name did not cost the buffer; a huge timeout is "forever"
+    # (here: until the timer's tick), not an overflow.
+    np.frombuffer(buf, dtype="<u8")[:] = 7
+    node.send("out", buf)
+    print(f"sent after a wrong name: {len(buf)} bytes")
+    event = node.next(timeout=1e300)
+    print(f"next(timeout=1e300) gave {event['type']}")
 
 
 def send_arrow(node, n):
