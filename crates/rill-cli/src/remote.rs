@@ -283,7 +283,35 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     println!("{} connected", crate::output::count(daemons.len(), "daemon"));
     let active = dataflows.iter().filter(|d| d.status.is_active()).count();
     println!("{} active, {} known (see `rill list`)", crate::output::count(active, "dataflow"), dataflows.len());
+    let rows: Vec<[String; 8]> = dataflows
+        .iter()
+        .filter(|d| d.status.is_active())
+        .flat_map(|d| {
+            d.placement.iter().map(move |p| {
+                let t = d.traffic.get(&p.node).cloned().unwrap_or_default();
+                let state = d.nodes.get(&p.node).map(node_state).unwrap_or_else(|| "-".into());
+                [
+                    d.name.clone(),
+                    p.node.clone(),
+                    state,
+                    format!("{:.0}", t.msgs_in_per_s),
+                    format!("{:.0}", t.msgs_out_per_s),
+                    t.received.to_string(),
+                    t.sent.to_string(),
+                    t.dropped.to_string(),
+                ]
+            })
+        })
+        .collect();
+    if !rows.is_empty() {
+        println!();
+        print_table(["DATAFLOW", "NODE", "STATE", "IN/S", "OUT/S", "RECEIVED", "SENT", "DROPPED"], &rows);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+fn node_state(status: &rill_proto::coord::NodeStatus) -> String {
+    serde_json::to_value(status).ok().and_then(|v| v["state"].as_str().map(str::to_owned)).unwrap_or_default()
 }
 
 #[derive(clap::Args)]
@@ -506,7 +534,7 @@ pub fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::json!({"dataflows": dataflows}));
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<[String; 5]> = dataflows
+    let rows: Vec<[String; 6]> = dataflows
         .iter()
         .map(|d| {
             let status =
@@ -525,10 +553,11 @@ pub fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
                 None if !lost.is_empty() => format!("lost: {}", lost.join(", ")),
                 None => String::new(),
             };
-            [d.uuid.clone(), d.name.clone(), status, d.placement.len().to_string(), reason]
+            let dropped: u64 = d.traffic.values().map(|t| t.dropped).sum();
+            [d.uuid.clone(), d.name.clone(), status, d.placement.len().to_string(), dropped.to_string(), reason]
         })
         .collect();
-    print_table(["UUID", "NAME", "STATUS", "NODES", "REASON"], &rows);
+    print_table(["UUID", "NAME", "STATUS", "NODES", "DROPPED", "REASON"], &rows);
     Ok(ExitCode::SUCCESS)
 }
 

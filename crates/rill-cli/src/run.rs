@@ -1,15 +1,17 @@
 //! `rill run`: prints node output with a per-node prefix, the lifecycle
 //! notices, and a summary that names every failed node.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
 use rill_daemon::{Notice, Report, Reporter, RunOptions, RunReport, Runtime, Sig, StopHandle, Stream};
+use rill_proto::coord::{NodeCounts, NodeTraffic};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -58,11 +60,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let options = RunOptions { grace, term_grace: grace, skip_build: args.skip_build };
     let stdout = Arc::new(Stdout::default());
     let out = stdout.clone();
-    let reporter: Reporter = if args.json {
-        Arc::new(move |report| out.line(report_json(report)))
-    } else {
-        Arc::new(move |report| report_text(&out, report))
-    };
+    // Each node's last counts, for the summary.
+    let counts: Arc<Mutex<BTreeMap<String, NodeCounts>>> = Arc::default();
+    let kept = counts.clone();
+    let json = args.json;
+    let reporter: Reporter = Arc::new(move |report| {
+        if let Report::Counts { node, counts } = &report {
+            kept.lock().unwrap_or_else(PoisonError::into_inner).insert((*node).to_owned(), (*counts).clone());
+        }
+        match json {
+            true => out.line(report_json(report)),
+            false => report_text(&out, report),
+        }
+    });
     let runtime = Runtime::new(dataflow, base_dir, options, reporter);
     let stop = runtime.stop_handle();
     let _ = stdout.stop.set(stop.clone());
@@ -78,10 +88,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let result = runtime.run();
     signal_handle.close();
     let report = result?;
+    let traffic = rill_proto::coord::traffic(&counts.lock().unwrap_or_else(PoisonError::into_inner), &BTreeMap::new());
     if args.json {
-        stdout.line(summary_json(&report));
+        stdout.line(summary_json(&report, &traffic));
     } else {
         print_summary(&report);
+        print_drops(&traffic);
     }
     Ok(if report.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
@@ -103,6 +115,21 @@ fn report_text(out: &Stdout, report: Report<'_>) {
             note!("rill: node `{node}` is still running after the grace period; sending {name}");
         }
         Report::Stopping => note!("rill: stopping (press Ctrl-C again to kill)"),
+        Report::Counts { .. } => {}
+    }
+}
+
+/// Says which inputs lost messages to a full queue, and what to do.
+fn print_drops(traffic: &BTreeMap<String, NodeTraffic>) {
+    for (node, t) in traffic {
+        for (input, c) in t.inputs.iter().filter(|(_, c)| c.dropped > 0) {
+            note!(
+                "rill: node `{node}` input `{input}`: {} dropped (its queue was full), {} received; \
+                 raise its queue_size or make the node faster",
+                c.dropped,
+                c.received
+            );
+        }
     }
 }
 
@@ -123,6 +150,9 @@ fn report_json(report: Report<'_>) -> serde_json::Value {
             "event": "escalating", "node": node, "signal": match signal { Sig::Term => "SIGTERM", Sig::Kill => "SIGKILL" },
         }),
         Report::Stopping => serde_json::json!({"event": "stopping"}),
+        Report::Counts { node, counts } => serde_json::json!({
+            "event": "counts", "node": node, "inputs": counts.inputs, "outputs": counts.outputs,
+        }),
     }
 }
 
@@ -149,13 +179,16 @@ fn print_summary(report: &RunReport) {
     }
 }
 
-fn summary_json(report: &RunReport) -> serde_json::Value {
+fn summary_json(report: &RunReport, traffic: &BTreeMap<String, NodeTraffic>) -> serde_json::Value {
     let nodes: Vec<_> = report
         .nodes
         .iter()
         .map(|n| {
+            let t = traffic.get(&n.node).cloned().unwrap_or_default();
             serde_json::json!({
                 "node": n.node, "outcome": n.outcome.to_string(), "failed": n.outcome.is_failure(), "restarts": n.restarts,
+                "received": t.received, "dropped": t.dropped, "sent": t.sent, "bytes_sent": t.bytes_sent,
+                "inputs": t.inputs, "outputs": t.outputs,
             })
         })
         .collect();

@@ -7,13 +7,15 @@
 //! (the rest is stopped). After a coordinator restart every active
 //! dataflow's nodes are lost until their daemons report them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use rill_core::{DaemonInfo, Dataflow, place};
-use rill_proto::coord::{DataflowStatus, DataflowSummary, NodePlacement, NodeStatus, SpawnDataflow};
+use rill_proto::coord::{
+    DataflowStatus, DataflowSummary, NodeCounts, NodePlacement, NodeStatus, NodeTraffic, SpawnDataflow,
+};
 
 /// Why a start was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,7 +51,27 @@ pub struct DataflowRecord {
     /// While pending: until when it waits for daemons, and for what.
     #[serde(default)]
     pub waiting: Option<Waiting>,
+    /// Each node's message counters as last reported, and its rates. Not
+    /// stored (they change every second): daemons report them again.
+    #[serde(skip)]
+    counts: BTreeMap<String, NodeCounts>,
+    #[serde(skip)]
+    rates: BTreeMap<String, Rate>,
 }
+
+/// A node's message rates, from its last two reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Rate {
+    at: Instant,
+    received: u64,
+    sent: u64,
+    in_per_s: f64,
+    out_per_s: f64,
+}
+
+/// Rates older than this read as 0: a node reports only while its counts
+/// change (about once a second), so silence means idle.
+const RATE_FRESH: Duration = Duration::from_millis(2500);
 
 /// What a pending dataflow waits for (`rill start --wait-for-daemons`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,7 +93,52 @@ impl DataflowRecord {
             reason: self.reason.clone(),
             nodes: self.nodes.clone(),
             waiting: self.waiting.as_ref().map(|w| w.problems.clone()).unwrap_or_default(),
+            traffic: self.traffic(Instant::now()),
         }
+    }
+
+    fn traffic(&self, now: Instant) -> BTreeMap<String, NodeTraffic> {
+        let rates = self
+            .rates
+            .iter()
+            .filter(|(_, r)| now.saturating_duration_since(r.at) < RATE_FRESH)
+            .map(|(node, r)| (node.clone(), (r.in_per_s, r.out_per_s)))
+            .collect();
+        rill_proto::coord::traffic(&self.counts, &rates)
+    }
+
+    /// A node's counters: kept for the node's own inputs and outputs and
+    /// for consumers that exist (a report names only those), with rates
+    /// from the previous report.
+    fn set_counts(&mut self, node: &str, mut counts: NodeCounts, now: Instant) {
+        let Some(spec) = self.descriptor.node(node) else { return };
+        counts.inputs.retain(|input, _| spec.inputs.contains_key(input));
+        counts.outputs.retain(|output, _| spec.outputs.contains(output));
+        let consumers: BTreeMap<&str, &rill_core::NodeSpec> =
+            self.descriptor.nodes.iter().map(|n| (n.id.as_str(), n)).collect();
+        counts.backlog_drops.retain(|consumer, inputs| {
+            let Some(consumer) = consumers.get(consumer.as_str()) else { return false };
+            inputs.retain(|input, _| consumer.inputs.contains_key(input));
+            !inputs.is_empty()
+        });
+        let (received, sent) = (counts.received(), counts.sent());
+        let rate = match self.rates.get(node) {
+            Some(last) if now > last.at => {
+                let seconds = now.duration_since(last.at).as_secs_f64();
+                let per_s = |new: u64, old: u64| new.saturating_sub(old) as f64 / seconds;
+                Rate {
+                    at: now,
+                    received,
+                    sent,
+                    in_per_s: per_s(received, last.received),
+                    out_per_s: per_s(sent, last.sent),
+                }
+            }
+            Some(last) => *last,
+            None => Rate { at: now, received, sent, in_per_s: 0.0, out_per_s: 0.0 },
+        };
+        self.rates.insert(node.to_owned(), rate);
+        self.counts.insert(node.to_owned(), counts);
     }
 
     /// What each daemon spawns of it.
@@ -262,6 +329,8 @@ impl Dataflows {
             nodes: Default::default(),
             lost_since: None,
             waiting,
+            counts: BTreeMap::new(),
+            rates: BTreeMap::new(),
         };
         if let Some(placement) = placement {
             record.place(placement);
@@ -608,6 +677,13 @@ impl Dataflows {
             return Vec::new();
         }
         record.running_on.iter().cloned().collect()
+    }
+
+    /// A node's message counters (in memory only: see `DataflowRecord::counts`).
+    pub fn counts(&mut self, uuid: &str, node: &str, counts: NodeCounts, now: Instant) {
+        if let Some(record) = self.records.iter_mut().find(|r| r.uuid == uuid) {
+            record.set_counts(node, counts, now);
+        }
     }
 
     /// `daemon` reports a node's status (it runs that node now, also after

@@ -1,6 +1,6 @@
 //! The daemon: spawns and supervises node processes and routes their
 //! messages over the local data plane. `rill run` uses [`Runtime`] directly;
-//! the networked daemon (later) drives the same parts.
+//! the networked daemon (`net`, `local`) drives the same parts.
 
 pub mod access;
 pub mod artifacts;
@@ -13,6 +13,7 @@ pub mod routes;
 pub mod run;
 pub mod spawn;
 pub mod supervisor;
+pub mod tally;
 
 pub use run::{Report, Reporter, RunError, RunOptions, RunReport, Runtime, Share, StopHandle, Stream};
 pub use supervisor::{ExitStatus, NodeSummary, Notice, Outcome, Sig};

@@ -35,6 +35,7 @@ pub enum LocalEvent {
     Started { name: String, nodes: Vec<String> },
     Log { uuid: String, dataflow: String, node: String, stderr: bool, line: String },
     Node { uuid: String, node: String, status: rill_proto::coord::NodeStatus },
+    Counts { uuid: String, node: String, counts: rill_proto::coord::NodeCounts },
     Ended { name: String, success: bool, summary: String },
 }
 
@@ -123,6 +124,9 @@ impl LocalDataflows {
                     events(node_status(node, NodeStatus::Failed { reason: outcome.to_string() }))
                 }
                 Report::Ended { node, .. } => events(node_status(node, NodeStatus::Finished)),
+                Report::Counts { node, counts } => {
+                    events(LocalEvent::Counts { uuid: log_uuid.clone(), node: node.to_owned(), counts: counts.clone() })
+                }
                 _ => {}
             }
         });

@@ -310,6 +310,12 @@ pub async fn run(
                         DaemonMessage::NodeStatus { uuid: uuid.clone(), node: node.clone(), status: status.clone() };
                     let _ = stream_tx.try_send(msg);
                 }
+                // Cumulative: one lost to a full stream is made good by the next.
+                LocalEvent::Counts { uuid, node, counts } => {
+                    let msg = DaemonMessage::Counts { uuid: uuid.clone(), node: node.clone(), counts: counts.clone() };
+                    let _ = stream_tx.try_send(msg);
+                    return;
+                }
                 _ => {}
             }
             local_events(ConnectionEvent::Local(e))

@@ -13,7 +13,8 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rill_proto::{BoundedQueue, DaemonMsg, Direction, Metadata, Pushed, Route, transport};
+use rill_proto::coord::NodeCounts;
+use rill_proto::{BoundedQueue, DaemonMsg, Direction, Metadata, NodeMsg, Pushed, Route, transport};
 use rustix::event::epoll;
 use rustix::io::Errno;
 
@@ -73,6 +74,10 @@ pub struct RemotePeers {
     pub ends: Sender<Remote>,
 }
 
+/// Where the router sends a node's message counters (its total over its
+/// runs) when they change: about once a second per node.
+pub type CountsSink = Arc<dyn Fn(&str, &rill_proto::coord::NodeCounts) + Send + Sync>;
+
 /// Figures the router reports when it ends.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RouterStats {
@@ -96,7 +101,7 @@ impl RouterHandle {
     /// elsewhere and takes the far ends of their edges.
     /// With `remote`, nodes are told to start only after [`Command::Go`]
     /// (the coordinator sends it once every machine has wired its edges).
-    pub fn start(routes: Routes, remote: Option<RemotePeers>) -> std::io::Result<Self> {
+    pub fn start(routes: Routes, remote: Option<RemotePeers>, counts: CountsSink) -> std::io::Result<Self> {
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         let wake = Arc::new(rustix::event::eventfd(
             0,
@@ -125,6 +130,8 @@ impl RouterHandle {
             leaving: false,
             timers,
             stats: RouterStats::default(),
+            tally: crate::tally::Tally::default(),
+            counts,
         };
         let thread = std::thread::Builder::new().name("rill-router".into()).spawn(move || router.run())?;
         Ok(Self { tx, wake, thread: Some(thread) })
@@ -195,6 +202,8 @@ struct Router {
     gone: bool,
     timers: Vec<Timer>,
     stats: RouterStats,
+    tally: crate::tally::Tally,
+    counts: CountsSink,
 }
 
 enum Flow {
@@ -227,6 +236,12 @@ impl Router {
                     let mut b = [0u8; 8];
                     let _ = rustix::io::read(&*self.wake, &mut b);
                     if let Flow::Shutdown = self.commands() {
+                        // What nodes said last (their final counts) is
+                        // still in their sockets.
+                        let instances: Vec<Instance> = self.conns.keys().copied().collect();
+                        for instance in instances {
+                            self.read(instance, &mut buf);
+                        }
                         return self.stats;
                     }
                     continue;
@@ -386,13 +401,23 @@ impl Router {
         }
     }
 
-    /// Nodes send nothing on the control socket; reading notices the end.
+    /// Nodes send their counts on the control socket; reading also
+    /// notices the end.
     fn read(&mut self, instance: Instance, buf: &mut [u8]) {
         loop {
             let Some(conn) = self.conns.get(&instance) else { return };
             match transport::recv_packet(conn.fd.as_fd(), buf, true) {
                 Ok((0, _)) => return self.disconnect(instance),
-                Ok(_) => {}
+                Ok((n, _)) => match NodeMsg::decode(&buf[..n]) {
+                    Ok(NodeMsg::Counts(counts)) => {
+                        let node = conn.node.clone();
+                        let queue_size = &self.routes.queue_size;
+                        let known = |input: &str| queue_size.contains_key(&(node.clone(), input.to_owned()));
+                        let total = self.tally.report(&node, instance, NodeCounts::from_wire(&counts), known);
+                        (self.counts)(&node, &total);
+                    }
+                    Err(e) => eprintln!("rill: undecodable message from node {}: {e}", conn.node),
+                },
                 Err(Errno::WOULDBLOCK) => return,
                 Err(Errno::CONNRESET) => return self.disconnect(instance),
                 Err(e) => {
@@ -427,8 +452,9 @@ impl Router {
             DaemonMsg::Tick { .. } => conn.backlog.push(input, capacity.unwrap_or(1), out),
             _ => conn.backlog.push(None, 0, out),
         };
-        if let Pushed::DroppedOldest(_) = pushed {
+        if let Pushed::DroppedOldest(Outgoing { msg: DaemonMsg::Tick { input, .. }, .. }) = &pushed {
             self.stats.dropped += 1;
+            self.tally.tick_dropped(node, input);
         }
         self.want_write(instance, true);
     }
@@ -466,6 +492,9 @@ impl Router {
 
     fn fire_timers(&mut self) {
         let now = Instant::now();
+        for (node, total) in self.tally.due(now) {
+            (self.counts)(&node, &total);
+        }
         let mut due = Vec::new();
         for timer in &mut self.timers {
             if timer.next <= now {

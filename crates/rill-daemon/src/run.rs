@@ -78,6 +78,12 @@ pub enum Report<'a> {
     Notice(&'a Notice),
     /// The stop sequence began.
     Stopping,
+    /// A node's message counters changed (its total over its runs; about
+    /// once a second at most).
+    Counts {
+        node: &'a str,
+        counts: &'a rill_proto::coord::NodeCounts,
+    },
 }
 
 /// Receives [`Report`]s; called from several threads.
@@ -260,7 +266,9 @@ impl Runtime {
                 self.dataflow.nodes.iter().map(|n| n.id.clone()).filter(|id| !share.local.contains(id)).collect();
             crate::router::RemotePeers { nodes, ends: share.remote_ends }
         });
-        let router = RouterHandle::start(routes, remote).map_err(RunError::Router)?;
+        let reporter = self.reporter.clone();
+        let counts: crate::router::CountsSink = Arc::new(move |node, counts| reporter(Report::Counts { node, counts }));
+        let router = RouterHandle::start(routes, remote, counts).map_err(RunError::Router)?;
         let mut supervisor = Supervisor::new(&local, self.options.grace, self.options.term_grace);
         let mut pending: VecDeque<Action> = supervisor.start().into();
         let mut stopped = false;

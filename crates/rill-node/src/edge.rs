@@ -105,6 +105,9 @@ pub(crate) struct OutEdge {
     /// dropped), and the producer keeps regions for everyone else.
     shared_cap: usize,
     pub(crate) broken: bool,
+    /// Messages dropped from the backlog (drop-oldest), per input: the
+    /// consumer's loss, counted here (keys are the routes' inputs).
+    pub(crate) dropped_oldest: HashMap<String, u64>,
 }
 
 impl OutEdge {
@@ -126,6 +129,7 @@ impl OutEdge {
             in_flight: 0,
             shared_cap,
             broken: false,
+            dropped_oldest: HashMap::new(),
         }
     }
 
@@ -193,6 +197,9 @@ impl OutEdge {
         };
         let key = if matches!(msg, EdgeMsg::Data { .. }) { input } else { None };
         if let Pushed::DroppedOldest(old) = self.backlog.push(key, capacity, msg) {
+            if let EdgeMsg::Data { input, .. } = &old {
+                *self.dropped_oldest.entry(input.clone()).or_default() += 1;
+            }
             void.push(old);
         }
         was_empty

@@ -26,6 +26,7 @@
 //! [`EdgeWriter`] is the same sending side without a daemon connection, for
 //! in-process producers (the daemon's cross-machine bridge).
 
+mod counters;
 mod data;
 mod edge;
 mod node;

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rill_proto::shm::Region;
-use rill_proto::{BoundedQueue, DaemonMsg, Direction, EdgeMsg, Metadata, Payload, env, transport};
+use rill_proto::{BoundedQueue, DaemonMsg, Direction, EdgeMsg, Metadata, NodeMsg, Payload, Pushed, env, transport};
 use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
 
+use crate::counters::Counters;
 use crate::data::{Data, Sample, SampleInner};
 use crate::edge::{EdgeConn, InEdge};
 use crate::outbound::Outbound;
@@ -55,6 +56,7 @@ pub struct Node {
     in_edges: Vec<InEdge>,
     outbound: Arc<Outbound>,
     recv_buf: Vec<u8>,
+    counters: Counters,
     started: bool,
     stopped: bool,
     daemon_gone: bool,
@@ -96,7 +98,8 @@ impl Node {
             let size = size.parse().map_err(|_| NodeError::BadEnv { name: env::INPUTS, value: inputs_text.clone() })?;
             inputs.insert(id.to_owned(), size);
         }
-        let outputs = split_list(&env_var(env::OUTPUTS)?).map(str::to_owned).collect();
+        let outputs: HashSet<String> = split_list(&env_var(env::OUTPUTS)?).map(str::to_owned).collect();
+        let counters = Counters::new(inputs.keys(), outputs.iter());
         let outbound = Outbound::new(PoolLimits::from_env())?;
         let mut node = Self {
             id: env_var(env::NODE_ID)?,
@@ -109,6 +112,7 @@ impl Node {
             in_edges: Vec::new(),
             outbound,
             recv_buf: vec![0; rill_proto::MAX_PACKET],
+            counters,
             started: false,
             stopped: false,
             daemon_gone: false,
@@ -157,10 +161,12 @@ impl Node {
                     Event::InputClosed { id } => {
                         self.open_inputs.remove(id);
                     }
-                    Event::Input { .. } => {}
+                    Event::Input { id, .. } => self.counters.received(id),
                 }
+                self.report_counts(false);
                 return Ok(event);
             }
+            self.report_counts(false);
             if self.is_finished() {
                 return Err(RecvError::Finished);
             }
@@ -168,9 +174,30 @@ impl Node {
             if left.is_zero() {
                 return Err(RecvError::Timeout);
             }
+            // Counts that changed are reported within REPORT_EVERY, also
+            // while nothing else happens.
+            let left = self.counters.due_at().map_or(left, |at| left.min(at.saturating_duration_since(Instant::now())));
             if !self.spin(left, false) {
                 self.wait(left, false);
             }
+        }
+    }
+
+    /// Tells the daemon this node's counts when they changed and a report
+    /// is due (or now, with `force`). Never blocks: a report that does not
+    /// fit the socket goes with the next one.
+    fn report_counts(&mut self, force: bool) {
+        let now = Instant::now();
+        let due = self.counters.due_at().is_some_and(|at| force || now >= at);
+        if !due || self.daemon_gone {
+            return;
+        }
+        let backlog_drops = self.outbound.with(|s| s.backlog_drops());
+        let mut buf = Vec::new();
+        NodeMsg::Counts(self.counters.report(backlog_drops, now)).encode(&mut buf);
+        if buf.len() > rill_proto::MAX_PACKET || transport::send_packet(self.control.as_fd(), &buf, &[], true).is_err()
+        {
+            self.counters.mark_changed();
         }
     }
 
@@ -281,7 +308,10 @@ impl Node {
             DaemonMsg::Tick { input, metadata } => {
                 let capacity = self.inputs.get(&input).copied().unwrap_or(DEFAULT_QUEUE_SIZE);
                 let data = Data::inline(Vec::new());
-                let _ = self.queue.push(Some(input.clone()), capacity, Event::Input { id: input, metadata, data });
+                let pushed = self.queue.push(Some(input.clone()), capacity, Event::Input { id: input, metadata, data });
+                if let Pushed::DroppedOldest(Event::Input { id, .. }) = &pushed {
+                    self.counters.dropped(id);
+                }
             }
             DaemonMsg::InputClosed { input } => {
                 // The producer has exited: everything it sent is in its
@@ -376,7 +406,11 @@ impl Node {
                     }
                     let capacity = self.inputs.get(&input).copied().unwrap_or(DEFAULT_QUEUE_SIZE);
                     // A dropped event releases its shared payload on drop.
-                    let _ = self.queue.push(Some(input.clone()), capacity, Event::Input { id: input, metadata, data });
+                    let pushed =
+                        self.queue.push(Some(input.clone()), capacity, Event::Input { id: input, metadata, data });
+                    if let Pushed::DroppedOldest(Event::Input { id, .. }) = &pushed {
+                        self.counters.dropped(id);
+                    }
                 }
                 EdgeMsg::Unmap { region } => {
                     edge.mappings.remove(&region);
@@ -447,7 +481,13 @@ impl Node {
             }
             SampleInner::Sent => return Ok(()),
         };
+        let bytes = match &payload {
+            Payload::Inline(bytes) => bytes.len(),
+            Payload::Shared { len, .. } => *len as usize,
+        };
         self.outbound.with(|s| s.send(output, metadata, payload));
+        self.counters.sent(output, bytes);
+        self.report_counts(false);
         Ok(())
     }
 
@@ -472,5 +512,7 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.outbound.stop_flusher();
         self.outbound.flush_for(FLUSH_ON_EXIT);
+        // The last counts, ahead of the end the daemon sees next.
+        self.report_counts(true);
     }
 }

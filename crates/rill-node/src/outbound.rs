@@ -266,6 +266,24 @@ impl Sending {
         self.settle(destroyed, void, now);
     }
 
+    /// What was dropped for consumers that did not keep up, per consumer
+    /// and input (cumulative).
+    pub(crate) fn backlog_drops(&self) -> Vec<rill_proto::BacklogDrop> {
+        let mut drops: Vec<rill_proto::BacklogDrop> = self
+            .edges
+            .iter()
+            .flat_map(|edge| {
+                edge.dropped_oldest.iter().map(|(input, n)| rill_proto::BacklogDrop {
+                    consumer: edge.consumer.clone(),
+                    input: input.clone(),
+                    dropped: *n,
+                })
+            })
+            .collect();
+        drops.sort_by(|a, b| (&a.consumer, &a.input).cmp(&(&b.consumer, &b.input)));
+        drops
+    }
+
     /// Tells every consumer that `output`'s inputs are closed for good,
     /// behind what waits for them (never dropped).
     pub(crate) fn close(&mut self, output: &str) {

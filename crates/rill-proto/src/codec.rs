@@ -13,6 +13,8 @@ pub enum DecodeError {
     TrailingBytes,
     #[error("payload length {declared} does not match the {actual} bytes that follow")]
     LengthMismatch { declared: u64, actual: u64 },
+    #[error("a list of {0} entries is longer than allowed")]
+    TooMany(u64),
 }
 
 /// Appends primitive values to a buffer.

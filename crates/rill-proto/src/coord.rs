@@ -131,6 +131,13 @@ pub enum DaemonMessage {
         node: String,
         status: NodeStatus,
     },
+    /// A node's message counters (cumulative over its restarts), at most
+    /// about once a second while they change.
+    Counts {
+        uuid: String,
+        node: String,
+        counts: NodeCounts,
+    },
     /// A dataflow's nodes on this daemon all ended.
     DataflowFinished {
         uuid: String,
@@ -358,6 +365,141 @@ pub struct DataflowSummary {
     /// A pending dataflow: what each unplaced node waits for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiting: Vec<String>,
+    /// Node id -> messages in and out, drops and rates, as last reported
+    /// (nodes that reported nothing yet are missing).
+    #[serde(default)]
+    pub traffic: BTreeMap<String, NodeTraffic>,
+}
+
+/// A node's message counters as its daemon reports them: since the
+/// dataflow started, over every run of the node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCounts {
+    #[serde(default)]
+    pub inputs: BTreeMap<String, InputCounts>,
+    #[serde(default)]
+    pub outputs: BTreeMap<String, OutputCounts>,
+    /// What this node, as a producer, dropped for consumers that did not
+    /// keep up: consumer -> input -> messages.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub backlog_drops: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputCounts {
+    /// Messages handed to the node's code.
+    pub received: u64,
+    /// Messages dropped (drop-oldest) before the node read them.
+    pub dropped: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputCounts {
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+impl NodeCounts {
+    /// The counters a node process reported.
+    pub fn from_wire(counts: &crate::Counts) -> Self {
+        let mut out = Self::default();
+        for c in &counts.inputs {
+            out.inputs.insert(c.input.clone(), InputCounts { received: c.received, dropped: c.dropped });
+        }
+        for c in &counts.outputs {
+            out.outputs.insert(c.output.clone(), OutputCounts { messages: c.messages, bytes: c.bytes });
+        }
+        for c in &counts.backlog_drops {
+            *out.backlog_drops.entry(c.consumer.clone()).or_default().entry(c.input.clone()).or_default() += c.dropped;
+        }
+        out
+    }
+
+    /// Adds `other` (another run of the node, or drops counted elsewhere).
+    pub fn add(&mut self, other: &NodeCounts) {
+        for (input, c) in &other.inputs {
+            let mine = self.inputs.entry(input.clone()).or_default();
+            mine.received = mine.received.saturating_add(c.received);
+            mine.dropped = mine.dropped.saturating_add(c.dropped);
+        }
+        for (output, c) in &other.outputs {
+            let mine = self.outputs.entry(output.clone()).or_default();
+            mine.messages = mine.messages.saturating_add(c.messages);
+            mine.bytes = mine.bytes.saturating_add(c.bytes);
+        }
+        for (consumer, inputs) in &other.backlog_drops {
+            for (input, n) in inputs {
+                let mine = self.backlog_drops.entry(consumer.clone()).or_default().entry(input.clone()).or_default();
+                *mine = mine.saturating_add(*n);
+            }
+        }
+    }
+
+    /// Messages handed to the node's code, on all inputs.
+    pub fn received(&self) -> u64 {
+        self.inputs.values().fold(0, |sum, c| sum.saturating_add(c.received))
+    }
+
+    /// Messages sent, on all outputs.
+    pub fn sent(&self) -> u64 {
+        self.outputs.values().fold(0, |sum, c| sum.saturating_add(c.messages))
+    }
+}
+
+/// One node's traffic in `rill list`: its inputs' drops include what
+/// producers dropped for it (counted at the producer), and totals and rates.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeTraffic {
+    pub received: u64,
+    pub dropped: u64,
+    pub sent: u64,
+    pub bytes_sent: u64,
+    /// Messages per second over the last report interval (0 when idle).
+    pub msgs_in_per_s: f64,
+    pub msgs_out_per_s: f64,
+    pub inputs: BTreeMap<String, InputCounts>,
+    pub outputs: BTreeMap<String, OutputCounts>,
+}
+
+/// Every node's traffic from its counts and rates (`node -> (in/s, out/s)`):
+/// a message a producer dropped for a consumer's input counts as dropped
+/// on that input.
+pub fn traffic(
+    counts: &BTreeMap<String, NodeCounts>,
+    rates: &BTreeMap<String, (f64, f64)>,
+) -> BTreeMap<String, NodeTraffic> {
+    let mut out: BTreeMap<String, NodeTraffic> = counts
+        .iter()
+        .map(|(node, c)| {
+            let (msgs_in_per_s, msgs_out_per_s) = rates.get(node).copied().unwrap_or_default();
+            let traffic = NodeTraffic {
+                inputs: c.inputs.clone(),
+                outputs: c.outputs.clone(),
+                msgs_in_per_s,
+                msgs_out_per_s,
+                ..NodeTraffic::default()
+            };
+            (node.clone(), traffic)
+        })
+        .collect();
+    for c in counts.values() {
+        for (consumer, inputs) in &c.backlog_drops {
+            let Some(traffic) = out.get_mut(consumer) else { continue };
+            for (input, n) in inputs {
+                // (Only inputs the consumer has: a made-up name adds nothing.)
+                if let Some(mine) = traffic.inputs.get_mut(input) {
+                    mine.dropped = mine.dropped.saturating_add(*n);
+                }
+            }
+        }
+    }
+    for traffic in out.values_mut() {
+        traffic.received = traffic.inputs.values().fold(0, |sum, c| sum.saturating_add(c.received));
+        traffic.dropped = traffic.inputs.values().fold(0, |sum, c| sum.saturating_add(c.dropped));
+        traffic.sent = traffic.outputs.values().fold(0, |sum, c| sum.saturating_add(c.messages));
+        traffic.bytes_sent = traffic.outputs.values().fold(0, |sum, c| sum.saturating_add(c.bytes));
+    }
+    out
 }
 
 /// A connected daemon, as `rill status` shows it.
@@ -463,6 +605,35 @@ pub struct Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_producers_backlog_drops_count_on_the_consumers_input_and_totals_add_up() {
+        let mut counts = BTreeMap::new();
+        let mut source = NodeCounts::default();
+        source.outputs.insert("out".into(), OutputCounts { messages: 100, bytes: 6400 });
+        source.backlog_drops.entry("sink".into()).or_default().insert("in".into(), 30);
+        // A made-up consumer or input name adds nothing anywhere.
+        source.backlog_drops.entry("sink".into()).or_default().insert("nope".into(), 5);
+        source.backlog_drops.entry("ghost".into()).or_default().insert("in".into(), 5);
+        let mut sink = NodeCounts::default();
+        sink.inputs.insert("in".into(), InputCounts { received: 60, dropped: 10 });
+        sink.inputs.insert("tick".into(), InputCounts { received: 3, dropped: 1 });
+        // A restarted run adds up.
+        let mut before = NodeCounts::default();
+        before.inputs.insert("in".into(), InputCounts { received: 0, dropped: 0 });
+        sink.add(&before);
+        counts.insert("source".to_owned(), source);
+        counts.insert("sink".to_owned(), sink);
+        let rates = BTreeMap::from([("sink".to_owned(), (12.0, 0.0))]);
+        let traffic = traffic(&counts, &rates);
+        let sink = &traffic["sink"];
+        assert_eq!(sink.inputs["in"], InputCounts { received: 60, dropped: 40 });
+        assert_eq!((sink.received, sink.dropped, sink.sent), (63, 41, 0));
+        assert_eq!(sink.msgs_in_per_s, 12.0);
+        let source = &traffic["source"];
+        assert_eq!((source.sent, source.bytes_sent, source.received, source.dropped), (100, 6400, 0, 0));
+        assert!(!traffic.contains_key("ghost"));
+    }
 
     #[test]
     fn messages_have_a_stable_tagged_json_shape() {

@@ -100,6 +100,53 @@ pub enum DaemonMsg {
     Stop,
 }
 
+/// Node -> daemon, on the control connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeMsg {
+    /// What the node counted since it started (cumulative: a report that
+    /// is lost or late costs nothing). Sent at most once a second while
+    /// something changed, and when the node ends.
+    Counts(Counts),
+}
+
+/// A node's message counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Per input: messages handed to the node's code, and messages dropped
+    /// from its queue (drop-oldest) before it read them.
+    pub inputs: Vec<InputCount>,
+    /// Per output: messages and payload bytes sent.
+    pub outputs: Vec<OutputCount>,
+    /// Messages this node dropped from its backlog for a consumer's input
+    /// (that consumer did not read fast enough; drop-oldest).
+    pub backlog_drops: Vec<BacklogDrop>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InputCount {
+    pub input: String,
+    pub received: u64,
+    pub dropped: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutputCount {
+    pub output: String,
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BacklogDrop {
+    pub consumer: String,
+    pub input: String,
+    pub dropped: u64,
+}
+
+/// The most entries of each list a [`NodeMsg::Counts`] decodes: a node has
+/// far fewer inputs, outputs and consumers; a bad peer cannot make more.
+pub const MAX_COUNTED: usize = 4096;
+
 /// On an edge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EdgeMsg {
@@ -121,6 +168,7 @@ const TAG_START: u8 = 11;
 const TAG_TICK: u8 = 12;
 const TAG_INPUT_CLOSED: u8 = 13;
 const TAG_STOP: u8 = 14;
+const TAG_COUNTS: u8 = 15;
 const TAG_DATA: u8 = 20;
 const TAG_UNMAP: u8 = 21;
 const TAG_RELEASE: u8 = 22;
@@ -213,6 +261,76 @@ impl DaemonMsg {
         };
         r.finish()?;
         Ok(msg)
+    }
+}
+
+impl NodeMsg {
+    /// Appends the encoding to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut w = Writer::new(out);
+        match self {
+            NodeMsg::Counts(counts) => {
+                w.u8(TAG_COUNTS);
+                w.u64(counts.inputs.len() as u64);
+                for c in &counts.inputs {
+                    w.str(&c.input);
+                    w.u64(c.received);
+                    w.u64(c.dropped);
+                }
+                w.u64(counts.outputs.len() as u64);
+                for c in &counts.outputs {
+                    w.str(&c.output);
+                    w.u64(c.messages);
+                    w.u64(c.bytes);
+                }
+                w.u64(counts.backlog_drops.len() as u64);
+                for c in &counts.backlog_drops {
+                    w.str(&c.consumer);
+                    w.str(&c.input);
+                    w.u64(c.dropped);
+                }
+            }
+        }
+    }
+
+    /// Decodes one packet (lists longer than [`MAX_COUNTED`] are refused).
+    pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(buf);
+        let msg = match r.u8()? {
+            TAG_COUNTS => {
+                let mut counts = Counts::default();
+                for _ in 0..list_len(&mut r)? {
+                    counts.inputs.push(InputCount {
+                        input: r.str()?.to_owned(),
+                        received: r.u64()?,
+                        dropped: r.u64()?,
+                    });
+                }
+                for _ in 0..list_len(&mut r)? {
+                    counts.outputs.push(OutputCount {
+                        output: r.str()?.to_owned(),
+                        messages: r.u64()?,
+                        bytes: r.u64()?,
+                    });
+                }
+                for _ in 0..list_len(&mut r)? {
+                    let (consumer, input) = (r.str()?.to_owned(), r.str()?.to_owned());
+                    counts.backlog_drops.push(BacklogDrop { consumer, input, dropped: r.u64()? });
+                }
+                NodeMsg::Counts(counts)
+            }
+            other => return Err(DecodeError::UnknownTag(other)),
+        };
+        r.finish()?;
+        Ok(msg)
+    }
+}
+
+fn list_len(r: &mut Reader<'_>) -> Result<usize, DecodeError> {
+    let n = r.u64()?;
+    match usize::try_from(n) {
+        Ok(n) if n <= MAX_COUNTED => Ok(n),
+        _ => Err(DecodeError::TooMany(n)),
     }
 }
 
@@ -337,6 +455,22 @@ impl EdgeMsg {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_round_trip_and_an_absurd_list_length_is_refused() {
+        let counts = Counts {
+            inputs: vec![InputCount { input: "in".into(), received: 7, dropped: 3 }],
+            outputs: vec![OutputCount { output: "out".into(), messages: 9, bytes: 1 << 40 }],
+            backlog_drops: vec![BacklogDrop { consumer: "sink".into(), input: "in".into(), dropped: 2 }],
+        };
+        let mut buf = Vec::new();
+        NodeMsg::Counts(counts.clone()).encode(&mut buf);
+        assert_eq!(NodeMsg::decode(&buf), Ok(NodeMsg::Counts(counts)));
+        let mut absurd = vec![TAG_COUNTS];
+        absurd.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(NodeMsg::decode(&absurd), Err(DecodeError::TooMany(u64::MAX)));
+        assert_eq!(NodeMsg::decode(&buf[..buf.len() - 1]), Err(DecodeError::Truncated));
+    }
 
     fn daemon_roundtrip(msg: DaemonMsg) {
         let mut buf = Vec::new();

@@ -14,3 +14,4 @@ mod relay;
 mod run;
 mod security;
 mod support;
+mod traffic;

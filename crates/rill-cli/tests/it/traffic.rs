@@ -1,0 +1,124 @@
+//! Message counters: what each input received and dropped and each output
+//! sent, in `rill run`'s summary and in `rill list --json` / `rill status`.
+use std::time::{Duration, Instant};
+
+use crate::check;
+use crate::support::{Flow, rill_json};
+
+/// A producer that sends 500 messages at once into a consumer that takes
+/// 20 ms for each and keeps 5: most are dropped.
+const OVERFLOW: &str = "nodes:
+  - id: source
+    path: {node}
+    args: [burst, '500', '64']
+    outputs: [out]
+    deploy: { machine: a }
+  - id: sink
+    path: {node}
+    args: [slow, '20']
+    inputs:
+      in: { source: source/out, queue_size: 5 }
+    deploy: { machine: a }
+";
+
+#[test]
+fn rill_run_reports_the_exact_drops_of_an_overflowing_queue() {
+    let flow = Flow::new(&OVERFLOW.replace("    deploy: { machine: a }\n", ""));
+    let run = flow.run(&["--json"], Duration::from_secs(60));
+    check!(run, run.code == Some(0), "the dataflow ends by itself");
+    let summary: serde_json::Value = serde_json::from_str(run.stdout.lines().last().unwrap_or("")).unwrap_or_default();
+    let nodes = summary["nodes"].as_array().cloned().unwrap_or_default();
+    let node = |id: &str| nodes.iter().find(|n| n["node"] == id).cloned().unwrap_or_default();
+    let printed = run
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| {
+            l["event"] == "log" && l["node"] == "sink" && l["line"].as_str().is_some_and(|s| s.starts_with("seq "))
+        })
+        .count() as u64;
+    let sink = node("sink");
+    check!(run, printed > 0 && printed < 500, "the sink kept up with only some: {printed}");
+    check!(run, sink["inputs"]["in"]["received"] == printed, "received = what the sink handled: {sink}");
+    check!(run, sink["inputs"]["in"]["dropped"] == 500 - printed, "dropped = the rest, exactly: {sink}");
+    check!(run, sink["received"] == printed && sink["dropped"] == 500 - printed, "node totals: {sink}");
+    let source = node("source");
+    check!(run, source["outputs"]["out"] == serde_json::json!({"messages": 500, "bytes": 32000}), "{source}");
+    check!(run, source["sent"] == 500, "{source}");
+}
+
+#[test]
+fn rill_run_says_which_input_dropped_messages() {
+    let flow = Flow::new(&OVERFLOW.replace("    deploy: { machine: a }\n", ""));
+    let run = flow.run(&[], Duration::from_secs(60));
+    check!(run, run.code == Some(0), "the dataflow ends by itself");
+    let printed = run.node_lines("sink").iter().filter(|l| l.starts_with("seq ")).count() as u64;
+    let note = format!(
+        "rill: node `sink` input `in`: {} dropped (its queue was full), {printed} received; raise its queue_size or make the node faster",
+        500 - printed
+    );
+    check!(run, run.stderr.contains(&note), "expected {note:?}");
+}
+
+#[test]
+fn rill_list_shows_the_exact_drops_and_rates_of_a_running_dataflow() {
+    let (procs, port, _, _flow) = crate::faults::app_on_a(&[], OVERFLOW, "[app/sink] seq");
+    let port_text = port.to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (sink, source) = loop {
+        let (_, list, _) = rill_json(&["list", "--json", "--coordinator-port", &port_text]);
+        let dataflow = &list["dataflows"][0];
+        let sink = dataflow["traffic"]["sink"].clone();
+        let in_all = sink["received"].as_u64().unwrap_or(0) + sink["dropped"].as_u64().unwrap_or(0);
+        if dataflow["nodes"]["sink"]["state"] == "finished" && in_all == 500 {
+            break (sink, dataflow["traffic"]["source"].clone());
+        }
+        assert!(Instant::now() < deadline, "counts never added up to 500: {list}\n{}", procs.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let printed = procs.log("daemon-a").lines().filter(|l| l.starts_with("[app/sink] seq ")).count() as u64;
+    assert!(printed > 0 && printed < 500, "{printed}\n{}", procs.logs());
+    assert_eq!(sink["inputs"]["in"], serde_json::json!({"received": printed, "dropped": 500 - printed}), "{sink}");
+    assert_eq!((source["sent"].as_u64(), source["bytes_sent"].as_u64()), (Some(500), Some(32000)), "{source}");
+    let (code, status, stderr) = rill_json(&["status", "--json", "--coordinator-port", &port_text]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(status["dataflows"][0]["traffic"]["sink"]["dropped"], 500 - printed, "{status}");
+}
+
+#[test]
+fn rates_of_a_timer_driven_node_read_about_its_rate_and_status_shows_them() {
+    let yaml = "nodes:
+  - id: ticker
+    path: {node}
+    args: [count-send]
+    inputs: { tick: rill/timer/millis/20 }
+    outputs: [out]
+    deploy: { machine: a }
+  - id: sink
+    path: {node}
+    args: [print]
+    inputs: { in: ticker/out }
+    deploy: { machine: a }
+";
+    let (procs, port, _, _flow) = crate::faults::app_on_a(&[], yaml, "[app/sink] input in");
+    let port_text = port.to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, list, _) = rill_json(&["list", "--json", "--coordinator-port", &port_text]);
+        let t = &list["dataflows"][0]["traffic"];
+        let rate = |node: &str, key: &str| t[node][key].as_f64().unwrap_or(0.0);
+        // 50 a second, give or take a loaded machine.
+        if (25.0..=75.0).contains(&rate("ticker", "msgs_in_per_s"))
+            && (25.0..=75.0).contains(&rate("ticker", "msgs_out_per_s"))
+            && (25.0..=75.0).contains(&rate("sink", "msgs_in_per_s"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rates never read about 50/s: {t}\n{}", procs.logs());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let out = crate::support::rill().args(["status", "--coordinator-port", &port_text]).output().expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("DATAFLOW") && text.contains("IN/S") && text.contains("DROPPED"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("app") && l.contains("ticker") && l.contains("running")), "{text}");
+}
