@@ -125,7 +125,8 @@ impl DataflowRecord {
         let rate = match self.rates.get(node) {
             Some(last) if now > last.at => {
                 let seconds = now.duration_since(last.at).as_secs_f64();
-                let per_s = |new: u64, old: u64| new.saturating_sub(old) as f64 / seconds;
+                // (To a tenth: more digits say nothing about a rate.)
+                let per_s = |new: u64, old: u64| (new.saturating_sub(old) as f64 / seconds * 10.0).round() / 10.0;
                 Rate {
                     at: now,
                     received,
