@@ -81,6 +81,14 @@ impl CoordinatorAddr {
         if host.contains(':') && !host.starts_with('[') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
     }
 
+    /// Whether a coordinator was named: by flag, or as the CLI config's
+    /// current one (else commands try the default address).
+    pub fn is_named(&self) -> bool {
+        self.coordinator_addr.is_some()
+            || self.coordinator_port.is_some()
+            || load_config().ok().and_then(|c| c.current).is_some()
+    }
+
     /// The state directory of a coordinator on this machine, if `addr` is
     /// one here.
     fn local_state(&self, addr: &str) -> Option<PathBuf> {

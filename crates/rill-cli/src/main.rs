@@ -11,6 +11,8 @@ macro_rules! note {
 mod access;
 mod cluster;
 mod dirs;
+mod doctor;
+mod new;
 mod output;
 mod remote;
 mod run;
@@ -94,6 +96,20 @@ enum Commands {
         #[command(subcommand)]
         command: tokens::TokenCommand,
     },
+    /// Create a dataflow that runs at once with `rill run`: a talker and a listener, in Rust or Python.
+    New(new::NewArgs),
+    /// Check that this machine can run rill (kernel features, limits, Python,
+    /// ssh, the coordinator), and say what to fix.
+    Doctor(doctor::DoctorArgs),
+    /// Print a shell completion script: `source <(rill completion bash)`.
+    ///
+    /// To install: bash, `rill completion bash > ~/.local/share/bash-completion/completions/rill`;
+    /// zsh, `rill completion zsh > "${fpath[1]}/_rill"`; fish,
+    /// `rill completion fish > ~/.config/fish/completions/rill.fish`.
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
@@ -138,6 +154,12 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Commands::Cluster { command } => cluster::run(command),
+        Commands::Doctor(args) => doctor::doctor(args),
+        Commands::New(args) => new::new(args),
+        Commands::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "rill", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

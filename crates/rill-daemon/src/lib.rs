@@ -5,6 +5,7 @@
 pub mod access;
 pub mod artifacts;
 pub mod bridge;
+pub mod doctor;
 pub mod lines;
 pub mod local;
 pub mod net;

@@ -14,4 +14,5 @@ mod relay;
 mod run;
 mod security;
 mod support;
+mod tooling;
 mod traffic;

@@ -13,7 +13,7 @@ use crate::support::{Finished, Flow};
 /// The interpreter of a virtualenv that has the `rill` package built from
 /// this tree: `$RILL_TEST_PYTHON` (scripts/test.sh sets it), else the one
 /// scripts/python-env.sh makes (once per test run).
-fn python() -> &'static str {
+pub(crate) fn python() -> &'static str {
     static PYTHON: OnceLock<String> = OnceLock::new();
     PYTHON.get_or_init(|| {
         if let Some(python) = std::env::var("RILL_TEST_PYTHON").ok().filter(|p| !p.is_empty()) {
