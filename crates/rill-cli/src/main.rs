@@ -19,6 +19,7 @@ mod run;
 mod services;
 mod ship;
 mod tokens;
+mod top;
 mod updown;
 mod version;
 
@@ -96,6 +97,8 @@ enum Commands {
         #[command(subcommand)]
         command: tokens::TokenCommand,
     },
+    /// Every node's machine, pid, CPU, memory, restarts, message rates and drops, refreshed each second.
+    Top(top::TopArgs),
     /// Create a dataflow that runs at once with `rill run`: a talker and a listener, in Rust or Python.
     New(new::NewArgs),
     /// Check that this machine can run rill (kernel features, limits, Python,
@@ -156,6 +159,7 @@ fn main() -> ExitCode {
         Commands::Cluster { command } => cluster::run(command),
         Commands::Doctor(args) => doctor::doctor(args),
         Commands::New(args) => new::new(args),
+        Commands::Top(args) => top::top(args),
         Commands::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "rill", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

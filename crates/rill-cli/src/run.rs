@@ -65,8 +65,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let kept = counts.clone();
     let json = args.json;
     let reporter: Reporter = Arc::new(move |report| {
-        if let Report::Counts { node, counts } = &report {
-            kept.lock().unwrap_or_else(PoisonError::into_inner).insert((*node).to_owned(), (*counts).clone());
+        match &report {
+            Report::Counts { node, counts } => {
+                kept.lock().unwrap_or_else(PoisonError::into_inner).insert((*node).to_owned(), (*counts).clone());
+            }
+            // Once a second per node: for `rill top`, not this output.
+            Report::Usage { .. } => return,
+            _ => {}
         }
         match json {
             true => out.line(report_json(report)),
@@ -115,7 +120,7 @@ fn report_text(out: &Stdout, report: Report<'_>) {
             note!("rill: node `{node}` is still running after the grace period; sending {name}");
         }
         Report::Stopping => note!("rill: stopping (press Ctrl-C again to kill)"),
-        Report::Counts { .. } => {}
+        Report::Counts { .. } | Report::Usage { .. } => {}
     }
 }
 
@@ -153,6 +158,8 @@ fn report_json(report: Report<'_>) -> serde_json::Value {
         Report::Counts { node, counts } => serde_json::json!({
             "event": "counts", "node": node, "inputs": counts.inputs, "outputs": counts.outputs,
         }),
+        // (Kept out of the caller's way below: for `rill top`.)
+        Report::Usage { .. } => serde_json::Value::Null,
     }
 }
 

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use rill_core::{DaemonInfo, Dataflow, place};
 use rill_proto::coord::{
-    DataflowStatus, DataflowSummary, NodeCounts, NodePlacement, NodeStatus, NodeTraffic, SpawnDataflow,
+    DataflowStatus, DataflowSummary, NodeCounts, NodePlacement, NodeStatus, NodeTraffic, NodeUsage, SpawnDataflow,
 };
 
 /// Why a start was refused.
@@ -57,6 +57,12 @@ pub struct DataflowRecord {
     counts: BTreeMap<String, NodeCounts>,
     #[serde(skip)]
     rates: BTreeMap<String, Rate>,
+    /// Each running node's last CPU/memory sample, and when it came.
+    #[serde(skip)]
+    usage: BTreeMap<String, (Instant, NodeUsage)>,
+    /// Times each node was restarted.
+    #[serde(default)]
+    restarts: BTreeMap<String, u32>,
 }
 
 /// A node's message rates, from its last two reports.
@@ -94,6 +100,15 @@ impl DataflowRecord {
             nodes: self.nodes.clone(),
             waiting: self.waiting.as_ref().map(|w| w.problems.clone()).unwrap_or_default(),
             traffic: self.traffic(Instant::now()),
+            usage: self
+                .usage
+                .iter()
+                .filter(|(node, (at, _))| {
+                    at.elapsed() < RATE_FRESH && matches!(self.nodes.get(*node), Some(NodeStatus::Running { .. }))
+                })
+                .map(|(node, (_, usage))| (node.clone(), *usage))
+                .collect(),
+            restarts: self.restarts.clone(),
         }
     }
 
@@ -332,6 +347,8 @@ impl Dataflows {
             waiting,
             counts: BTreeMap::new(),
             rates: BTreeMap::new(),
+            usage: BTreeMap::new(),
+            restarts: BTreeMap::new(),
         };
         if let Some(placement) = placement {
             record.place(placement);
@@ -687,10 +704,22 @@ impl Dataflows {
         }
     }
 
+    /// A running node's CPU and memory (in memory only).
+    pub fn usage(&mut self, uuid: &str, node: &str, usage: NodeUsage, now: Instant) {
+        if let Some(record) = self.records.iter_mut().find(|r| r.uuid == uuid)
+            && record.descriptor.node(node).is_some()
+        {
+            record.usage.insert(node.to_owned(), (now, usage));
+        }
+    }
+
     /// `daemon` reports a node's status (it runs that node now, also after
     /// a reconnect). Returns the record (to store).
     pub fn node_status(&mut self, uuid: &str, node: &str, status: NodeStatus, daemon: &str) -> Option<DataflowRecord> {
         let record = self.records.iter_mut().find(|r| r.uuid == uuid)?;
+        if status == NodeStatus::Restarting && record.nodes.get(node) != Some(&NodeStatus::Restarting) {
+            *record.restarts.entry(node.to_owned()).or_default() += 1;
+        }
         record.nodes.insert(node.to_owned(), status);
         if let Some(p) = record.placement.iter_mut().find(|p| p.node == node) {
             p.daemon_id = daemon.to_owned();

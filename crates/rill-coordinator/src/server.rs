@@ -612,6 +612,13 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>, credential: DaemonCrede
                         };
                         app.update(|d| d.node_status(&uuid, &node, status, &daemon_id));
                     }
+                    Ok(DaemonMessage::Usage { uuid, node, usage }) => {
+                        if app.dataflows().placed_on(&uuid, &node, &daemon_id, machine_id.as_deref()) {
+                            app.dataflows().usage(&uuid, &node, usage, Instant::now());
+                        } else {
+                            refuse_report("usage", &uuid, &node);
+                        }
+                    }
                     Ok(DaemonMessage::Counts { uuid, node, counts }) => {
                         if app.dataflows().placed_on(&uuid, &node, &daemon_id, machine_id.as_deref()) {
                             app.dataflows().counts(&uuid, &node, counts, Instant::now());

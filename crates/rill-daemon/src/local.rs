@@ -36,6 +36,7 @@ pub enum LocalEvent {
     Log { uuid: String, dataflow: String, node: String, stderr: bool, line: String },
     Node { uuid: String, node: String, status: rill_proto::coord::NodeStatus },
     Counts { uuid: String, node: String, counts: rill_proto::coord::NodeCounts },
+    Usage { uuid: String, node: String, usage: rill_proto::coord::NodeUsage },
     Ended { name: String, success: bool, summary: String },
 }
 
@@ -124,6 +125,11 @@ impl LocalDataflows {
                     events(node_status(node, NodeStatus::Failed { reason: outcome.to_string() }))
                 }
                 Report::Ended { node, .. } => events(node_status(node, NodeStatus::Finished)),
+                Report::Usage { node, pid, cpu_percent, rss_bytes } => events(LocalEvent::Usage {
+                    uuid: log_uuid.clone(),
+                    node: node.to_owned(),
+                    usage: rill_proto::coord::NodeUsage { pid, cpu_percent, rss_bytes },
+                }),
                 Report::Counts { node, counts } => {
                     events(LocalEvent::Counts { uuid: log_uuid.clone(), node: node.to_owned(), counts: counts.clone() })
                 }

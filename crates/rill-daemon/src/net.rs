@@ -310,6 +310,11 @@ pub async fn run(
                         DaemonMessage::NodeStatus { uuid: uuid.clone(), node: node.clone(), status: status.clone() };
                     let _ = stream_tx.try_send(msg);
                 }
+                LocalEvent::Usage { uuid, node, usage } => {
+                    let msg = DaemonMessage::Usage { uuid: uuid.clone(), node: node.clone(), usage: *usage };
+                    let _ = stream_tx.try_send(msg);
+                    return;
+                }
                 // Cumulative: one lost to a full stream is made good by the next.
                 LocalEvent::Counts { uuid, node, counts } => {
                     let msg = DaemonMessage::Counts { uuid: uuid.clone(), node: node.clone(), counts: counts.clone() };

@@ -84,6 +84,14 @@ pub enum Report<'a> {
         node: &'a str,
         counts: &'a rill_proto::coord::NodeCounts,
     },
+    /// A running node's CPU (percent of one core over the last second) and
+    /// resident memory, once a second.
+    Usage {
+        node: &'a str,
+        pid: u32,
+        cpu_percent: f64,
+        rss_bytes: u64,
+    },
 }
 
 /// Receives [`Report`]s; called from several threads.
@@ -181,6 +189,8 @@ pub struct Runtime {
     /// Nodes whose binary was shipped (`distribute: scp|http`): the
     /// verified file, or why there is none. Not built here.
     shipped: HashMap<String, Result<Shipped, String>>,
+    /// Running nodes' pids and last CPU/memory sample (see `usage`).
+    usage: HashMap<String, (u32, Option<(Instant, crate::usage::ProcSample)>)>,
 }
 
 impl Runtime {
@@ -200,6 +210,20 @@ impl Runtime {
             next_instance: 0,
             share: None,
             shipped: HashMap::new(),
+            usage: HashMap::new(),
+        }
+    }
+
+    /// Samples every running node's CPU and memory, and reports each that
+    /// has an earlier sample to compare with.
+    fn sample_usage(&mut self) {
+        let now = Instant::now();
+        for (node, (pid, last)) in &mut self.usage {
+            let Some(sample) = crate::usage::sample(*pid) else { continue };
+            if let Some(before) = last.replace((now, sample)) {
+                let cpu_percent = crate::usage::cpu_percent(before, (now, sample));
+                (self.reporter)(Report::Usage { node, pid: *pid, cpu_percent, rss_bytes: sample.rss_bytes });
+            }
         }
     }
 
@@ -272,6 +296,7 @@ impl Runtime {
         let mut supervisor = Supervisor::new(&local, self.options.grace, self.options.term_grace);
         let mut pending: VecDeque<Action> = supervisor.start().into();
         let mut stopped = false;
+        let mut next_usage = Instant::now() + crate::usage::SAMPLE_EVERY;
         loop {
             while let Some(action) = pending.pop_front() {
                 pending.extend(self.execute(action, &mut supervisor, &router));
@@ -282,10 +307,17 @@ impl Runtime {
             let wait = supervisor
                 .next_deadline()
                 .map(|d| d.saturating_duration_since(Instant::now()))
-                .unwrap_or(Duration::from_secs(3600));
+                .unwrap_or(Duration::from_secs(3600))
+                .min(next_usage.saturating_duration_since(Instant::now()));
             let now = || Instant::now();
+            if now() >= next_usage {
+                self.sample_usage();
+                next_usage = now() + crate::usage::SAMPLE_EVERY;
+                continue;
+            }
             match self.rx.recv_timeout(wait) {
                 Ok(RunEvent::Exited { node, instance, status }) => {
+                    self.usage.remove(&node);
                     pending.extend(supervisor.exited(&node, instance, status, now()));
                 }
                 Ok(RunEvent::Stop) if !supervisor.is_stopping() => {
@@ -375,6 +407,7 @@ impl Runtime {
         self.next_instance += 1;
         let instance = self.next_instance;
         let pid = spawned.child.id();
+        self.usage.insert(node.id.clone(), (pid, None));
         router.send(Command::Attach { node: node.id.clone(), instance, socket: spawned.socket });
         (self.reporter)(Report::Spawned { node: node_id, pid });
         if let Some(out) = spawned.child.stdout.take() {

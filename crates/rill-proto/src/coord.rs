@@ -138,6 +138,12 @@ pub enum DaemonMessage {
         node: String,
         counts: NodeCounts,
     },
+    /// A running node's CPU and memory, about once a second.
+    Usage {
+        uuid: String,
+        node: String,
+        usage: NodeUsage,
+    },
     /// A dataflow's nodes on this daemon all ended.
     DataflowFinished {
         uuid: String,
@@ -369,6 +375,12 @@ pub struct DataflowSummary {
     /// (nodes that reported nothing yet are missing).
     #[serde(default)]
     pub traffic: BTreeMap<String, NodeTraffic>,
+    /// Node id -> CPU and memory of its running process (fresh samples only).
+    #[serde(default)]
+    pub usage: BTreeMap<String, NodeUsage>,
+    /// Node id -> times it was restarted (nodes never restarted are missing).
+    #[serde(default)]
+    pub restarts: BTreeMap<String, u32>,
 }
 
 /// A node's message counters as its daemon reports them: since the
@@ -446,6 +458,15 @@ impl NodeCounts {
     }
 }
 
+/// What a running node process uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeUsage {
+    pub pid: u32,
+    /// Percent of one core over the last second.
+    pub cpu_percent: f64,
+    pub rss_bytes: u64,
+}
+
 /// One node's traffic in `rill list`: its inputs' drops include what
 /// producers dropped for it (counted at the producer), and totals and rates.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -500,6 +521,60 @@ pub fn traffic(
         traffic.bytes_sent = traffic.outputs.values().fold(0, |sum, c| sum.saturating_add(c.bytes));
     }
     out
+}
+
+/// One node in `rill top`: where it runs, what it uses, what flows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TopRow {
+    pub node: String,
+    /// Its machine id, else its daemon's id.
+    pub machine: String,
+    pub state: String,
+    pub pid: Option<u32>,
+    pub cpu_percent: Option<f64>,
+    pub rss_bytes: Option<u64>,
+    pub restarts: u32,
+    pub msgs_in_per_s: f64,
+    pub msgs_out_per_s: f64,
+    pub received: u64,
+    pub sent: u64,
+    pub dropped: u64,
+}
+
+impl DataflowSummary {
+    /// Its nodes as `rill top` shows them, in placement order.
+    pub fn top_rows(&self) -> Vec<TopRow> {
+        self.placement
+            .iter()
+            .map(|p| {
+                let status = self.nodes.get(&p.node);
+                let state = status
+                    .and_then(|s| serde_json::to_value(s).ok())
+                    .and_then(|v| v["state"].as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "starting".into());
+                let pid = match status {
+                    Some(NodeStatus::Running { pid }) => Some(*pid),
+                    _ => None,
+                };
+                let usage = self.usage.get(&p.node);
+                let traffic = self.traffic.get(&p.node).cloned().unwrap_or_default();
+                TopRow {
+                    node: p.node.clone(),
+                    machine: p.machine_id.clone().unwrap_or_else(|| p.daemon_id.clone()),
+                    state,
+                    pid,
+                    cpu_percent: usage.map(|u| u.cpu_percent),
+                    rss_bytes: usage.map(|u| u.rss_bytes),
+                    restarts: self.restarts.get(&p.node).copied().unwrap_or(0),
+                    msgs_in_per_s: traffic.msgs_in_per_s,
+                    msgs_out_per_s: traffic.msgs_out_per_s,
+                    received: traffic.received,
+                    sent: traffic.sent,
+                    dropped: traffic.dropped,
+                }
+            })
+            .collect()
+    }
 }
 
 /// A connected daemon, as `rill status` shows it.

@@ -85,6 +85,113 @@ fn rill_list_shows_the_exact_drops_and_rates_of_a_running_dataflow() {
     assert_eq!(status["dataflows"][0]["traffic"]["sink"]["dropped"], 500 - printed, "{status}");
 }
 
+/// A ticker at 50 Hz into a printing sink.
+const TICKER: &str = "nodes:
+  - id: ticker
+    path: {node}
+    args: [count-send]
+    inputs: { tick: rill/timer/millis/20 }
+    outputs: [out]
+    deploy: { machine: a }
+  - id: sink
+    path: {node}
+    args: [print]
+    inputs: { in: ticker/out }
+    deploy: { machine: a }
+";
+
+#[test]
+fn rill_top_once_json_lists_every_node_with_pid_usage_and_rates() {
+    let (procs, port, _, _flow) = crate::faults::app_on_a(&[], TICKER, "[app/sink] input in");
+    let port_text = port.to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let nodes = loop {
+        let (code, top, stderr) = rill_json(&["top", "--once", "--json", "--coordinator-port", &port_text]);
+        assert_eq!(code, Some(0), "{stderr}");
+        let nodes = top["dataflows"][0]["nodes"].as_array().cloned().unwrap_or_default();
+        let complete = |n: &serde_json::Value| {
+            n["pid"].as_u64().is_some() && n["cpu_percent"].is_number() && n["rss_bytes"].as_u64().unwrap_or(0) > 0
+        };
+        if nodes.len() == 2 && nodes.iter().all(complete) && nodes[0]["msgs_out_per_s"].as_f64().unwrap_or(0.0) > 0.0 {
+            break nodes;
+        }
+        assert!(Instant::now() < deadline, "rill top never showed both nodes whole: {top}\n{}", procs.logs());
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let (_, list, _) = rill_json(&["list", "--json", "--coordinator-port", &port_text]);
+    for node in &nodes {
+        let id = node["node"].as_str().unwrap_or("");
+        assert_eq!(node["pid"], list["dataflows"][0]["nodes"][id]["pid"], "the running process: {node}");
+        assert_eq!(node["machine"], "a", "{node}");
+        assert_eq!(node["state"], "running", "{node}");
+        assert_eq!(node["restarts"], 0, "{node}");
+        assert!(node["cpu_percent"].as_f64().is_some_and(|c| (0.0..=200.0).contains(&c)), "{node}");
+    }
+    assert_eq!(nodes.iter().map(|n| n["node"].as_str().unwrap_or("")).collect::<Vec<_>>(), ["ticker", "sink"]);
+    let (code, _, stderr) = rill_json(&["top", "nothing", "--once", "--coordinator-port", &port_text]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("no dataflow named or with uuid `nothing`"), "{stderr}");
+}
+
+#[test]
+fn rill_top_draws_its_table_in_a_terminal_and_quits_on_q() {
+    let (procs, port, _, _flow) = crate::faults::app_on_a(&[], TICKER, "[app/sink] input in");
+    let rill = crate::support::rill();
+    // (A pseudo-terminal fed from a pipe has no size: give it one.)
+    let command = format!(
+        "stty rows 40 cols 200; exec {} top --coordinator-port {port} --interval 0.2",
+        rill.get_program().to_string_lossy()
+    );
+    // script(1) gives it a pseudo-terminal; q on its input quits. The
+    // screen is drawn with cursor moves, not lines: read raw bytes.
+    let mut top = std::process::Command::new("script");
+    top.args(["-q", "-e", "-c", &command, "/dev/null"]);
+    top.envs(rill.get_envs().filter_map(|(k, v)| Some((k, v?))));
+    top.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+    let mut child = top.spawn().expect("script");
+    let screen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut stdout = child.stdout.take().expect("stdout");
+    let seen = screen.clone();
+    std::thread::spawn(move || {
+        use std::io::Read as _;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.lock().unwrap_or_else(|e| e.into_inner()).push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let shown = || screen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(shown().contains("CPU%") && shown().contains("ticker") && shown().contains("sink")) {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("no table within 20 s:\n{}\n{}", shown(), procs.logs());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    use std::io::Write as _;
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"q").expect("write q");
+    stdin.flush().expect("flush");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("rill top did not quit on q:\n{}", shown());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}\n{}", shown());
+    let (code, _, stderr) = rill_json(&["top", "--coordinator-port", &port.to_string()]);
+    assert_eq!(code, Some(1), "no terminal: {stderr}");
+    assert!(stderr.contains("rill top needs a terminal; use `rill top --once`"), "{stderr}");
+}
+
 #[test]
 fn rates_of_a_timer_driven_node_read_about_its_rate_and_status_shows_them() {
     let yaml = "nodes:
