@@ -20,6 +20,7 @@ mod services;
 mod ship;
 mod tokens;
 mod top;
+mod topic;
 mod updown;
 mod version;
 
@@ -97,6 +98,11 @@ enum Commands {
         #[command(subcommand)]
         command: tokens::TokenCommand,
     },
+    /// The outputs of a running dataflow: list, info.
+    Topic {
+        #[command(subcommand)]
+        command: topic::TopicCommand,
+    },
     /// Every node's machine, pid, CPU, memory, restarts, message rates and drops, refreshed each second.
     Top(top::TopArgs),
     /// Create a dataflow that runs at once with `rill run`: a talker and a listener, in Rust or Python.
@@ -160,6 +166,7 @@ fn main() -> ExitCode {
         Commands::Doctor(args) => doctor::doctor(args),
         Commands::New(args) => new::new(args),
         Commands::Top(args) => top::top(args),
+        Commands::Topic { command } => topic::run(command),
         Commands::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "rill", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use rill_core::{DaemonInfo, Dataflow, place};
 use rill_proto::coord::{
     DataflowStatus, DataflowSummary, NodeCounts, NodePlacement, NodeStatus, NodeTraffic, NodeUsage, SpawnDataflow,
+    Topic, TopicConsumer,
 };
 
 /// Why a start was refused.
@@ -110,6 +111,54 @@ impl DataflowRecord {
                 .collect(),
             restarts: self.restarts.clone(),
         }
+    }
+
+    /// Every output of the dataflow with its consumers and counts.
+    pub fn topics(&self) -> Vec<Topic> {
+        let traffic = self.traffic(Instant::now());
+        let machine = |node: &str| {
+            self.placement
+                .iter()
+                .find(|p| p.node == node)
+                .map(|p| p.machine_id.clone().unwrap_or_else(|| p.daemon_id.clone()))
+                .unwrap_or_else(|| "-".into())
+        };
+        let mut topics = Vec::new();
+        for node in &self.descriptor.nodes {
+            for output in &node.outputs {
+                let consumers = self
+                    .descriptor
+                    .nodes
+                    .iter()
+                    .flat_map(|c| c.inputs.iter().map(move |(id, input)| (c, id, input)))
+                    .filter(|(_, _, input)| {
+                        matches!(&input.source, rill_core::InputSource::Node { node: n, output: o } if *n == node.id && o == output)
+                    })
+                    .map(|(c, id, input)| {
+                        let counts = traffic.get(&c.id).and_then(|t| t.inputs.get(id)).copied().unwrap_or_default();
+                        TopicConsumer {
+                            node: c.id.clone(),
+                            input: id.clone(),
+                            queue_size: input.queue_size,
+                            machine: machine(&c.id),
+                            received: counts.received,
+                            dropped: counts.dropped,
+                        }
+                    })
+                    .collect();
+                let sent = traffic.get(&node.id).and_then(|t| t.outputs.get(output)).copied().unwrap_or_default();
+                topics.push(Topic {
+                    name: format!("{}/{output}", node.id),
+                    node: node.id.clone(),
+                    output: output.clone(),
+                    machine: machine(&node.id),
+                    consumers,
+                    messages: sent.messages,
+                    bytes: sent.bytes,
+                });
+            }
+        }
+        topics
     }
 
     fn traffic(&self, now: Instant) -> BTreeMap<String, NodeTraffic> {

@@ -952,6 +952,16 @@ async fn handle_control(socket: WebSocket, app: Arc<App>) {
                 start(&app, descriptor, name, base_dir, dry_run, wait).await
             }
             Ok(ControlRequest::List) => ControlResponse::List { dataflows: app.dataflows().list() },
+            Ok(ControlRequest::Topics { dataflow }) => {
+                let found = app.dataflows().find(&dataflow).map(|r| (r.uuid.clone(), r.name.clone(), r.topics()));
+                match found {
+                    Some((uuid, name, topics)) => ControlResponse::Topics { uuid, name, topics },
+                    None => ControlResponse::Error {
+                        code: ErrorCode::NotFound,
+                        message: unknown_dataflow(&app, &dataflow, false),
+                    },
+                }
+            }
             Ok(ControlRequest::Stop { dataflow }) => stop(&app, &dataflow).await,
             Ok(ControlRequest::Restart { dataflow }) => restart(&app, &dataflow).await,
             Ok(ControlRequest::TokenCreate { name, ttl_ms, labels }) => create_token(&app, &name, ttl_ms, labels).await,

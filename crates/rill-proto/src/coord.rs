@@ -234,6 +234,11 @@ pub enum ControlRequest {
         wait_ms: Option<u64>,
     },
     List,
+    /// The outputs of a dataflow (name or uuid), who consumes them, and
+    /// what they carried.
+    Topics {
+        dataflow: String,
+    },
     /// Stop by name or uuid.
     Stop {
         dataflow: String,
@@ -523,6 +528,33 @@ pub fn traffic(
     out
 }
 
+/// One output of a dataflow (`NODE/OUTPUT`), as `rill topic` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Topic {
+    /// `node/output`.
+    pub name: String,
+    pub node: String,
+    pub output: String,
+    /// Where its producer runs (machine id, else daemon id).
+    pub machine: String,
+    /// `node/input (queue N)` of each consumer.
+    pub consumers: Vec<TopicConsumer>,
+    /// Messages and bytes sent on it so far (as last reported).
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicConsumer {
+    pub node: String,
+    pub input: String,
+    pub queue_size: usize,
+    pub machine: String,
+    /// What this input received and dropped so far (from any producer).
+    pub received: u64,
+    pub dropped: u64,
+}
+
 /// One node in `rill top`: where it runs, what it uses, what flows.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TopRow {
@@ -633,6 +665,11 @@ pub enum ControlResponse {
     },
     List {
         dataflows: Vec<DataflowSummary>,
+    },
+    Topics {
+        uuid: String,
+        name: String,
+        topics: Vec<Topic>,
     },
     Stopped {
         uuid: String,

@@ -229,3 +229,47 @@ fn rates_of_a_timer_driven_node_read_about_its_rate_and_status_shows_them() {
     assert!(text.contains("DATAFLOW") && text.contains("IN/S") && text.contains("DROPPED"), "{text}");
     assert!(text.lines().any(|l| l.starts_with("app") && l.contains("ticker") && l.contains("running")), "{text}");
 }
+
+#[test]
+fn topic_list_and_info_show_outputs_consumers_and_counts() {
+    let (procs, port, _, _flow) = crate::faults::app_on_a(&[], TICKER, "[app/sink] input in");
+    let port_text = port.to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let topics = loop {
+        let (code, list, stderr) = rill_json(&["topic", "list", "app", "--json", "--coordinator-port", &port_text]);
+        assert_eq!(code, Some(0), "{stderr}");
+        let (sent, received) = (&list["topics"][0]["messages"], &list["topics"][0]["consumers"][0]["received"]);
+        if sent.as_u64().unwrap_or(0) > 0 && received.as_u64().unwrap_or(0) > 0 {
+            break list["topics"].clone();
+        }
+        assert!(Instant::now() < deadline, "no counts: {list}\n{}", procs.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let topics = topics.as_array().cloned().unwrap_or_default();
+    assert_eq!(topics.len(), 1, "{topics:?}");
+    let topic = &topics[0];
+    assert_eq!((topic["name"].as_str(), topic["machine"].as_str()), (Some("ticker/out"), Some("a")), "{topic}");
+    assert_eq!(topic["bytes"], topic["messages"].as_u64().unwrap_or(0) * 8, "8 bytes each: {topic}");
+    let consumer = &topic["consumers"][0];
+    assert_eq!((consumer["node"].as_str(), consumer["input"].as_str()), (Some("sink"), Some("in")), "{consumer}");
+    assert_eq!(consumer["queue_size"], 10, "the default queue: {consumer}");
+
+    let out = crate::support::rill()
+        .args(["topic", "info", "app", "ticker/out", "--coordinator-port", &port_text])
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("producer  node ticker on a"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("sink/in") && l.contains(" a ") && l.contains(" 10 ")), "{text}");
+    let out = crate::support::rill()
+        .args(["topic", "info", "app", "ticker/ot", "--coordinator-port", &port_text])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("dataflow app has no output `ticker/ot`") && err.contains("ticker/out"), "{err}");
+    let (code, _, err) = rill_json(&["topic", "list", "nothing", "--coordinator-port", &port_text]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no dataflow named or with uuid `nothing`"), "{err}");
+}
