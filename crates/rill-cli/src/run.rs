@@ -66,8 +66,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let json = args.json;
     let reporter: Reporter = Arc::new(move |report| {
         match &report {
+            // From the router thread, which must not wait on stdout: kept
+            // for the summary only.
             Report::Counts { node, counts } => {
                 kept.lock().unwrap_or_else(PoisonError::into_inner).insert((*node).to_owned(), (*counts).clone());
+                return;
             }
             // Once a second per node: for `rill top`, not this output.
             Report::Usage { .. } => return,
@@ -155,11 +158,8 @@ fn report_json(report: Report<'_>) -> serde_json::Value {
             "event": "escalating", "node": node, "signal": match signal { Sig::Term => "SIGTERM", Sig::Kill => "SIGKILL" },
         }),
         Report::Stopping => serde_json::json!({"event": "stopping"}),
-        Report::Counts { node, counts } => serde_json::json!({
-            "event": "counts", "node": node, "inputs": counts.inputs, "outputs": counts.outputs,
-        }),
-        // (Kept out of the caller's way below: for `rill top`.)
-        Report::Usage { .. } => serde_json::Value::Null,
+        // (Both are handled before: see the reporter in `run`.)
+        Report::Counts { .. } | Report::Usage { .. } => serde_json::Value::Null,
     }
 }
 

@@ -80,6 +80,9 @@ struct Rate {
 /// change (about once a second), so silence means idle.
 const RATE_FRESH: Duration = Duration::from_millis(2500);
 
+/// The shortest interval a rate is measured over.
+const RATE_SPAN: Duration = Duration::from_millis(900);
+
 /// What a pending dataflow waits for (`rill start --wait-for-daemons`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Waiting {
@@ -178,16 +181,20 @@ impl DataflowRecord {
         let Some(spec) = self.descriptor.node(node) else { return };
         counts.inputs.retain(|input, _| spec.inputs.contains_key(input));
         counts.outputs.retain(|output, _| spec.outputs.contains(output));
-        let consumers: BTreeMap<&str, &rill_core::NodeSpec> =
-            self.descriptor.nodes.iter().map(|n| (n.id.as_str(), n)).collect();
-        counts.backlog_drops.retain(|consumer, inputs| {
-            let Some(consumer) = consumers.get(consumer.as_str()) else { return false };
-            inputs.retain(|input, _| consumer.inputs.contains_key(input));
-            !inputs.is_empty()
-        });
+        if !counts.backlog_drops.is_empty() {
+            let descriptor = &self.descriptor;
+            counts.backlog_drops.retain(|consumer, inputs| {
+                let Some(consumer) = descriptor.node(consumer) else { return false };
+                inputs.retain(|input, _| consumer.inputs.contains_key(input));
+                !inputs.is_empty()
+            });
+        }
         let (received, sent) = (counts.received(), counts.sent());
+        // A rate over less than RATE_SPAN says little (two reports close
+        // together: a node's and its daemon's dropped ticks, or reports
+        // queued while the daemon was disconnected): keep the last one.
         let rate = match self.rates.get(node) {
-            Some(last) if now > last.at => {
+            Some(last) if now.saturating_duration_since(last.at) >= RATE_SPAN => {
                 let seconds = now.duration_since(last.at).as_secs_f64();
                 // (To a tenth: more digits say nothing about a rate.)
                 let per_s = |new: u64, old: u64| (new.saturating_sub(old) as f64 / seconds * 10.0).round() / 10.0;

@@ -204,9 +204,8 @@ mod tests {
             let check = checks.iter().find(|c| c.name == name).expect(name);
             assert_eq!(check.level, Level::Ok, "{check:?}");
         }
-        let mut names: Vec<&str> = checks.iter().map(|c| c.name).collect();
-        names.dedup();
-        assert_eq!(names.len(), checks.len());
+        let names: std::collections::BTreeSet<&str> = checks.iter().map(|c| c.name).collect();
+        assert_eq!(names.len(), checks.len(), "each check once");
         assert!(checks.iter().all(|c| c.level == Level::Ok || c.fix.is_some()), "a problem says what to do");
     }
 }

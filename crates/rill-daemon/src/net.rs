@@ -149,6 +149,9 @@ struct Shares {
     /// coordinator has not confirmed, sent again after each registration
     /// (bounded by the nodes of those shares).
     statuses: Arc<std::sync::Mutex<BTreeMap<(String, String), NodeStatus>>>,
+    /// Each node's latest counts, sent again at each registration (a
+    /// coordinator that restarted has none; an idle node sends no more).
+    counts: Arc<std::sync::Mutex<BTreeMap<(String, String), rill_proto::coord::NodeCounts>>>,
     /// Shutting down: stop what runs, report, then return.
     leaving: bool,
 }
@@ -156,6 +159,10 @@ struct Shares {
 impl Shares {
     fn statuses(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), NodeStatus>> {
         self.statuses.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), rill_proto::coord::NodeCounts>> {
+        self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A share ended: it runs no node any more. Its node statuses are kept
@@ -226,6 +233,7 @@ impl Shares {
     fn confirmed(&mut self, uuid: &str, finished: bool) {
         if finished {
             self.statuses().retain(|(u, _), _| u != uuid);
+            self.counts().retain(|(u, _), _| u != uuid);
         }
         self.unconfirmed.retain(|r| match r {
             ShareReport::Ready { uuid: u } => finished || u != uuid,
@@ -285,6 +293,8 @@ pub async fn run(
     let (finished_tx, finished_rx) = mpsc::unbounded_channel();
     let statuses: Arc<std::sync::Mutex<BTreeMap<(String, String), NodeStatus>>> = Arc::default();
     let status_log = statuses.clone();
+    let counts: Arc<std::sync::Mutex<BTreeMap<(String, String), rill_proto::coord::NodeCounts>>> = Arc::default();
+    let counts_log = counts.clone();
     let mut shares = Shares {
         stream_rx: Some(stream_rx),
         bridge: None,
@@ -317,6 +327,10 @@ pub async fn run(
                 }
                 // Cumulative: one lost to a full stream is made good by the next.
                 LocalEvent::Counts { uuid, node, counts } => {
+                    counts_log
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert((uuid.clone(), node.clone()), counts.clone());
                     let msg = DaemonMessage::Counts { uuid: uuid.clone(), node: node.clone(), counts: counts.clone() };
                     let _ = stream_tx.try_send(msg);
                     return;
@@ -328,6 +342,7 @@ pub async fn run(
         unreported: Vec::new(),
         unconfirmed: Vec::new(),
         statuses,
+        counts,
         leaving: false,
     };
     // This process's data-plane key; the coordinator certifies it at each
@@ -510,10 +525,11 @@ async fn connect_once(
                             break 'conn lost(e, registered);
                         }
                         // What queued while disconnected: the log lines go;
-                        // node statuses are superseded by the snapshot below
-                        // (an old `running` after a share's end would revive it).
+                        // node statuses and counts are superseded by the
+                        // snapshot below (an old `running` after a share's
+                        // end would revive it).
                         while let Ok(msg) = stream_rx.try_recv() {
-                            if matches!(msg, DaemonMessage::NodeStatus { .. }) {
+                            if matches!(msg, DaemonMessage::NodeStatus { .. } | DaemonMessage::Counts { .. }) {
                                 continue;
                             }
                             if let Err(e) = send(&mut sink, &msg).await {
@@ -530,6 +546,11 @@ async fn connect_once(
                                 node: node.clone(),
                                 status: status.clone(),
                             })
+                            .chain(shares.counts().iter().map(|((uuid, node), counts)| DaemonMessage::Counts {
+                                uuid: uuid.clone(),
+                                node: node.clone(),
+                                counts: counts.clone(),
+                            }))
                             .collect();
                         for msg in &statuses {
                             if let Err(e) = send(&mut sink, msg).await {
@@ -620,6 +641,7 @@ mod tests {
             unreported: Vec::new(),
             unconfirmed: Vec::new(),
             statuses: Arc::default(),
+            counts: Arc::default(),
             leaving: true,
         };
         let uuid = "00000000-0000-0000-0000-000000000001".to_owned();

@@ -2,9 +2,10 @@
 //! over every node's control socket. It wires nodes to each other (creates
 //! one socket pair per producer/consumer pair and hands each end over, also
 //! again when a node restarts), ticks timers, and delivers `InputClosed` and
-//! `Stop`. Data does not pass through it: producers write straight to their
-//! consumers, one hop. It never blocks on a node: sends are non-blocking and
-//! what does not fit waits in that node's bounded queue.
+//! `Stop`, and reads what nodes count (`NodeMsg::Counts`, added up in
+//! `tally.rs`). Data does not pass through it: producers write straight to
+//! their consumers, one hop. It never blocks on a node: sends are
+//! non-blocking and what does not fit waits in that node's bounded queue.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
@@ -242,6 +243,9 @@ impl Router {
                         for instance in instances {
                             self.read(instance, &mut buf);
                         }
+                        for (node, total) in self.tally.due(Instant::now(), true) {
+                            (self.counts)(&node, &total);
+                        }
                         return self.stats;
                     }
                     continue;
@@ -314,6 +318,9 @@ impl Router {
             return;
         }
         if let Some(old) = self.by_node.insert(node.clone(), instance) {
+            // Its last words (final counts) first.
+            let mut buf = vec![0u8; rill_proto::MAX_PACKET];
+            self.read(old, &mut buf);
             self.disconnect(old);
             self.by_node.insert(node.clone(), instance);
         }
@@ -411,9 +418,14 @@ impl Router {
                 Ok((n, _)) => match NodeMsg::decode(&buf[..n]) {
                     Ok(NodeMsg::Counts(counts)) => {
                         let node = conn.node.clone();
-                        let queue_size = &self.routes.queue_size;
-                        let known = |input: &str| queue_size.contains_key(&(node.clone(), input.to_owned()));
-                        let total = self.tally.report(&node, instance, NodeCounts::from_wire(&counts), known);
+                        let routes = &self.routes;
+                        let input = |node: &str, input: &str| {
+                            routes.queue_size.contains_key(&(node.to_owned(), input.to_owned()))
+                        };
+                        let output = |node: &str, output: &str| {
+                            routes.outputs.get(node).is_some_and(|o| o.iter().any(|x| x == output))
+                        };
+                        let total = self.tally.report(&node, instance, NodeCounts::from_wire(&counts), input, output);
                         (self.counts)(&node, &total);
                     }
                     Err(e) => eprintln!("rill: undecodable message from node {}: {e}", conn.node),
@@ -492,7 +504,7 @@ impl Router {
 
     fn fire_timers(&mut self) {
         let now = Instant::now();
-        for (node, total) in self.tally.due(now) {
+        for (node, total) in self.tally.due(now, false) {
             (self.counts)(&node, &total);
         }
         let mut due = Vec::new();

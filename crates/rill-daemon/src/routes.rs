@@ -19,12 +19,15 @@ pub struct Routes {
     pub queue_size: HashMap<InputRef, usize>,
     /// Inputs of each node fed by another node (these can close).
     pub upstream: HashMap<String, Vec<(String, String)>>,
+    /// Each node's declared outputs.
+    pub outputs: HashMap<String, Vec<String>>,
 }
 
 impl Routes {
     pub fn new(dataflow: &Dataflow) -> Self {
         let mut routes = Routes::default();
         for node in &dataflow.nodes {
+            routes.outputs.insert(node.id.clone(), node.outputs.clone());
             for (input_id, input) in &node.inputs {
                 let target = (node.id.clone(), input_id.clone());
                 routes.queue_size.insert(target.clone(), input.queue_size);

@@ -1,7 +1,8 @@
 //! Each node's message counters on this daemon, over its restarts: what its
 //! runs reported (a run's counts start at 0) plus the timer ticks the
 //! router dropped for it. Bounded by the dataflow: one entry per node, and
-//! per node only its declared inputs.
+//! per node only names the dataflow has (its inputs and outputs, and
+//! consumers' inputs for backlog drops).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -33,16 +34,23 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// Run `instance` of `node` reported `counts`; `known` says which of
-    /// its inputs exist (others are ignored). Returns the node's total.
+    /// Run `instance` of `node` reported `counts`; `input(node, input)`
+    /// and `output(node, output)` say which names exist (others are
+    /// ignored). Returns the node's total.
     pub fn report(
         &mut self,
         node: &str,
         instance: Instance,
         mut counts: NodeCounts,
-        known: impl Fn(&str) -> bool,
+        input: impl Fn(&str, &str) -> bool,
+        output: impl Fn(&str, &str) -> bool,
     ) -> NodeCounts {
-        counts.inputs.retain(|input, _| known(input));
+        counts.inputs.retain(|name, _| input(node, name));
+        counts.outputs.retain(|name, _| output(node, name));
+        counts.backlog_drops.retain(|consumer, inputs| {
+            inputs.retain(|name, _| input(consumer, name));
+            !inputs.is_empty()
+        });
         let tally = self.nodes.entry(node.to_owned()).or_default();
         if tally.run != Some(instance) {
             let previous = std::mem::take(&mut tally.current);
@@ -56,15 +64,23 @@ impl Tally {
 
     /// The router dropped a tick for `node`'s `input`.
     pub fn tick_dropped(&mut self, node: &str, input: &str) {
-        let tally = self.nodes.entry(node.to_owned()).or_default();
-        *tally.ticks_dropped.entry(input.to_owned()).or_default() += 1;
+        let Some(tally) = self.nodes.get_mut(node) else {
+            self.nodes.insert(node.to_owned(), NodeTally::default());
+            return self.tick_dropped(node, input);
+        };
+        match tally.ticks_dropped.get_mut(input) {
+            Some(n) => *n += 1,
+            None => {
+                tally.ticks_dropped.insert(input.to_owned(), 1);
+            }
+        }
         tally.unreported = true;
     }
 
     /// Totals of nodes with unreported tick drops, at most once per
-    /// [`TICK_DROPS_EVERY`].
-    pub fn due(&mut self, now: Instant) -> Vec<(String, NodeCounts)> {
-        if self.next_tick_report.is_some_and(|at| now < at) {
+    /// [`TICK_DROPS_EVERY`] (`force`: now, at the end).
+    pub fn due(&mut self, now: Instant, force: bool) -> Vec<(String, NodeCounts)> {
+        if !force && self.next_tick_report.is_some_and(|at| now < at) {
             return Vec::new();
         }
         let due: Vec<(String, NodeCounts)> = self
@@ -112,24 +128,30 @@ mod tests {
     #[test]
     fn runs_add_up_unknown_inputs_are_ignored_and_tick_drops_count_once_a_second() {
         let mut tally = Tally::default();
-        let known = |input: &str| input == "in" || input == "tick";
-        assert_eq!(tally.report("n", 1, counts(5, 2), known).inputs["in"], InputCounts { received: 5, dropped: 1 });
-        let total = tally.report("n", 1, counts(8, 3), known);
+        let known = |_: &str, input: &str| input == "in" || input == "tick";
+        let out = |_: &str, output: &str| output == "out";
+        assert_eq!(
+            tally.report("n", 1, counts(5, 2), known, out).inputs["in"],
+            InputCounts { received: 5, dropped: 1 }
+        );
+        let total = tally.report("n", 1, counts(8, 3), known, out);
         assert_eq!(total.inputs["in"].received, 8, "a run's reports are cumulative, not added");
         assert!(!total.inputs.contains_key("bogus"));
-        let total = tally.report("n", 2, counts(4, 1), known);
+        let total = tally.report("n", 2, counts(4, 1), known, out);
         assert_eq!(total.inputs["in"], InputCounts { received: 12, dropped: 2 }, "a restart adds its counts");
         assert_eq!(total.outputs["out"], OutputCounts { messages: 4, bytes: 40 });
 
         let now = Instant::now();
-        assert!(tally.due(now).is_empty());
+        assert!(tally.due(now, false).is_empty());
         tally.tick_dropped("n", "tick");
         tally.tick_dropped("n", "tick");
-        let due = tally.due(now);
+        let due = tally.due(now, false);
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].1.inputs["tick"], InputCounts { received: 0, dropped: 2 });
         tally.tick_dropped("n", "tick");
-        assert!(tally.due(now + Duration::from_millis(500)).is_empty(), "not twice a second");
-        assert_eq!(tally.due(now + TICK_DROPS_EVERY)[0].1.inputs["tick"].dropped, 3);
+        assert!(tally.due(now + Duration::from_millis(500), false).is_empty(), "not twice a second");
+        assert_eq!(tally.due(now + Duration::from_millis(500), true)[0].1.inputs["tick"].dropped, 3, "at the end");
+        tally.tick_dropped("n", "tick");
+        assert_eq!(tally.due(now + TICK_DROPS_EVERY * 2, false)[0].1.inputs["tick"].dropped, 4);
     }
 }

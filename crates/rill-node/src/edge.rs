@@ -198,7 +198,12 @@ impl OutEdge {
         let key = if matches!(msg, EdgeMsg::Data { .. }) { input } else { None };
         if let Pushed::DroppedOldest(old) = self.backlog.push(key, capacity, msg) {
             if let EdgeMsg::Data { input, .. } = &old {
-                *self.dropped_oldest.entry(input.clone()).or_default() += 1;
+                match self.dropped_oldest.get_mut(input) {
+                    Some(n) => *n += 1,
+                    None => {
+                        self.dropped_oldest.insert(input.clone(), 1);
+                    }
+                }
             }
             void.push(old);
         }

@@ -427,7 +427,8 @@ impl NodeCounts {
             out.outputs.insert(c.output.clone(), OutputCounts { messages: c.messages, bytes: c.bytes });
         }
         for c in &counts.backlog_drops {
-            *out.backlog_drops.entry(c.consumer.clone()).or_default().entry(c.input.clone()).or_default() += c.dropped;
+            let n = out.backlog_drops.entry(c.consumer.clone()).or_default().entry(c.input.clone()).or_default();
+            *n = n.saturating_add(c.dropped);
         }
         out
     }
@@ -489,7 +490,8 @@ pub struct NodeTraffic {
 
 /// Every node's traffic from its counts and rates (`node -> (in/s, out/s)`):
 /// a message a producer dropped for a consumer's input counts as dropped
-/// on that input.
+/// on that input, also for a consumer that reported nothing yet (a stuck
+/// one). The caller checks that the names exist.
 pub fn traffic(
     counts: &BTreeMap<String, NodeCounts>,
     rates: &BTreeMap<String, (f64, f64)>,
@@ -510,12 +512,10 @@ pub fn traffic(
         .collect();
     for c in counts.values() {
         for (consumer, inputs) in &c.backlog_drops {
-            let Some(traffic) = out.get_mut(consumer) else { continue };
+            let traffic = out.entry(consumer.clone()).or_default();
             for (input, n) in inputs {
-                // (Only inputs the consumer has: a made-up name adds nothing.)
-                if let Some(mine) = traffic.inputs.get_mut(input) {
-                    mine.dropped = mine.dropped.saturating_add(*n);
-                }
+                let mine = traffic.inputs.entry(input.clone()).or_default();
+                mine.dropped = mine.dropped.saturating_add(*n);
             }
         }
     }
@@ -724,27 +724,27 @@ mod tests {
         let mut source = NodeCounts::default();
         source.outputs.insert("out".into(), OutputCounts { messages: 100, bytes: 6400 });
         source.backlog_drops.entry("sink".into()).or_default().insert("in".into(), 30);
-        // A made-up consumer or input name adds nothing anywhere.
-        source.backlog_drops.entry("sink".into()).or_default().insert("nope".into(), 5);
-        source.backlog_drops.entry("ghost".into()).or_default().insert("in".into(), 5);
+        // A consumer stuck before its first report still shows the drops.
+        source.backlog_drops.entry("stuck".into()).or_default().insert("in".into(), 5);
         let mut sink = NodeCounts::default();
         sink.inputs.insert("in".into(), InputCounts { received: 60, dropped: 10 });
         sink.inputs.insert("tick".into(), InputCounts { received: 3, dropped: 1 });
         // A restarted run adds up.
         let mut before = NodeCounts::default();
-        before.inputs.insert("in".into(), InputCounts { received: 0, dropped: 0 });
+        before.inputs.insert("in".into(), InputCounts { received: 20, dropped: 4 });
         sink.add(&before);
         counts.insert("source".to_owned(), source);
         counts.insert("sink".to_owned(), sink);
         let rates = BTreeMap::from([("sink".to_owned(), (12.0, 0.0))]);
         let traffic = traffic(&counts, &rates);
         let sink = &traffic["sink"];
-        assert_eq!(sink.inputs["in"], InputCounts { received: 60, dropped: 40 });
-        assert_eq!((sink.received, sink.dropped, sink.sent), (63, 41, 0));
+        assert_eq!(sink.inputs["in"], InputCounts { received: 80, dropped: 44 });
+        assert_eq!((sink.received, sink.dropped, sink.sent), (83, 45, 0));
         assert_eq!(sink.msgs_in_per_s, 12.0);
         let source = &traffic["source"];
         assert_eq!((source.sent, source.bytes_sent, source.received, source.dropped), (100, 6400, 0, 0));
-        assert!(!traffic.contains_key("ghost"));
+        assert_eq!(traffic["stuck"].inputs["in"], InputCounts { received: 0, dropped: 5 });
+        assert_eq!(traffic["stuck"].dropped, 5);
     }
 
     #[test]

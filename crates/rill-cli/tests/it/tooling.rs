@@ -33,6 +33,10 @@ fn rill_new_rust_makes_a_dataflow_that_builds_and_runs_unchanged() {
     let cargo = std::fs::read_to_string(dir.path().join("hello/nodes/Cargo.toml")).expect("Cargo.toml");
     let rill_node = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rill-node").canonicalize().unwrap();
     assert!(cargo.contains(&format!("rill-node = {{ path = {:?} }}", rill_node.display().to_string())), "{cargo}");
+    // The versions this workspace builds with, so the build needs no
+    // registry and no newer crate than CI has.
+    let lock = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.lock");
+    std::fs::copy(lock, dir.path().join("hello/nodes/Cargo.lock")).expect("copy Cargo.lock");
     runs_unchanged(&dir.path().join("hello/dataflow.yml"), None);
 
     let again = run_new(dir.path(), &["hello"]);
