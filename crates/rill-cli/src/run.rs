@@ -96,7 +96,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let result = runtime.run();
     signal_handle.close();
     let report = result?;
-    let traffic = rill_proto::coord::traffic(&counts.lock().unwrap_or_else(PoisonError::into_inner), &BTreeMap::new());
+    let counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
+    let traffic = rill_proto::coord::traffic(&counts, std::iter::empty(), &BTreeMap::new());
     if args.json {
         stdout.line(summary_json(&report, &traffic));
     } else {

@@ -58,6 +58,9 @@ pub struct DataflowRecord {
     counts: BTreeMap<String, NodeCounts>,
     #[serde(skip)]
     rates: BTreeMap<String, Rate>,
+    /// Daemon -> what its bridge dropped for consumers on its machine.
+    #[serde(skip)]
+    bridge_drops: BTreeMap<String, BTreeMap<String, BTreeMap<String, u64>>>,
     /// Each running node's last CPU/memory sample, and when it came.
     #[serde(skip)]
     usage: BTreeMap<String, (Instant, NodeUsage)>,
@@ -171,7 +174,7 @@ impl DataflowRecord {
             .filter(|(_, r)| now.saturating_duration_since(r.at) < RATE_FRESH)
             .map(|(node, r)| (node.clone(), (r.in_per_s, r.out_per_s)))
             .collect();
-        rill_proto::coord::traffic(&self.counts, &rates)
+        rill_proto::coord::traffic(&self.counts, self.bridge_drops.values(), &rates)
     }
 
     /// A node's counters: kept for the node's own inputs and outputs and
@@ -403,6 +406,7 @@ impl Dataflows {
             waiting,
             counts: BTreeMap::new(),
             rates: BTreeMap::new(),
+            bridge_drops: BTreeMap::new(),
             usage: BTreeMap::new(),
             restarts: BTreeMap::new(),
         };
@@ -758,6 +762,25 @@ impl Dataflows {
         if let Some(record) = self.records.iter_mut().find(|r| r.uuid == uuid) {
             record.set_counts(node, counts, now);
         }
+    }
+
+    /// What `daemon` (on `machine`) dropped in its bridge for consumers on
+    /// its machine: kept for consumers placed there and their inputs only.
+    pub fn bridge_drops(
+        &mut self,
+        uuid: &str,
+        daemon: &str,
+        machine: Option<&str>,
+        mut drops: BTreeMap<String, BTreeMap<String, u64>>,
+    ) {
+        drops.retain(|consumer, _| self.placed_on(uuid, consumer, daemon, machine));
+        let Some(record) = self.records.iter_mut().find(|r| r.uuid == uuid) else { return };
+        drops.retain(|consumer, inputs| {
+            let Some(spec) = record.descriptor.node(consumer) else { return false };
+            inputs.retain(|input, _| spec.inputs.contains_key(input));
+            !inputs.is_empty()
+        });
+        record.bridge_drops.insert(daemon.to_owned(), drops);
     }
 
     /// A running node's CPU and memory (in memory only).

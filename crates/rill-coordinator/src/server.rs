@@ -612,6 +612,9 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>, credential: DaemonCrede
                         };
                         app.update(|d| d.node_status(&uuid, &node, status, &daemon_id));
                     }
+                    Ok(DaemonMessage::BridgeDrops { uuid, drops }) => {
+                        app.dataflows().bridge_drops(&uuid, &daemon_id, machine_id.as_deref(), drops);
+                    }
                     Ok(DaemonMessage::Usage { uuid, node, usage }) => {
                         if app.dataflows().placed_on(&uuid, &node, &daemon_id, machine_id.as_deref()) {
                             app.dataflows().usage(&uuid, &node, usage, Instant::now());

@@ -8,7 +8,7 @@
 //! consumer makes room). Nodes never see Zenoh. One Zenoh session per
 //! daemon, with explicit endpoints (no multicast scouting).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,6 +63,10 @@ pub struct Bridge {
     /// Inbound keys whose producer ended for good: a consumer end that
     /// comes later (a restarted consumer) is closed at once.
     closed: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// Inbound key -> input -> messages dropped here for the local
+    /// consumer: refused by its full pool, or dropped from the backlog of
+    /// a writer that was replaced (the current writer counts its own).
+    drops: Arc<Mutex<HashMap<String, BTreeMap<String, u64>>>>,
 }
 
 /// An outbound edge thread's number, and how to tell it its producer ended.
@@ -135,7 +139,35 @@ impl Bridge {
             subscribers: Arc::default(),
             closers: Arc::default(),
             closed: Arc::default(),
+            drops: Arc::default(),
         })
+    }
+
+    /// What this daemon dropped for consumers of dataflow `uuid` on its
+    /// machine: consumer -> input -> messages (cumulative).
+    pub fn drops(&self, uuid: &str) -> BTreeMap<String, BTreeMap<String, u64>> {
+        let prefix = format!("rill/{uuid}/");
+        let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        let mut add = |key: &str, input: &str, n: u64| {
+            let Some(consumer) = key.strip_prefix(&prefix).and_then(|rest| rest.rsplit('/').next()) else { return };
+            let total = out.entry(consumer.to_owned()).or_default().entry(input.to_owned()).or_default();
+            *total = total.saturating_add(n);
+        };
+        if let Ok(drops) = self.drops.lock() {
+            for (key, inputs) in drops.iter().filter(|(k, _)| k.starts_with(&prefix)) {
+                inputs.iter().for_each(|(input, n)| add(key, input, *n));
+            }
+        }
+        if let Ok(writers) = self.inbound.lock() {
+            for (key, writer) in writers.iter().filter(|(k, _)| k.starts_with(&prefix)) {
+                writer.backlog_drops().iter().for_each(|d| add(key, &d.input, d.dropped));
+            }
+        }
+        out.retain(|_, inputs| {
+            inputs.retain(|_, n| *n > 0);
+            !inputs.is_empty()
+        });
+        out
     }
 
     /// Serves one far end of an edge of dataflow `uuid` (returns at once).
@@ -234,11 +266,20 @@ impl Bridge {
         // A restarted consumer: its new end replaces the old one, whose
         // writer (with its flusher and regions) goes.
         let old = self.inbound.lock().map_err(|_| "poisoned")?.insert(key.clone(), Arc::new(writer));
-        drop(old);
+        if let Some(old) = old
+            && let Ok(mut drops) = self.drops.lock()
+        {
+            let mine = drops.entry(key.clone()).or_default();
+            for d in old.backlog_drops() {
+                let n = mine.entry(d.input).or_default();
+                *n = n.saturating_add(d.dropped);
+            }
+        }
         let mut subscribers = self.subscribers.lock().map_err(|_| "poisoned")?;
         if let std::collections::hash_map::Entry::Vacant(slot) = subscribers.entry(key.clone()) {
             let writers = self.inbound.clone();
             let closed = self.closed.clone();
+            let drops = self.drops.clone();
             let sub_key = key;
             let dropped = AtomicU64::new(0);
             let subscriber = self
@@ -260,6 +301,13 @@ impl Bridge {
                     }
                     let Some(writer) = writer else { return };
                     if let Err(e) = deliver(&writer, payload, head, reader) {
+                        // Counted for the input, when the head names one.
+                        if let Ok((input, _, _)) = EdgeMsg::split_inline_head(head, payload.len())
+                            && let Ok(mut drops) = drops.lock()
+                        {
+                            let n = drops.entry(sub_key.clone()).or_default().entry(input.to_owned()).or_default();
+                            *n = n.saturating_add(1);
+                        }
                         // Said once, then every 1,000th time: a flood of
                         // identical lines helps nobody.
                         let n = dropped.fetch_add(1, Ordering::Relaxed);
@@ -287,6 +335,9 @@ impl Bridge {
         }
         if let Ok(mut closed) = self.closed.lock() {
             closed.retain(|key| !key.starts_with(&prefix));
+        }
+        if let Ok(mut drops) = self.drops.lock() {
+            drops.retain(|key, _| !key.starts_with(&prefix));
         }
     }
 }

@@ -6,7 +6,7 @@
 //! ends the loop with an error instead. On shutdown (SIGTERM) the daemon
 //! tells the coordinator, stops its nodes in order and reports them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use std::sync::Arc;
@@ -152,6 +152,9 @@ struct Shares {
     /// Each node's latest counts, sent again at each registration (a
     /// coordinator that restarted has none; an idle node sends no more).
     counts: Arc<std::sync::Mutex<BTreeMap<(String, String), rill_proto::coord::NodeCounts>>>,
+    /// What the bridge dropped for local consumers, per dataflow, as last
+    /// sent (cleared at each registration, so all of it goes again).
+    bridge_drops: HashMap<String, BTreeMap<String, BTreeMap<String, u64>>>,
     /// Shutting down: stop what runs, report, then return.
     leaving: bool,
 }
@@ -163,6 +166,21 @@ impl Shares {
 
     fn counts(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), rill_proto::coord::NodeCounts>> {
         self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The bridge's drops for local consumers that changed since last sent.
+    fn changed_bridge_drops(&mut self) -> Vec<DaemonMessage> {
+        let Some(bridge) = &self.bridge else { return Vec::new() };
+        let mut changed = Vec::new();
+        for uuid in self.local.running() {
+            let drops = bridge.drops(&uuid);
+            if !drops.is_empty() && self.bridge_drops.get(&uuid) != Some(&drops) {
+                self.bridge_drops.insert(uuid.clone(), drops.clone());
+                changed.push(DaemonMessage::BridgeDrops { uuid, drops });
+            }
+        }
+        self.bridge_drops.retain(|uuid, _| self.local.running().contains(uuid));
+        changed
     }
 
     /// A share ended: it runs no node any more. Its node statuses are kept
@@ -343,6 +361,7 @@ pub async fn run(
         unconfirmed: Vec::new(),
         statuses,
         counts,
+        bridge_drops: HashMap::new(),
         leaving: false,
     };
     // This process's data-plane key; the coordinator certifies it at each
@@ -552,6 +571,7 @@ async fn connect_once(
                                 counts: counts.clone(),
                             }))
                             .collect();
+                        shares.bridge_drops.clear();
                         for msg in &statuses {
                             if let Err(e) = send(&mut sink, msg).await {
                                 break 'conn lost(e, registered);
@@ -605,6 +625,14 @@ async fn connect_once(
                 if let Err(e) = send(&mut sink, &DaemonMessage::Heartbeat).await {
                     break lost(e, registered);
                 }
+                // (Once a second, with the heartbeat: drops are rare.)
+                if registered {
+                    for msg in shares.changed_bridge_drops() {
+                        if let Err(e) = send(&mut sink, &msg).await {
+                            break 'conn lost(e, registered);
+                        }
+                    }
+                }
             }
         }
     };
@@ -642,6 +670,7 @@ mod tests {
             unconfirmed: Vec::new(),
             statuses: Arc::default(),
             counts: Arc::default(),
+            bridge_drops: HashMap::new(),
             leaving: true,
         };
         let uuid = "00000000-0000-0000-0000-000000000001".to_owned();

@@ -98,6 +98,12 @@ impl EdgeWriter {
 }
 
 impl EdgeWriter {
+    /// What its backlog dropped (drop-oldest) because the consumer did not
+    /// read, per input (cumulative).
+    pub fn backlog_drops(&self) -> Vec<rill_proto::BacklogDrop> {
+        self.outbound.with(|s| s.backlog_drops())
+    }
+
     /// The producer ended for good (on its machine): each input gets
     /// `InputClosed` after every message written before.
     pub fn close(&self) {

@@ -138,6 +138,12 @@ pub enum DaemonMessage {
         node: String,
         counts: NodeCounts,
     },
+    /// Messages this daemon's bridge dropped for consumers on its machine
+    /// (consumer -> input -> count, cumulative), when they change.
+    BridgeDrops {
+        uuid: String,
+        drops: BTreeMap<String, BTreeMap<String, u64>>,
+    },
     /// A running node's CPU and memory, about once a second.
     Usage {
         uuid: String,
@@ -492,8 +498,9 @@ pub struct NodeTraffic {
 /// a message a producer dropped for a consumer's input counts as dropped
 /// on that input, also for a consumer that reported nothing yet (a stuck
 /// one). The caller checks that the names exist.
-pub fn traffic(
-    counts: &BTreeMap<String, NodeCounts>,
+pub fn traffic<'a>(
+    counts: &'a BTreeMap<String, NodeCounts>,
+    bridge_drops: impl IntoIterator<Item = &'a BTreeMap<String, BTreeMap<String, u64>>>,
     rates: &BTreeMap<String, (f64, f64)>,
 ) -> BTreeMap<String, NodeTraffic> {
     let mut out: BTreeMap<String, NodeTraffic> = counts
@@ -510,8 +517,9 @@ pub fn traffic(
             (node.clone(), traffic)
         })
         .collect();
-    for c in counts.values() {
-        for (consumer, inputs) in &c.backlog_drops {
+    let producers = counts.values().map(|c| &c.backlog_drops);
+    for drops in producers.chain(bridge_drops) {
+        for (consumer, inputs) in drops {
             let traffic = out.entry(consumer.clone()).or_default();
             for (input, n) in inputs {
                 let mine = traffic.inputs.entry(input.clone()).or_default();
@@ -736,10 +744,12 @@ mod tests {
         counts.insert("source".to_owned(), source);
         counts.insert("sink".to_owned(), sink);
         let rates = BTreeMap::from([("sink".to_owned(), (12.0, 0.0))]);
-        let traffic = traffic(&counts, &rates);
+        // What a daemon's bridge dropped for the sink adds up the same way.
+        let bridge = BTreeMap::from([("sink".to_owned(), BTreeMap::from([("in".to_owned(), 6)]))]);
+        let traffic = traffic(&counts, [&bridge], &rates);
         let sink = &traffic["sink"];
-        assert_eq!(sink.inputs["in"], InputCounts { received: 80, dropped: 44 });
-        assert_eq!((sink.received, sink.dropped, sink.sent), (83, 45, 0));
+        assert_eq!(sink.inputs["in"], InputCounts { received: 80, dropped: 50 });
+        assert_eq!((sink.received, sink.dropped, sink.sent), (83, 51, 0));
         assert_eq!(sink.msgs_in_per_s, 12.0);
         let source = &traffic["source"];
         assert_eq!((source.sent, source.bytes_sent, source.received, source.dropped), (100, 6400, 0, 0));

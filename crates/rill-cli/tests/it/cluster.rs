@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use crate::support::{Processes, free_port, machines, rill, rill_json, status, wait_status};
 
 /// A coordinator with daemon `a` and daemon `b` (label gpu=true), registered.
-fn two_daemons() -> (Processes, u16) {
+pub(crate) fn two_daemons() -> (Processes, u16) {
     let port = free_port();
     let port_text = port.to_string();
     let mut procs = Processes::new();
@@ -18,7 +18,7 @@ fn two_daemons() -> (Processes, u16) {
 
 /// Starts `flow` as `name` on the coordinator at `port` and returns the
 /// `--json` reply; fails the test (with every log) if it did not start.
-fn start_flow(procs: &Processes, port: u16, flow: &crate::support::Flow, name: &str) -> serde_json::Value {
+pub(crate) fn start_flow(procs: &Processes, port: u16, flow: &crate::support::Flow, name: &str) -> serde_json::Value {
     let file = flow.file.display().to_string();
     let (code, started, stderr) =
         rill_json(&["start", &file, "--name", name, "--coordinator-port", &port.to_string(), "--json"]);

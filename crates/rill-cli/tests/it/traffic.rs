@@ -305,3 +305,41 @@ fn a_consumer_that_never_reads_shows_what_its_producer_dropped_for_it() {
     check!(run, sink["received"] == 0, "{sink}");
     check!(run, sink["inputs"]["in"]["dropped"].as_u64().unwrap_or(0) > 0, "the producer's drops count here: {sink}");
 }
+
+#[test]
+fn drops_for_a_consumer_on_another_machine_that_never_reads_are_counted() {
+    let (procs, port) = crate::cluster::two_daemons();
+    let flow = Flow::new(
+        "nodes:
+  - id: source
+    path: {node}
+    args: [count-send]
+    inputs: { tick: rill/timer/millis/1 }
+    outputs: [out]
+    deploy: { machine: a }
+  - id: sink
+    path: /bin/sleep
+    args: ['30']
+    inputs:
+      in: source/out
+    deploy: { machine: b }
+",
+    );
+    // A thousand small messages a second: the sending side keeps up, and
+    // the drops happen in machine b's bridge, which must say so.
+    crate::cluster::start_flow(&procs, port, &flow, "far");
+    let port_text = port.to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, list, _) = rill_json(&["list", "--json", "--coordinator-port", &port_text]);
+        let t = &list["dataflows"][0]["traffic"];
+        // The receiving daemon's bridge drops what the sink's socket and
+        // queue cannot hold.
+        if t["sink"]["inputs"]["in"]["dropped"].as_u64().unwrap_or(0) > 0 {
+            assert_eq!(t["sink"]["received"], 0, "{t}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no drops counted for the far sink: {t}\n{}", procs.logs());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
