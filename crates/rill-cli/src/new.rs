@@ -93,12 +93,13 @@ const HEADER: &str = "# NAME: a talker sends a message every 100 ms (10 in all, 
 # prints each one. Run it with: rill run dataflow.yml
 ";
 
-fn rust_files(name: &str, rill_node: &Path) -> Vec<(&'static str, String)> {
-    let dataflow = format!(
-        "{}nodes:
+/// The dataflow of both languages: `build` (a line, or empty) for each
+/// node, and the talker's and listener's paths.
+fn dataflow_yaml(name: &str, preamble: &str, build: &str, [talker, listener]: [&str; 2]) -> String {
+    format!(
+        "{}{preamble}nodes:
   - id: talker
-    build: cargo build --manifest-path nodes/Cargo.toml
-    path: nodes/target/debug/talker
+{build}    path: {talker}
     env:
       COUNT: 10
     inputs:
@@ -107,12 +108,20 @@ fn rust_files(name: &str, rill_node: &Path) -> Vec<(&'static str, String)> {
       - message
 
   - id: listener
-    build: cargo build --manifest-path nodes/Cargo.toml
-    path: nodes/target/debug/listener
+{build}    path: {listener}
     inputs:
       message: talker/message
 ",
         HEADER.replace("NAME", name)
+    )
+}
+
+fn rust_files(name: &str, rill_node: &Path) -> Vec<(&'static str, String)> {
+    let dataflow = dataflow_yaml(
+        name,
+        "",
+        "    build: cargo build --manifest-path nodes/Cargo.toml\n",
+        ["nodes/target/debug/talker", "nodes/target/debug/listener"],
     );
     let cargo = format!(
         "[package]
@@ -179,25 +188,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn python_files(name: &str) -> Vec<(&'static str, String)> {
-    let dataflow = format!(
-        "{}# Python nodes run with RILL_PYTHON (default python3), which needs the
-# `rill` package: see rill's docs/python.md.
-nodes:
-  - id: talker
-    path: talker.py
-    env:
-      COUNT: 10
-    inputs:
-      tick: rill/timer/millis/100
-    outputs:
-      - message
-
-  - id: listener
-    path: listener.py
-    inputs:
-      message: talker/message
-",
-        HEADER.replace("NAME", name)
+    let dataflow = dataflow_yaml(
+        name,
+        "# Python nodes run with RILL_PYTHON (default python3), which needs the\n\
+         # `rill` package: see rill's docs/python.md.\n",
+        "",
+        ["talker.py", "listener.py"],
     );
     let talker = "\"\"\"Sends `hello N` on every tick; after COUNT messages it ends.\"\"\"
 import os

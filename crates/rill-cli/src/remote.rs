@@ -289,7 +289,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         .flat_map(|d| {
             d.placement.iter().map(move |p| {
                 let t = d.traffic.get(&p.node).cloned().unwrap_or_default();
-                let state = d.nodes.get(&p.node).map(node_state).unwrap_or_else(|| "-".into());
+                let state = d.nodes.get(&p.node).map_or("-", rill_proto::coord::NodeStatus::state).to_owned();
                 [
                     d.name.clone(),
                     p.node.clone(),
@@ -308,10 +308,6 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         print_table(["DATAFLOW", "NODE", "STATE", "IN/S", "OUT/S", "RECEIVED", "SENT", "DROPPED"], &rows);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn node_state(status: &rill_proto::coord::NodeStatus) -> String {
-    serde_json::to_value(status).ok().and_then(|v| v["state"].as_str().map(str::to_owned)).unwrap_or_default()
 }
 
 #[derive(clap::Args)]

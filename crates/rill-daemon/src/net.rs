@@ -172,14 +172,15 @@ impl Shares {
     fn changed_bridge_drops(&mut self) -> Vec<DaemonMessage> {
         let Some(bridge) = &self.bridge else { return Vec::new() };
         let mut changed = Vec::new();
-        for uuid in self.local.running() {
+        let running = self.local.running();
+        for uuid in running.iter().cloned() {
             let drops = bridge.drops(&uuid);
             if !drops.is_empty() && self.bridge_drops.get(&uuid) != Some(&drops) {
                 self.bridge_drops.insert(uuid.clone(), drops.clone());
                 changed.push(DaemonMessage::BridgeDrops { uuid, drops });
             }
         }
-        self.bridge_drops.retain(|uuid, _| self.local.running().contains(uuid));
+        self.bridge_drops.retain(|uuid, _| running.contains(uuid));
         changed
     }
 

@@ -357,6 +357,19 @@ pub enum NodeStatus {
     },
 }
 
+impl NodeStatus {
+    /// The state's name, as it is serialized (`running`, `lost`, ...).
+    pub fn state(&self) -> &'static str {
+        match self {
+            NodeStatus::Running { .. } => "running",
+            NodeStatus::Restarting => "restarting",
+            NodeStatus::Finished => "finished",
+            NodeStatus::Failed { .. } => "failed",
+            NodeStatus::Lost { .. } => "lost",
+        }
+    }
+}
+
 impl DataflowStatus {
     /// Not over yet: some of its nodes run or may run again.
     pub fn is_active(self) -> bool {
@@ -588,10 +601,7 @@ impl DataflowSummary {
             .iter()
             .map(|p| {
                 let status = self.nodes.get(&p.node);
-                let state = status
-                    .and_then(|s| serde_json::to_value(s).ok())
-                    .and_then(|v| v["state"].as_str().map(str::to_owned))
-                    .unwrap_or_else(|| "starting".into());
+                let state = status.map_or("starting", NodeStatus::state).to_owned();
                 let pid = match status {
                     Some(NodeStatus::Running { pid }) => Some(*pid),
                     _ => None,
@@ -725,6 +735,19 @@ pub struct Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_state_name_is_its_serialized_tag() {
+        for status in [
+            NodeStatus::Running { pid: 1 },
+            NodeStatus::Restarting,
+            NodeStatus::Finished,
+            NodeStatus::Failed { reason: "x".into() },
+            NodeStatus::Lost { reason: "y".into() },
+        ] {
+            assert_eq!(serde_json::to_value(&status).unwrap()["state"], status.state());
+        }
+    }
 
     #[test]
     fn a_producers_backlog_drops_count_on_the_consumers_input_and_totals_add_up() {

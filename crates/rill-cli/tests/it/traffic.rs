@@ -201,20 +201,7 @@ fn rill_top_draws_its_table_in_a_terminal_and_quits_on_q() {
 
 #[test]
 fn rates_of_a_timer_driven_node_read_about_its_rate_and_status_shows_them() {
-    let yaml = "nodes:
-  - id: ticker
-    path: {node}
-    args: [count-send]
-    inputs: { tick: rill/timer/millis/20 }
-    outputs: [out]
-    deploy: { machine: a }
-  - id: sink
-    path: {node}
-    args: [print]
-    inputs: { in: ticker/out }
-    deploy: { machine: a }
-";
-    let (procs, port, _, _flow) = crate::faults::app_on_a(&[], yaml, "[app/sink] input in");
+    let (procs, port, _, _flow) = crate::faults::app_on_a(&[], TICKER, "[app/sink] input in");
     let port_text = port.to_string();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
