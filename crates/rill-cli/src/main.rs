@@ -18,6 +18,7 @@ mod remote;
 mod run;
 mod services;
 mod ship;
+mod tap;
 mod tokens;
 mod top;
 mod topic;

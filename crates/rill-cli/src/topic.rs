@@ -19,6 +19,42 @@ pub enum TopicCommand {
         #[command(flatten)]
         coordinator: ControlAccess,
     },
+    /// Print what an output sends, as it sends it (size, send time, latency, a preview).
+    Echo {
+        /// The dataflow's name or uuid.
+        dataflow: String,
+        /// The output, as NODE/OUTPUT.
+        topic: String,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Payload bytes shown per message.
+        #[arg(long, default_value_t = 64)]
+        bytes: u64,
+        /// One JSON object per message on stdout.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        coordinator: ControlAccess,
+    },
+    /// The rate an output sends at, every second: average, min/max interval, std-dev.
+    Hz {
+        /// The dataflow's name or uuid.
+        dataflow: String,
+        /// The output, as NODE/OUTPUT.
+        topic: String,
+        /// Intervals the figures are computed over (the latest ones).
+        #[arg(long, default_value_t = 1000)]
+        window: usize,
+        /// Stop after this many reports.
+        #[arg(long)]
+        count: Option<u64>,
+        /// One JSON object per report on stdout.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        coordinator: ControlAccess,
+    },
     /// One output: its producer, machine, each consumer's queue, received and dropped.
     Info {
         /// The dataflow's name or uuid.
@@ -35,6 +71,14 @@ pub enum TopicCommand {
 
 pub fn run(command: TopicCommand) -> anyhow::Result<ExitCode> {
     match command {
+        TopicCommand::Echo { dataflow, topic, count, bytes, json, coordinator } => {
+            crate::remote::runtime()?.block_on(echo(&coordinator, &dataflow, topic, count, bytes, json))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        TopicCommand::Hz { dataflow, topic, window, count, json, coordinator } => {
+            crate::remote::runtime()?.block_on(hz(&coordinator, &dataflow, topic, window, count, json))?;
+            Ok(ExitCode::SUCCESS)
+        }
         TopicCommand::List { dataflow, json, coordinator } => {
             let (uuid, name, topics) = topics(&coordinator, &dataflow)?;
             if json {
@@ -112,4 +156,122 @@ fn print_info(topic: &Topic) {
         .collect();
     println!();
     crate::remote::print_table(["CONSUMER", "MACHINE", "QUEUE", "RECEIVED", "DROPPED"], &rows);
+}
+
+/// Prints each message of `topic` until `count` were printed or the
+/// dataflow ended.
+async fn echo(
+    access: &ControlAccess,
+    dataflow: &str,
+    topic: String,
+    count: Option<u64>,
+    bytes: u64,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut tap = crate::tap::Tap::open(access, dataflow, vec![topic], bytes).await?;
+    let mut printed = 0u64;
+    while count.is_none_or(|c| printed < c) {
+        let Some(frame) = tap.next().await? else {
+            eprintln!("rill: dataflow {} ended", tap.name);
+            break;
+        };
+        skipped(frame.dropped);
+        for sample in frame.samples.iter().take(count.map_or(usize::MAX, |c| (c - printed) as usize)) {
+            let latency_us = sample.received_ns.saturating_sub(sample.timestamp_ns) as f64 / 1e3;
+            let topic = tap.topic(sample.output);
+            if json {
+                let text = std::str::from_utf8(&sample.data).ok();
+                let line = serde_json::json!({
+                    "topic": topic,
+                    "size": sample.size,
+                    "timestamp_ns": sample.timestamp_ns,
+                    "received_ns": sample.received_ns,
+                    "latency_us": latency_us,
+                    "text": text,
+                    "hex": rill_proto::tap::hex(&sample.data),
+                    "truncated": (sample.data.len() as u64) < sample.size,
+                });
+                println!("{line}");
+            } else {
+                println!(
+                    "{} UTC  {topic}  {} B  latency {:.3} ms  {}",
+                    clock(sample.timestamp_ns),
+                    sample.size,
+                    latency_us / 1e3,
+                    rill_proto::tap::preview_text(&sample.data, sample.size)
+                );
+            }
+            printed += 1;
+        }
+    }
+    tap.close().await;
+    Ok(())
+}
+
+/// Prints `topic`'s rate every second until `count` reports or the end.
+async fn hz(
+    access: &ControlAccess,
+    dataflow: &str,
+    topic: String,
+    window: usize,
+    count: Option<u64>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut tap = crate::tap::Tap::open(access, dataflow, vec![topic.clone()], 0).await?;
+    let mut rates = rill_proto::tap::RateWindow::new(window);
+    let mut reports = 0u64;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.tick().await;
+    while count.is_none_or(|c| reports < c) {
+        tokio::select! {
+            frame = tap.next() => {
+                let Some(frame) = frame? else {
+                    eprintln!("rill: dataflow {} ended", tap.name);
+                    break;
+                };
+                skipped(frame.dropped);
+                frame.samples.iter().for_each(|s| rates.push(s.received_ns));
+            }
+            _ = tick.tick() => {
+                match rates.rate() {
+                    Some(r) if json => println!(
+                        "{}",
+                        serde_json::json!({
+                            "topic": topic,
+                            "rate_hz": r.rate_hz,
+                            "min_s": r.min_s,
+                            "max_s": r.max_s,
+                            "std_dev_s": r.std_dev_s,
+                            "window": r.window,
+                        })
+                    ),
+                    Some(r) => println!(
+                        "average rate: {:.3} Hz\n\tmin: {:.6}s max: {:.6}s std dev: {:.6}s window: {}",
+                        r.rate_hz, r.min_s, r.max_s, r.std_dev_s, r.window
+                    ),
+                    None => {
+                        eprintln!("rill: no messages on {topic} yet");
+                        continue;
+                    }
+                }
+                reports += 1;
+            }
+        }
+    }
+    tap.close().await;
+    Ok(())
+}
+
+/// Says that the tap skipped messages (it could not keep up).
+fn skipped(dropped: u64) {
+    if dropped > 0 {
+        eprintln!("rill: {dropped} messages skipped: the tap could not keep up");
+    }
+}
+
+/// `HH:MM:SS.micros` (UTC) of a Unix time in ns.
+fn clock(ns: u64) -> String {
+    let secs = ns / 1_000_000_000;
+    let micros = (ns % 1_000_000_000) / 1_000;
+    format!("{:02}:{:02}:{:02}.{micros:06}", (secs / 3600) % 24, (secs / 60) % 60, secs % 60)
 }

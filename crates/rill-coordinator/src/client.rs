@@ -90,18 +90,42 @@ impl ControlClient {
     /// The next reply; an `Error` reply is an `Err`.
     pub async fn next(&mut self) -> Result<ControlResponse, ClientError> {
         loop {
+            if let Frame::Reply(reply) = self.next_frame().await? {
+                return Ok(reply);
+            }
+        }
+    }
+
+    /// The next reply or binary tap frame (after `Tap`); an `Error` reply
+    /// is an `Err`.
+    pub async fn next_frame(&mut self) -> Result<Frame, ClientError> {
+        loop {
             match self.ws.next().await {
                 Some(Ok(Message::Text(reply))) => {
                     let reply: ControlResponse =
                         serde_json::from_str(&reply).map_err(|e| ClientError::BadReply(e.to_string()))?;
                     return match reply {
                         ControlResponse::Error { message, .. } => Err(ClientError::Refused(message)),
-                        other => Ok(other),
+                        other => Ok(Frame::Reply(other)),
                     };
                 }
+                Some(Ok(Message::Binary(bytes))) => return Ok(Frame::Tap(bytes.to_vec())),
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Err(ClientError::Closed),
                 Some(Ok(_)) => continue,
             }
         }
     }
+
+    /// Closes the connection (the coordinator unwires a tap at once).
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// What a control connection receives.
+#[derive(Debug)]
+pub enum Frame {
+    Reply(ControlResponse),
+    /// A tap frame ([`rill_proto::tap::TapFrame`], not decoded yet).
+    Tap(Vec<u8>),
 }

@@ -14,6 +14,7 @@ mod names;
 mod persist;
 mod server;
 mod store;
+mod taps;
 mod tokens;
 
 pub use auth::Security;

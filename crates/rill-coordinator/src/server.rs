@@ -116,6 +116,7 @@ struct App {
     cluster: Mutex<Cluster>,
     dataflows: Mutex<Dataflows>,
     logs: Mutex<crate::logs::Logs>,
+    taps: Mutex<crate::taps::Taps>,
     persister: Persister,
     started: Instant,
     /// How often daemons and the coordinator hear from each other.
@@ -145,6 +146,21 @@ impl App {
     }
 
     // Taken alone: never while holding another lock.
+    fn taps(&self) -> MutexGuard<'_, crate::taps::Taps> {
+        self.taps.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sends `daemon` the open taps of dataflow `uuid` (after its share
+    /// was spawned there, or after it reconnected).
+    fn send_taps(&self, daemon: &str, uuid: &str) {
+        let taps = self.taps().of(uuid);
+        let mut cluster = self.cluster();
+        taps.into_iter().for_each(|tap| {
+            cluster.send(daemon, tap);
+        });
+    }
+
+    // Taken alone: never while holding another lock.
     fn tokens(&self) -> MutexGuard<'_, Tokens> {
         self.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -171,6 +187,7 @@ impl App {
         drop(dataflows);
         if let Some(record) = changed.as_ref().filter(|r| !r.is_active()) {
             self.logs().ended(&record.uuid);
+            self.taps().ended(&record.uuid);
         }
         changed
     }
@@ -184,6 +201,14 @@ impl App {
         };
         let mut logs = self.logs();
         ended.iter().for_each(|uuid| logs.ended(uuid));
+        drop(logs);
+        let tapped = self.taps().tapped();
+        let ended: Vec<String> = {
+            let dataflows = self.dataflows();
+            tapped.into_iter().filter(|uuid| !dataflows.find(uuid).is_some_and(DataflowRecord::is_active)).collect()
+        };
+        let mut taps = self.taps();
+        ended.iter().for_each(|uuid| taps.ended(uuid));
     }
 }
 
@@ -260,6 +285,7 @@ pub async fn serve_until(
         cluster: Mutex::new(Cluster::default()),
         dataflows: Mutex::new(dataflows),
         logs: Mutex::default(),
+        taps: Mutex::default(),
         persister: Persister::start(store)?,
         started: Instant::now(),
         heartbeat: rill_proto::coord::heartbeat_interval(),
@@ -449,9 +475,28 @@ async fn send_json<T: serde::Serialize>(socket: &mut (impl SinkExt<Message> + Un
 async fn next_json<T: serde::de::DeserializeOwned>(
     stream: &mut (impl StreamExt<Item = Result<Message, axum::Error>> + Unpin),
 ) -> Option<Result<T, String>> {
+    match next_frame(stream).await? {
+        Incoming::Json(parsed) => Some(parsed),
+        Incoming::Binary(_) => None,
+    }
+}
+
+/// A text frame, parsed, or a binary one (a daemon's tap frame).
+enum Incoming<T> {
+    Json(Result<T, String>),
+    Binary(Vec<u8>),
+}
+
+/// The next text or binary frame; `None` when the connection ended.
+async fn next_frame<T: serde::de::DeserializeOwned>(
+    stream: &mut (impl StreamExt<Item = Result<Message, axum::Error>> + Unpin),
+) -> Option<Incoming<T>> {
     loop {
         match stream.next().await? {
-            Ok(Message::Text(text)) => return Some(serde_json::from_str(&text).map_err(|e| e.to_string())),
+            Ok(Message::Text(text)) => {
+                return Some(Incoming::Json(serde_json::from_str(&text).map_err(|e| e.to_string())));
+            }
+            Ok(Message::Binary(bytes)) => return Some(Incoming::Binary(bytes.to_vec())),
             Ok(Message::Ping(_) | Message::Pong(_)) => continue,
             Ok(_) | Err(_) => return None,
         }
@@ -551,6 +596,8 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>, credential: DaemonCrede
         };
         if stop {
             app.cluster().send(&daemon_id, CoordinatorMessage::StopDataflow { uuid: uuid.clone() });
+        } else {
+            app.send_taps(&daemon_id, uuid);
         }
     }
     // What it should run but does not (it restarted, the machine rebooted).
@@ -575,10 +622,19 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>, credential: DaemonCrede
     };
     loop {
         tokio::select! {
-            incoming = next_json::<DaemonMessage>(&mut stream) => {
+            incoming = next_frame::<DaemonMessage>(&mut stream) => {
                 let Some(incoming) = incoming else { break };
                 last_heard = Instant::now();
                 app.cluster().heartbeat(&daemon_id, last_heard);
+                let incoming = match incoming {
+                    Incoming::Json(incoming) => incoming,
+                    Incoming::Binary(frame) => {
+                        if relay_tap(&app, &daemon_id, frame) == crate::taps::Relayed::Malformed {
+                            refuse_report("malformed tap frame", "-", "-");
+                        }
+                        continue;
+                    }
+                };
                 match incoming {
                     Ok(DaemonMessage::Pong { nonce }) => app.cluster().ponged(&daemon_id, nonce),
                     Ok(DaemonMessage::ShuttingDown) => {
@@ -868,7 +924,9 @@ fn recover_lost(app: &App, daemon: &str, machine: &str) {
             spawn.nodes.join(", "),
             record.name
         );
+        let uuid = spawn.uuid.clone();
         app.cluster().send(daemon, CoordinatorMessage::Spawn(spawn));
+        app.send_taps(daemon, &uuid);
     }
 }
 
@@ -940,6 +998,11 @@ async fn handle_control(socket: WebSocket, app: Arc<App>) {
             }
             continue;
         }
+        if let Ok(ControlRequest::Tap { dataflow, outputs, preview }) = request {
+            // A tap holds the connection until the client leaves.
+            stream_tap(&app, &mut sink, &mut stream, &dataflow, &outputs, preview).await;
+            break;
+        }
         let response = match request {
             Ok(ControlRequest::Status) => ControlResponse::Status {
                 version: VERSION.to_owned(),
@@ -971,7 +1034,7 @@ async fn handle_control(socket: WebSocket, app: Arc<App>) {
             Ok(ControlRequest::TokenList) => ControlResponse::Tokens { tokens: app.tokens().list(now_ms()) },
             Ok(ControlRequest::TokenRevoke { name }) => revoke_token(&app, &name).await,
             // Answered above.
-            Ok(ControlRequest::Logs { .. }) => continue,
+            Ok(ControlRequest::Logs { .. } | ControlRequest::Tap { .. }) => continue,
             Err(e) => ControlResponse::Error { code: ErrorCode::BadRequest, message: e },
         };
         if !send_json(&mut sink, &response).await {
@@ -1098,6 +1161,132 @@ async fn stream_logs(
             _ = stream.next() => return false,
         }
     }
+}
+
+/// Passes a daemon's tap frame on to its client, if the tap reads nodes
+/// of a dataflow that daemon runs.
+fn relay_tap(app: &App, daemon: &str, frame: Vec<u8>) -> crate::taps::Relayed {
+    let Some((tap, uuid, _)) = app.taps().route(&frame) else {
+        return match rill_proto::tap::header(&frame) {
+            Ok(_) => crate::taps::Relayed::Unknown,
+            Err(_) => crate::taps::Relayed::Malformed,
+        };
+    };
+    if !app.dataflows().find(&uuid).is_some_and(|r| r.runs_on(daemon)) {
+        return crate::taps::Relayed::Unknown;
+    }
+    app.taps().relay(tap, frame)
+}
+
+/// Opens a tap on `outputs` (`node/output`; none: all) of a running
+/// dataflow, says `Tapped`, then passes its frames on until the client
+/// leaves (or the dataflow ends: `TapEnd`). Closing it unwires it.
+async fn stream_tap(
+    app: &App,
+    sink: &mut (impl SinkExt<Message> + Unpin),
+    stream: &mut (impl StreamExt<Item = Result<Message, axum::Error>> + Unpin),
+    dataflow: &str,
+    wanted: &[String],
+    preview: u64,
+) {
+    let resolved = {
+        let dataflows = app.dataflows();
+        dataflows.find(dataflow).filter(|r| r.is_active()).map(|record| {
+            tap_outputs(record, wanted)
+                .map(|outputs| (record.uuid.clone(), record.name.clone(), outputs, record.daemons()))
+        })
+    };
+    // (Not under the lock above: it takes it.)
+    let resolved = resolved.unwrap_or_else(|| Err((ErrorCode::NotFound, unknown_dataflow(app, dataflow, true))));
+    let (uuid, name, outputs, daemons) = match resolved {
+        Ok(resolved) => resolved,
+        Err((code, message)) => {
+            send_json(sink, &ControlResponse::Error { code, message }).await;
+            return;
+        }
+    };
+    let preview = preview.min(rill_proto::tap::MAX_TAP_PREVIEW);
+    let opened = app.taps().open(&uuid, outputs.clone(), preview);
+    let (tap, mut frames) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            send_json(sink, &ControlResponse::Error { code: ErrorCode::BadRequest, message: e.to_string() }).await;
+            return;
+        }
+    };
+    let message = crate::taps::open_message(&app.taps(), tap);
+    if let Some(message) = message {
+        let mut cluster = app.cluster();
+        for daemon in &daemons {
+            cluster.send(daemon, message.clone());
+        }
+    }
+    let tapped = ControlResponse::Tapped { uuid: uuid.clone(), name, tap, outputs };
+    if send_json(sink, &tapped).await {
+        loop {
+            tokio::select! {
+                frame = frames.recv() => match frame {
+                    Some(frame) => if sink.send(Message::Binary(frame.into())).await.is_err() { break },
+                    None => {
+                        let reason = "the dataflow ended".to_owned();
+                        send_json(sink, &ControlResponse::TapEnd { reason }).await;
+                        break;
+                    }
+                },
+                // The client sends nothing while tapping: anything is the end.
+                _ = stream.next() => break,
+            }
+        }
+    }
+    let untap = app.taps().close(tap);
+    let daemons = app.dataflows().find(&uuid).map(DataflowRecord::daemons).unwrap_or_default();
+    if let Some(untap) = untap {
+        let mut cluster = app.cluster();
+        for daemon in &daemons {
+            cluster.send(daemon, untap.clone());
+        }
+    }
+}
+
+/// The outputs a tap asks for (`node/output`; none: every output), each
+/// with where its node runs; an unknown one is an error naming the
+/// closest.
+fn tap_outputs(
+    record: &DataflowRecord,
+    wanted: &[String],
+) -> Result<Vec<rill_proto::coord::TapOutput>, (ErrorCode, String)> {
+    let all: Vec<(String, String)> =
+        record.descriptor.nodes.iter().flat_map(|n| n.outputs.iter().map(move |o| (n.id.clone(), o.clone()))).collect();
+    let names: Vec<String> = all.iter().map(|(n, o)| format!("{n}/{o}")).collect();
+    let mut chosen = if wanted.is_empty() { all.clone() } else { Vec::new() };
+    for topic in wanted {
+        let Some(i) = names.iter().position(|n| n == topic) else {
+            let hint = rill_core::did_you_mean(topic, names.iter().map(String::as_str), "outputs");
+            let message = format!(
+                "dataflow {} has no output `{topic}`{hint} (outputs are NODE/OUTPUT: `rill topic list {}`)",
+                record.name, record.name
+            );
+            return Err((ErrorCode::NotFound, message));
+        };
+        if !chosen.contains(&all[i]) {
+            chosen.push(all[i].clone());
+        }
+    }
+    let machine = |node: &str| {
+        record
+            .placement
+            .iter()
+            .find(|p| p.node == node)
+            .map(|p| p.machine_id.clone().unwrap_or_else(|| p.daemon_id.clone()))
+    };
+    Ok(chosen
+        .into_iter()
+        .map(|(node, output)| rill_proto::coord::TapOutput {
+            machine: machine(&node).unwrap_or_default(),
+            node,
+            output,
+        })
+        .collect())
 }
 
 /// "no (running) dataflow named ...", with the closest name and the known ones.

@@ -15,6 +15,7 @@ pub mod run;
 pub mod spawn;
 pub mod supervisor;
 pub mod tally;
+pub mod tap;
 pub mod usage;
 
 pub use run::{Report, Reporter, RunError, RunOptions, RunReport, Runtime, Share, StopHandle, Stream};

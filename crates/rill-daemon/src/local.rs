@@ -2,7 +2,7 @@
 //! nodes runs in a [`Runtime`] on its own thread, independent of the
 //! coordinator connection (nodes keep running while it is down).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -49,6 +49,10 @@ pub struct LocalDataflows {
     stopping: BTreeSet<String>,
     /// Where shipped node binaries are kept and fetched from.
     artifacts: Option<crate::artifacts::Artifacts>,
+    /// Each running share's nodes and their outputs (what a tap may read).
+    outputs: HashMap<String, BTreeMap<String, Vec<String>>>,
+    /// Taps open here, by `(uuid, tap)`.
+    taps: HashMap<(String, u64), crate::tap::TapReader>,
 }
 
 /// What is wrong with a spawn request (empty: nothing).
@@ -198,6 +202,9 @@ impl LocalDataflows {
             Runtime::new(spawn.descriptor.clone(), PathBuf::from(&spawn.base_dir), RunOptions::default(), reporter)
                 .with_share(Share { local: nodes, remote_ends: ends_tx });
         self.running.insert(spawn.uuid.clone(), runtime.stop_handle());
+        let outputs = spawn.descriptor.nodes.iter().filter(|n| spawn.nodes.contains(&n.id));
+        let outputs = outputs.map(|n| (n.id.clone(), n.outputs.clone())).collect();
+        self.outputs.insert(spawn.uuid.clone(), outputs);
         on_event(LocalEvent::Started { name: name.clone(), nodes: spawn.nodes.clone() });
         let uuid = spawn.uuid;
         let thread = std::thread::Builder::new().name(format!("dataflow-{name}")).spawn(move || {
@@ -280,6 +287,69 @@ impl LocalDataflows {
     pub fn ended(&mut self, uuid: &str) {
         self.running.remove(uuid);
         self.stopping.remove(uuid);
+        self.outputs.remove(uuid);
+        self.taps.retain(|(u, _), _| u != uuid);
+    }
+
+    /// Opens tap `tap` on those of `outputs` whose nodes run here (a
+    /// sample's output is its index in `outputs`); frames go to `sink`.
+    /// Anything else is ignored: a tap already open, an unknown share, no
+    /// output of it here.
+    pub fn tap(
+        &mut self,
+        uuid: &str,
+        tap: u64,
+        outputs: &[rill_proto::coord::TapOutput],
+        preview: u64,
+        sink: crate::tap::FrameSink,
+    ) {
+        let (Some(handle), Some(local)) = (self.running.get(uuid), self.outputs.get(uuid)) else { return };
+        if self.taps.contains_key(&(uuid.to_owned(), tap)) {
+            return;
+        }
+        if self.taps.keys().filter(|(u, _)| u == uuid).count() >= rill_proto::tap::MAX_TAPS {
+            eprintln!("rill daemon: refused tap {tap}: dataflow {uuid} has {} taps", rill_proto::tap::MAX_TAPS);
+            return;
+        }
+        let mut index = HashMap::new();
+        let mut by_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (i, o) in outputs.iter().enumerate() {
+            if local.get(&o.node).is_some_and(|outs| outs.contains(&o.output)) {
+                index.insert((o.node.clone(), o.output.clone()), i as u64);
+                by_node.entry(o.node.clone()).or_default().push(o.output.clone());
+            }
+        }
+        if index.is_empty() {
+            return;
+        }
+        let preview = preview.min(rill_proto::tap::MAX_TAP_PREVIEW);
+        match crate::tap::TapReader::start(tap, index, preview, sink) {
+            Ok((reader, ends_tx)) => {
+                for (node, outputs) in &by_node {
+                    handle.tap(tap, node, outputs, ends_tx.clone());
+                }
+                self.taps.insert((uuid.to_owned(), tap), reader);
+            }
+            Err(e) => eprintln!("rill daemon: cannot start tap {tap}: {e}"),
+        }
+    }
+
+    /// Closes tap `tap` of dataflow `uuid`.
+    pub fn untap(&mut self, uuid: &str, tap: u64) {
+        if self.taps.remove(&(uuid.to_owned(), tap)).is_some()
+            && let Some(handle) = self.running.get(uuid)
+        {
+            handle.untap(tap);
+        }
+    }
+
+    /// Closes every tap (the coordinator connection is gone; it sends the
+    /// taps still open again when it is back).
+    pub fn untap_all(&mut self) {
+        let open: Vec<(String, u64)> = self.taps.keys().cloned().collect();
+        for (uuid, tap) in open {
+            self.untap(&uuid, tap);
+        }
     }
 }
 

@@ -25,6 +25,10 @@ const BACKOFF_BASE: Duration = Duration::from_millis(250);
 /// Node output and status messages kept while the coordinator is slow or
 /// away; more are dropped.
 const STREAM_BACKLOG: usize = 10_000;
+/// Tap frames queued for the coordinator (each at most
+/// [`rill_proto::tap::MAX_TAP_FRAME`]); a tap whose frame finds no room
+/// drops it and counts the samples.
+const TAP_FRAMES: usize = 8;
 
 /// Longest reconnect delay.
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -131,6 +135,9 @@ fn jitter_seed() -> u64 {
 struct Shares {
     /// Node output and node status for the coordinator.
     stream_rx: Option<mpsc::Receiver<DaemonMessage>>,
+    /// Tap frames for the coordinator, and where taps put them.
+    tap_rx: Option<mpsc::Receiver<Vec<u8>>>,
+    tap_sink: crate::tap::FrameSink,
     /// The data session, opened at the first registration.
     bridge: Option<crate::bridge::Bridge>,
     local: LocalDataflows,
@@ -309,6 +316,7 @@ pub async fn run(
             std::net::TcpListener::bind("0.0.0.0:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(7447);
     }
     let (stream_tx, stream_rx) = mpsc::channel::<DaemonMessage>(STREAM_BACKLOG);
+    let (tap_tx, tap_rx) = mpsc::channel::<Vec<u8>>(TAP_FRAMES);
     let (finished_tx, finished_rx) = mpsc::unbounded_channel();
     let statuses: Arc<std::sync::Mutex<BTreeMap<(String, String), NodeStatus>>> = Arc::default();
     let status_log = statuses.clone();
@@ -316,6 +324,8 @@ pub async fn run(
     let counts_log = counts.clone();
     let mut shares = Shares {
         stream_rx: Some(stream_rx),
+        tap_rx: Some(tap_rx),
+        tap_sink: Arc::new(move |frame| tap_tx.try_send(frame).is_ok()),
         bridge: None,
         local: LocalDataflows::new(
             config.artifact_dir.clone().map(|dir| crate::artifacts::Artifacts::new(dir, config.coordinator.clone())),
@@ -480,7 +490,9 @@ async fn connect_once(
     }
     let mut heartbeat = tokio::time::interval(heartbeat_every);
     let mut last_heard = tokio::time::Instant::now();
-    let (Some(mut finished_rx), Some(mut stream_rx)) = (shares.finished_rx.take(), shares.stream_rx.take()) else {
+    let (Some(mut finished_rx), Some(mut stream_rx), Some(mut tap_rx)) =
+        (shares.finished_rx.take(), shares.stream_rx.take(), shares.tap_rx.take())
+    else {
         return lost("internal: channels missing".into(), false);
     };
     let ended = 'conn: loop {
@@ -490,6 +502,11 @@ async fn connect_once(
                     && let Err(e) = send(&mut sink, &msg).await
                 {
                     break 'conn lost(e, registered);
+                }
+            }
+            Some(frame) = tap_rx.recv(), if registered => {
+                if let Err(e) = sink.send(Message::Binary(frame.into())).await {
+                    break 'conn lost(format!("send failed: {e}"), registered);
                 }
             }
             done = finished_rx.recv() => {
@@ -599,6 +616,10 @@ async fn connect_once(
                         shares.local.spawn(spawn, shares.bridge.clone(), shares.finished_tx.clone(), shares.on_local.clone());
                     }
                     Ok(CoordinatorMessage::StopDataflow { uuid }) => shares.local.stop(&uuid),
+                    Ok(CoordinatorMessage::Tap { uuid, tap, outputs, preview }) => {
+                        shares.local.tap(&uuid, tap, &outputs, preview, shares.tap_sink.clone());
+                    }
+                    Ok(CoordinatorMessage::Untap { uuid, tap }) => shares.local.untap(&uuid, tap),
                     Ok(CoordinatorMessage::Go { uuid }) => {
                         shares.confirmed(&uuid, false);
                         shares.local.go(&uuid);
@@ -637,8 +658,13 @@ async fn connect_once(
             }
         }
     };
+    // Taps belong to the connection: the coordinator sends those still
+    // open again after the next registration.
+    shares.local.untap_all();
+    while tap_rx.try_recv().is_ok() {}
     shares.finished_rx = Some(finished_rx);
     shares.stream_rx = Some(stream_rx);
+    shares.tap_rx = Some(tap_rx);
     shares.requeue_unconfirmed();
     ended
 }
@@ -662,6 +688,8 @@ mod tests {
         let (finished_tx, finished_rx) = mpsc::unbounded_channel();
         let mut shares = Shares {
             stream_rx: Some(stream_rx),
+            tap_rx: None,
+            tap_sink: Arc::new(|_| false),
             bridge: None,
             local: LocalDataflows::default(),
             finished_tx,

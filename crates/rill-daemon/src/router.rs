@@ -42,6 +42,11 @@ pub enum Command {
     /// The daemon shuts down: nodes that end now are lost, not ended, for
     /// consumers on other machines (no `InputClosed` goes to them).
     Leaving,
+    /// Wire tap `tap` to `node`'s outputs `routes` (see `tap.rs`): now if it
+    /// runs, and again each time it starts; the reader's ends arrive on `ends`.
+    Tap { tap: u64, node: String, routes: Vec<Route>, ends: crate::tap::TapEnds },
+    /// Unwire tap `tap` from every node.
+    Untap { tap: u64 },
     /// End the router thread.
     Shutdown,
 }
@@ -133,6 +138,7 @@ impl RouterHandle {
             stats: RouterStats::default(),
             tally: crate::tally::Tally::default(),
             counts,
+            taps: HashMap::new(),
         };
         let thread = std::thread::Builder::new().name("rill-router".into()).spawn(move || router.run())?;
         Ok(Self { tx, wake, thread: Some(thread) })
@@ -205,6 +211,8 @@ struct Router {
     stats: RouterStats,
     tally: crate::tally::Tally,
     counts: CountsSink,
+    /// `(tap, node)` -> what it reads and where its ends go.
+    taps: HashMap<(u64, String), (Vec<Route>, crate::tap::TapEnds)>,
 }
 
 enum Flow {
@@ -304,6 +312,21 @@ impl Router {
                     }
                 }
                 Command::Leaving => self.leaving = true,
+                Command::Tap { tap, node, routes, ends } => {
+                    self.taps.insert((tap, node.clone()), (routes, ends));
+                    if self.by_node.contains_key(&node) {
+                        self.wire_tap(tap, &node);
+                    }
+                }
+                Command::Untap { tap } => {
+                    let nodes: Vec<String> =
+                        self.taps.keys().filter(|(t, _)| *t == tap).map(|(_, n)| n.clone()).collect();
+                    for node in nodes {
+                        self.taps.remove(&(tap, node.clone()));
+                        let peer = rill_proto::tap::tap_peer(tap);
+                        self.send_to_node(&node, None, DaemonMsg::Unwire { peer }, None);
+                    }
+                }
                 Command::Shutdown => return Flow::Shutdown,
             }
         }
@@ -336,6 +359,10 @@ impl Router {
             .collect();
         for ((producer, consumer), routes) in edges {
             self.wire(&node, &producer, &consumer, &routes);
+        }
+        let taps: Vec<u64> = self.taps.keys().filter(|(_, n)| *n == node).map(|(t, _)| *t).collect();
+        for tap in taps {
+            self.wire_tap(tap, &node);
         }
         let closed: Vec<String> = self
             .routes
@@ -398,6 +425,23 @@ impl Router {
         } else if !self.finished.contains(peer) {
             self.stored_ends.insert((producer.to_owned(), consumer.to_owned(), peer.to_owned()), theirs);
         }
+    }
+
+    /// Gives running `node` a new edge to tap `tap`'s reader.
+    fn wire_tap(&mut self, tap: u64, node: &str) {
+        let Some((routes, ends)) = self.taps.get(&(tap, node.to_owned())) else { return };
+        let (routes, ends) = (routes.clone(), ends.clone());
+        let (producer_end, reader_end) = match transport::socket_pair() {
+            Ok(pair) => pair,
+            Err(e) => return eprintln!("rill: cannot tap {node}: {e}"),
+        };
+        if !ends.send(node, reader_end) {
+            // The reader is gone: the tap ended.
+            self.taps.remove(&(tap, node.to_owned()));
+            return;
+        }
+        let msg = DaemonMsg::Edge { direction: Direction::Out, peer: rill_proto::tap::tap_peer(tap), routes };
+        self.send_to_node(node, None, msg, Some(producer_end));
     }
 
     fn disconnect(&mut self, instance: Instance) {

@@ -137,6 +137,8 @@ enum RunEvent {
     /// The daemon is shutting down: its nodes will run again elsewhere or
     /// later, so consumers on other machines are not told their inputs closed.
     Leaving,
+    /// For the router (taps).
+    Router(Command),
 }
 
 /// Asks a running [`Runtime`] to stop (first call) or to kill (`kill`).
@@ -160,6 +162,15 @@ impl StopHandle {
     /// not ended, for consumers on other machines.
     pub fn leaving(&self) {
         let _ = self.0.send(RunEvent::Leaving);
+    }
+    /// Wires tap `tap` to `node`'s `outputs` (see `tap.rs`).
+    pub fn tap(&self, tap: u64, node: &str, outputs: &[String], ends: crate::tap::TapEnds) {
+        let routes = crate::tap::routes(outputs);
+        let _ = self.0.send(RunEvent::Router(Command::Tap { tap, node: node.to_owned(), routes, ends }));
+    }
+    /// Unwires tap `tap`.
+    pub fn untap(&self, tap: u64) {
+        let _ = self.0.send(RunEvent::Router(Command::Untap { tap }));
     }
 }
 
@@ -331,6 +342,7 @@ impl Runtime {
                 }
                 Ok(RunEvent::Go) => router.send(Command::Go),
                 Ok(RunEvent::Leaving) => router.send(Command::Leaving),
+                Ok(RunEvent::Router(command)) => router.send(command),
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
             }
             pending.extend(supervisor.tick(now()));

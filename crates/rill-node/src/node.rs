@@ -327,6 +327,7 @@ impl Node {
                 // Stop is not kept waiting behind a deep input queue.
                 self.queue.push_urgent(Event::Stop);
             }
+            DaemonMsg::Unwire { peer } => self.outbound.with(|s| s.detach(&peer)),
         }
     }
 

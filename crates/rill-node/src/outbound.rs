@@ -221,6 +221,15 @@ impl Sending {
         }
     }
 
+    /// Drops the connection to `peer` (a tap that ended): what waits for
+    /// it and what it holds are released, and sends no longer count it.
+    pub(crate) fn detach(&mut self, peer: &str) {
+        let Some(i) = self.edges.iter().position(|e| e.consumer == peer) else { return };
+        self.edges[i].broken = true;
+        self.settle(Vec::new(), Vec::new(), Instant::now());
+        self.edges.remove(i);
+    }
+
     /// A region of at least `len` bytes (see [`Pool::take`]). Releases that
     /// arrived are read first, so a burst reuses warm regions instead of
     /// creating new ones.

@@ -217,6 +217,30 @@ pub enum CoordinatorMessage {
         code: ErrorCode,
         message: String,
     },
+    /// Copy what these outputs send (those of nodes placed here) into
+    /// binary tap frames ([`crate::tap`]); a sample's output is its index
+    /// in `outputs`. `preview`: payload bytes per sample.
+    Tap {
+        uuid: String,
+        tap: u64,
+        outputs: Vec<TapOutput>,
+        preview: u64,
+    },
+    /// The tap's client is gone: unwire it.
+    Untap {
+        uuid: String,
+        tap: u64,
+    },
+}
+
+/// An output a tap reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TapOutput {
+    pub node: String,
+    pub output: String,
+    /// Where its producer runs (machine id, else daemon id).
+    #[serde(default)]
+    pub machine: String,
 }
 
 /// CLI -> coordinator: one request per message, answered in order.
@@ -271,6 +295,15 @@ pub enum ControlRequest {
     /// Revoke a token (idempotent) and disconnect its daemon.
     TokenRevoke {
         name: String,
+    },
+    /// Stream what `outputs` (`node/output`; none: every output) of a
+    /// running dataflow send, `preview` payload bytes each, as binary tap
+    /// frames after [`ControlResponse::Tapped`], until this connection
+    /// closes (or the dataflow ends: [`ControlResponse::TapEnd`]).
+    Tap {
+        dataflow: String,
+        outputs: Vec<String>,
+        preview: u64,
     },
 }
 
@@ -702,6 +735,18 @@ pub enum ControlResponse {
     Log(LogLine),
     /// No more lines (the end of the kept lines, without `follow`).
     LogEnd,
+    /// The tap is wired; binary frames follow. A sample's output is its
+    /// index in `outputs`.
+    Tapped {
+        uuid: String,
+        name: String,
+        tap: u64,
+        outputs: Vec<TapOutput>,
+    },
+    /// No more frames: the dataflow ended.
+    TapEnd {
+        reason: String,
+    },
     /// The join token, shown this once.
     TokenCreated {
         token: String,

@@ -19,6 +19,7 @@ mod codec;
 pub mod coord;
 mod queue;
 pub mod shm;
+pub mod tap;
 pub mod transport;
 
 pub use codec::{DecodeError, Reader, Writer};
@@ -98,6 +99,9 @@ pub enum DaemonMsg {
     InputClosed { input: String },
     /// Stop now: finish up and exit.
     Stop,
+    /// Drop the outbound edge to `peer` (a tap that ended): what waits for
+    /// it and what it holds are released.
+    Unwire { peer: String },
 }
 
 /// Node -> daemon, on the control connection.
@@ -169,6 +173,7 @@ const TAG_TICK: u8 = 12;
 const TAG_INPUT_CLOSED: u8 = 13;
 const TAG_STOP: u8 = 14;
 const TAG_COUNTS: u8 = 15;
+const TAG_UNWIRE: u8 = 16;
 const TAG_DATA: u8 = 20;
 const TAG_UNMAP: u8 = 21;
 const TAG_RELEASE: u8 = 22;
@@ -229,6 +234,10 @@ impl DaemonMsg {
                 w.str(input);
             }
             DaemonMsg::Stop => w.u8(TAG_STOP),
+            DaemonMsg::Unwire { peer } => {
+                w.u8(TAG_UNWIRE);
+                w.str(peer);
+            }
         }
     }
 
@@ -257,6 +266,7 @@ impl DaemonMsg {
             TAG_TICK => DaemonMsg::Tick { input: r.str()?.to_owned(), metadata: Metadata { timestamp_ns: r.u64()? } },
             TAG_INPUT_CLOSED => DaemonMsg::InputClosed { input: r.str()?.to_owned() },
             TAG_STOP => DaemonMsg::Stop,
+            TAG_UNWIRE => DaemonMsg::Unwire { peer: r.str()?.to_owned() },
             other => return Err(DecodeError::UnknownTag(other)),
         };
         r.finish()?;
@@ -497,6 +507,7 @@ mod tests {
         daemon_roundtrip(DaemonMsg::Tick { input: "tick".into(), metadata });
         daemon_roundtrip(DaemonMsg::InputClosed { input: "in".into() });
         daemon_roundtrip(DaemonMsg::Stop);
+        daemon_roundtrip(DaemonMsg::Unwire { peer: "rill:tap:7".into() });
         edge_roundtrip(EdgeMsg::Data {
             input: "in".into(),
             metadata,

@@ -14,5 +14,6 @@ mod relay;
 mod run;
 mod security;
 mod support;
+mod taps;
 mod tooling;
 mod traffic;

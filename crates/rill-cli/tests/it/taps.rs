@@ -1,0 +1,156 @@
+//! Taps: `rill topic echo` and `rill topic hz` read what an output sends,
+//! on any machine of the cluster, and leave nothing behind when they end.
+use std::time::{Duration, Instant};
+
+use crate::support::{Flow, Running, rill, rill_json};
+
+/// A ticker at 100 Hz into a printing sink, on machine a.
+const TICKER_100: &str = "nodes:
+  - id: ticker
+    path: {node}
+    args: [count-send]
+    inputs: { tick: rill/timer/millis/10 }
+    outputs: [out]
+    deploy: { machine: a }
+  - id: sink
+    path: {node}
+    args: [print]
+    inputs: { in: ticker/out }
+    deploy: { machine: a }
+";
+
+/// `rill topic ARGS... --coordinator-port PORT`, running.
+fn topic(port: u16, args: &[&str]) -> Running {
+    let mut cmd = rill();
+    cmd.arg("topic").args(args).args(["--coordinator-port", &port.to_string()]);
+    Running::start(cmd)
+}
+
+/// Threads of process `pid` that serve taps.
+fn tap_threads(pid: u32) -> usize {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+    tasks.filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("tap-"))).count()
+}
+
+/// Open file descriptors of process `pid`.
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Becomes true within `limit`, else fails with `logs`.
+fn within(limit: Duration, what: &str, logs: impl Fn() -> String, pred: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !pred() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}\n{}", logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The JSON lines of `stdout`.
+fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// The sequence number count-send put first in a payload (hex preview).
+fn seq(message: &serde_json::Value) -> u64 {
+    let hex = message["hex"].as_str().unwrap_or("");
+    let bytes: Vec<u8> = hex.split(' ').filter_map(|b| u8::from_str_radix(b, 16).ok()).collect();
+    bytes.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).unwrap_or(u64::MAX)
+}
+
+#[test]
+fn topic_echo_prints_what_an_output_sends_and_its_tap_goes_when_the_client_does() {
+    let (procs, port, _, _flow) = crate::faults::app_on_a(&[], TICKER_100, "[app/sink] input in");
+    let daemon = procs.pid("daemon-a");
+    let listed =
+        crate::faults::dataflow_when(&procs, port, "the ticker runs", |d| d["nodes"]["ticker"]["pid"].is_u64());
+    let ticker = listed["nodes"]["ticker"]["pid"].as_u64().unwrap_or(0) as u32;
+    let ticker_fds = fds(ticker);
+
+    let mut echo = topic(port, &["echo", "app", "ticker/out", "--count", "5", "--json"]);
+    let done = echo.wait(Duration::from_secs(30));
+    assert_eq!(done.code, Some(0), "{}\n{}", done.logs(), procs.logs());
+    let messages = json_lines(&done.stdout);
+    assert_eq!(messages.len(), 5, "{}", done.logs());
+    let first = seq(&messages[0]);
+    for (i, m) in messages.iter().enumerate() {
+        assert_eq!(m["topic"], "ticker/out", "{m}");
+        assert_eq!(m["size"], 8, "{m}");
+        assert_eq!(seq(m), first + i as u64, "consecutive sequence numbers: {}", done.stdout);
+        let (sent, read) = (m["timestamp_ns"].as_u64().unwrap_or(0), m["received_ns"].as_u64().unwrap_or(0));
+        assert!(sent > 0 && read >= sent && m["latency_us"].as_f64().is_some(), "{m}");
+    }
+
+    // Text: the time, topic, size, latency and a hex preview (not UTF-8 text).
+    let done = topic(port, &["echo", "app", "ticker/out", "--count", "2"]).wait(Duration::from_secs(30));
+    assert_eq!(done.code, Some(0), "{}", done.logs());
+    let lines: Vec<&str> = done.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", done.logs());
+    assert!(
+        lines.iter().all(|l| l.contains(" UTC  ticker/out  8 B  latency ") && l.ends_with(" 00 00 00")),
+        "{lines:?}"
+    );
+
+    // A client that is killed: its tap thread goes, and the producer
+    // closes the tap's edge (back to the fds it had).
+    let echo_running = topic(port, &["echo", "app", "ticker/out", "--json"]);
+    echo_running.wait_for("messages", Duration::from_secs(20), |out| out.lines().count() >= 3);
+    assert_eq!(tap_threads(daemon), 1, "the tap is served by the producer's daemon");
+    assert_eq!(fds(ticker), ticker_fds + 1, "the producer has one more edge");
+    echo_running.signal(libc::SIGKILL);
+    let logs = || procs.logs();
+    within(Duration::from_secs(10), "the tap thread ends", logs, || tap_threads(daemon) == 0);
+    within(Duration::from_secs(10), "the producer closes the tap's edge", logs, || fds(ticker) == ticker_fds);
+    drop(echo);
+
+    // Bad names are refused with what exists; the coordinator still answers.
+    let bad = topic(port, &["echo", "app", "ticker/outt"]).wait(Duration::from_secs(20));
+    assert_eq!(bad.code, Some(1), "{}", bad.logs());
+    assert!(bad.stderr.contains("no output `ticker/outt`") && bad.stderr.contains("ticker/out"), "{}", bad.logs());
+    let bad = topic(port, &["hz", "nope", "ticker/out"]).wait(Duration::from_secs(20));
+    assert_eq!(bad.code, Some(1), "{}", bad.logs());
+    assert!(bad.stderr.contains("no running dataflow named or with uuid `nope`"), "{}", bad.logs());
+    let (code, _, stderr) = rill_json(&["list", "--json", "--coordinator-port", &port.to_string()]);
+    assert_eq!(code, Some(0), "the coordinator answers after refusing taps: {stderr}\n{}", procs.logs());
+}
+
+#[test]
+fn topic_echo_reads_an_output_on_a_second_daemon() {
+    let (procs, port) = crate::cluster::two_daemons();
+    let flow = Flow::new(&TICKER_100.replacen("deploy: { machine: a }", "deploy: { machine: b }", 1));
+    crate::cluster::start_flow(&procs, port, &flow, "far");
+    let done = topic(port, &["echo", "far", "ticker/out", "--count", "5", "--json"]).wait(Duration::from_secs(30));
+    assert_eq!(done.code, Some(0), "{}\n{}", done.logs(), procs.logs());
+    let messages = json_lines(&done.stdout);
+    assert_eq!(messages.len(), 5, "{}\n{}", done.logs(), procs.logs());
+    let first = seq(&messages[0]);
+    assert!(messages.iter().enumerate().all(|(i, m)| m["topic"] == "ticker/out" && seq(m) == first + i as u64));
+    let (info_code, info, _) =
+        rill_json(&["topic", "info", "far", "ticker/out", "--json", "--coordinator-port", &port.to_string()]);
+    assert_eq!((info_code, &info["machine"]), (Some(0), &serde_json::json!("b")), "the producer runs on b: {info}");
+    within(Duration::from_secs(10), "b's tap thread ends", || procs.logs(), || tap_threads(procs.pid("daemon-b")) == 0);
+}
+
+#[test]
+fn topic_hz_reports_a_100_hz_timer_output_at_about_100_hz() {
+    let (procs, port, _, _flow) = crate::faults::app_on_a(&[], TICKER_100, "[app/sink] input in");
+    let done = topic(port, &["hz", "app", "ticker/out", "--count", "3", "--json"]).wait(Duration::from_secs(30));
+    assert_eq!(done.code, Some(0), "{}\n{}", done.logs(), procs.logs());
+    let reports = json_lines(&done.stdout);
+    assert_eq!(reports.len(), 3, "{}", done.logs());
+    let last = &reports[2];
+    let rate = last["rate_hz"].as_f64().unwrap_or(0.0);
+    eprintln!("topic hz: {last}");
+    assert!((80.0..=120.0).contains(&rate), "rate {rate} Hz: {}", done.logs());
+    let (min, max, std_dev) = (
+        last["min_s"].as_f64().unwrap_or(-1.0),
+        last["max_s"].as_f64().unwrap_or(-1.0),
+        last["std_dev_s"].as_f64().unwrap_or(-1.0),
+    );
+    assert!(0.0 < min && min <= 1.0 / rate && 1.0 / rate <= max && std_dev >= 0.0, "{last}");
+    assert!(last["window"].as_u64().unwrap_or(0) >= 100, "about 3 s of intervals: {last}");
+
+    // Text, as ros2 prints it.
+    let done = topic(port, &["hz", "app", "ticker/out", "--count", "1"]).wait(Duration::from_secs(30));
+    assert!(done.stdout.starts_with("average rate: ") && done.stdout.contains("std dev: "), "{}", done.logs());
+}
