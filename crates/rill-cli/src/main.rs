@@ -14,6 +14,7 @@ mod dirs;
 mod doctor;
 mod new;
 mod output;
+mod record;
 mod remote;
 mod run;
 mod services;
@@ -106,6 +107,13 @@ enum Commands {
     },
     /// Every node's machine, pid, CPU, memory, restarts, message rates and drops, refreshed each second.
     Top(top::TopArgs),
+    /// Record what a running dataflow's outputs send into an MCAP file (Foxglove, ROS 2 tooling).
+    Record(record::RecordArgs),
+    /// Run a dataflow with recorded outputs in place of their producers, at the recorded pace.
+    Replay(record::ReplayArgs),
+    /// The node `rill replay` runs in place of a recorded producer.
+    #[command(hide = true)]
+    ReplayNode(record::ReplayNodeArgs),
     /// Create a dataflow that runs at once with `rill run`: a talker and a listener, in Rust or Python.
     New(new::NewArgs),
     /// Check that this machine can run rill (kernel features, limits, Python,
@@ -135,7 +143,7 @@ fn main() -> ExitCode {
     // quietly of SIGPIPE instead, as other CLI tools do (exit status 141 in
     // a shell). `run`, `daemon` and `coordinator` keep ignoring it: they
     // have nodes or daemons to stop in order, and handle write errors.
-    if !matches!(cli.command, Commands::Run(_) | Commands::Daemon(_) | Commands::Coordinator(_)) {
+    if !matches!(cli.command, Commands::Run(_) | Commands::Replay(_) | Commands::Daemon(_) | Commands::Coordinator(_)) {
         // SAFETY: restoring the default disposition of a signal, before any
         // other thread exists.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
@@ -167,6 +175,9 @@ fn main() -> ExitCode {
         Commands::Doctor(args) => doctor::doctor(args),
         Commands::New(args) => new::new(args),
         Commands::Top(args) => top::top(args),
+        Commands::Record(args) => record::record(args),
+        Commands::Replay(args) => record::replay(args),
+        Commands::ReplayNode(args) => record::replay_node(args),
         Commands::Topic { command } => topic::run(command),
         Commands::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "rill", &mut std::io::stdout());

@@ -58,12 +58,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let grace = Duration::try_from_secs_f64(args.grace).context("--grace must be a non-negative number of seconds")?;
     let options = RunOptions { grace, term_grace: grace, skip_build: args.skip_build };
+    run_dataflow(dataflow, base_dir, options, args.json)
+}
+
+/// Runs a dataflow here until it ends (or Ctrl-C), printing node output
+/// and the summary (`json`: as JSON lines).
+pub fn run_dataflow(
+    dataflow: rill_core::Dataflow,
+    base_dir: std::path::PathBuf,
+    options: RunOptions,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let stdout = Arc::new(Stdout::default());
     let out = stdout.clone();
     // Each node's last counts, for the summary.
     let counts: Arc<Mutex<BTreeMap<String, NodeCounts>>> = Arc::default();
     let kept = counts.clone();
-    let json = args.json;
     let reporter: Reporter = Arc::new(move |report| {
         match &report {
             // From the router thread, which must not wait on stdout: kept
@@ -98,7 +108,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let report = result?;
     let counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
     let traffic = rill_proto::coord::traffic(&counts, std::iter::empty(), &BTreeMap::new());
-    if args.json {
+    if json {
         stdout.line(summary_json(&report, &traffic));
     } else {
         print_summary(&report);
