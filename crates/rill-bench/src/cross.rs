@@ -19,6 +19,27 @@ use rill_proto::coord::{ControlRequest, ControlResponse};
 /// collects the `RESULT` lines its nodes print (`expected` of them), each
 /// with the `node` that printed it.
 pub fn run(yaml: &str, expected: usize, plaintext: bool) -> anyhow::Result<Vec<serde_json::Value>> {
+    run_tapped(yaml, expected, plaintext, None).map(|(results, _)| results)
+}
+
+/// What a tap read during [`run_tapped`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TapSeen {
+    pub samples: u64,
+    /// Samples the tap skipped (it could not keep up).
+    pub dropped: u64,
+}
+
+/// [`run`], with a tap on `tap`'s outputs (`node/output`, 64-byte
+/// previews) from right after the start, read and counted as `rill topic
+/// echo` would read it.
+pub fn run_tapped(
+    yaml: &str,
+    expected: usize,
+    plaintext: bool,
+    tap: Option<&[String]>,
+) -> anyhow::Result<(Vec<serde_json::Value>, TapSeen)> {
+    let seen: Arc<Mutex<TapSeen>> = Arc::default();
     let bin_dir = rill_bench::bin_dir()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let results: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
@@ -95,6 +116,22 @@ pub fn run(yaml: &str, expected: usize, plaintext: bool) -> anyhow::Result<Vec<s
             wait_ms: None,
         };
         client.request(&start).await?;
+        if let Some(outputs) = tap {
+            let mut tap_client = ControlClient::connect(&dial).await?;
+            let every_us = rill_proto::tap::TAP_EVERY_US;
+            let request =
+                ControlRequest::Tap { dataflow: "bench".into(), outputs: outputs.to_vec(), preview: 64, every_us };
+            tap_client.request(&request).await?;
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                while let Ok(rill_coordinator::client::Frame::Tap(bytes)) = tap_client.next_frame().await {
+                    if let (Ok(frame), Ok(mut seen)) = (rill_proto::tap::TapFrame::decode(&bytes), seen.lock()) {
+                        seen.samples += frame.samples.len() as u64;
+                        seen.dropped += frame.dropped;
+                    }
+                }
+            });
+        }
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
             if results.lock().map(|r| r.len()).unwrap_or(0) >= expected {
@@ -115,14 +152,16 @@ pub fn run(yaml: &str, expected: usize, plaintext: bool) -> anyhow::Result<Vec<s
     std::thread::sleep(Duration::from_millis(300));
     runtime.shutdown_timeout(Duration::from_secs(2));
     let lines = results.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
-    lines
+    let results = lines
         .iter()
         .map(|(node, line)| {
             let mut value: serde_json::Value = serde_json::from_str(line).context("bad RESULT line")?;
             value["node"] = serde_json::json!(node);
             Ok(value)
         })
-        .collect()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let seen = *seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    Ok((results, seen))
 }
 
 /// The link between the two relays of [`relay_baseline`].

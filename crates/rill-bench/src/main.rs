@@ -124,6 +124,30 @@ enum Command {
         #[arg(long)]
         insecure_plaintext: bool,
     },
+    /// A consumer's throughput with a tap on its producer's output (as
+    /// `rill topic echo` attaches one), next to the same dataflow without
+    /// it, runs alternating; both on one daemon of an in-process cluster.
+    Tap {
+        /// 2 runs of each kind, smaller bursts (about 30 s).
+        #[arg(long)]
+        quick: bool,
+        /// One JSON object per size.
+        #[arg(long)]
+        json: bool,
+        /// Payload sizes in bytes.
+        #[arg(long, value_delimiter = ',', default_value = "8,4096,65536,1048576")]
+        sizes: Vec<usize>,
+        /// Messages per burst (the consumer's input keeps 1,000).
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Bursts per size and run (the first of each run is not counted:
+        /// the tap is wired while it goes).
+        #[arg(long, default_value_t = 4)]
+        rounds: usize,
+        /// Runs with a tap (and as many without).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// (internal) echo SIZE-byte messages on stdin back to it, for the
     /// two-process baseline.
     #[command(hide = true)]
@@ -150,6 +174,11 @@ fn main() -> anyhow::Result<()> {
             let idle_ms = idle_ms.unwrap_or(if quick { 300 } else { 2000 });
             let plan = BurstPlan { sizes, rounds, count, idle_ms, rss_wait_s: rss_after_s };
             burst(&plan, touch, cross.then_some(insecure_plaintext), json)
+        }
+        Command::Tap { quick, json, sizes, count, rounds, runs } => {
+            let (count, rounds, runs) = if quick { (500, 3, 2) } else { (count, rounds, runs) };
+            let plan = BurstPlan { sizes, rounds, count, idle_ms: 200, rss_wait_s: 0 };
+            tap_overhead(&plan, runs, json)
         }
         Command::Fanout { quick, json, consumers, size, count, rounds, insecure_plaintext } => {
             let (count, rounds) = if quick { (50, 1) } else { (count, rounds) };
@@ -398,6 +427,64 @@ fn burst(plan: &BurstPlan, touch: bool, cross: Option<bool>, json: bool) -> anyh
                 plan.rss_wait_s
             );
         }
+    }
+    Ok(())
+}
+
+/// Runs the burst dataflow (producer and a consumer that reads every
+/// byte, one daemon) alternately without and with a tap, and compares the
+/// consumer's msg/s per size (median over the counted bursts).
+fn tap_overhead(plan: &BurstPlan, runs: usize, json: bool) -> anyhow::Result<()> {
+    if plan.sizes.is_empty() || plan.rounds < 2 || plan.count == 0 || runs == 0 {
+        bail!("--sizes must not be empty, --rounds at least 2, --count and --runs not zero");
+    }
+    // Both nodes on machine a: the local path, where a tap costs the most
+    // relative to the rest.
+    let yaml = rill_bench::burst_yaml(plan, true, true)?.replace("machine: b", "machine: a");
+    let expected = plan.sizes.len() * plan.rounds;
+    let tapped = ["burst/out".to_owned()];
+    let mut rates: [Vec<serde_json::Value>; 2] = Default::default();
+    let mut seen = cross::TapSeen::default();
+    for run in 0..runs * 2 {
+        let with_tap = run % 2 == 1;
+        let (results, tap) = cross::run_tapped(&yaml, expected, true, with_tap.then_some(&tapped[..]))?;
+        rates[usize::from(with_tap)].extend(results.into_iter().filter(|r| r["round"].as_u64().unwrap_or(0) > 0));
+        seen.samples += tap.samples;
+        seen.dropped += tap.dropped;
+    }
+    if !json {
+        println!(
+            "consumer msg/s, bursts of {} (the consumer reads every byte), {runs} runs each, without and with a tap (64-byte previews)",
+            plan.count
+        );
+        println!("{:>9} {:>12} {:>12} {:>8}", "size", "without", "with_tap", "ratio");
+    }
+    for &size in &plan.sizes {
+        let median_of = |rows: &[serde_json::Value]| {
+            median(
+                rows.iter()
+                    .filter(|r| r["size"] == size)
+                    .map(|r| r["msgs_per_s"].as_f64().unwrap_or(f64::NAN))
+                    .collect(),
+            )
+        };
+        let (without, with) = (median_of(&rates[0]), median_of(&rates[1]));
+        let ratio = with / without;
+        match json {
+            true => println!(
+                "{}",
+                serde_json::json!({"mode": "tap", "size": size, "count": plan.count, "runs": runs,
+                    "msgs_per_s_without": without.round(), "msgs_per_s_with_tap": with.round(),
+                    "ratio": (ratio * 1000.0).round() / 1000.0})
+            ),
+            false => println!("{size:>9} {without:>12.0} {with:>12.0} {ratio:>8.3}"),
+        }
+    }
+    match json {
+        true => {
+            println!("{}", serde_json::json!({"mode": "tap-seen", "samples": seen.samples, "dropped": seen.dropped}))
+        }
+        false => println!("the tap read {} messages and skipped {} (it could not keep up)", seen.samples, seen.dropped),
     }
     Ok(())
 }

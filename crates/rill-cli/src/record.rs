@@ -45,9 +45,13 @@ pub fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     crate::remote::runtime()?.block_on(async move {
-        let mut tap =
-            crate::tap::Tap::open(&args.coordinator, &args.dataflow, args.outputs, rill_proto::tap::MAX_TAP_PREVIEW)
-                .await?;
+        let mut tap = crate::tap::Tap::open(
+            &args.coordinator,
+            &args.dataflow,
+            args.outputs,
+            (rill_proto::tap::MAX_TAP_PREVIEW, 0),
+        )
+        .await?;
         let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let path = args.output.unwrap_or_else(|| PathBuf::from(format!("{}-{unix}.mcap", tap.name)));
         let about = BTreeMap::from([

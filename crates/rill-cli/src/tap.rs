@@ -19,15 +19,16 @@ pub struct Tap {
 
 impl Tap {
     /// Taps `outputs` (`node/output`; none: every output) of `dataflow`,
-    /// `preview` payload bytes per message.
+    /// `preview` payload bytes per message, at most one message of an
+    /// output per `every_us` (0: all).
     pub async fn open(
         access: &ControlAccess,
         dataflow: &str,
         outputs: Vec<String>,
-        preview: u64,
+        (preview, every_us): (u64, u64),
     ) -> anyhow::Result<Self> {
         let mut client = access.connect().await?;
-        let request = ControlRequest::Tap { dataflow: dataflow.to_owned(), outputs, preview };
+        let request = ControlRequest::Tap { dataflow: dataflow.to_owned(), outputs, preview, every_us };
         match client.request(&request).await? {
             ControlResponse::Tapped { uuid, name, outputs, .. } => Ok(Self { client, name, uuid, outputs }),
             other => anyhow::bail!("unexpected reply from the coordinator: {other:?}"),

@@ -168,7 +168,7 @@ async fn echo(
     bytes: u64,
     json: bool,
 ) -> anyhow::Result<()> {
-    let mut tap = crate::tap::Tap::open(access, dataflow, vec![topic], bytes).await?;
+    let mut tap = crate::tap::Tap::open(access, dataflow, vec![topic], (bytes, rill_proto::tap::TAP_EVERY_US)).await?;
     let mut printed = 0u64;
     while count.is_none_or(|c| printed < c) {
         let Some(frame) = tap.next().await? else {
@@ -190,6 +190,7 @@ async fn echo(
                     "text": text,
                     "hex": rill_proto::tap::hex(&sample.data),
                     "truncated": (sample.data.len() as u64) < sample.size,
+                    "skipped_before": sample.skipped,
                 });
                 println!("{line}");
             } else {
@@ -217,7 +218,8 @@ async fn hz(
     count: Option<u64>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let mut tap = crate::tap::Tap::open(access, dataflow, vec![topic.clone()], 0).await?;
+    let mut tap =
+        crate::tap::Tap::open(access, dataflow, vec![topic.clone()], (0, rill_proto::tap::TAP_EVERY_US)).await?;
     let mut rates = rill_proto::tap::RateWindow::new(window);
     let mut reports = 0u64;
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -230,7 +232,7 @@ async fn hz(
                     break;
                 };
                 skipped(frame.dropped);
-                frame.samples.iter().for_each(|s| rates.push(s.received_ns));
+                frame.samples.iter().for_each(|s| rates.push(s.received_ns, s.skipped));
             }
             _ = tick.tick() => {
                 match rates.rate() {

@@ -998,9 +998,9 @@ async fn handle_control(socket: WebSocket, app: Arc<App>) {
             }
             continue;
         }
-        if let Ok(ControlRequest::Tap { dataflow, outputs, preview }) = request {
+        if let Ok(ControlRequest::Tap { dataflow, outputs, preview, every_us }) = request {
             // A tap holds the connection until the client leaves.
-            stream_tap(&app, &mut sink, &mut stream, &dataflow, &outputs, preview).await;
+            stream_tap(&app, &mut sink, &mut stream, &dataflow, &outputs, (preview, every_us)).await;
             break;
         }
         let response = match request {
@@ -1187,7 +1187,7 @@ async fn stream_tap(
     stream: &mut (impl StreamExt<Item = Result<Message, axum::Error>> + Unpin),
     dataflow: &str,
     wanted: &[String],
-    preview: u64,
+    (preview, every_us): (u64, u64),
 ) {
     let resolved = {
         let dataflows = app.dataflows();
@@ -1206,7 +1206,9 @@ async fn stream_tap(
         }
     };
     let preview = preview.min(rill_proto::tap::MAX_TAP_PREVIEW);
-    let opened = app.taps().open(&uuid, outputs.clone(), preview);
+    // (At most a second apart: a person could not tell.)
+    let every_us = every_us.min(1_000_000);
+    let opened = app.taps().open(&uuid, outputs.clone(), preview, every_us);
     let (tap, mut frames) = match opened {
         Ok(opened) => opened,
         Err(e) => {

@@ -20,6 +20,7 @@ struct Tap {
     uuid: String,
     outputs: Vec<TapOutput>,
     preview: u64,
+    every_us: u64,
     tx: mpsc::Sender<Vec<u8>>,
     /// Samples in frames the client's queue had no room for, not yet told.
     dropped: u64,
@@ -55,6 +56,7 @@ impl Taps {
         uuid: &str,
         outputs: Vec<TapOutput>,
         preview: u64,
+        every_us: u64,
     ) -> Result<(u64, mpsc::Receiver<Vec<u8>>), TapError> {
         if self.open.values().filter(|t| t.uuid == uuid).count() >= MAX_TAPS {
             return Err(TapError::TooMany(uuid.to_owned()));
@@ -66,7 +68,7 @@ impl Taps {
         }
         self.next += 1;
         let (tx, rx) = mpsc::channel(CLIENT_FRAMES);
-        self.open.insert(self.next, Tap { uuid: uuid.to_owned(), outputs, preview, tx, dropped: 0 });
+        self.open.insert(self.next, Tap { uuid: uuid.to_owned(), outputs, preview, every_us, tx, dropped: 0 });
         Ok((self.next, rx))
     }
 
@@ -125,7 +127,8 @@ impl Taps {
 }
 
 fn tap_message(tap: u64, t: &Tap) -> CoordinatorMessage {
-    CoordinatorMessage::Tap { uuid: t.uuid.clone(), tap, outputs: t.outputs.clone(), preview: t.preview }
+    let (outputs, preview, every_us) = (t.outputs.clone(), t.preview, t.every_us);
+    CoordinatorMessage::Tap { uuid: t.uuid.clone(), tap, outputs, preview, every_us }
 }
 
 /// The message that opens `tap` on daemons.
@@ -139,7 +142,7 @@ mod tests {
     use rill_proto::tap::{TapFrame, TapSample};
 
     fn frame(tap: u64, samples: usize) -> Vec<u8> {
-        let sample = TapSample { output: 0, timestamp_ns: 1, received_ns: 2, size: 1, data: vec![1] };
+        let sample = TapSample { output: 0, timestamp_ns: 1, received_ns: 2, size: 1, skipped: 0, data: vec![1] };
         TapFrame { tap, dropped: 0, samples: vec![sample; samples] }.encode()
     }
 
@@ -150,7 +153,7 @@ mod tests {
     #[test]
     fn a_slow_client_loses_whole_frames_counted_on_the_next_one_and_taps_are_bounded() {
         let mut taps = Taps::default();
-        let (tap, mut rx) = taps.open("u", output("src"), 16).expect("opens");
+        let (tap, mut rx) = taps.open("u", output("src"), 16, 0).expect("opens");
         assert_eq!(taps.route(&frame(tap, 1)), Some((tap, "u".to_owned(), vec!["src".to_owned()])));
         for _ in 0..CLIENT_FRAMES {
             assert_eq!(taps.relay(tap, frame(tap, 3)), Relayed::Passed);
@@ -169,10 +172,10 @@ mod tests {
         assert_eq!(taps.route(&frame(99, 1)), None);
 
         for _ in 1..MAX_TAPS {
-            taps.open("u", output("src"), 0).expect("opens");
+            taps.open("u", output("src"), 0, 0).expect("opens");
         }
-        assert_eq!(taps.open("u", output("src"), 0).err(), Some(TapError::TooMany("u".into())));
-        assert!(taps.open("other", output("src"), 0).is_ok(), "the bound is per dataflow");
+        assert_eq!(taps.open("u", output("src"), 0, 0).err(), Some(TapError::TooMany("u".into())));
+        assert!(taps.open("other", output("src"), 0, 0).is_ok(), "the bound is per dataflow");
 
         assert_eq!(taps.of("u").len(), MAX_TAPS);
         assert!(matches!(taps.close(tap), Some(CoordinatorMessage::Untap { tap: t, .. }) if t == tap));

@@ -301,6 +301,7 @@ impl LocalDataflows {
         tap: u64,
         outputs: &[rill_proto::coord::TapOutput],
         preview: u64,
+        every_us: u64,
         sink: crate::tap::FrameSink,
     ) {
         let (Some(handle), Some(local)) = (self.running.get(uuid), self.outputs.get(uuid)) else { return };
@@ -326,7 +327,7 @@ impl LocalDataflows {
         match crate::tap::TapReader::start(tap, index, preview, sink) {
             Ok((reader, ends_tx)) => {
                 for (node, outputs) in &by_node {
-                    handle.tap(tap, node, outputs, ends_tx.clone());
+                    handle.tap(tap, node, outputs, every_us, ends_tx.clone());
                 }
                 self.taps.insert((uuid.to_owned(), tap), reader);
             }

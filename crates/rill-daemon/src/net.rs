@@ -616,8 +616,8 @@ async fn connect_once(
                         shares.local.spawn(spawn, shares.bridge.clone(), shares.finished_tx.clone(), shares.on_local.clone());
                     }
                     Ok(CoordinatorMessage::StopDataflow { uuid }) => shares.local.stop(&uuid),
-                    Ok(CoordinatorMessage::Tap { uuid, tap, outputs, preview }) => {
-                        shares.local.tap(&uuid, tap, &outputs, preview, shares.tap_sink.clone());
+                    Ok(CoordinatorMessage::Tap { uuid, tap, outputs, preview, every_us }) => {
+                        shares.local.tap(&uuid, tap, &outputs, preview, every_us, shares.tap_sink.clone());
                     }
                     Ok(CoordinatorMessage::Untap { uuid, tap }) => shares.local.untap(&uuid, tap),
                     Ok(CoordinatorMessage::Go { uuid }) => {

@@ -44,7 +44,7 @@ pub enum Command {
     Leaving,
     /// Wire tap `tap` to `node`'s outputs `routes` (see `tap.rs`): now if it
     /// runs, and again each time it starts; the reader's ends arrive on `ends`.
-    Tap { tap: u64, node: String, routes: Vec<Route>, ends: crate::tap::TapEnds },
+    Tap { tap: u64, node: String, routes: Vec<Route>, every_us: u64, ends: crate::tap::TapEnds },
     /// Unwire tap `tap` from every node.
     Untap { tap: u64 },
     /// End the router thread.
@@ -212,7 +212,7 @@ struct Router {
     tally: crate::tally::Tally,
     counts: CountsSink,
     /// `(tap, node)` -> what it reads and where its ends go.
-    taps: HashMap<(u64, String), (Vec<Route>, crate::tap::TapEnds)>,
+    taps: HashMap<(u64, String), (Vec<Route>, u64, crate::tap::TapEnds)>,
 }
 
 enum Flow {
@@ -312,8 +312,8 @@ impl Router {
                     }
                 }
                 Command::Leaving => self.leaving = true,
-                Command::Tap { tap, node, routes, ends } => {
-                    self.taps.insert((tap, node.clone()), (routes, ends));
+                Command::Tap { tap, node, routes, every_us, ends } => {
+                    self.taps.insert((tap, node.clone()), (routes, every_us, ends));
                     if self.by_node.contains_key(&node) {
                         self.wire_tap(tap, &node);
                     }
@@ -429,8 +429,8 @@ impl Router {
 
     /// Gives running `node` a new edge to tap `tap`'s reader.
     fn wire_tap(&mut self, tap: u64, node: &str) {
-        let Some((routes, ends)) = self.taps.get(&(tap, node.to_owned())) else { return };
-        let (routes, ends) = (routes.clone(), ends.clone());
+        let Some((routes, every_us, ends)) = self.taps.get(&(tap, node.to_owned())) else { return };
+        let (routes, every_us, ends) = (routes.clone(), *every_us, ends.clone());
         let (producer_end, reader_end) = match transport::socket_pair() {
             Ok(pair) => pair,
             Err(e) => return eprintln!("rill: cannot tap {node}: {e}"),
@@ -440,7 +440,7 @@ impl Router {
             self.taps.remove(&(tap, node.to_owned()));
             return;
         }
-        let msg = DaemonMsg::Edge { direction: Direction::Out, peer: rill_proto::tap::tap_peer(tap), routes };
+        let msg = DaemonMsg::Tap { peer: rill_proto::tap::tap_peer(tap), routes, every_us };
         self.send_to_node(node, None, msg, Some(producer_end));
     }
 

@@ -164,9 +164,9 @@ impl StopHandle {
         let _ = self.0.send(RunEvent::Leaving);
     }
     /// Wires tap `tap` to `node`'s `outputs` (see `tap.rs`).
-    pub fn tap(&self, tap: u64, node: &str, outputs: &[String], ends: crate::tap::TapEnds) {
+    pub fn tap(&self, tap: u64, node: &str, outputs: &[String], every_us: u64, ends: crate::tap::TapEnds) {
         let routes = crate::tap::routes(outputs);
-        let _ = self.0.send(RunEvent::Router(Command::Tap { tap, node: node.to_owned(), routes, ends }));
+        let _ = self.0.send(RunEvent::Router(Command::Tap { tap, node: node.to_owned(), routes, every_us, ends }));
     }
     /// Unwires tap `tap`.
     pub fn untap(&self, tap: u64) {

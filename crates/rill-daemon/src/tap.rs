@@ -212,9 +212,12 @@ impl Reader {
                         }
                     };
                     let Some((size, data)) = data else { continue };
-                    // The edge's inputs are named after the outputs.
-                    let Some(&output) = self.index.get(&(edge.node.clone(), input)) else { continue };
-                    let sample = TapSample { output, timestamp_ns: metadata.timestamp_ns, received_ns, size, data };
+                    // The edge's inputs are named after the outputs (and
+                    // what the producer skipped).
+                    let (output, skipped) = rill_proto::tap::parse_tap_input(&input);
+                    let Some(&output) = self.index.get(&(edge.node.clone(), output.to_owned())) else { continue };
+                    let timestamp_ns = metadata.timestamp_ns;
+                    let sample = TapSample { output, timestamp_ns, received_ns, size, skipped, data };
                     self.push(sample);
                 }
                 EdgeMsg::Unmap { region } => {

@@ -108,6 +108,41 @@ pub(crate) struct OutEdge {
     /// Messages dropped from the backlog (drop-oldest), per input: the
     /// consumer's loss, counted here (keys are the routes' inputs).
     pub(crate) dropped_oldest: HashMap<String, u64>,
+    /// A tap's: which messages it gets.
+    pub(crate) sampler: Option<Sampler>,
+}
+
+/// A tap's sampling at the producer: at most one message per `every` of
+/// each output; what it skips is counted and named with the next one it
+/// gets ([`rill_proto::tap::tap_input`]).
+pub(crate) struct Sampler {
+    every: std::time::Duration,
+    /// Per output: when the tap last got one, and how many it skipped since.
+    outputs: HashMap<String, (std::time::Instant, u64)>,
+}
+
+impl Sampler {
+    pub(crate) fn new(every: std::time::Duration) -> Self {
+        Self { every, outputs: HashMap::new() }
+    }
+
+    /// `Some(skipped before it)` if the tap gets this message of `output`.
+    pub(crate) fn take(&mut self, output: &str, now: std::time::Instant) -> Option<u64> {
+        match self.outputs.get_mut(output) {
+            Some((last, skipped)) if now.saturating_duration_since(*last) < self.every => {
+                *skipped += 1;
+                None
+            }
+            Some((last, skipped)) => {
+                *last = now;
+                Some(std::mem::take(skipped))
+            }
+            None => {
+                self.outputs.insert(output.to_owned(), (now, 0));
+                Some(0)
+            }
+        }
+    }
 }
 
 impl OutEdge {
@@ -130,6 +165,7 @@ impl OutEdge {
             shared_cap,
             broken: false,
             dropped_oldest: HashMap::new(),
+            sampler: None,
         }
     }
 
@@ -198,10 +234,12 @@ impl OutEdge {
         let key = if matches!(msg, EdgeMsg::Data { .. }) { input } else { None };
         if let Pushed::DroppedOldest(old) = self.backlog.push(key, capacity, msg) {
             if let EdgeMsg::Data { input, .. } = &old {
+                // (A tap's message names its skips too: counted by output.)
+                let input = rill_proto::tap::parse_tap_input(input).0;
                 match self.dropped_oldest.get_mut(input) {
                     Some(n) => *n += 1,
                     None => {
-                        self.dropped_oldest.insert(input.clone(), 1);
+                        self.dropped_oldest.insert(input.to_owned(), 1);
                     }
                 }
             }

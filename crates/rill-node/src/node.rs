@@ -328,6 +328,14 @@ impl Node {
                 self.queue.push_urgent(Event::Stop);
             }
             DaemonMsg::Unwire { peer } => self.outbound.with(|s| s.detach(&peer)),
+            DaemonMsg::Tap { peer, routes, every_us } => {
+                let Some(fd) = fd else {
+                    eprintln!("rill-node: tap {peer} arrived without its socket");
+                    return;
+                };
+                let every = Duration::from_micros(every_us);
+                self.outbound.with(|s| s.attach_tap(peer, fd, routes, every));
+            }
         }
     }
 

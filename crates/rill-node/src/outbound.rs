@@ -26,7 +26,7 @@ use rill_proto::{EdgeMsg, Metadata, Payload, Route, transport};
 use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
 
-use crate::edge::{EdgeConn, OutEdge};
+use crate::edge::{EdgeConn, OutEdge, Sampler};
 use crate::pool::{Pool, PoolLimits, Take};
 
 /// While consumers hold deliveries, how often the flusher reads their
@@ -221,6 +221,14 @@ impl Sending {
         }
     }
 
+    /// A connection to tap `peer`: sampled ([`Sampler`]), named outputs.
+    pub(crate) fn attach_tap(&mut self, peer: String, fd: OwnedFd, routes: Vec<Route>, every: Duration) {
+        self.detach(&peer);
+        let mut edge = OutEdge::new(peer, fd, routes);
+        edge.sampler = Some(Sampler::new(every));
+        self.edges.push(edge);
+    }
+
     /// Drops the connection to `peer` (a tap that ended): what waits for
     /// it and what it holds are released, and sends no longer count it.
     pub(crate) fn detach(&mut self, peer: &str) {
@@ -248,14 +256,19 @@ impl Sending {
     /// Sends `payload` on `output` to every input it feeds.
     pub(crate) fn send(&mut self, output: &str, metadata: Metadata, payload: Payload) {
         let now = Instant::now();
-        let deliveries: Vec<(usize, String, usize)> = self
-            .edges
-            .iter()
-            .enumerate()
-            .flat_map(|(i, edge)| {
-                edge.routes.get(output).into_iter().flatten().map(move |(input, cap)| (i, input.clone(), *cap))
-            })
-            .collect();
+        // (edge, input, for a tap: what it skipped before, queue bound)
+        let mut deliveries: Vec<(usize, String, Option<u64>, usize)> = Vec::new();
+        for (i, edge) in self.edges.iter_mut().enumerate() {
+            let Some(routes) = edge.routes.get(output) else { continue };
+            let skipped = match edge.sampler.as_mut() {
+                None => None,
+                Some(sampler) => match sampler.take(output, now) {
+                    Some(skipped) => Some(skipped),
+                    None => continue,
+                },
+            };
+            deliveries.extend(routes.iter().map(|(input, cap)| (i, input.clone(), skipped, *cap)));
+        }
         let mut destroyed = Vec::new();
         if let Payload::Shared { region, .. } = payload {
             // No receiver at all: the region is free again at once.
@@ -264,12 +277,13 @@ impl Sending {
         let mut void = Vec::new();
         let count = deliveries.len();
         let mut payload = Some(payload);
-        for (n, (i, input, capacity)) in deliveries.into_iter().enumerate() {
+        for (n, (i, input, skipped, capacity)) in deliveries.into_iter().enumerate() {
             // The last delivery takes the payload; earlier ones copy it
             // (a few bytes inline, or a region handle).
             let payload = if n + 1 == count { payload.take() } else { payload.clone() };
             let Some(payload) = payload else { break };
-            let msg = EdgeMsg::Data { input: input.clone(), metadata, payload, new_region: false };
+            let named = skipped.map_or_else(|| input.clone(), |skipped| rill_proto::tap::tap_input(&input, skipped));
+            let msg = EdgeMsg::Data { input: named, metadata, payload, new_region: false };
             self.backlog_started |= self.edges[i].offer(&self.pool, Some(input), capacity, msg, &mut void);
         }
         self.settle(destroyed, void, now);

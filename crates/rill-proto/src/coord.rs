@@ -225,6 +225,9 @@ pub enum CoordinatorMessage {
         tap: u64,
         outputs: Vec<TapOutput>,
         preview: u64,
+        /// The producer sends the tap at most one message of an output
+        /// per this many µs (0: every message).
+        every_us: u64,
     },
     /// The tap's client is gone: unwire it.
     Untap {
@@ -304,6 +307,9 @@ pub enum ControlRequest {
         dataflow: String,
         outputs: Vec<String>,
         preview: u64,
+        /// At most one message of an output per this many µs (0: every
+        /// one; [`crate::tap::TAP_EVERY_US`] for a person to read).
+        every_us: u64,
     },
 }
 

@@ -102,6 +102,11 @@ pub enum DaemonMsg {
     /// Drop the outbound edge to `peer` (a tap that ended): what waits for
     /// it and what it holds are released.
     Unwire { peer: String },
+    /// An outbound edge to a tap ([`tap`]): like `Edge`, but the producer
+    /// sends it at most one message per `every_us` per output (0: every
+    /// one), and names in each how many it skipped before
+    /// ([`tap::tap_input`]).
+    Tap { peer: String, routes: Vec<Route>, every_us: u64 },
 }
 
 /// Node -> daemon, on the control connection.
@@ -174,12 +179,34 @@ const TAG_INPUT_CLOSED: u8 = 13;
 const TAG_STOP: u8 = 14;
 const TAG_COUNTS: u8 = 15;
 const TAG_UNWIRE: u8 = 16;
+const TAG_TAP: u8 = 17;
 const TAG_DATA: u8 = 20;
 const TAG_UNMAP: u8 = 21;
 const TAG_RELEASE: u8 = 22;
 const TAG_CLOSED: u8 = 23;
 const PAYLOAD_INLINE: u8 = 0;
 const PAYLOAD_SHARED: u8 = 1;
+
+fn put_routes(w: &mut Writer<'_>, routes: &[Route]) {
+    w.u64(routes.len() as u64);
+    for route in routes {
+        w.str(&route.output);
+        w.str(&route.input);
+        w.u64(u64::from(route.queue_size));
+    }
+}
+
+fn get_routes(r: &mut Reader<'_>) -> Result<Vec<Route>, DecodeError> {
+    let count = r.u64()?;
+    let mut routes = Vec::new();
+    for _ in 0..count.min(u64::from(u16::MAX)) {
+        let output = r.str()?.to_owned();
+        let input = r.str()?.to_owned();
+        let queue_size = u32::try_from(r.u64()?).unwrap_or(u32::MAX);
+        routes.push(Route { output, input, queue_size });
+    }
+    Ok(routes)
+}
 
 fn put_payload(w: &mut Writer<'_>, payload: &Payload) {
     match payload {
@@ -216,12 +243,7 @@ impl DaemonMsg {
                     Direction::In => 1,
                 });
                 w.str(peer);
-                w.u64(routes.len() as u64);
-                for route in routes {
-                    w.str(&route.output);
-                    w.str(&route.input);
-                    w.u64(u64::from(route.queue_size));
-                }
+                put_routes(&mut w, routes);
             }
             DaemonMsg::Start => w.u8(TAG_START),
             DaemonMsg::Tick { input, metadata } => {
@@ -238,6 +260,12 @@ impl DaemonMsg {
                 w.u8(TAG_UNWIRE);
                 w.str(peer);
             }
+            DaemonMsg::Tap { peer, routes, every_us } => {
+                w.u8(TAG_TAP);
+                w.str(peer);
+                put_routes(&mut w, routes);
+                w.u64(*every_us);
+            }
         }
     }
 
@@ -252,21 +280,14 @@ impl DaemonMsg {
                     other => return Err(DecodeError::UnknownTag(other)),
                 };
                 let peer = r.str()?.to_owned();
-                let count = r.u64()?;
-                let mut routes = Vec::new();
-                for _ in 0..count.min(u64::from(u16::MAX)) {
-                    let output = r.str()?.to_owned();
-                    let input = r.str()?.to_owned();
-                    let queue_size = u32::try_from(r.u64()?).unwrap_or(u32::MAX);
-                    routes.push(Route { output, input, queue_size });
-                }
-                DaemonMsg::Edge { direction, peer, routes }
+                DaemonMsg::Edge { direction, peer, routes: get_routes(&mut r)? }
             }
             TAG_START => DaemonMsg::Start,
             TAG_TICK => DaemonMsg::Tick { input: r.str()?.to_owned(), metadata: Metadata { timestamp_ns: r.u64()? } },
             TAG_INPUT_CLOSED => DaemonMsg::InputClosed { input: r.str()?.to_owned() },
             TAG_STOP => DaemonMsg::Stop,
             TAG_UNWIRE => DaemonMsg::Unwire { peer: r.str()?.to_owned() },
+            TAG_TAP => DaemonMsg::Tap { peer: r.str()?.to_owned(), routes: get_routes(&mut r)?, every_us: r.u64()? },
             other => return Err(DecodeError::UnknownTag(other)),
         };
         r.finish()?;
@@ -508,6 +529,11 @@ mod tests {
         daemon_roundtrip(DaemonMsg::InputClosed { input: "in".into() });
         daemon_roundtrip(DaemonMsg::Stop);
         daemon_roundtrip(DaemonMsg::Unwire { peer: "rill:tap:7".into() });
+        daemon_roundtrip(DaemonMsg::Tap {
+            peer: "rill:tap:7".into(),
+            routes: vec![Route { output: "out".into(), input: "out".into(), queue_size: 64 }],
+            every_us: 1000,
+        });
         edge_roundtrip(EdgeMsg::Data {
             input: "in".into(),
             metadata,

@@ -7,8 +7,9 @@
 //! Frame: `version u8, tap u64, dropped u64, count u64`, then per sample
 //! `output u64` (index into the tap's outputs), `timestamp_ns u64` (the
 //! producer's send time), `received_ns u64` (when the tap read it, same
-//! clock), `size u64` (the whole payload), `data` (u64 length + the first
-//! bytes of the payload, at most the tap's preview).
+//! clock), `size u64` (the whole payload), `skipped u64` (messages the
+//! producer did not send the tap before this one), `data` (u64 length + the
+//! first bytes of the payload, at most the tap's preview).
 
 use crate::codec::{DecodeError, Reader, Writer};
 
@@ -22,6 +23,12 @@ pub const MAX_TAP_FRAME: usize = 8 << 20;
 /// The most payload bytes one sample carries: a longer payload is cut
 /// (its `size` says how long it was).
 pub const MAX_TAP_PREVIEW: u64 = (MAX_TAP_FRAME - 64 * 1024) as u64;
+/// How far apart (µs) a producer sends a tap of `rill topic echo` and
+/// `topic hz` messages of one output: at most 1,000 a second, so that a
+/// tap on a fast output costs its producer and consumers next to nothing.
+/// `rill record` takes every message (0).
+pub const TAP_EVERY_US: u64 = 1000;
+
 /// Open taps per dataflow: each one costs its producers a delivery per
 /// message.
 pub const MAX_TAPS: usize = 16;
@@ -34,6 +41,24 @@ pub fn tap_peer(tap: u64) -> String {
     format!("rill:tap:{tap}")
 }
 
+/// The input name a producer gives a message on a tap edge: the output's
+/// name, and after a NUL (never in an id) how many messages of it the
+/// producer skipped before this one, if any.
+pub fn tap_input(output: &str, skipped: u64) -> String {
+    match skipped {
+        0 => output.to_owned(),
+        n => format!("{output}\0{n}"),
+    }
+}
+
+/// The output and skipped count of a tap edge's input name.
+pub fn parse_tap_input(input: &str) -> (&str, u64) {
+    match input.split_once('\0') {
+        Some((output, n)) => (output, n.parse().unwrap_or(0)),
+        None => (input, 0),
+    }
+}
+
 /// One message seen by a tap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TapSample {
@@ -43,6 +68,9 @@ pub struct TapSample {
     pub received_ns: u64,
     /// The payload's whole length.
     pub size: u64,
+    /// Messages of this output the producer skipped before this one (the
+    /// tap samples at most [`TAP_EVERY_US`] apart).
+    pub skipped: u64,
     /// Its first bytes (at most the tap's preview).
     pub data: Vec<u8>,
 }
@@ -50,7 +78,7 @@ pub struct TapSample {
 impl TapSample {
     /// Bytes it takes in a frame.
     pub fn encoded_len(&self) -> usize {
-        5 * 8 + self.data.len()
+        6 * 8 + self.data.len()
     }
 }
 
@@ -77,6 +105,7 @@ impl TapFrame {
             w.u64(s.timestamp_ns);
             w.u64(s.received_ns);
             w.u64(s.size);
+            w.u64(s.skipped);
             w.bytes(&s.data);
         }
         out
@@ -92,12 +121,12 @@ impl TapFrame {
         let mut r = Reader::new(&buf[TAP_HEADER..]);
         let mut samples = Vec::with_capacity(count.min(1024) as usize);
         for _ in 0..count {
-            let (output, timestamp_ns, received_ns, size) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+            let (output, timestamp_ns, received_ns, size, skipped) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?);
             let data = r.bytes()?;
             if data.len() as u64 > size {
                 return Err(DecodeError::LengthMismatch { declared: size, actual: data.len() as u64 });
             }
-            samples.push(TapSample { output, timestamp_ns, received_ns, size, data: data.to_vec() });
+            samples.push(TapSample { output, timestamp_ns, received_ns, size, skipped, data: data.to_vec() });
         }
         r.finish()?;
         Ok(Self { tap, dropped, samples })
@@ -155,12 +184,16 @@ pub struct Rate {
     pub window: usize,
 }
 
-/// The times messages arrived, the last `window` intervals of them.
+/// The times messages arrived, the last `window` intervals of them. A
+/// sampled message (`skipped` before it) closes an interval that held
+/// `skipped + 1` messages: the rate counts them all, and min/max/std-dev
+/// see that interval's average.
 #[derive(Debug)]
 pub struct RateWindow {
     window: usize,
     last: Option<u64>,
-    intervals: std::collections::VecDeque<u64>,
+    /// (ns, messages in it)
+    intervals: std::collections::VecDeque<(u64, u64)>,
 }
 
 impl RateWindow {
@@ -169,8 +202,9 @@ impl RateWindow {
         Self { window: window.max(1), last: None, intervals: std::collections::VecDeque::new() }
     }
 
-    /// A message arrived at `at_ns`; a time before the last one is ignored.
-    pub fn push(&mut self, at_ns: u64) {
+    /// A message arrived at `at_ns`, `skipped` messages after the last
+    /// one seen; a time before the last one is ignored.
+    pub fn push(&mut self, at_ns: u64, skipped: u64) {
         if let Some(last) = self.last {
             if at_ns < last {
                 return;
@@ -178,7 +212,7 @@ impl RateWindow {
             if self.intervals.len() == self.window {
                 self.intervals.pop_front();
             }
-            self.intervals.push_back(at_ns - last);
+            self.intervals.push_back((at_ns - last, skipped.saturating_add(1)));
         }
         self.last = Some(at_ns);
     }
@@ -189,13 +223,15 @@ impl RateWindow {
         if n == 0 {
             return None;
         }
-        let secs = |ns: u64| ns as f64 / 1e9;
-        let mean = self.intervals.iter().map(|i| secs(*i)).sum::<f64>() / n as f64;
-        let variance = self.intervals.iter().map(|i| (secs(*i) - mean).powi(2)).sum::<f64>() / n as f64;
+        let each = |(ns, messages): &(u64, u64)| *ns as f64 / 1e9 / *messages as f64;
+        let span: f64 = self.intervals.iter().map(|(ns, _)| *ns as f64 / 1e9).sum();
+        let messages: u64 = self.intervals.iter().map(|(_, m)| *m).sum();
+        let mean = self.intervals.iter().map(each).sum::<f64>() / n as f64;
+        let variance = self.intervals.iter().map(|i| (each(i) - mean).powi(2)).sum::<f64>() / n as f64;
         Some(Rate {
-            rate_hz: if mean > 0.0 { 1.0 / mean } else { f64::INFINITY },
-            min_s: self.intervals.iter().copied().min().map_or(0.0, secs),
-            max_s: self.intervals.iter().copied().max().map_or(0.0, secs),
+            rate_hz: if span > 0.0 { messages as f64 / span } else { f64::INFINITY },
+            min_s: self.intervals.iter().map(each).fold(f64::INFINITY, f64::min),
+            max_s: self.intervals.iter().map(each).fold(0.0, f64::max),
             std_dev_s: variance.sqrt(),
             window: n,
         })
@@ -220,18 +256,26 @@ mod tests {
     fn a_rate_window_gives_rate_min_max_and_std_dev_over_its_last_intervals() {
         let mut w = RateWindow::new(3);
         assert_eq!(w.rate(), None);
-        w.push(0);
+        w.push(0, 0);
         assert_eq!(w.rate(), None);
         for t in [10_000_000, 20_000_000, 40_000_000, 50_000_000] {
-            w.push(t);
+            w.push(t, 0);
         }
-        w.push(45_000_000); // out of order: ignored
+        w.push(45_000_000, 0); // out of order: ignored
         // The last 3 intervals: 10, 20, 10 ms.
         let rate = w.rate().expect("a rate");
         assert_eq!(rate.window, 3);
         assert!((rate.rate_hz - 75.0).abs() < 1e-6, "{rate:?}");
         assert!((rate.min_s - 0.010).abs() < 1e-12 && (rate.max_s - 0.020).abs() < 1e-12, "{rate:?}");
         assert!((rate.std_dev_s - 0.004_714_045).abs() < 1e-6, "{rate:?}");
+
+        // Sampled: 9 skipped in 10 ms is 1 kHz.
+        let mut w = RateWindow::new(10);
+        w.push(0, 0);
+        w.push(10_000_000, 9);
+        w.push(20_000_000, 9);
+        let rate = w.rate().expect("a rate");
+        assert!((rate.rate_hz - 1000.0).abs() < 1e-6 && (rate.max_s - 0.001).abs() < 1e-12, "{rate:?}");
     }
 
     #[test]
@@ -240,8 +284,8 @@ mod tests {
             tap: 7,
             dropped: 3,
             samples: vec![
-                TapSample { output: 0, timestamp_ns: 1, received_ns: 2, size: 5, data: b"hello".to_vec() },
-                TapSample { output: 1, timestamp_ns: 3, received_ns: 4, size: 1 << 20, data: vec![1; 16] },
+                TapSample { output: 0, timestamp_ns: 1, received_ns: 2, size: 5, skipped: 0, data: b"hello".to_vec() },
+                TapSample { output: 1, timestamp_ns: 3, received_ns: 4, size: 1 << 20, skipped: 9, data: vec![1; 16] },
             ],
         };
         let mut bytes = frame.encode();

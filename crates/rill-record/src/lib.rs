@@ -364,7 +364,7 @@ mod tests {
     }
 
     fn sample(output: u64, t: u64, data: &[u8], size: u64) -> TapSample {
-        TapSample { output, timestamp_ns: t, received_ns: t + 1, size, data: data.to_vec() }
+        TapSample { output, timestamp_ns: t, received_ns: t + 1, size, skipped: 0, data: data.to_vec() }
     }
 
     #[test]

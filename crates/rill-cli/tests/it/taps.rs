@@ -93,12 +93,15 @@ fn topic_echo_prints_what_an_output_sends_and_its_tap_goes_when_the_client_does(
 
     // A client that is killed: its tap thread goes, and the producer
     // closes the tap's edge (back to the fds it had).
+    let logs = || procs.logs();
+    within(Duration::from_secs(10), "the earlier taps are gone", logs, || {
+        tap_threads(daemon) == 0 && fds(ticker) == ticker_fds
+    });
     let echo_running = topic(port, &["echo", "app", "ticker/out", "--json"]);
     echo_running.wait_for("messages", Duration::from_secs(20), |out| out.lines().count() >= 3);
-    assert_eq!(tap_threads(daemon), 1, "the tap is served by the producer's daemon");
-    assert_eq!(fds(ticker), ticker_fds + 1, "the producer has one more edge");
+    within(Duration::from_secs(10), "the tap is served by the producer's daemon", logs, || tap_threads(daemon) == 1);
+    within(Duration::from_secs(10), "the producer has one more edge", logs, || fds(ticker) == ticker_fds + 1);
     echo_running.signal(libc::SIGKILL);
-    let logs = || procs.logs();
     within(Duration::from_secs(10), "the tap thread ends", logs, || tap_threads(daemon) == 0);
     within(Duration::from_secs(10), "the producer closes the tap's edge", logs, || fds(ticker) == ticker_fds);
     drop(echo);
