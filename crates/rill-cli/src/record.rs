@@ -73,9 +73,17 @@ pub fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         };
         tokio::pin!(until);
         let mut written = 0u64;
+        // (A failure ends the recording too: the file is finished first.)
+        let mut failed = None;
         let why = loop {
             let frame = tokio::select! {
-                frame = tap.next() => frame?,
+                frame = tap.next() => match frame {
+                    Ok(frame) => frame,
+                    Err(e) => {
+                        failed = Some(e);
+                        break "the tap failed";
+                    }
+                },
                 _ = interrupt.recv() => break "interrupted",
                 _ = terminate.recv() => break "terminated",
                 _ = &mut until => break "the duration is over",
@@ -85,7 +93,10 @@ pub fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
                 frame.samples.truncate(count.saturating_sub(written) as usize);
             }
             written += frame.samples.len() as u64;
-            tokio::task::block_in_place(|| recorder.write(&frame))?;
+            if let Err(e) = tokio::task::block_in_place(|| recorder.write(&frame)) {
+                failed = Some(e.into());
+                break "it could not write";
+            }
             if args.count.is_some_and(|c| written >= c) {
                 break "the count is reached";
             }
@@ -113,7 +124,10 @@ pub fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
             let max = rill_proto::tap::MAX_TAP_PREVIEW;
             note!("rill: {} messages were longer than {max} bytes and were recorded cut to that length", stats.cut);
         }
-        Ok::<_, anyhow::Error>(())
+        match failed {
+            Some(e) => Err(e),
+            None => Ok::<_, anyhow::Error>(()),
+        }
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -232,7 +232,8 @@ async fn hz(
                     break;
                 };
                 skipped(frame.dropped);
-                frame.samples.iter().for_each(|s| rates.push(s.received_ns, s.skipped));
+                // The producer's send times: the output's own pace, not the tap's.
+                frame.samples.iter().for_each(|s| rates.push(s.timestamp_ns, s.skipped));
             }
             _ = tick.tick() => {
                 match rates.rate() {

@@ -120,11 +120,6 @@ impl DataflowRecord {
     }
 
     /// Every output of the dataflow with its consumers and counts.
-    /// Whether `daemon` runs some of its nodes.
-    pub fn runs_on(&self, daemon: &str) -> bool {
-        self.running_on.contains(daemon)
-    }
-
     /// The daemons that run some of its nodes.
     pub fn daemons(&self) -> Vec<String> {
         self.running_on.iter().cloned().collect()

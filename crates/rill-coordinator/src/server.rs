@@ -14,8 +14,8 @@ use axum::response::Response;
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
 use rill_proto::coord::{
-    COORD_PROTOCOL_VERSION, ControlRequest, ControlResponse, CoordinatorMessage, DaemonMessage, ErrorCode, Health,
-    NodeStatus,
+    COORD_PROTOCOL_VERSION, ControlRequest, ControlResponse, CoordinatorMessage, DaemonMessage, DataflowStatus,
+    ErrorCode, Health, NodeStatus,
 };
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -629,7 +629,7 @@ async fn handle_daemon(socket: WebSocket, app: Arc<App>, credential: DaemonCrede
                 let incoming = match incoming {
                     Incoming::Json(incoming) => incoming,
                     Incoming::Binary(frame) => {
-                        if relay_tap(&app, &daemon_id, frame) == crate::taps::Relayed::Malformed {
+                        if relay_tap(&app, &daemon_id, machine_id.as_deref(), frame) == crate::taps::Relayed::Malformed {
                             refuse_report("malformed tap frame", "-", "-");
                         }
                         continue;
@@ -1163,20 +1163,27 @@ async fn stream_logs(
     }
 }
 
-/// Passes a daemon's tap frame on to its client, if the tap reads nodes
-/// of a dataflow that daemon runs.
-fn relay_tap(app: &App, daemon: &str, frame: Vec<u8>) -> crate::taps::Relayed {
-    let Some((tap, uuid, _)) = app.taps().route(&frame) else {
+/// Passes a daemon's tap frame on to its client, if the tap reads a node
+/// placed on that daemon.
+fn relay_tap(app: &App, daemon: &str, machine: Option<&str>, frame: Vec<u8>) -> crate::taps::Relayed {
+    let Some((tap, uuid, nodes)) = app.taps().route(&frame) else {
         return match rill_proto::tap::header(&frame) {
             Ok(_) => crate::taps::Relayed::Unknown,
             Err(_) => crate::taps::Relayed::Malformed,
         };
     };
-    if !app.dataflows().find(&uuid).is_some_and(|r| r.runs_on(daemon)) {
+    let serves = {
+        let dataflows = app.dataflows();
+        nodes.iter().any(|node| dataflows.placed_on(&uuid, node, daemon, machine))
+    };
+    if !serves {
         return crate::taps::Relayed::Unknown;
     }
     app.taps().relay(tap, frame)
 }
+
+/// How long a tap frame may take to reach its client.
+const TAP_SEND_LIMIT: Duration = Duration::from_secs(10);
 
 /// Opens a tap on `outputs` (`node/output`; none: all) of a running
 /// dataflow, says `Tapped`, then passes its frames on until the client
@@ -1191,14 +1198,18 @@ async fn stream_tap(
 ) {
     let resolved = {
         let dataflows = app.dataflows();
-        dataflows.find(dataflow).filter(|r| r.is_active()).map(|record| {
-            tap_outputs(record, wanted)
-                .map(|outputs| (record.uuid.clone(), record.name.clone(), outputs, record.daemons()))
+        dataflows.find(dataflow).filter(|r| r.is_active()).map(|record| match record.status {
+            // Its nodes run nowhere yet: nothing to wire.
+            DataflowStatus::Pending => Err((
+                ErrorCode::BadRequest,
+                format!("dataflow {} is still waiting for daemons to run on: tap it once it runs", record.name),
+            )),
+            _ => tap_outputs(record, wanted).map(|outputs| (record.uuid.clone(), record.name.clone(), outputs)),
         })
     };
     // (Not under the lock above: it takes it.)
     let resolved = resolved.unwrap_or_else(|| Err((ErrorCode::NotFound, unknown_dataflow(app, dataflow, true))));
-    let (uuid, name, outputs, daemons) = match resolved {
+    let (uuid, name, outputs) = match resolved {
         Ok(resolved) => resolved,
         Err((code, message)) => {
             send_json(sink, &ControlResponse::Error { code, message }).await;
@@ -1216,6 +1227,9 @@ async fn stream_tap(
             return;
         }
     };
+    // The daemons now, after the tap is open: one that registers from here
+    // on gets it from `send_taps`.
+    let daemons = app.dataflows().find(&uuid).map(DataflowRecord::daemons).unwrap_or_default();
     let message = crate::taps::open_message(&app.taps(), tap);
     if let Some(message) = message {
         let mut cluster = app.cluster();
@@ -1228,7 +1242,13 @@ async fn stream_tap(
         loop {
             tokio::select! {
                 frame = frames.recv() => match frame {
-                    Some(frame) => if sink.send(Message::Binary(frame.into())).await.is_err() { break },
+                    // A client that stops reading lets its tap go.
+                    Some(frame) => {
+                        let sent = tokio::time::timeout(TAP_SEND_LIMIT, sink.send(Message::Binary(frame.into()))).await;
+                        if !matches!(sent, Ok(Ok(()))) {
+                            break;
+                        }
+                    }
                     None => {
                         let reason = "the dataflow ended".to_owned();
                         send_json(sink, &ControlResponse::TapEnd { reason }).await;

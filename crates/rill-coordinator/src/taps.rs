@@ -1,7 +1,7 @@
 //! Open taps (`rill topic echo`, `topic hz`, `record`): which client each
 //! one streams to. Daemons send tap frames ([`rill_proto::tap`]); the
-//! coordinator reads their header, checks the tap is one the daemon serves,
-//! and passes the frame on to the client's connection through a bounded
+//! coordinator reads their header, checks the tap reads a node placed on
+//! that daemon, and passes the frame on to the client's connection through a bounded
 //! queue. A client that does not keep up loses whole frames, counted in the
 //! `dropped` of the next frame it gets: the producer and the daemon never
 //! wait for it.
@@ -108,7 +108,10 @@ impl Taps {
 
     /// Passes a frame on to its tap's client, without waiting.
     pub fn relay(&mut self, tap: u64, mut frame: Vec<u8>) -> Relayed {
-        let Ok((_, _, count)) = rill_proto::tap::header(&frame) else { return Relayed::Malformed };
+        let Ok((_, dropped, count)) = rill_proto::tap::header(&frame) else { return Relayed::Malformed };
+        if frame.len() > rill_proto::tap::MAX_TAP_FRAME {
+            return Relayed::Malformed;
+        }
         let Some(t) = self.open.get_mut(&tap) else { return Relayed::Unknown };
         if t.dropped > 0 {
             rill_proto::tap::add_dropped(&mut frame, t.dropped);
@@ -119,7 +122,8 @@ impl Taps {
                 Relayed::Passed
             }
             Err(_) => {
-                t.dropped = t.dropped.saturating_add(count);
+                // Its samples, and those the daemon had dropped before it.
+                t.dropped = t.dropped.saturating_add(count).saturating_add(dropped);
                 Relayed::Dropped
             }
         }
@@ -159,13 +163,28 @@ mod tests {
             assert_eq!(taps.relay(tap, frame(tap, 3)), Relayed::Passed);
         }
         assert_eq!(taps.relay(tap, frame(tap, 5)), Relayed::Dropped);
-        assert_eq!(taps.relay(tap, frame(tap, 2)), Relayed::Dropped);
+        let mut reported = TapFrame::decode(&frame(tap, 2)).expect("decodes");
+        reported.dropped = 4;
+        assert_eq!(taps.relay(tap, reported.encode()), Relayed::Dropped);
         for _ in 0..CLIENT_FRAMES {
             rx.try_recv().expect("queued");
         }
         assert_eq!(taps.relay(tap, frame(tap, 1)), Relayed::Passed);
         let told = TapFrame::decode(&rx.try_recv().expect("passed")).expect("decodes");
-        assert_eq!(told.dropped, 7, "the 5 + 2 samples of the dropped frames");
+        assert_eq!(told.dropped, 11, "the 5 + 2 samples of the dropped frames, and the 4 the daemon had dropped");
+        let huge = TapFrame {
+            tap,
+            dropped: 0,
+            samples: vec![TapSample {
+                output: 0,
+                timestamp_ns: 1,
+                received_ns: 2,
+                size: 9 << 20,
+                skipped: 0,
+                data: vec![0; 9 << 20],
+            }],
+        };
+        assert_eq!(taps.relay(tap, huge.encode()), Relayed::Malformed, "larger than a daemon sends");
 
         assert_eq!(taps.relay(99, frame(99, 1)), Relayed::Unknown);
         assert_eq!(taps.relay(tap, vec![9, 9]), Relayed::Malformed);

@@ -323,7 +323,8 @@ impl LocalDataflows {
         if index.is_empty() {
             return;
         }
-        let preview = preview.min(rill_proto::tap::MAX_TAP_PREVIEW);
+        // Bounded here too: a coordinator is a peer like any other.
+        let (preview, every_us) = (preview.min(rill_proto::tap::MAX_TAP_PREVIEW), every_us.min(1_000_000));
         match crate::tap::TapReader::start(tap, index, preview, sink) {
             Ok((reader, ends_tx)) => {
                 for (node, outputs) in &by_node {

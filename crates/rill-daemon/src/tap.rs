@@ -2,8 +2,9 @@
 //! `topic hz`, `record`). The router wires a tap like one more consumer of
 //! the producer (its edge is named [`tap_peer`]), so the producer's own
 //! rules bound it: a drop-oldest backlog of [`TAP_QUEUE`] messages per
-//! output, and at most that many shared regions lent to it; its real
-//! consumers never wait for it. This thread reads the tap's edges, copies
+//! output, and a bounded number of shared regions lent to it (its queues'
+//! sum plus a little); its real consumers never wait for it. It samples
+//! what it sends the tap (`DaemonMsg::Tap`). This thread reads the tap's edges, copies
 //! the first `preview` bytes of each message out at once and releases the
 //! region (nothing stays pinned), and hands batches of samples
 //! ([`TapFrame`]) to the coordinator connection every [`FLUSH_EVERY`]. A
@@ -110,6 +111,33 @@ struct Edge {
     node: String,
     fd: OwnedFd,
     regions: HashMap<u64, Region>,
+    /// Releases its socket had no room for (sent again at each wake-up,
+    /// at most [`FLUSH_EVERY`] apart): the producer lends the tap only so
+    /// many regions, so a lost release would starve it for good.
+    pending: HashMap<u64, u32>,
+}
+
+impl Edge {
+    fn release(&mut self, region: u64) {
+        *self.pending.entry(region).or_default() += 1;
+        self.send_pending();
+    }
+
+    fn send_pending(&mut self) {
+        let mut buf = Vec::with_capacity(24);
+        while let Some((&region, &count)) = self.pending.iter().next() {
+            buf.clear();
+            EdgeMsg::Release { region, count }.encode(&mut buf);
+            match transport::send_packet(self.fd.as_fd(), &buf, &[], true) {
+                Ok(()) => {
+                    self.pending.remove(&region);
+                }
+                Err(Errno::WOULDBLOCK | Errno::NOBUFS | Errno::NOMEM) => return,
+                // The producer is gone: nothing to release to.
+                Err(_) => return self.pending.clear(),
+            }
+        }
+    }
 }
 
 struct Reader {
@@ -132,7 +160,7 @@ impl Reader {
                 match ends.try_recv() {
                     Ok((node, fd)) => {
                         edges.retain(|e| e.node != node);
-                        edges.push(Edge { node, fd, regions: HashMap::new() });
+                        edges.push(Edge { node, fd, regions: HashMap::new(), pending: HashMap::new() });
                     }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => ends_open = false,
@@ -156,8 +184,11 @@ impl Reader {
                 let _ = rustix::io::read(wake, &mut b);
             }
             let mut gone = Vec::new();
-            for (i, edge) in edges.iter_mut().enumerate().filter(|(i, _)| readable[*i]) {
-                if !self.read(edge) {
+            for (i, edge) in edges.iter_mut().enumerate() {
+                if !edge.pending.is_empty() {
+                    edge.send_pending();
+                }
+                if readable[i] && !self.read(edge) {
                     gone.push(i);
                 }
             }
@@ -205,13 +236,15 @@ impl Reader {
                                 let take = (len as usize).min(self.preview);
                                 (len, m.bytes(take).to_vec())
                             });
-                            let mut release = Vec::new();
-                            EdgeMsg::Release { region, count: 1 }.encode(&mut release);
-                            let _ = transport::send_packet(edge.fd.as_fd(), &release, &[], true);
+                            edge.release(region);
                             copied
                         }
                     };
-                    let Some((size, data)) = data else { continue };
+                    let Some((size, data)) = data else {
+                        // (A region it could not map: lost, and said so.)
+                        self.frame.dropped = self.frame.dropped.saturating_add(1);
+                        continue;
+                    };
                     // The edge's inputs are named after the outputs (and
                     // what the producer skipped).
                     let (output, skipped) = rill_proto::tap::parse_tap_input(&input);
@@ -252,5 +285,71 @@ impl Reader {
         } else {
             self.frame.dropped = self.frame.dropped.saturating_add(count);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[test]
+    fn every_shared_message_is_released_even_when_the_producer_reads_its_releases_late() {
+        let frames: Arc<Mutex<Vec<TapFrame>>> = Arc::default();
+        let kept = frames.clone();
+        let sink: FrameSink = Arc::new(move |bytes| {
+            let frame = TapFrame::decode(&bytes).expect("a frame that decodes");
+            kept.lock().expect("lock").push(frame);
+            true
+        });
+        let index = HashMap::from([(("cam".to_owned(), "image".to_owned()), 0)]);
+        let (reader, ends) = TapReader::start(7, index, 4, sink).expect("starts");
+        let (producer, theirs) = transport::socket_pair().expect("a socket pair");
+        assert!(ends.send("cam", theirs));
+        let region = Region::create(4096).expect("a region");
+        let payload = Payload::Shared { region: 1, len: 100, region_len: region.len() as u64 };
+        // Far more deliveries than the producer's socket holds releases
+        // for: it reads none until the end.
+        let sent = 3000u32;
+        for i in 0..sent {
+            let msg = EdgeMsg::Data {
+                input: if i == 5 { tap_input_for_test() } else { "image".into() },
+                metadata: rill_proto::Metadata { timestamp_ns: u64::from(i) },
+                payload: payload.clone(),
+                new_region: i == 0,
+            };
+            let mut buf = Vec::new();
+            msg.encode(&mut buf);
+            let fds: Vec<_> = (i == 0).then(|| region.fd().expect("its fd")).into_iter().collect();
+            transport::send_packet(producer.as_fd(), &buf, &fds, false).expect("sent");
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut released = 0u32;
+        let mut buf = vec![0u8; 256];
+        while released < sent && Instant::now() < deadline {
+            match transport::recv_packet(producer.as_fd(), &mut buf, true) {
+                Ok((n, _)) if n > 0 => {
+                    if let Ok(EdgeMsg::Release { region: 1, count }) = EdgeMsg::decode(&buf[..n]) {
+                        released += count;
+                    }
+                }
+                _ => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        assert_eq!(released, sent, "every delivery released");
+        let sampled = || frames.lock().expect("lock").iter().map(|f| f.samples.len()).sum::<usize>();
+        while sampled() < sent as usize && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(reader);
+        let frames = frames.lock().expect("lock");
+        let samples: Vec<&TapSample> = frames.iter().flat_map(|f| &f.samples).collect();
+        assert_eq!(samples.len(), sent as usize, "each one sampled");
+        assert!(samples.iter().all(|s| s.size == 100 && s.data.len() == 4), "4-byte previews of 100 bytes");
+        assert_eq!(samples[5].skipped, 3, "what the producer skipped before it");
+    }
+
+    fn tap_input_for_test() -> String {
+        rill_proto::tap::tap_input("image", 3)
     }
 }

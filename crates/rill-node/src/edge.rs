@@ -126,6 +126,14 @@ impl Sampler {
         Self { every, outputs: HashMap::new() }
     }
 
+    /// `n` messages of `output` meant for the tap were dropped on the way:
+    /// told with the next one, as skipped.
+    pub(crate) fn lost(&mut self, output: &str, n: u64) {
+        if let Some((_, skipped)) = self.outputs.get_mut(output) {
+            *skipped = skipped.saturating_add(n);
+        }
+    }
+
     /// `Some(skipped before it)` if the tap gets this message of `output`.
     pub(crate) fn take(&mut self, output: &str, now: std::time::Instant) -> Option<u64> {
         match self.outputs.get_mut(output) {
@@ -234,8 +242,12 @@ impl OutEdge {
         let key = if matches!(msg, EdgeMsg::Data { .. }) { input } else { None };
         if let Pushed::DroppedOldest(old) = self.backlog.push(key, capacity, msg) {
             if let EdgeMsg::Data { input, .. } = &old {
-                // (A tap's message names its skips too: counted by output.)
-                let input = rill_proto::tap::parse_tap_input(input).0;
+                // (A tap's message names its skips too: counted by output,
+                // and told with the tap's next message.)
+                let (input, skipped) = rill_proto::tap::parse_tap_input(input);
+                if let Some(sampler) = self.sampler.as_mut() {
+                    sampler.lost(input, skipped.saturating_add(1));
+                }
                 match self.dropped_oldest.get_mut(input) {
                     Some(n) => *n += 1,
                     None => {
@@ -367,6 +379,22 @@ impl InEdge {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tap_sampler_sends_one_message_per_interval_and_names_what_it_skipped_or_lost() {
+        let start = std::time::Instant::now();
+        let ms = |n: u64| start + std::time::Duration::from_millis(n);
+        let mut sampler = Sampler::new(std::time::Duration::from_millis(10));
+        assert_eq!(sampler.take("out", ms(0)), Some(0), "the first one goes");
+        assert_eq!(sampler.take("other", ms(1)), Some(0), "per output");
+        assert_eq!(sampler.take("out", ms(3)), None);
+        assert_eq!(sampler.take("out", ms(9)), None);
+        sampler.lost("out", 2);
+        assert_eq!(sampler.take("out", ms(10)), Some(4), "2 skipped, 2 lost on the way");
+        assert_eq!(sampler.take("out", ms(12)), None);
+        let mut every = Sampler::new(std::time::Duration::ZERO);
+        assert_eq!((every.take("out", ms(0)), every.take("out", ms(0))), (Some(0), Some(0)), "0: every message");
+    }
 
     #[test]
     fn only_a_dead_peer_breaks_an_edge() {

@@ -184,6 +184,9 @@ pub struct Rate {
     pub window: usize,
 }
 
+/// The most intervals a [`RateWindow`] keeps (16 bytes each).
+pub const MAX_RATE_WINDOW: usize = 1 << 20;
+
 /// The times messages arrived, the last `window` intervals of them. A
 /// sampled message (`skipped` before it) closes an interval that held
 /// `skipped + 1` messages: the rate counts them all, and min/max/std-dev
@@ -197,9 +200,10 @@ pub struct RateWindow {
 }
 
 impl RateWindow {
-    /// Keeps the last `window` intervals (at least 1).
+    /// Keeps the last `window` intervals (at least 1, at most
+    /// [`MAX_RATE_WINDOW`]).
     pub fn new(window: usize) -> Self {
-        Self { window: window.max(1), last: None, intervals: std::collections::VecDeque::new() }
+        Self { window: window.clamp(1, MAX_RATE_WINDOW), last: None, intervals: std::collections::VecDeque::new() }
     }
 
     /// A message arrived at `at_ns`, `skipped` messages after the last

@@ -114,6 +114,8 @@ impl Recorder {
                 publish_time: sample.timestamp_ns,
             };
             *sequence = sequence.wrapping_add(1);
+            // A recording's tap takes every message: one skipped was lost.
+            self.stats.dropped = self.stats.dropped.saturating_add(sample.skipped);
             self.writer.write_to_known_channel(&header, &sample.data).map_err(|e| mcap_error(&self.path, e))?;
             self.stats.messages += 1;
             self.stats.bytes += sample.data.len() as u64;

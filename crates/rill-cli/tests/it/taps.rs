@@ -131,7 +131,15 @@ fn topic_echo_reads_an_output_on_a_second_daemon() {
     let (info_code, info, _) =
         rill_json(&["topic", "info", "far", "ticker/out", "--json", "--coordinator-port", &port.to_string()]);
     assert_eq!((info_code, &info["machine"]), (Some(0), &serde_json::json!("b")), "the producer runs on b: {info}");
-    within(Duration::from_secs(10), "b's tap thread ends", || procs.logs(), || tap_threads(procs.pid("daemon-b")) == 0);
+    // Served by b, the producer's daemon, not a; gone with its client.
+    let (a, b) = (procs.pid("daemon-a"), procs.pid("daemon-b"));
+    let logs = || procs.logs();
+    within(Duration::from_secs(10), "the first tap is gone", logs, || tap_threads(b) == 0);
+    let echo = topic(port, &["echo", "far", "ticker/out", "--json"]);
+    echo.wait_for("messages", Duration::from_secs(20), |out| out.lines().count() >= 3);
+    within(Duration::from_secs(10), "b serves the tap", logs, || tap_threads(b) == 1 && tap_threads(a) == 0);
+    echo.signal(libc::SIGKILL);
+    within(Duration::from_secs(10), "b's tap thread ends", logs, || tap_threads(b) == 0);
 }
 
 #[test]
@@ -192,6 +200,7 @@ fn rill_record_writes_mcap_the_mcap_crate_reads_and_rill_replay_feeds_a_sink_the
     let (procs, port, _, flow) = crate::faults::app_on_a(&[], &on_a, "[app/sink] input b");
     let file = procs.dir.path().join("rec.mcap");
     let file_text = file.display().to_string();
+    let began = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let mut record = rill();
     record.args([
         "record",
@@ -233,13 +242,31 @@ fn rill_record_writes_mcap_the_mcap_crate_reads_and_rill_replay_feeds_a_sink_the
     }
     let times: Vec<u64> = messages.iter().filter(|m| m.channel.topic == "ticker/out").map(|m| m.log_time).collect();
     assert!(times.windows(2).all(|w| w[1] > w[0]), "original send times, increasing: {times:?}");
+    // Wall-clock send times of this recording (a 20 ms ticker: at most
+    // one was sent before the tap was wired).
+    assert!(times[0] + 100_000_000 > began, "{} vs the start {began}", times[0]);
+    let span_ns =
+        messages.iter().map(|m| m.log_time).max().unwrap_or(0) - messages.iter().map(|m| m.log_time).min().unwrap_or(0);
+    let about = summary
+        .metadata_indexes
+        .iter()
+        .find(|m| m.name == "rill")
+        .map(|index| mcap::read::metadata(&bytes, index).expect("the rill metadata record").metadata);
+    let about = about.expect("a rill metadata record");
+    assert_eq!(
+        (about.get("dataflow"), about.get("dropped"), about.get("cut")),
+        (Some(&"app".to_owned()), Some(&"0".to_owned()), Some(&"0".to_owned())),
+        "{about:?}"
+    );
 
     // Replayed into the same dataflow (run here): the sink gets exactly
     // the recorded payloads, in order, and the run ends by itself.
     let mut replay = rill();
-    replay.arg("replay").arg(&file).arg(&flow.file).args(["--rate", "4"]);
+    replay.arg("replay").arg(&file).arg(&flow.file).args(["--rate", "2"]);
     let done = Running::start(replay).wait(Duration::from_secs(60));
     assert_eq!(done.code, Some(0), "{}", done.logs());
+    // At the recorded pace, twice as fast.
+    assert!(done.elapsed.as_nanos() as u64 >= span_ns / 2, "{:?} for {span_ns} ns recorded", done.elapsed);
     assert_eq!(printed(&done.stdout, "a"), ticker, "{}", done.logs());
     assert_eq!(printed(&done.stdout, "b"), other, "{}", done.logs());
     assert!(done.stderr.contains("node `ticker` replays out from "), "{}", done.logs());
