@@ -5,6 +5,8 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -49,10 +51,43 @@ pub fn top(args: TopArgs) -> anyhow::Result<ExitCode> {
     if !std::io::stdout().is_terminal() {
         anyhow::bail!("rill top needs a terminal; use `rill top --once` (or --once --json) in scripts");
     }
+    // SIGTERM, SIGHUP (the terminal went away) and SIGINT end it like `q`,
+    // so the terminal is restored.
+    let ended = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, ended.clone()).context("cannot handle signals")?;
+    }
+    let mut source = Source { runtime: crate::remote::runtime()?, client: None };
     let mut terminal = ratatui::init();
-    let result = ui(&mut terminal, &args);
+    let result = ui(&mut terminal, &args, &mut source, &ended);
     ratatui::restore();
     result.map(|()| ExitCode::SUCCESS)
+}
+
+/// One connection to the coordinator for every refresh (made again after
+/// a failure).
+struct Source {
+    runtime: tokio::runtime::Runtime,
+    client: Option<rill_coordinator::client::ControlClient>,
+}
+
+impl Source {
+    fn list(&mut self, args: &TopArgs) -> anyhow::Result<Vec<DataflowSummary>> {
+        let client = &mut self.client;
+        let reply = self.runtime.block_on(async {
+            if client.is_none() {
+                *client = Some(args.coordinator.connect().await?);
+            }
+            let Some(connected) = client.as_mut() else { anyhow::bail!("not connected") };
+            let reply = connected.request(&ControlRequest::List).await;
+            if reply.is_err() {
+                *client = None;
+            }
+            Ok(reply?)
+        })?;
+        let ControlResponse::List { dataflows } = reply else { anyhow::bail!("unexpected reply from the coordinator") };
+        chosen(args, dataflows)
+    }
 }
 
 /// The dataflows to show: `NAME`'s, else every active one.
@@ -60,6 +95,10 @@ fn snapshot(args: &TopArgs) -> anyhow::Result<Vec<DataflowSummary>> {
     let ControlResponse::List { dataflows } = crate::remote::request(&args.coordinator, ControlRequest::List)? else {
         anyhow::bail!("unexpected reply from the coordinator");
     };
+    chosen(args, dataflows)
+}
+
+fn chosen(args: &TopArgs, dataflows: Vec<DataflowSummary>) -> anyhow::Result<Vec<DataflowSummary>> {
     Ok(match &args.dataflow {
         Some(wanted) => {
             let found: Vec<DataflowSummary> =
@@ -118,10 +157,18 @@ fn print_once(dataflows: &[DataflowSummary]) {
 }
 
 /// Redraws every `interval` until q, Esc or Ctrl-C.
-fn ui(terminal: &mut ratatui::DefaultTerminal, args: &TopArgs) -> anyhow::Result<()> {
+fn ui(
+    terminal: &mut ratatui::DefaultTerminal,
+    args: &TopArgs,
+    source: &mut Source,
+    ended: &AtomicBool,
+) -> anyhow::Result<()> {
     let interval = Duration::from_secs_f64(args.interval);
     loop {
-        let (rows, title) = match snapshot(args) {
+        if ended.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let (rows, title) = match source.list(args) {
             Ok(dataflows) => (table_rows(&dataflows), format!(" rill top: {} ", dataflows.len())),
             Err(e) => (Vec::new(), format!(" rill top: {e:#} ")),
         };
@@ -149,8 +196,12 @@ fn ui(terminal: &mut ratatui::DefaultTerminal, args: &TopArgs) -> anyhow::Result
             .context("cannot draw")?;
         let deadline = Instant::now() + interval;
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            if !event::poll(left).context("cannot read the terminal")? {
-                break;
+            if ended.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            // (In slices: a signal is noticed within 100 ms.)
+            if !event::poll(left.min(Duration::from_millis(100))).context("cannot read the terminal")? {
+                continue;
             }
             if let Event::Key(key) = event::read().context("cannot read the terminal")? {
                 let ctrl_c = key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);

@@ -140,9 +140,12 @@ fn rill_top_once_json_lists_every_node_with_pid_usage_and_rates() {
     assert!(stderr.contains("no dataflow named or with uuid `nothing`"), "{stderr}");
 }
 
-#[test]
-fn rill_top_draws_its_table_in_a_terminal_and_quits_on_q() {
-    let (procs, port, _, _flow) = crate::faults::app_on_a(&[], TICKER, "[app/sink] input in");
+/// `rill top` in a pseudo-terminal (script(1)), once it shows the table:
+/// the `script` process and what the terminal received so far.
+fn top_in_a_terminal(
+    procs: &crate::support::Processes,
+    port: u16,
+) -> (std::process::Child, std::sync::Arc<std::sync::Mutex<String>>) {
     let rill = crate::support::rill();
     // (A pseudo-terminal fed from a pipe has no size: give it one.)
     let command = format!(
@@ -178,22 +181,49 @@ fn rill_top_draws_its_table_in_a_terminal_and_quits_on_q() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    (child, screen)
+}
+
+/// Waits (at most 10 s) for `child` to exit.
+fn exit_of(child: &mut std::process::Child, what: &str, screen: &std::sync::Mutex<String>) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("rill top did not quit on {what}:\n{}", screen.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn rill_top_draws_its_table_in_a_terminal_and_quits_on_q_or_sigterm_restoring_the_terminal() {
+    let (procs, port, _, _flow) = crate::faults::app_on_a(&[], TICKER, "[app/sink] input in");
+    let (mut child, screen) = top_in_a_terminal(&procs, port);
     use std::io::Write as _;
     let mut stdin = child.stdin.take().expect("stdin");
     stdin.write_all(b"q").expect("write q");
     stdin.flush().expect("flush");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("rill top did not quit on q:\n{}", shown());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = exit_of(&mut child, "q", &screen);
+    let shown = || screen.lock().unwrap_or_else(|e| e.into_inner()).clone();
     assert!(status.success(), "{status}\n{}", shown());
+
+    // SIGTERM (as `kill` or a closing session sends): the same clean end,
+    // the alternate screen left.
+    let (mut child, screen) = top_in_a_terminal(&procs, port);
+    let children = std::fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id()));
+    let top: i32 = children.unwrap_or_default().split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    assert!(top > 0, "rill top runs under script");
+    // SAFETY: kill(2) on a process this test started (script's child).
+    unsafe { libc::kill(top, libc::SIGTERM) };
+    let status = exit_of(&mut child, "SIGTERM", &screen);
+    let shown = screen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert!(status.success(), "exits 0, not killed by the signal: {status}\n{shown}");
+    assert!(shown.contains("\u{1b}[?1049l"), "the alternate screen is left: {shown:?}");
+
     let (code, _, stderr) = rill_json(&["top", "--coordinator-port", &port.to_string()]);
     assert_eq!(code, Some(1), "no terminal: {stderr}");
     assert!(stderr.contains("rill top needs a terminal; use `rill top --once`"), "{stderr}");
