@@ -171,9 +171,9 @@ fn coordinator(r: &mut Reader, value: &Node) -> Option<Coordinator> {
 fn wait(r: &mut Reader, node: &Node, field: &str) -> Option<std::time::Duration> {
     let spelled = node.scalar_text(r.source).unwrap_or_default();
     let parsed = match &node.value {
-        Value::Int(secs) => crate::duration::delay_from_number(*secs as f64, &spelled),
-        Value::Float(secs) => crate::duration::delay_from_number(*secs, &spelled),
-        Value::Str(text) => crate::duration::parse_delay(text),
+        Value::Int(secs) => crate::duration::delay_from_number(*secs as f64, &spelled, &format!("coordinator.{field}")),
+        Value::Float(secs) => crate::duration::delay_from_number(*secs, &spelled, &format!("coordinator.{field}")),
+        Value::Str(text) => crate::duration::parse_delay(text, &format!("coordinator.{field}")),
         _ => {
             return r.wrong_type(
                 node,

@@ -1,4 +1,4 @@
-//! Durations: `restart_delay` spellings, display, and serde as whole numbers.
+//! Durations: `restart_delay` (and other waits) spellings, display, and serde as whole numbers.
 
 use std::time::Duration;
 
@@ -6,9 +6,10 @@ use crate::diagnostics::Problem;
 
 const DELAY_HINT: &str = "use seconds as a number (`1.5`) or a string with a unit: \"500ms\", \"2s\", \"1.5s\", \"1m\"";
 
-/// Parses a `restart_delay` given as text: a number with an optional unit (`ms`, `s`, `m`;
-/// seconds when there is none). Rounded to whole milliseconds, the precision we store.
-pub(crate) fn parse_delay(text: &str) -> Result<Duration, Problem> {
+/// Parses a wait (`restart_delay`, ..., named `field` in messages) given as
+/// text: a number with an optional unit (`ms`, `s`, `m`; seconds when there
+/// is none). Rounded to whole milliseconds, the precision we store.
+pub(crate) fn parse_delay(text: &str, field: &str) -> Result<Duration, Problem> {
     let trimmed = text.trim();
     let (number, unit_secs) = if let Some(number) = trimmed.strip_suffix("ms") {
         (number, 0.001)
@@ -19,15 +20,14 @@ pub(crate) fn parse_delay(text: &str) -> Result<Duration, Problem> {
     } else {
         (trimmed, 1.0)
     };
-    let invalid = || Problem::new(format!("invalid restart_delay `{text}`"), DELAY_HINT.to_owned());
+    let invalid = || Problem::new(format!("invalid {field} `{text}`"), DELAY_HINT.to_owned());
     let value: f64 = number.trim().parse().map_err(|_| invalid())?;
     delay_from_secs(value * unit_secs).ok_or_else(invalid)
 }
 
-/// A `restart_delay` given as a YAML number of seconds.
-pub(crate) fn delay_from_number(secs: f64, spelled: &str) -> Result<Duration, Problem> {
-    delay_from_secs(secs)
-        .ok_or_else(|| Problem::new(format!("invalid restart_delay `{spelled}`"), DELAY_HINT.to_owned()))
+/// A wait named `field` given as a YAML number of seconds.
+pub(crate) fn delay_from_number(secs: f64, spelled: &str, field: &str) -> Result<Duration, Problem> {
+    delay_from_secs(secs).ok_or_else(|| Problem::new(format!("invalid {field} `{spelled}`"), DELAY_HINT.to_owned()))
 }
 
 /// `None` for negative, NaN or absurdly large values.
@@ -87,15 +87,17 @@ mod tests {
 
     #[test]
     fn delay_spellings() {
-        assert_eq!(parse_delay("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_delay("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_delay("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_delay("1m"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_delay("0.25"), Ok(Duration::from_millis(250)));
+        let parse = |text| parse_delay(text, "restart_delay");
+        assert_eq!(parse("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse("0.25"), Ok(Duration::from_millis(250)));
         for bad in ["", "abc", "-1s", "5 weeks", "NaNs", "1e400s"] {
-            let problem = parse_delay(bad).unwrap_err();
+            let problem = parse(bad).unwrap_err();
             assert_eq!(problem.message, format!("invalid restart_delay `{bad}`"));
         }
+        assert_eq!(parse_delay("x", "max_restart_delay").unwrap_err().message, "invalid max_restart_delay `x`");
     }
 
     #[test]

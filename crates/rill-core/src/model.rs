@@ -11,6 +11,9 @@ use crate::duration::{serde_millis, serde_nanos};
 /// Queue length of an input when `queue_size` is not given.
 pub const DEFAULT_QUEUE_SIZE: usize = 10;
 
+/// The longest pause between restarts when `max_restart_delay` is not given.
+pub const DEFAULT_MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
+
 /// Pause before a node is restarted when `restart_delay` is not given.
 pub const DEFAULT_RESTART_DELAY: Duration = Duration::from_millis(500);
 
@@ -42,6 +45,9 @@ pub struct NodeSpec {
     pub restart: RestartSpec,
     /// Placement and binary distribution.
     pub deploy: Deploy,
+    /// CPU cores the node is pinned to (none: not pinned).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpu_affinity: Vec<u32>,
 }
 
 /// One input of a node.
@@ -79,14 +85,26 @@ pub struct RestartSpec {
     pub policy: RestartPolicy,
     /// Give up after this many restarts; `None` means no limit.
     pub max_restarts: Option<u32>,
-    /// Pause before each restart.
+    /// Pause before the first restart, doubled for each further one.
     #[serde(rename = "restart_delay_ms", with = "serde_millis")]
     pub restart_delay: Duration,
+    /// The longest pause between restarts (the doubling stops there).
+    #[serde(rename = "max_restart_delay_ms", with = "serde_millis", default = "default_max_restart_delay")]
+    pub max_restart_delay: Duration,
+}
+
+fn default_max_restart_delay() -> Duration {
+    DEFAULT_MAX_RESTART_DELAY
 }
 
 impl Default for RestartSpec {
     fn default() -> Self {
-        RestartSpec { policy: RestartPolicy::default(), max_restarts: None, restart_delay: DEFAULT_RESTART_DELAY }
+        RestartSpec {
+            policy: RestartPolicy::default(),
+            max_restarts: None,
+            restart_delay: DEFAULT_RESTART_DELAY,
+            max_restart_delay: DEFAULT_MAX_RESTART_DELAY,
+        }
     }
 }
 

@@ -115,6 +115,7 @@ fn full_example_parses_into_the_expected_structs() {
                     policy: RestartPolicy::OnFailure,
                     max_restarts: Some(5),
                     restart_delay: Duration::from_millis(1500),
+                    max_restart_delay: DEFAULT_MAX_RESTART_DELAY,
                 },
                 deploy: Deploy {
                     machine: Some("robot".into()),
@@ -123,6 +124,7 @@ fn full_example_parses_into_the_expected_structs() {
                     working_dir: Some(PathBuf::from("/opt/app")),
                     artifact: None,
                 },
+                cpu_affinity: vec![],
             },
             NodeSpec {
                 id: "inference".into(),
@@ -140,6 +142,7 @@ fn full_example_parses_into_the_expected_structs() {
                     policy: RestartPolicy::Always,
                     max_restarts: None,
                     restart_delay: Duration::from_secs(2),
+                    max_restart_delay: DEFAULT_MAX_RESTART_DELAY,
                 },
                 deploy: Deploy {
                     machine: None,
@@ -148,6 +151,7 @@ fn full_example_parses_into_the_expected_structs() {
                     working_dir: None,
                     artifact: None,
                 },
+                cpu_affinity: vec![],
             },
             NodeSpec {
                 id: "logger".into(),
@@ -163,6 +167,7 @@ fn full_example_parses_into_the_expected_structs() {
                 outputs: Vec::new(),
                 restart: RestartSpec::default(),
                 deploy: Deploy::default(),
+                cpu_affinity: vec![],
             },
         ],
     };
@@ -330,7 +335,8 @@ nodes:
         hint.as_deref(),
         Some(
             "did you mean `outputs`? valid fields: id, name, description, path, args, env, build, \
-             inputs, outputs, restart_policy, max_restarts, restart_delay, deploy, _unstable_deploy"
+             inputs, outputs, restart_policy, max_restarts, restart_delay, max_restart_delay, cpu_affinity, \
+             deploy, _unstable_deploy"
         )
     );
 }
@@ -729,7 +735,7 @@ fn display_format() {
          hint: expected one of: never, on-failure, always\n\
          dataflow.yml:5:5: error: unknown field `colour` in node `a`\n    \
          hint: valid fields: id, name, description, path, args, env, build, inputs, outputs, \
-         restart_policy, max_restarts, restart_delay, deploy, _unstable_deploy\n\
+         restart_policy, max_restarts, restart_delay, max_restart_delay, cpu_affinity, deploy, _unstable_deploy\n\
          2 errors found"
     );
 }
@@ -813,4 +819,30 @@ fn non_finite_floats_are_text() {
     assert_eq!(dataflow.nodes[0].env, map(&[("LIMIT", ".inf")]));
     let (_, _, message, _) = single_error("nodes:\n  - id: a\n    path: ./a\n    restart_delay: .inf\n");
     assert_eq!(message, "invalid restart_delay `.inf`");
+}
+
+#[test]
+fn cpu_affinity_and_max_restart_delay_are_read_and_bad_values_refused_at_their_line() {
+    let dataflow = parse_ok(
+        "nodes:\n  - id: a\n    path: ./a\n    cpu_affinity: [1, 0, 1]\n    restart_delay: 0.1\n    max_restart_delay: 2s\n",
+    );
+    let a = &dataflow.nodes[0];
+    assert_eq!(a.cpu_affinity, [1, 0], "each core once, in order");
+    assert_eq!(
+        (a.restart.restart_delay, a.restart.max_restart_delay),
+        (Duration::from_millis(100), Duration::from_secs(2))
+    );
+    assert_eq!(
+        parse_ok("nodes:\n  - id: a\n    path: ./a\n").nodes[0].restart.max_restart_delay,
+        DEFAULT_MAX_RESTART_DELAY
+    );
+    let found = errors("nodes:\n  - id: a\n    path: ./a\n    cpu_affinity: [0, -1, 1.5]\n    max_restart_delay: -3\n");
+    let lines: Vec<(usize, &str)> = found.iter().map(|(line, _, message, _)| (*line, message.as_str())).collect();
+    assert_eq!(lines.len(), 3, "{found:?}");
+    assert!(
+        lines[..2].iter().all(|(line, m)| *line == 4 && m.contains("each core of `cpu_affinity` of node `a`")),
+        "{found:?}"
+    );
+    assert!(lines[0].1.contains("`-1`") && lines[1].1.contains("`1.5`"), "{found:?}");
+    assert_eq!(lines[2], (5, "invalid max_restart_delay `-3`"), "{found:?}");
 }

@@ -422,6 +422,9 @@ impl Runtime {
         self.usage.insert(node.id.clone(), (pid, None));
         router.send(Command::Attach { node: node.id.clone(), instance, socket: spawned.socket });
         (self.reporter)(Report::Spawned { node: node_id, pid });
+        if let Some(warning) = spawned.warning.take() {
+            (self.reporter)(Report::Log { node: node_id, stream: Stream::Stderr, line: &warning });
+        }
         if let Some(out) = spawned.child.stdout.take() {
             self.pipe_lines(node_id, Stream::Stdout, out);
         }

@@ -19,6 +19,61 @@ const NODE_FD: i32 = 3;
 pub struct SpawnedNode {
     pub child: Child,
     pub socket: OwnedFd,
+    /// For the node's log: why it runs unpinned despite its `cpu_affinity`.
+    pub warning: Option<String>,
+}
+
+/// The CPU set to pin `node` to (`None`: no `cpu_affinity`), or why it
+/// runs unpinned: a core this machine (this daemon's allowed set) lacks.
+pub fn affinity(node: &NodeSpec) -> Result<Option<libc::cpu_set_t>, String> {
+    if node.cpu_affinity.is_empty() {
+        return Ok(None);
+    }
+    // SAFETY: a zeroed cpu_set_t is an empty set; sched_getaffinity fills it.
+    let allowed = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Err(format!(
+                "rill: cannot read this machine's cores ({}); the node runs unpinned",
+                std::io::Error::last_os_error()
+            ));
+        }
+        set
+    };
+    let max = libc::CPU_SETSIZE as usize;
+    // SAFETY: CPU_ISSET reads a set we own, for cores below CPU_SETSIZE.
+    let has = |core: usize| core < max && unsafe { libc::CPU_ISSET(core, &allowed) };
+    let missing: Vec<String> = node.cpu_affinity.iter().filter(|c| !has(**c as usize)).map(|c| c.to_string()).collect();
+    if !missing.is_empty() {
+        let cores: Vec<usize> = (0..max).filter(|c| has(*c)).collect();
+        return Err(format!(
+            "rill: cpu_affinity names core {} which this machine does not have (its cores: {}); the node runs unpinned",
+            missing.join(", "),
+            ranges(&cores)
+        ));
+    }
+    // SAFETY: as above; every core is below CPU_SETSIZE (checked).
+    let pinned = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        node.cpu_affinity.iter().for_each(|c| libc::CPU_SET(*c as usize, &mut set));
+        set
+    };
+    Ok(Some(pinned))
+}
+
+/// `0-3,6` for cores 0, 1, 2, 3, 6.
+fn ranges(cores: &[usize]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < cores.len() {
+        let start = cores[i];
+        while i + 1 < cores.len() && cores[i + 1] == cores[i] + 1 {
+            i += 1;
+        }
+        parts.push(if cores[i] == start { start.to_string() } else { format!("{start}-{}", cores[i]) });
+        i += 1;
+    }
+    parts.join(",")
 }
 
 /// The environment variable naming the interpreter of `.py` nodes (in the
@@ -144,6 +199,10 @@ pub fn spawn_node(
         .stderr(Stdio::piped())
         .process_group(0);
     let raw = node_end.as_raw_fd();
+    let (pin, warning) = match affinity(node) {
+        Ok(pin) => (pin, None),
+        Err(warning) => (None, Some(warning)),
+    };
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         command.pre_exec(move || {
@@ -159,12 +218,18 @@ pub fn spawn_node(
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // Pinned before it runs a single instruction of its own.
+            if let Some(set) = &pin
+                && libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
     let child = command.spawn()?;
     drop(node_end);
-    Ok(SpawnedNode { child, socket: daemon_end })
+    Ok(SpawnedNode { child, socket: daemon_end, warning })
 }
 
 #[cfg(test)]

@@ -13,7 +13,6 @@ use rill_core::{Dataflow, RestartPolicy, RestartSpec};
 use crate::router::Instance;
 
 /// Longest wait between restarts, whatever the backoff says.
-const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
 /// After SIGKILL, how long before we stop waiting for the exit (a process
 /// stuck in the kernel, e.g. on a dead NFS mount, may never exit): the node
 /// is then abandoned, so the run can end.
@@ -274,7 +273,7 @@ impl Supervisor {
                 if wants_restart && allowed && !stopping {
                     n.restarts += 1;
                     let attempt = n.restarts;
-                    let delay = backoff(n.restart.restart_delay, attempt);
+                    let delay = backoff(n.restart.restart_delay, attempt, n.restart.max_restart_delay);
                     n.state = NodeState::Restarting { at: now + delay };
                     return vec![Action::Notice(Notice::Restarting { node: node.to_owned(), status, attempt, delay })];
                 }
@@ -396,10 +395,10 @@ impl Supervisor {
     }
 }
 
-/// `base`, doubled for each further attempt, capped.
-fn backoff(base: Duration, attempt: u32) -> Duration {
+/// `base` before the first attempt, doubled for each further one, at most `cap`.
+fn backoff(base: Duration, attempt: u32, cap: Duration) -> Duration {
     let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
-    base.saturating_mul(factor).min(MAX_RESTART_DELAY)
+    base.saturating_mul(factor).min(cap)
 }
 
 #[cfg(test)]
@@ -529,8 +528,13 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_caps() {
-        assert_eq!(backoff(Duration::from_secs(1), 1), Duration::from_secs(1));
-        assert_eq!(backoff(Duration::from_secs(1), 3), Duration::from_secs(4));
-        assert_eq!(backoff(Duration::from_secs(1), 40), MAX_RESTART_DELAY);
+        let cap = rill_core::DEFAULT_MAX_RESTART_DELAY;
+        assert_eq!(backoff(Duration::from_secs(1), 1, cap), Duration::from_secs(1));
+        assert_eq!(backoff(Duration::from_secs(1), 3, cap), Duration::from_secs(4));
+        assert_eq!(backoff(Duration::from_secs(1), 40, cap), cap);
+        // `max_restart_delay`: 100, 200, 300, 300 ms.
+        let waits: Vec<u128> =
+            (1..=4).map(|k| backoff(Duration::from_millis(100), k, Duration::from_millis(300)).as_millis()).collect();
+        assert_eq!(waits, [100, 200, 300, 300]);
     }
 }

@@ -145,3 +145,46 @@ fn a_restarted_producer_is_wired_again_and_closes_only_at_the_end() {
     check!(run, lines.iter().filter(|l| *l == "closed in").count() == 1, "closed once");
     check!(run, lines.iter().position(|l| l == "closed in") == Some(6), "closed after the last message: {lines:?}");
 }
+
+#[test]
+fn restart_delays_double_from_restart_delay_up_to_max_restart_delay() {
+    let flow = Flow::new(
+        "nodes:\n  - id: flaky\n    path: {node}\n    args: [fail-until, count.txt, '100']\n    restart_policy: on-failure\n    max_restarts: 4\n    restart_delay: 0.1\n    max_restart_delay: 300ms\n",
+    );
+    let started = std::time::Instant::now();
+    let run = flow.run(&[], Duration::from_secs(20));
+    check!(run, run.code == Some(1), "fails after its restarts");
+    let delays: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("rill: node `flaky` ended with exit code 1; restart ")?.split_once(" in "))
+        .map(|(_, delay)| delay)
+        .collect();
+    check!(run, delays == ["100.0ms", "200.0ms", "300.0ms", "300.0ms"], "doubling, capped: {delays:?}");
+    // (The waits are real: at least their sum.)
+    check!(run, started.elapsed() >= Duration::from_millis(900), "{:?}", started.elapsed());
+}
+
+#[test]
+fn a_pinned_node_runs_on_its_cores_and_one_naming_a_missing_core_runs_unpinned_with_a_warning() {
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    let all =
+        status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(str::trim).unwrap_or("0").to_owned();
+    // The last core this test may use: pinning to it changes the list on any machine with two.
+    let last = all.rsplit([',', '-']).next().unwrap_or("0").to_owned();
+    let show = "args: ['-c', 'grep Cpus_allowed_list /proc/$$/status']";
+    let flow = Flow::new(&format!(
+        "nodes:\n  - id: pinned\n    path: /bin/sh\n    {show}\n    cpu_affinity: [{last}]\n  - id: loose\n    path: /bin/sh\n    {show}\n    cpu_affinity: [{last}, 4000]\n"
+    ));
+    let run = flow.run(&[], Duration::from_secs(20));
+    check!(run, run.code == Some(0), "both run");
+    let printed =
+        |node: &str, list: &str| run.stdout.lines().any(|l| l == format!("[{node}] Cpus_allowed_list:\t{list}"));
+    check!(run, printed("pinned", &last), "pinned to core {last}");
+    check!(run, printed("loose", &all), "not pinned: all of {all}");
+    check!(
+        run,
+        run.stderr.contains("[loose] rill: cpu_affinity names core 4000 which this machine does not have"),
+        "warned"
+    );
+}

@@ -28,6 +28,8 @@ const NODE_FIELDS: &[&str] = &[
     "restart_policy",
     "max_restarts",
     "restart_delay",
+    "max_restart_delay",
+    "cpu_affinity",
     "deploy",
     "_unstable_deploy",
 ];
@@ -148,8 +150,27 @@ fn node(r: &mut Reader, item: &Node) -> Option<ParsedNode> {
         outputs,
         restart: restart::restart(r, &fields, &label),
         deploy: deploy::deploy(r, &fields, &label),
+        cpu_affinity: cpu_affinity(r, &fields, &label),
     };
     Some(ParsedNode { spec, id_pos: id.map(|(_, pos)| pos), outputs_complete, source_pos, path_pos })
+}
+
+/// `cpu_affinity: [core, ...]`: whole numbers from 0 (each once).
+fn cpu_affinity(r: &mut Reader, fields: &Fields, label: &str) -> Vec<u32> {
+    let Some(value) = fields.get("cpu_affinity") else { return Vec::new() };
+    let what = format!("each core of `cpu_affinity` of {label}");
+    let Some(items) = r.list(value, &format!("`cpu_affinity` of {label}")) else { return Vec::new() };
+    let mut cores = Vec::new();
+    for item in items {
+        // (Linux numbers cores well below 2^20.)
+        let Some(core) = r.count(item, &what).and_then(|c| u32::try_from(c).ok().filter(|c| *c < 1 << 20)) else {
+            continue;
+        };
+        if !cores.contains(&core) {
+            cores.push(core);
+        }
+    }
+    cores
 }
 
 /// How messages name a node: by id when it has a usable one, by position otherwise.

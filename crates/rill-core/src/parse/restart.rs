@@ -1,4 +1,4 @@
-//! `restart_policy`, `max_restarts` and `restart_delay`.
+//! `restart_policy`, `max_restarts`, `restart_delay` and `max_restart_delay`.
 
 use std::time::Duration;
 
@@ -33,24 +33,30 @@ pub(super) fn restart(r: &mut Reader, fields: &Fields, label: &str) -> RestartSp
         });
     }
     if let Some(value) = fields.get("restart_delay")
-        && let Some(delay) = restart_delay(r, value, label)
+        && let Some(delay) = delay(r, value, label, "restart_delay")
     {
         spec.restart_delay = delay;
+    }
+    // The cap of the doubling wait (the predecessor's 1.0 field).
+    if let Some(value) = fields.get("max_restart_delay")
+        && let Some(cap) = delay(r, value, label, "max_restart_delay")
+    {
+        spec.max_restart_delay = cap;
     }
     spec
 }
 
 /// Seconds as a YAML number, or a string with a unit; `None` if unset or reported.
-fn restart_delay(r: &mut Reader, value: &Node, label: &str) -> Option<Duration> {
+fn delay(r: &mut Reader, value: &Node, label: &str, field: &str) -> Option<Duration> {
     let spelled = value.scalar_text(r.source).unwrap_or_default();
     let delay = match &value.value {
         Value::Null => return None,
         // Precision loss only beyond 2^53 seconds, which fails as too large anyway.
-        Value::Int(secs) => duration::delay_from_number(*secs as f64, &spelled),
-        Value::Float(secs) => duration::delay_from_number(*secs, &spelled),
-        Value::Str(text) => duration::parse_delay(text),
+        Value::Int(secs) => duration::delay_from_number(*secs as f64, &spelled, field),
+        Value::Float(secs) => duration::delay_from_number(*secs, &spelled, field),
+        Value::Str(text) => duration::parse_delay(text, field),
         _ => {
-            let what = format!("`restart_delay` of {label}");
+            let what = format!("`{field}` of {label}");
             return r.wrong_type(value, &what, "a number of seconds or a string like \"500ms\"");
         }
     };
