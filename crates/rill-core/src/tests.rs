@@ -846,3 +846,23 @@ fn cpu_affinity_and_max_restart_delay_are_read_and_bad_values_refused_at_their_l
     assert!(lines[0].1.contains("`-1`") && lines[1].1.contains("`1.5`"), "{found:?}");
     assert_eq!(lines[2], (5, "invalid max_restart_delay `-3`"), "{found:?}");
 }
+
+#[test]
+fn in_process_operators_are_refused_at_their_line_with_what_to_do() {
+    let found = errors(
+        "nodes:\n  - id: camera\n    path: ./camera\n    outputs: [image]\n  - id: runtime-node\n    operators:\n      - id: detect\n        python: detect.py\n        inputs: { image: camera/image }\n",
+    );
+    assert_eq!(found.len(), 1, "one error, not one per consequence: {found:#?}");
+    let (line, column, message, hint) = &found[0];
+    assert_eq!((*line, *column), (6, 5));
+    assert_eq!(
+        message,
+        "node `runtime-node` uses `operators`: rill runs every node as its own process and has no in-process operators"
+    );
+    assert!(
+        hint.as_deref().is_some_and(|h| h.contains("node of its own with `path:`") && h.contains(".py")),
+        "{hint:?}"
+    );
+    let found = errors("nodes:\n  - id: op\n    operator:\n      python: op.py\n");
+    assert_eq!((found[0].0, found[0].2.contains("uses `operator`")), (3, true), "{found:#?}");
+}

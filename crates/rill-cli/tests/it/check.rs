@@ -56,3 +56,24 @@ fn graph_prints_mermaid_edges() {
         "{value}"
     );
 }
+
+#[test]
+fn an_operators_node_is_refused_at_its_line_with_what_to_do_instead() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("operators.yml");
+    std::fs::write(
+        &file,
+        "nodes:\n  - id: camera\n    path: ./camera\n    outputs: [image]\n  - id: runtime-node\n    operators:\n      - id: detect\n        python: detect.py\n        inputs: { image: camera/image }\n",
+    )
+    .unwrap();
+    let out = rill().arg("check").arg(&file).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let expected = format!(
+        "{}:6:5: error: node `runtime-node` uses `operators`: rill runs every node as its own process and has no in-process operators",
+        file.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(stderr.contains("make each operator a node of its own with `path:`"), "{stderr}");
+    assert!(stderr.contains("1 error found"), "{stderr}");
+}

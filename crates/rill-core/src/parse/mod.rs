@@ -34,6 +34,13 @@ const NODE_FIELDS: &[&str] = &[
     "_unstable_deploy",
 ];
 
+/// Fields of the predecessor's in-process operators (runtime nodes).
+const OPERATOR_FIELDS: &[&str] = &["operators", "operator", "custom"];
+
+/// What to do instead of an in-process operator.
+const OPERATOR_HINT: &str = "make each operator a node of its own with `path:` (its program: a binary, or a \
+`.py` script that uses `import rill`, see docs/python.md), with the operator's inputs and outputs on the node";
+
 /// Where each node's fields are written, for messages about a valid dataflow
 /// (e.g. `rill check` warning that a node's `path` does not exist yet).
 #[derive(Debug, Clone, Default)]
@@ -135,6 +142,17 @@ fn node(r: &mut Reader, item: &Node) -> Option<ParsedNode> {
         return r.wrong_type(item, "each entry of `nodes`", "a mapping");
     };
     let label = node_label(r, entries, item.pos);
+    let operator = entries.iter().find_map(|(key, _)| match &key.value {
+        Value::Str(name) if OPERATOR_FIELDS.contains(&name.as_str()) => Some((name.clone(), key.pos)),
+        _ => None,
+    });
+    if let Some((field, pos)) = operator {
+        let message =
+            format!("{label} uses `{field}`: rill runs every node as its own process and has no in-process operators");
+        r.error_hint(pos, message, OPERATOR_HINT);
+        // (Its other fields, `path` missing, would only repeat the point.)
+        return None;
+    }
     let fields = r.fields(entries, NODE_FIELDS, &label);
     let id = node_id(r, &fields, item.pos);
     let (outputs, outputs_complete) = outputs(r, &fields, &label);
