@@ -1,18 +1,21 @@
 use crate::support::rill;
 
+/// `rill check` of `yaml` written to a file: its exit code, stderr and the
+/// file's name (the directory lives as long as the returned guard).
+fn check_yaml(yaml: &str) -> (Option<i32>, String, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dataflow.yml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = rill().arg("check").arg(&file).output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned(), file.display().to_string(), dir)
+}
+
 #[test]
 fn check_reports_every_mistake_with_its_line_and_fails() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("bad.yml");
-    std::fs::write(
-        &file,
+    let (code, stderr, name, _dir) = check_yaml(
         "nodes:\n  - id: source\n    path: ./source\n    outputs: [out]\n    colour: red\n  - id: sink\n    path: ./sink\n    inputs:\n      a: source/missing\n      b: rill/timer/weeks/3\n",
-    )
-    .unwrap();
-    let out = rill().arg("check").arg(&file).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    let name = file.display().to_string();
+    );
+    assert_eq!(code, Some(1), "{stderr}");
     for line in [5, 9, 10] {
         assert!(stderr.contains(&format!("{name}:{line}:")), "no error for line {line}:\n{stderr}");
     }
@@ -59,19 +62,12 @@ fn graph_prints_mermaid_edges() {
 
 #[test]
 fn an_operators_node_is_refused_at_its_line_with_what_to_do_instead() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("operators.yml");
-    std::fs::write(
-        &file,
+    let (code, stderr, name, _dir) = check_yaml(
         "nodes:\n  - id: camera\n    path: ./camera\n    outputs: [image]\n  - id: runtime-node\n    operators:\n      - id: detect\n        python: detect.py\n        inputs: { image: camera/image }\n",
-    )
-    .unwrap();
-    let out = rill().arg("check").arg(&file).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    );
+    assert_eq!(code, Some(1), "{stderr}");
     let expected = format!(
-        "{}:6:5: error: node `runtime-node` uses `operators`: rill runs every node as its own process and has no in-process operators",
-        file.display()
+        "{name}:6:5: error: node `runtime-node` uses `operators`: rill runs every node as its own process and has no in-process operators"
     );
     assert!(stderr.contains(&expected), "{stderr}");
     assert!(stderr.contains("make each operator a node of its own with `path:`"), "{stderr}");
