@@ -8,8 +8,12 @@ use rill_core::{Dataflow, Diagnostic};
 /// Loads a dataflow file and its directory (where relative paths start).
 /// `None`: it is invalid, and its problems were printed.
 pub fn load_dataflow(file: &Path) -> anyhow::Result<Option<(Dataflow, PathBuf)>> {
-    let dataflow = match Dataflow::load(file) {
-        Ok(dataflow) => dataflow,
+    let dataflow = match Dataflow::load_located(file) {
+        Ok((dataflow, positions)) => {
+            // (Fields it accepts and ignores: said, not fatal.)
+            positions.warnings.iter().for_each(|w| eprintln!("{w}"));
+            dataflow
+        }
         Err(diagnostics) => {
             eprintln!("{diagnostics}");
             return Ok(None);
@@ -28,7 +32,11 @@ pub fn check(files: &[PathBuf], json: bool) -> ExitCode {
         let result = Dataflow::load_located(file);
         failed |= result.is_err();
         let warnings = match &result {
-            Ok((dataflow, positions)) => missing_programs(file, dataflow, positions),
+            Ok((dataflow, positions)) => {
+                let mut warnings = positions.warnings.clone();
+                warnings.extend(missing_programs(file, dataflow, positions));
+                warnings
+            }
             Err(_) => Vec::new(),
         };
         if json {

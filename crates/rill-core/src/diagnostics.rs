@@ -109,11 +109,25 @@ impl Problem {
 pub(crate) struct Collector {
     file: PathBuf,
     found: Vec<Diagnostic>,
+    /// Valid, but worth saying (a field rill accepts and ignores).
+    warnings: Vec<Diagnostic>,
 }
 
 impl Collector {
     pub fn new(file: &Path) -> Self {
-        Collector { file: file.to_path_buf(), found: Vec::new() }
+        Collector { file: file.to_path_buf(), found: Vec::new(), warnings: Vec::new() }
+    }
+
+    pub fn warn_hint(&mut self, pos: Pos, message: impl Into<String>, hint: impl Into<String>) {
+        let position = (pos.line, pos.column);
+        self.warnings.push(Diagnostic::warning(&self.file, position, message.into(), Some(hint.into())));
+    }
+
+    /// The warnings so far, in file order.
+    pub fn take_warnings(&mut self) -> Vec<Diagnostic> {
+        let mut warnings = std::mem::take(&mut self.warnings);
+        warnings.sort_by_key(|d| (d.line, d.column));
+        warnings
     }
 
     pub fn error(&mut self, pos: Pos, message: impl Into<String>) {

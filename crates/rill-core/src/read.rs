@@ -151,4 +151,9 @@ impl<'s> Reader<'s> {
     pub fn error_hint(&mut self, pos: Pos, message: impl Into<String>, hint: impl Into<String>) {
         self.report.error_hint(pos, message, hint);
     }
+
+    /// Notes something valid but worth saying at `pos`.
+    pub fn warn_hint(&mut self, pos: Pos, message: impl Into<String>, hint: impl Into<String>) {
+        self.report.warn_hint(pos, message, hint);
+    }
 }

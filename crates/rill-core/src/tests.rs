@@ -301,7 +301,7 @@ fn empty_file_and_missing_or_empty_nodes() {
     let found = errors("\nname: demo\n");
     assert_eq!(found.len(), 2, "{found:#?}");
     assert_eq!((found[0].0, found[0].2.as_str()), (1, "unknown field `name` in the dataflow"));
-    assert_eq!(found[0].3.as_deref(), Some("valid fields: nodes"));
+    assert_eq!(found[0].3.as_deref(), Some("valid fields: nodes, env, health_check_interval, exit_when_nodes_finish"));
     assert_eq!((found[1].0, found[1].2.as_str()), (1, "missing field `nodes`"));
     assert_eq!(single_error("nodes: []\n").2, "`nodes` is empty");
     assert_eq!(single_error("nodes:\n").2, "`nodes` is empty");
@@ -865,4 +865,19 @@ fn in_process_operators_are_refused_at_their_line_with_what_to_do() {
     );
     let found = errors("nodes:\n  - id: op\n    operator:\n      python: op.py\n");
     assert_eq!((found[0].0, found[0].2.contains("uses `operator`")), (3, true), "{found:#?}");
+}
+
+#[test]
+fn top_level_env_reaches_every_node_and_ignored_fields_are_warnings_at_their_line() {
+    let (dataflow, positions) = Dataflow::parse_located(
+        "env: { LEVEL: info, SITE: lab }\nhealth_check_interval: 2.0\nnodes:\n  - id: a\n    path: ./a\n    env: { LEVEL: debug }\n  - id: b\n    path: ./b\nexit_when_nodes_finish: [a]\n",
+        Path::new("d.yml"),
+    )
+    .expect("valid");
+    assert_eq!(dataflow.nodes[0].env, map(&[("LEVEL", "debug"), ("SITE", "lab")]), "the node's own value wins");
+    assert_eq!(dataflow.nodes[1].env, map(&[("LEVEL", "info"), ("SITE", "lab")]));
+    let warnings: Vec<(usize, &str)> = positions.warnings.iter().map(|w| (w.line, w.message.as_str())).collect();
+    assert_eq!(warnings, [(2, "rill ignores `health_check_interval`"), (9, "rill ignores `exit_when_nodes_finish`")]);
+    assert!(positions.warnings.iter().all(|w| w.severity == Severity::Warning && w.hint.is_some()));
+    assert!(errors("env: [a]\nnodes:\n  - id: a\n    path: ./a\n")[0].2.contains("`env` of the dataflow"));
 }

@@ -73,3 +73,11 @@ fn an_operators_node_is_refused_at_its_line_with_what_to_do_instead() {
     assert!(stderr.contains("make each operator a node of its own with `path:`"), "{stderr}");
     assert!(stderr.contains("1 error found"), "{stderr}");
 }
+
+#[test]
+fn check_warns_about_top_level_fields_rill_ignores_and_passes() {
+    let (code, stderr, name, _dir) =
+        check_yaml("health_check_interval: 2.0\nenv: { SITE: lab }\nnodes:\n  - id: a\n    path: /bin/true\n");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains(&format!("{name}:1:1: warning: rill ignores `health_check_interval`")), "{stderr}");
+}

@@ -14,7 +14,16 @@ use crate::read::{Fields, Reader};
 use crate::yaml::{self, Node, Pos, Value};
 use crate::{args, validate};
 
-const TOP_FIELDS: &[&str] = &["nodes"];
+const TOP_FIELDS: &[&str] = &["nodes", "env", "health_check_interval", "exit_when_nodes_finish"];
+
+/// Top-level fields of the predecessor that rill accepts and ignores, and why.
+const IGNORED_TOP_FIELDS: &[(&str, &str)] = &[
+    (
+        "health_check_interval",
+        "daemons and the coordinator check each other with heartbeats every second, and a node's exit is seen at once",
+    ),
+    ("exit_when_nodes_finish", "a dataflow ends when every node has ended; stop it earlier with `rill stop`"),
+];
 const NODE_FIELDS: &[&str] = &[
     "id",
     "name",
@@ -46,6 +55,8 @@ const OPERATOR_HINT: &str = "make each operator a node of its own with `path:` (
 #[derive(Debug, Clone, Default)]
 pub struct Positions {
     node_path: BTreeMap<String, Pos>,
+    /// Valid, but worth saying: fields rill accepts and ignores.
+    pub warnings: Vec<crate::Diagnostic>,
 }
 
 impl Positions {
@@ -70,7 +81,7 @@ impl Dataflow {
         let mut reader = Reader { source: text, report: Collector::new(file) };
         let nodes = dataflow(&mut reader, &root);
         validate::graph(&mut reader.report, &nodes);
-        let mut positions = Positions::default();
+        let mut positions = Positions { warnings: reader.report.take_warnings(), ..Positions::default() };
         for node in &nodes {
             if let Some(pos) = node.path_pos {
                 positions.node_path.insert(node.spec.id.clone(), pos);
@@ -124,6 +135,13 @@ fn dataflow(r: &mut Reader, root: &Node) -> Vec<ParsedNode> {
         }
     };
     let fields = r.fields(entries, TOP_FIELDS, "the dataflow");
+    for (field, why) in IGNORED_TOP_FIELDS {
+        if let Some(entry) = fields.entry(field) {
+            r.warn_hint(entry.key.pos, format!("rill ignores `{field}`"), format!("{why}; remove the field"));
+        }
+    }
+    // Every node gets these; a node's own value wins.
+    let shared_env = env(r, &fields, "the dataflow");
     let Some(nodes) = fields.entry("nodes") else {
         r.error_hint(root.pos, "missing field `nodes`", "a dataflow needs a `nodes:` list");
         return Vec::new();
@@ -134,7 +152,13 @@ fn dataflow(r: &mut Reader, root: &Node) -> Vec<ParsedNode> {
     if items.is_empty() {
         r.error_hint(nodes.key.pos, "`nodes` is empty", "add at least one node");
     }
-    items.iter().filter_map(|item| node(r, item)).collect()
+    let mut nodes: Vec<ParsedNode> = items.iter().filter_map(|item| node(r, item)).collect();
+    for node in &mut nodes {
+        for (key, value) in &shared_env {
+            node.spec.env.entry(key.clone()).or_insert_with(|| value.clone());
+        }
+    }
+    nodes
 }
 
 fn node(r: &mut Reader, item: &Node) -> Option<ParsedNode> {
