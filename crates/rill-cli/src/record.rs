@@ -145,15 +145,8 @@ pub struct ReplayArgs {
     /// every recorded output the dataflow has).
     #[arg(long, value_delimiter = ',')]
     outputs: Vec<String>,
-    /// Seconds a node gets after `Stop` before SIGTERM (and again before SIGKILL).
-    #[arg(long, default_value_t = 2.0, value_name = "SECS")]
-    grace: f64,
-    /// Do not run the other nodes' `build` commands.
-    #[arg(long)]
-    skip_build: bool,
-    /// Print node output and the summary as JSON lines.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    flags: crate::run::RunFlags,
 }
 
 /// Runs the dataflow here, as `rill run` does, with replay nodes in place
@@ -193,9 +186,7 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     if !replaced.skipped.is_empty() {
         note!("rill: not replayed (the dataflow has no such output): {}", replaced.skipped.join(", "));
     }
-    let grace = Duration::try_from_secs_f64(args.grace).context("--grace must be a non-negative number of seconds")?;
-    let options = rill_daemon::RunOptions { grace, term_grace: grace, skip_build: args.skip_build };
-    crate::run::run_dataflow(dataflow, base_dir, options, args.json)
+    args.flags.run(dataflow, base_dir)
 }
 
 /// The node `rill replay` puts in place of a recorded producer (not for

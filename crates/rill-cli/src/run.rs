@@ -17,6 +17,13 @@ use rill_proto::coord::{NodeCounts, NodeTraffic};
 pub struct RunArgs {
     /// The dataflow file.
     file: PathBuf,
+    #[command(flatten)]
+    flags: RunFlags,
+}
+
+/// How a dataflow runs here (`rill run`, `rill replay`).
+#[derive(clap::Args)]
+pub struct RunFlags {
     /// Seconds a node gets after `Stop` before SIGTERM (and again before SIGKILL).
     #[arg(long, default_value_t = 2.0, value_name = "SECS")]
     grace: f64,
@@ -26,6 +33,19 @@ pub struct RunArgs {
     /// Print node output and the summary as JSON lines.
     #[arg(long)]
     json: bool,
+}
+
+impl RunFlags {
+    fn options(&self) -> anyhow::Result<RunOptions> {
+        let grace =
+            Duration::try_from_secs_f64(self.grace).context("--grace must be a non-negative number of seconds")?;
+        Ok(RunOptions { grace, term_grace: grace, skip_build: self.skip_build })
+    }
+
+    /// Runs `dataflow` here with these flags (see [`run_dataflow`]).
+    pub fn run(&self, dataflow: rill_core::Dataflow, base_dir: PathBuf) -> anyhow::Result<ExitCode> {
+        run_dataflow(dataflow, base_dir, self.options()?, self.json)
+    }
 }
 
 /// Where node output and JSON events go. When its reader goes away
@@ -56,9 +76,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let Some((dataflow, base_dir)) = crate::output::load_dataflow(&args.file)? else {
         return Ok(ExitCode::FAILURE);
     };
-    let grace = Duration::try_from_secs_f64(args.grace).context("--grace must be a non-negative number of seconds")?;
-    let options = RunOptions { grace, term_grace: grace, skip_build: args.skip_build };
-    run_dataflow(dataflow, base_dir, options, args.json)
+    args.flags.run(dataflow, base_dir)
 }
 
 /// Runs a dataflow here until it ends (or Ctrl-C), printing node output

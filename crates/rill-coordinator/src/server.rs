@@ -192,23 +192,24 @@ impl App {
         changed
     }
 
-    /// Lets the followers of ended dataflows go (whatever ended them).
+    /// Lets the log followers and taps of ended dataflows go (whatever
+    /// ended them).
     fn end_followers(&self) {
         let followed = self.logs().followed();
-        let ended: Vec<String> = {
-            let dataflows = self.dataflows();
-            followed.into_iter().filter(|uuid| !dataflows.find(uuid).is_some_and(DataflowRecord::is_active)).collect()
-        };
+        let ended = self.inactive(followed);
         let mut logs = self.logs();
         ended.iter().for_each(|uuid| logs.ended(uuid));
         drop(logs);
         let tapped = self.taps().tapped();
-        let ended: Vec<String> = {
-            let dataflows = self.dataflows();
-            tapped.into_iter().filter(|uuid| !dataflows.find(uuid).is_some_and(DataflowRecord::is_active)).collect()
-        };
+        let ended = self.inactive(tapped);
         let mut taps = self.taps();
         ended.iter().for_each(|uuid| taps.ended(uuid));
+    }
+
+    /// Those of `uuids` whose dataflow is not active (or not known).
+    fn inactive(&self, uuids: Vec<String>) -> Vec<String> {
+        let dataflows = self.dataflows();
+        uuids.into_iter().filter(|uuid| !dataflows.find(uuid).is_some_and(DataflowRecord::is_active)).collect()
     }
 }
 

@@ -4,20 +4,11 @@ use std::time::{Duration, Instant};
 
 use crate::support::{Flow, Running, rill, rill_json};
 
-/// A ticker at 100 Hz into a printing sink, on machine a.
-const TICKER_100: &str = "nodes:
-  - id: ticker
-    path: {node}
-    args: [count-send]
-    inputs: { tick: rill/timer/millis/10 }
-    outputs: [out]
-    deploy: { machine: a }
-  - id: sink
-    path: {node}
-    args: [print]
-    inputs: { in: ticker/out }
-    deploy: { machine: a }
-";
+/// A ticker at 100 Hz into a printing sink, on machine a (the traffic
+/// tests' 50 Hz ticker, twice as fast).
+fn ticker_100() -> String {
+    crate::traffic::TICKER.replace("rill/timer/millis/20", "rill/timer/millis/10")
+}
 
 /// `rill topic ARGS... --coordinator-port PORT`, running.
 fn topic(port: u16, args: &[&str]) -> Running {
@@ -60,7 +51,7 @@ fn seq(message: &serde_json::Value) -> u64 {
 
 #[test]
 fn topic_echo_prints_what_an_output_sends_and_its_tap_goes_when_the_client_does() {
-    let (procs, port, _, _flow) = crate::faults::app_on_a(&[], TICKER_100, "[app/sink] input in");
+    let (procs, port, _, _flow) = crate::faults::app_on_a(&[], &ticker_100(), "[app/sink] input in");
     let daemon = procs.pid("daemon-a");
     let listed =
         crate::faults::dataflow_when(&procs, port, "the ticker runs", |d| d["nodes"]["ticker"]["pid"].is_u64());
@@ -120,7 +111,7 @@ fn topic_echo_prints_what_an_output_sends_and_its_tap_goes_when_the_client_does(
 #[test]
 fn topic_echo_reads_an_output_on_a_second_daemon() {
     let (procs, port) = crate::cluster::two_daemons();
-    let flow = Flow::new(&TICKER_100.replacen("deploy: { machine: a }", "deploy: { machine: b }", 1));
+    let flow = Flow::new(&ticker_100().replacen("deploy: { machine: a }", "deploy: { machine: b }", 1));
     crate::cluster::start_flow(&procs, port, &flow, "far");
     let done = topic(port, &["echo", "far", "ticker/out", "--count", "5", "--json"]).wait(Duration::from_secs(30));
     assert_eq!(done.code, Some(0), "{}\n{}", done.logs(), procs.logs());
@@ -144,7 +135,7 @@ fn topic_echo_reads_an_output_on_a_second_daemon() {
 
 #[test]
 fn topic_hz_reports_a_100_hz_timer_output_at_about_100_hz() {
-    let (procs, port, _, _flow) = crate::faults::app_on_a(&[], TICKER_100, "[app/sink] input in");
+    let (procs, port, _, _flow) = crate::faults::app_on_a(&[], &ticker_100(), "[app/sink] input in");
     let done = topic(port, &["hz", "app", "ticker/out", "--count", "3", "--json"]).wait(Duration::from_secs(30));
     assert_eq!(done.code, Some(0), "{}\n{}", done.logs(), procs.logs());
     let reports = json_lines(&done.stdout);
@@ -166,22 +157,25 @@ fn topic_hz_reports_a_100_hz_timer_output_at_about_100_hz() {
     assert!(done.stdout.starts_with("average rate: ") && done.stdout.contains("std dev: "), "{}", done.logs());
 }
 
-/// Two tickers (50 and 33 Hz) into one printing sink.
+/// Two tickers (50 and 33 Hz) into one printing sink, on machine a.
 const TWO_TICKERS: &str = "nodes:
   - id: ticker
     path: {node}
     args: [count-send]
     inputs: { tick: rill/timer/millis/20 }
     outputs: [out]
+    deploy: { machine: a }
   - id: other
     path: {node}
     args: [count-send]
     inputs: { tick: rill/timer/millis/30 }
     outputs: [out]
+    deploy: { machine: a }
   - id: sink
     path: {node}
     args: [print]
     inputs: { a: ticker/out, b: other/out }
+    deploy: { machine: a }
 ";
 
 /// The sequence numbers the sink printed for `input`, in order.
@@ -192,12 +186,7 @@ fn printed(lines: &str, input: &str) -> Vec<u64> {
 
 #[test]
 fn rill_record_writes_mcap_the_mcap_crate_reads_and_rill_replay_feeds_a_sink_the_same_payloads() {
-    let on_a = TWO_TICKERS.replace("    outputs: [out]\n", "    outputs: [out]\n    deploy: { machine: a }\n");
-    let on_a = on_a.replace(
-        "inputs: { a: ticker/out, b: other/out }\n",
-        "inputs: { a: ticker/out, b: other/out }\n    deploy: { machine: a }\n",
-    );
-    let (procs, port, _, flow) = crate::faults::app_on_a(&[], &on_a, "[app/sink] input b");
+    let (procs, port, _, flow) = crate::faults::app_on_a(&[], TWO_TICKERS, "[app/sink] input b");
     let file = procs.dir.path().join("rec.mcap");
     let file_text = file.display().to_string();
     let began = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);

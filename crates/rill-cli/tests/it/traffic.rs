@@ -93,7 +93,7 @@ fn rill_list_shows_the_exact_drops_and_rates_of_a_running_dataflow() {
 }
 
 /// A ticker at 50 Hz into a printing sink.
-const TICKER: &str = "nodes:
+pub(crate) const TICKER: &str = "nodes:
   - id: ticker
     path: {node}
     args: [count-send]
