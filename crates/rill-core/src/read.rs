@@ -126,6 +126,14 @@ impl<'s> Reader<'s> {
         }
     }
 
+    /// `true` or `false`.
+    pub fn flag(&mut self, node: &Node, what: &str) -> Option<bool> {
+        match node.value {
+            Value::Bool(value) => Some(value),
+            _ => self.wrong_type(node, what, "`true` or `false`"),
+        }
+    }
+
     /// Reports that `node` is not what `what` needs.
     pub fn wrong_type<T>(&mut self, node: &Node, what: &str, expected: &str) -> Option<T> {
         let found = match (&node.value, node.scalar_text(self.source)) {

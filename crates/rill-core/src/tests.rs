@@ -301,7 +301,7 @@ fn empty_file_and_missing_or_empty_nodes() {
     let found = errors("\nname: demo\n");
     assert_eq!(found.len(), 2, "{found:#?}");
     assert_eq!((found[0].0, found[0].2.as_str()), (1, "unknown field `name` in the dataflow"));
-    assert_eq!(found[0].3.as_deref(), Some("valid fields: nodes, env, health_check_interval, exit_when_nodes_finish"));
+    assert_eq!(found[0].3.as_deref(), Some("valid fields: nodes, env, health_check_interval, exit_when_nodes_finish, strict_types"));
     assert_eq!((found[1].0, found[1].2.as_str()), (1, "missing field `nodes`"));
     assert_eq!(single_error("nodes: []\n").2, "`nodes` is empty");
     assert_eq!(single_error("nodes:\n").2, "`nodes` is empty");
@@ -334,9 +334,7 @@ nodes:
     assert_eq!(
         hint.as_deref(),
         Some(
-            "did you mean `outputs`? valid fields: id, name, description, path, args, env, build, \
-             inputs, outputs, restart_policy, max_restarts, restart_delay, max_restart_delay, cpu_affinity, \
-             deploy, _unstable_deploy"
+            format!("did you mean `outputs`? valid fields: {}", crate::parse::NODE_FIELDS.join(", ")).as_str()
         )
     );
 }
@@ -729,14 +727,16 @@ fn display_format() {
     else {
         panic!("expected errors");
     };
+    let fields = crate::parse::NODE_FIELDS.join(", ");
     assert_eq!(
         diagnostics.to_string(),
-        "dataflow.yml:4:21: error: invalid restart_policy `maybe` in node `a`\n    \
-         hint: expected one of: never, on-failure, always\n\
-         dataflow.yml:5:5: error: unknown field `colour` in node `a`\n    \
-         hint: valid fields: id, name, description, path, args, env, build, inputs, outputs, \
-         restart_policy, max_restarts, restart_delay, max_restart_delay, cpu_affinity, deploy, _unstable_deploy\n\
-         2 errors found"
+        format!(
+            "dataflow.yml:4:21: error: invalid restart_policy `maybe` in node `a`\n    \
+             hint: expected one of: never, on-failure, always\n\
+             dataflow.yml:5:5: error: unknown field `colour` in node `a`\n    \
+             hint: valid fields: {fields}\n\
+             2 errors found"
+        )
     );
 }
 
@@ -880,4 +880,54 @@ fn top_level_env_reaches_every_node_and_ignored_fields_are_warnings_at_their_lin
     assert_eq!(warnings, [(2, "rill ignores `health_check_interval`"), (9, "rill ignores `exit_when_nodes_finish`")]);
     assert!(positions.warnings.iter().all(|w| w.severity == Severity::Warning && w.hint.is_some()));
     assert!(errors("env: [a]\nnodes:\n  - id: a\n    path: ./a\n")[0].2.contains("`env` of the dataflow"));
+}
+
+const TYPED: &str = "nodes:
+  - id: mic
+    path: ./mic
+    outputs: [audio, level]
+    output_types:
+      audio: std/media/v1/AudioFrame[sample_type=f32]
+      level: std/core/v1/Float32
+  - id: asr
+    path: ./asr
+    inputs: { audio: mic/audio, level: mic/level, tick: rill/timer/millis/10 }
+    input_types:
+      audio: std/media/v1/AudioFrame[sample_type=i16]
+      level: std/core/v1/Float64
+      tick: std/core/v1/Flaot32
+";
+
+#[test]
+fn mismatched_and_unknown_types_warn_and_strict_types_makes_them_errors() {
+    let (_, positions) = Dataflow::parse_located(TYPED, Path::new("d.yml")).expect("types are only annotations");
+    let warnings: Vec<(usize, &str)> = positions.warnings.iter().map(|w| (w.line, w.message.as_str())).collect();
+    assert_eq!(
+        warnings,
+        [
+            (12, "input `asr/audio` expects `std/media/v1/AudioFrame[sample_type=i16]` but `mic/audio` sends `std/media/v1/AudioFrame[sample_type=f32]`"),
+            (13, "input `asr/level` expects `std/core/v1/Float64` but `mic/level` sends `std/core/v1/Float32`"),
+            (14, "unknown type `std/core/v1/Flaot32`"),
+        ]
+    );
+    assert!(positions.warnings[2].hint.as_deref().unwrap_or("").contains("did you mean `std/core/v1/Float32`"));
+    let strict = errors(&format!("strict_types: true\n{TYPED}"));
+    assert_eq!(strict.iter().map(|e| e.0).collect::<Vec<_>>(), [13, 14, 15], "{strict:#?}");
+    assert!(strict.iter().all(|e| e.3.as_deref().unwrap_or("").contains("strict_types")));
+}
+
+#[test]
+fn types_that_agree_are_silent_and_bad_annotations_are_named() {
+    let agreeing = "nodes:\n  - id: a\n    path: ./a\n    outputs: [x]\n    output_types: { x: std/media/v1/AudioFrame }\n  - id: b\n    path: ./b\n    inputs: { x: a/x }\n    input_types: { x: 'std/media/v1/AudioFrame[channels=2]' }\n";
+    let (_, positions) = Dataflow::parse_located(agreeing, Path::new("d.yml")).expect("valid");
+    assert!(positions.warnings.is_empty(), "{:?}", positions.warnings);
+    let (line, _, message, _) = single_error("nodes:\n  - id: a\n    path: ./a\n    outputs: [x]\n    output_types: { x: Float32 }\n");
+    assert_eq!((line, message.as_str()), (5, "`Float32` is not a type name"));
+    let (_, positions) = Dataflow::parse_located(
+        "nodes:\n  - id: a\n    path: ./a\n    outputs: [x]\n    output_types: { y: acme/robot/v1/Wheel }\n",
+        Path::new("d.yml"),
+    )
+    .expect("valid");
+    assert_eq!(positions.warnings[0].message, "`output_types` of node `a` names output `y`, which it does not declare");
+    assert!(single_error("strict_types: yes please\nnodes:\n  - id: a\n    path: ./a\n").2.contains("`strict_types` must be `true` or `false`"));
 }

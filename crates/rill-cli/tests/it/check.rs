@@ -81,3 +81,18 @@ fn check_warns_about_top_level_fields_rill_ignores_and_passes() {
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains(&format!("{name}:1:1: warning: rill ignores `health_check_interval`")), "{stderr}");
 }
+
+#[test]
+fn mismatched_output_types_warn_and_strict_types_fails_the_check() {
+    let typed = "nodes:\n  - id: mic\n    path: /bin/true\n    outputs: [level]\n    output_types: { level: std/core/v1/Float32 }\n  - id: meter\n    path: /bin/true\n    inputs: { level: mic/level }\n    input_types: { level: std/core/v1/Float64 }\n";
+    let (code, stderr, name, _dir) = check_yaml(typed);
+    assert_eq!(code, Some(0), "a mismatch is a warning:\n{stderr}");
+    let expected = format!(
+        "{name}:9:27: warning: input `meter/level` expects `std/core/v1/Float64` but `mic/level` sends `std/core/v1/Float32`"
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    let (code, stderr, name, _dir) = check_yaml(&format!("strict_types: true\n{typed}"));
+    assert_eq!(code, Some(1), "with strict_types it is an error:\n{stderr}");
+    assert!(stderr.contains(&format!("{name}:10:27: error: input `meter/level` expects")), "{stderr}");
+    assert!(stderr.contains("1 error found"), "{stderr}");
+}

@@ -3,6 +3,7 @@
 mod deploy;
 mod inputs;
 mod restart;
+mod types;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,7 +15,7 @@ use crate::read::{Fields, Reader};
 use crate::yaml::{self, Node, Pos, Value};
 use crate::{args, validate};
 
-const TOP_FIELDS: &[&str] = &["nodes", "env", "health_check_interval", "exit_when_nodes_finish"];
+const TOP_FIELDS: &[&str] = &["nodes", "env", "health_check_interval", "exit_when_nodes_finish", "strict_types"];
 
 /// Top-level fields of the predecessor that rill accepts and ignores, and why.
 const IGNORED_TOP_FIELDS: &[(&str, &str)] = &[
@@ -24,7 +25,7 @@ const IGNORED_TOP_FIELDS: &[(&str, &str)] = &[
     ),
     ("exit_when_nodes_finish", "a dataflow ends when every node has ended; stop it earlier with `rill stop`"),
 ];
-const NODE_FIELDS: &[&str] = &[
+pub(crate) const NODE_FIELDS: &[&str] = &[
     "id",
     "name",
     "description",
@@ -39,6 +40,8 @@ const NODE_FIELDS: &[&str] = &[
     "restart_delay",
     "max_restart_delay",
     "cpu_affinity",
+    "output_types",
+    "input_types",
     "deploy",
     "_unstable_deploy",
 ];
@@ -79,8 +82,9 @@ impl Dataflow {
             Diagnostics(vec![Diagnostic::at(file, error.pos, message, None)])
         })?;
         let mut reader = Reader { source: text, report: Collector::new(file) };
-        let nodes = dataflow(&mut reader, &root);
+        let (nodes, strict_types) = dataflow(&mut reader, &root);
         validate::graph(&mut reader.report, &nodes);
+        types::check(&mut reader.report, &nodes, strict_types);
         let mut positions = Positions { warnings: reader.report.take_warnings(), ..Positions::default() };
         for node in &nodes {
             if let Some(pos) = node.path_pos {
@@ -120,18 +124,22 @@ pub(crate) struct ParsedNode {
     pub source_pos: BTreeMap<String, Pos>,
     /// Where the `path` value is written.
     pub path_pos: Option<Pos>,
+    /// `output_types` and `input_types`: annotations, checked with the graph.
+    pub output_types: types::Annotated,
+    pub input_types: types::Annotated,
 }
 
-fn dataflow(r: &mut Reader, root: &Node) -> Vec<ParsedNode> {
+/// The nodes, and whether `strict_types` is set.
+fn dataflow(r: &mut Reader, root: &Node) -> (Vec<ParsedNode>, bool) {
     let entries = match &root.value {
         Value::Map(entries) => entries,
         Value::Null => {
             let hint = "a dataflow needs a `nodes:` list";
             r.error_hint(root.pos, "the dataflow file is empty", hint);
-            return Vec::new();
+            return (Vec::new(), false);
         }
         _ => {
-            return r.wrong_type(root, "the dataflow", "a mapping with a `nodes` list").unwrap_or_default();
+            return (r.wrong_type(root, "the dataflow", "a mapping with a `nodes` list").unwrap_or_default(), false);
         }
     };
     let fields = r.fields(entries, TOP_FIELDS, "the dataflow");
@@ -142,12 +150,13 @@ fn dataflow(r: &mut Reader, root: &Node) -> Vec<ParsedNode> {
     }
     // Every node gets these; a node's own value wins.
     let shared_env = env(r, &fields, "the dataflow");
+    let strict_types = fields.get("strict_types").and_then(|value| r.flag(value, "`strict_types`")).unwrap_or(false);
     let Some(nodes) = fields.entry("nodes") else {
         r.error_hint(root.pos, "missing field `nodes`", "a dataflow needs a `nodes:` list");
-        return Vec::new();
+        return (Vec::new(), strict_types);
     };
     let Some(items) = r.list(nodes.value, "`nodes`") else {
-        return Vec::new();
+        return (Vec::new(), strict_types);
     };
     if items.is_empty() {
         r.error_hint(nodes.key.pos, "`nodes` is empty", "add at least one node");
@@ -158,7 +167,7 @@ fn dataflow(r: &mut Reader, root: &Node) -> Vec<ParsedNode> {
             node.spec.env.entry(key.clone()).or_insert_with(|| value.clone());
         }
     }
-    nodes
+    (nodes, strict_types)
 }
 
 fn node(r: &mut Reader, item: &Node) -> Option<ParsedNode> {
@@ -194,7 +203,15 @@ fn node(r: &mut Reader, item: &Node) -> Option<ParsedNode> {
         deploy: deploy::deploy(r, &fields, &label),
         cpu_affinity: cpu_affinity(r, &fields, &label),
     };
-    Some(ParsedNode { spec, id_pos: id.map(|(_, pos)| pos), outputs_complete, source_pos, path_pos })
+    Some(ParsedNode {
+        spec,
+        id_pos: id.map(|(_, pos)| pos),
+        outputs_complete,
+        source_pos,
+        path_pos,
+        output_types: types::annotations(r, &fields, "output_types", &label),
+        input_types: types::annotations(r, &fields, "input_types", &label),
+    })
 }
 
 /// `cpu_affinity: [core, ...]`: whole numbers from 0 (each once).
