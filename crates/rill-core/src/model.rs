@@ -48,6 +48,76 @@ pub struct NodeSpec {
     /// CPU cores the node is pinned to (none: not pinned).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cpu_affinity: Vec<u32>,
+    /// What the node prints, as outputs (`send_stdout_as`, `send_logs_as`)
+    /// and filtered (`min_log_level`).
+    #[serde(default, skip_serializing_if = "Printed::is_default")]
+    pub printed: Printed,
+}
+
+/// What happens to the lines a node prints besides `rill logs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Printed {
+    /// Output on which every line (stdout and stderr) is also sent, as UTF-8 text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout_as: Option<String>,
+    /// Output on which log records (JSON lines) are sent, as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs_as: Option<String>,
+    /// Log records below this level are dropped, from `rill logs` too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_log_level: Option<LogLevel>,
+}
+
+impl Printed {
+    fn is_default(&self) -> bool {
+        *self == Printed::default()
+    }
+
+    /// The outputs the daemon sends on for the node (not the node itself).
+    pub fn outputs(&self) -> impl Iterator<Item = &str> {
+        self.stdout_as.iter().chain(&self.logs_as).map(String::as_str)
+    }
+}
+
+/// How much a log line matters, most to least. A line that is not a log
+/// record (a plain print) counts as `Stdout`, the least.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+    Stdout,
+}
+
+impl LogLevel {
+    /// Every level, most important first.
+    pub const ALL: [LogLevel; 6] =
+        [LogLevel::Error, LogLevel::Warn, LogLevel::Info, LogLevel::Debug, LogLevel::Trace, LogLevel::Stdout];
+
+    /// The level's name as written in files and records.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+            LogLevel::Stdout => "stdout",
+        }
+    }
+
+    /// A level as loggers write it, in any case (`WARN`, `warning`, `Info`).
+    pub fn parse(text: &str) -> Option<LogLevel> {
+        let lower = text.trim().to_ascii_lowercase();
+        match lower.as_str() {
+            "warning" => Some(LogLevel::Warn),
+            "err" => Some(LogLevel::Error),
+            _ => LogLevel::ALL.into_iter().find(|level| level.name() == lower),
+        }
+    }
 }
 
 /// One input of a node.

@@ -48,6 +48,14 @@ pub fn received_problems(dataflow: &Dataflow) -> Vec<String> {
                 push(format!("node `{id}`: output {output:?} is not a valid, unique id"));
             }
         }
+        for printed in node.printed.outputs() {
+            if !outputs.contains(printed) {
+                push(format!("node `{id}`: prints on output {printed:?}, which it does not declare"));
+            }
+        }
+        if node.printed.stdout_as.is_some() && node.printed.stdout_as == node.printed.logs_as {
+            push(format!("node `{id}`: `send_stdout_as` and `send_logs_as` name the same output"));
+        }
         if let Some(machine) = &node.deploy.machine
             && !ids::is_valid(machine)
         {

@@ -125,6 +125,7 @@ fn full_example_parses_into_the_expected_structs() {
                     artifact: None,
                 },
                 cpu_affinity: vec![],
+                printed: Printed::default(),
             },
             NodeSpec {
                 id: "inference".into(),
@@ -152,6 +153,7 @@ fn full_example_parses_into_the_expected_structs() {
                     artifact: None,
                 },
                 cpu_affinity: vec![],
+                printed: Printed::default(),
             },
             NodeSpec {
                 id: "logger".into(),
@@ -168,6 +170,7 @@ fn full_example_parses_into_the_expected_structs() {
                 restart: RestartSpec::default(),
                 deploy: Deploy::default(),
                 cpu_affinity: vec![],
+                printed: Printed::default(),
             },
         ],
     };
@@ -301,7 +304,10 @@ fn empty_file_and_missing_or_empty_nodes() {
     let found = errors("\nname: demo\n");
     assert_eq!(found.len(), 2, "{found:#?}");
     assert_eq!((found[0].0, found[0].2.as_str()), (1, "unknown field `name` in the dataflow"));
-    assert_eq!(found[0].3.as_deref(), Some("valid fields: nodes, env, health_check_interval, exit_when_nodes_finish, strict_types"));
+    assert_eq!(
+        found[0].3.as_deref(),
+        Some("valid fields: nodes, env, health_check_interval, exit_when_nodes_finish, strict_types")
+    );
     assert_eq!((found[1].0, found[1].2.as_str()), (1, "missing field `nodes`"));
     assert_eq!(single_error("nodes: []\n").2, "`nodes` is empty");
     assert_eq!(single_error("nodes:\n").2, "`nodes` is empty");
@@ -333,9 +339,7 @@ nodes:
     assert_eq!(message, "unknown field `ouputs` in node `a`");
     assert_eq!(
         hint.as_deref(),
-        Some(
-            format!("did you mean `outputs`? valid fields: {}", crate::parse::NODE_FIELDS.join(", ")).as_str()
-        )
+        Some(format!("did you mean `outputs`? valid fields: {}", crate::parse::NODE_FIELDS.join(", ")).as_str())
     );
 }
 
@@ -905,7 +909,10 @@ fn mismatched_and_unknown_types_warn_and_strict_types_makes_them_errors() {
     assert_eq!(
         warnings,
         [
-            (12, "input `asr/audio` expects `std/media/v1/AudioFrame[sample_type=i16]` but `mic/audio` sends `std/media/v1/AudioFrame[sample_type=f32]`"),
+            (
+                12,
+                "input `asr/audio` expects `std/media/v1/AudioFrame[sample_type=i16]` but `mic/audio` sends `std/media/v1/AudioFrame[sample_type=f32]`"
+            ),
             (13, "input `asr/level` expects `std/core/v1/Float64` but `mic/level` sends `std/core/v1/Float32`"),
             (14, "unknown type `std/core/v1/Flaot32`"),
         ]
@@ -921,7 +928,8 @@ fn types_that_agree_are_silent_and_bad_annotations_are_named() {
     let agreeing = "nodes:\n  - id: a\n    path: ./a\n    outputs: [x]\n    output_types: { x: std/media/v1/AudioFrame }\n  - id: b\n    path: ./b\n    inputs: { x: a/x }\n    input_types: { x: 'std/media/v1/AudioFrame[channels=2]' }\n";
     let (_, positions) = Dataflow::parse_located(agreeing, Path::new("d.yml")).expect("valid");
     assert!(positions.warnings.is_empty(), "{:?}", positions.warnings);
-    let (line, _, message, _) = single_error("nodes:\n  - id: a\n    path: ./a\n    outputs: [x]\n    output_types: { x: Float32 }\n");
+    let (line, _, message, _) =
+        single_error("nodes:\n  - id: a\n    path: ./a\n    outputs: [x]\n    output_types: { x: Float32 }\n");
     assert_eq!((line, message.as_str()), (5, "`Float32` is not a type name"));
     let (_, positions) = Dataflow::parse_located(
         "nodes:\n  - id: a\n    path: ./a\n    outputs: [x]\n    output_types: { y: acme/robot/v1/Wheel }\n",
@@ -929,5 +937,31 @@ fn types_that_agree_are_silent_and_bad_annotations_are_named() {
     )
     .expect("valid");
     assert_eq!(positions.warnings[0].message, "`output_types` of node `a` names output `y`, which it does not declare");
-    assert!(single_error("strict_types: yes please\nnodes:\n  - id: a\n    path: ./a\n").2.contains("`strict_types` must be `true` or `false`"));
+    assert!(
+        single_error("strict_types: yes please\nnodes:\n  - id: a\n    path: ./a\n")
+            .2
+            .contains("`strict_types` must be `true` or `false`")
+    );
+}
+
+#[test]
+fn printed_outputs_must_be_declared_and_levels_known() {
+    let dataflow = parse_ok(
+        "nodes:\n  - id: a\n    path: ./a\n    outputs: [lines, logs]\n    send_stdout_as: lines\n    send_logs_as: logs\n    min_log_level: WARN\n",
+    );
+    let printed = &dataflow.nodes[0].printed;
+    assert_eq!((printed.stdout_as.as_deref(), printed.logs_as.as_deref()), (Some("lines"), Some("logs")));
+    assert_eq!(printed.min_log_level, Some(LogLevel::Warn));
+    let found = errors(
+        "nodes:\n  - id: a\n    path: ./a\n    outputs: [lines]\n    send_stdout_as: text\n    send_logs_as: lines\n    min_log_level: loud\n  - id: b\n    path: ./b\n    outputs: [x]\n    send_stdout_as: x\n    send_logs_as: x\n",
+    );
+    let found: Vec<(usize, &str)> = found.iter().map(|(line, _, message, _)| (*line, message.as_str())).collect();
+    assert_eq!(
+        found,
+        [
+            (5, "`send_stdout_as` of node `a` names `text`, which is not one of its outputs"),
+            (7, "invalid `min_log_level` `loud` in node `a`"),
+            (12, "`send_stdout_as` and `send_logs_as` of node `b` name the same output"),
+        ]
+    );
 }

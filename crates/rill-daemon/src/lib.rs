@@ -9,6 +9,7 @@ pub mod doctor;
 pub mod lines;
 pub mod local;
 pub mod net;
+pub mod printed;
 pub mod router;
 pub mod routes;
 pub mod run;

@@ -27,11 +27,11 @@ pub fn for_each_line(mut input: impl BufRead, max: usize, mut each: impl FnMut(&
         };
         input.consume(consumed);
         if ended {
-            emit(&mut line, &mut cut, &mut each);
+            emit(&mut line, max, &mut cut, &mut each);
         }
     }
     if !line.is_empty() || cut {
-        emit(&mut line, &mut cut, &mut each);
+        emit(&mut line, max, &mut cut, &mut each);
     }
 }
 
@@ -41,17 +41,31 @@ fn take(line: &mut Vec<u8>, bytes: &[u8], max: usize, cut: &mut bool) {
     *cut |= bytes.len() > room;
 }
 
-fn emit(line: &mut Vec<u8>, cut: &mut bool, each: &mut impl FnMut(&str)) {
+fn emit(line: &mut Vec<u8>, max: usize, cut: &mut bool, each: &mut impl FnMut(&str)) {
     let mut text = String::from_utf8_lossy(line).into_owned();
     if text.ends_with('\r') {
         text.pop();
     }
     if *cut {
-        text.push_str(&format!(" [line cut at {} KiB]", MAX_LINE / 1024));
+        text.push_str(&cut_mark(max));
     }
     each(&text);
     line.clear();
     *cut = false;
+}
+
+fn cut_mark(max: usize) -> String {
+    format!(" [line cut at {} KiB]", max / 1024)
+}
+
+/// `line` cut to at most `max` bytes (on a character boundary) and marked,
+/// for a line read with a larger limit (`send_stdout_as`) shown in the log.
+pub fn clip(line: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if line.len() <= max {
+        return line.into();
+    }
+    let end = (0..=max).rev().find(|i| line.is_char_boundary(*i)).unwrap_or(0);
+    format!("{}{}", &line[..end], cut_mark(max)).into()
 }
 
 #[cfg(test)]
@@ -70,8 +84,10 @@ mod tests {
         assert_eq!(lines(b"a\nbc\r\n\nlast", 10), ["a", "bc", "", "last"]);
         let long = [b"x".repeat(25), b"\nnext\n".to_vec()].concat();
         let cut = lines(&long, 10);
-        assert_eq!(cut[0], format!("xxxxxxxxxx [line cut at {} KiB]", MAX_LINE / 1024));
+        assert_eq!(cut[0], format!("xxxxxxxxxx{}", cut_mark(10)));
         assert_eq!(cut[1], "next");
         assert_eq!(lines(&b"y".repeat(12), 10).len(), 1, "an unterminated long tail is one line");
+        assert_eq!(clip("short", 10), "short");
+        assert_eq!(clip(&"é".repeat(3000), 4096), format!("{} [line cut at 4 KiB]", "é".repeat(2048)));
     }
 }

@@ -145,7 +145,7 @@ impl LocalDataflows {
         let expected = crate::routes::Routes::new(&spawn.descriptor)
             .edges()
             .keys()
-            .filter(|(p, c)| nodes.contains(p) != nodes.contains(c))
+            .filter(|(p, c)| nodes.contains(crate::printed::node_of(p)) != nodes.contains(c))
             .count();
         let (ends_tx, ends_rx) = std::sync::mpsc::channel::<crate::router::Remote>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();

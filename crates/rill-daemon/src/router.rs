@@ -107,7 +107,13 @@ impl RouterHandle {
     /// elsewhere and takes the far ends of their edges.
     /// With `remote`, nodes are told to start only after [`Command::Go`]
     /// (the coordinator sends it once every machine has wired its edges).
-    pub fn start(routes: Routes, remote: Option<RemotePeers>, counts: CountsSink) -> std::io::Result<Self> {
+    /// `printers` sends what nodes print on their printed outputs.
+    pub fn start(
+        routes: Routes,
+        remote: Option<RemotePeers>,
+        counts: CountsSink,
+        printers: Arc<crate::printed::Printers>,
+    ) -> std::io::Result<Self> {
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         let wake = Arc::new(rustix::event::eventfd(
             0,
@@ -121,7 +127,7 @@ impl RouterHandle {
             .iter()
             .map(|(interval, targets)| Timer { interval: *interval, next: now + *interval, targets: targets.clone() })
             .collect();
-        let router = Router {
+        let mut router = Router {
             epoll,
             wake: wake.clone(),
             rx,
@@ -139,7 +145,9 @@ impl RouterHandle {
             tally: crate::tally::Tally::default(),
             counts,
             taps: HashMap::new(),
+            printers,
         };
+        router.wire_printers();
         let thread = std::thread::Builder::new().name("rill-router".into()).spawn(move || router.run())?;
         Ok(Self { tx, wake, thread: Some(thread) })
     }
@@ -213,6 +221,9 @@ struct Router {
     counts: CountsSink,
     /// `(tap, node)` -> what it reads and where its ends go.
     taps: HashMap<(u64, String), (Vec<Route>, u64, crate::tap::TapEnds)>,
+    /// Producers of what local nodes print: always there, written by the
+    /// threads that read the nodes' output (see `printed.rs`).
+    printers: Arc<crate::printed::Printers>,
 }
 
 enum Flow {
@@ -406,7 +417,7 @@ impl Router {
         self.stats.edges += 1;
         let peer = if node == producer { consumer } else { producer };
         let (mine, theirs) = if node == producer { (producer_end, consumer_end) } else { (consumer_end, producer_end) };
-        self.send_to_node(node, None, edge_msg(node), Some(mine));
+        self.hand(node, edge_msg(node), mine);
         if peer == node {
             // A node that feeds itself holds both ends.
             let msg = DaemonMsg::Edge { direction: Direction::In, peer: node.to_owned(), routes: routes.to_vec() };
@@ -420,10 +431,39 @@ impl Router {
                 fd: theirs,
             };
             let _ = remote.ends.send(Remote::End(end));
+        } else if self.printers.produces(peer) {
+            self.hand(peer, edge_msg(peer), theirs);
         } else if self.by_node.contains_key(peer) {
             self.send_to_node(peer, None, edge_msg(peer), Some(theirs));
         } else if !self.finished.contains(peer) {
             self.stored_ends.insert((producer.to_owned(), consumer.to_owned(), peer.to_owned()), theirs);
+        }
+    }
+
+    /// Gives `holder` its end of an edge: a node through its control
+    /// socket, a printed-output producer straight to its writer.
+    fn hand(&mut self, holder: &str, msg: DaemonMsg, end: OwnedFd) {
+        match msg {
+            DaemonMsg::Edge { peer, routes, .. } if self.printers.produces(holder) => {
+                let remote = self.remote.as_ref().is_some_and(|r| r.nodes.contains(&peer));
+                self.printers.attach(holder, &peer, routes, end, remote);
+            }
+            msg => self.send_to_node(holder, None, msg, Some(end)),
+        }
+    }
+
+    /// Wires the producers of what local nodes print to their consumers:
+    /// they exist from the start (a consumer not running yet gets its end
+    /// when it starts).
+    fn wire_printers(&mut self) {
+        let edges: Vec<((String, String), Vec<Route>)> = self
+            .edge_routes
+            .iter()
+            .filter(|((producer, _), _)| self.printers.produces(producer))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for ((producer, consumer), routes) in edges {
+            self.wire(&producer, &producer, &consumer, &routes);
         }
     }
 

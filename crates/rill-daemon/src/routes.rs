@@ -27,12 +27,20 @@ impl Routes {
     pub fn new(dataflow: &Dataflow) -> Self {
         let mut routes = Routes::default();
         for node in &dataflow.nodes {
-            routes.outputs.insert(node.id.clone(), node.outputs.clone());
+            // What the node prints is sent by the daemon under an id of its own.
+            let (printed, own): (Vec<String>, Vec<String>) =
+                node.outputs.iter().cloned().partition(|o| node.printed.outputs().any(|p| p == o));
+            routes.outputs.insert(node.id.clone(), own);
+            if !printed.is_empty() {
+                routes.outputs.insert(crate::printed::producer_id(&node.id), printed);
+            }
             for (input_id, input) in &node.inputs {
                 let target = (node.id.clone(), input_id.clone());
                 routes.queue_size.insert(target.clone(), input.queue_size);
                 match &input.source {
                     InputSource::Node { node: source, output } => {
+                        let printing = dataflow.node(source).is_some_and(|n| n.printed.outputs().any(|p| p == output));
+                        let source = if printing { &crate::printed::producer_id(source) } else { source };
                         routes.by_output.entry((source.clone(), output.clone())).or_default().push(target);
                         routes.upstream.entry(node.id.clone()).or_default().push((source.clone(), input_id.clone()));
                     }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use rill_core::Dataflow;
 
+use crate::printed::{Printers, producer_id};
 use crate::router::Instance;
 use crate::router::{Command, RouterHandle, RouterStats};
 use crate::routes::Routes;
@@ -202,6 +203,8 @@ pub struct Runtime {
     shipped: HashMap<String, Result<Shipped, String>>,
     /// Running nodes' pids and last CPU/memory sample (see `usage`).
     usage: HashMap<String, (u32, Option<(Instant, crate::usage::ProcSample)>)>,
+    /// What the nodes print, sent on their printed outputs (set by `run`).
+    printers: Arc<Printers>,
 }
 
 impl Runtime {
@@ -222,6 +225,7 @@ impl Runtime {
             share: None,
             shipped: HashMap::new(),
             usage: HashMap::new(),
+            printers: Arc::new(Printers::new(&Dataflow { nodes: Vec::new() }, |_| false)),
         }
     }
 
@@ -291,19 +295,26 @@ impl Runtime {
             self.build()?;
         }
         let local = self.local_dataflow();
+        self.printers = Arc::new(Printers::new(&self.dataflow, |id| local.node(id).is_some()));
         let mut routes = Routes::new(&self.dataflow);
         let remote = self.share.take().map(|share| {
             routes.timers.retain_mut(|(_, targets)| {
                 targets.retain(|(node, _)| share.local.contains(node));
                 !targets.is_empty()
             });
-            let nodes =
-                self.dataflow.nodes.iter().map(|n| n.id.clone()).filter(|id| !share.local.contains(id)).collect();
+            // (With what they print: sent by their daemon.)
+            let nodes = self
+                .dataflow
+                .nodes
+                .iter()
+                .filter(|n| !share.local.contains(&n.id))
+                .flat_map(|n| [n.id.clone(), producer_id(&n.id)])
+                .collect();
             crate::router::RemotePeers { nodes, ends: share.remote_ends }
         });
         let reporter = self.reporter.clone();
         let counts: crate::router::CountsSink = Arc::new(move |node, counts| reporter(Report::Counts { node, counts }));
-        let router = RouterHandle::start(routes, remote, counts).map_err(RunError::Router)?;
+        let router = RouterHandle::start(routes, remote, counts, self.printers.clone()).map_err(RunError::Router)?;
         let mut supervisor = Supervisor::new(&local, self.options.grace, self.options.term_grace);
         let mut pending: VecDeque<Action> = supervisor.start().into();
         let mut stopped = false;
@@ -347,8 +358,15 @@ impl Runtime {
             }
             pending.extend(supervisor.tick(now()));
         }
-        let router_stats = router.shutdown();
+        // The last lines of nodes that ended just now are read, and their
+        // printed outputs closed, before the router goes.
         self.join_log_threads();
+        while let Ok(event) = self.rx.try_recv() {
+            if let RunEvent::Router(command @ Command::CloseOutputs { .. }) = event {
+                router.send(command);
+            }
+        }
+        let router_stats = router.shutdown();
         let stderr_tails = self
             .tails
             .lock()
@@ -378,6 +396,9 @@ impl Runtime {
             Action::CloseOutputs { node } => {
                 if let Some(crate::supervisor::NodeState::Finished(outcome)) = supervisor.state(&node) {
                     (self.reporter)(Report::Ended { node: &node, outcome });
+                }
+                if self.printers.finished(&node) {
+                    router.send(Command::CloseOutputs { node: producer_id(&node) });
                 }
                 router.send(Command::CloseOutputs { node });
                 Vec::new()
@@ -454,12 +475,24 @@ impl Runtime {
         supervisor.spawned(node_id, instance, pid, Instant::now())
     }
 
+    /// Reads a node's stdout or stderr: each line to the log (unless
+    /// `min_log_level` drops it) and to the node's printed outputs.
     fn pipe_lines(&mut self, node: &str, stream: Stream, pipe: impl Read + Send + 'static) {
         let reporter = self.reporter.clone();
         let tails = (stream == Stream::Stderr).then(|| self.tails.clone());
+        let name = node.to_owned();
         let node = node.to_owned();
+        let printers = self.printers.clone();
+        let tx = self.tx.clone();
+        printers.pipe_opened(&node);
         let handle = std::thread::Builder::new().name(format!("log-{node}")).spawn(move || {
-            crate::lines::for_each_line(BufReader::new(pipe), crate::lines::MAX_LINE, |line| {
+            let max = printers.max_line(&node);
+            crate::lines::for_each_line(BufReader::new(pipe), max, |line| {
+                if !printers.line(&node, line).log {
+                    return;
+                }
+                let line = crate::lines::clip(line, crate::lines::MAX_LINE);
+                let line = line.as_ref();
                 reporter(Report::Log { node: &node, stream, line });
                 if let Some(tails) = &tails
                     && let Ok(mut tails) = tails.lock()
@@ -471,9 +504,17 @@ impl Runtime {
                     tail.push_back(line.to_owned());
                 }
             });
+            if printers.pipe_ended(&node) {
+                let _ = tx.send(RunEvent::Router(Command::CloseOutputs { node: producer_id(&node) }));
+            }
         });
-        if let Ok(handle) = handle {
-            self.log_threads.push(handle);
+        match handle {
+            Ok(handle) => self.log_threads.push(handle),
+            // Nothing reads this pipe: it must not hold the outputs open.
+            Err(_) if self.printers.pipe_ended(&name) => {
+                let _ = self.tx.send(RunEvent::Router(Command::CloseOutputs { node: producer_id(&name) }));
+            }
+            Err(_) => {}
         }
     }
 

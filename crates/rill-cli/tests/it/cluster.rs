@@ -697,3 +697,26 @@ fn a_slow_consumer_on_another_daemon_maps_a_bounded_number_of_regions() {
     assert!(peak <= 32, "the consumer mapped {peak} regions at once\n{}", procs.logs());
     assert!(received >= 2, "{}", procs.logs());
 }
+
+#[test]
+fn printed_lines_reach_a_consumer_on_another_machine_then_its_input_closes() {
+    let (procs, port) = two_daemons();
+    let talk = "i=1; while [ $i -le 50 ]; do echo line $i; i=$((i+1)); done";
+    let flow = crate::support::Flow::new(&format!(
+        "nodes:\n  - id: talker\n    path: /bin/sh\n    args: ['-c', '{talk}']\n    outputs: [lines]\n    send_stdout_as: lines\n    deploy: {{ machine: a }}\n  - id: reader\n    path: {{node}}\n    args: [echo]\n    inputs:\n      lines: {{ source: talker/lines, queue_size: 100 }}\n    deploy: {{ machine: b }}\n"
+    ));
+    start_flow(&procs, port, &flow, "printed");
+    let logs = || {
+        let out = rill().args(["logs", "printed", "--coordinator-port", &port.to_string()]).output().expect("run");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !logs().contains("[reader] closed lines") {
+        assert!(std::time::Instant::now() < deadline, "no close on b:\n{}\n{}", logs(), procs.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = logs();
+    let got: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("[reader] lines: ")).collect();
+    let expected: Vec<String> = (1..=50).map(|i| format!("line {i}")).collect();
+    assert_eq!(got, expected, "every line, in order, across machines:\n{text}\n{}", procs.logs());
+}

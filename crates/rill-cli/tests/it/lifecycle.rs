@@ -188,3 +188,54 @@ fn a_pinned_node_runs_on_its_cores_and_one_naming_a_missing_core_runs_unpinned_w
         "warned"
     );
 }
+
+#[test]
+fn a_consumer_of_send_stdout_as_receives_every_printed_line_in_order() {
+    // 200 lines on stdout and 200 on stderr, as fast as the shell prints.
+    let talk = "i=1; while [ $i -le 200 ]; do echo out $i; echo err $i >&2; i=$((i+1)); done";
+    let flow = Flow::new(&format!(
+        "nodes:\n  - id: talker\n    path: /bin/sh\n    args: ['-c', '{talk}']\n    outputs: [lines]\n    send_stdout_as: lines\n  - id: reader\n    path: {{node}}\n    args: [echo]\n    inputs:\n      lines: {{ source: talker/lines, queue_size: 1000 }}\n"
+    ));
+    let run = flow.run(&[], Duration::from_secs(30));
+    check!(run, run.code == Some(0), "both end: the reader when the talker's lines are closed");
+    let received: Vec<&str> = run.stdout.lines().filter_map(|l| l.strip_prefix("[reader] lines: ")).collect();
+    for stream in ["out", "err"] {
+        let got: Vec<&str> = received.iter().copied().filter(|l| l.starts_with(stream)).collect();
+        let expected: Vec<String> = (1..=200).map(|i| format!("{stream} {i}")).collect();
+        check!(run, got == expected, "every {stream} line, in order: {got:?}");
+    }
+    check!(run, run.stdout.lines().last() == Some("[reader] closed lines"), "closed after the last line");
+    check!(run, run.stdout.contains("[talker] out 200") && run.stderr.contains("[talker] err 200"), "still in the log");
+}
+
+#[test]
+fn send_logs_as_with_min_log_level_warn_delivers_only_warn_and_error_records() {
+    let records = [
+        r#"{"level":"ERROR","message":"motor stalled","target":"drive"}"#,
+        r#"{"level":"info","message":"cruising"}"#,
+        r#"{"timestamp":"2026-12-05T10:00:00Z","level":"WARN","fields":{"message":"battery low","pct":9}}"#,
+        r#"{"level":"debug","msg":"pid tick"}"#,
+        "a plain print",
+    ];
+    let script: String = records.iter().map(|r| format!("        echo '{r}'\n")).collect();
+    let flow = Flow::new(&format!(
+        "nodes:\n  - id: robot\n    path: /bin/sh\n    args:\n      - -c\n      - |\n{script}    outputs: [log]\n    send_logs_as: log\n    min_log_level: warn\n  - id: reader\n    path: {{node}}\n    args: [echo]\n    inputs: {{ log: robot/log }}\n"
+    ));
+    let run = flow.run(&[], Duration::from_secs(30));
+    check!(run, run.code == Some(0), "both end");
+    let received: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("[reader] log: "))
+        .map(|l| serde_json::from_str(l).expect("a JSON record"))
+        .collect();
+    let seen: Vec<(&str, &str)> =
+        received.iter().map(|r| (r["level"].as_str().unwrap_or(""), r["message"].as_str().unwrap_or(""))).collect();
+    check!(run, seen == [("error", "motor stalled"), ("warn", "battery low")], "only warn and error: {seen:?}");
+    check!(run, received[0]["target"] == "drive" && received[1]["fields"]["pct"] == 9, "{received:?}");
+    check!(run, received.iter().all(|r| r["node"] == "robot"), "{received:?}");
+    // The log keeps plain prints and what passes the level; quieter records are gone.
+    check!(run, run.stdout.contains("[robot] a plain print"), "plain prints stay in the log");
+    check!(run, run.stdout.contains("motor stalled") && !run.stdout.contains("cruising"), "filtered in the log too");
+    check!(run, !run.stdout.contains("pid tick"), "filtered in the log too");
+}

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use crate::diagnostics::{Collector, Diagnostic, Diagnostics};
 use crate::ids::{self, ID_HINT, RESERVED};
-use crate::model::{Dataflow, NodeSpec};
+use crate::model::{Dataflow, LogLevel, NodeSpec, Printed};
 use crate::read::{Fields, Reader};
 use crate::yaml::{self, Node, Pos, Value};
 use crate::{args, validate};
@@ -42,6 +42,9 @@ pub(crate) const NODE_FIELDS: &[&str] = &[
     "cpu_affinity",
     "output_types",
     "input_types",
+    "send_stdout_as",
+    "send_logs_as",
+    "min_log_level",
     "deploy",
     "_unstable_deploy",
 ];
@@ -189,6 +192,8 @@ fn node(r: &mut Reader, item: &Node) -> Option<ParsedNode> {
     let fields = r.fields(entries, NODE_FIELDS, &label);
     let id = node_id(r, &fields, item.pos);
     let (outputs, outputs_complete) = outputs(r, &fields, &label);
+    // (Checked against only when `outputs` could be read.)
+    let outputs_listed = outputs_complete.then(|| outputs.clone());
     let (inputs, source_pos) = inputs::inputs(r, &fields, &label);
     let path_pos = fields.get("path").map(|value| value.pos);
     let spec = NodeSpec {
@@ -202,6 +207,7 @@ fn node(r: &mut Reader, item: &Node) -> Option<ParsedNode> {
         restart: restart::restart(r, &fields, &label),
         deploy: deploy::deploy(r, &fields, &label),
         cpu_affinity: cpu_affinity(r, &fields, &label),
+        printed: printed(r, &fields, &label, &outputs_listed),
     };
     Some(ParsedNode {
         spec,
@@ -230,6 +236,47 @@ fn cpu_affinity(r: &mut Reader, fields: &Fields, label: &str) -> Vec<u32> {
         }
     }
     cores
+}
+
+/// `send_stdout_as`, `send_logs_as` (outputs the node declares) and `min_log_level`.
+fn printed(r: &mut Reader, fields: &Fields, label: &str, outputs: &Option<Vec<String>>) -> Printed {
+    let output = |r: &mut Reader, field: &str| {
+        let value = fields.get(field)?;
+        let name = r.text(value, &format!("`{field}` of {label}"))?;
+        if let Some(outputs) = outputs
+            && !outputs.contains(&name)
+        {
+            let hint = format!("list `{name}` in the node's `outputs`: the daemon sends on it for the node");
+            r.error_hint(
+                value.pos,
+                format!("`{field}` of {label} names `{name}`, which is not one of its outputs"),
+                hint,
+            );
+        }
+        Some((name, value.pos))
+    };
+    let stdout_as = output(r, "send_stdout_as");
+    let logs_as = output(r, "send_logs_as");
+    if let (Some((a, _)), Some((b, pos))) = (&stdout_as, &logs_as)
+        && a == b
+    {
+        let hint = "each needs an output of its own: one carries every line as text, the other log records as JSON";
+        r.error_hint(*pos, format!("`send_stdout_as` and `send_logs_as` of {label} name the same output"), hint);
+    }
+    let min_log_level = fields.get("min_log_level").and_then(|value| {
+        let text = r.text(value, &format!("`min_log_level` of {label}"))?;
+        let level = LogLevel::parse(&text);
+        if level.is_none() {
+            let names: Vec<&str> = LogLevel::ALL.iter().map(|l| l.name()).collect();
+            r.error_hint(
+                value.pos,
+                format!("invalid `min_log_level` `{text}` in {label}"),
+                format!("expected one of: {}", names.join(", ")),
+            );
+        }
+        level
+    });
+    Printed { stdout_as: stdout_as.map(|(name, _)| name), logs_as: logs_as.map(|(name, _)| name), min_log_level }
 }
 
 /// How messages name a node: by id when it has a usable one, by position otherwise.

@@ -80,7 +80,9 @@ impl TypeName {
         };
         let parts: Vec<&str> = base.split('/').collect();
         let shaped = parts.len() == 4
-            && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
             && parts[2].strip_prefix('v').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
         if !shaped {
             return Err("a type is `<namespace>/<area>/v<N>/<Name>`, e.g. `std/core/v1/Float32`".to_owned());
@@ -123,21 +125,32 @@ pub(crate) fn annotations(r: &mut Reader, fields: &Fields, field: &str, label: &
 /// Checks every annotation against the graph: annotated ports exist, names
 /// are known, and what an output carries is what its consumers expect.
 pub(crate) fn check(report: &mut Collector, nodes: &[ParsedNode], strict: bool) {
-    let note = |report: &mut Collector, pos: Pos, message: String, hint: String| say(report, strict, pos, message, hint);
+    let note =
+        |report: &mut Collector, pos: Pos, message: String, hint: String| say(report, strict, pos, message, hint);
     let by_id: BTreeMap<&str, &ParsedNode> = nodes.iter().map(|n| (n.spec.id.as_str(), n)).collect();
     for node in nodes {
         let id = &node.spec.id;
         for (output, (name, pos)) in &node.output_types {
             if node.outputs_complete && !node.spec.outputs.contains(output) {
                 let hint = format!("add `{output}` to the `outputs` of node `{id}`, or remove its type");
-                note(report, *pos, format!("`output_types` of node `{id}` names output `{output}`, which it does not declare"), hint);
+                note(
+                    report,
+                    *pos,
+                    format!("`output_types` of node `{id}` names output `{output}`, which it does not declare"),
+                    hint,
+                );
             }
             unknown(report, strict, name, *pos);
         }
         for (input, (name, pos)) in &node.input_types {
             let Some(spec) = node.spec.inputs.get(input) else {
                 let hint = format!("node `{id}` has no input `{input}`; remove the type or add the input");
-                note(report, *pos, format!("`input_types` of node `{id}` names input `{input}`, which it does not have"), hint);
+                note(
+                    report,
+                    *pos,
+                    format!("`input_types` of node `{id}` names input `{input}`, which it does not have"),
+                    hint,
+                );
                 continue;
             };
             unknown(report, strict, name, *pos);
@@ -185,14 +198,18 @@ mod tests {
         let t = |text| TypeName::parse(text).unwrap();
         assert!(t("std/media/v1/AudioFrame[sample_type=f32]").compatible(&t("std/media/v1/AudioFrame")));
         assert!(t("std/media/v1/AudioFrame").compatible(&t("std/media/v1/AudioFrame[channels=2]")));
-        assert!(!t("std/media/v1/AudioFrame[sample_type=f32]").compatible(&t("std/media/v1/AudioFrame[sample_type=i16]")));
+        assert!(
+            !t("std/media/v1/AudioFrame[sample_type=f32]").compatible(&t("std/media/v1/AudioFrame[sample_type=i16]"))
+        );
         assert!(!t("std/core/v1/Float32").compatible(&t("std/core/v1/Float64")));
         assert!(t("acme/robot/v2/Wheel").compatible(&t("acme/robot/v2/Wheel")));
     }
 
     #[test]
     fn malformed_names_say_the_shape() {
-        for bad in ["Float32", "std/core/1/Float32", "std/core/v1/", "std/core/v1/A[x]", "std/core/v1/A[x=1", "a b/c/v1/D"] {
+        for bad in
+            ["Float32", "std/core/1/Float32", "std/core/v1/", "std/core/v1/A[x]", "std/core/v1/A[x=1", "a b/c/v1/D"]
+        {
             assert!(TypeName::parse(bad).is_err(), "{bad}");
         }
     }

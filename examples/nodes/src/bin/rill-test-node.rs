@@ -2,6 +2,7 @@
 //! test need; the mode is the first argument:
 //!   print [N]          print every event (and `corrupt ...` for a payload whose words
 //!                      are not all its seq); exit after N inputs (default: never)
+//!   echo               print every input as text: `<input>: <payload>`
 //!   slow MS            print every input's sequence number, sleeping MS after each
 //!   burst N SIZE       send N messages of SIZE bytes (sequence number first), then exit
 //!   burst-sleep S N:SIZE[,N:SIZE..]  send N messages of SIZE bytes per pair,
@@ -40,6 +41,7 @@ fn main() -> Result {
     }
     match arg(&args, 1)? {
         "print" => print(args.get(2).and_then(|n| n.parse().ok())),
+        "echo" => echo(),
         "slow" => slow(arg(&args, 2)?.parse()?),
         "burst" => burst(arg(&args, 2)?.parse()?, arg(&args, 3)?.parse()?),
         "burst-sleep" => burst_sleep(arg(&args, 2)?.parse()?, arg(&args, 3)?),
@@ -92,6 +94,19 @@ fn print(limit: Option<usize>) -> Result {
         }
     }
     println!("done after {inputs} inputs");
+    Ok(())
+}
+
+/// Prints each input as text: `<input>: <payload>`.
+fn echo() -> Result {
+    let mut node = Node::from_env()?;
+    while let Some(event) = node.next_event() {
+        match event {
+            Event::Input { id, data, .. } => println!("{id}: {}", String::from_utf8_lossy(&data)),
+            Event::InputClosed { id } => println!("closed {id}"),
+            Event::Stop => println!("stop"),
+        }
+    }
     Ok(())
 }
 
