@@ -23,6 +23,11 @@ if [ "$(id -u)" = 0 ] && ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv
 fi
+# Nodes with a `git` source are cloned with git (the tests use local repositories).
+if [ "$(id -u)" = 0 ] && ! command -v git >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends git
+fi
 # The node binaries the end-to-end tests spawn (cargo test builds only test harnesses of bin targets).
 cargo build --workspace --locked
 # The `rill` Python package (apis/python), built into a virtualenv with numpy

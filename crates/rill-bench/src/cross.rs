@@ -70,6 +70,7 @@ pub fn run_tapped(
                 data_port: 0,
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 artifact_dir: None,
+                source_dir: None,
             };
             let (results, failure) = (results.clone(), failure.clone());
             // No shutdown signal (the sender is dropped): the benchmark ends

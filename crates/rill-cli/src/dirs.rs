@@ -33,6 +33,12 @@ pub fn default_store(port: u16) -> PathBuf {
     data_dir().join(format!("coordinator-{port}.redb"))
 }
 
+/// What can be made again (node sources cloned from git):
+/// `$XDG_CACHE_HOME/rill`, else `~/.cache/rill`.
+pub fn cache_dir() -> PathBuf {
+    xdg("XDG_CACHE_HOME", ".cache")
+}
+
 /// The CLI's configuration: `$XDG_CONFIG_HOME/rill`, else `~/.config/rill`.
 pub fn config_dir() -> PathBuf {
     xdg("XDG_CONFIG_HOME", ".config")

@@ -78,13 +78,15 @@ pub fn count(n: usize, noun: &str) -> String {
 
 /// Nodes whose program `rill run` would not find right now, resolved the way
 /// it does. Nodes placed on other machines are skipped: their paths are
-/// resolved there.
+/// resolved there; so are nodes with a `git` source.
 fn missing_programs(file: &Path, dataflow: &Dataflow, positions: &rill_core::Positions) -> Vec<Diagnostic> {
     let base_dir = file.canonicalize().ok().and_then(|f| f.parent().map(Path::to_path_buf)).unwrap_or_default();
     dataflow
         .nodes
         .iter()
         .filter(|node| node.deploy.machine.is_none() && node.deploy.labels.is_empty())
+        // (A `git` node's path is in its checkout, made when it is built.)
+        .filter(|node| node.git.is_none())
         .filter_map(|node| {
             let problem = rill_daemon::spawn::resolve_program(&node.path, &base_dir).err()?;
             let hint = match &node.build {

@@ -177,12 +177,13 @@ pub fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         labels,
         coordinator: std::sync::Arc::new(args.coordinator.daemon_access(
             args.join_token_file.as_deref(),
-            cache_dir,
+            cache_dir.clone(),
             args.machine_id.as_deref(),
         )?),
         data_port: args.data_port,
         version: crate::version::full(),
         artifact_dir: Some(artifact_dir),
+        source_dir: Some(cache_dir.join("sources")),
     };
     let (quiet, node_output) = (args.quiet, !args.no_node_output);
     let addr = config.coordinator.addr().to_owned();

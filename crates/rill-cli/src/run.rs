@@ -39,7 +39,8 @@ impl RunFlags {
     fn options(&self) -> anyhow::Result<RunOptions> {
         let grace =
             Duration::try_from_secs_f64(self.grace).context("--grace must be a non-negative number of seconds")?;
-        Ok(RunOptions { grace, term_grace: grace, skip_build: self.skip_build })
+        let source_cache = Some(crate::dirs::cache_dir().join("sources"));
+        Ok(RunOptions { grace, term_grace: grace, skip_build: self.skip_build, source_cache })
     }
 
     /// Runs `dataflow` here with these flags (see [`run_dataflow`]).

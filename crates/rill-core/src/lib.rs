@@ -28,8 +28,8 @@ pub use cluster::{ClusterFile, DEFAULT_CLUSTER_PORT, Machine, token_name};
 pub use diagnostics::{Diagnostic, Diagnostics, Severity};
 pub use model::{
     Artifact, DEFAULT_MAX_RESTART_DELAY, DEFAULT_QUEUE_SIZE, DEFAULT_RESTART_DELAY, Dataflow, Deploy, Distribute,
-    InputSource, InputSpec, LogLevel, MAX_ARTIFACT_SIZE, NodeSpec, Printed, RestartPolicy, RestartSpec,
-    artifact_id_problem, is_sha256_hex,
+    GitRev, GitSource, InputSource, InputSpec, LogLevel, MAX_ARTIFACT_SIZE, NodeSpec, Printed, RestartPolicy,
+    RestartSpec, artifact_id_problem, git_repo_problem, is_sha256_hex,
 };
 pub use parse::Positions;
 pub use placement::{DaemonInfo, Placement, PlacementError, format_labels, parse_labels, place};

@@ -48,10 +48,77 @@ pub struct NodeSpec {
     /// CPU cores the node is pinned to (none: not pinned).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cpu_affinity: Vec<u32>,
+    /// Where the node's source comes from: cloned before its build, and
+    /// its working directory (none: the dataflow file's directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitSource>,
     /// What the node prints, as outputs (`send_stdout_as`, `send_logs_as`)
     /// and filtered (`min_log_level`).
     #[serde(default, skip_serializing_if = "Printed::is_default")]
     pub printed: Printed,
+}
+
+/// A node's source in a git repository, at one revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitSource {
+    /// A URL, or a path (relative to the dataflow file's directory).
+    pub repo: String,
+    pub rev: GitRev,
+}
+
+/// Which revision of a [`GitSource`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GitRev {
+    /// The branch's newest commit, looked up at every build.
+    Branch(String),
+    /// The commit the tag names.
+    Tag(String),
+    /// A commit id (4 to 40 hex digits).
+    Rev(String),
+}
+
+impl GitRev {
+    /// `branch main`, `tag v1.2`, `rev 3f2a9c1`.
+    pub fn describe(&self) -> String {
+        match self {
+            GitRev::Branch(name) => format!("branch {name}"),
+            GitRev::Tag(name) => format!("tag {name}"),
+            GitRev::Rev(id) => format!("rev {id}"),
+        }
+    }
+
+    /// Why `text` cannot be a branch or tag name (what git itself refuses,
+    /// and anything git could read as an option), or a commit id for `rev`.
+    pub fn problem(&self) -> Option<String> {
+        match self {
+            GitRev::Branch(name) | GitRev::Tag(name) => {
+                let bad = name.is_empty()
+                    || name.starts_with(['-', '/', '.'])
+                    || name.ends_with(['/', '.'])
+                    || name.ends_with(".lock")
+                    || name.contains("..")
+                    || name.contains("@{")
+                    || name.chars().any(|c| c.is_control() || c.is_whitespace() || "~^:?*[\\".contains(c));
+                bad.then(|| format!("`{name}` is not a valid git branch or tag name"))
+            }
+            GitRev::Rev(id) => (!(4..=40).contains(&id.len()) || !id.chars().all(|c| c.is_ascii_hexdigit()))
+                .then(|| format!("`{id}` is not a commit id: 4 to 40 hex digits")),
+        }
+    }
+}
+
+/// Why `repo` cannot be given to git: empty, an option, a control
+/// character, or a transport that runs commands (`ext::`, `fd::`).
+pub fn git_repo_problem(repo: &str) -> Option<String> {
+    let bad = repo.trim().is_empty()
+        || repo.starts_with('-')
+        || repo.chars().any(char::is_control)
+        || repo.starts_with("ext::")
+        || repo.starts_with("fd::");
+    bad.then(|| {
+        format!("`{repo}` is not a repository rill will clone: a URL (https://, ssh://, git://, file://) or a path")
+    })
 }
 
 /// What happens to the lines a node prints besides `rill logs`.

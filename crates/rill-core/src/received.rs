@@ -48,6 +48,11 @@ pub fn received_problems(dataflow: &Dataflow) -> Vec<String> {
                 push(format!("node `{id}`: output {output:?} is not a valid, unique id"));
             }
         }
+        if let Some(git) = &node.git
+            && let Some(problem) = crate::model::git_repo_problem(&git.repo).or_else(|| git.rev.problem())
+        {
+            push(format!("node `{id}`: git source: {problem}"));
+        }
         for printed in node.printed.outputs() {
             if !outputs.contains(printed) {
                 push(format!("node `{id}`: prints on output {printed:?}, which it does not declare"));
@@ -159,6 +164,19 @@ mod tests {
         }
         assert!(name_problem("my-app").is_none());
         assert!(name_problem("a\0b").is_some() && name_problem("a*").is_some() && name_problem("").is_some());
+    }
+
+    #[test]
+    fn git_sources_and_printed_outputs_from_a_peer_are_checked_as_check_would() {
+        let mut bad = flow();
+        bad.nodes[0].git =
+            Some(crate::GitSource { repo: "--upload-pack=x".into(), rev: crate::GitRev::Tag("v1".into()) });
+        bad.nodes[1].git = Some(crate::GitSource { repo: "../r".into(), rev: crate::GitRev::Branch("a..b".into()) });
+        bad.nodes[0].printed.stdout_as = Some("nope".into());
+        let problems = received_problems(&bad).join("\n");
+        for expected in ["not a repository rill will clone", "`a..b` is not a valid git branch", "output \"nope\""] {
+            assert!(problems.contains(expected), "{expected}: {problems}");
+        }
     }
 
     #[test]

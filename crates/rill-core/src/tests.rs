@@ -125,6 +125,7 @@ fn full_example_parses_into_the_expected_structs() {
                     artifact: None,
                 },
                 cpu_affinity: vec![],
+                git: None,
                 printed: Printed::default(),
             },
             NodeSpec {
@@ -153,6 +154,7 @@ fn full_example_parses_into_the_expected_structs() {
                     artifact: None,
                 },
                 cpu_affinity: vec![],
+                git: None,
                 printed: Printed::default(),
             },
             NodeSpec {
@@ -170,6 +172,7 @@ fn full_example_parses_into_the_expected_structs() {
                 restart: RestartSpec::default(),
                 deploy: Deploy::default(),
                 cpu_affinity: vec![],
+                git: None,
                 printed: Printed::default(),
             },
         ],
@@ -964,4 +967,25 @@ fn printed_outputs_must_be_declared_and_levels_known() {
             (12, "`send_stdout_as` and `send_logs_as` of node `b` name the same output"),
         ]
     );
+}
+
+#[test]
+fn git_sources_need_one_revision_and_refuse_what_git_would_misread() {
+    let dataflow = parse_ok("nodes:\n  - id: a\n    path: ./a\n    git: https://example.org/a.git\n    tag: v1.2\n");
+    let git = dataflow.nodes[0].git.as_ref().expect("a git source");
+    assert_eq!((git.repo.as_str(), &git.rev), ("https://example.org/a.git", &GitRev::Tag("v1.2".into())));
+    let found = errors(
+        "nodes:\n  - id: a\n    path: ./a\n    git: ../repo\n  - id: b\n    path: ./b\n    branch: main\n  - id: c\n    path: ./c\n    git: --upload-pack=evil\n    rev: abc1\n  - id: d\n    path: ./d\n    git: ../repo\n    branch: main\n    tag: v1\n  - id: e\n    path: ./e\n    git: ../repo\n    rev: HEAD~1\n  - id: f\n    path: ./f\n    git: ../repo\n    branch: main\n    deploy: { distribute: scp }\n",
+    );
+    let found: Vec<(usize, String)> = found.into_iter().map(|(line, _, message, _)| (line, message)).collect();
+    let lines: Vec<usize> = found.iter().map(|(line, _)| *line).collect();
+    assert_eq!(lines, [4, 7, 10, 16, 20, 23], "{found:#?}");
+    assert!(found[0].1.contains("needs one of `branch`, `tag` or `rev`"));
+    assert!(found[1].1.contains("`branch` of node `b` needs `git`"));
+    assert!(found[2].1.contains("not a repository rill will clone"));
+    assert!(found[3].1.contains("more than one of `branch`, `tag` and `rev`"));
+    assert!(found[4].1.contains("`HEAD~1` is not a commit id"));
+    assert!(found[5].1.contains("has both `git` and `distribute: scp`"), "{found:#?}");
+    let bad_branch = single_error("nodes:\n  - id: a\n    path: ./a\n    git: ../repo\n    branch: -x\n").2;
+    assert!(bad_branch.contains("`-x` is not a valid git branch or tag name"), "{bad_branch}");
 }

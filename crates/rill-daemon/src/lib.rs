@@ -6,6 +6,7 @@ pub mod access;
 pub mod artifacts;
 pub mod bridge;
 pub mod doctor;
+pub mod git;
 pub mod lines;
 pub mod local;
 pub mod net;

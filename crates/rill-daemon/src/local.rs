@@ -49,6 +49,8 @@ pub struct LocalDataflows {
     stopping: BTreeSet<String>,
     /// Where shipped node binaries are kept and fetched from.
     artifacts: Option<crate::artifacts::Artifacts>,
+    /// Where node sources from git are cloned.
+    source_dir: Option<PathBuf>,
     /// Each running share's nodes and their outputs (what a tap may read).
     outputs: HashMap<String, BTreeMap<String, Vec<String>>>,
     /// Taps open here, by `(uuid, tap)`.
@@ -80,8 +82,8 @@ fn uuid_like(text: &str) -> Option<()> {
 }
 
 impl LocalDataflows {
-    pub fn new(artifacts: Option<crate::artifacts::Artifacts>) -> Self {
-        Self { artifacts, ..Self::default() }
+    pub fn new(artifacts: Option<crate::artifacts::Artifacts>, source_dir: Option<PathBuf>) -> Self {
+        Self { artifacts, source_dir, ..Self::default() }
     }
 
     /// Starts this daemon's share; reports to `finished` when it ends.
@@ -198,9 +200,9 @@ impl LocalDataflows {
             .map(|n| (n.id.clone(), n.deploy.distribute, n.deploy.artifact.clone()))
             .collect();
         let artifacts = self.artifacts.clone();
-        let mut runtime =
-            Runtime::new(spawn.descriptor.clone(), PathBuf::from(&spawn.base_dir), RunOptions::default(), reporter)
-                .with_share(Share { local: nodes, remote_ends: ends_tx });
+        let options = RunOptions { source_cache: self.source_dir.clone(), ..RunOptions::default() };
+        let mut runtime = Runtime::new(spawn.descriptor.clone(), PathBuf::from(&spawn.base_dir), options, reporter)
+            .with_share(Share { local: nodes, remote_ends: ends_tx });
         self.running.insert(spawn.uuid.clone(), runtime.stop_handle());
         let outputs = spawn.descriptor.nodes.iter().filter(|n| spawn.nodes.contains(&n.id));
         let outputs = outputs.map(|n| (n.id.clone(), n.outputs.clone())).collect();

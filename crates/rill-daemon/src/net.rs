@@ -61,6 +61,9 @@ pub struct DaemonConfig {
     /// Where shipped node binaries are kept (an absolute path); `None`:
     /// nodes with `distribute: scp|http` cannot run here.
     pub artifact_dir: Option<std::path::PathBuf>,
+    /// Where node sources from git are cloned; `None`: nodes with `git`
+    /// cannot run here.
+    pub source_dir: Option<std::path::PathBuf>,
 }
 
 /// What the daemon tells its caller (the CLI prints these).
@@ -329,6 +332,7 @@ pub async fn run(
         bridge: None,
         local: LocalDataflows::new(
             config.artifact_dir.clone().map(|dir| crate::artifacts::Artifacts::new(dir, config.coordinator.clone())),
+            config.source_dir.clone(),
         ),
         finished_tx,
         finished_rx: Some(finished_rx),

@@ -31,6 +31,9 @@ pub struct RunOptions {
     pub term_grace: Duration,
     /// Skip the nodes' `build` commands.
     pub skip_build: bool,
+    /// Where nodes with a `git` source are cloned (see `git.rs`); `None`:
+    /// such nodes cannot run here.
+    pub source_cache: Option<PathBuf>,
 }
 
 /// This runtime runs part of a dataflow; the rest runs on other machines.
@@ -43,7 +46,12 @@ pub struct Share {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        Self { grace: Duration::from_secs(2), term_grace: Duration::from_secs(2), skip_build: false }
+        Self {
+            grace: Duration::from_secs(2),
+            term_grace: Duration::from_secs(2),
+            skip_build: false,
+            source_cache: None,
+        }
     }
 }
 
@@ -105,6 +113,8 @@ pub enum RunError {
     Build { node: String, command: String, status: ExitStatus },
     #[error("could not run the build command of node `{node}`: {source}")]
     BuildSpawn { node: String, source: std::io::Error },
+    #[error("cannot get the source of node `{node}`: {why}")]
+    Source { node: String, why: String },
     #[error("could not start the data plane: {0}")]
     Router(std::io::Error),
 }
@@ -205,6 +215,8 @@ pub struct Runtime {
     usage: HashMap<String, (u32, Option<(Instant, crate::usage::ProcSample)>)>,
     /// What the nodes print, sent on their printed outputs (set by `run`).
     printers: Arc<Printers>,
+    /// Checkouts of nodes with a `git` source: their directory.
+    checkouts: HashMap<String, PathBuf>,
 }
 
 impl Runtime {
@@ -226,6 +238,7 @@ impl Runtime {
             shipped: HashMap::new(),
             usage: HashMap::new(),
             printers: Arc::new(Printers::new(&Dataflow { nodes: Vec::new() }, |_| false)),
+            checkouts: HashMap::new(),
         }
     }
 
@@ -289,8 +302,42 @@ impl Runtime {
         StopHandle(self.tx.clone())
     }
 
+    /// Where `node` builds and runs from: its checkout, or the dataflow's directory.
+    fn node_dir(&self, node: &str) -> PathBuf {
+        self.checkouts.get(node).cloned().unwrap_or_else(|| self.base_dir.clone())
+    }
+
+    /// Clones (or finds in the cache) the source of every local node with
+    /// `git`, saying so in its log.
+    fn fetch_sources(&mut self) -> Result<(), RunError> {
+        let sources: Vec<(String, rill_core::GitSource)> = self
+            .local_dataflow()
+            .nodes
+            .into_iter()
+            .filter(|n| !self.shipped.contains_key(&n.id))
+            .filter_map(|n| Some((n.id, n.git?)))
+            .collect();
+        for (node, source) in sources {
+            let Some(cache) = self.options.source_cache.clone() else {
+                let why = "this runtime has no source cache directory".to_owned();
+                return Err(RunError::Source { node, why });
+            };
+            let what = format!("{} at {}", source.repo, source.rev.describe());
+            let line = format!("rill: getting the source: {what}");
+            (self.reporter)(Report::Log { node: &node, stream: Stream::Stderr, line: &line });
+            let checkout = crate::git::checkout(&cache, &source, &self.base_dir)
+                .map_err(|e| RunError::Source { node: node.clone(), why: e.to_string() })?;
+            let how = if checkout.reused { "already there" } else { "cloned" };
+            let line = format!("rill: source is commit {} in {} ({how})", checkout.commit, checkout.dir.display());
+            (self.reporter)(Report::Log { node: &node, stream: Stream::Stderr, line: &line });
+            self.checkouts.insert(node, checkout.dir);
+        }
+        Ok(())
+    }
+
     /// Builds, runs until every node has ended, and reports.
     pub fn run(mut self) -> Result<RunReport, RunError> {
+        self.fetch_sources()?;
         if !self.options.skip_build {
             self.build()?;
         }
@@ -412,19 +459,19 @@ impl Runtime {
 
     fn spawn(&mut self, node_id: &str, supervisor: &mut Supervisor, router: &RouterHandle) -> Vec<Action> {
         let Some(node) = self.dataflow.node(node_id).cloned() else { return Vec::new() };
-        let program = match self.shipped_program(node_id).unwrap_or_else(|| resolve_program(&node.path, &self.base_dir))
-        {
+        let node_dir = self.node_dir(node_id);
+        let program = match self.shipped_program(node_id).unwrap_or_else(|| resolve_program(&node.path, &node_dir)) {
             Ok(program) => program,
             Err(e) => return supervisor.spawn_failed(node_id, e),
         };
-        let dir = match crate::spawn::working_dir(&node, &self.base_dir) {
+        let dir = match crate::spawn::working_dir(&node, &node_dir) {
             Ok(dir) => dir,
             Err(e) => return supervisor.spawn_failed(node_id, e),
         };
         // A shipped script is stored under its digest: the node's own path
         // says whether it is one.
         let interpreter = crate::spawn::is_python(std::path::Path::new(&node.path))
-            .then(|| crate::spawn::python_for(&node, &self.base_dir));
+            .then(|| crate::spawn::python_for(&node, &node_dir));
         let mut spawned = match spawn_node(&node, &program, interpreter.as_deref(), &dir) {
             Ok(spawned) => spawned,
             Err(e) if let Some(python) = &interpreter => {
@@ -530,9 +577,10 @@ impl Runtime {
         }
     }
 
-    /// Runs every distinct `build` command once, in file order.
+    /// Runs every distinct `build` command once per directory (a node's
+    /// checkout, or the dataflow's), in file order.
     fn build(&mut self) -> Result<(), RunError> {
-        let mut done: Vec<String> = Vec::new();
+        let mut done: Vec<(PathBuf, String)> = Vec::new();
         let builds: Vec<(String, String)> = self
             .local_dataflow()
             .nodes
@@ -541,16 +589,17 @@ impl Runtime {
             .filter_map(|n| n.build.clone().map(|b| (n.id.clone(), b)))
             .collect();
         for (node, command) in builds {
-            if done.contains(&command) {
+            let dir = self.node_dir(&node);
+            if done.iter().any(|(d, c)| *d == dir && *c == command) {
                 continue;
             }
             (self.reporter)(Report::Building { node: &node, command: &command });
-            let status = run_build(&command, &self.base_dir, &node, &self.reporter)
+            let status = run_build(&command, &dir, &node, &self.reporter)
                 .map_err(|source| RunError::BuildSpawn { node: node.clone(), source })?;
             if !status.success() {
                 return Err(RunError::Build { node, command, status });
             }
-            done.push(command);
+            done.push((dir, command));
         }
         Ok(())
     }

@@ -239,3 +239,61 @@ fn send_logs_as_with_min_log_level_warn_delivers_only_warn_and_error_records() {
     check!(run, run.stdout.contains("motor stalled") && !run.stdout.contains("cruising"), "filtered in the log too");
     check!(run, !run.stdout.contains("pid tick"), "filtered in the log too");
 }
+
+/// Runs git in `dir` (a test's own repository) and fails the test if it fails.
+fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=test", "-c", "user.email=test@example.org"])
+        .args(args)
+        .output()
+        .expect("git runs");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn a_node_built_from_a_local_git_repository_at_a_tag_runs_in_that_checkout() {
+    // A repository whose tag v1 says "one"; main has moved on to "two".
+    let repo = tempfile::tempdir().expect("tempdir");
+    git(repo.path(), &["init", "--quiet", "--initial-branch=main"]);
+    let show = "#!/bin/sh\necho \"version $(cat version.txt)\"\necho \"built $(cat built.txt)\"\necho \"dir $(pwd)\"\n";
+    std::fs::write(repo.path().join("show.sh"), show).expect("write");
+    std::fs::set_permissions(repo.path().join("show.sh"), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    std::fs::write(repo.path().join("version.txt"), "one").expect("write");
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "--quiet", "-m", "one"]);
+    git(repo.path(), &["tag", "v1"]);
+    let tagged = git(repo.path(), &["rev-parse", "HEAD"]);
+    std::fs::write(repo.path().join("version.txt"), "two").expect("write");
+    git(repo.path(), &["commit", "--quiet", "-am", "two"]);
+
+    let flow = Flow::new(&format!(
+        "nodes:\n  - id: shown\n    path: ./show.sh\n    git: {}\n    tag: v1\n    build: echo here > built.txt\n",
+        repo.path().display()
+    ));
+    let run = flow.run(&[], Duration::from_secs(60));
+    check!(run, run.code == Some(0), "runs");
+    check!(run, run.stdout.contains("[shown] version one"), "the tag's content, not main's");
+    check!(run, run.stdout.contains("[shown] built here"), "its build ran in the checkout");
+    let dir = run.stdout.lines().find_map(|l| l.strip_prefix("[shown] dir ")).unwrap_or("").to_owned();
+    let cache = crate::support::xdg_home().join("cache/rill/sources");
+    check!(
+        run,
+        dir.starts_with(&cache.display().to_string()) && dir.ends_with(&tagged),
+        "in the cache, by commit: {dir}"
+    );
+    check!(run, run.stderr.contains("(cloned)"), "cloned the first time");
+    check!(run, git(std::path::Path::new(&dir), &["rev-parse", "HEAD"]) == tagged, "checked out at the tag");
+    check!(
+        run,
+        git(std::path::Path::new(&dir), &["status", "--porcelain", "--branch"]).starts_with("## HEAD (no branch)"),
+        "detached"
+    );
+
+    let again = flow.run(&[], Duration::from_secs(60));
+    check!(again, again.code == Some(0) && again.stderr.contains("(already there)"), "the checkout is used again");
+    check!(again, again.stdout.contains("[shown] version one"), "the same checkout");
+}

@@ -32,7 +32,8 @@ pub fn rill() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rill"));
     cmd.env("XDG_DATA_HOME", xdg_home().join("data"))
         .env("XDG_CONFIG_HOME", xdg_home().join("config"))
-        .env("XDG_STATE_HOME", xdg_home().join("state"));
+        .env("XDG_STATE_HOME", xdg_home().join("state"))
+        .env("XDG_CACHE_HOME", xdg_home().join("cache"));
     cmd
 }
 

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use crate::diagnostics::{Collector, Diagnostic, Diagnostics};
 use crate::ids::{self, ID_HINT, RESERVED};
-use crate::model::{Dataflow, LogLevel, NodeSpec, Printed};
+use crate::model::{Dataflow, Distribute, GitRev, GitSource, LogLevel, NodeSpec, Printed};
 use crate::read::{Fields, Reader};
 use crate::yaml::{self, Node, Pos, Value};
 use crate::{args, validate};
@@ -42,6 +42,10 @@ pub(crate) const NODE_FIELDS: &[&str] = &[
     "cpu_affinity",
     "output_types",
     "input_types",
+    "git",
+    "branch",
+    "tag",
+    "rev",
     "send_stdout_as",
     "send_logs_as",
     "min_log_level",
@@ -207,8 +211,15 @@ fn node(r: &mut Reader, item: &Node) -> Option<ParsedNode> {
         restart: restart::restart(r, &fields, &label),
         deploy: deploy::deploy(r, &fields, &label),
         cpu_affinity: cpu_affinity(r, &fields, &label),
+        git: git(r, &fields, &label),
         printed: printed(r, &fields, &label, &outputs_listed),
     };
+    if spec.git.is_some() && spec.deploy.distribute != Distribute::Local {
+        let pos = fields.get("git").map_or(item.pos, |value| value.pos);
+        let hint = "a `git` node is cloned and built on the machine it runs on: use `distribute: local`";
+        let distribute = if spec.deploy.distribute == Distribute::Scp { "scp" } else { "http" };
+        r.error_hint(pos, format!("{label} has both `git` and `distribute: {distribute}`"), hint);
+    }
     Some(ParsedNode {
         spec,
         id_pos: id.map(|(_, pos)| pos),
@@ -236,6 +247,45 @@ fn cpu_affinity(r: &mut Reader, fields: &Fields, label: &str) -> Vec<u32> {
         }
     }
     cores
+}
+
+/// `git` with exactly one of `branch`, `tag`, `rev`.
+fn git(r: &mut Reader, fields: &Fields, label: &str) -> Option<GitSource> {
+    let revs: Vec<(&str, &Node)> =
+        ["branch", "tag", "rev"].into_iter().filter_map(|field| Some((field, fields.get(field)?))).collect();
+    let Some(value) = fields.get("git") else {
+        if let Some((field, value)) = revs.first() {
+            let hint = "add `git: <repository>` to clone the node's source, or remove it";
+            r.error_hint(value.pos, format!("`{field}` of {label} needs `git`"), hint);
+        }
+        return None;
+    };
+    let repo = r.text(value, &format!("`git` of {label}"))?;
+    if let Some(problem) = crate::model::git_repo_problem(&repo) {
+        r.error(value.pos, format!("`git` of {label}: {problem}"));
+        return None;
+    }
+    let [(field, rev_value)] = revs[..] else {
+        let hint = "one of `branch: main`, `tag: v1.0` or `rev: <commit id>` says which revision to build";
+        let pos = revs.get(1).map_or(value.pos, |(_, v)| v.pos);
+        let message = match revs.len() {
+            0 => format!("`git` of {label} needs one of `branch`, `tag` or `rev`"),
+            _ => format!("{label} gives more than one of `branch`, `tag` and `rev`"),
+        };
+        r.error_hint(pos, message, hint);
+        return None;
+    };
+    let text = r.text(rev_value, &format!("`{field}` of {label}"))?;
+    let rev = match field {
+        "branch" => GitRev::Branch(text),
+        "tag" => GitRev::Tag(text),
+        _ => GitRev::Rev(text),
+    };
+    if let Some(problem) = rev.problem() {
+        r.error(rev_value.pos, format!("`{field}` of {label}: {problem}"));
+        return None;
+    }
+    Some(GitSource { repo, rev })
 }
 
 /// `send_stdout_as`, `send_logs_as` (outputs the node declares) and `min_log_level`.
