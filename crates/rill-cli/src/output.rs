@@ -93,8 +93,9 @@ fn missing_programs(file: &Path, dataflow: &Dataflow, positions: &rill_core::Pos
                 Some(build) => format!("`rill run` first runs its build step `{build}`, which must create it"),
                 None => "build it first, or fix `path`; `rill run` will fail to start this node".to_owned(),
             };
-            let position = positions.node_path(&node.id).unwrap_or((0, 0));
-            Some(Diagnostic::warning(file, position, format!("node `{}`: {problem}", node.id), Some(hint)))
+            let (written_in, line, column) = positions.node_path(&node.id).unwrap_or((file, 0, 0));
+            let message = format!("node `{}`: {problem}", node.id);
+            Some(Diagnostic::warning(written_in, (line, column), message, Some(hint)))
         })
         .collect()
 }

@@ -119,14 +119,44 @@ impl Collector {
     }
 
     pub fn warn_hint(&mut self, pos: Pos, message: impl Into<String>, hint: impl Into<String>) {
+        let file = self.file.clone();
+        self.warn_hint_in(&file, pos, message, hint);
+    }
+
+    /// The file being read.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// A warning about `file` (a module file this one uses).
+    pub fn warn_hint_in(&mut self, file: &Path, pos: Pos, message: impl Into<String>, hint: impl Into<String>) {
         let position = (pos.line, pos.column);
-        self.warnings.push(Diagnostic::warning(&self.file, position, message.into(), Some(hint.into())));
+        self.warnings.push(Diagnostic::warning(file, position, message.into(), Some(hint.into())));
+    }
+
+    /// An error in `file` (a module file this one uses).
+    pub fn error_hint_in(&mut self, file: &Path, pos: Pos, message: impl Into<String>, hint: impl Into<String>) {
+        self.found.push(Diagnostic::at(file, pos, message.into(), Some(hint.into())));
+    }
+
+    /// Takes in what `other` (a module file's collector) found.
+    pub fn absorb(&mut self, other: Collector) {
+        self.found.extend(other.found);
+        self.warnings.extend(other.warnings);
+    }
+
+    /// This file's problems first, then other files', each in file order.
+    fn sort(&self, diagnostics: &mut [Diagnostic]) {
+        diagnostics.sort_by(|a, b| {
+            let key = |d: &Diagnostic| (d.file != self.file, d.file.clone(), d.line, d.column);
+            key(a).cmp(&key(b))
+        });
     }
 
     /// The warnings so far, in file order.
     pub fn take_warnings(&mut self) -> Vec<Diagnostic> {
         let mut warnings = std::mem::take(&mut self.warnings);
-        warnings.sort_by_key(|d| (d.line, d.column));
+        self.sort(&mut warnings);
         warnings
     }
 
@@ -152,7 +182,8 @@ impl Collector {
             return Ok(value);
         }
         // Stable sort: problems at the same position keep the order they were found in.
-        self.found.sort_by_key(|d| (d.line, d.column));
-        Err(Diagnostics(self.found))
+        let mut found = std::mem::take(&mut self.found);
+        self.sort(&mut found);
+        Err(Diagnostics(found))
     }
 }

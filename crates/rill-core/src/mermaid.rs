@@ -14,8 +14,24 @@ impl Dataflow {
         // Mermaid keywords such as `end`. Labels carry the real names.
         let mut text = String::from("flowchart TB\n");
         let mut timers: Vec<Duration> = Vec::new();
+        // A module's nodes are next to each other: a subgraph per module
+        // node, nested as the modules are.
+        let mut open: &[String] = &[];
+        let mut subgraphs = 0;
         for (index, node) in self.nodes.iter().enumerate() {
-            let _ = writeln!(text, "    n{index}[\"{}\"]", escape(&node.id));
+            let shared = open.iter().zip(&node.modules).take_while(|(a, b)| a == b).count();
+            for depth in (shared..open.len()).rev() {
+                let _ = writeln!(text, "{}end", indent(depth));
+            }
+            for (depth, module) in node.modules.iter().enumerate().skip(shared) {
+                let _ = writeln!(text, "{}subgraph m{subgraphs}[\"{}\"]", indent(depth), escape(module));
+                subgraphs += 1;
+            }
+            open = &node.modules;
+            let _ = writeln!(text, "{}n{index}[\"{}\"]", indent(open.len()), escape(&node.id));
+        }
+        for depth in (0..open.len()).rev() {
+            let _ = writeln!(text, "{}end", indent(depth));
         }
         for node in &self.nodes {
             for spec in node.inputs.values() {
@@ -48,6 +64,10 @@ impl Dataflow {
         }
         text
     }
+}
+
+fn indent(depth: usize) -> String {
+    "    ".repeat(depth + 1)
 }
 
 /// Validated ids never contain `"`, but a descriptor deserialized from JSON was not validated.

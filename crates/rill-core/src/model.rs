@@ -52,6 +52,10 @@ pub struct NodeSpec {
     /// its working directory (none: the dataflow file's directory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git: Option<GitSource>,
+    /// The module nodes it was expanded from, outermost first (their ids);
+    /// empty for a node written in the dataflow file itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modules: Vec<String>,
     /// What the node prints, as outputs (`send_stdout_as`, `send_logs_as`)
     /// and filtered (`min_log_level`).
     #[serde(default, skip_serializing_if = "Printed::is_default")]

@@ -126,6 +126,7 @@ fn full_example_parses_into_the_expected_structs() {
                 },
                 cpu_affinity: vec![],
                 git: None,
+                modules: Vec::new(),
                 printed: Printed::default(),
             },
             NodeSpec {
@@ -155,6 +156,7 @@ fn full_example_parses_into_the_expected_structs() {
                 },
                 cpu_affinity: vec![],
                 git: None,
+                modules: Vec::new(),
                 printed: Printed::default(),
             },
             NodeSpec {
@@ -173,6 +175,7 @@ fn full_example_parses_into_the_expected_structs() {
                 deploy: Deploy::default(),
                 cpu_affinity: vec![],
                 git: None,
+                modules: Vec::new(),
                 printed: Printed::default(),
             },
         ],

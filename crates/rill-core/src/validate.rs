@@ -16,7 +16,7 @@ pub(crate) fn graph(report: &mut Collector, nodes: &[ParsedNode]) {
             if let InputSource::Node { node: target, output } = &spec.source {
                 let pos = node.source_pos.get(input).copied().unwrap_or(Pos::UNKNOWN);
                 let name = input_name(node, input);
-                check_reference(report, &by_id, pos, &name, target, output);
+                check_reference(report, &by_id, (&node.file, pos), &name, target, output);
             }
         }
     }
@@ -26,20 +26,20 @@ pub(crate) fn graph(report: &mut Collector, nodes: &[ParsedNode]) {
 fn check_reference(
     report: &mut Collector,
     by_id: &BTreeMap<&str, &ParsedNode>,
-    pos: Pos,
+    (file, pos): (&std::path::Path, Pos),
     name: &str,
     target: &str,
     output: &str,
 ) {
     let Some(source) = by_id.get(target) else {
         let message = format!("input `{name}` refers to node `{target}`, which does not exist");
-        report.error_hint(pos, message, missing_node_hint(target, by_id));
+        report.error_hint_in(file, pos, message, missing_node_hint(target, by_id));
         return;
     };
     // Broken `outputs` were reported already; checking against them would only add noise.
     if source.outputs_complete && !source.spec.outputs.iter().any(|o| o == output) {
         let message = format!("input `{name}` refers to output `{output}` of node `{target}`, which does not exist");
-        report.error_hint(pos, message, missing_output_hint(output, source));
+        report.error_hint_in(file, pos, message, missing_output_hint(output, source));
     }
 }
 
@@ -51,8 +51,11 @@ fn unique_ids<'a>(report: &mut Collector, nodes: &'a [ParsedNode]) -> BTreeMap<&
         match by_id.get(node.spec.id.as_str()) {
             Some(first) => {
                 let first_line = first.id_pos.map_or(0, |pos| pos.line);
-                let hint = format!("the first node with this id is at line {first_line}");
-                report.error_hint(pos, format!("duplicate node id `{}`", node.spec.id), hint);
+                let mut hint = format!("the first node with this id is at line {first_line}");
+                if first.file != node.file {
+                    hint.push_str(&format!(" of {}", first.file.display()));
+                }
+                report.error_hint_in(&node.file, pos, format!("duplicate node id `{}`", node.spec.id), hint);
             }
             None => {
                 by_id.insert(&node.spec.id, node);

@@ -96,3 +96,34 @@ fn mismatched_output_types_warn_and_strict_types_fails_the_check() {
     assert!(stderr.contains(&format!("{name}:10:27: error: input `meter/level` expects")), "{stderr}");
     assert!(stderr.contains("1 error found"), "{stderr}");
 }
+
+/// Writes `files` into a new directory and runs `rill check` on its `dataflow.yml`.
+fn check_files(files: &[(&str, &str)]) -> (Option<i32>, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, text) in files {
+        std::fs::write(dir.path().join(path), text).unwrap();
+    }
+    let out = rill().arg("check").arg(dir.path().join("dataflow.yml")).output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned(), dir)
+}
+
+#[test]
+fn a_module_left_unwired_and_a_module_cycle_each_have_their_own_error_in_their_file() {
+    let module = "module:\n  name: m\n  inputs: [frames]\nnodes:\n  - id: x\n    path: /bin/true\n    inputs: { f: _mod/frames }\n";
+    let (code, stderr, dir) =
+        check_files(&[("dataflow.yml", "nodes:\n  - id: det\n    module: m.yml\n"), ("m.yml", module)]);
+    assert_eq!(code, Some(1), "{stderr}");
+    let top = dir.path().join("dataflow.yml").display().to_string();
+    let expected =
+        format!("{top}:2:9: error: node `det` leaves the required input port `frames` of its module unwired");
+    assert!(stderr.contains(&expected), "{stderr}");
+
+    let a = "module: { name: a }\nnodes:\n  - id: inner\n    module: b.yml\n";
+    let b = "module: { name: b }\nnodes:\n  - id: back\n    module: a.yml\n";
+    let (code, stderr, dir) =
+        check_files(&[("dataflow.yml", "nodes:\n  - id: outer\n    module: a.yml\n"), ("a.yml", a), ("b.yml", b)]);
+    assert_eq!(code, Some(1), "{stderr}");
+    let b_file = dir.path().join("b.yml").display().to_string();
+    assert!(stderr.contains(&format!("{b_file}:4:13: error: module cycle: a.yml -> b.yml -> a.yml")), "{stderr}");
+    assert!(stderr.contains("1 error found"), "{stderr}");
+}

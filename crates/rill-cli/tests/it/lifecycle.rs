@@ -297,3 +297,31 @@ fn a_node_built_from_a_local_git_repository_at_a_tag_runs_in_that_checkout() {
     check!(again, again.code == Some(0) && again.stderr.contains("(already there)"), "the checkout is used again");
     check!(again, again.stdout.contains("[shown] version one"), "the same checkout");
 }
+
+#[test]
+fn a_module_used_twice_runs_as_two_sets_of_nodes_fed_through_its_port() {
+    // The module: one printing node reading the module's input port `in`,
+    // told how many inputs to wait for by a param.
+    let module = format!(
+        "module:\n  name: watcher\n  inputs: [in]\nnodes:\n  - id: show\n    path: {}\n    args: [print, '${{_param.count}}']\n    inputs: {{ in: _mod/in }}\n",
+        crate::support::test_node()
+    );
+    let flow = Flow::new(
+        "nodes:\n  - id: src\n    path: {node}\n    args: [burst, '3', '64']\n    outputs: [out]\n  - id: first\n    module: parts/watcher.yml\n    params: { count: 3 }\n    inputs: { in: src/out }\n  - id: second\n    module: parts/watcher.yml\n    params: { count: 3 }\n    inputs: { in: src/out }\n",
+    );
+    std::fs::create_dir_all(flow.dir.path().join("parts")).expect("mkdir");
+    std::fs::write(flow.dir.path().join("parts/watcher.yml"), module).expect("write module");
+    let run = flow.run(&[], Duration::from_secs(30));
+    check!(run, run.code == Some(0), "all end");
+    for id in ["first.show", "second.show"] {
+        let seqs: Vec<&str> = run
+            .stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("[{id}] input in len=64 seq="))?.split(' ').next())
+            .collect();
+        check!(run, seqs == ["0", "1", "2"], "{id} got every message: {seqs:?}");
+    }
+    let graph = crate::support::rill().arg("graph").arg(&flow.file).output().expect("graph");
+    let graph = String::from_utf8_lossy(&graph.stdout);
+    assert!(graph.contains("subgraph m0[\"first\"]") && graph.contains("n1[\"first.show\"]"), "{graph}");
+}

@@ -2,6 +2,7 @@
 
 mod deploy;
 mod inputs;
+mod module;
 mod restart;
 mod types;
 
@@ -64,15 +65,16 @@ const OPERATOR_HINT: &str = "make each operator a node of its own with `path:` (
 /// (e.g. `rill check` warning that a node's `path` does not exist yet).
 #[derive(Debug, Clone, Default)]
 pub struct Positions {
-    node_path: BTreeMap<String, Pos>,
+    node_path: BTreeMap<String, (std::path::PathBuf, Pos)>,
     /// Valid, but worth saying: fields rill accepts and ignores.
     pub warnings: Vec<crate::Diagnostic>,
 }
 
 impl Positions {
-    /// Line and column (1-based) of node `id`'s `path` value.
-    pub fn node_path(&self, id: &str) -> Option<(usize, usize)> {
-        self.node_path.get(id).map(|pos| (pos.line, pos.column))
+    /// The file, line and column (1-based) of node `id`'s `path` value
+    /// (a module's node: in the module file).
+    pub fn node_path(&self, id: &str) -> Option<(&Path, usize, usize)> {
+        self.node_path.get(id).map(|(file, pos)| (file.as_path(), pos.line, pos.column))
     }
 }
 
@@ -89,13 +91,13 @@ impl Dataflow {
             Diagnostics(vec![Diagnostic::at(file, error.pos, message, None)])
         })?;
         let mut reader = Reader { source: text, report: Collector::new(file) };
-        let (nodes, strict_types) = dataflow(&mut reader, &root);
+        let (nodes, strict_types) = dataflow(&mut reader, &root, &module::Scope::top(file));
         validate::graph(&mut reader.report, &nodes);
         types::check(&mut reader.report, &nodes, strict_types);
         let mut positions = Positions { warnings: reader.report.take_warnings(), ..Positions::default() };
         for node in &nodes {
             if let Some(pos) = node.path_pos {
-                positions.node_path.insert(node.spec.id.clone(), pos);
+                positions.node_path.insert(node.spec.id.clone(), (node.file.clone(), pos));
             }
         }
         let nodes = nodes.into_iter().map(|node| node.spec).collect();
@@ -131,13 +133,15 @@ pub(crate) struct ParsedNode {
     pub source_pos: BTreeMap<String, Pos>,
     /// Where the `path` value is written.
     pub path_pos: Option<Pos>,
+    /// The file the node is written in (a module file for a module's nodes).
+    pub file: std::path::PathBuf,
     /// `output_types` and `input_types`: annotations, checked with the graph.
     pub output_types: types::Annotated,
     pub input_types: types::Annotated,
 }
 
 /// The nodes, and whether `strict_types` is set.
-fn dataflow(r: &mut Reader, root: &Node) -> (Vec<ParsedNode>, bool) {
+fn dataflow(r: &mut Reader, root: &Node, scope: &module::Scope) -> (Vec<ParsedNode>, bool) {
     let entries = match &root.value {
         Value::Map(entries) => entries,
         Value::Null => {
@@ -168,13 +172,111 @@ fn dataflow(r: &mut Reader, root: &Node) -> (Vec<ParsedNode>, bool) {
     if items.is_empty() {
         r.error_hint(nodes.key.pos, "`nodes` is empty", "add at least one node");
     }
-    let mut nodes: Vec<ParsedNode> = items.iter().filter_map(|item| node(r, item)).collect();
+    let (mut nodes, _) = level(r, items, scope);
     for node in &mut nodes {
         for (key, value) in &shared_env {
             node.spec.env.entry(key.clone()).or_insert_with(|| value.clone());
         }
     }
     (nodes, strict_types)
+}
+
+/// The nodes of one file (the dataflow's, or a module's) read in `scope`,
+/// module nodes expanded in place, and what each id of the file names.
+fn level(r: &mut Reader, items: &[Node], scope: &module::Scope) -> (Vec<ParsedNode>, BTreeMap<String, module::Target>) {
+    enum Item {
+        Node(Box<ParsedNode>),
+        Module(module::Use),
+    }
+    let mut parsed = Vec::new();
+    let mut targets: BTreeMap<String, module::Target> = BTreeMap::new();
+    for item in items {
+        if module::is_module_node(item) {
+            let Some(used) = module::expand(r, item, scope) else { continue };
+            let local = used.id[scope.prefix.len()..].to_owned();
+            if targets.contains_key(&local) {
+                r.error(used.id_pos, format!("duplicate node id `{local}`"));
+                continue;
+            }
+            targets.insert(local, module::Target::Module(used.outputs.clone()));
+            parsed.push(Item::Module(used));
+        } else if let Some(mut node) = node(r, item) {
+            let local = node.spec.id.clone();
+            if let (Some(module::Target::Module(_)), Some(pos)) = (targets.get(&local), node.id_pos) {
+                r.error(pos, format!("duplicate node id `{local}`"));
+            }
+            targets.entry(local).or_insert(module::Target::Node);
+            in_scope(r, &mut node, scope);
+            parsed.push(Item::Node(Box::new(node)));
+        }
+    }
+    // Sources, now that every module node's output ports are known.
+    let mut nodes = Vec::new();
+    for item in parsed {
+        match item {
+            Item::Node(mut node) => {
+                let what = format!("node `{}`", node.spec.id);
+                resolve_sources(r, &targets, scope, &mut node.spec.inputs, &node.source_pos, &what);
+                nodes.push(*node);
+            }
+            Item::Module(mut used) => {
+                let what = format!("module node `{}`", used.id);
+                resolve_sources(r, &targets, scope, &mut used.wired, &used.wired_pos, &what);
+                module::fill_ports(&mut used);
+                nodes.extend(used.nodes);
+            }
+        }
+    }
+    (nodes, targets)
+}
+
+/// Rewrites each input's `node/output` source to final names (see
+/// [`module::resolve`]); an input whose source was refused goes.
+fn resolve_sources(
+    r: &mut Reader,
+    targets: &BTreeMap<String, module::Target>,
+    scope: &module::Scope,
+    inputs: &mut BTreeMap<String, crate::model::InputSpec>,
+    positions: &BTreeMap<String, Pos>,
+    owner: &str,
+) {
+    inputs.retain(|input, spec| {
+        let crate::model::InputSource::Node { node, output } = &spec.source else { return true };
+        let pos = positions.get(input).copied().unwrap_or(Pos::UNKNOWN);
+        let what = format!("input `{input}` of {owner}");
+        match module::resolve(r, targets, scope, (pos, &what), node, output) {
+            Some((node, output)) => {
+                spec.source = crate::model::InputSource::Node { node, output };
+                true
+            }
+            None => false,
+        }
+    });
+}
+
+/// A node of a module file: its final id, its path from the dataflow's
+/// directory, its params in `args` and as `PARAM_<KEY>` env.
+fn in_scope(r: &mut Reader, node: &mut ParsedNode, scope: &module::Scope) {
+    let spec = &mut node.spec;
+    spec.id = format!("{}{}", scope.prefix, spec.id);
+    let path = Path::new(&spec.path);
+    let file_path = spec.path.contains('/') || spec.path.ends_with(".py");
+    if !scope.rel_dir.as_os_str().is_empty() && file_path && path.is_relative() && spec.git.is_none() {
+        spec.path = scope.rel_dir.join(path).to_string_lossy().into_owned();
+    }
+    if scope.prefix.is_empty() {
+        return;
+    }
+    let pos = node.id_pos.unwrap_or(Pos::UNKNOWN);
+    for arg in &mut spec.args {
+        match module::substitute(arg, &scope.params) {
+            Ok(text) => *arg = text,
+            Err(problem) => r.error(pos, format!("`args` of node `{}`: {problem}", spec.id)),
+        }
+    }
+    for (key, value) in &scope.params {
+        spec.env.entry(module::param_env(key)).or_insert_with(|| value.clone());
+    }
 }
 
 fn node(r: &mut Reader, item: &Node) -> Option<ParsedNode> {
@@ -212,6 +314,7 @@ fn node(r: &mut Reader, item: &Node) -> Option<ParsedNode> {
         deploy: deploy::deploy(r, &fields, &label),
         cpu_affinity: cpu_affinity(r, &fields, &label),
         git: git(r, &fields, &label),
+        modules: Vec::new(),
         printed: printed(r, &fields, &label, &outputs_listed),
     };
     if spec.git.is_some() && spec.deploy.distribute != Distribute::Local {
@@ -226,6 +329,7 @@ fn node(r: &mut Reader, item: &Node) -> Option<ParsedNode> {
         outputs_complete,
         source_pos,
         path_pos,
+        file: r.report.file().to_path_buf(),
         output_types: types::annotations(r, &fields, "output_types", &label),
         input_types: types::annotations(r, &fields, "input_types", &label),
     })
@@ -330,7 +434,7 @@ fn printed(r: &mut Reader, fields: &Fields, label: &str, outputs: &Option<Vec<St
 }
 
 /// How messages name a node: by id when it has a usable one, by position otherwise.
-fn node_label(r: &Reader, entries: &[(Node, Node)], pos: Pos) -> String {
+pub(crate) fn node_label(r: &Reader, entries: &[(Node, Node)], pos: Pos) -> String {
     let id = entries
         .iter()
         .find(|(key, _)| matches!(&key.value, Value::Str(name) if name == "id"))
@@ -344,7 +448,7 @@ fn node_label(r: &Reader, entries: &[(Node, Node)], pos: Pos) -> String {
 
 /// The id and where it is written. Bad ids are reported but still returned, so that
 /// references to them don't cause a second, misleading error.
-fn node_id(r: &mut Reader, fields: &Fields, node_pos: Pos) -> Option<(String, Pos)> {
+pub(crate) fn node_id(r: &mut Reader, fields: &Fields, node_pos: Pos) -> Option<(String, Pos)> {
     let Some(value) = fields.get("id") else {
         r.error_hint(node_pos, "node is missing the required field `id`", "add `id: <unique-name>`");
         return None;
@@ -356,8 +460,9 @@ fn node_id(r: &mut Reader, fields: &Fields, node_pos: Pos) -> Option<(String, Po
     }
     if !ids::is_valid(&id) {
         r.error_hint(value.pos, format!("invalid node id `{id}`"), ID_HINT);
-    } else if RESERVED.contains(&id.as_str()) {
-        let hint = "`rill/...` and `dora/...` name built-in sources; choose another id";
+    } else if RESERVED.contains(&id.as_str()) || id == module::PORT_NODE {
+        let hint =
+            "`rill/...` and `dora/...` name built-in sources, `_mod/...` a module's input ports; choose another id";
         r.error_hint(value.pos, format!("node id `{id}` is reserved"), hint);
     }
     Some((id, value.pos))

@@ -125,35 +125,25 @@ pub(crate) fn annotations(r: &mut Reader, fields: &Fields, field: &str, label: &
 /// Checks every annotation against the graph: annotated ports exist, names
 /// are known, and what an output carries is what its consumers expect.
 pub(crate) fn check(report: &mut Collector, nodes: &[ParsedNode], strict: bool) {
-    let note =
-        |report: &mut Collector, pos: Pos, message: String, hint: String| say(report, strict, pos, message, hint);
     let by_id: BTreeMap<&str, &ParsedNode> = nodes.iter().map(|n| (n.spec.id.as_str(), n)).collect();
     for node in nodes {
+        let mut say = Say { report: &mut *report, strict, file: &node.file };
         let id = &node.spec.id;
         for (output, (name, pos)) in &node.output_types {
             if node.outputs_complete && !node.spec.outputs.contains(output) {
-                let hint = format!("add `{output}` to the `outputs` of node `{id}`, or remove its type");
-                note(
-                    report,
-                    *pos,
-                    format!("`output_types` of node `{id}` names output `{output}`, which it does not declare"),
-                    hint,
-                );
+                let message =
+                    format!("`output_types` of node `{id}` names output `{output}`, which it does not declare");
+                say.say(*pos, message, format!("add `{output}` to the `outputs` of node `{id}`, or remove its type"));
             }
-            unknown(report, strict, name, *pos);
+            say.unknown(name, *pos);
         }
         for (input, (name, pos)) in &node.input_types {
             let Some(spec) = node.spec.inputs.get(input) else {
-                let hint = format!("node `{id}` has no input `{input}`; remove the type or add the input");
-                note(
-                    report,
-                    *pos,
-                    format!("`input_types` of node `{id}` names input `{input}`, which it does not have"),
-                    hint,
-                );
+                let message = format!("`input_types` of node `{id}` names input `{input}`, which it does not have");
+                say.say(*pos, message, format!("node `{id}` has no input `{input}`; remove the type or add the input"));
                 continue;
             };
-            unknown(report, strict, name, *pos);
+            say.unknown(name, *pos);
             let InputSource::Node { node: producer, output } = &spec.source else { continue };
             let Some((sent, _)) = by_id.get(producer.as_str()).and_then(|p| p.output_types.get(output)) else {
                 continue;
@@ -164,28 +154,37 @@ pub(crate) fn check(report: &mut Collector, nodes: &[ParsedNode], strict: bool) 
                     name.text, sent.text
                 );
                 let hint = "types are annotations only, nothing is converted: make them agree (or remove one)";
-                note(report, *pos, message, hint.to_owned());
+                say.say(*pos, message, hint.to_owned());
             }
         }
     }
 }
 
-/// A warning, or an error under `strict_types`.
-fn say(report: &mut Collector, strict: bool, pos: Pos, message: String, hint: String) {
-    if strict {
-        report.error_hint(pos, message, format!("{hint} (an error because of `strict_types: true`)"));
-    } else {
-        report.warn_hint(pos, message, hint);
-    }
+/// Reports about one node's file: warnings, or errors under `strict_types`.
+struct Say<'a> {
+    report: &'a mut Collector,
+    strict: bool,
+    file: &'a std::path::Path,
 }
 
-fn unknown(report: &mut Collector, strict: bool, name: &TypeName, pos: Pos) {
-    if name.base.starts_with("std/") && !STANDARD_TYPES.contains(&name.base.as_str()) {
-        let hint = match crate::suggest::closest(&name.base, STANDARD_TYPES.iter().copied()) {
-            Some(close) => format!("did you mean `{close}`? docs/dataflow.md lists the standard types"),
-            None => "docs/dataflow.md lists the standard types".to_owned(),
-        };
-        say(report, strict, pos, format!("unknown type `{}`", name.base), hint);
+impl Say<'_> {
+    fn say(&mut self, pos: Pos, message: String, hint: String) {
+        if self.strict {
+            let hint = format!("{hint} (an error because of `strict_types: true`)");
+            self.report.error_hint_in(self.file, pos, message, hint);
+        } else {
+            self.report.warn_hint_in(self.file, pos, message, hint);
+        }
+    }
+
+    fn unknown(&mut self, name: &TypeName, pos: Pos) {
+        if name.base.starts_with("std/") && !STANDARD_TYPES.contains(&name.base.as_str()) {
+            let hint = match crate::suggest::closest(&name.base, STANDARD_TYPES.iter().copied()) {
+                Some(close) => format!("did you mean `{close}`? docs/dataflow.md lists the standard types"),
+                None => "docs/dataflow.md lists the standard types".to_owned(),
+            };
+            self.say(pos, format!("unknown type `{}`", name.base), hint);
+        }
     }
 }
 
