@@ -53,6 +53,9 @@ pub fn received_problems(dataflow: &Dataflow) -> Vec<String> {
         {
             push(format!("node `{id}`: git source: {problem}"));
         }
+        if node.git.is_some() && node.deploy.distribute != Distribute::Local {
+            push(format!("node `{id}`: a `git` node is built where it runs: it needs `distribute: local`"));
+        }
         for printed in node.printed.outputs() {
             if !outputs.contains(printed) {
                 push(format!("node `{id}`: prints on output {printed:?}, which it does not declare"));

@@ -310,10 +310,8 @@ fn empty_file_and_missing_or_empty_nodes() {
     let found = errors("\nname: demo\n");
     assert_eq!(found.len(), 2, "{found:#?}");
     assert_eq!((found[0].0, found[0].2.as_str()), (1, "unknown field `name` in the dataflow"));
-    assert_eq!(
-        found[0].3.as_deref(),
-        Some("valid fields: nodes, env, health_check_interval, exit_when_nodes_finish, strict_types")
-    );
+    let valid = format!("valid fields: {}", crate::parse::TOP_FIELDS.join(", "));
+    assert_eq!(found[0].3.as_deref(), Some(valid.as_str()));
     assert_eq!((found[1].0, found[1].2.as_str()), (1, "missing field `nodes`"));
     assert_eq!(single_error("nodes: []\n").2, "`nodes` is empty");
     assert_eq!(single_error("nodes:\n").2, "`nodes` is empty");
@@ -991,4 +989,29 @@ fn git_sources_need_one_revision_and_refuse_what_git_would_misread() {
     assert!(found[5].1.contains("has both `git` and `distribute: scp`"), "{found:#?}");
     let bad_branch = single_error("nodes:\n  - id: a\n    path: ./a\n    git: ../repo\n    branch: -x\n").2;
     assert!(bad_branch.contains("`-x` is not a valid git branch or tag name"), "{bad_branch}");
+}
+
+#[test]
+fn predecessor_fields_rill_ignores_warn_and_a_top_level_deploy_fills_every_node() {
+    let (dataflow, positions) = Dataflow::parse_located(
+        "_unstable_deploy: { machine: robot }\nnodes:\n  - id: a\n    path: ./a\n    max_log_size: 10MB\n    health_check_timeout: 5.0\n  - id: b\n    path: ./b\n    deploy: { machine: desk }\ncommunication: { local: tcp }\n",
+        Path::new("d.yml"),
+    )
+    .expect("valid");
+    assert_eq!(dataflow.nodes[0].deploy.machine.as_deref(), Some("robot"));
+    assert_eq!(dataflow.nodes[1].deploy.machine.as_deref(), Some("desk"), "the node's own placement wins");
+    let warnings: Vec<(usize, &str)> = positions.warnings.iter().map(|w| (w.line, w.message.as_str())).collect();
+    assert_eq!(
+        warnings,
+        [
+            (5, "rill ignores `max_log_size` of node `a`"),
+            (6, "rill ignores `health_check_timeout` of node `a`"),
+            (10, "rill ignores `communication`"),
+        ]
+    );
+    let (line, _, message, _) = single_error("nodes:\n  - id: a\n    path: https://x/a\n    path_sha256: abc\n");
+    assert_eq!(
+        (line, message.as_str()),
+        (4, "node `a` uses `path_sha256`: rill does not download node programs from URLs")
+    );
 }

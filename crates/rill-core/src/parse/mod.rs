@@ -16,7 +16,18 @@ use crate::read::{Fields, Reader};
 use crate::yaml::{self, Node, Pos, Value};
 use crate::{args, validate};
 
-const TOP_FIELDS: &[&str] = &["nodes", "env", "health_check_interval", "exit_when_nodes_finish", "strict_types"];
+pub(crate) const TOP_FIELDS: &[&str] = &[
+    "nodes",
+    "env",
+    "strict_types",
+    "deploy",
+    "_unstable_deploy",
+    "health_check_interval",
+    "exit_when_nodes_finish",
+    "type_rules",
+    "communication",
+    "_unstable_debug",
+];
 
 /// Top-level fields of the predecessor that rill accepts and ignores, and why.
 const IGNORED_TOP_FIELDS: &[(&str, &str)] = &[
@@ -25,6 +36,28 @@ const IGNORED_TOP_FIELDS: &[(&str, &str)] = &[
         "daemons and the coordinator check each other with heartbeats every second, and a node's exit is seen at once",
     ),
     ("exit_when_nodes_finish", "a dataflow ends when every node has ended; stop it earlier with `rill stop`"),
+    ("type_rules", "types must match by name (or be left open by parameters); see docs/dataflow.md"),
+    (
+        "communication",
+        "rill chooses its transports itself: Unix sockets and shared memory on a machine, Zenoh between machines",
+    ),
+    ("_unstable_debug", "`rill topic echo` and `rill record` show what any output sends"),
+];
+
+/// Node fields of the predecessor that rill accepts and ignores, and why.
+const IGNORED_NODE_FIELDS: &[(&str, &str)] = &[
+    ("max_log_size", "rill keeps no log files: node output goes to `rill logs` (the last 1,000 lines per dataflow)"),
+    (
+        "max_rotated_files",
+        "rill keeps no log files: node output goes to `rill logs` (the last 1,000 lines per dataflow)",
+    ),
+    ("restart_window", "`max_restarts` counts every restart of the node's run"),
+    ("health_check_timeout", "rill does not stop a node for being quiet; a node that exits is seen at once"),
+    ("finish_grace_secs", "the time from Stop to SIGTERM is `rill run --grace` (2 s by default)"),
+    (
+        "startup_timeout",
+        "rill starts nodes without a deadline; `rill start --wait-for-daemons` bounds waiting for machines",
+    ),
 ];
 pub(crate) const NODE_FIELDS: &[&str] = &[
     "id",
@@ -52,6 +85,13 @@ pub(crate) const NODE_FIELDS: &[&str] = &[
     "min_log_level",
     "deploy",
     "_unstable_deploy",
+    "max_log_size",
+    "max_rotated_files",
+    "restart_window",
+    "health_check_timeout",
+    "finish_grace_secs",
+    "startup_timeout",
+    "path_sha256",
 ];
 
 /// Fields of the predecessor's in-process operators (runtime nodes).
@@ -161,6 +201,8 @@ fn dataflow(r: &mut Reader, root: &Node, scope: &module::Scope) -> (Vec<ParsedNo
     }
     // Every node gets these; a node's own value wins.
     let shared_env = env(r, &fields, "the dataflow");
+    // Every node gets this placement where its own leaves a part unset.
+    let shared_deploy = deploy::deploy(r, &fields, "the dataflow");
     let strict_types = fields.get("strict_types").and_then(|value| r.flag(value, "`strict_types`")).unwrap_or(false);
     let Some(nodes) = fields.entry("nodes") else {
         r.error_hint(root.pos, "missing field `nodes`", "a dataflow needs a `nodes:` list");
@@ -177,6 +219,7 @@ fn dataflow(r: &mut Reader, root: &Node, scope: &module::Scope) -> (Vec<ParsedNo
         for (key, value) in &shared_env {
             node.spec.env.entry(key.clone()).or_insert_with(|| value.clone());
         }
+        module::fill_deploy(&mut node.spec.deploy, &shared_deploy);
     }
     (nodes, strict_types)
 }
@@ -296,6 +339,23 @@ fn node(r: &mut Reader, item: &Node) -> Option<ParsedNode> {
         return None;
     }
     let fields = r.fields(entries, NODE_FIELDS, &label);
+    for (field, why) in IGNORED_NODE_FIELDS {
+        if let Some(entry) = fields.entry(field) {
+            r.warn_hint(
+                entry.key.pos,
+                format!("rill ignores `{field}` of {label}"),
+                format!("{why}; remove the field"),
+            );
+        }
+    }
+    if let Some(entry) = fields.entry("path_sha256") {
+        let hint = "build the node where it runs, or let `rill start` ship it (`deploy: { distribute: scp }` or `http`), checked by SHA-256";
+        r.error_hint(
+            entry.key.pos,
+            format!("{label} uses `path_sha256`: rill does not download node programs from URLs"),
+            hint,
+        );
+    }
     let id = node_id(r, &fields, item.pos);
     let (outputs, outputs_complete) = outputs(r, &fields, &label);
     // (Checked against only when `outputs` could be read.)

@@ -477,8 +477,8 @@ pub(crate) fn param_env(key: &str) -> String {
     format!("PARAM_{key}")
 }
 
-/// The module node's `deploy` fills what an inner node leaves unset.
-fn fill_deploy(inner: &mut crate::model::Deploy, outer: &crate::model::Deploy) {
+/// The module node's (or the dataflow's) `deploy` fills what a node leaves unset.
+pub(crate) fn fill_deploy(inner: &mut crate::model::Deploy, outer: &crate::model::Deploy) {
     if inner.machine.is_none() {
         inner.machine.clone_from(&outer.machine);
     }
