@@ -86,8 +86,12 @@ fn clone_at(repo: &str, temp: &Path, known: Option<&str>, rev: &GitRev, repo_dir
         // Another build got there first.
         return Ok(Checkout { dir, commit, reused: true });
     }
-    std::fs::rename(temp, &dir).map_err(|source| GitError::Cache { dir: dir.clone(), source })?;
-    Ok(Checkout { dir, commit, reused: false })
+    match std::fs::rename(temp, &dir) {
+        Ok(()) => Ok(Checkout { dir, commit, reused: false }),
+        // Another build renamed its clone into place meanwhile.
+        Err(_) if dir.join(".git").is_dir() => Ok(Checkout { dir, commit, reused: true }),
+        Err(source) => Err(GitError::Cache { dir, source }),
+    }
 }
 
 /// The commit `reference` names in `repo` (a tag: the commit it points to).
@@ -112,8 +116,9 @@ fn repository(repo: &str, base_dir: &Path) -> String {
     if url { repo.to_owned() } else { base_dir.join(repo).to_string_lossy().into_owned() }
 }
 
-/// Runs git (in `dir`) without prompts and without transports that run
-/// commands; its stdout, trimmed.
+/// Runs git (in `dir`) without prompts (ssh in batch mode too), without
+/// transports that run commands, and giving up on an HTTP transfer slower
+/// than 1 KB/s for a minute; its stdout, trimmed.
 fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, GitError> {
     let mut command = Command::new("git");
     if let Some(dir) = dir {
@@ -121,8 +126,10 @@ fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, GitError> {
     }
     let output = command
         .args(["-c", "protocol.ext.allow=never", "-c", "protocol.fd.allow=never", "-c", "advice.detachedHead=false"])
+        .args(["-c", "http.lowSpeedLimit=1000", "-c", "http.lowSpeedTime=60"])
         .args(args)
         .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes -o ConnectTimeout=30")
         .stdin(Stdio::null())
         .output()
         .map_err(GitError::Missing)?;

@@ -114,50 +114,49 @@ struct Consumer {
     name: String,
     routes: Vec<Route>,
     writer: EdgeWriter,
-    /// On another machine: its end goes when the producer closes.
+    /// On another machine: its end goes (after a flush) when the producer closes.
     remote: bool,
 }
 
-/// What one node prints, and where it goes.
+/// Where one node's printed lines go, and whether they still may.
 struct Printer {
-    node: String,
-    printed: Printed,
     consumers: Vec<Consumer>,
     /// stdout and stderr pipes still being read, over its runs.
     open_pipes: usize,
     /// The node ended for good.
     finished: bool,
-    /// Its consumers were told (nothing more is sent).
+    /// Its consumers got their close (nothing more is sent).
     closed: bool,
 }
 
+/// How long the end of an edge to another machine is flushed after the
+/// close, before it is let go (the bridge then publishes the close).
+const REMOTE_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The printed outputs of the nodes that run here.
 pub struct Printers {
-    /// By producer id.
+    /// What each node's prints are for (fixed: read without the lock).
+    printed: HashMap<String, Printed>,
+    /// By producer id; only nodes with printed outputs. Held only to
+    /// attach a writer or to hand a message to the writers (which never block).
     printers: Mutex<HashMap<String, Printer>>,
     limits: PoolLimits,
 }
 
 impl Printers {
-    /// For the nodes of `dataflow` that `runs_here` and print to an output.
+    /// For the nodes of `dataflow` that `runs_here`.
     pub fn new(dataflow: &Dataflow, runs_here: impl Fn(&str) -> bool) -> Printers {
-        let printers = dataflow
-            .nodes
+        let local = dataflow.nodes.iter().filter(|n| runs_here(&n.id));
+        let printed: HashMap<String, Printed> = local.map(|n| (n.id.clone(), n.printed.clone())).collect();
+        let printers = printed
             .iter()
-            .filter(|n| runs_here(&n.id))
-            .map(|n| {
-                let printer = Printer {
-                    node: n.id.clone(),
-                    printed: n.printed.clone(),
-                    consumers: Vec::new(),
-                    open_pipes: 0,
-                    finished: false,
-                    closed: false,
-                };
-                (producer_id(&n.id), printer)
+            .filter(|(_, p)| p.outputs().next().is_some())
+            .map(|(node, _)| {
+                let printer = Printer { consumers: Vec::new(), open_pipes: 0, finished: false, closed: false };
+                (producer_id(node), printer)
             })
             .collect();
-        Printers { printers: Mutex::new(printers), limits: PoolLimits::from_env() }
+        Printers { printed, printers: Mutex::new(printers), limits: PoolLimits::from_env() }
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, Printer>) -> T) -> Option<T> {
@@ -166,32 +165,40 @@ impl Printers {
 
     /// Whether `producer` is a printed-output producer of a node running here.
     pub fn produces(&self, producer: &str) -> bool {
-        self.with(|p| p.get(producer).is_some_and(|p| p.printed.outputs().next().is_some())).unwrap_or(false)
+        self.printed.get(node_of(producer)).is_some_and(|p| p.outputs().next().is_some())
+            && producer != node_of(producer)
     }
 
     /// The producer's end of an edge to `consumer` (a restarted consumer's
-    /// new end replaces the old one). Dropped after the producer closed.
+    /// new end replaces the old one). After the producer closed, the
+    /// consumer gets the close on it at once.
     pub fn attach(&self, producer: &str, consumer: &str, routes: Vec<Route>, fd: OwnedFd, remote: bool) {
-        let limits = self.limits;
-        self.with(|printers| {
-            let Some(printer) = printers.get_mut(producer).filter(|p| !p.closed) else { return };
-            let inputs: Vec<(String, usize)> =
-                routes.iter().map(|r| (r.input.clone(), usize::try_from(r.queue_size).unwrap_or(usize::MAX))).collect();
-            match EdgeWriter::new(consumer, fd, &inputs, limits) {
-                Ok(writer) => {
-                    printer.consumers.retain(|c| c.name != consumer);
-                    printer.consumers.push(Consumer { name: consumer.to_owned(), routes, writer, remote });
-                }
-                Err(e) => eprintln!("rill: cannot send what {} prints to {consumer}: {e}", printer.node),
+        let inputs: Vec<(String, usize)> =
+            routes.iter().map(|r| (r.input.clone(), usize::try_from(r.queue_size).unwrap_or(usize::MAX))).collect();
+        let writer = match EdgeWriter::new(consumer, fd, &inputs, self.limits) {
+            Ok(writer) => writer,
+            Err(e) => return eprintln!("rill: cannot send what {} prints to {consumer}: {e}", node_of(producer)),
+        };
+        let consumer = Consumer { name: consumer.to_owned(), routes, writer, remote };
+        // (A replaced writer is dropped after the lock: dropping stops its flusher.)
+        let replaced = self.with(|printers| {
+            let printer = printers.get_mut(producer)?;
+            if printer.closed {
+                consumer.writer.close();
             }
+            let old =
+                printer.consumers.iter().position(|c| c.name == consumer.name).map(|i| printer.consumers.remove(i));
+            printer.consumers.push(consumer);
+            old
         });
+        drop(replaced);
     }
 
     /// The longest line worth reading from `node` (its stdout output may
     /// carry more than a log line).
     pub fn max_line(&self, node: &str) -> usize {
-        let sends_lines = self.with(|p| p.get(&producer_id(node)).is_some_and(|p| p.printed.stdout_as.is_some()));
-        if sends_lines.unwrap_or(false) { MAX_PRINTED_LINE } else { crate::lines::MAX_LINE }
+        let sends_lines = self.printed.get(node).is_some_and(|p| p.stdout_as.is_some());
+        if sends_lines { MAX_PRINTED_LINE } else { crate::lines::MAX_LINE }
     }
 
     /// A pipe of `node`'s began to be read.
@@ -202,76 +209,89 @@ impl Printers {
     /// Sends `line` on `node`'s printed outputs, and says whether it belongs
     /// in the log.
     pub fn line(&self, node: &str, line: &str) -> Verdict {
+        let Some(printed) = self.printed.get(node) else { return Verdict { log: true } };
+        // (Read and written outside the lock.)
+        let wants_records = printed.logs_as.is_some() || printed.min_log_level.is_some();
+        let record = wants_records.then(|| LogRecord::parse(line)).flatten();
+        let min = printed.min_log_level.unwrap_or(LogLevel::Stdout);
+        let passes = record.as_ref().is_none_or(|r| r.level <= min);
+        let json = printed.logs_as.as_ref().and_then(|_| match &record {
+            Some(record) if passes => Some(record.to_json(node)),
+            // A plain print is a record of level `stdout`, the least.
+            None if min == LogLevel::Stdout => Some(LogRecord::plain(line).to_json(node)),
+            _ => None,
+        });
+        if printed.stdout_as.is_none() && json.is_none() {
+            return Verdict { log: passes };
+        }
+        let metadata = Metadata { timestamp_ns: rill_proto::now_ns() };
         self.with(|printers| {
-            let Some(printer) = printers.get_mut(&producer_id(node)) else { return Verdict { log: true } };
-            let printed = &printer.printed;
-            let wants_records = printed.logs_as.is_some() || printed.min_log_level.is_some();
-            let record = wants_records.then(|| LogRecord::parse(line)).flatten();
-            let min = printed.min_log_level.unwrap_or(LogLevel::Stdout);
-            let passes = record.as_ref().is_none_or(|r| r.level <= min);
-            if printer.closed {
-                return Verdict { log: passes };
-            }
-            let metadata = Metadata { timestamp_ns: rill_proto::now_ns() };
+            let Some(printer) = printers.get(&producer_id(node)).filter(|p| !p.closed) else { return };
             if let Some(output) = &printed.stdout_as {
-                send(printer, output.clone().as_str(), metadata, line.as_bytes());
+                send(printer, output, metadata, line.as_bytes());
             }
-            if let Some(output) = printer.printed.logs_as.clone() {
-                // A plain print is a record of level `stdout`, the least.
-                let sent = match &record {
-                    Some(record) if passes => Some(record.to_json(node)),
-                    None if min == LogLevel::Stdout => Some(LogRecord::plain(line).to_json(node)),
-                    _ => None,
-                };
-                if let Some(json) = sent {
-                    send(printer, &output, metadata, &json);
-                }
+            if let (Some(output), Some(json)) = (&printed.logs_as, &json) {
+                send(printer, output, metadata, json);
             }
-            Verdict { log: passes }
-        })
-        .unwrap_or(Verdict { log: true })
+        });
+        Verdict { log: passes }
     }
 
     /// A pipe of `node`'s reached its end. True when this closed its
     /// printed outputs (the node had ended for good): the caller tells the
-    /// router, whose `InputClosed` follows every line sent.
+    /// router, for consumers on other machines.
     pub fn pipe_ended(&self, node: &str) -> bool {
-        self.with(|p| {
-            p.get_mut(&producer_id(node)).is_some_and(|p| {
-                p.open_pipes = p.open_pipes.saturating_sub(1);
-                p.close_if_done()
-            })
+        self.close_when(node, |p| {
+            p.open_pipes = p.open_pipes.saturating_sub(1);
+            p.finished && p.open_pipes == 0
         })
-        .unwrap_or(false)
     }
 
     /// `node` ended for good; like [`Printers::pipe_ended`].
     pub fn finished(&self, node: &str) -> bool {
-        self.with(|p| {
-            p.get_mut(&producer_id(node)).is_some_and(|p| {
-                p.finished = true;
-                p.close_if_done()
-            })
+        self.close_when(node, |p| {
+            p.finished = true;
+            p.open_pipes == 0
         })
-        .unwrap_or(false)
     }
-}
 
-impl Printer {
-    /// Once the node ended and every line it printed was read: each
-    /// consumer gets its close behind the last line, and ends on other
-    /// machines are let go (the bridge closes after reading to the end).
-    fn close_if_done(&mut self) -> bool {
-        if self.closed || !self.finished || self.open_pipes > 0 || self.printed.outputs().next().is_none() {
-            return false;
+    /// Closes `node`'s printed outputs although a pipe is still open (a
+    /// process it left behind holds it); like [`Printers::pipe_ended`].
+    pub fn force_close(&self, node: &str) -> bool {
+        self.close_when(node, |p| p.finished)
+    }
+
+    /// Closes `node`'s printed outputs if `due` says so (and they are open):
+    /// each consumer gets its close behind the last line, in band. Ends to
+    /// other machines are flushed, then let go, on a thread of their own.
+    fn close_when(&self, node: &str, due: impl FnOnce(&mut Printer) -> bool) -> bool {
+        let closed = self.with(|printers| {
+            let printer = printers.get_mut(&producer_id(node))?;
+            if !due(printer) || printer.closed {
+                return None;
+            }
+            printer.closed = true;
+            for consumer in &printer.consumers {
+                consumer.writer.close();
+            }
+            // Local consumers' writers stay until the run ends, so their
+            // backlogs are still delivered.
+            let (remote, local): (Vec<Consumer>, Vec<Consumer>) =
+                std::mem::take(&mut printer.consumers).into_iter().partition(|c| c.remote);
+            printer.consumers = local;
+            Some(remote)
+        });
+        let Some(remote) = closed.flatten() else { return false };
+        if !remote.is_empty() {
+            let flushing = std::thread::Builder::new().name(format!("printed-{node}")).spawn(move || {
+                for consumer in &remote {
+                    consumer.writer.flush_for(REMOTE_FLUSH);
+                }
+            });
+            if let Err(e) = flushing {
+                eprintln!("rill: cannot flush what {node} printed to other machines: {e}");
+            }
         }
-        self.closed = true;
-        for consumer in &self.consumers {
-            consumer.writer.close();
-        }
-        // Local consumers' writers stay until the run ends, so their
-        // backlogs are still delivered.
-        self.consumers.retain(|c| !c.remote);
         true
     }
 }

@@ -287,12 +287,15 @@ impl Router {
                 Command::Attach { node, instance, socket } => self.attach(node, instance, socket),
                 Command::CloseOutputs { node } => {
                     let targets: Vec<_> = self.routes.fed_by(&node).cloned().collect();
+                    // What a node printed is closed in band, behind the last line.
+                    let in_band = self.printers.produces(&node);
                     let mut remote_consumers = HashSet::new();
                     for (receiver, input) in targets {
                         match self.remote.as_ref().filter(|r| r.nodes.contains(&receiver)) {
                             Some(_) => {
                                 remote_consumers.insert(receiver);
                             }
+                            None if in_band => {}
                             None => self.send_to_node(&receiver, None, DaemonMsg::InputClosed { input }, None),
                         }
                     }
@@ -381,7 +384,7 @@ impl Router {
             .get(&node)
             .into_iter()
             .flatten()
-            .filter(|(source, _)| self.finished.contains(source))
+            .filter(|(source, _)| self.finished.contains(source) && !self.printers.produces(source))
             .map(|(_, input)| input.clone())
             .collect();
         for input in closed {

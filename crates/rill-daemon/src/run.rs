@@ -19,6 +19,10 @@ use crate::routes::Routes;
 use crate::spawn::{resolve_program, spawn_node};
 use crate::supervisor::{Action, ExitStatus, NodeSummary, Notice, Sig, Supervisor};
 
+/// How long the pipes of a node that ended for good may stay open (held
+/// by a process it left behind) before its printed outputs close anyway.
+const PRINTED_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// Lines of a node's stderr kept for the failure summary.
 const STDERR_TAIL: usize = 10;
 
@@ -408,6 +412,12 @@ impl Runtime {
         // The last lines of nodes that ended just now are read, and their
         // printed outputs closed, before the router goes.
         self.join_log_threads();
+        // (What a process left behind still holds open is closed now.)
+        for node in &local.nodes {
+            if self.printers.force_close(&node.id) {
+                router.send(Command::CloseOutputs { node: producer_id(&node.id) });
+            }
+        }
         while let Ok(event) = self.rx.try_recv() {
             if let RunEvent::Router(command @ Command::CloseOutputs { .. }) = event {
                 router.send(command);
@@ -446,6 +456,8 @@ impl Runtime {
                 }
                 if self.printers.finished(&node) {
                     router.send(Command::CloseOutputs { node: producer_id(&node) });
+                } else if self.printers.produces(&producer_id(&node)) {
+                    self.close_printed_later(&node);
                 }
                 router.send(Command::CloseOutputs { node });
                 Vec::new()
@@ -520,6 +532,21 @@ impl Runtime {
                 self.tx.send(RunEvent::Exited { node: node_id.to_owned(), instance, status: ExitStatus::Signal(9) });
         }
         supervisor.spawned(node_id, instance, pid, Instant::now())
+    }
+
+    /// Closes what `node` printed once it has had [`PRINTED_CLOSE_GRACE`] to
+    /// be read to its end: a process the node left behind may hold its pipes.
+    fn close_printed_later(&self, node: &str) {
+        let (printers, tx, name) = (self.printers.clone(), self.tx.clone(), node.to_owned());
+        let closing = std::thread::Builder::new().name(format!("close-{node}")).spawn(move || {
+            std::thread::sleep(PRINTED_CLOSE_GRACE);
+            if printers.force_close(&name) {
+                let _ = tx.send(RunEvent::Router(Command::CloseOutputs { node: producer_id(&name) }));
+            }
+        });
+        if closing.is_err() && self.printers.force_close(node) {
+            let _ = self.tx.send(RunEvent::Router(Command::CloseOutputs { node: producer_id(node) }));
+        }
     }
 
     /// Reads a node's stdout or stderr: each line to the log (unless

@@ -104,6 +104,12 @@ impl EdgeWriter {
         self.outbound.with(|s| s.backlog_drops())
     }
 
+    /// Writes what waits in the backlog, for at most `limit` (before the
+    /// writer is dropped, which would discard it).
+    pub fn flush_for(&self, limit: std::time::Duration) {
+        self.outbound.flush_for(limit);
+    }
+
     /// The producer ended for good (on its machine): each input gets
     /// `InputClosed` after every message written before.
     pub fn close(&self) {

@@ -191,21 +191,23 @@ fn a_pinned_node_runs_on_its_cores_and_one_naming_a_missing_core_runs_unpinned_w
 
 #[test]
 fn a_consumer_of_send_stdout_as_receives_every_printed_line_in_order() {
-    // 200 lines on stdout and 200 on stderr, as fast as the shell prints.
-    let talk = "i=1; while [ $i -le 200 ]; do echo out $i; echo err $i >&2; i=$((i+1)); done";
+    // 300 lines on stdout and 300 on stderr, as fast as the shell prints,
+    // to a reader that takes 2 ms a line: most wait in the writer's backlog
+    // when the talker has ended, and the close must not overtake them.
+    let talk = "i=1; while [ $i -le 300 ]; do echo out $i; echo err $i >&2; i=$((i+1)); done";
     let flow = Flow::new(&format!(
-        "nodes:\n  - id: talker\n    path: /bin/sh\n    args: ['-c', '{talk}']\n    outputs: [lines]\n    send_stdout_as: lines\n  - id: reader\n    path: {{node}}\n    args: [echo]\n    inputs:\n      lines: {{ source: talker/lines, queue_size: 1000 }}\n"
+        "nodes:\n  - id: talker\n    path: /bin/sh\n    args: ['-c', '{talk}']\n    outputs: [lines]\n    send_stdout_as: lines\n  - id: reader\n    path: {{node}}\n    args: [echo, '2']\n    inputs:\n      lines: {{ source: talker/lines, queue_size: 1000 }}\n"
     ));
     let run = flow.run(&[], Duration::from_secs(30));
     check!(run, run.code == Some(0), "both end: the reader when the talker's lines are closed");
     let received: Vec<&str> = run.stdout.lines().filter_map(|l| l.strip_prefix("[reader] lines: ")).collect();
     for stream in ["out", "err"] {
         let got: Vec<&str> = received.iter().copied().filter(|l| l.starts_with(stream)).collect();
-        let expected: Vec<String> = (1..=200).map(|i| format!("{stream} {i}")).collect();
+        let expected: Vec<String> = (1..=300).map(|i| format!("{stream} {i}")).collect();
         check!(run, got == expected, "every {stream} line, in order: {got:?}");
     }
     check!(run, run.stdout.lines().last() == Some("[reader] closed lines"), "closed after the last line");
-    check!(run, run.stdout.contains("[talker] out 200") && run.stderr.contains("[talker] err 200"), "still in the log");
+    check!(run, run.stdout.contains("[talker] out 300") && run.stderr.contains("[talker] err 300"), "still in the log");
 }
 
 #[test]
@@ -324,4 +326,39 @@ fn a_module_used_twice_runs_as_two_sets_of_nodes_fed_through_its_port() {
     let graph = crate::support::rill().arg("graph").arg(&flow.file).output().expect("graph");
     let graph = String::from_utf8_lossy(&graph.stdout);
     assert!(graph.contains("subgraph m0[\"first\"]") && graph.contains("n1[\"first.show\"]"), "{graph}");
+}
+
+#[test]
+fn printed_outputs_close_when_the_node_ends_even_if_a_process_it_left_holds_its_output() {
+    // The talker leaves a sleeper holding its stdout open, and says its pid.
+    let flow = Flow::new(
+        "nodes:\n  - id: talker\n    path: /bin/sh\n    args: ['-c', 'sleep 30 & echo $! > sleeper.pid; echo hello']\n    outputs: [lines]\n    send_stdout_as: lines\n  - id: reader\n    path: {node}\n    args: [echo]\n    inputs: { lines: talker/lines }\n",
+    );
+    let run = flow.run(&[], Duration::from_secs(25));
+    let sleeper = std::fs::read_to_string(flow.dir.path().join("sleeper.pid")).unwrap_or_default();
+    if let Ok(pid) = sleeper.trim().parse::<i32>() {
+        // SAFETY: kill(2) on the pid our own test's shell started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    check!(run, run.code == Some(0), "the run ends although the sleeper holds the talker's stdout");
+    check!(run, run.stdout.contains("[reader] lines: hello\n[reader] closed lines"), "the line, then the close");
+}
+
+#[test]
+fn a_slow_consumer_of_printed_lines_loses_the_oldest_but_gets_the_last_line_before_the_close() {
+    // 5000 lines at once (more than the socket holds) into a 5-line queue read at 20 ms a line: the
+    // oldest are dropped (the queue policy), the newest wait in the
+    // writer's backlog, and the close comes behind them.
+    let talk = "i=1; while [ $i -le 5000 ]; do echo line $i; i=$((i+1)); done";
+    let flow = Flow::new(&format!(
+        "nodes:\n  - id: talker\n    path: /bin/sh\n    args: ['-c', '{talk}']\n    outputs: [lines]\n    send_stdout_as: lines\n  - id: reader\n    path: {{node}}\n    args: [echo, '20']\n    inputs:\n      lines: {{ source: talker/lines, queue_size: 5 }}\n"
+    ));
+    let run = flow.run(&[], Duration::from_secs(30));
+    check!(run, run.code == Some(0), "both end");
+    let reader: Vec<&str> = run.stdout.lines().filter_map(|l| l.strip_prefix("[reader] ")).collect();
+    let numbers: Vec<u32> =
+        reader.iter().filter_map(|l| l.strip_prefix("lines: line ")).filter_map(|n| n.parse().ok()).collect();
+    check!(run, numbers.windows(2).all(|w| w[0] < w[1]), "in order: {numbers:?}");
+    check!(run, numbers.len() < 5000, "a 5-line queue read slowly drops some: {}", numbers.len());
+    check!(run, reader.ends_with(&["lines: line 5000", "closed lines"]), "the newest line, then the close: {reader:?}");
 }

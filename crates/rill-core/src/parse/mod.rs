@@ -41,7 +41,7 @@ const IGNORED_TOP_FIELDS: &[(&str, &str)] = &[
         "communication",
         "rill chooses its transports itself: Unix sockets and shared memory on a machine, Zenoh between machines",
     ),
-    ("_unstable_debug", "`rill topic echo` and `rill record` show what any output sends"),
+    ("_unstable_debug", "`rill topic echo` and `rill record` show what a node's outputs send"),
 ];
 
 /// Node fields of the predecessor that rill accepts and ignores, and why.
@@ -219,7 +219,7 @@ fn dataflow(r: &mut Reader, root: &Node, scope: &module::Scope) -> (Vec<ParsedNo
         for (key, value) in &shared_env {
             node.spec.env.entry(key.clone()).or_insert_with(|| value.clone());
         }
-        module::fill_deploy(&mut node.spec.deploy, &shared_deploy);
+        module::fill_deploy(&mut node.spec, &shared_deploy);
     }
     (nodes, strict_types)
 }

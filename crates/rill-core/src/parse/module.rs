@@ -128,6 +128,15 @@ pub(crate) fn expand(r: &mut Reader, item: &Node, scope: &Scope) -> Option<Use> 
             r.error_hint(pos, format!("{label} wires `{port}`, which is not an input port of its module"), hint);
         }
     }
+    if let Some(value) = fields.get("outputs") {
+        for item in r.list(value, &format!("`outputs` of {label}")).unwrap_or_default() {
+            let Some(port) = r.text(item, &format!("each of `outputs` of {label}")) else { continue };
+            if !outputs.contains_key(&port) {
+                let hint = format!("its module's output ports: {}", list(outputs.keys()));
+                r.error_hint(item.pos, format!("{label} lists output `{port}`, which its module does not have"), hint);
+            }
+        }
+    }
     for port in required.iter().filter(|p| !wired.contains_key(*p)) {
         let hint = format!("wire it in the node's `inputs`, e.g. `{port}: <node>/<output>`");
         r.error_hint(id_pos, format!("{label} leaves the required input port `{port}` of its module unwired"), hint);
@@ -136,7 +145,7 @@ pub(crate) fn expand(r: &mut Reader, item: &Node, scope: &Scope) -> Option<Use> 
         for (key, value) in &env {
             node.spec.env.entry(key.clone()).or_insert_with(|| value.clone());
         }
-        fill_deploy(&mut node.spec.deploy, &deploy);
+        fill_deploy(&mut node.spec, &deploy);
         node.spec.modules.insert(0, id.clone());
     }
     Some(Use { id, id_pos, wired, wired_pos, nodes, outputs })
@@ -147,12 +156,12 @@ pub(crate) fn expand(r: &mut Reader, item: &Node, scope: &Scope) -> Option<Use> 
 /// dataflow's directory, one already being expanded (a cycle) and one
 /// deeper than [`MAX_DEPTH`].
 fn locate(r: &mut Reader, pos: Pos, text: &str, scope: &Scope) -> Option<(PathBuf, PathBuf)> {
-    let here = r.report.file().parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let file = here.join(text);
     let Some(root) = &scope.root else {
         r.error(pos, format!("module `{text}` cannot be read: the dataflow is not a file on disk"));
         return None;
     };
+    // (From the canonical directory: the same one `rel_dir` describes.)
+    let file = root.join(&scope.rel_dir).join(text);
     if leaves(&scope.rel_dir, Path::new(text)) {
         let hint = format!("modules must be inside the dataflow's directory, {}", root.display());
         r.error_hint(pos, format!("module `{text}` is outside the dataflow's directory"), hint);
@@ -308,8 +317,30 @@ fn outputs(
     for (port, source, pos) in &declared.outputs {
         let producer = match source {
             Some(text) => match crate::source::parse(text) {
+                Ok(InputSource::Node { node, .. }) if node == PORT_NODE => {
+                    let hint = "an output port names a node of the module and its output, e.g. `boxes: infer/boxes`";
+                    r.error_hint(*pos, format!("output port `{port}` cannot be an input port (`{text}`)"), hint);
+                    None
+                }
                 Ok(InputSource::Node { node, output }) => {
-                    resolve(r, targets, scope, (*pos, &format!("output port `{port}`")), &node, &output)
+                    let found = resolve(r, targets, scope, (*pos, &format!("output port `{port}`")), &node, &output);
+                    // (A nested module's port resolved to its producer, which exists.)
+                    let exists = |(id, out): &(String, String)| {
+                        matches!(targets.get(node.as_str()), Some(Target::Module(_)))
+                            || nodes.iter().any(|n| n.spec.id == *id && n.spec.outputs.contains(out))
+                    };
+                    match found {
+                        Some(producer) if !exists(&producer) => {
+                            let hint = "name a node of this module and one of its `outputs`";
+                            r.error_hint(
+                                *pos,
+                                format!("output port `{port}` names `{text}`, which this module does not have"),
+                                hint,
+                            );
+                            None
+                        }
+                        found => found,
+                    }
                 }
                 Ok(InputSource::Timer { .. }) => {
                     r.error(*pos, format!("output port `{port}` must name a node's output, not a timer"));
@@ -416,6 +447,7 @@ pub(crate) fn fill_ports(module: &mut Use) {
         for input in unwired {
             node.spec.inputs.remove(&input);
             node.source_pos.remove(&input);
+            node.input_types.remove(&input);
         }
     }
 }
@@ -477,15 +509,17 @@ pub(crate) fn param_env(key: &str) -> String {
     format!("PARAM_{key}")
 }
 
-/// The module node's (or the dataflow's) `deploy` fills what a node leaves unset.
-pub(crate) fn fill_deploy(inner: &mut crate::model::Deploy, outer: &crate::model::Deploy) {
+/// The module node's (or the dataflow's) `deploy` fills what a node leaves
+/// unset (not `distribute` of a `git` node: it is built where it runs).
+pub(crate) fn fill_deploy(node: &mut crate::model::NodeSpec, outer: &crate::model::Deploy) {
+    let inner = &mut node.deploy;
     if inner.machine.is_none() {
         inner.machine.clone_from(&outer.machine);
     }
     if inner.labels.is_empty() {
         inner.labels.clone_from(&outer.labels);
     }
-    if inner.distribute == crate::model::Distribute::Local {
+    if inner.distribute == crate::model::Distribute::Local && node.git.is_none() {
         inner.distribute = outer.distribute;
     }
     if inner.working_dir.is_none() {
@@ -632,6 +666,33 @@ nodes:
                 ("m.yml", 9, "input `m.x/b` refers to node `m.y`, which does not exist"),
             ]
         );
+    }
+
+    #[test]
+    fn output_ports_must_name_a_producer_of_the_module() {
+        let module = "module:\n  name: m\n  inputs: [in]\n  outputs: { out: _mod/in, gone: nosuch/x, ok: a/o }\nnodes:\n  - id: a\n    path: ./a\n    inputs: { i: _mod/in }\n    outputs: [o]\n";
+        let top = "nodes:\n  - id: src\n    path: ./s\n    outputs: [o]\n  - id: m\n    module: m.yml\n    inputs: { in: src/o }\n    outputs: [ok, other]\n";
+        let found = errors(&[("dataflow.yml", top), ("m.yml", module)]);
+        let found: Vec<(&str, usize, &str)> = found.iter().map(|(f, l, m)| (f.as_str(), *l, m.as_str())).collect();
+        assert_eq!(
+            found,
+            [
+                ("dataflow.yml", 8, "node `m` lists output `other`, which its module does not have"),
+                ("m.yml", 4, "output port `out` cannot be an input port (`_mod/in`)"),
+                ("m.yml", 4, "output port `gone` names `nosuch/x`, which this module does not have"),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unwired_optional_port_takes_its_type_along_and_git_nodes_stay_local() {
+        let module = "module:\n  name: m\n  inputs_optional: [config]\nnodes:\n  - id: a\n    path: ./a\n    inputs: { config: _mod/config }\n    input_types: { config: std/core/v1/String }\n  - id: g\n    path: ./g\n    git: ../r\n    branch: main\n";
+        let top = "strict_types: true\ndeploy: { distribute: scp }\nnodes:\n  - id: m\n    module: m.yml\n";
+        let (_dir, loaded) = load(&[("dataflow.yml", top), ("m.yml", module)]);
+        let dataflow = loaded.unwrap_or_else(|e| panic!("{e}"));
+        assert!(dataflow.node("m.a").unwrap().inputs.is_empty());
+        assert_eq!(dataflow.node("m.a").unwrap().deploy.distribute, crate::Distribute::Scp);
+        assert_eq!(dataflow.node("m.g").unwrap().deploy.distribute, crate::Distribute::Local, "built where it runs");
     }
 
     #[test]

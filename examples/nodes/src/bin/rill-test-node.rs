@@ -2,7 +2,7 @@
 //! test need; the mode is the first argument:
 //!   print [N]          print every event (and `corrupt ...` for a payload whose words
 //!                      are not all its seq); exit after N inputs (default: never)
-//!   echo               print every input as text: `<input>: <payload>`
+//!   echo [MS]          print every input as text: `<input>: <payload>`, sleeping MS after each
 //!   slow MS            print every input's sequence number, sleeping MS after each
 //!   burst N SIZE       send N messages of SIZE bytes (sequence number first), then exit
 //!   burst-sleep S N:SIZE[,N:SIZE..]  send N messages of SIZE bytes per pair,
@@ -41,7 +41,7 @@ fn main() -> Result {
     }
     match arg(&args, 1)? {
         "print" => print(args.get(2).and_then(|n| n.parse().ok())),
-        "echo" => echo(),
+        "echo" => echo(args.get(2).and_then(|ms| ms.parse().ok()).unwrap_or(0)),
         "slow" => slow(arg(&args, 2)?.parse()?),
         "burst" => burst(arg(&args, 2)?.parse()?, arg(&args, 3)?.parse()?),
         "burst-sleep" => burst_sleep(arg(&args, 2)?.parse()?, arg(&args, 3)?),
@@ -97,12 +97,15 @@ fn print(limit: Option<usize>) -> Result {
     Ok(())
 }
 
-/// Prints each input as text: `<input>: <payload>`.
-fn echo() -> Result {
+/// Prints each input as text: `<input>: <payload>`, sleeping `ms` after each.
+fn echo(ms: u64) -> Result {
     let mut node = Node::from_env()?;
     while let Some(event) = node.next_event() {
         match event {
-            Event::Input { id, data, .. } => println!("{id}: {}", String::from_utf8_lossy(&data)),
+            Event::Input { id, data, .. } => {
+                println!("{id}: {}", String::from_utf8_lossy(&data));
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+            }
             Event::InputClosed { id } => println!("closed {id}"),
             Event::Stop => println!("stop"),
         }
