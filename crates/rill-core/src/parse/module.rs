@@ -19,6 +19,10 @@ use crate::yaml::{self, Node, Pos, Value};
 /// How deep modules may nest.
 pub(crate) const MAX_DEPTH: usize = 8;
 
+/// How many module uses one dataflow may expand, all files together: a
+/// module used many times in a module used many times grows as a power.
+pub(crate) const MAX_USES: usize = 1000;
+
 /// The source of a module's input port, in its nodes' inputs.
 pub(crate) const PORT_NODE: &str = "_mod";
 
@@ -44,6 +48,8 @@ pub(crate) struct Scope {
     /// This file's directory relative to `root`: relative node paths are
     /// written from here.
     pub rel_dir: PathBuf,
+    /// Module uses expanded so far, in the whole dataflow (see [`MAX_USES`]).
+    pub uses: std::rc::Rc<std::cell::Cell<usize>>,
 }
 
 impl Scope {
@@ -58,6 +64,7 @@ impl Scope {
             params: BTreeMap::new(),
             ports: None,
             rel_dir: PathBuf::new(),
+            uses: Default::default(),
         }
     }
 }
@@ -194,6 +201,15 @@ fn locate(r: &mut Reader, pos: Pos, text: &str, scope: &Scope) -> Option<(PathBu
         r.error_hint(pos, format!("modules nest deeper than {MAX_DEPTH}"), hint);
         return None;
     }
+    scope.uses.set(scope.uses.get() + 1);
+    if scope.uses.get() > MAX_USES {
+        // (Said once; the uses after it are dropped quietly.)
+        if scope.uses.get() == MAX_USES + 1 {
+            let hint = "modules used many times inside modules used many times multiply: use fewer";
+            r.error_hint(pos, format!("the dataflow expands more than {MAX_USES} module uses"), hint);
+        }
+        return None;
+    }
     Some((file, canonical))
 }
 
@@ -254,8 +270,15 @@ fn module_file(
     let mut chain = outer.chain.clone();
     chain.push(canonical.to_path_buf());
     let ports = (declared.inputs.clone(), declared.optional.clone());
-    let scope =
-        Scope { prefix: format!("{id}."), root: Some(root), chain, params, ports: Some(ports.clone()), rel_dir };
+    let scope = Scope {
+        prefix: format!("{id}."),
+        root: Some(root),
+        chain,
+        params,
+        ports: Some(ports.clone()),
+        rel_dir,
+        uses: outer.uses.clone(),
+    };
     let (nodes, targets) = super::level(r, items, &scope);
     let outputs = outputs(r, &declared, &nodes, &targets, &scope);
     Some((nodes, outputs, ports))
@@ -724,5 +747,22 @@ nodes:
         let found = errors(&refs);
         assert!(found.iter().any(|(f, _, m)| f == "m7.yml" && m == "modules nest deeper than 8"), "{found:#?}");
         assert!(Dataflow::parse("nodes:\n  - id: a\n    module: m.yml\n", Path::new("nowhere/d.yml")).is_err());
+    }
+
+    #[test]
+    fn a_module_used_many_times_in_modules_used_many_times_is_bounded() {
+        // Ten uses per level, four levels: 11,110 uses if nothing stopped it.
+        let uses = |next: &str| -> String { (0..10).map(|i| format!("  - id: u{i}\n    module: {next}\n")).collect() };
+        let files = [
+            ("dataflow.yml", format!("nodes:\n{}", uses("l1.yml"))),
+            ("l1.yml", format!("module: {{ name: l1 }}\nnodes:\n{}", uses("l2.yml"))),
+            ("l2.yml", format!("module: {{ name: l2 }}\nnodes:\n{}", uses("l3.yml"))),
+            ("l3.yml", format!("module: {{ name: l3 }}\nnodes:\n{}", uses("leaf.yml"))),
+            ("leaf.yml", "module: { name: leaf }\nnodes:\n  - id: x\n    path: ./x\n".to_owned()),
+        ];
+        let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (*a, b.as_str())).collect();
+        let found = errors(&refs);
+        assert_eq!(found.len(), 1, "one error, not one per use: {:?}", &found[..found.len().min(3)]);
+        assert_eq!(found[0].2, format!("the dataflow expands more than {} module uses", super::MAX_USES));
     }
 }
