@@ -1271,15 +1271,31 @@ async fn stream_tap(
     }
 }
 
-/// The outputs a tap asks for (`node/output`; none: every output), each
-/// with where its node runs; an unknown one is an error naming the
-/// closest.
+/// The outputs a tap asks for (`node/output`; none: every output the node
+/// sends itself), each with where its node runs; an unknown one is an
+/// error naming the closest, and one that carries what a node prints
+/// (`send_stdout_as`, `send_logs_as`: sent by its daemon) is refused.
 fn tap_outputs(
     record: &DataflowRecord,
     wanted: &[String],
 ) -> Result<Vec<rill_proto::coord::TapOutput>, (ErrorCode, String)> {
-    let all: Vec<(String, String)> =
-        record.descriptor.nodes.iter().flat_map(|n| n.outputs.iter().map(move |o| (n.id.clone(), o.clone()))).collect();
+    let printed = |node: &rill_core::NodeSpec, output: &str| node.printed.outputs().any(|p| p == output);
+    for topic in wanted {
+        let Some((node, output)) = topic.split_once('/') else { continue };
+        if record.descriptor.node(node).is_some_and(|n| printed(n, output)) {
+            let message = format!(
+                "`{topic}` carries what node `{node}` prints, which taps cannot read yet: see it with `rill logs {} {node}`",
+                record.name
+            );
+            return Err((ErrorCode::NotFound, message));
+        }
+    }
+    let all: Vec<(String, String)> = record
+        .descriptor
+        .nodes
+        .iter()
+        .flat_map(|n| n.outputs.iter().filter(|o| !printed(n, o)).map(move |o| (n.id.clone(), o.clone())))
+        .collect();
     let names: Vec<String> = all.iter().map(|(n, o)| format!("{n}/{o}")).collect();
     let mut chosen = if wanted.is_empty() { all.clone() } else { Vec::new() };
     for topic in wanted {

@@ -701,11 +701,18 @@ fn a_slow_consumer_on_another_daemon_maps_a_bounded_number_of_regions() {
 #[test]
 fn printed_lines_reach_a_consumer_on_another_machine_then_its_input_closes() {
     let (procs, port) = two_daemons();
-    let talk = "i=1; while [ $i -le 50 ]; do echo line $i; i=$((i+1)); done";
+    // (It stays 3 s after its lines, so the dataflow still runs when it is tapped.)
+    let talk = "i=1; while [ $i -le 50 ]; do echo line $i; i=$((i+1)); done; sleep 3";
     let flow = crate::support::Flow::new(&format!(
         "nodes:\n  - id: talker\n    path: /bin/sh\n    args: ['-c', '{talk}']\n    outputs: [lines]\n    send_stdout_as: lines\n    deploy: {{ machine: a }}\n  - id: reader\n    path: {{node}}\n    args: [echo]\n    inputs:\n      lines: {{ source: talker/lines, queue_size: 100 }}\n    deploy: {{ machine: b }}\n"
     ));
     start_flow(&procs, port, &flow, "printed");
+    let echo = rill()
+        .args(["topic", "echo", "printed", "talker/lines", "--count", "1", "--coordinator-port", &port.to_string()])
+        .output()
+        .expect("run");
+    let said = String::from_utf8_lossy(&echo.stderr);
+    assert!(!echo.status.success() && said.contains("carries what node `talker` prints"), "{said}");
     let logs = || {
         let out = rill().args(["logs", "printed", "--coordinator-port", &port.to_string()]).output().expect("run");
         String::from_utf8_lossy(&out.stdout).into_owned()
