@@ -34,6 +34,11 @@ fn single_error(yaml: &str) -> (usize, usize, String, Option<String>) {
     found.remove(0)
 }
 
+/// The warnings of a valid file as (line, message).
+fn warned(positions: &Positions) -> Vec<(usize, &str)> {
+    positions.warnings.iter().map(|w| (w.line, w.message.as_str())).collect()
+}
+
 fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|item| item.to_string()).collect()
 }
@@ -884,7 +889,7 @@ fn top_level_env_reaches_every_node_and_ignored_fields_are_warnings_at_their_lin
     .expect("valid");
     assert_eq!(dataflow.nodes[0].env, map(&[("LEVEL", "debug"), ("SITE", "lab")]), "the node's own value wins");
     assert_eq!(dataflow.nodes[1].env, map(&[("LEVEL", "info"), ("SITE", "lab")]));
-    let warnings: Vec<(usize, &str)> = positions.warnings.iter().map(|w| (w.line, w.message.as_str())).collect();
+    let warnings = warned(&positions);
     assert_eq!(warnings, [(2, "rill ignores `health_check_interval`"), (9, "rill ignores `exit_when_nodes_finish`")]);
     assert!(positions.warnings.iter().all(|w| w.severity == Severity::Warning && w.hint.is_some()));
     assert!(errors("env: [a]\nnodes:\n  - id: a\n    path: ./a\n")[0].2.contains("`env` of the dataflow"));
@@ -909,7 +914,7 @@ const TYPED: &str = "nodes:
 #[test]
 fn mismatched_and_unknown_types_warn_and_strict_types_makes_them_errors() {
     let (_, positions) = Dataflow::parse_located(TYPED, Path::new("d.yml")).expect("types are only annotations");
-    let warnings: Vec<(usize, &str)> = positions.warnings.iter().map(|w| (w.line, w.message.as_str())).collect();
+    let warnings = warned(&positions);
     assert_eq!(
         warnings,
         [
@@ -1000,7 +1005,7 @@ fn predecessor_fields_rill_ignores_warn_and_a_top_level_deploy_fills_every_node(
     .expect("valid");
     assert_eq!(dataflow.nodes[0].deploy.machine.as_deref(), Some("robot"));
     assert_eq!(dataflow.nodes[1].deploy.machine.as_deref(), Some("desk"), "the node's own placement wins");
-    let warnings: Vec<(usize, &str)> = positions.warnings.iter().map(|w| (w.line, w.message.as_str())).collect();
+    let warnings = warned(&positions);
     assert_eq!(
         warnings,
         [

@@ -541,11 +541,11 @@ impl Runtime {
         let closing = std::thread::Builder::new().name(format!("close-{node}")).spawn(move || {
             std::thread::sleep(PRINTED_CLOSE_GRACE);
             if printers.force_close(&name) {
-                let _ = tx.send(RunEvent::Router(Command::CloseOutputs { node: producer_id(&name) }));
+                printed_closed(&tx, &name);
             }
         });
         if closing.is_err() && self.printers.force_close(node) {
-            let _ = self.tx.send(RunEvent::Router(Command::CloseOutputs { node: producer_id(node) }));
+            printed_closed(&self.tx, node);
         }
     }
 
@@ -579,15 +579,13 @@ impl Runtime {
                 }
             });
             if printers.pipe_ended(&node) {
-                let _ = tx.send(RunEvent::Router(Command::CloseOutputs { node: producer_id(&node) }));
+                printed_closed(&tx, &node);
             }
         });
         match handle {
             Ok(handle) => self.log_threads.push(handle),
             // Nothing reads this pipe: it must not hold the outputs open.
-            Err(_) if self.printers.pipe_ended(&name) => {
-                let _ = self.tx.send(RunEvent::Router(Command::CloseOutputs { node: producer_id(&name) }));
-            }
+            Err(_) if self.printers.pipe_ended(&name) => printed_closed(&self.tx, &name),
             Err(_) => {}
         }
     }
@@ -630,6 +628,12 @@ impl Runtime {
         }
         Ok(())
     }
+}
+
+/// `node`'s printed outputs were closed (by a thread other than the run
+/// loop's): the router tells consumers on other machines.
+fn printed_closed(tx: &Sender<RunEvent>, node: &str) {
+    let _ = tx.send(RunEvent::Router(Command::CloseOutputs { node: producer_id(node) }));
 }
 
 fn run_build(command: &str, dir: &Path, node: &str, reporter: &Reporter) -> std::io::Result<ExitStatus> {

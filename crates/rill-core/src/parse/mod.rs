@@ -194,11 +194,7 @@ fn dataflow(r: &mut Reader, root: &Node, scope: &module::Scope) -> (Vec<ParsedNo
         }
     };
     let fields = r.fields(entries, TOP_FIELDS, "the dataflow");
-    for (field, why) in IGNORED_TOP_FIELDS {
-        if let Some(entry) = fields.entry(field) {
-            r.warn_hint(entry.key.pos, format!("rill ignores `{field}`"), format!("{why}; remove the field"));
-        }
-    }
+    warn_ignored(r, &fields, IGNORED_TOP_FIELDS, "");
     // Every node gets these; a node's own value wins.
     let shared_env = env(r, &fields, "the dataflow");
     // Every node gets this placement where its own leaves a part unset.
@@ -339,15 +335,7 @@ fn node(r: &mut Reader, item: &Node) -> Option<ParsedNode> {
         return None;
     }
     let fields = r.fields(entries, NODE_FIELDS, &label);
-    for (field, why) in IGNORED_NODE_FIELDS {
-        if let Some(entry) = fields.entry(field) {
-            r.warn_hint(
-                entry.key.pos,
-                format!("rill ignores `{field}` of {label}"),
-                format!("{why}; remove the field"),
-            );
-        }
-    }
+    warn_ignored(r, &fields, IGNORED_NODE_FIELDS, &format!(" of {label}"));
     if let Some(entry) = fields.entry("path_sha256") {
         let hint = "build the node where it runs, or let `rill start` ship it (`deploy: { distribute: scp }` or `http`), checked by SHA-256";
         r.error_hint(
@@ -393,6 +381,16 @@ fn node(r: &mut Reader, item: &Node) -> Option<ParsedNode> {
         output_types: types::annotations(r, &fields, "output_types", &label),
         input_types: types::annotations(r, &fields, "input_types", &label),
     })
+}
+
+/// A warning at each field of `ignored` present in `fields`, saying why
+/// rill ignores it; `of` names the owner (`" of node `a`"`, or nothing).
+fn warn_ignored(r: &mut Reader, fields: &Fields, ignored: &[(&str, &str)], of: &str) {
+    for (field, why) in ignored {
+        if let Some(entry) = fields.entry(field) {
+            r.warn_hint(entry.key.pos, format!("rill ignores `{field}`{of}"), format!("{why}; remove the field"));
+        }
+    }
 }
 
 /// `cpu_affinity: [core, ...]`: whole numbers from 0 (each once).
